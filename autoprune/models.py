@@ -1,0 +1,188 @@
+"""Load detection models from what a user names, fingerprint them, and save checkpoints Ultralytics can read.
+
+`--model` accepts a `.pt` checkpoint, an Ultralytics model YAML (a file, or a name such as `yolov8n.yaml` that
+Ultralytics ships, built with random weights from a fixed seed), or nothing for the embedded demo model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from copy import deepcopy
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
+from autoprune.errors import UserError
+
+
+@dataclass
+class LoadedModel:
+    """A detection model and where it came from.
+
+    Attributes:
+        model: the Ultralytics `DetectionModel`, in float32 and eval mode.
+        source: what the user named (path or YAML name), as a string.
+        ckpt: the checkpoint dictionary it was loaded from, or an empty dict for a YAML model.
+        fingerprint: a hash of the weights and architecture (see `fingerprint`).
+    """
+
+    model: nn.Module
+    source: str
+    ckpt: dict
+    fingerprint: str
+
+    @property
+    def names(self) -> dict:
+        """Class names by index."""
+        return dict(getattr(self.model, "names", {}) or {})
+
+
+def load_model(spec: str | Path | None, *, seed: int = 0) -> LoadedModel:
+    """Load a detection model from a checkpoint path, a model YAML, or (spec None) the embedded demo.
+
+    Raises `UserError` for a missing file, a file that is not a checkpoint, or a model that is not a detector.
+
+    Example:
+        >>> lm = load_model("yolov8n.yaml")
+        >>> type(lm.model).__name__
+        'DetectionModel'
+    """
+    if spec is None:
+        from autoprune.demo import demo_model_path
+
+        spec = demo_model_path()
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if spec.endswith((".yaml", ".yml")):
+        model, ckpt = _build_from_yaml(spec, seed), {}
+    elif path.suffix == ".pt":
+        if not path.is_file():
+            raise UserError(f"model file not found: {spec} (autoprune never downloads weights)")
+        model, ckpt = _load_checkpoint(path)
+    else:
+        raise UserError(f"--model must be a .pt checkpoint or a model .yaml, got {spec!r}")
+    _check_detector(model, spec)
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return LoadedModel(model=model, source=spec, ckpt=ckpt, fingerprint=fingerprint(model))
+
+
+def _build_from_yaml(spec: str, seed: int) -> nn.Module:
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    try:
+        cfg = yaml_model_load(spec)
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"model YAML not found: {spec}") from e
+    except Exception as e:  # a broken YAML surfaces as one of several parser errors
+        raise UserError(f"cannot read model YAML {spec}: {e}") from e
+    if not isinstance(cfg, dict) or "backbone" not in cfg or "head" not in cfg:
+        raise UserError(f"{spec} is not an Ultralytics model YAML (it needs 'backbone' and 'head')")
+    task = guess_model_task(cfg)
+    if task != "detect":
+        raise UserError(f"{spec} is a {task} model; autoprune prunes detection models")
+    from ultralytics.nn.tasks import DetectionModel
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # a YAML model's random weights are part of its identity: make them reproducible
+    try:
+        model = DetectionModel(cfg, verbose=False)
+    except Exception as e:
+        raise UserError(f"cannot build a model from {spec}: {type(e).__name__}: {e}") from e
+    finally:
+        torch.random.set_rng_state(state)
+    return model
+
+
+def _load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
+    from ultralytics.nn.tasks import load_checkpoint
+
+    try:
+        model, ckpt = load_checkpoint(path)
+    except (TypeError, RuntimeError, EOFError, KeyError, AttributeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a loadable Ultralytics checkpoint ({first})") from e
+    except Exception as e:  # pickle errors and friends from a file that is not a checkpoint at all
+        if type(e).__module__ in ("pickle", "_pickle", "zipfile"):
+            raise UserError(f"{path} is not a loadable Ultralytics checkpoint ({type(e).__name__})") from e
+        raise
+    return model, ckpt
+
+
+def _check_detector(model: nn.Module, spec: str) -> None:
+    from ultralytics.nn.modules import Detect
+    from ultralytics.nn.tasks import DetectionModel
+
+    head = getattr(model, "model", [None])[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    if not isinstance(model, DetectionModel) or not isinstance(head, Detect):
+        kind = type(model).__name__
+        raise UserError(f"{spec} is a {kind}, not a detection model; autoprune prunes detection models")
+    if type(model) is not DetectionModel or type(head).__name__ not in ("Detect", "v10Detect"):
+        raise UserError(
+            f"{spec} is a {type(model).__name__} with a {type(head).__name__} head; "
+            "autoprune prunes plain detection models (Detect / v10Detect heads)"
+        )
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short, stable hash of a model's architecture and weights.
+
+    Two models with the same fingerprint prune to the same result for the same genome: it is what a trial stores
+    to refuse replaying on a different model.
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.dtype.is_floating_point:
+            t = t.float()  # fp16 and fp32 copies of the same weights hash alike
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | None = None, meta: dict | None = None):
+    """Save `model` the way Ultralytics saves its own final checkpoints (FP16, no optimizer), so sizes compare.
+
+    The file loads with `ultralytics.YOLO(path)` in a process that never imports autoprune: it holds only stock
+    Ultralytics and torch classes and plain Python data. `meta` (plain types only) is stored under "autoprune".
+    """
+    from ultralytics import __version__
+    from ultralytics.cfg import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS
+
+    m = deepcopy(model).cpu()
+    m.criterion = None  # the loss holds references Ultralytics strips from its checkpoints too
+    if hasattr(m, "args") and not isinstance(m.args, dict):
+        m.args = dict(vars(m.args))
+    m.half()
+    for p in m.parameters():
+        p.requires_grad = False
+    base = dict(base_ckpt or {})
+    args = {**DEFAULT_CFG_DICT, **(base.get("train_args") or {})}
+    ckpt = {
+        **{k: v for k, v in base.items() if k not in ("model", "ema", "optimizer", "scaler")},
+        "date": datetime.now().isoformat(),
+        "version": __version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "model": m,
+        "ema": None,
+        "optimizer": None,
+        "scaler": None,
+        "updates": None,
+        "best_fitness": None,
+        "epoch": -1,
+        "train_args": {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS},
+    }
+    if meta is not None:
+        ckpt["autoprune"] = meta
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint under the final name
+    return path
