@@ -1,0 +1,48 @@
+"""Shared test fixtures: everything offline, CPU-only and small."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Write a tiny two-class YOLO detection dataset (filled rectangles and discs on noise); return its YAML.
+
+    For tests that need real Ultralytics data loading without the demo dataset or any download.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            lines = []
+            for _ in range(int(rng.integers(1, 4))):
+                cls = int(rng.integers(0, 2))
+                w, h = (int(v) for v in rng.integers(size // 6, size // 2, 2))
+                x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+                color = tuple(int(c) for c in rng.integers(120, 256, 3))
+                if cls == 0:
+                    cv2.rectangle(img, (x0, y0), (x0 + w - 1, y0 + h - 1), color, -1)
+                else:
+                    cv2.ellipse(img, (x0 + w // 2, y0 + h // 2), (w // 2, h // 2), 0, 0, 360, color, -1)
+                lines.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+            cv2.imwrite(str(root / "images" / split / f"{i:03d}.png"), img)
+            (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
+    yaml_path = root / "data.yaml"
+    yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: box\n  1: disc\n")
+    return yaml_path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Path to the data YAML of a tiny two-class detection dataset, built once per test session."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
