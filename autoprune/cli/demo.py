@@ -1,0 +1,133 @@
+"""Show the built-in demo (generated dataset and shipped baseline, with its measured val mAP), or retrain the baseline.
+
+    autoprune demo [--val-images N] [--refresh] [--json]
+    autoprune demo --train [--epochs N] [--imgsz 320] [--device cpu] [--batch 16] [--patience 30] [--name NAME]
+
+Without `--train` it generates the demo dataset if needed, then prints where the data and the model are and the
+baseline's mAP50 / mAP50-95 on the val split, measured with Ultralytics' validator (cached by the model file's hash).
+With `--train` it reproduces the baseline into `runs/demo/NAME/` and prints where the new weights are; the shipped
+`baseline.pt` is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from autoprune.errors import UserError
+
+_TRAIN_ONLY = ("epochs", "imgsz", "device", "batch", "patience", "name")
+_SHOW_ONLY = ("val_images", "refresh")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of `autoprune demo`."""
+    parser.add_argument("--train", action="store_true", help="retrain the baseline into runs/demo/NAME/")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the shipped recipe's)")
+    parser.add_argument("--imgsz", type=int, default=None, help="training image size (default: the demo's, 320)")
+    parser.add_argument("--device", default=None, help="training device: cpu, 0, cuda:0, mps (default: cpu)")
+    parser.add_argument("--batch", type=int, default=None, help="training batch size (default: 16)")
+    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: 30)")
+    parser.add_argument("--name", default=None, help="run folder name under runs/demo/ (default: next expN)")
+    parser.add_argument("--val-images", type=int, default=None, help="validate on the first N val images only")
+    parser.add_argument("--refresh", action="store_true", help="measure the baseline again, ignoring the cache")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Show the demo (default) or retrain the baseline (`--train`)."""
+    if args.train:
+        misplaced = [f for f in _SHOW_ONLY if getattr(args, f) not in (None, False)]
+        if misplaced:
+            raise UserError(f"--{misplaced[0].replace('_', '-')} does not apply with --train")
+        return _train(args)
+    misplaced = [f for f in _TRAIN_ONLY if getattr(args, f) is not None]
+    if misplaced:
+        raise UserError(f"--{misplaced[0]} only applies with --train")
+    return _show(args)
+
+
+def _show(args) -> dict:
+    from autoprune.demo import (
+        DEMO_IMGSZ,
+        dataset_stats,
+        demo_data_spec,
+        demo_home,
+        demo_metrics,
+        demo_model_path,
+        ensure_demo_data,
+        file_sha256,
+    )
+    from autoprune.demo.dataset import CLASS_NAMES
+
+    if args.val_images is not None and args.val_images < 1:
+        raise UserError(f"--val-images must be >= 1, got {args.val_images}")
+    model = demo_model_path()
+    if not model.is_file():
+        raise UserError(f"the shipped demo model is missing: {model} (reinstall autoprune)")
+    spec = demo_data_spec()
+    data = ensure_demo_data()
+    stats = dataset_stats(data)
+    metrics = demo_metrics(model, val_images=args.val_images, refresh=args.refresh)
+    result = {
+        "home": demo_home(),
+        "data": data,
+        "data_seed": spec.seed,
+        "classes": list(CLASS_NAMES),
+        "train_images": stats["train"]["images"],
+        "train_boxes": stats["train"]["boxes"],
+        "val_images": stats["val"]["images"],
+        "val_boxes": stats["val"]["boxes"],
+        "model": model,
+        "model_sha256": file_sha256(model),
+        "model_mb": round(model.stat().st_size / 2**20, 2),
+        "imgsz": DEMO_IMGSZ,
+        "validated_images": metrics["images"],
+        "mAP50": metrics["mAP50"],
+        "mAP50-95": metrics["mAP50-95"],
+        "metrics_cached": metrics["cached"],
+    }
+    if not args.json:
+        subset = "" if metrics["images"] == stats["val"]["images"] else f" (first {metrics['images']} images)"
+        print(f"demo data : {data}")
+        print(f"            {len(CLASS_NAMES)} classes: {', '.join(CLASS_NAMES)}")
+        print(f"            train {result['train_images']} images / {result['train_boxes']} boxes, "
+              f"val {result['val_images']} images / {result['val_boxes']} boxes, {spec.imgsz}x{spec.imgsz}")  # fmt: skip
+        print(f"demo model: {model} ({result['model_mb']} MB)")
+        cached = ", cached" if metrics["cached"] else ""
+        print(f"val{subset} at imgsz {DEMO_IMGSZ}: mAP50 {metrics['mAP50']:.4f}  mAP50-95 {metrics['mAP50-95']:.4f}"
+              f"  (measured{cached})")  # fmt: skip
+    return result
+
+
+def _train(args) -> dict:
+    from autoprune.demo import DEMO_IMGSZ
+    from autoprune.demo import train as recipe
+    from autoprune.runs import new_run_dir, save_args
+
+    epochs = recipe.DEFAULT_EPOCHS if args.epochs is None else args.epochs
+    imgsz = DEMO_IMGSZ if args.imgsz is None else args.imgsz
+    device = "cpu" if args.device is None else str(args.device).strip()
+    batch = recipe.DEFAULT_BATCH if args.batch is None else args.batch
+    patience = recipe.DEFAULT_PATIENCE if args.patience is None else args.patience
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    if imgsz < 64 or imgsz % 32:
+        raise UserError(f"--imgsz must be a multiple of 32 and >= 64, got {imgsz}")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    if patience < 1:
+        raise UserError(f"--patience must be >= 1, got {patience}")
+    if not re.fullmatch(r"cpu|mps|\d+(,\d+)*|cuda(:\d+)?", device):
+        raise UserError(f"--device must be cpu, mps, a GPU index like 0, or cuda:N, got {device!r}")
+    run_dir = new_run_dir("demo", args.name)
+    save_args(
+        run_dir, args, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience,
+        model=recipe.MODEL_YAML, fixed=recipe.FIXED_ARGS,
+    )  # fmt: skip
+    result = recipe.train_baseline(run_dir, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience)
+    if not args.json:
+        print(f"trained {result['epochs_run']} epochs in {run_dir} (best epoch {result['best_epoch']})")
+        print(f"weights: {result['weights']}")
+        print(f"final val: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}")
+        print(f"curve  : {result['results_csv']}")
+    return result
