@@ -1,0 +1,186 @@
+"""Data YAMLs: read and check an Ultralytics detection data YAML without ever downloading anything.
+
+Ultralytics' own `check_det_dataset` downloads a dataset when its images are missing; autoprune runs offline and
+must say "your images are missing" instead. `load_data_config` parses the YAML, resolves its paths the way
+Ultralytics does, checks that the train and val images exist, and returns a frozen `DataConfig`. Every problem a
+user can cause is a `UserError` with one clear line.
+
+`data=None` means the embedded demo dataset (`autoprune.demo.ensure_demo_data()`, generated on first use).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from autoprune.errors import UserError
+
+# The image suffixes Ultralytics loads (ultralytics.data.utils.IMG_FORMATS), repeated here so that checking a data
+# YAML does not import Ultralytics.
+IMG_FORMATS = frozenset({"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg", "mpo", "png", "tif",
+                         "tiff", "webp"})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A checked detection data YAML.
+
+    Attributes:
+        yaml: the data YAML file, absolute.
+        root: the dataset root its relative paths resolve against (the YAML's `path`, else the YAML's folder).
+        train: the train image sources, absolute: image folders and/or `.txt` files listing images.
+        val: the val image sources, absolute, same forms.
+        names: class names by index.
+        nc: number of classes.
+        channels: image channels (3 unless the YAML says otherwise).
+    """
+
+    yaml: Path
+    root: Path
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    names: dict[int, str]
+    nc: int
+    channels: int = 3
+
+    def ultralytics_dict(self) -> dict:
+        """The data dictionary Ultralytics' datasets and validators expect (what `check_det_dataset` returns)."""
+        return {
+            "yaml_file": str(self.yaml),
+            "path": self.root,
+            "train": list(self.train) if len(self.train) > 1 else self.train[0],
+            "val": list(self.val) if len(self.val) > 1 else self.val[0],
+            "names": dict(self.names),
+            "nc": self.nc,
+            "channels": self.channels,
+        }
+
+
+def load_data_config(path: str | Path | None) -> DataConfig:
+    """Read and check a detection data YAML; `None` means the embedded demo dataset.
+
+    Raises `UserError` for a missing file, a YAML that does not parse, a YAML without `train`, `val` or `names`,
+    and train or val images that are missing (a folder that does not exist or holds no images). Never downloads.
+
+    Example:
+        >>> cfg = load_data_config("datasets/shapes/data.yaml")
+        >>> cfg.nc, cfg.names[0]
+        (6, 'box')
+    """
+    if path is None:
+        from autoprune.demo import ensure_demo_data  # lazy: only the demo needs it, and it may generate files
+
+        path = Path(ensure_demo_data())
+        if path.is_dir():
+            path = path / "data.yaml"
+    spec = str(path)
+    file = Path(spec).expanduser()
+    if not file.is_file():
+        what = "is a folder, not a file" if file.is_dir() else "not found"
+        raise UserError(f"data YAML {what}: {spec}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise UserError(f"cannot parse data YAML {spec}{where}: {problem}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read data YAML {spec}: {e}") from e
+    if not isinstance(data, dict):
+        raise UserError(f"data YAML {spec} must be a mapping with 'train', 'val' and 'names', got {type(data).__name__}")
+    missing = [k for k in ("train", "val", "names") if data.get(k) in (None, "", [], {})]
+    if missing:
+        raise UserError(f"data YAML {spec} has no {', '.join(repr(k) for k in missing)} (it needs train, val and names)")
+
+    names = _names(data["names"], spec)
+    nc = data.get("nc", len(names))
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc != len(names):
+        raise UserError(f"data YAML {spec}: 'nc: {nc}' does not match the {len(names)} entries of 'names'")
+    channels = data.get("channels", 3)
+    if channels not in (1, 3):
+        raise UserError(f"data YAML {spec}: 'channels' must be 1 or 3, got {channels!r}")
+
+    file = file.resolve()
+    root = _root(data.get("path"), file)
+    train = _sources(data["train"], root, "train", spec)
+    val = _sources(data["val"], root, "val", spec)
+    return DataConfig(yaml=file, root=root, train=train, val=val, names=names, nc=nc, channels=channels)
+
+
+def _names(raw, spec: str) -> dict[int, str]:
+    if isinstance(raw, (list, tuple)):
+        return {i: str(n) for i, n in enumerate(raw)}
+    if isinstance(raw, dict):
+        try:
+            names = {int(k): str(v) for k, v in raw.items()}
+        except (TypeError, ValueError):
+            raise UserError(f"data YAML {spec}: 'names' keys must be class indices 0..n-1") from None
+        if sorted(names) != list(range(len(names))):
+            raise UserError(f"data YAML {spec}: 'names' keys must be the class indices 0..{len(names) - 1}")
+        return names
+    raise UserError(f"data YAML {spec}: 'names' must be a list or an index -> name mapping, got {type(raw).__name__}")
+
+
+def _root(path_value, yaml_file: Path) -> Path:
+    """The dataset root, resolved like Ultralytics (cwd, then its datasets folder) but also beside the YAML."""
+    if not path_value:
+        return yaml_file.parent
+    p = Path(str(path_value)).expanduser()
+    if p.is_absolute():
+        return p
+    candidates = [Path.cwd() / p, yaml_file.parent / p]
+    try:
+        from ultralytics.utils import DATASETS_DIR  # Ultralytics' fallback for relative roots; reading it is cheap
+
+        candidates.append(Path(DATASETS_DIR) / p)
+    except Exception:  # pragma: no cover - Ultralytics is a dependency; never fail on its settings file
+        pass
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    return (yaml_file.parent / p).resolve()  # does not exist: the image check below names it
+
+
+def _sources(raw, root: Path, split: str, spec: str) -> tuple[str, ...]:
+    items = raw if isinstance(raw, (list, tuple)) else [raw]
+    if not all(isinstance(x, str) and x for x in items):
+        raise UserError(f"data YAML {spec}: '{split}' must be a path or a list of paths")
+    out = []
+    for x in items:
+        p = Path(x).expanduser()
+        if not p.is_absolute():
+            p = root / p
+            if not p.exists() and x.startswith("../"):  # Ultralytics' own fallback for '../' paths
+                p = root / x[3:]
+        p = p.resolve()
+        _check_images(p, split, spec)
+        out.append(str(p))
+    return tuple(out)
+
+
+def _check_images(p: Path, split: str, spec: str) -> None:
+    """Raise a UserError unless `p` is a folder holding images or a list file naming at least one existing image."""
+    if p.is_dir():
+        for _, _, files in os.walk(p):
+            if any(f.rpartition(".")[-1].lower() in IMG_FORMATS for f in files):
+                return
+        raise UserError(f"data YAML {spec}: no {split} images in {p}")
+    if p.is_file():
+        if p.suffix.lower().lstrip(".") in IMG_FORMATS:
+            raise UserError(f"data YAML {spec}: '{split}' must be an image folder or a .txt list of images, got {p}")
+        try:
+            lines = p.read_text(encoding="utf-8-sig").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"data YAML {spec}: cannot read the {split} image list {p}: {e}") from e
+        parent = str(p.parent) + os.sep
+        for line in lines:
+            line = line.strip()
+            f = Path(line.replace("./", parent, 1) if line.startswith("./") else line)
+            if f.suffix.lower().lstrip(".") in IMG_FORMATS and f.is_file():
+                return
+        raise UserError(f"data YAML {spec}: the {split} image list {p} names no existing images")
+    raise UserError(f"data YAML {spec}: {split} images not found: {p} does not exist (autoprune never downloads data)")
