@@ -1,0 +1,543 @@
+"""The proxy score of a pruned candidate: BN recalibration, a short finetune, a quick validation.
+
+A search scores hundreds of candidates, so everything that does not depend on the candidate is built once per
+process by `ProxyEvaluator`: the datasets, the fixed seeded image subsets (loaded, letterboxed and kept in memory as
+uint8 tensors), the batch schedule and Ultralytics' validator. Scoring one candidate then costs only its own work:
+
+1. recalibrate BatchNorm statistics on `calib_batches` train batches (EagleEye's adaptive BN, ECCV 2020: reset the
+   running statistics, cumulative average (momentum=None) in train mode under no_grad, then eval);
+2. `steps` optimizer steps on the model's own detection loss (`model.loss(batch)`, Ultralytics' v8DetectionLoss);
+3. validation on a fixed seeded subset of the val split with Ultralytics' NMS, matching and metrics
+   (`DetectionValidator.postprocess` / `update_metrics` / `DetMetrics`), giving mAP50 and mAP50-95.
+
+The score is repeatable: the image subsets and the batch order depend only on the settings' seed, are drawn once,
+and are the same for every candidate, however many candidates ran before.
+
+Example:
+    >>> from autoprune.proxy import ProxyEvaluator, ProxySettings
+    >>> ev = ProxyEvaluator("data.yaml", ProxySettings(steps=50))   # once per process
+    >>> for candidate in candidates:                                 # fresh pruned copies
+    ...     r = ev.evaluate(candidate)
+    ...     print(r.map50_95, r.seconds, r.breakdown)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
+from autoprune.data import DataConfig, load_data_config
+from autoprune.errors import UserError
+
+__all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How a candidate is scored. Validated on construction; a bad value is a `UserError` naming the field.
+
+    Attributes:
+        imgsz: square input size for calibration, finetune and validation (letterboxed, no augmentation); a
+            multiple of 32. 320 is what the demo model was trained at.
+        calib_batches: train batches for the BN recalibration (0 skips recalibration). 20 x `batch` = 160 images
+            give stable per-channel means and variances; more barely moves mAP and costs forward passes.
+        steps: optimizer steps on the detection loss after recalibration (0: no finetune).
+        batch: images per calibration and finetune batch. 8 keeps 50 steps within the CPU budget; 16 is steadier.
+        lr: AdamW learning rate of the finetune, constant after a linear warm-up over the first 10% of the steps.
+            AdamW at 1e-3 is what Ultralytics' 'auto' optimizer picks for short finetunes of a few classes.
+        val_images: size of the fixed, seeded subset of the val split that is scored (all of it if smaller).
+        train_images: cap on the seeded subset of the train split kept in memory for calibration and finetune.
+        seed: seeds the image subsets and the batch order (and any randomness inside a candidate's evaluation).
+        device: 'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'.
+        recalibrate: ablation switch; False skips step 1 whatever `calib_batches` says.
+        val_batch: images per validation forward pass (no effect on the score beyond float rounding).
+        channels_last: run convolutions in channels-last memory format (about 2x faster on CPU).
+        threads: CPU threads torch uses during an evaluation (restored afterwards); 0 leaves torch's setting alone.
+            On a CPU that other processes also load, 1 thread can be many times faster than 2 (OpenMP threads
+            waiting for each other); on an idle machine all cores are faster.
+    """
+
+    imgsz: int = 320
+    calib_batches: int = 20
+    steps: int = 50
+    batch: int = 8
+    lr: float = 1e-3
+    val_images: int = 200
+    train_images: int = 512
+    seed: int = 0
+    device: str = "auto"
+    recalibrate: bool = True
+    val_batch: int = 32
+    channels_last: bool = True
+    threads: int = 0
+
+    def __post_init__(self):
+        def _int(name, lo):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise UserError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+        if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, (int, np.integer)) or self.imgsz < 32 \
+                or self.imgsz % 32:
+            raise UserError(f"imgsz must be a positive multiple of 32 (the largest model stride), got {self.imgsz!r}")
+        for name, lo in (("calib_batches", 0), ("steps", 0), ("batch", 1), ("val_images", 1), ("train_images", 1),
+                         ("seed", 0), ("val_batch", 1), ("threads", 0)):
+            _int(name, lo)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (0 < self.lr < 1):
+            raise UserError(f"lr must be a number in (0, 1), got {self.lr!r}")
+        for name in ("recalibrate", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        resolve_device(self.device)  # raises a UserError naming `device`
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn 'auto', 'cpu', 'cuda', 'cuda:N' (or a bare GPU index) into an available `torch.device`.
+
+    Raises `UserError` for a device that does not exist on this machine.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    spec = str(device).strip().lower()
+    if spec in ("auto", ""):
+        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    if spec.isdigit():
+        spec = f"cuda:{spec}"
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = 0 if dev.index is None else dev.index
+        if index >= n:
+            have = f"this machine has {n} CUDA device(s)" if n else "no CUDA GPU is available here"
+            raise UserError(f"device {str(device)!r} does not exist: {have}")
+        return torch.device("cuda", index)
+    raise UserError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
+
+
+@dataclass(frozen=True)
+class ProxyResult:
+    """The proxy score of one candidate.
+
+    Attributes:
+        map50: mAP at IoU 0.5 on the validation subset.
+        map50_95: mAP averaged over IoU 0.5:0.95 on the validation subset.
+        precision: mean precision at the F1-optimal confidence (Ultralytics' definition).
+        recall: mean recall at the same confidence.
+        seconds: wall-clock seconds the evaluation took (all stages).
+        breakdown: seconds per stage: setup (device, memory format, criterion), calibrate, train, val_forward,
+            nms, metrics.
+        steps: optimizer steps that ran.
+        recalibrated: whether BN statistics were recalibrated.
+        train_loss: mean detection loss per image over the first and the last 10% of the steps (empty without
+            steps): a sanity check that the finetune moved in the right direction.
+        val_images: images scored.
+    """
+
+    map50: float
+    map50_95: float
+    precision: float
+    recall: float
+    seconds: float
+    breakdown: dict = field(default_factory=dict)
+    steps: int = 0
+    recalibrated: bool = False
+    train_loss: tuple = ()
+    val_images: int = 0
+
+    def as_dict(self) -> dict:
+        """A JSON-friendly dictionary."""
+        return asdict(self)
+
+
+def recalibrate_bn(model: nn.Module, batches: Iterable, *, device: torch.device | str | None = None) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from `batches` (EagleEye's adaptive BN), in place.
+
+    Each BatchNorm's running mean and variance are reset and replaced by the cumulative average (momentum=None)
+    of the batch statistics seen in train mode under `torch.no_grad()`; no parameter changes. The model is left in
+    eval mode and the BatchNorms get their original momentum back. A batch is an image tensor (float, 0..1) or a
+    dict with one under "img" (uint8 images are scaled to 0..1).
+
+    Example:
+        >>> recalibrate_bn(model, [torch.rand(8, 3, 320, 320) for _ in range(4)])
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs the same
+    seen = 0
+    try:
+        model.train()
+        with torch.no_grad():
+            for b in batches:
+                img = b["img"] if isinstance(b, dict) else b
+                if img.dtype == torch.uint8:
+                    img = img.float() / 255
+                model(img.to(device))
+                seen += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.eval()
+    if bns and not seen:
+        raise ValueError("recalibrate_bn needs at least one batch")
+    return model
+
+
+class _Stopwatch:
+    """Adds wall-clock seconds per stage; synchronises CUDA so that asynchronous kernels land in their stage."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics():
+    """Keep Ultralytics' INFO lines (dataset scans) out of a search's output; warnings still show."""
+    from autoprune._ultralytics import LOGGER
+
+    level = LOGGER.level
+    if level < logging.WARNING:
+        LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run with n intra-op CPU threads (0: unchanged), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _make_validator(imgsz: int, device: torch.device):
+    """Ultralytics' DetectionValidator with its NMS time limit lifted (a time-dependent cut is not repeatable)."""
+    import tempfile
+
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils import nms
+
+    class _ProxyValidator(DetectionValidator):
+        def postprocess(self, preds):
+            # DetectionValidator.postprocess, word for word, but with max_time_img=inf: Ultralytics stops NMS after
+            # 2 s + 50 ms per image, which a slow or loaded CPU can hit on a badly damaged candidate and would
+            # then score differently from run to run.
+            outputs = nms.non_max_suppression(
+                preds,
+                self.args.conf,
+                self.args.iou,
+                nc=0,
+                multi_label=True,
+                agnostic=self.args.single_cls or self.args.agnostic_nms,
+                max_det=self.args.max_det,
+                end2end=self.end2end,
+                rotated=False,
+                max_time_img=math.inf,
+            )
+            return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in outputs]
+
+    args = {"task": "detect", "mode": "val", "imgsz": imgsz, "conf": 0.001, "iou": 0.7, "max_det": 300,
+            "plots": False, "save_json": False, "save_txt": False, "verbose": False, "split": "val"}
+    # save_dir is never written to (no plots, JSON or txt); an existing folder keeps Ultralytics from creating one.
+    v = _ProxyValidator(save_dir=Path(tempfile.gettempdir()), args=args)
+    v.device = device
+    return v
+
+
+def _load_items(dataset, indices: list[int]) -> list[dict]:
+    """dataset[i] for each index (image read, resize, letterbox, to uint8 CHW tensor), two threads."""
+    with ThreadPool(2) as pool:  # cv2 releases the GIL while decoding and resizing
+        return pool.map(dataset.__getitem__, indices)
+
+
+def _collate(items: list[dict]) -> dict:
+    """Stack cached items into a batch without touching them.
+
+    (Ultralytics' `YOLODataset.collate_fn` adds the image index to each item's `batch_idx` in place, which is fine
+    for the fresh items a DataLoader yields but would corrupt items cached for reuse.)
+    """
+    batch = {
+        "img": torch.stack([it["img"] for it in items]),
+        "cls": torch.cat([it["cls"] for it in items]),
+        "bboxes": torch.cat([it["bboxes"] for it in items]),
+        "batch_idx": torch.cat([torch.full((len(it["cls"]),), float(i)) for i, it in enumerate(items)]),
+    }
+    for k in ("im_file", "ori_shape", "resized_shape", "ratio_pad"):
+        if k in items[0]:
+            batch[k] = tuple(it[k] for it in items)
+    return batch
+
+
+def _subset(n: int, k: int, seed: int, salt: int) -> list[int]:
+    """A fixed, sorted, seeded choice of min(k, n) indices out of range(n)."""
+    if k >= n:
+        return list(range(n))
+    rng = np.random.default_rng([seed, salt])
+    return sorted(rng.choice(n, size=k, replace=False).tolist())
+
+
+class ProxyEvaluator:
+    """Scores candidates by BN recalibration, a short finetune and a quick validation; build it once per process.
+
+    Construction reads and checks the data YAML, builds Ultralytics' train and val datasets, draws the seeded
+    train pool and val subset, loads and letterboxes their images once (kept in memory as uint8 tensors: at
+    imgsz 320 about 0.3 MB per image, so 200 val + 512 train images take about 220 MB), fixes the calibration and
+    finetune batch schedule and builds the validator. `evaluate` then only runs the candidate.
+
+    Not thread-safe: one evaluation at a time per evaluator.
+
+    Example:
+        >>> ev = ProxyEvaluator("data.yaml", ProxySettings(imgsz=320, steps=50))
+        >>> r = ev.evaluate(pruned_copy)
+        >>> round(r.map50_95, 3), r.breakdown["train"]
+    """
+
+    def __init__(self, data: str | Path | DataConfig | None, settings: ProxySettings | None = None):
+        t0 = time.perf_counter()
+        self.settings = settings or ProxySettings()
+        self.device = resolve_device(self.settings.device)
+        self.data = data if isinstance(data, DataConfig) else load_data_config(data)
+        s = self.settings
+
+        from ultralytics.cfg import get_cfg
+
+        self._cfg = get_cfg(overrides={"imgsz": s.imgsz, "task": "detect", "rect": False, "cache": False,
+                                       "single_cls": False, "fraction": 1.0, "split": "val"})
+        udata = self.data.ultralytics_dict()
+        with _quiet_ultralytics():
+            val_ds = self._build_dataset(udata["val"], udata, s.val_batch)
+            train_ds = self._build_dataset(udata["train"], udata, s.batch)
+
+            val_idx = _subset(len(val_ds), s.val_images, s.seed, 1)
+            need = max(s.calib_batches, s.steps) * s.batch
+            pool_idx = _subset(len(train_ds), min(s.train_images, max(need, s.batch)), s.seed, 2)
+            val_items = _load_items(val_ds, val_idx)
+            self._pool = _load_items(train_ds, pool_idx)  # per image: img (uint8 CHW), cls, bboxes
+
+        if not sum(len(it["cls"]) for it in val_items):
+            raise UserError(f"{self.data.yaml}: the val images have no labels (labels/*.txt beside images/)")
+        self.val_images = len(val_items)
+        self.train_pool_images = len(self._pool)
+        self._val_batches = [_collate(val_items[i : i + s.val_batch])
+                             for i in range(0, len(val_items), s.val_batch)]
+
+        # The batch schedule: a seeded permutation of the pool per pass, the same for every candidate.
+        self._calib_order = self._order(s.calib_batches * s.batch, salt=3)
+        self._train_order = self._order(s.steps * s.batch, salt=4)
+
+        self._validator = _make_validator(s.imgsz, self.device)
+        self._validator.data = udata
+        self._validator.names = dict(self.data.names)
+        subset_labels = [val_ds.labels[i] for i in val_idx]
+        # init_metrics reads dataloader.dataset.labels (to raise max_det for crowded images); nothing else.
+        self._validator.dataloader = SimpleNamespace(dataset=SimpleNamespace(labels=subset_labels))
+        self.setup_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ construction helpers
+    def _build_dataset(self, img_path, udata: dict, batch: int):
+        from ultralytics.data import build_yolo_dataset
+
+        try:
+            return build_yolo_dataset(self._cfg, img_path, batch, udata, mode="val", rect=False, stride=32)
+        except (FileNotFoundError, RuntimeError) as e:  # no readable images / no valid images
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{self.data.yaml}: cannot load images from {img_path}: {first}") from e
+
+    def _order(self, n: int, salt: int) -> list[int]:
+        """n pool indices: concatenated seeded permutations of the pool, so each pass sees every image once."""
+        rng = np.random.default_rng([self.settings.seed, salt])
+        out: list[int] = []
+        while len(out) < n:
+            out.extend(rng.permutation(len(self._pool)).tolist())
+        return out[:n]
+
+    def _batch(self, order: list[int], k: int) -> dict:
+        b = self.settings.batch
+        idx = order[k * b : (k + 1) * b]
+        return _collate([self._pool[i] for i in idx])
+
+    def calibration_batches(self) -> list[dict]:
+        """The fixed calibration batches (collated dicts, uint8 images on the CPU)."""
+        return [self._batch(self._calib_order, k) for k in range(self.settings.calib_batches)]
+
+    def _images(self, img: torch.Tensor) -> torch.Tensor:
+        x = img.to(self.device, non_blocking=True).float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last) if self.settings.channels_last else x
+
+    # ------------------------------------------------------------------ per candidate
+    def evaluate(self, model: nn.Module, *, recalibrate: bool | None = None, steps: int | None = None) -> ProxyResult:
+        """Score one candidate: recalibrate BN, finetune `steps` steps, validate; return mAP50 and mAP50-95.
+
+        MODIFIES `model`: it is moved to the evaluator's device (channels-last), its BN statistics and (with
+        steps) its weights change, and it gets the loss hyperparameters Ultralytics' criterion reads. Pass a fresh
+        copy (what `autoprune.prune` returns). Nothing shared with other candidates is changed, and the score does
+        not depend on what was evaluated before.
+
+        `recalibrate` and `steps` override the settings for this call (ablations); the batch order stays fixed.
+        """
+        s = self.settings
+        recalibrate = s.recalibrate and s.calib_batches > 0 if recalibrate is None else bool(recalibrate)
+        steps = s.steps if steps is None else int(steps)
+        if steps < 0:
+            raise UserError(f"steps must be an integer >= 0, got {steps}")
+        if recalibrate and s.calib_batches == 0:
+            raise UserError("recalibrate needs calib_batches >= 1")
+        clock = _Stopwatch(self.device)
+        t0 = time.perf_counter()
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._deterministic(), _threads(s.threads):
+            torch.manual_seed(s.seed)  # any randomness inside the candidate is seeded the same for every candidate
+            with clock("setup"):
+                model = self._prepare(model)
+            if recalibrate:
+                with clock("calibrate"):
+                    recalibrate_bn(model, (self._images(b["img"]) for b in self.calibration_batches()))
+            losses: list[float] = []
+            if steps:
+                with clock("train"):
+                    losses = self._finetune(model, steps)
+            m = self._validate(model, clock)
+        k = max(1, math.ceil(len(losses) / 10))
+        train_loss = (sum(losses[:k]) / k, sum(losses[-k:]) / k) if losses else ()
+        return ProxyResult(
+            map50=m["metrics/mAP50(B)"],
+            map50_95=m["metrics/mAP50-95(B)"],
+            precision=m["metrics/precision(B)"],
+            recall=m["metrics/recall(B)"],
+            seconds=time.perf_counter() - t0,
+            breakdown={k_: round(v, 4) for k_, v in clock.seconds.items()},
+            steps=steps,
+            recalibrated=recalibrate,
+            train_loss=train_loss,
+            val_images=self.val_images,
+        )
+
+    @contextlib.contextmanager
+    def _deterministic(self):
+        if self.device.type == "cuda":
+            with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+                yield
+        else:
+            yield
+
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+        from ultralytics.nn.modules import Detect
+        from ultralytics.utils import IterableSimpleNamespace
+
+        head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+        if not isinstance(head, Detect):
+            raise UserError(f"the proxy scores Ultralytics detection models, got a {type(model).__name__}")
+        if head.nc != self.data.nc:
+            raise UserError(f"the model predicts {head.nc} classes but {self.data.yaml.name} has {self.data.nc}; "
+                            "use a model trained on this dataset")
+        model = model.to(self.device).float()
+        if self.settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        # The loss gains Ultralytics' criterion reads from model.args (a checkpoint stores them as a dict).
+        old = getattr(model, "args", None)
+        old = old if isinstance(old, dict) else vars(old) if hasattr(old, "__dict__") else {}
+        hyp = {**DEFAULT_CFG_DICT, **{k: old[k] for k in ("box", "cls", "dfl") if old.get(k) is not None}}
+        model.args = IterableSimpleNamespace(**hyp)
+        model.criterion = None  # a copied model may carry a criterion bound to another model's strides and device
+        if hasattr(model, "end2end"):
+            model.end2end = False  # what Ultralytics' validator does by default (nms=None): one-to-many head + NMS
+        if not getattr(model, "names", None) or len(model.names) != self.data.nc:
+            model.names = dict(self.data.names)
+        return model
+
+    def _finetune(self, model: nn.Module, steps: int) -> list[float]:
+        """`steps` AdamW steps on the mean per-image detection loss; returns the loss per step."""
+        s = self.settings
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if ".dfl" in name:  # Ultralytics always freezes the DFL projection (fixed 0..reg_max-1 weights)
+                p.requires_grad_(False)
+                continue
+            p.requires_grad_(True)
+            (decay if p.ndim > 1 else no_decay).append(p)  # conv weights decay; BN weights and biases do not
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=s.lr, betas=(0.9, 0.999))
+        warmup = max(1, round(0.1 * steps))
+        order = self._train_order if steps <= s.steps else self._order(steps * s.batch, salt=4)  # same prefix
+        model.train()
+        losses = []
+        for k in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = s.lr * min(1.0, (k + 1) / warmup)
+            b = self._batch(order, k)
+            batch = {"img": self._images(b["img"]), "batch_idx": b["batch_idx"].to(self.device),
+                     "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
+            loss, _ = model.loss(batch)  # (box, cls, dfl) gains applied, times the batch size
+            loss = loss.sum() / batch["img"].shape[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)  # as Ultralytics' trainer
+            opt.step()
+            losses.append(float(loss.detach()))
+        opt.zero_grad(set_to_none=True)
+        model.eval()
+        return losses
+
+    @torch.no_grad()
+    def _validate(self, model: nn.Module, clock: _Stopwatch) -> dict:
+        v = self._validator
+        model.eval()
+        v.init_metrics(model)
+        for b in self._val_batches:
+            with clock("val_forward"):
+                preds = model(self._images(b["img"]))
+            with clock("nms"):
+                preds = v.postprocess(preds)
+            with clock("metrics"):
+                batch = {**b, "img": b["img"], "batch_idx": b["batch_idx"].to(self.device),
+                         "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
+                v.update_metrics(preds, batch)
+        with clock("metrics"):
+            stats = v.get_stats()
+        return {k: float(stats.get(k, 0.0)) for k in ("metrics/precision(B)", "metrics/recall(B)",
+                                                        "metrics/mAP50(B)", "metrics/mAP50-95(B)")}
