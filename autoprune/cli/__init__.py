@@ -25,6 +25,7 @@ from autoprune.errors import UserError
 COMMANDS = {
     "groups": ("autoprune.cli.groups", "list the prunable channel groups of a model"),
     "prune": ("autoprune.cli.prune", "prune a model at one keep ratio (or per-group ratios) and save it"),
+    "proxy": ("autoprune.cli.proxy", "score one candidate with the search's proxy (BN recalibration, short finetune, mAP)"),
     "demo": ("autoprune.cli.demo", "show the built-in demo data and baseline (with its measured mAP), or retrain it"),
 }
 

@@ -1,0 +1,105 @@
+"""Score one candidate with the search's proxy: BN recalibration, a short finetune, mAP on a fixed val subset.
+
+    autoprune proxy --model best.pt --data data.yaml --keep 1.0 --steps 50
+
+Prints mAP50 and mAP50-95 on the validation subset and the seconds each stage took. It is the number a search
+optimises, so running it on a single candidate shows what the search will see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from autoprune.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of `autoprune proxy`."""
+    parser.add_argument("--model", default=None, help="a .pt checkpoint or model YAML (default: the demo model)")
+    parser.add_argument("--data", default=None, help="detection data YAML (default: the demo dataset)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--keep", type=float, default=1.0, help="uniform keep ratio in (0, 1] (default 1.0)")
+    which.add_argument("--genome", default=None, metavar="FILE", help="a genome file of per-group keep ratios")
+    parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches (0: none)")
+    parser.add_argument("--steps", type=int, default=50, help="finetune steps on the detection loss (0: none)")
+    parser.add_argument("--imgsz", type=int, default=320, help="input size, a multiple of 32 (default 320)")
+    parser.add_argument("--batch", type=int, default=8, help="images per calibration / finetune batch (default 8)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="finetune learning rate (AdamW, default 1e-3)")
+    parser.add_argument("--val-images", type=int, default=200, help="size of the seeded val subset (default 200)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image subsets and batch order")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def _prepare_candidate(args: argparse.Namespace, loaded_model):
+    """Return the candidate model to score: `loaded_model.model` pruned as `--keep` / `--genome` say.
+
+    TODO(pruner): complete when `autoprune.prune` and the search-space genome format land:
+      - `--keep K` (K < 1): `autoprune.prune(loaded_model.model, K)`;
+      - `--genome FILE`: read the genome with the search-space code, then prune with its per-group ratios.
+    Until then only the unpruned model (`--keep 1.0`) can be scored.
+    """
+    if args.genome is not None:
+        raise UserError("--genome is not supported yet (it needs the pruner and the search-space genome format)")
+    if args.keep != 1.0:
+        raise UserError(f"--keep {args.keep:g} is not supported yet: pruning is not available in this build; "
+                        "use --keep 1.0")
+    return loaded_model.model  # the proxy modifies the model it scores; this one is ours alone
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not (0.0 < args.keep <= 1.0):
+        raise UserError(f"--keep must lie in (0, 1], got {args.keep:g}")
+    if args.genome is not None and not Path(args.genome).is_file():
+        raise UserError(f"genome file not found: {args.genome}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Score one candidate with the proxy and return its mAPs, cost figures and timings."""
+    _check_args(args)
+    from autoprune.proxy import ProxySettings  # noqa: I001 - heavy imports only once the command runs
+
+    try:
+        settings = ProxySettings(imgsz=args.imgsz, calib_batches=args.calib_batches, steps=args.steps,
+                                 batch=args.batch, lr=args.lr, val_images=args.val_images, seed=args.seed,
+                                 device=args.device, threads=args.threads)
+    except UserError as e:
+        raise UserError(f"{e} (see --help)") from None
+    from autoprune.data import load_data_config
+    from autoprune.models import load_model
+    from autoprune.proxy import ProxyEvaluator
+
+    t0 = time.perf_counter()
+    data = load_data_config(args.data)  # checks the YAML and its images before any heavy work
+    loaded = load_model(args.model, seed=args.seed)
+    model = _prepare_candidate(args, loaded)
+    evaluator = ProxyEvaluator(data, settings)
+    result = evaluator.evaluate(model)
+    out = {
+        "model": loaded.source,
+        "data": str(data.yaml),
+        "keep": args.keep if args.genome is None else None,
+        "genome": args.genome,
+        "map50": result.map50,
+        "map50_95": result.map50_95,
+        "precision": result.precision,
+        "recall": result.recall,
+        "val_images": result.val_images,
+        "seconds": round(result.seconds, 3),
+        "setup_seconds": round(evaluator.setup_seconds, 3),
+        "breakdown": result.breakdown,
+        "train_loss": list(result.train_loss),
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "device": str(evaluator.device),
+        "total_seconds": round(time.perf_counter() - t0, 3),
+    }
+    if not args.json:
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.breakdown.items())
+        print(f"proxy  {loaded.source}  on {data.yaml.name} ({result.val_images} val images, imgsz {args.imgsz})")
+        print(f"  mAP50 {result.map50:.4f}   mAP50-95 {result.map50_95:.4f}   "
+              f"(P {result.precision:.3f}, R {result.recall:.3f})")
+        print(f"  {result.seconds:.2f} s per candidate: {stages}")
+        print(f"  setup (once per process) {evaluator.setup_seconds:.2f} s on {evaluator.device}")
+    return out
