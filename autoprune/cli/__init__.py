@@ -27,6 +27,7 @@ COMMANDS = {
     "prune": ("autoprune.cli.prune", "prune a model at one keep ratio (or per-group ratios) and save it"),
     "proxy": ("autoprune.cli.proxy", "score one candidate with the search's proxy (BN recalibration, short finetune, mAP)"),
     "demo": ("autoprune.cli.demo", "show the built-in demo data and baseline (with its measured mAP), or retrain it"),
+    "cost": ("autoprune.cli.cost", "report GFLOPs, parameters and measured latency (torch or onnxruntime) of a model"),
 }
 
 

@@ -1,0 +1,82 @@
+"""Report what a model costs: GFLOPs, parameters and measured latency on a device.
+
+    autoprune cost --model yolov8n.yaml --imgsz 640 --device cpu
+    autoprune cost --model runs/search/exp1/best.pt --backend onnxruntime --json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from autoprune.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the `cost` command's flags."""
+    parser.add_argument("--model", default=None,
+                        help="a .pt checkpoint or a model YAML such as yolov8n.yaml (default: the embedded demo model)")
+    parser.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32 (default 640)")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward pass for the latency (default 1)")
+    parser.add_argument("--device", default="auto", help="auto (cuda:0 if available, else cpu), cpu or cuda:N")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                        help="run the model with torch or export it to ONNX and run onnxruntime (default torch)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the latency (default: torch's setting, usually the core count)")
+    parser.add_argument("--cache", default=None, metavar="FILE",
+                        help="JSON latency cache to read and add to (created if missing); off by default")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Check the inputs, load the model, count GFLOPs and parameters, measure latency; print and return them."""
+    from autoprune import cost
+
+    imgsz = cost.check_imgsz(args.imgsz)
+    if args.batch < 1:
+        raise UserError(f"--batch must be a positive integer, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {args.threads}")
+    device = cost.resolve_device(args.device)
+    if args.backend == "onnxruntime":
+        cost._check_ort(device)
+    cache = cost.LatencyCache(args.cache) if args.cache else False
+
+    from autoprune.models import load_model
+
+    loaded = load_model(args.model)
+    model = loaded.model
+    gflops = cost.count_gflops(model, imgsz)
+    params = cost.count_params(model)
+    lat = cost.measure_latency(model, imgsz=imgsz, batch=args.batch, device=device, backend=args.backend,
+                               cache=cache, threads=args.threads)
+    result = {
+        "model": loaded.source,
+        "imgsz": imgsz,
+        "batch": args.batch,
+        "gflops": round(gflops, 4),
+        "params": params,
+        "latency_ms": round(lat.median_ms, 4),
+        "latency_p10_ms": round(lat.p10_ms, 4),
+        "latency_p90_ms": round(lat.p90_ms, 4),
+        "latency_spread_ms": round(lat.spread_ms, 4),
+        "repeats": lat.repeats,
+        "stable": lat.stable,
+        "cached": lat.cached,
+        "device": lat.device,
+        "device_name": lat.device_name,
+        "backend": lat.backend,
+        "precision": lat.precision,
+        "threads": lat.threads,
+        "signature": lat.signature,
+    }
+    if not args.json:
+        where = f"{lat.device} ({lat.device_name}, {lat.threads} threads)" if lat.device == "cpu" else (
+            f"{lat.device} ({lat.device_name})")
+        note = "" if lat.stable else "  [median not settled within the time cap: machine busy?]"
+        print(f"model      {loaded.source}")
+        print(f"input      {args.batch}x{cost._input_channels(model)}x{imgsz}x{imgsz}")
+        print(f"GFLOPs     {gflops:.2f}  (2 x multiply-adds, batch 1)")
+        print(f"params     {params:,}")
+        print(f"latency    {lat.median_ms:.2f} ms median, p10-p90 {lat.p10_ms:.2f}-{lat.p90_ms:.2f} ms, "
+              f"{lat.repeats} runs{' (cached)' if lat.cached else ''}{note}")
+        print(f"device     {where}, {lat.backend} {lat.precision}")
+    return result
