@@ -152,7 +152,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | Non
     Ultralytics and torch classes and plain Python data. `meta` (plain types only) is stored under "autoprune".
     """
     from ultralytics import __version__
-    from ultralytics.cfg import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS
+    from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS
 
     m = deepcopy(model).cpu()
     m.criterion = None  # the loss holds references Ultralytics strips from its checkpoints too
@@ -164,8 +164,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | Non
     base = dict(base_ckpt or {})
     args = {**DEFAULT_CFG_DICT, **(base.get("train_args") or {})}
     ckpt = {
-        **{k: v for k, v in base.items() if k not in ("model", "ema", "optimizer", "scaler")},
-        "date": datetime.now().isoformat(),
+        **{k: v for k, v in base.items() if k not in ("model", "ema", "optimizer", "scaler", "stopper")},
+        "date": datetime.now().astimezone().isoformat(),
         "version": __version__,
         "license": "AGPL-3.0 License (https://ultralytics.com/license)",
         "docs": "https://docs.ultralytics.com",
@@ -174,6 +174,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | Non
         "optimizer": None,
         "scaler": None,
         "updates": None,
+        "stopper": None,
         "best_fitness": None,
         "epoch": -1,
         "train_args": {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS},

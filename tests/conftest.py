@@ -46,3 +46,62 @@ def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 
 def tiny_data(tmp_path_factory) -> Path:
     """Path to the data YAML of a tiny two-class detection dataset, built once per test session."""
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+# Small synthetic detectors for the hard cases of the channel analysis. Stock Ultralytics modules, tiny widths.
+SYNTH_C2F = {
+    "nc": 2,
+    "backbone": [
+        [-1, 1, "Conv", [16, 3, 2]],  # 0
+        [-1, 1, "C2f", [32, True]],  # 1: split halves, residual bottleneck
+        [-1, 1, "Conv", [32, 3, 2]],  # 2
+    ],
+    "head": [
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]],  # 3
+        [[-1, 1], 1, "Concat", [1]],  # 4: concat of groups "2" and "1.cv2"
+        [-1, 1, "Conv", [32, 1, 1]],  # 5: 1x1 consumer of the concat
+        [[5, 2], 1, "Detect", ["nc"]],  # 6: legacy branches (v8 style)
+    ],
+}
+
+SYNTH_C3K2 = {
+    "nc": 2,
+    "backbone": [
+        [-1, 1, "Conv", [16, 3, 2]],  # 0
+        [-1, 1, "C3k2", [32, True]],  # 1: C3k inside a C2f-style split
+        [-1, 1, "Conv", [64, 3, 2]],  # 2
+        [-1, 1, "SPPF", [64, 5]],  # 3
+        [-1, 1, "C2PSA", [64]],  # 4: attention, kept whole inside
+    ],
+    "head": [
+        [-1, 1, "nn.Upsample", [None, 2, "nearest"]],  # 5
+        [[-1, 1], 1, "Concat", [1]],  # 6
+        [-1, 1, "C3k2", [32, False]],  # 7
+        [[7, 4], 1, "Detect", ["nc"]],  # 8: YOLO11 branches with depthwise convs
+    ],
+}
+
+
+def build_synthetic(cfg: dict, seed: int = 0):
+    """A DetectionModel from one of the synthetic configs, with reproducible random weights."""
+    import copy
+
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    return DetectionModel(copy.deepcopy(cfg), verbose=False).eval()
+
+
+def randomize_bn(model, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial statistics, so folding and equivalence checks mean something."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.5
+            m.running_mean = torch.randn(n, generator=g) * 0.5
+            m.running_var = torch.rand(n, generator=g) + 0.5

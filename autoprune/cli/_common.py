@@ -1,0 +1,30 @@
+"""Flags and checks shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from autoprune.errors import UserError
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a .pt checkpoint or an Ultralytics model YAML (e.g. yolov8n.yaml); default: the embedded demo model",
+    )
+
+
+def add_imgsz_argument(parser: argparse.ArgumentParser, default: int = 640, what: str = "costs") -> None:
+    parser.add_argument("--imgsz", type=int, default=default, help=f"image size for {what} (default {default})")
+
+
+def check_imgsz(imgsz: int) -> int:
+    """An image size must be a positive multiple of 32 (the largest stride of the stock detectors)."""
+    if imgsz <= 0 or imgsz % 32:
+        raise UserError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
+    return imgsz
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.1f}%"

@@ -1,0 +1,71 @@
+"""List the prunable channel groups of a model.
+
+Each group is a set of coupled channels that one keep ratio applies to: its id, the layers that produce and consume
+its channels, its channel count and the share of the model's conv FLOPs those channels drive. The summary gives the
+total GFLOPs, the prunable share of the conv FLOPs and the blocks kept whole as fixed boundaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from autoprune.cli._common import add_imgsz_argument, add_model_argument, check_imgsz, percent
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    add_imgsz_argument(parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from autoprune.channels import analyze
+    from autoprune.cost import count_gflops
+    from autoprune.models import load_model
+
+    imgsz = check_imgsz(args.imgsz)
+    loaded = load_model(args.model)
+    graph = analyze(loaded.model, imgsz=imgsz)
+    shares = graph.flops_shares()
+    result = {
+        "model": loaded.source,
+        "imgsz": imgsz,
+        "gflops": round(count_gflops(loaded.model, imgsz), 4),
+        "conv_gflops": round(graph.conv_gflops(), 4),
+        "prunable_conv_flops_share": round(graph.prunable_flops_share(), 4),
+        "fixed_blocks": graph.fixed_blocks,
+        "groups": [
+            {
+                "id": g.id,
+                "layer": g.layer,
+                "channels": g.size,
+                "parts": len(g.parts),
+                "producers": list(g.producers),
+                "consumers": list(g.consumers),
+                "flops_share": round(shares[g.id], 5),
+            }
+            for g in graph.groups
+        ],
+    }
+    if not args.json:
+        _print(result)
+    return result
+
+
+def _short(paths: list[str], width: int = 34) -> str:
+    text = ", ".join(p.removeprefix("model.") for p in paths)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print(r: dict) -> None:
+    print(f"{'group':<16} {'layer':>5} {'channels':>8}  {'producers':<34} {'consumers':<34} {'FLOPs':>6}")
+    for g in r["groups"]:
+        ch = f"{g['parts']}x{g['channels']}" if g["parts"] > 1 else str(g["channels"])
+        print(
+            f"{g['id']:<16} {g['layer']:>5} {ch:>8}  {_short(g['producers']):<34} {_short(g['consumers']):<34} "
+            f"{percent(g['flops_share']):>6}"
+        )
+    fixed = ", ".join(f"{cls} ({path.removeprefix('model.')})" for path, cls in r["fixed_blocks"].items()) or "none"
+    print(
+        f"\n{len(r['groups'])} groups | {r['gflops']:.2f} GFLOPs at {r['imgsz']} | "
+        f"prunable share of conv FLOPs {percent(r['prunable_conv_flops_share'])} | fixed boundaries: {fixed}"
+    )

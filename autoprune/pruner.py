@@ -1,0 +1,287 @@
+"""Structural pruning: a keep ratio per channel group in, a physically smaller model of stock classes out.
+
+The pruned model is made of the same Ultralytics modules as the original (`Conv`, `C2f`, `Detect`, ...) with smaller
+`nn.Conv2d` and `nn.BatchNorm2d` inside, so it saves as a normal Ultralytics checkpoint and loads without autoprune.
+
+A removed channel is not zero: after BN and activation it emits the constant `act(beta)` (exactly so when its BN
+gamma is 0). That constant is folded into every consumer, into the BN running mean that follows it (or its bias), so
+pruning channels whose gamma is 0 leaves the output unchanged: exactly for 1x1 consumers, and up to the zero-padded
+border for larger kernels.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from copy import deepcopy
+
+import torch
+from torch import nn
+
+from autoprune.channels import ChannelGraph, ChannelGroup, analyze
+from autoprune.errors import UserError
+from autoprune.importance import ScoringContext, get_criterion
+
+Keep = float | Mapping[str, float]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "model", None)
+    if inner is not None and not isinstance(inner, nn.Sequential) and hasattr(inner, "model"):
+        return inner  # an ultralytics.YOLO wrapper
+    return model
+
+
+def resolve_keep(graph: ChannelGraph, keep: Keep) -> dict[str, float]:
+    """Turn `keep` (one ratio, or {group id: ratio}) into a ratio for every group; unknown ids are a UserError."""
+    if isinstance(keep, Mapping):
+        unknown = [k for k in keep if k not in set(graph.ids)]
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], graph.ids, n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UserError(f"unknown channel group {unknown[0]!r}{more}; `autoprune groups` lists them")
+        ratios = {gid: float(keep.get(gid, 1.0)) for gid in graph.ids}
+    else:
+        ratios = {gid: float(keep) for gid in graph.ids}
+    for gid, r in ratios.items():
+        if not (0.0 < r <= 1.0) or math.isnan(r):
+            where = "" if not isinstance(keep, Mapping) else f" for group {gid!r}"
+            raise UserError(f"keep ratio must lie in (0, 1], got {r:g}{where}")
+    return ratios
+
+
+def rounded_count(size: int, ratio: float, round_to: int = 8, min_channels: int = 8) -> int:
+    """Channels to keep of `size` at `ratio`: the nearest multiple of `round_to`, never below `min_channels`.
+
+    The floor is the smallest multiple of `round_to` that is at least `min_channels`; a group smaller than that is
+    kept whole. A ratio of 1 keeps everything, even when `size` is not a multiple of `round_to`.
+
+    Example:
+        >>> rounded_count(64, 0.5), rounded_count(64, 0.3), rounded_count(16, 0.1), rounded_count(24, 1.0)
+        (32, 16, 8, 24)
+    """
+    if ratio >= 1.0:
+        return size
+    floor = min(size, math.ceil(min_channels / round_to) * round_to)
+    n = math.floor(ratio * size / round_to + 0.5) * round_to
+    return max(floor, min(size, n))
+
+
+def keep_counts(graph: ChannelGraph, keep: Keep, *, round_to: int = 8, min_channels: int = 8) -> dict[str, int]:
+    """Kept channels per part for every group: `{group id: count}`."""
+    if round_to < 1 or min_channels < 1:
+        raise UserError(f"round_to and min_channels must be at least 1, got {round_to} and {min_channels}")
+    ratios = resolve_keep(graph, keep)
+    return {g.id: rounded_count(g.size, ratios[g.id], round_to, min_channels) for g in graph.groups}
+
+
+def prune(
+    model: nn.Module,
+    keep: Keep,
+    *,
+    criterion: str = "l1",
+    round_to: int = 8,
+    min_channels: int = 8,
+    graph: ChannelGraph | None = None,
+    ctx: ScoringContext | None = None,
+) -> nn.Module:
+    """Return a pruned copy of `model` keeping `keep` of every channel group (or `keep[group id]` per group).
+
+    `model` is never modified. `criterion` names an importance from `autoprune.importance.CRITERIA`. Pass the
+    `graph` from `analyze(model)` when pruning the same model many times.
+
+    Example:
+        >>> from ultralytics.nn.tasks import DetectionModel
+        >>> small = prune(DetectionModel("yolov8n.yaml", verbose=False), 0.5)
+        >>> small.model[0].conv.out_channels
+        8
+    """
+    model = _unwrap(model)
+    graph = graph or analyze(model)
+    counts = keep_counts(graph, keep, round_to=round_to, min_channels=min_channels)
+    return prune_to_counts(model, counts, criterion=criterion, graph=graph, ctx=ctx)
+
+
+def prune_to_counts(
+    model: nn.Module,
+    counts: Mapping[str, int],
+    *,
+    criterion: str = "l1",
+    graph: ChannelGraph | None = None,
+    ctx: ScoringContext | None = None,
+) -> nn.Module:
+    """Return a pruned copy of `model` keeping exactly `counts[group id]` channels per part (others whole).
+
+    This is what replays a search trial: the kept counts are stored with it, so rounding rules cannot drift.
+    """
+    model = _unwrap(model)
+    graph = graph or analyze(model)
+    fn = get_criterion(criterion)
+    ctx = ctx or ScoringContext.for_model(model, graph)
+    indices = {}
+    for gid, n in counts.items():
+        g = graph.group(gid)
+        if not 1 <= n <= g.size:
+            raise UserError(f"group {gid!r} has {g.size} channels per part; cannot keep {n}")
+        if n == g.size:
+            continue
+        scores = fn(ctx, g)
+        indices[gid] = [torch.sort(s.argsort(descending=True, stable=True)[:n]).values for s in scores]
+    return apply_indices(model, graph, indices)
+
+
+def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, list[torch.Tensor]]) -> nn.Module:
+    """Return a copy of `model` keeping, for each listed group, the given channel indices of each of its parts."""
+    new = deepcopy(_unwrap(model))
+    modules = dict(new.named_modules(remove_duplicate=False))  # activations are shared
+    out_keep: dict[str, torch.Tensor] = {}
+    in_keep: dict[str, torch.Tensor] = {}
+    delta: dict[str, torch.Tensor] = {}
+    depthwise: set[str] = set()
+    constants: dict[int, torch.Tensor] = {}
+
+    def mask(store, path, width):
+        if path not in store:
+            store[path] = torch.ones(width, dtype=torch.bool)
+        return store[path]
+
+    for gid, per_part in indices.items():
+        group = graph.group(gid)
+        if len(per_part) != len(group.parts) or len({len(k) for k in per_part}) != 1:
+            raise ValueError(f"group {gid!r} needs one index list per part, all of one length")
+        for pi, kept in zip(group.parts, per_part):
+            part = graph.parts[pi]
+            removed = torch.ones(part.size, dtype=torch.bool)
+            removed[kept] = False
+            rm = removed.nonzero().flatten()
+            if rm.numel() == 0:
+                continue
+            for prod in part.producers:
+                p = graph.producers[prod]
+                conv = modules[p.conv]
+                mask(out_keep, p.conv, conv.out_channels)[p.offset + rm] = False
+                if p.depthwise:
+                    depthwise.add(p.conv)
+            for c in part.consumers:
+                conv = modules[c.conv]
+                mask(in_keep, c.conv, conv.in_channels)[c.offset + rm] = False
+                const = sum(_constant(graph, modules, constants, s)[rm] for s in c.sources)
+                if isinstance(const, torch.Tensor) and const.abs().max() > 0:
+                    w = conv.weight.detach().float()[:, c.offset + rm].sum((2, 3))  # (out, removed)
+                    d = w @ const
+                    delta[c.conv] = delta[c.conv] + d if c.conv in delta else d
+
+    bn_of = {p.conv: p.bn for p in graph.producers}
+    for path in set(out_keep) | set(in_keep) | set(delta):
+        conv = modules[path]
+        bn = modules[bn_of[path]] if bn_of.get(path) else None
+        if path in delta:
+            _fold(conv, bn, delta[path])
+        om = out_keep.get(path, torch.ones(conv.out_channels, dtype=torch.bool))
+        if path in depthwise:
+            _slice_depthwise(conv, om)
+        else:
+            _slice_conv(conv, om, in_keep.get(path, torch.ones(conv.in_channels, dtype=torch.bool)))
+        if bn is not None and not bool(om.all()):
+            _slice_bn(bn, om)
+
+    _fix_block_attributes(new)
+    return new
+
+
+def _constant(graph, modules, cache, prod_index: int) -> torch.Tensor:
+    """The value a removed channel of producer `prod_index` emits when its BN gamma is 0: `act(beta)`, per channel."""
+    if prod_index not in cache:
+        p = graph.producers[prod_index]
+        conv = modules[p.conv]
+        if p.bn is not None:
+            beta = modules[p.bn].bias.detach().float()
+        elif conv.bias is not None:
+            beta = conv.bias.detach().float()
+        else:
+            beta = torch.zeros(conv.out_channels)
+        act = modules[p.act] if p.act is not None else nn.Identity()
+        with torch.no_grad():
+            value = act(beta.view(1, -1, 1, 1)).flatten()
+        size = next(pt.size for pt in graph.parts if prod_index in pt.producers)
+        cache[prod_index] = value[p.offset : p.offset + size]
+    return cache[prod_index]
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, delta: torch.Tensor) -> None:
+    """The removed inputs contributed `delta` to each output: move it into the BN mean, or into the bias."""
+    with torch.no_grad():
+        if bn is not None:
+            bn.running_mean.sub_(delta.to(bn.running_mean.dtype))
+        elif conv.bias is not None:
+            conv.bias.add_(delta.to(conv.bias.dtype))
+        else:
+            w = conv.weight
+            conv.bias = nn.Parameter(delta.to(w.dtype).to(w.device), requires_grad=w.requires_grad)
+
+
+def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(t.clone().contiguous(), requires_grad=like.requires_grad)
+
+
+def _slice_conv(conv: nn.Conv2d, out_mask: torch.Tensor, in_mask: torch.Tensor) -> None:
+    if conv.groups != 1:
+        raise AssertionError(f"grouped conv {conv} reached the dense slicer")
+    w = conv.weight.data[out_mask][:, in_mask]
+    conv.weight = _param(w, conv.weight)
+    if conv.bias is not None:
+        conv.bias = _param(conv.bias.data[out_mask], conv.bias)
+    conv.out_channels, conv.in_channels = int(out_mask.sum()), int(in_mask.sum())
+
+
+def _slice_depthwise(conv: nn.Conv2d, keep: torch.Tensor) -> None:
+    conv.weight = _param(conv.weight.data[keep], conv.weight)
+    if conv.bias is not None:
+        conv.bias = _param(conv.bias.data[keep], conv.bias)
+    n = int(keep.sum())
+    conv.in_channels = conv.out_channels = conv.groups = n
+
+
+def _slice_bn(bn: nn.BatchNorm2d, keep: torch.Tensor) -> None:
+    if bn.weight is not None:
+        bn.weight = _param(bn.weight.data[keep], bn.weight)
+        bn.bias = _param(bn.bias.data[keep], bn.bias)
+    if bn.running_mean is not None:
+        bn.running_mean = bn.running_mean[keep].clone()
+        bn.running_var = bn.running_var[keep].clone()
+    bn.num_features = int(keep.sum())
+
+
+def _fix_block_attributes(model: nn.Module) -> None:
+    """Blocks that remember a channel count in an attribute read it in forward: bring it in line with the convs."""
+    from ultralytics.nn.modules import block
+
+    for m in model.modules():
+        if isinstance(m, (block.C2f, block.C2, block.C2PSA, block.PSA)) and hasattr(m, "cv1"):
+            out = m.cv1.conv.out_channels
+            if out % 2:
+                raise AssertionError(f"{type(m).__name__}.cv1 lost its equal halves ({out} channels)")
+            m.c = out // 2
+    layers = getattr(model, "model", None)
+    if isinstance(layers, nn.Sequential):
+        for m in layers:
+            if hasattr(m, "np"):
+                m.np = sum(p.numel() for p in m.parameters())
+
+
+def group_summary(graph: ChannelGraph, counts: Mapping[str, int]) -> list[dict]:
+    """Per group: id, channels before and after (per part), for reports."""
+    return [{"id": g.id, "size": g.size, "kept": int(counts.get(g.id, g.size)), "parts": len(g.parts)} for g in graph.groups]
+
+
+__all__ = [
+    "ChannelGroup",
+    "apply_indices",
+    "group_summary",
+    "keep_counts",
+    "prune",
+    "prune_to_counts",
+    "resolve_keep",
+    "rounded_count",
+]

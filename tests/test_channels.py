@@ -1,0 +1,143 @@
+"""Channel-group analysis: the hard cases on small synthetic models, and coverage of real Ultralytics YAMLs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SYNTH_C2F, SYNTH_C3K2, build_synthetic, randomize_bn
+
+from autoprune.channels import analyze
+from autoprune.pruner import prune
+
+
+@pytest.fixture(scope="module")
+def c2f_model():
+    m = build_synthetic(SYNTH_C2F)
+    randomize_bn(m)
+    return m
+
+
+@pytest.fixture(scope="module")
+def c3k2_model():
+    m = build_synthetic(SYNTH_C3K2)
+    randomize_bn(m)
+    return m
+
+
+def test_c2f_split_is_one_group_of_two_tied_halves(c2f_model):
+    graph = analyze(c2f_model)
+    g = graph.group("1.cv1")
+    assert g.size == 16 and len(g.parts) == 2
+    # the residual bottleneck output shares the second half's channels
+    assert "model.1.m.0.cv2" in g.producers
+    assert {"model.1.cv2", "model.1.m.0.cv1"} <= set(g.consumers)
+
+
+def test_c2f_halves_keep_equal_counts_and_update_c(c2f_model):
+    pruned = prune(c2f_model, {"1.cv1": 0.5})
+    block = pruned.model[1]
+    assert block.cv1.conv.out_channels == 16  # 2 halves x 8
+    assert block.c == 8
+    assert block.m[0].cv1.conv.in_channels == 8
+    assert block.m[0].cv2.conv.out_channels == 8  # residual: the bottleneck output follows the half
+    assert block.cv2.conv.in_channels == 3 * 8  # both halves + one bottleneck output
+    assert block.m[0].cv1.conv.out_channels == 16  # its own hidden group is untouched
+    assert pruned(torch.zeros(1, 3, 64, 64))[0].shape == c2f_model(torch.zeros(1, 3, 64, 64))[0].shape
+
+
+def test_residual_group_spans_every_bottleneck_of_a_c3():
+    from ultralytics.nn.tasks import DetectionModel
+
+    graph = analyze(DetectionModel("yolov5nu.yaml", verbose=False))
+    g = graph.group("6.cv1")  # C3 with three shortcut bottlenecks
+    assert g.producers == ("model.6.cv1", "model.6.m.0.cv2", "model.6.m.1.cv2", "model.6.m.2.cv2")
+    assert len(g.parts) == 1
+
+
+def test_concat_of_two_groups_shrinks_its_consumer_by_both(c2f_model):
+    graph = analyze(c2f_model)
+    assert "model.5" in graph.group("2").consumers and "model.5" in graph.group("1.cv2").consumers
+    pruned = prune(c2f_model, {"2": 0.5, "1.cv2": 0.25})
+    assert pruned.model[2].conv.out_channels == 16
+    assert pruned.model[1].cv2.conv.out_channels == 8
+    assert pruned.model[5].conv.in_channels == 16 + 8
+
+
+def test_detect_box_and_class_branches_are_separate_groups(c2f_model):
+    graph = analyze(c2f_model)
+    box, cls = graph.group("6.cv2.0.0"), graph.group("6.cv3.0.0")
+    assert box.size == 64 and cls.size == 32
+    pruned = prune(c2f_model, {"6.cv2.0.0": 0.5, "6.cv3.0.0": 0.5})
+    head = pruned.model[6]
+    assert head.cv2[0][0].conv.out_channels == 32 and head.cv2[0][1].conv.in_channels == 32
+    assert head.cv3[0][0].conv.out_channels == 16 and head.cv3[0][1].conv.in_channels == 16
+    assert head.cv2[0][2].out_channels == 4 * head.reg_max and head.cv3[0][2].out_channels == 2  # outputs fixed
+
+
+def test_depthwise_head_conv_follows_its_input_group(c3k2_model):
+    graph = analyze(c3k2_model)
+    g = graph.group("7.cv2")  # feeds the YOLO11 class branch, whose first conv is depthwise
+    assert "model.8.cv3.0.0.0" in g.producers
+    pruned = prune(c3k2_model, {"7.cv2": 0.5})
+    dw = pruned.model[8].cv3[0][0][0].conv
+    assert dw.in_channels == dw.out_channels == dw.groups == 16
+    assert pruned.model[8].cv3[0][0][1].conv.in_channels == 16
+
+
+def test_attention_block_is_a_boundary_but_its_input_and_output_stay_prunable(c3k2_model):
+    graph = analyze(c3k2_model)
+    assert graph.fixed_blocks == {"model.4.attention": "C2PSA"}
+    ids = set(graph.ids)
+    assert "4.cv2" in ids  # output of the attention block
+    assert "3.cv2" in ids  # its input, read by C2PSA.cv1
+    assert not any(i.startswith("4.cv1") or i.startswith("4.m.") for i in ids)
+    pruned = prune(c3k2_model, 0.5)
+    assert pruned.model[4].cv1.conv.out_channels == c3k2_model.model[4].cv1.conv.out_channels
+    assert pruned.model[4].c == c3k2_model.model[4].c
+    assert pruned(torch.zeros(1, 3, 64, 64))[0].shape == c3k2_model(torch.zeros(1, 3, 64, 64))[0].shape
+
+
+def test_unknown_block_is_a_fixed_boundary():
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolov8n-ghost.yaml", verbose=False)
+    graph = analyze(model)
+    assert "GhostConv" in graph.fixed_blocks.values()
+    pruned = prune(model, 0.5, graph=graph)
+    x = torch.zeros(1, 3, 64, 64)
+    assert pruned.eval()(x)[0].shape == model.eval()(x)[0].shape
+    # a fixed block's convs are untouched
+    fixed = next(p for p, cls in graph.fixed_blocks.items() if cls == "GhostConv")
+    a, b = dict(model.named_modules())[fixed], dict(pruned.named_modules())[fixed]
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+
+
+def test_analysis_does_not_change_the_model(c3k2_model):
+    before = {k: v.clone() for k, v in c3k2_model.state_dict().items()}
+    training = c3k2_model.training
+    analyze(c3k2_model)
+    after = c3k2_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert c3k2_model.training == training
+
+
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_prunable_share_of_conv_flops_target(name):
+    from ultralytics.nn.tasks import DetectionModel
+
+    graph = analyze(DetectionModel(name, verbose=False))
+    assert graph.prunable_flops_share() >= 0.85
+
+
+def test_conv_gflops_match_the_pruned_model():
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolo11n.yaml", verbose=False)
+    graph = analyze(model)
+    from autoprune.pruner import keep_counts
+
+    counts = keep_counts(graph, 0.5)
+    predicted = graph.conv_gflops(counts)
+    actual = analyze(prune(model, 0.5, graph=graph)).conv_gflops()
+    assert predicted == pytest.approx(actual, rel=1e-9)
+    assert graph.conv_gflops(imgsz=320) == pytest.approx(graph.conv_gflops() / 4, rel=1e-9)

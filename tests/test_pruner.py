@@ -1,0 +1,249 @@
+"""The structural pruner on real Ultralytics YAMLs and on the exactness properties it promises."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import SYNTH_C2F, build_synthetic, randomize_bn
+
+from autoprune.channels import analyze
+from autoprune.errors import UserError
+from autoprune.models import save_checkpoint
+from autoprune.pruner import apply_indices, keep_counts, prune, rounded_count
+
+# Fully supported families: every block on the main path is understood.
+SUPPORTED = [
+    "yolov3-tinyu.yaml",
+    "yolov5nu.yaml",
+    "yolov8n.yaml",
+    "yolo11n.yaml",
+    "yolov8n-p6.yaml",
+    "yolov10n.yaml",
+    "yolo12n.yaml",
+    "yolo26n.yaml",
+]
+# Families with blocks the pruner keeps whole (GhostConv, RepNCSPELAN4, ...): must work, prune less.
+PARTIAL = ["yolov8n-ghost.yaml", "yolov9t.yaml"]
+
+X = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def _out(model, x=X):
+    y = model.eval()(x)
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+
+@pytest.fixture(scope="module")
+def built():
+    """name -> (model, graph, pruned at 0.5), built once per module."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            model = DetectionModel(name, verbose=False).eval()
+            graph = analyze(model)
+            cache[name] = (model, graph, prune(model, 0.5, graph=graph))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_keep_half_shrinks_flops_and_keeps_output_shapes(name, built):
+    model, graph, pruned = built(name)
+    assert _out(pruned).shape == _out(model).shape
+    after = analyze(pruned).conv_gflops()
+    assert after <= 0.6 * graph.conv_gflops(), f"GFLOPs fell only to {after / graph.conv_gflops():.0%}"
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", PARTIAL)
+def test_partially_understood_models_still_prune(name, built):
+    model, graph, pruned = built(name)
+    assert graph.fixed_blocks
+    assert _out(pruned).shape == _out(model).shape
+    assert analyze(pruned).conv_gflops() < graph.conv_gflops()
+
+
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml", "yolov5nu.yaml", "yolov3-tinyu.yaml"])
+def test_keep_one_is_the_identity(name, built):
+    model, graph, _ = built(name)
+    same = prune(model, 1.0, graph=graph)
+    assert torch.allclose(_out(same), _out(model), atol=1e-5, rtol=0)
+
+
+def test_prune_never_modifies_its_input(built):
+    model, graph, _ = built("yolo11n.yaml")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prune(model, 0.3, graph=graph, criterion="bn_scale")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_save_and_reload_without_autoprune_gives_the_same_outputs(built, tmp_path):
+    """Each pruned checkpoint loads in a fresh process that never imports autoprune, and computes the same outputs
+    as the in-memory pruned model within the precision the checkpoint is stored in (FP16)."""
+    names = SUPPORTED + PARTIAL
+    expected = {}
+    for i, name in enumerate(names):
+        _, _, pruned = built(name)
+        save_checkpoint(pruned, tmp_path / f"m{i}.pt")
+        expected[i] = (_out(pruned), _out(copy.deepcopy(pruned).half().float()))
+    torch.save(X, tmp_path / "x.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, json, torch
+        from ultralytics import YOLO
+        x = torch.load({str(tmp_path / "x.pt")!r})
+        outs = {{}}
+        for i in range({len(names)}):
+            y = YOLO({str(tmp_path)!r} + f"/m{{i}}.pt").model.float().eval()(x)
+            outs[i] = y[0] if isinstance(y, (tuple, list)) else y
+        torch.save(outs, {str(tmp_path / "outs.pt")!r})
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith("autoprune"))))
+        """
+    )
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    outs = torch.load(tmp_path / "outs.pt")
+    for i, name in enumerate(names):
+        full, rounded = expected[i]
+        assert torch.allclose(outs[i], rounded, rtol=1e-4, atol=1e-3), name  # same FP16 weights, same outputs
+        scale = full.abs().max()
+        assert (outs[i] - full).abs().max() <= 2e-2 * scale, name  # FP16 storage error only
+
+
+def _zero_removed_gammas(model, graph, indices):
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for gid, per_part in indices.items():
+        group = graph.group(gid)
+        for pi, kept in zip(group.parts, per_part):
+            part = graph.parts[pi]
+            removed = torch.ones(part.size, dtype=torch.bool)
+            removed[kept] = False
+            rm = removed.nonzero().flatten()
+            for prod in part.producers:
+                p = graph.producers[prod]
+                if p.bn is not None:
+                    modules[p.bn].weight.data[p.offset + rm] = 0.0
+
+
+def _random_half(graph, groups, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {gr.id: [torch.randperm(gr.size, generator=g)[: gr.size // 2].sort().values for _ in gr.parts] for gr in groups}
+
+
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml", "yolov5nu.yaml"])
+def test_gamma_zero_channels_prune_exactly_when_consumers_are_1x1(name, built):
+    model, graph, _ = built(name)
+    model = copy.deepcopy(model)
+    randomize_bn(model)
+    one_by_one = [
+        g for g in graph.groups if all(graph.convs[c.conv].kernel == 1 for pi in g.parts for c in graph.parts[pi].consumers)
+    ]
+    assert len(one_by_one) >= 10
+    indices = _random_half(graph, one_by_one)
+    _zero_removed_gammas(model, graph, indices)
+    pruned = apply_indices(model, graph, indices)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ref, got = _out(model, x), _out(pruned, x)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_gamma_zero_channels_prune_exactly_up_to_the_border_for_3x3_consumers():
+    model = build_synthetic(SYNTH_C2F)
+    randomize_bn(model)
+    graph = analyze(model)
+    group = graph.group("1.m.0.cv1")  # consumed by the bottleneck's 3x3 cv2
+    indices = _random_half(graph, [group])
+    _zero_removed_gammas(model, graph, indices)
+    pruned = apply_indices(model, graph, indices)
+
+    def consumer_output(m):
+        seen = {}
+        h = m.model[1].m[0].cv2.register_forward_hook(lambda mod, i, o: seen.setdefault("y", o))
+        m(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+        h.remove()
+        return seen["y"]
+
+    ref, got = consumer_output(model), consumer_output(pruned)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert torch.allclose(got[inner], ref[inner], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, ref, atol=1e-5, rtol=1e-5)  # the zero-padded border is where they differ
+
+
+def test_folding_beats_plain_removal_on_a_whole_model(built):
+    """With all groups halved and their removed gammas zeroed, folding leaves only border effects."""
+    import autoprune.pruner as pruner
+
+    model, graph, _ = built("yolov8n.yaml")
+    model = copy.deepcopy(model)
+    randomize_bn(model)
+    indices = _random_half(graph, graph.groups)
+    _zero_removed_gammas(model, graph, indices)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ref = _out(model, x)
+    folded = (_out(apply_indices(model, graph, indices), x) - ref).abs().mean()
+    original = pruner._constant
+    try:
+        pruner._constant = lambda graph, modules, cache, i: torch.zeros(4096)
+        plain = (_out(apply_indices(model, graph, indices), x) - ref).abs().mean()
+    finally:
+        pruner._constant = original
+    assert folded < 0.5 * plain
+
+
+def test_counts_are_rounded_and_floored():
+    assert rounded_count(64, 0.5) == 32
+    assert rounded_count(64, 0.3) == 16  # 19.2 -> nearest multiple of 8
+    assert rounded_count(64, 0.01) == 8  # never below min_channels
+    assert rounded_count(16, 0.1, min_channels=4, round_to=4) == 4
+    assert rounded_count(24, 1.0) == 24  # full keep is exact, multiple or not
+    assert rounded_count(6, 0.5) == 6  # smaller than the floor: kept whole
+    assert rounded_count(100, 0.5, round_to=16, min_channels=8) == 48
+
+
+def test_keep_validation(built):
+    model, graph, _ = built("yolov8n.yaml")
+    for bad in (0.0, 1.5, -0.2, float("nan")):
+        with pytest.raises(UserError, match="keep ratio"):
+            keep_counts(graph, bad)
+    with pytest.raises(UserError, match=r"unknown channel group '2.cvl' \(did you mean '2\.cv[12]'\?\)"):
+        keep_counts(graph, {"2.cvl": 0.5})
+    counts = keep_counts(graph, {"2.cv1": 0.5})
+    assert counts["2.cv1"] == 8 and counts["0"] == 16  # unlisted groups stay whole
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale"])
+def test_criteria_keep_the_most_important_channels(criterion):
+    model = build_synthetic(SYNTH_C2F)
+    randomize_bn(model)
+    graph = analyze(model)
+    conv, bn = model.model[0].conv, model.model[0].bn
+    strong = torch.tensor([1, 4, 6, 9, 10, 12, 13, 15])
+    with torch.no_grad():  # make 8 of the 16 channels of group "0" clearly the strongest by every criterion
+        conv.weight.mul_(0.01)
+        conv.weight[strong] *= 1000
+        bn.weight.mul_(0.01)
+        bn.weight[strong] *= 1000
+        model.model[1].cv1.conv.weight[:, strong] *= 10
+    pruned = prune(model, {"0": 0.5}, criterion=criterion, graph=graph)
+    kept_rows = pruned.model[0].conv.weight
+    assert torch.allclose(kept_rows, conv.weight[strong])
+
+
+def test_unknown_criterion_is_a_user_error(built):
+    model, graph, _ = built("yolov8n.yaml")
+    with pytest.raises(UserError, match="unknown criterion 'l3'"):
+        prune(model, 0.5, graph=graph, criterion="l3")
