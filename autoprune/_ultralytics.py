@@ -3,7 +3,9 @@
 Import `ultralytics` through this module (or after it) so the environment is set before Ultralytics reads it.
 """
 
+import logging
 import os
+import sys
 
 # No network at run time: Ultralytics would otherwise try downloads (weights, fonts, AMP-check models) that hang or
 # fail on an offline machine. A user who wants downloads can set YOLO_OFFLINE=0 themselves.
@@ -15,11 +17,31 @@ from ultralytics.utils import LOGGER, SETTINGS  # noqa: E402
 if SETTINGS.get("sync", False):
     SETTINGS.update({"sync": False})  # no analytics events from a pruning tool
 
+
+class _LiveStdout:
+    """Writes to whatever `sys.stdout` is at the moment of writing.
+
+    Ultralytics' log handler keeps the `sys.stdout` object it saw at import, so `contextlib.redirect_stdout` (how
+    `--json` keeps stdout clean) and test capture would not reach it, and a stream closed since would break it.
+    """
+
+    def write(self, text):
+        return sys.stdout.write(text)
+
+    def flush(self):
+        sys.stdout.flush()
+
+    def isatty(self):
+        return sys.stdout.isatty()
+
+
+for _handler in LOGGER.handlers:
+    if isinstance(_handler, logging.StreamHandler) and _handler.stream not in (sys.stderr, sys.__stderr__):
+        _handler.stream = _LiveStdout()
+
 __all__ = ["LOGGER", "ultralytics", "set_verbose"]
 
 
 def set_verbose(verbose: bool) -> None:
     """Show Ultralytics' own log lines (training progress, validation tables) or keep them quiet."""
-    import logging
-
     LOGGER.setLevel(logging.INFO if verbose else logging.WARNING)

@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+import autoprune._ultralytics  # noqa: E402,F401  (offline Ultralytics whose logs follow sys.stdout)
+
 
 def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Write a tiny two-class YOLO detection dataset (filled rectangles and discs on noise); return its YAML.

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import logging
 import sys
 
 from autoprune.errors import UserError
@@ -58,18 +57,10 @@ def _stdout_for_json(enabled: bool):
     if not enabled:
         yield
         return
-    from autoprune._ultralytics import LOGGER
+    import autoprune._ultralytics  # noqa: F401  (its log handler follows sys.stdout, so it is redirected too)
 
-    handlers = [h for h in LOGGER.handlers if isinstance(h, logging.StreamHandler)]
-    streams = [h.stream for h in handlers]
-    for h in handlers:
-        h.setStream(sys.stderr)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        for h, s in zip(handlers, streams):
-            h.setStream(s)
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,170 @@
+"""`autoprune groups` and `autoprune prune` from the command line: outputs, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from autoprune.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, pattern):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert pattern in lines[0], lines[0]
+
+
+def test_groups_json_lists_groups_and_summary(capsys):
+    code, out, _ = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--imgsz", "320", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["imgsz"] == 320 and len(r["groups"]) == 51
+    assert r["prunable_conv_flops_share"] >= 0.85
+    g = next(g for g in r["groups"] if g["id"] == "2.cv1")
+    assert g["parts"] == 2 and g["channels"] == 16 and "model.2.m.0.cv2" in g["producers"]
+    assert 0 < g["flops_share"] < 1
+    assert r["gflops"] == pytest.approx(8.7 / 4, rel=0.05)  # Ultralytics reports 8.7 GFLOPs at 640
+
+
+def test_groups_human_output_ends_with_summary(capsys):
+    code, out, _ = run_cli(capsys, "groups", "--model", "yolo11n.yaml")
+    assert code == 0
+    assert "fixed boundaries: C2PSA" in out.splitlines()[-1]
+    assert "prunable share of conv FLOPs" in out
+
+
+def test_prune_writes_a_smaller_checkpoint_and_reports_before_after(capsys, tmp_path):
+    out_path = tmp_path / "p.pt"
+    code, out, _ = run_cli(
+        capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--imgsz", "320", "--out", str(out_path), "--json"
+    )
+    assert code == 0
+    r = json.loads(out)
+    assert r["after"]["gflops"] < 0.6 * r["before"]["gflops"]
+    assert r["after"]["params"] < r["before"]["params"]
+    ckpt = torch.load(out_path, weights_only=False)
+    assert ckpt["autoprune"]["kept_channels"] == r["kept_channels"]
+    assert next(ckpt["model"].parameters()).dtype == torch.float16  # saved the way Ultralytics saves
+
+
+def test_prune_with_a_per_group_keep_file(capsys, tmp_path):
+    keep = tmp_path / "keep.yaml"
+    keep.write_text("'2.cv1': 0.5\n'9.cv1': 0.25\n")
+    code, out, _ = run_cli(
+        capsys, "prune", "--model", "yolov8n.yaml", "--keep", str(keep), "--out", str(tmp_path / "p.pt"), "--json"
+    )
+    assert code == 0
+    kept = json.loads(out)["kept_channels"]
+    assert kept["2.cv1"] == 8 and kept["9.cv1"] == 32 and kept["0"] == 16
+
+
+def test_prune_default_output_goes_to_a_run_folder_with_args(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "prune", "--model", "yolov3-tinyu.yaml", "--keep", "0.5", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["out"] == os.path.join("runs", "prune", "exp1", "pruned.pt")
+    assert (tmp_path / "runs/prune/exp1/args.yaml").is_file()
+
+
+@pytest.fixture
+def not_a_checkpoint(tmp_path):
+    p = tmp_path / "notes.pt"
+    p.write_text("this is not a checkpoint\n")
+    return p
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "missing/model.pt", "--keep", "0.5"], "model file not found: missing/model.pt"),
+        (["--model", "yolov8n-cls.yaml", "--keep", "0.5"], "is a classify model"),
+        (["--model", "yolov8n.yaml", "--keep", "0"], "keep ratio must lie in (0, 1]"),
+        (["--model", "yolov8n.yaml", "--keep", "1.5"], "keep ratio must lie in (0, 1]"),
+        (["--model", "yolov8n.yaml", "--keep", "-1"], "keep ratio must lie in (0, 1]"),
+        (["--model", "yolov8n.yaml", "--keep", "half"], "--keep must be a ratio"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--criterion", "taylr"], "unknown criterion 'taylr'"),
+        (["--model", "nonexistent.yaml", "--keep", "0.5"], "model YAML not found"),
+        (["--model", "model.onnx", "--keep", "0.5"], "must be a .pt checkpoint or a model .yaml"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--imgsz", "100"], "multiple of 32"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--out", "x.onnx"], "--out must end in .pt"),
+    ],
+)
+def test_prune_bad_input_is_one_error_line(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "prune", *args)
+    assert_user_error(code, err, message)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_prune_rejects_a_file_that_is_not_a_checkpoint_and_leaves_it_alone(capsys, not_a_checkpoint):
+    before = not_a_checkpoint.read_bytes(), not_a_checkpoint.stat().st_mtime_ns
+    code, _, err = run_cli(capsys, "prune", "--model", str(not_a_checkpoint), "--keep", "0.5")
+    assert_user_error(code, err, "is not a loadable Ultralytics checkpoint")
+    assert (not_a_checkpoint.read_bytes(), not_a_checkpoint.stat().st_mtime_ns) == before
+
+
+def test_prune_rejects_a_non_detector_checkpoint(capsys, tmp_path):
+    from ultralytics.nn.tasks import ClassificationModel
+
+    from autoprune.models import save_checkpoint
+
+    path = tmp_path / "cls.pt"
+    save_checkpoint(ClassificationModel("yolov8n-cls.yaml", verbose=False), path)
+    code, _, err = run_cli(capsys, "prune", "--model", str(path), "--keep", "0.5")
+    assert_user_error(code, err, "not a detection model")
+
+
+def test_prune_refuses_to_overwrite_unless_forced(capsys, tmp_path):
+    out_path = tmp_path / "exists.pt"
+    out_path.write_bytes(b"user data")
+    code, _, err = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--out", str(out_path))
+    assert_user_error(code, err, "already exists; pass --force")
+    assert out_path.read_bytes() == b"user data"
+    code, _, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--out", str(out_path), "--force")
+    assert code == 0 and out_path.read_bytes() != b"user data"
+
+
+def test_prune_never_modifies_the_input_checkpoint(capsys, tmp_path):
+    src = tmp_path / "src.pt"
+    assert run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.75", "--out", str(src))[0] == 0
+    before = src.read_bytes()
+    code, _, _ = run_cli(capsys, "prune", "--model", str(src), "--keep", "0.5", "--out", str(tmp_path / "b.pt"))
+    assert code == 0 and src.read_bytes() == before
+    code, _, err = run_cli(capsys, "prune", "--model", str(src), "--keep", "0.5", "--out", str(src), "--force")
+    assert_user_error(code, err, "must not be the input model")
+    assert src.read_bytes() == before
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune", "prune", "--model", str(tmp_path / "nope.pt"), "--keep", "0.5"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: model file not found: {tmp_path / 'nope.pt'} (autoprune never downloads weights)"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_flag_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--keep", "0.5", "--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1
