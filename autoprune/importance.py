@@ -43,10 +43,11 @@ class ScoringContext:
         return cls(modules=dict(model.named_modules(remove_duplicate=False)), graph=graph)
 
     def members(self, part_index: int):
-        """Yield `(kind, module path, weight slice)` for every member of a part.
+        """Yield `(kind, module path, weights)` for every member of a part, channel dimension first.
 
         kind is "out" (a producer's output rows, depthwise included), "in" (a consumer's input columns) or "bn"
-        (a producer's BatchNorm gamma).
+        (a producer's BatchNorm gamma). "in" weights are a transposed view: reduce them with `channel_norms`,
+        which does not copy.
         """
         part = self.graph.parts[part_index]
         n = part.size
@@ -59,6 +60,14 @@ class ScoringContext:
         for c in part.consumers:
             conv = self.modules[c.conv]
             yield "in", c.conv, conv.weight.detach()[:, c.offset : c.offset + n].transpose(0, 1)
+
+
+def channel_norms(w: torch.Tensor, p: int) -> torch.Tensor:
+    """The p-norm of each slice `w[k]` (channel dimension first), without copying a transposed view."""
+    dims = tuple(range(1, w.dim()))
+    if p == 1:
+        return w.abs().sum(dims)
+    return w.pow(2).sum(dims).sqrt() if p == 2 else w.abs().pow(p).sum(dims).pow(1 / p)
 
 
 Criterion = Callable[[ScoringContext, ChannelGroup], list[torch.Tensor]]
@@ -105,7 +114,7 @@ def _norm_criterion(p: int) -> Criterion:
     def criterion(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
         out = []
         for pi in group.parts:
-            vecs = [w.flatten(1).norm(p=p, dim=1) for kind, _, w in ctx.members(pi) if kind in ("out", "in")]
+            vecs = [channel_norms(w, p) for kind, _, w in ctx.members(pi) if kind in ("out", "in")]
             out.append(_normalized_mean(vecs))
         return out
 

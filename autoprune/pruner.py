@@ -222,7 +222,8 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, delta: torch.Tensor) -> No
 
 
 def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(t.clone().contiguous(), requires_grad=like.requires_grad)
+    """A new parameter from `t`, which boolean-mask indexing already made a fresh, contiguous tensor."""
+    return nn.Parameter(t.contiguous(), requires_grad=like.requires_grad)
 
 
 def _slice_conv(conv: nn.Conv2d, out_mask: torch.Tensor, in_mask: torch.Tensor) -> None:
@@ -248,8 +249,8 @@ def _slice_bn(bn: nn.BatchNorm2d, keep: torch.Tensor) -> None:
         bn.weight = _param(bn.weight.data[keep], bn.weight)
         bn.bias = _param(bn.bias.data[keep], bn.bias)
     if bn.running_mean is not None:
-        bn.running_mean = bn.running_mean[keep].clone()
-        bn.running_var = bn.running_var[keep].clone()
+        bn.running_mean = bn.running_mean[keep]
+        bn.running_var = bn.running_var[keep]
     bn.num_features = int(keep.sum())
 
 

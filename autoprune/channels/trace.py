@@ -13,7 +13,6 @@ by their own handlers. Custom blocks join through `register_handler`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -372,8 +371,11 @@ def _register_ultralytics_handlers() -> None:
 
 
 def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], dict[str, ConvInfo]]:
-    """One real forward pass on a copy: output shape of every module, and every conv's cost at `imgsz`."""
-    m = deepcopy(model).float().eval()
+    """One real forward pass: output shape of every module, and every conv's cost at `imgsz`.
+
+    It runs on the model itself (a copy would cost more than the pass) in eval mode without gradients, and puts back
+    what the pass touches: the training flag and the anchors a Detect head caches for the last input shape.
+    """
     shapes: dict[str, tuple[int, ...]] = {}
     convs: dict[str, ConvInfo] = {}
     hooks = []
@@ -395,16 +397,27 @@ def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], d
 
         return fn
 
-    for name, module in m.named_modules():
+    modes = {m: m.training for m in model.modules()}
+    cached = {m: {k: m.__dict__[k] for k in ("shape", "anchors", "strides") if k in m.__dict__} for m in model.modules()}
+    for name, module in model.named_modules():
         hooks.append(module.register_forward_hook(hook(name, module)))
     try:
+        model.eval()
         with torch.no_grad():
-            p = next(m.parameters())
-            ch = getattr(m, "yaml", {}).get("channels", 3) if isinstance(getattr(m, "yaml", None), dict) else 3
-            m(torch.zeros(1, ch, imgsz, imgsz, dtype=p.dtype, device=p.device))
+            p = next(model.parameters())
+            ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
+            model(torch.zeros(1, ch, imgsz, imgsz, dtype=p.dtype, device=p.device))
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes.items():
+            m.training = training
+        for m, attrs in cached.items():
+            for k in ("shape", "anchors", "strides"):
+                if k in attrs:
+                    m.__dict__[k] = attrs[k]
+                else:
+                    m.__dict__.pop(k, None)
     return shapes, convs
 
 

@@ -1,0 +1,41 @@
+"""What every benchmark prints first: the command that produced its figures and the machine they were taken on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def machine() -> str:
+    """CPU model, cores, torch threads, GPU if any, versions and the load average (the CPU is often shared)."""
+    import torch
+    import ultralytics
+
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {gpu}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"ultralytics {ultralytics.__version__}, Python {platform.python_version()}; load average {load}"
+    )
+
+
+def header() -> None:
+    """Print the command line, the date and the machine."""
+    print(f"command: {shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
+    print(f"date:    {datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"machine: {machine()}")
+    print()
