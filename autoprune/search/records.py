@@ -1,0 +1,120 @@
+"""What a search stores in its Optuna study, and how to read it back.
+
+Every candidate is a trial in one Optuna study, whichever engine drives the search. Its values are the objectives
+(`OBJECTIVES`, in that order: maximize mAP50-95, minimize GFLOPs, minimize latency); everything needed to replay it
+lives in the trial's user attributes under the keys below, so `autoprune apply --trial N` rebuilds exactly that
+model. Study-level settings (model, data, budgets, search space, proxy settings) live in the study's user
+attributes under `STUDY_*` keys.
+
+A trial is **feasible** when it completed and meets every budget; only feasible trials make the Pareto front.
+Trials that never reached the proxy (a genome over the FLOPs budget, repaired into another trial; a candidate over
+the latency budget) are PRUNED with the reason in `REASON`; candidates that raised are FAIL with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+OBJECTIVES = ("mAP50-95", "GFLOPs", "latency_ms")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+
+# Trial user attributes
+GENOME = "genome"  # {gene name: keep ratio}
+KEEP = "keep"  # {group id: keep ratio}, the genome expanded by the search space
+KEPT_CHANNELS = "kept_channels"  # {group id: channels kept per part}
+GFLOPS = "gflops"
+PARAMS = "params"
+LATENCY_MS = "latency_ms"
+LATENCY_SPREAD_MS = "latency_spread_ms"
+MAP50 = "map50"
+MAP50_95 = "map50_95"
+PROXY_SECONDS = "proxy_seconds"
+SECONDS = "seconds"  # wall time of the whole candidate
+MODEL_FINGERPRINT = "model_fingerprint"
+IMGSZ = "imgsz"  # the image size GFLOPs and latency are measured at
+CRITERION = "criterion"
+SEED = "seed"
+ROUND_TO = "round_to"
+MIN_CHANNELS = "min_channels"
+KIND = "kind"  # "uniform" (the uniform baseline), "search", "repaired", "retry"
+FEASIBLE = "feasible"
+CONSTRAINTS = "constraints"  # [gflops - budget, latency - latency budget]; <= 0 is within budget
+REASON = "reason"  # why a trial was pruned or failed
+REPAIRED_INTO = "repaired_into"  # for a rejected genome: the genome evaluated instead
+
+# Study user attributes
+STUDY_MODEL = "model"  # what the user named
+STUDY_MODEL_FINGERPRINT = "model_fingerprint"
+STUDY_DATA = "data"
+STUDY_BUDGET_GFLOPS = "budget_gflops"
+STUDY_BUDGET_LATENCY_MS = "budget_latency_ms"
+STUDY_IMGSZ = "imgsz"
+STUDY_DEVICE = "device"
+STUDY_SPACE = "space"  # the search space, as the dict its YAML loads to
+STUDY_CRITERION = "criterion"
+STUDY_ENGINE = "engine"
+STUDY_SAMPLER = "sampler"
+STUDY_SEED = "seed"
+STUDY_PROXY = "proxy"  # proxy settings as a dict
+STUDY_BASE = "base"  # the unpruned model: {gflops, params, latency_ms}
+STUDY_VERSION = "autoprune_version"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as reports and `apply` see it: a flat view of its state, values and attributes."""
+
+    number: int
+    state: str  # "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"
+    map50_95: float | None
+    map50: float | None
+    gflops: float | None
+    latency_ms: float | None
+    params: int | None
+    feasible: bool
+    kind: str
+    reason: str | None
+    genome: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_trial(cls, trial) -> TrialRecord:
+        """From an `optuna.trial.FrozenTrial`."""
+        a = trial.user_attrs
+        return cls(
+            number=trial.number,
+            state=trial.state.name,
+            map50_95=_num(a.get(MAP50_95)),
+            map50=_num(a.get(MAP50)),
+            gflops=_num(a.get(GFLOPS)),
+            latency_ms=_num(a.get(LATENCY_MS)),
+            params=a.get(PARAMS),
+            feasible=bool(a.get(FEASIBLE, False)) and trial.state.name == "COMPLETE",
+            kind=a.get(KIND, "search"),
+            reason=a.get(REASON),
+            genome=dict(a.get(GENOME) or trial.params),
+            attrs=dict(a),
+        )
+
+
+def _num(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def dominates(a: TrialRecord, b: TrialRecord) -> bool:
+    """Pareto dominance on the three objectives (higher mAP, lower GFLOPs, lower latency)."""
+    va = (a.map50_95, -a.gflops, -a.latency_ms)
+    vb = (b.map50_95, -b.gflops, -b.latency_ms)
+    return all(x >= y for x, y in zip(va, vb)) and any(x > y for x, y in zip(va, vb))
+
+
+def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The feasible records that no other feasible record dominates, by trial number.
+
+    Example:
+        >>> pareto_front([])
+        []
+    """
+    feasible = [r for r in records if r.feasible]
+    return sorted((r for r in feasible if not any(dominates(o, r) for o in feasible)), key=lambda r: r.number)

@@ -1,0 +1,82 @@
+"""Where studies live: a SQLite file in the run folder by default, or any RDB URL shared by many workers.
+
+`--name NAME` alone means `runs/search/NAME/study.db`; `--storage URL --name NAME` names a study in any database
+SQLAlchemy reaches (PostgreSQL for many workers on many machines).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from autoprune.errors import UserError
+from autoprune.runs import RUNS_ROOT
+
+STUDY_FILE = "study.db"
+_URL = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+[a-z0-9_]+)?://", re.IGNORECASE)
+
+
+def run_dir_for(name: str) -> Path:
+    """The local run folder of study `name`: `runs/search/NAME`."""
+    if not name or "/" in name or name in (".", ".."):
+        raise UserError(f"--name must be a plain folder name, got {name!r}")
+    return RUNS_ROOT / "search" / name
+
+
+def storage_url(storage: str | None, name: str) -> str:
+    """The storage URL for `--storage` (checked) or, when None, the run folder's SQLite file."""
+    if storage is None:
+        return f"sqlite:///{run_dir_for(name) / STUDY_FILE}"
+    if not _URL.match(storage):
+        raise UserError(
+            f"--storage must be a database URL such as sqlite:///path/study.db or "
+            f"postgresql://user:password@host/db, got {storage!r}"
+        )
+    if storage.lower().startswith("sqlite") and not storage.lower().startswith("sqlite:///"):
+        raise UserError(f"a SQLite --storage URL starts with sqlite:/// followed by a path, got {storage!r}")
+    return storage
+
+
+def make_storage(url: str, *, heartbeat: bool = True):
+    """An Optuna RDB storage for `url`, with heartbeats so a worker killed mid-trial is noticed by the others.
+
+    A trial whose worker stopped sending heartbeats for `grace_period` seconds is marked FAIL by the next worker
+    that looks (`optuna.storages.fail_stale_trials`), and its genome is queued again.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    kwargs = {"heartbeat_interval": 20, "grace_period": 60} if heartbeat else {}
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
+        raise UserError(f"malformed --storage URL {url!r}: {str(e).splitlines()[0]}") from e
+    except sqlalchemy.exc.OperationalError as e:
+        raise UserError(f"cannot open --storage {url!r}: {str(e.orig).splitlines()[0]}") from e
+    except ModuleNotFoundError as e:
+        raise UserError(f"--storage {url!r} needs the Python package {e.name!r}; install it first") from e
+
+
+def study_names(storage) -> list[str]:
+    import optuna
+
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
+def open_study(storage: str | None, name: str):
+    """Load an existing study; a `UserError` naming the studies that do exist if it is not there."""
+    import optuna
+
+    url = storage_url(storage, name)
+    if storage is None and not (run_dir_for(name) / STUDY_FILE).is_file():
+        known = sorted(p.parent.name for p in (RUNS_ROOT / "search").glob(f"*/{STUDY_FILE}"))
+        hint = f"; studies here: {', '.join(known)}" if known else ""
+        raise UserError(f"no study named {name!r} in {RUNS_ROOT / 'search'}{hint}")
+    st = make_storage(url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=st)
+    except KeyError:
+        names = study_names(st)
+        hint = f"; studies there: {', '.join(names)}" if names else "; it holds no studies"
+        raise UserError(f"no study named {name!r} in {url}{hint}") from None
