@@ -103,6 +103,18 @@ def prune(
     return prune_to_counts(model, counts, criterion=criterion, graph=graph, ctx=ctx)
 
 
+def rank_channels(
+    model: nn.Module, graph: ChannelGraph, criterion: str = "l1", ctx: ScoringContext | None = None
+) -> dict[str, list[torch.Tensor]]:
+    """For every group, its channels per part from most to least important by `criterion`.
+
+    Scores depend only on the unpruned model, so a search ranks once and every candidate only slices.
+    """
+    fn = get_criterion(criterion)
+    ctx = ctx or ScoringContext.for_model(_unwrap(model), graph)
+    return {g.id: [s.argsort(descending=True, stable=True) for s in fn(ctx, g)] for g in graph.groups}
+
+
 def prune_to_counts(
     model: nn.Module,
     counts: Mapping[str, int],
@@ -110,15 +122,17 @@ def prune_to_counts(
     criterion: str = "l1",
     graph: ChannelGraph | None = None,
     ctx: ScoringContext | None = None,
+    ranking: Mapping[str, list[torch.Tensor]] | None = None,
 ) -> nn.Module:
     """Return a pruned copy of `model` keeping exactly `counts[group id]` channels per part (others whole).
 
     This is what replays a search trial: the kept counts are stored with it, so rounding rules cannot drift.
+    `ranking` (from `rank_channels`) skips scoring when the same model is pruned many times.
     """
     model = _unwrap(model)
     graph = graph or analyze(model)
-    fn = get_criterion(criterion)
-    ctx = ctx or ScoringContext.for_model(model, graph)
+    if ranking is None:
+        get_criterion(criterion)
     indices = {}
     for gid, n in counts.items():
         g = graph.group(gid)
@@ -126,8 +140,12 @@ def prune_to_counts(
             raise UserError(f"group {gid!r} has {g.size} channels per part; cannot keep {n}")
         if n == g.size:
             continue
-        scores = fn(ctx, g)
-        indices[gid] = [torch.sort(s.argsort(descending=True, stable=True)[:n]).values for s in scores]
+        if ranking is None:
+            ctx = ctx or ScoringContext.for_model(model, graph)
+            order = [s.argsort(descending=True, stable=True) for s in get_criterion(criterion)(ctx, g)]
+        else:
+            order = ranking[gid]
+        indices[gid] = [torch.sort(o[:n]).values for o in order]
     return apply_indices(model, graph, indices)
 
 
@@ -283,6 +301,7 @@ __all__ = [
     "keep_counts",
     "prune",
     "prune_to_counts",
+    "rank_channels",
     "resolve_keep",
     "rounded_count",
 ]
