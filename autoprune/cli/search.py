@@ -1,0 +1,90 @@
+"""Search per-group keep ratios for the best accuracy within a compute budget (the main command).
+
+Every candidate is a trial in one Optuna study (a SQLite file in runs/search/NAME by default, or --storage URL for
+many workers). Start every extra worker, on this machine or another, with the same --storage, --name and --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from autoprune.cli._common import add_model_argument
+from autoprune.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument("--data", default=None, help="data YAML (default: the embedded demo dataset)")
+    parser.add_argument("--budget-gflops", type=float, required=True, help="GFLOPs budget at --imgsz")
+    parser.add_argument("--budget-latency-ms", type=float, default=None, help="latency budget on --device")
+    parser.add_argument("--engine", default="deap", help="deap (NSGA-II with DEAP, default) or optuna")
+    parser.add_argument("--sampler", default=None, help="with --engine optuna: nsga2 (default), tpe or random")
+    parser.add_argument("--trials", type=int, default=None, help="candidates to evaluate (default: 3 generations)")
+    parser.add_argument("--generations", type=int, default=None, help="NSGA-II generations (x --population)")
+    parser.add_argument("--population", type=int, default=8, help="NSGA-II population size (default 8)")
+    parser.add_argument("--proxy-steps", type=int, default=50, help="finetune steps in each candidate's proxy")
+    parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches in the proxy")
+    parser.add_argument("--proxy-imgsz", type=int, default=320, help="image size of the proxy (default 320)")
+    parser.add_argument("--val-images", type=int, default=200, help="validation images the proxy scores on")
+    parser.add_argument("--imgsz", type=int, default=640, help="image size of GFLOPs and latency (default 640)")
+    parser.add_argument("--criterion", default="l1", help="channel importance criterion (default l1)")
+    parser.add_argument("--space", default=None, help="search space YAML (default: chosen from the model)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: runs/search/NAME/study.db)")
+    parser.add_argument("--name", default=None, help="study and run folder name (default: expN)")
+    parser.add_argument("--resume", action="store_true", help="continue (or join) the study --name")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (latency and proxy)")
+
+
+def _heartbeat() -> tuple[int, int]:
+    """AUTOPRUNE_HEARTBEAT="interval,grace" (seconds) tunes how fast a dead worker's trial is noticed."""
+    text = os.environ.get("AUTOPRUNE_HEARTBEAT", "10,40")
+    try:
+        interval, grace = (int(x) for x in text.split(","))
+        assert 0 < interval < grace
+    except (ValueError, AssertionError):
+        raise UserError(f"AUTOPRUNE_HEARTBEAT must be 'interval,grace' seconds with interval < grace, got {text!r}") from None
+    return interval, grace
+
+
+def run(args: argparse.Namespace) -> dict:
+    from autoprune.report import format_front_table, load_records, pareto_info
+    from autoprune.search.driver import Search, SearchSettings
+
+    interval, grace = _heartbeat()
+    settings = SearchSettings(
+        budget_gflops=args.budget_gflops,
+        budget_latency_ms=args.budget_latency_ms,
+        model=args.model,
+        data=args.data,
+        engine=args.engine,
+        sampler=args.sampler,
+        trials=args.trials,
+        generations=args.generations,
+        population=args.population,
+        proxy_steps=args.proxy_steps,
+        calib_batches=args.calib_batches,
+        proxy_imgsz=args.proxy_imgsz,
+        val_images=args.val_images,
+        imgsz=args.imgsz,
+        criterion=args.criterion,
+        space=args.space,
+        storage=args.storage,
+        name=args.name,
+        resume=args.resume,
+        seed=args.seed,
+        device=args.device,
+        heartbeat_interval=interval,
+        grace_period=grace,
+    )
+    search = Search(settings)
+    result = search.run()
+    if not args.json:
+        info = pareto_info(load_records(search.study), search.study.user_attrs)
+        print()
+        print(format_front_table(info))
+        print(f"\nreports: {', '.join(str(p) for p in result.outputs.values())}")
+        if result.front:
+            print(f"next: autoprune apply --name {result.name} --trial {result.front[0].number}")
+    return result.as_dict()

@@ -1,0 +1,506 @@
+"""The search loop: ask a genome, price it, prune, measure, score, tell; until the study has its trials.
+
+Order of work per candidate, cheapest first, so no proxy work is spent on a genome that cannot win:
+
+1. the genome's conv GFLOPs from the channel analysis (microseconds): over the budget, it is rejected and a
+   repaired genome within budget is queued in its place;
+2. prune (a fraction of a second), GFLOPs (fvcore) and latency (measured; cached by architecture): over a latency
+   budget, the candidate is recorded as infeasible without a proxy score;
+3. the proxy (BN recalibration, a short finetune, mAP on a validation subset): seconds.
+
+Everything lives in the Optuna study (see `records`), so a killed search resumes where it stopped and many
+workers pointed at one storage share the work: each asks for a trial, the storage hands out trial numbers
+atomically, heartbeats reveal a dead worker's trial, which is then failed and queued again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.errors import UserError
+from autoprune.search import records as R
+from autoprune.search.engines import ENGINES, SAMPLERS, make_sampler
+from autoprune.search.storage import make_storage, run_dir_for, storage_url, study_names
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a search needs; validated by `Search` before anything is created or written."""
+
+    budget_gflops: float
+    budget_latency_ms: float | None = None
+    model: str | None = None  # None: the embedded demo model
+    data: str | None = None  # None: the embedded demo dataset
+    engine: str = "deap"
+    sampler: str | None = None
+    trials: int | None = None
+    generations: int | None = None
+    population: int = 8
+    proxy_steps: int = 50
+    calib_batches: int = 20
+    proxy_imgsz: int = 320
+    val_images: int = 200
+    imgsz: int = 640  # GFLOPs and latency are measured at the deployment size
+    criterion: str = "l1"
+    space: str | None = None
+    storage: str | None = None
+    name: str | None = None
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    heartbeat_interval: int = 10
+    grace_period: int = 40
+
+    @property
+    def target_trials(self) -> int:
+        """Candidates to evaluate in all: --trials, or --generations x --population, or 3 generations."""
+        if self.trials is not None:
+            return self.trials
+        return (self.generations or 3) * self.population
+
+
+@dataclass
+class SearchResult:
+    name: str
+    run_dir: Path
+    storage: str
+    evaluated: int
+    feasible: int
+    front: list[R.TrialRecord]
+    uniform: R.TrialRecord | None
+    best: R.TrialRecord | None
+    outputs: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        def rec(r):
+            return None if r is None else {k: v for k, v in asdict(r).items() if k != "attrs"}
+
+        beats = None
+        if self.best is not None and self.uniform is not None and self.uniform.feasible:
+            beats = self.best.map50_95 - self.uniform.map50_95
+        return {
+            "name": self.name,
+            "run_dir": str(self.run_dir),
+            "storage": self.storage,
+            "evaluated": self.evaluated,
+            "feasible": self.feasible,
+            "front": [rec(r) for r in self.front],
+            "uniform": rec(self.uniform),
+            "best": rec(self.best),
+            "best_beats_uniform_by": beats,
+            "outputs": {k: str(v) for k, v in self.outputs.items()},
+        }
+
+
+def _check_settings(s: SearchSettings) -> None:
+    def positive(name, value, integer=False):
+        if value is None:
+            return
+        bad = isinstance(value, bool) or (integer and not isinstance(value, int)) or not value > 0
+        if bad or (isinstance(value, float) and not math.isfinite(value)):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive {'integer' if integer else 'number'}, got {value}")
+
+    positive("budget_gflops", s.budget_gflops)
+    positive("budget_latency_ms", s.budget_latency_ms)
+    for name in ("trials", "generations", "population"):
+        positive(name, getattr(s, name), integer=True)
+    if s.proxy_steps < 0:
+        raise UserError(f"--proxy-steps must be 0 or more, got {s.proxy_steps}")
+    for name in ("imgsz", "proxy_imgsz"):
+        v = getattr(s, name)
+        if v <= 0 or v % 32:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive multiple of 32, got {v}")
+    if s.engine not in ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {s.engine!r}")
+    if s.sampler is not None and s.sampler not in SAMPLERS:
+        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
+    if s.engine == "deap" and s.sampler not in (None, "nsga2"):
+        raise UserError(f"--engine deap runs NSGA-II; --sampler {s.sampler} needs --engine optuna")
+    if s.trials is not None and s.generations is not None:
+        raise UserError("give --trials or --generations (with --population), not both")
+    if s.resume and s.name is None:
+        raise UserError("--resume needs the --name of the study to continue")
+
+
+class Search:
+    """One search process (one worker). Construction checks everything and creates the study; `run()` works.
+
+    Example:
+        >>> result = Search(SearchSettings(budget_gflops=5.0, trials=24)).run()
+        >>> [r.number for r in result.front]
+    """
+
+    def __init__(self, settings: SearchSettings, *, log=print):
+        from autoprune.channels import analyze
+        from autoprune.cost import count_gflops, count_params, resolve_device
+        from autoprune.data import load_data_config
+        from autoprune.importance import get_criterion
+        from autoprune.models import load_model
+        from autoprune.space import load_space
+
+        s = self.settings = settings
+        self.log = log
+        _check_settings(s)
+        get_criterion(s.criterion)
+        self.device = resolve_device(s.device)
+
+        # Where the study lives; a name that exists needs --resume. Checked before anything is written.
+        self.name = s.name or _next_name()
+        self.url = storage_url(s.storage, self.name)
+        self.run_dir = run_dir_for(self.name)
+        exists = self._study_exists()
+        if exists and not s.resume:
+            raise UserError(f"a study named {self.name!r} already exists ({self.url}); pass --resume to continue it")
+
+        self.loaded = load_model(s.model)
+        self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
+        self.space = load_space(s.space, self.graph, self.loaded.model)
+        self.data = load_data_config(s.data)
+
+        base_gflops = count_gflops(self.loaded.model, s.imgsz)
+        # Budgets are in full GFLOPs (fvcore, Ultralytics' convention); the space prices genomes by conv GFLOPs in
+        # microseconds. Their ratio is measured once; the rest (BN, upsampling) scales with the channels.
+        self.gflops_scale = base_gflops / self.graph.conv_gflops()
+        min_gflops = self.space.min_gflops(s.imgsz) * self.gflops_scale
+        if s.budget_gflops < min_gflops:
+            raise UserError(
+                f"--budget-gflops {s.budget_gflops:g} is below what the search space can reach: the smallest "
+                f"model it allows has {min_gflops:.2f} GFLOPs at {s.imgsz} (the unpruned one {base_gflops:.2f})"
+            )
+        self.uniform = self.space.uniform_for_budget(s.budget_gflops / self.gflops_scale, s.imgsz)
+        self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.run_dir / "args.yaml").exists():
+            from autoprune.runs import save_args
+
+            save_args(self.run_dir, asdict(s), name=self.name, storage_url=self.url)
+        self.storage = make_storage(self.url, heartbeat=(s.heartbeat_interval, s.grace_period))
+        self.study = self._open_study()
+        self._evaluator = None
+        self._ranking = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The study
+
+    def _study_exists(self) -> bool:
+        if self.settings.storage is None:
+            return self.run_dir.exists()
+        return self.name in study_names(make_storage(self.url, heartbeat=None))
+
+    def _study_attrs(self) -> dict:
+        s = self.settings
+        return {
+            R.STUDY_MODEL: self.loaded.source,
+            R.STUDY_MODEL_FINGERPRINT: self.loaded.fingerprint,
+            R.STUDY_DATA: str(self.data.yaml),
+            R.STUDY_BUDGET_GFLOPS: s.budget_gflops,
+            R.STUDY_BUDGET_LATENCY_MS: s.budget_latency_ms,
+            R.STUDY_IMGSZ: s.imgsz,
+            R.STUDY_DEVICE: str(self.device),
+            R.STUDY_SPACE: self.space.source,
+            R.STUDY_CRITERION: s.criterion,
+            R.STUDY_ENGINE: s.engine,
+            R.STUDY_SAMPLER: s.sampler or "nsga2",
+            R.STUDY_SEED: s.seed,
+            R.STUDY_PROXY: self._proxy_settings_dict(),
+            R.STUDY_POPULATION: s.population,
+            R.STUDY_BASE: self.base,
+            R.STUDY_VERSION: _version(),
+        }
+
+    def _proxy_settings_dict(self) -> dict:
+        s = self.settings
+        return {"imgsz": s.proxy_imgsz, "steps": s.proxy_steps, "calib_batches": s.calib_batches,
+                "val_images": s.val_images, "seed": s.seed}
+
+    def _open_study(self):
+        s = self.settings
+        sampler = make_sampler(s.engine, s.sampler, self.space, seed=s.seed, population=s.population,
+                               first_params=self.uniform)
+        study = optuna.create_study(
+            study_name=self.name,
+            storage=self.storage,
+            directions=list(R.DIRECTIONS),
+            sampler=sampler,
+            load_if_exists=True,
+        )
+        attrs = self._study_attrs()
+        stored = study.user_attrs
+        if not stored:
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+            study.set_metric_names(list(R.OBJECTIVES))
+        else:
+            for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_IMGSZ,
+                        R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE, R.STUDY_SAMPLER, R.STUDY_SEED,
+                        R.STUDY_PROXY, R.STUDY_POPULATION):
+                if stored.get(key) != attrs[key]:
+                    raise UserError(
+                        f"study {self.name!r} was made with a different {key} ({_short(stored.get(key))}; "
+                        f"this run: {_short(attrs[key])}); resume it with the same settings or pick a new --name"
+                    )
+        return study
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Candidates
+
+    @property
+    def evaluator(self):
+        if self._evaluator is None:
+            from autoprune.proxy import ProxyEvaluator, ProxySettings
+
+            s = self.settings
+            self.log(f"building the proxy evaluator ({s.proxy_imgsz}px, {s.val_images} val images)...")
+            self._evaluator = ProxyEvaluator(self.data, ProxySettings(
+                imgsz=s.proxy_imgsz, steps=s.proxy_steps, calib_batches=s.calib_batches, val_images=s.val_images,
+                seed=s.seed, device=str(self.device)))
+        return self._evaluator
+
+    @property
+    def ranking(self):
+        if self._ranking is None:
+            from autoprune.pruner import rank_channels
+
+            self._ranking = rank_channels(self.loaded.model, self.graph, self.settings.criterion)
+        return self._ranking
+
+    def _genome(self, trial) -> dict:
+        return {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in self.space.genes}
+
+    def _reject_over_budget(self, trial, genome: dict, estimate: float) -> None:
+        s = self.settings
+        repaired = self.space.repair(genome, s.budget_gflops / self.gflops_scale, s.imgsz)
+        self.study.enqueue_trial(repaired, user_attrs={R.KIND: "repaired"})
+        trial.set_user_attr(R.GENOME, genome)
+        trial.set_user_attr(R.KIND, "rejected")
+        trial.set_user_attr(R.REPAIRED_INTO, repaired)
+        trial.set_user_attr(R.REASON, f"over the GFLOPs budget ({estimate:.2f} > {s.budget_gflops:g}); "
+                                      "a repaired genome was queued instead")
+        self.study.tell(trial, state=TrialState.PRUNED)
+
+    def evaluate(self, trial) -> str:
+        """Evaluate one asked trial and tell the study; returns the state it ended in (or "rejected")."""
+        from autoprune.cost import count_gflops, count_params, measure_latency
+        from autoprune.pruner import prune_to_counts
+
+        s = self.settings
+        t0 = time.perf_counter()
+        genome = self.space.check_genome(self._genome(trial))
+        estimate = self.space.gflops(genome, s.imgsz) * self.gflops_scale
+        if estimate > s.budget_gflops * (1 + 1e-6):
+            self._reject_over_budget(trial, genome, estimate)
+            return "rejected"
+
+        kind = trial.user_attrs.get(R.KIND) or ("uniform" if trial.number == 0 and genome == self.uniform else "search")
+        counts = self.space.counts(genome)
+        attrs = {
+            R.GENOME: genome, R.KEEP: self.space.keep(genome), R.KEPT_CHANNELS: counts, R.KIND: kind,
+            R.MODEL_FINGERPRINT: self.loaded.fingerprint, R.IMGSZ: s.imgsz, R.CRITERION: s.criterion,
+            R.SEED: s.seed, R.ROUND_TO: self.space.round_to, R.MIN_CHANNELS: self.space.min_channels,
+        }
+        try:
+            pruned = prune_to_counts(self.loaded.model, counts, graph=self.graph, ranking=self.ranking)
+            gflops, params = count_gflops(pruned, s.imgsz), count_params(pruned)
+            lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache)
+            constraints = [gflops - s.budget_gflops]
+            if s.budget_latency_ms is not None:
+                constraints.append(lat.median_ms - s.budget_latency_ms)
+            attrs.update({R.GFLOPS: gflops, R.PARAMS: params, R.LATENCY_MS: lat.median_ms,
+                          R.LATENCY_SPREAD_MS: lat.p90_ms - lat.p10_ms, R.CONSTRAINTS: constraints,
+                          R.FEASIBLE: all(c <= 0 for c in constraints)})
+            if s.budget_latency_ms is not None and lat.median_ms > s.budget_latency_ms:
+                attrs[R.REASON] = (f"over the latency budget ({lat.median_ms:.1f} > {s.budget_latency_ms:g} ms); "
+                                   "not scored")
+                attrs[R.SECONDS] = time.perf_counter() - t0
+                _set_attrs(trial, attrs)
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return "PRUNED"
+            result = self.evaluator.evaluate(pruned)
+            losses = list(result.train_loss)
+            if not all(math.isfinite(x) for x in [result.map50_95, result.map50, *losses]):
+                raise FloatingPointError(f"the proxy produced a non-finite value (loss {losses})")
+        except (Exception, FloatingPointError) as e:  # a failed candidate is recorded; the search goes on
+            if isinstance(e, UserError):
+                raise
+            attrs[R.REASON] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            attrs[R.SECONDS] = time.perf_counter() - t0
+            _set_attrs(trial, attrs)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self._failures.append(e)
+            return "FAIL"
+        attrs.update({R.MAP50: result.map50, R.MAP50_95: result.map50_95, R.PROXY_SECONDS: result.seconds,
+                      R.SECONDS: time.perf_counter() - t0})
+        _set_attrs(trial, attrs)
+        self.study.tell(trial, values=[result.map50_95, gflops, lat.median_ms])
+        return "COMPLETE"
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The loop
+
+    def _progress(self) -> tuple[int, int]:
+        """(evaluated trials, trials being evaluated now) in the whole study, all workers together."""
+        done = running = 0
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.RUNNING:
+                running += 1
+            elif t.state.is_finished() and R.SECONDS in t.user_attrs:
+                done += 1
+        return done, running
+
+    def _claim(self, trial) -> bool:
+        """After asking: drop this trial if other workers already fill the study's trial budget."""
+        done, _ = self._progress()
+        running = sorted(t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if done + running.index(trial.number) < self.settings.target_trials:
+            return True
+        trial.set_user_attr(R.KIND, "surplus")
+        trial.set_user_attr(R.REASON, "not run: other workers already fill the study's trial budget")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        return False
+
+    def run(self) -> SearchResult:
+        from autoprune.cost import LatencyCache
+
+        s = self.settings
+        target = s.target_trials
+        self.latency_cache = LatencyCache(self.run_dir / "latency.json")
+        self._failures: list[Exception] = []
+        successes = 0
+        started = time.perf_counter()
+        evaluated_here = 0
+        self.log(f"search {self.name!r}: {target} candidates, budget {s.budget_gflops:g} GFLOPs at {s.imgsz}"
+                 + (f" and {s.budget_latency_ms:g} ms" if s.budget_latency_ms else "")
+                 + f", engine {s.engine}" + (f"/{s.sampler}" if s.sampler else "")
+                 + f", {len(self.space.genes)} genes; storage {self.url}")
+        while True:
+            optuna.storages.fail_stale_trials(self.study)
+            done, running = self._progress()
+            if done >= target:
+                break
+            if done + running >= target:
+                time.sleep(2)  # the last trials run in other workers (or a dead one's will be failed and queued)
+                continue
+            trial = self.study.ask()
+            with self._heartbeat(trial):
+                if not self._claim(trial):
+                    continue
+                try:
+                    outcome = self.evaluate(trial)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        trial.set_user_attr(R.REASON, "interrupted")
+                        self.study.tell(trial, state=TrialState.FAIL)
+                    raise
+            if outcome == "rejected":
+                continue
+            evaluated_here += 1
+            successes += outcome == "COMPLETE"
+            if outcome == "FAIL" and successes == 0 and len(self._failures) >= 3:
+                raise RuntimeError("the first candidates all failed; the last error follows") from self._failures[-1]
+            self._report_progress(trial.number, outcome, done + 1, target, started, evaluated_here)
+
+        return self.finish()
+
+    @contextlib.contextmanager
+    def _heartbeat(self, trial):
+        stop = threading.Event()
+        storage = self.study._storage
+
+        def beat():
+            while not stop.wait(self.settings.heartbeat_interval):
+                with contextlib.suppress(Exception):
+                    storage.record_heartbeat(trial._trial_id)
+
+        with contextlib.suppress(Exception):
+            storage.record_heartbeat(trial._trial_id)
+        thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _report_progress(self, number, outcome, n, target, started, evaluated_here) -> None:
+        a = self.study.trials[number].user_attrs
+        best = self._best()
+        elapsed = time.perf_counter() - started
+        eta = elapsed / max(evaluated_here, 1) * max(target - n, 0)
+        what = (f"mAP50-95 {a.get(R.MAP50_95, float('nan')):.3f}" if outcome == "COMPLETE"
+                else f"{outcome.lower()}: {a.get(R.REASON, '')}")
+        gf = a.get(R.GFLOPS)
+        lat = a.get(R.LATENCY_MS)
+        costs = f" | {gf:.2f} GFLOPs, {lat:.1f} ms" if gf is not None and lat is not None else ""
+        best_txt = f" | best {best.map50_95:.3f} (#{best.number})" if best else ""
+        self.log(f"[{n}/{target}] trial #{number} {what}{costs} ({a.get(R.SECONDS, 0):.0f}s){best_txt} | "
+                 f"ETA {_duration(eta)}")
+
+    def _best(self) -> R.TrialRecord | None:
+        recs = [R.TrialRecord.from_trial(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        feasible = [r for r in recs if r.feasible]
+        return max(feasible, key=lambda r: (r.map50_95, -r.gflops)) if feasible else None
+
+    def finish(self) -> SearchResult:
+        """Write the reports and summarize the study as it is now."""
+        from autoprune import report
+
+        records = report.load_records(self.study)
+        front = R.pareto_front(records)
+        uniform = next((r for r in records if r.kind == "uniform" and r.state == "COMPLETE"), None)
+        outputs = report.write_reports(self.study, self.run_dir)
+        return SearchResult(
+            name=self.name,
+            run_dir=self.run_dir,
+            storage=self.url,
+            evaluated=sum(1 for r in records if R.SECONDS in r.attrs),
+            feasible=sum(1 for r in records if r.feasible),
+            front=front,
+            uniform=uniform,
+            best=self._best(),
+            outputs=outputs,
+        )
+
+
+def _set_attrs(trial, attrs: dict) -> None:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    constraints = attrs.get(R.CONSTRAINTS)
+    if constraints:  # what Optuna's samplers and optuna-dashboard read as feasibility
+        for key, value in zip(("gflops", "latency_ms"), constraints):
+            trial.set_constraint(key, value)
+
+
+def _next_name() -> str:
+    from autoprune.runs import RUNS_ROOT
+
+    n = 1
+    while (RUNS_ROOT / "search" / f"exp{n}").exists():
+        n += 1
+    return f"exp{n}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _version() -> str:
+    from autoprune import __version__
+
+    return __version__

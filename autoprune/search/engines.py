@@ -1,0 +1,214 @@
+"""Search engines, all as Optuna samplers, so one ask/tell driver and one study serve every engine.
+
+- `optuna`: Optuna's own samplers: `nsga2` (NSGAIISampler), `tpe` (multi-objective TPESampler), `random`.
+- `deap`: NSGA-II with DEAP's operators (`selNSGA2`, simulated binary crossover, polynomial mutation) and
+  constrained domination, run inside Optuna's ask/tell: each new trial's genome is bred from the population that
+  the study's finished trials form at that moment. The population state therefore lives in the storage, so a
+  search resumes after a crash and many workers share it; with one worker it is the generational NSGA-II.
+
+Whatever the engine, trial 0 is the uniform genome that meets the budget (`FirstTrialSampler`): the storage numbers
+trials atomically, so exactly one trial of a study gets it, even with many workers starting at once.
+
+Example:
+    >>> sampler = make_sampler("deap", None, space, seed=0, population=8, first_params=uniform_genome)
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import TrialState
+
+from autoprune.errors import UserError
+from autoprune.search import records as R
+
+ENGINES = ("deap", "optuna")
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+def make_sampler(
+    engine: str,
+    sampler: str | None,
+    space,
+    *,
+    seed: int,
+    population: int,
+    first_params: dict | None = None,
+) -> BaseSampler:
+    """The sampler for `--engine`/`--sampler`, with trial 0 fixed to `first_params` (the uniform baseline).
+
+    Budgets reach Optuna's samplers as constraints the driver sets on each trial (`Trial.set_constraint`), and the
+    DEAP sampler reads the same violations from the trial's attributes.
+    """
+    if engine not in ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "deap":
+        if sampler not in (None, "nsga2"):
+            raise UserError(f"--engine deap runs NSGA-II; --sampler {sampler} needs --engine optuna")
+        inner: BaseSampler = DeapNSGA2Sampler(space, population=population, seed=seed)
+    else:
+        sampler = sampler or "nsga2"
+        if sampler == "nsga2":
+            inner = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+        elif sampler == "tpe":
+            inner = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=population)
+        elif sampler == "random":
+            inner = optuna.samplers.RandomSampler(seed=seed)
+        else:
+            raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    return FirstTrialSampler(inner, first_params, space.distributions()) if first_params else inner
+
+
+class FirstTrialSampler(BaseSampler):
+    """Give trial 0 fixed parameters (the uniform baseline); every other trial goes to `inner`."""
+
+    def __init__(self, inner: BaseSampler, first_params: dict, distributions: dict[str, BaseDistribution]):
+        self._inner = inner
+        self._first = dict(first_params)
+        self._distributions = dict(distributions)
+
+    def infer_relative_search_space(self, study, trial):
+        if trial.number == 0:
+            return dict(self._distributions)
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        if trial.number == 0:
+            return {k: v for k, v in self._first.items() if k in search_space}
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if trial.number == 0 and param_name in self._first:
+            return self._first[param_name]
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DEAP NSGA-II
+
+
+def _fitness_class():
+    """A DEAP fitness whose domination is Deb's constrained domination: feasible beats infeasible, then less
+    violation beats more, then Pareto dominance on (mAP up, GFLOPs down, latency down)."""
+    from deap import base
+
+    class ConstrainedFitness(base.Fitness):
+        weights = (1.0, -1.0, -1.0)
+
+        def __init__(self, values=(), violation: float = 0.0):
+            super().__init__(values)
+            self.violation = violation
+
+        def dominates(self, other, obj=slice(None)):
+            if self.violation <= 0 < other.violation:
+                return True
+            if other.violation <= 0 < self.violation:
+                return False
+            if self.violation > 0 and other.violation > 0:
+                return self.violation < other.violation
+            return super().dominates(other, obj)
+
+    return ConstrainedFitness
+
+
+class DeapNSGA2Sampler(BaseSampler):
+    """NSGA-II with DEAP operators, proposing one child per trial from the population the study's trials form.
+
+    Trials that finished (COMPLETE, or PRUNED for exceeding the latency budget) are the candidates; the population
+    is the best `population` of them by constrained non-dominated sorting and crowding distance (`selNSGA2`).
+    Until `population` trials have finished, genomes are drawn at random on the space's grid. A child's randomness
+    is seeded by the study seed and its trial number, so a run is reproducible with one worker.
+
+    Crossover is simulated binary (eta 15, probability 0.9) and mutation polynomial (eta 20, each gene with
+    probability 1/genes), both bounded by the genes' ranges, then the child is snapped to the genes' grids.
+    """
+
+    def __init__(self, space, *, population: int = 8, seed: int = 0, cxpb: float = 0.9, eta_cx: float = 15.0,
+                 eta_mut: float = 20.0):
+        if population < 4:
+            raise UserError(f"--population must be at least 4 for NSGA-II, got {population}")
+        self.space = space
+        self.population = population
+        self.seed = seed
+        self.cxpb = cxpb
+        self.eta_cx = eta_cx
+        self.eta_mut = eta_mut
+        self._fitness = _fitness_class()
+        self._names = [g.name for g in space.genes]
+        self._low = [g.low for g in space.genes]
+        self._high = [g.high for g in space.genes]
+
+    def infer_relative_search_space(self, study, trial):
+        return self.space.distributions()
+
+    def sample_relative(self, study, trial, search_space):
+        if not search_space:
+            return {}
+        candidates = self._candidates(study)
+        rng = np.random.default_rng([self.seed, trial.number])
+        if len(candidates) < self.population:
+            return self.space.random(rng)
+        return self._breed(candidates, random.Random(int(rng.integers(2**63))))
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(param_name.encode())])
+        return optuna.samplers.RandomSampler(seed=int(rng.integers(2**31))).sample_independent(
+            study, trial, param_name, param_distribution
+        )
+
+    def _candidates(self, study) -> list:
+        """Individuals for every trial that finished with a measured outcome, in trial order."""
+        out = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            a = t.user_attrs
+            if t.state == TrialState.PRUNED and a.get(R.LATENCY_MS) is None:
+                continue  # a genome rejected before measurement (repaired into another trial)
+            if not all(n in t.params for n in self._names):
+                continue
+            violation = sum(max(0.0, c) for c in a.get(R.CONSTRAINTS, [0.0]))
+            if t.state == TrialState.PRUNED:
+                violation = max(violation, 1e-9)  # never scored: infeasible by construction
+            values = (a.get(R.MAP50_95) or 0.0, a.get(R.GFLOPS) or 0.0, a.get(R.LATENCY_MS) or 0.0)
+            ind = [t.params[n] for n in self._names]
+            out.append((ind, self._fitness(values, violation)))
+        return out
+
+    def _breed(self, candidates: list, rnd: random.Random) -> dict:
+        from deap import tools
+
+        class Individual(list):
+            pass
+
+        pool = []
+        for genes, fitness in candidates:
+            ind = Individual(genes)
+            ind.fitness = fitness
+            pool.append(ind)
+        state = random.getstate()
+        random.setstate(rnd.getstate())  # DEAP's operators use the module-level `random`
+        try:
+            population = tools.selNSGA2(pool, self.population)
+            k = len(population) - len(population) % 4
+            parents = tools.selTournamentDCD(population[:k], 4) if k >= 4 else rnd.sample(population, 2)
+            a, b = (Individual(list(p)) for p in parents[:2])
+            if random.random() < self.cxpb:
+                tools.cxSimulatedBinaryBounded(a, b, eta=self.eta_cx, low=self._low, up=self._high)
+            child = a if random.random() < 0.5 else b
+            tools.mutPolynomialBounded(child, eta=self.eta_mut, low=self._low, up=self._high,
+                                       indpb=1.0 / len(child))
+        finally:
+            random.setstate(state)
+        return self.space.snap(dict(zip(self._names, child)))

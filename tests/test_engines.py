@@ -1,0 +1,168 @@
+"""The search engines as Optuna samplers: DEAP NSGA-II with constrained domination, and the uniform first trial."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from autoprune.errors import UserError
+from autoprune.search import records as R
+from autoprune.search.engines import DeapNSGA2Sampler, FirstTrialSampler, _fitness_class, make_sampler
+
+
+@dataclass(frozen=True)
+class _Gene:
+    name: str
+    low: float = 0.25
+    high: float = 1.0
+    step: float = 0.05
+
+
+class GridSpace:
+    """The few SearchSpace operations the engines use, on a plain grid."""
+
+    genes = tuple(_Gene(f"g{i}") for i in range(5))
+
+    def distributions(self):
+        return {g.name: FloatDistribution(g.low, g.high, step=g.step) for g in self.genes}
+
+    def snap(self, genome):
+        out = {}
+        for g in self.genes:
+            v = min(max(genome[g.name], g.low), g.high)
+            out[g.name] = round(g.low + round((v - g.low) / g.step) * g.step, 6)
+        return out
+
+    def random(self, rng):
+        return self.snap({g.name: float(rng.uniform(g.low, g.high)) for g in self.genes})
+
+
+def _add(study, number_seed, params, map_, gflops, lat, constraints, state=TrialState.COMPLETE):
+    attrs = {R.MAP50_95: map_, R.GFLOPS: gflops, R.LATENCY_MS: lat, R.CONSTRAINTS: constraints,
+             R.FEASIBLE: all(c <= 0 for c in constraints), R.SECONDS: 1.0}
+    values = [map_, gflops, lat] if state == TrialState.COMPLETE else None
+    study.add_trial(create_trial(state=state, params=params, distributions=GridSpace().distributions(),
+                                 values=values, user_attrs=attrs))
+
+
+def _study(sampler):
+    return optuna.create_study(directions=list(R.DIRECTIONS), sampler=sampler)
+
+
+def test_constrained_domination_ranks_feasible_first():
+    F = _fitness_class()
+    good_but_infeasible = F((0.9, 1.0, 1.0), violation=0.5)
+    poor_but_feasible = F((0.1, 9.0, 9.0), violation=0.0)
+    less_violation = F((0.0, 9.0, 9.0), violation=0.1)
+    assert poor_but_feasible.dominates(good_but_infeasible)
+    assert not good_but_infeasible.dominates(poor_but_feasible)
+    assert less_violation.dominates(good_but_infeasible)
+    assert F((0.5, 2.0, 2.0)).dominates(F((0.4, 2.0, 3.0)))
+    assert not F((0.5, 2.0, 2.0)).dominates(F((0.6, 3.0, 1.0)))  # a trade-off: neither dominates
+
+
+def test_deap_sampler_draws_on_the_grid_then_breeds_from_the_best():
+    space = GridSpace()
+    sampler = DeapNSGA2Sampler(space, population=4, seed=3)
+    study = _study(sampler)
+    rng = np.random.default_rng(0)
+    # a population where high keep ratios score well: children should be bred from those
+    for i in range(8):
+        params = space.random(rng)
+        quality = float(np.mean(list(params.values())))
+        _add(study, i, params, quality, 10 * quality, 5 * quality, [10 * quality - 6.0])
+    proposals = []
+    for _ in range(6):
+        trial = study.ask()
+        params = {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes}
+        proposals.append(params)
+        study.tell(trial, state=TrialState.FAIL)
+    for p in proposals:
+        assert p == space.snap(p)  # on the grid, within bounds
+        assert all(0.25 <= v <= 1.0 for v in p.values())
+    assert len({tuple(p.values()) for p in proposals}) > 1
+
+
+def test_deap_sampler_is_reproducible_for_a_seed():
+    def proposals(seed):
+        space = GridSpace()
+        study = _study(DeapNSGA2Sampler(space, population=4, seed=seed))
+        rng = np.random.default_rng(1)
+        for i in range(4):
+            p = space.random(rng)
+            _add(study, i, p, sum(p.values()), 1.0, 1.0, [-1.0])
+        out = []
+        for _ in range(3):
+            t = study.ask()
+            out.append(tuple(t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes))
+            study.tell(t, state=TrialState.FAIL)
+        return out
+
+    assert proposals(7) == proposals(7)
+    assert proposals(7) != proposals(8)
+
+
+def test_deap_population_prefers_feasible_parents():
+    """With one feasible region (low ratios) and an infeasible one (high ratios, better mAP), NSGA-II's
+    constrained selection must keep breeding near the feasible parents."""
+    space = GridSpace()
+    study = _study(DeapNSGA2Sampler(space, population=4, seed=0))
+    for i in range(4):
+        _add(study, i, {g.name: 0.3 for g in space.genes}, 0.2 + 0.01 * i, 2.0, 1.0, [-1.0])
+    for i in range(4):
+        _add(study, i, {g.name: 1.0 for g in space.genes}, 0.9, 9.0, 5.0, [4.0])
+    means = []
+    for _ in range(8):
+        t = study.ask()
+        p = [t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes]
+        means.append(np.mean(p))
+        study.tell(t, state=TrialState.FAIL)
+    assert np.mean(means) < 0.6
+
+
+def test_first_trial_sampler_fixes_trial_zero_only():
+    space = GridSpace()
+    uniform = {g.name: 0.55 for g in space.genes}
+    sampler = FirstTrialSampler(optuna.samplers.RandomSampler(seed=0), uniform, space.distributions())
+    study = _study(sampler)
+    seen = []
+    for _ in range(3):
+        t = study.ask()
+        seen.append({g.name: t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes})
+        study.tell(t, [0.1, 1.0, 1.0])
+    assert seen[0] == uniform
+    assert seen[1] != uniform and seen[2] != uniform
+
+
+@pytest.mark.parametrize("engine, sampler", [("deap", None), ("optuna", "nsga2"), ("optuna", "tpe"), ("optuna", "random")])
+def test_every_engine_runs_ask_tell(engine, sampler):
+    space = GridSpace()
+    s = make_sampler(engine, sampler, space, seed=0, population=4, first_params={g.name: 1.0 for g in space.genes})
+    study = _study(s)
+    for i in range(6):
+        t = study.ask()
+        p = {g.name: t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes}
+        if i == 0:
+            assert set(p.values()) == {1.0}
+        q = float(np.mean(list(p.values())))
+        t.set_user_attr(R.CONSTRAINTS, [q - 0.8])
+        t.set_constraint("gflops", q - 0.8)
+        study.tell(t, [q, q * 10, q * 5])
+    assert len(study.trials) == 6
+
+
+def test_engine_and_sampler_names_are_checked():
+    space = GridSpace()
+    with pytest.raises(UserError, match="--engine must be one of"):
+        make_sampler("cma", None, space, seed=0, population=4)
+    with pytest.raises(UserError, match="--sampler must be one of"):
+        make_sampler("optuna", "grid", space, seed=0, population=4)
+    with pytest.raises(UserError, match="needs --engine optuna"):
+        make_sampler("deap", "tpe", space, seed=0, population=4)
+    with pytest.raises(UserError, match="at least 4"):
+        make_sampler("deap", None, space, seed=0, population=2)
