@@ -125,8 +125,13 @@ def test_recalibrate_bn_matches_the_batch_statistics_of_the_calibration_data(tin
 
 
 def test_evaluate_recalibrates_on_the_fixed_calibration_batches(evaluator, tiny_model):
-    ref = copy.deepcopy(tiny_model)
-    recalibrate_bn(ref, [b["img"].float() / 255 for b in evaluator.calibration_batches()])
+    import contextlib
+
+    ref = copy.deepcopy(tiny_model).to(memory_format=torch.channels_last)
+    amp = torch.autocast("cpu", dtype=evaluator.amp_dtype) if evaluator.amp_dtype else contextlib.nullcontext()
+    with amp:  # the same precision as the evaluator's
+        recalibrate_bn(ref, [(b["img"].float() / 255).contiguous(memory_format=torch.channels_last)
+                             for b in evaluator.calibration_batches()])
     m = copy.deepcopy(tiny_model)
     r = evaluator.evaluate(m, steps=0)
     assert r.recalibrated and r.steps == 0
@@ -286,6 +291,7 @@ def test_cli_scores_a_model(cli, capsys, tiny_data, tiny_model_yaml):
     res = json.loads(out)
     assert 0.0 <= res["map50_95"] <= res["map50"] <= 1.0
     assert res["val_images"] == 4 and res["seconds"] > 0 and set(res["breakdown"]) >= {"calibrate", "train"}
+    assert res["gflops"] > 0 and res["latency_ms"] > 0
 
 
 def _broken(tmp_path, tiny_data):
@@ -315,3 +321,13 @@ def test_cli_bad_inputs_are_one_error_line(cli, capsys, tmp_path, tiny_data, tin
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+
+
+def test_mixed_precision_leaves_no_patch_behind(evaluator, tiny_model, tiny_data):
+    m = copy.deepcopy(tiny_model)
+    evaluator.evaluate(m, steps=1)
+    assert "_inference" not in vars(m.model[-1])  # the float32-decode patch is gone again
+    fp32 = ProxyEvaluator(tiny_data, ProxySettings(**{**SMALL, "amp": False}))
+    assert fp32.amp_dtype is None and fp32.precision == "fp32"
+    r = fp32.evaluate(copy.deepcopy(tiny_model), steps=1)
+    assert len(r.train_loss) == 2

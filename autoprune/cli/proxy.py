@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subsets and batch order")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement (GFLOPs only)")
 
 
 def _prepare_candidate(args: argparse.Namespace, loaded_model):
@@ -56,6 +57,20 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"genome file not found: {args.genome}")
 
 
+def _cost(model, args: argparse.Namespace, device) -> dict:
+    """GFLOPs and measured latency (batch 1) through `autoprune.cost`; empty if that module is not available."""
+    try:
+        from autoprune.cost import count_gflops, measure_latency
+    except ImportError:
+        return {}
+    out = {"gflops": round(count_gflops(model, args.imgsz), 4)}
+    if not args.no_latency:
+        r = measure_latency(model, imgsz=args.imgsz, device=str(device), threads=args.threads or None)
+        out.update(latency_ms=round(r.median_ms, 3), latency_device=f"{r.device} ({r.device_name}, {r.precision}, "
+                   f"{r.threads} threads)")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     """Score one candidate with the proxy and return its mAPs, cost figures and timings."""
     _check_args(args)
@@ -76,6 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model, seed=args.seed)
     model = _prepare_candidate(args, loaded)
     evaluator = ProxyEvaluator(data, settings)
+    cost = _cost(model, args, evaluator.device)  # before evaluate, which modifies the model (same architecture)
     result = evaluator.evaluate(model)
     out = {
         "model": loaded.source,
@@ -87,9 +103,12 @@ def run(args: argparse.Namespace) -> dict:
         "precision": result.precision,
         "recall": result.recall,
         "val_images": result.val_images,
+        **cost,
         "seconds": round(result.seconds, 3),
         "setup_seconds": round(evaluator.setup_seconds, 3),
         "breakdown": result.breakdown,
+        "cpu_seconds": result.cpu_seconds,
+        "precision_mode": evaluator.precision,
         "train_loss": list(result.train_loss),
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
         "device": str(evaluator.device),
@@ -100,6 +119,9 @@ def run(args: argparse.Namespace) -> dict:
         print(f"proxy  {loaded.source}  on {data.yaml.name} ({result.val_images} val images, imgsz {args.imgsz})")
         print(f"  mAP50 {result.map50:.4f}   mAP50-95 {result.map50_95:.4f}   "
               f"(P {result.precision:.3f}, R {result.recall:.3f})")
-        print(f"  {result.seconds:.2f} s per candidate: {stages}")
+        if "gflops" in cost:
+            lat = f", latency {cost['latency_ms']:.2f} ms ({cost['latency_device']})" if "latency_ms" in cost else ""
+            print(f"  {cost['gflops']:.3f} GFLOPs at {args.imgsz}{lat}")
+        print(f"  {result.seconds:.2f} s per candidate ({evaluator.precision}): {stages}")
         print(f"  setup (once per process) {evaluator.setup_seconds:.2f} s on {evaluator.device}")
     return out
