@@ -1,0 +1,73 @@
+"""List the trials of a search, finished or still running, and its Pareto front.
+
+    autoprune trials --name exp1                    # every trial, then the front
+    autoprune trials --name exp1 --pareto           # the front only, ready for `autoprune apply --trial N`
+    autoprune trials --storage postgresql://user@host/db --name exp1 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--name` and `--storage`, shared by the commands that read a study."""
+    parser.add_argument("--name", default=None,
+                        help="the search's name: its study, in runs/search/NAME/study.db unless --storage is given")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="database URL of the study (e.g. postgresql://user:password@host/db or "
+                             "sqlite:///path/study.db); default: the run folder's SQLite file")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the `trials` command's flags."""
+    add_study_arguments(parser)
+    parser.add_argument("--pareto", action="store_true", help="show (and with --json, return) the front only")
+
+
+def safe_url(storage: str | None, name: str) -> str:
+    """The study's storage URL with any password hidden, for printing."""
+    from autoprune.search.storage import storage_url
+
+    url = storage_url(storage, name)
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse was already refused when opening it
+        return url
+
+
+def apply_hint(storage: str | None, name: str) -> str:
+    """The `autoprune apply` command for a trial of this study (the storage URL left as a placeholder)."""
+    return f"autoprune apply {'--storage URL ' if storage else ''}--name {name} --trial N"
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Read the study, print the trials (or the front only) and return them with the front's trial numbers."""
+    from autoprune import report
+
+    study = report.read_study(args.storage, args.name)
+    info = report.study_info(study)
+    front = info.front_numbers
+    shown = info.front if args.pareto else info.records
+    if not args.json:
+        if not args.pareto:
+            print(report.format_trials_table(info) if info.records else "no trials yet")
+            print()
+        print(report.format_front_table(info, apply_hint=apply_hint(args.storage, args.name)))
+    return {
+        "study": args.name,
+        "storage": safe_url(args.storage, args.name),
+        "model": info.model,
+        "data": info.data,
+        "budget_gflops": info.budget_gflops,
+        "budget_latency_ms": info.budget_latency_ms,
+        "counts": info.counts,
+        "front": sorted(front),
+        "best": info.best.number if info.best else None,
+        "uniform": info.baseline.number if info.baseline else None,
+        "gain_map50_95": info.gain,
+        "in_progress": info.unfinished > 0,
+        "trials": [report.record_dict(r, front) for r in shown],
+    }

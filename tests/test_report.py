@@ -1,0 +1,414 @@
+"""Reports of a search: the front and its data object, trials.csv, pareto.png/html, the table, and the
+`autoprune trials` / `autoprune plot` commands with their one-line errors. Studies are built by hand with Optuna."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from autoprune import report
+from autoprune.cli import main
+from autoprune.search import records as R
+from autoprune.search.records import TrialRecord
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+BUDGET = 4.2
+GENES = ("backbone", "neck", "head")
+
+
+def add(study, kind="search", state="COMPLETE", m=None, g=None, lat=None, feasible=None, reason=None, genome=None):
+    """Add one finished trial with the user attributes the search stores (records.py)."""
+    a = {R.KIND: kind, R.GENOME: genome or {x: 0.5 for x in GENES}}
+    for key, v in ((R.MAP50_95, m), (R.MAP50, None if m is None else m + 0.2), (R.GFLOPS, g), (R.LATENCY_MS, lat),
+                   (R.PARAMS, None if g is None else int(g * 400_000)), (R.REASON, reason)):
+        if v is not None:
+            a[key] = v
+    a[R.FEASIBLE] = bool(feasible) if feasible is not None else (state == "COMPLETE" and g is not None and g <= BUDGET)
+    values = [m, g, lat] if state == "COMPLETE" else None
+    study.add_trial(create_trial(state=getattr(TrialState, state), values=values, user_attrs=a))
+
+
+def new_study(url, name="exp1", **attrs):
+    study = optuna.create_study(directions=list(R.DIRECTIONS), storage=url, study_name=name)
+    for k, v in {R.STUDY_MODEL: "yolov8n.pt", R.STUDY_DATA: "demo", R.STUDY_BUDGET_GFLOPS: BUDGET,
+                 R.STUDY_BUDGET_LATENCY_MS: None, R.STUDY_DEVICE: "cpu", **attrs}.items():
+        study.set_user_attr(k, v)
+    return study
+
+
+def fill_mixed(study, running=False):
+    """0 uniform (dominated by 1); front {1, 2, 7}; 3 dominated; 4 over budget; 5 pruned; 6 failed."""
+    add(study, "uniform", m=0.30, g=4.0, lat=20.0, genome={x: 0.7 for x in GENES})
+    add(study, m=0.35, g=3.8, lat=19.0)
+    add(study, m=0.32, g=3.0, lat=15.0)
+    add(study, m=0.28, g=3.5, lat=18.0)
+    add(study, m=0.40, g=5.0, lat=25.0)
+    add(study, state="PRUNED", g=5.1, reason="over the GFLOPs budget (5.1 > 4.2), repaired into 7")
+    add(study, state="FAIL", reason="RuntimeError: boom")
+    add(study, "repaired", m=0.33, g=3.9, lat=14.0, genome={"backbone": 0.4, "neck": 0.6, "head": 0.9})
+    if running:
+        study.enqueue_trial({})
+        study.enqueue_trial({})
+        study.ask()  # 8: RUNNING (the first waiting trial, asked), 9: WAITING
+    return study
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Work in an empty folder, so `runs/search/NAME/study.db` is local to the test."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def mixed_db(tmp_path_factory):
+    """A SQLite file holding the mixed study `exp1`, built once (creating an Optuna database takes a second)."""
+    path = tmp_path_factory.mktemp("mixed") / "study.db"
+    fill_mixed(new_study(f"sqlite:///{path}"))
+    return path
+
+
+@pytest.fixture
+def mixed(in_tmp, mixed_db):
+    """The mixed study in its run folder's SQLite file, as `--name exp1` finds it."""
+    import shutil
+
+    run_dir = in_tmp / "runs" / "search" / "exp1"
+    run_dir.mkdir(parents=True)
+    shutil.copyfile(mixed_db, run_dir / "study.db")
+    return run_dir / "study.db"
+
+
+def mixed_info(running=False, **attrs):
+    study = fill_mixed(new_study(optuna.storages.InMemoryStorage(), **attrs), running=running)
+    return report.study_info(study)
+
+
+def rec(n, m, g, lat, feasible=True, state="COMPLETE", kind="search"):
+    return TrialRecord(n, state, m, None if m is None else m + 0.2, g, lat, 1000, feasible, kind, None)
+
+
+# ------------------------------------------------------------------------------------------ records and front
+
+
+def test_load_records_reads_every_trial_with_state_kind_and_genome():
+    study = fill_mixed(new_study(optuna.storages.InMemoryStorage()), running=True)
+    recs = report.load_records(study)
+    assert [r.number for r in recs] == list(range(10))
+    assert [r.state for r in recs] == ["COMPLETE"] * 5 + ["PRUNED", "FAIL", "COMPLETE", "RUNNING", "WAITING"]
+    assert recs[0].kind == "uniform" and recs[7].kind == "repaired"
+    assert recs[7].genome == {"backbone": 0.4, "neck": 0.6, "head": 0.9}
+    assert recs[5].reason.startswith("over the GFLOPs budget") and not recs[5].feasible
+    assert recs[4].map50_95 == 0.40 and not recs[4].feasible
+
+
+def test_pareto_info_classifies_trials_and_finds_best_and_baseline():
+    info = mixed_info()
+    assert sorted(info.front_numbers) == [1, 2, 7]
+    assert [r.number for r in info.dominated] == [0, 3]
+    assert [r.number for r in info.infeasible] == [4]
+    assert [r.number for r in info.uniform] == [0]
+    assert info.best.number == 1 and info.baseline.number == 0
+    assert info.gain == pytest.approx(0.05)
+    assert info.counts == {"trials": 8, "COMPLETE": 6, "PRUNED": 1, "FAIL": 1, "RUNNING": 0, "WAITING": 0,
+                           "feasible": 5, "feasible_incomplete": 0, "front": 3, "infeasible": 1}
+    assert info.budget_gflops == BUDGET and info.budget_latency_ms is None
+    assert info.model == "yolov8n.pt" and info.study_name == "exp1"
+    assert info.panels[0].attr == "gflops" and info.panels[0].budget == BUDGET and info.panels[1].budget is None
+    # the trade-off line of each panel: front members not beaten in that panel's two dimensions, by cost
+    assert info.panels[0].curve == (2, 1)  # 7 (3.9 GFLOPs, 0.33) is beaten by 1 (3.8, 0.35) in this projection
+    assert info.panels[1].curve == (7, 1)  # 2 (15 ms, 0.32) is beaten by 7 (14 ms, 0.33)
+
+
+def test_front_property_on_random_trial_sets():
+    """No front member is dominated by a feasible trial; every other trial is dominated, infeasible or unfinished;
+    and the front is exactly `records.pareto_front`. Values come from small grids so that ties are common."""
+    for seed in range(300):
+        check_front_property(seed)
+
+
+def check_front_property(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 40))
+    recs = []
+    for i in range(n):
+        state = rng.choice(["COMPLETE"] * 6 + ["PRUNED", "FAIL", "RUNNING"])
+        done = state == "COMPLETE"
+        m = float(rng.integers(0, 8)) / 10 if done else None
+        recs.append(rec(i, m, float(rng.integers(1, 6)) if done else None, float(rng.integers(1, 6)) if done else None,
+                        feasible=bool(done and rng.random() < 0.7), state=str(state)))
+    info = report.pareto_info(recs, {})
+    feasible = [r for r in recs if r.feasible]
+    front = info.front_numbers
+    for r in recs:
+        if r.number in front:
+            assert r.feasible and not any(R.dominates(o, r) for o in feasible), (seed, r)
+        else:
+            assert not r.feasible or any(R.dominates(o, r) for o in feasible), (seed, r)
+    assert sorted(front) == [r.number for r in R.pareto_front(recs)], seed
+    if feasible:
+        assert info.best.number in front and info.best.map50_95 == max(r.map50_95 for r in feasible)
+    else:
+        assert info.best is None and not front
+
+
+def test_front_over_the_objectives_trials_carry_when_no_latency_was_measured(tmp_path):
+    recs = [rec(0, 0.3, 4.0, None), rec(1, 0.35, 3.0, None), rec(2, 0.2, 3.5, None)]
+    info = report.pareto_info(recs, {})
+    assert info.objectives == ("map50_95", "gflops") and sorted(info.front_numbers) == [1]
+    assert info.panels[1].curve == ()
+    assert report.plot_pareto_png(info, tmp_path / "p.png").stat().st_size > 10_000  # a latency panel without data
+
+
+def test_a_feasible_trial_missing_a_value_others_have_is_left_off_the_front():
+    info = report.pareto_info([rec(0, 0.3, 4.0, 10.0), rec(1, 0.9, 1.0, None)], {})
+    assert sorted(info.front_numbers) == [0] and info.counts["feasible_incomplete"] == 1
+    assert "1 feasible trial(s) lack an objective value" in report.format_front_table(info)
+
+
+# ------------------------------------------------------------------------------------------------------ CSV
+
+
+def test_trials_csv_has_one_row_per_trial_the_fixed_columns_then_genes(tmp_path):
+    info = mixed_info(running=True)
+    path = report.write_trials_csv(list(info.records), tmp_path / "trials.csv", info.front_numbers)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(report.CSV_COLUMNS) + list(GENES)
+    assert len(rows) == 1 + 10
+    by_number = {int(r[0]): dict(zip(rows[0], r)) for r in rows[1:]}
+    assert [n for n, r in by_number.items() if r["on_front"] == "True"] == [1, 2, 7]
+    assert by_number[0]["kind"] == "uniform" and by_number[0]["backbone"] == "0.7"
+    assert by_number[5]["state"] == "PRUNED" and by_number[5]["map50_95"] == ""  # missing value: empty cell
+    assert by_number[5]["reason"] == "over the GFLOPs budget (5.1 > 4.2), repaired into 7"  # comma kept by quoting
+    assert by_number[4]["feasible"] == "False" and float(by_number[4]["gflops"]) == 5.0
+    assert by_number[8]["state"] == "RUNNING" and by_number[8]["gflops"] == ""
+    assert float(by_number[7]["head"]) == 0.9 and float(by_number[1]["latency_ms"]) == 19.0
+
+
+def test_trials_csv_renames_a_gene_that_collides_with_a_column(tmp_path):
+    r = TrialRecord(0, "COMPLETE", 0.3, 0.5, 1.0, 2.0, 10, True, "search", None, genome={"kind": 0.5, "a": 1.0})
+    path = report.write_trials_csv([r], tmp_path / "t.csv", [0])
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["gene_kind", "a"] and header.count("kind") == 1
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png_drawn(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    img = matplotlib.image.imread(path)
+    assert img.shape[0] > 400 and img.shape[1] > 1000  # two panels side by side
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def assert_html_self_contained(path, numbers):
+    text = path.read_text()
+    assert len(text) > 1_000_000  # plotly.js is embedded
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.IGNORECASE)  # no external script (no CDN)
+    assert "Plotly.newPlot" in text
+    for n in numbers:
+        assert f'"#{n}"' in text  # the front's labels
+        assert re.search(rf"\[{n},\"", text)  # the hover data of that trial
+    assert "trial %{customdata[0]}" in text and "latency %{customdata[6]} ms" in text
+
+
+def test_plots_are_written_and_non_trivial(tmp_path):
+    info = mixed_info(running=True, **{R.STUDY_BUDGET_LATENCY_MS: 22.0,
+                                       R.STUDY_BASE: {"gflops": 8.7, "params": 3_157_200, "latency_ms": 40.0}})
+    png = report.plot_pareto_png(info, tmp_path / "sub" / "pareto.png")
+    html = report.plot_pareto_html(info, tmp_path / "sub" / "pareto.html")
+    assert_png_drawn(png)
+    assert_html_self_contained(html, [1, 2, 7, 0])
+    text = html.read_text()
+    assert "budget 4.2 GFLOPs" in text and "budget 22 ms" in text
+    assert "(in progress)" in text
+    assert "6 complete (5 feasible), 1 pruned, 1 failed, 1 running, 1 waiting; 3 on the front" in text
+    assert not list(tmp_path.glob("sub/.*tmp"))  # no temporary file left behind
+
+
+def test_plots_of_an_empty_study_say_so(tmp_path):
+    info = report.pareto_info([], {})
+    assert_png_drawn(report.plot_pareto_png(info, tmp_path / "p.png"))
+    html = report.plot_pareto_html(info, tmp_path / "p.html").read_text()
+    assert "no completed trial yet" in html
+
+
+def test_write_reports_writes_the_three_files(tmp_path):
+    study = fill_mixed(new_study(optuna.storages.InMemoryStorage()))
+    paths = report.write_reports(study, tmp_path / "run")
+    assert set(paths) == {"trials.csv", "pareto.png", "pareto.html"}
+    assert all(p.parent == tmp_path / "run" and p.is_file() for p in paths.values())
+    assert len(paths["trials.csv"].read_text().splitlines()) == 1 + 8
+    assert_png_drawn(paths["pareto.png"])
+
+
+# ---------------------------------------------------------------------------------------------------- table
+
+
+def test_front_table_lists_the_front_and_the_gain_over_uniform():
+    info = mixed_info(**{R.STUDY_BASE: {"gflops": 8.0}})
+    text = report.format_front_table(info)
+    rows = {int(m.group(2)): m.group(1) for m in re.finditer(r"^  ([* ]) +(\d+)  ", text, re.MULTILINE)}
+    assert rows == {2: " ", 1: "*", 7: " ", 0: " "}  # the front, best starred, then the uniform reference row
+    assert text.index("\n  *     1") < text.index("uniform baseline, not on the front") < text.index("\n        0")
+    assert "3.80 (48%)" in text  # GFLOPs with the share of the unpruned model's
+    assert ("best feasible trial 1 beats the uniform baseline (trial 0) by +0.0500 mAP50-95 (0.3500 vs 0.3000, "
+            "+16.7%) at 3.8 GFLOPs and 19 ms, uniform at 4 GFLOPs and 20 ms") in text
+    assert text.splitlines()[-1] == "apply one:  autoprune apply --name exp1 --trial N"
+    assert "     3  " not in text  # dominated trial 3 is no row
+    assert "study still in progress" not in text
+
+
+def test_front_table_of_a_running_study_says_it_is_provisional():
+    text = report.format_front_table(mixed_info(running=True))
+    assert text.splitlines()[0] == "study still in progress (1 running, 1 waiting): this front is provisional"
+    assert "beats the uniform baseline" in text
+
+
+def test_front_table_without_feasible_trials_names_the_reasons():
+    recs = [TrialRecord(i, "PRUNED", None, None, 5.0, None, None, False, "search", "over the GFLOPs budget")
+            for i in range(3)] + [rec(3, 0.4, 6.0, 20.0, feasible=False), rec(4, None, None, None, False, "RUNNING")]
+    text = report.format_front_table(report.pareto_info(recs, {}))
+    assert "Pareto front: no feasible trial yet (5 trials: 1 complete (0 feasible), 3 pruned, 1 running)" in text
+    assert "  3 x over the GFLOPs budget" in text and "completed but over budget: trial 3" in text
+    assert "apply one" not in text
+
+
+def test_comparison_line_cases():
+    assert "no uniform baseline trial" in report.comparison_line(report.pareto_info([rec(0, 0.3, 1.0, 1.0)], {}))
+    pruned_u = TrialRecord(0, "PRUNED", None, None, 9.0, None, None, False, "uniform", "over the latency budget")
+    line = report.comparison_line(report.pareto_info([pruned_u, rec(1, 0.3, 1.0, 1.0)], {}))
+    assert line == ("the uniform baseline (trial 0) is PRUNED: over the latency budget: nothing to compare against")
+    only_u = report.pareto_info([rec(0, 0.3, 2.0, 2.0, kind="uniform"), rec(1, 0.2, 2.5, 2.5)], {})
+    assert "is still the best feasible trial" in report.comparison_line(only_u)
+    over_u = report.pareto_info([rec(0, 0.5, 5.0, 2.0, feasible=False, kind="uniform"), rec(1, 0.4, 2.5, 2.5)], {})
+    assert "trial 1 trails the uniform baseline (trial 0) (itself over budget) by -0.1000" in (
+        report.comparison_line(over_u))
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, pattern):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert pattern in lines[0], lines[0]
+
+
+def test_cli_trials_json_returns_records_and_front(mixed, capsys):
+    code, out, _ = run_cli(capsys, "trials", "--name", "exp1", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["front"] == [1, 2, 7] and r["best"] == 1 and r["uniform"] == 0
+    assert r["gain_map50_95"] == pytest.approx(0.05) and r["in_progress"] is False
+    assert [t["number"] for t in r["trials"]] == list(range(8))
+    assert [t["number"] for t in r["trials"] if t["on_front"]] == [1, 2, 7]
+    assert r["trials"][5]["reason"].startswith("over the GFLOPs budget") and r["trials"][5]["state"] == "PRUNED"
+    assert r["storage"].startswith("sqlite:///runs/search/exp1/study.db")
+
+    code, out, _ = run_cli(capsys, "trials", "--name", "exp1", "--pareto", "--json")
+    assert code == 0 and [t["number"] for t in json.loads(out)["trials"]] == [1, 2, 7]
+
+
+def test_cli_trials_human_view_lists_trials_then_the_front(mixed, capsys):
+    code, out, _ = run_cli(capsys, "trials", "--name", "exp1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["trial", "state", "kind", "feas"]
+    assert re.search(r"^\s+6  FAIL +search .* RuntimeError: boom$", out, re.MULTILINE)
+    assert "beats the uniform baseline (trial 0) by +0.0500" in out
+    code, out, _ = run_cli(capsys, "trials", "--name", "exp1", "--pareto")
+    assert code == 0 and "FAIL" not in out and out.startswith("Pareto front of search 'exp1'")
+
+
+def test_cli_trials_reads_a_study_through_storage_url_while_it_runs(in_tmp, capsys):
+    url = f"sqlite:///{in_tmp / 'shared.db'}"
+    fill_mixed(new_study(url, name="team"), running=True)
+    new_study(url, name="other")
+    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--name", "team", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["in_progress"] is True and r["counts"]["RUNNING"] == 1 and r["counts"]["WAITING"] == 1
+    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--name", "team", "--pareto")
+    assert "this front is provisional" in out and "autoprune apply --storage URL --name team --trial N" in out
+
+
+def test_cli_plot_writes_into_the_run_folder_or_out(mixed, in_tmp, capsys):
+    code, out, _ = run_cli(capsys, "plot", "--name", "exp1")
+    assert code == 0
+    run_dir = in_tmp / "runs" / "search" / "exp1"
+    assert out.splitlines()[-2:] == [str(run_dir.relative_to(in_tmp) / "pareto.png"),
+                                     str(run_dir.relative_to(in_tmp) / "pareto.html")]
+    assert_png_drawn(run_dir / "pareto.png")
+
+    code, out, _ = run_cli(capsys, "plot", "--name", "exp1", "--out", str(in_tmp / "plots"), "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["png"] == str(in_tmp / "plots" / "pareto.png") and r["front"] == [1, 2, 7]
+    assert_html_self_contained(in_tmp / "plots" / "pareto.html", [1, 2, 7])
+
+
+def test_cli_reading_leaves_the_study_file_unchanged(mixed, in_tmp, capsys):
+    db = in_tmp / "runs" / "search" / "exp1" / "study.db"
+    before = db.read_bytes()
+    assert run_cli(capsys, "trials", "--name", "exp1", "--json")[0] == 0
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("cmd", ["trials", "plot"])
+def test_cli_errors_are_one_line(mixed, in_tmp, capsys, cmd):
+    assert_user_error(*run_cli(capsys, cmd)[::2], "--name is required: the study to read (studies in runs/search: exp1")
+    assert_user_error(*run_cli(capsys, cmd, "--name", "nope")[::2], "no study named 'nope'")
+    assert_user_error(*run_cli(capsys, cmd, "--name", "nope")[::2], "studies here: exp1")
+    assert_user_error(*run_cli(capsys, cmd, "--storage", "nonsense", "--name", "exp1")[::2],
+                      "--storage must be a database URL")
+    assert_user_error(*run_cli(capsys, cmd, "--storage", "sqlite://relative.db", "--name", "exp1")[::2],
+                      "a SQLite --storage URL starts with sqlite:///")
+    missing = in_tmp / "missing.db"
+    assert_user_error(*run_cli(capsys, cmd, "--storage", f"sqlite:///{missing}", "--name", "exp1")[::2],
+                      f"no SQLite study file at {missing}")
+    assert not missing.exists()  # reading never creates a database
+    (in_tmp / "notes.db").write_text("not a database")
+    assert_user_error(*run_cli(capsys, cmd, "--storage", "sqlite:///notes.db", "--name", "exp1")[::2],
+                      "notes.db is not a SQLite database")
+    url = "sqlite:///runs/search/exp1/study.db"
+    assert_user_error(*run_cli(capsys, cmd, "--storage", url, "--name", "x")[::2], "studies there: exp1")
+    assert_user_error(*run_cli(capsys, cmd, "--storage", url)[::2], "--name is required: the study to read "
+                                                                     "(studies there: exp1)")
+
+
+def test_cli_errors_for_a_sqlite_file_of_another_program_and_an_out_file(in_tmp, capsys):
+    import sqlite3
+
+    con = sqlite3.connect(in_tmp / "app.db")
+    con.execute("CREATE TABLE things (x)")
+    con.commit()
+    con.close()
+    before = (in_tmp / "app.db").read_bytes()
+    assert_user_error(*run_cli(capsys, "trials", "--storage", "sqlite:///app.db", "--name", "a")[::2],
+                      "app.db is a SQLite database but holds no Optuna studies")
+    assert (in_tmp / "app.db").read_bytes() == before  # untouched: no Optuna tables were created in it
+    (in_tmp / "file").write_text("x")
+    assert_user_error(*run_cli(capsys, "plot", "--name", "exp1", "--out", "file")[::2], "--out must be a folder")
+    assert_user_error(*run_cli(capsys, "trials")[::2], "(no studies in runs/search)")
