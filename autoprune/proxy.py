@@ -58,7 +58,8 @@ class ProxySettings:
         lr: AdamW learning rate of the finetune, constant after a linear warm-up over the first 10% of the steps.
             AdamW at 1e-3 is what Ultralytics' 'auto' optimizer picks for short finetunes of a few classes.
         val_images: size of the fixed, seeded subset of the val split that is scored (all of it if smaller).
-        train_images: cap on the seeded subset of the train split kept in memory for calibration and finetune.
+        train_images: cap on the seeded subset of the train split kept in memory for calibration and finetune
+            (only as many as max(calib_batches, steps) x batch need: 400 with the defaults).
         seed: seeds the image subsets and the batch order (and any randomness inside a candidate's evaluation).
         device: 'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'.
         recalibrate: ablation switch; False skips step 1 whatever `calib_batches` says.
@@ -154,7 +155,8 @@ class ProxyResult:
         steps: optimizer steps that ran.
         recalibrated: whether BN statistics were recalibrated.
         train_loss: mean detection loss per image over the first and the last 10% of the steps (empty without
-            steps): a sanity check that the finetune moved in the right direction.
+            steps): a sanity check that the finetune moved in the right direction. A finetune that diverges stops
+            at the first non-finite loss, which then shows here as nan or inf.
         val_images: images scored.
     """
 
@@ -384,8 +386,9 @@ class ProxyEvaluator:
 
     Construction reads and checks the data YAML, builds Ultralytics' train and val datasets, draws the seeded
     train pool and val subset, loads and letterboxes their images once (kept in memory as uint8 tensors: at
-    imgsz 320 about 0.3 MB per image, so 200 val + 512 train images take about 220 MB), fixes the calibration and
-    finetune batch schedule and builds the validator. `evaluate` then only runs the candidate.
+    imgsz 320 about 0.3 MB per image; with the defaults 200 val + 400 train images, about 185 MB, and never more
+    than `val_images` + `train_images` images whatever the dataset's size), fixes the calibration and finetune
+    batch schedule and builds the validator. `evaluate` then only runs the candidate.
 
     Not thread-safe: one evaluation at a time per evaluator.
 
@@ -583,6 +586,9 @@ class ProxyEvaluator:
                 preds = model(batch["img"])
             loss, _ = model.loss(batch, _float_preds(preds))  # float32; (box, cls, dfl) gains, times batch size
             loss = loss.sum() / batch["img"].shape[0]
+            if not torch.isfinite(loss):  # diverged: stop; the non-finite loss is reported in train_loss
+                losses.append(float(loss.detach()))
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)  # as Ultralytics' trainer
