@@ -20,6 +20,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -254,7 +255,7 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
               "feasible": len(candidates), "feasible_incomplete": len(scored) - len(candidates)
               + sum(1 for r in records if r.feasible and r.map50_95 is None),
               "front": len(front), "infeasible": len(infeasible)}
-    reasons = Counter(_short(r.reason, 80) for r in records if r.state in ("PRUNED", "FAIL") and r.reason)
+    reasons = Counter(_reason_kind(r.reason) for r in records if r.state in ("PRUNED", "FAIL") and r.reason)
 
     base = study_attrs.get(R.STUDY_BASE) if isinstance(study_attrs.get(R.STUDY_BASE), dict) else None
     device = study_attrs.get(R.STUDY_DEVICE)
@@ -750,6 +751,17 @@ def _short(text, n):
         return None
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its figures, so that alike reasons count together.
+
+    Example:
+        >>> _reason_kind("over the GFLOPs budget (4.49 > 4.4); a repaired genome was queued instead")
+        'over the GFLOPs budget; a repaired genome was queued instead'
+    """
+    text = re.sub(r"\s*\([^()]*\)", "", " ".join(str(reason).split()))
+    return _short(re.sub(r"\d+(\.\d+)?", "N", text), 80)
 
 
 def _esc(text: str) -> str:

@@ -279,11 +279,13 @@ def test_front_table_of_a_running_study_says_it_is_provisional():
 
 
 def test_front_table_without_feasible_trials_names_the_reasons():
-    recs = [TrialRecord(i, "PRUNED", None, None, 5.0, None, None, False, "search", "over the GFLOPs budget")
+    recs = [TrialRecord(i, "PRUNED", None, None, None, None, None, False, "rejected",
+                        f"over the GFLOPs budget ({5 + i / 10:.2f} > 4.2); a repaired genome was queued instead")
             for i in range(3)] + [rec(3, 0.4, 6.0, 20.0, feasible=False), rec(4, None, None, None, False, "RUNNING")]
     text = report.format_front_table(report.pareto_info(recs, {}))
     assert "Pareto front: no feasible trial yet (5 trials: 1 complete (0 feasible), 3 pruned, 1 running)" in text
-    assert "  3 x over the GFLOPs budget" in text and "completed but over budget: trial 3" in text
+    assert "  3 x over the GFLOPs budget; a repaired genome was queued instead" in text  # figures set aside
+    assert "completed but over budget: trial 3" in text
     assert "apply one" not in text
 
 
