@@ -690,10 +690,20 @@ class SearchSpace:
 
     def counts(self, genome) -> dict[str, int]:
         """Kept channels per part of every group (`rounded_count` with the space's `round_to`, `min_channels`)."""
-        keep = self.keep(genome)
-        return {
-            g.id: rounded_count(g.size, keep[g.id], self.round_to, self.min_channels) for g in self.graph.groups
-        }
+        genome = self.check_genome(genome)
+        found = {}
+        cache = self.__dict__.setdefault("_count_cache", {})  # (gene, grid index) -> {group id: count}
+        for g in self.genes:
+            key = (g.name, g.index(genome[g.name]))
+            part = cache.get(key)
+            if part is None:
+                v = g.value(key[1])
+                part = cache[key] = {
+                    gid: rounded_count(self.graph.group(gid).size, v, self.round_to, self.min_channels)
+                    for gid in g.groups
+                }
+            found.update(part)
+        return {g.id: found.get(g.id, g.size) for g in self.graph.groups}
 
     # -- costs ------------------------------------------------------------------------------------------------------
 
