@@ -773,8 +773,7 @@ class SearchSpace:
         when even the smallest one is over it.
 
         Example:
-            >>> g = space.uniform_for_budget(5.0, 640)  # doctest: +SKIP
-            >>> space.gflops(g, 640) <= 5.0
+            >>> space.gflops(space.uniform_for_budget(5.0, 640), 640) <= 5.0  # doctest: +SKIP
             True
         """
         ratios = self.uniform_ratios()
@@ -802,8 +801,10 @@ class SearchSpace:
 
         Otherwise every gene is moved toward its low by one common factor `t` (`low + t * (value - low)`), snapped
         down to its grid, with the largest `t` in [0, 1] that meets the budget (found by bisection; GFLOPs only grow
-        with `t`). No gene ends above its value in `genome`, and the result is deterministic. UserError when the
-        budget is below `min_gflops` (no genome of the space meets it).
+        with `t`). The budget left over by the snapping is then given back one grid step at a time, the genes
+        furthest below their value in `genome` first, while the budget holds. No gene ends above its value in
+        `genome`, and the result is deterministic. UserError when the budget is below `min_gflops` (no genome of the
+        space meets it).
         """
         genome = self.check_genome(genome)
         if self.gflops(genome, imgsz, base_gflops=base_gflops) <= budget_gflops:
@@ -829,7 +830,36 @@ class SearchSpace:
                 hi = mid
             if hi - lo < 1e-6:
                 break
-        return best
+        return self._fill(best, genome, budget_gflops, imgsz, base_gflops)
+
+    def _fill(self, current: dict, ceiling: dict, budget: float, imgsz: int, base_gflops: float | None) -> dict:
+        """Raise genes of `current` one step at a time toward `ceiling` while the budget holds (largest gap first)."""
+        current = dict(current)
+        changed = True
+        while changed:
+            changed = False
+            order = sorted(
+                (g for g in self.genes if current[g.name] < ceiling[g.name] - _TOL),
+                key=lambda g: -(ceiling[g.name] - current[g.name]),
+            )
+            for g in order:
+                trial = {**current, g.name: g.value(g.index(current[g.name]) + 1)}
+                if trial[g.name] > ceiling[g.name] + _TOL:
+                    continue
+                if self.gflops(trial, imgsz, base_gflops=base_gflops) <= budget:
+                    current, changed = trial, True
+        return current
+
+    def to_indices(self, genome) -> list[int]:
+        """The grid index of each gene's value, in gene order (an integer encoding for evolutionary engines)."""
+        genome = self.check_genome(genome)
+        return [g.index(genome[g.name]) for g in self.genes]
+
+    def from_indices(self, indices) -> dict[str, float]:
+        """The genome whose gene `i` is at grid index `indices[i]` (clipped to `0..n`)."""
+        if len(indices) != len(self.genes):
+            raise ValueError(f"expected {len(self.genes)} grid indices, got {len(indices)}")
+        return {g.name: g.value(int(k)) for g, k in zip(self.genes, indices)}
 
     def random(self, rng: np.random.Generator) -> dict[str, float]:
         """A genome with each gene drawn uniformly from its grid."""

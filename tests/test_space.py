@@ -542,3 +542,28 @@ def test_describe_reports_what_each_gene_saves():
     assert [r["gene"] for r in rows] == space.names
     assert all(r["saves_at_low_gflops"] > 0 for r in rows)
     assert math.isclose(sum(len(r["groups"]) for r in rows), len(v8()[1].ids))
+
+
+def test_repair_gives_back_the_budget_snapping_left():
+    space = default_space("yolov8n.yaml")
+    rng = np.random.default_rng(9)
+    for _ in range(10):
+        genome = space.highs()
+        budget = float(rng.uniform(space.min_gflops(640), space.max_gflops(640) * 0.9))
+        fixed = space.repair(genome, budget, 640)
+        # no single gene can go one step further up without breaking the budget
+        for gene in space.genes:
+            k = gene.index(fixed[gene.name])
+            if k < gene.n:
+                assert space.gflops({**fixed, gene.name: gene.value(k + 1)}, 640) > budget, gene.name
+
+
+def test_grid_indices_round_trip():
+    space = default_space("yolo11n.yaml")
+    genome = space.random(np.random.default_rng(10))
+    idx = space.to_indices(genome)
+    assert all(isinstance(k, int) and 0 <= k <= g.n for k, g in zip(idx, space.genes))
+    assert space.from_indices(idx) == genome
+    assert space.from_indices([0] * len(space.genes)) == space.lows()
+    with pytest.raises(ValueError, match="grid indices"):
+        space.from_indices([0])
