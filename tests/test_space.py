@@ -567,3 +567,17 @@ def test_grid_indices_round_trip():
     assert space.from_indices([0] * len(space.genes)) == space.lows()
     with pytest.raises(ValueError, match="grid indices"):
         space.from_indices([0])
+
+
+def test_the_examples_in_the_docs_load():
+    import re
+
+    import yaml
+
+    text = (REPO / "docs" / "SEARCH_SPACES.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "genes:" in b]
+    assert len(blocks) >= 3
+    model, graph = v8()
+    for block in blocks:
+        space = load_space(yaml.safe_load(block), graph, model)
+        assert sorted(covered(space)) == sorted(graph.ids)
