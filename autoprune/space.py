@@ -97,6 +97,14 @@ class Gene:
     high: float
     step: float
 
+    def __post_init__(self):
+        if not (0 < self.low <= self.high + _TOL <= 1 + 2 * _TOL) or not self.step > 0:
+            raise ValueError(f"gene {self.name!r}: need 0 < low <= high <= 1 and step > 0, got {self}")
+        if self.high - self.low > _TOL:
+            k = (self.high - self.low) / self.step
+            if k < 1 - _TOL or abs(k - round(k)) > 1e-6:
+                raise ValueError(f"gene {self.name!r}: step {self.step:g} does not divide high - low")
+
     @property
     def n(self) -> int:
         """Number of steps from `low` to `high` (the grid has `n + 1` values)."""

@@ -581,3 +581,12 @@ def test_the_examples_in_the_docs_load():
     for block in blocks:
         space = load_space(yaml.safe_load(block), graph, model)
         assert sorted(covered(space)) == sorted(graph.ids)
+
+
+def test_gene_validates_itself():
+    with pytest.raises(ValueError, match="low <= high"):
+        Gene("x", ("a",), 0.8, 0.5, 0.05)
+    with pytest.raises(ValueError, match="does not divide"):
+        Gene("x", ("a",), 0.25, 1.0, 0.1)
+    with pytest.raises(ValueError, match="step > 0"):
+        Gene("x", ("a",), 0.25, 1.0, 0.0)
