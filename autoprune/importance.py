@@ -3,19 +3,47 @@
 An importance is one call, `criterion(ctx, group) -> [scores per part]`: a tensor of `group.size` scores for each part
 of the group, higher meaning more important. Which channels survive is then the top-k of each part.
 
-Scores combine every member of a group: the output rows of its producers and the input columns of its consumers.
-Members differ in scale (a 3x3 conv with 256 inputs has larger norms than a 1x1 conv with 16), so each member's
-scores are divided by their mean before members are averaged.
+Scores combine every member of a group: the output rows of its producers, their BatchNorm gammas and the input
+columns of its consumers. Removing channel k of a part removes all of them at once.
+
+The criteria, and what their scores mean across groups (what the `global` strategy thresholds; see
+`autoprune.strategies`):
+
+- `l1`, `l2`: the p-norm of each member's slice. Members differ in scale (a 3x3 conv with 256 inputs has larger
+  norms than a 1x1 conv with 16), so each member's scores are divided by their mean before members are averaged:
+  every part's scores have mean 1, and a global threshold t removes the channels below t times their part's mean
+  (Torch-Pruning's default `normalizer="mean"`).
+- `bn_scale`: network slimming (Liu et al. 2017): |gamma| of the producers' BatchNorms, summed over the producers of
+  a residual part. Raw, so a global threshold compares gammas directly, as the paper does after sparse training.
+- `lamp`: LAMP (Lee et al. 2021) on the squared `l2` scores s: with the group's channels (all parts) sorted
+  ascending, `s_k / sum(s_j for s_j >= s_k)`. Within a group it ranks like `l2`; across groups it is
+  layer-adaptive: every group's strongest channel scores 1.
+- `fpgm`: FPGM (He et al. 2019): each channel's summed Euclidean distance to the other channels of its part, per
+  member (producer rows, consumer columns), mean-normalised and averaged like `l1`. A channel close to the
+  geometric median is replaceable by the others and goes first.
+- `taylor` (data): first-order Taylor (Molchanov et al. 2019): the sum over every parameter the channel removes
+  (producer rows, gammas, consumer columns) of |w * dL/dw|, dL/dw the mean gradient of the detection loss over
+  the calibration batches. Raw: in loss units, so comparable across groups.
+- `hessian` (data): OBD's diagonal second-order saliency (LeCun et al. 1990), sum of 0.5 * H_ii * w_i^2 over the same
+  parameters, with H_ii the empirical Fisher: the mean over calibration batches of the squared batch gradient of
+  the (per-image mean) detection loss. Raw, loss units.
+- `random`: uniform scores from a generator seeded by `ctx.extra["seed"]` (default 0) and the group id, so a
+  group's ranking is the same whatever other groups are scored. A baseline.
+
+Data criteria read gradients from `ScoringContext.grads` / `extra["fisher"]`, which `accumulate_gradients`
+fills from calibration batches; without them they raise a `UserError` that says to pass data.
 
 Example:
     >>> from autoprune.importance import CRITERIA
-    >>> sorted(CRITERIA)[:3]
-    ['bn_scale', 'l1', 'l2']
+    >>> sorted(CRITERIA)
+    ['bn_scale', 'fpgm', 'hessian', 'l1', 'l2', 'lamp', 'random', 'taylor']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +88,29 @@ class ScoringContext:
         for c in part.consumers:
             conv = self.modules[c.conv]
             yield "in", c.conv, conv.weight.detach()[:, c.offset : c.offset + n].transpose(0, 1)
+
+    def members_with(self, part_index: int, store: dict[str, torch.Tensor]):
+        """Like `members`, with each member's slice of a per-parameter tensor: `(kind, path, weights, data)`.
+
+        `store` maps parameter paths (`model.2.cv1.conv.weight`) to tensors shaped like the parameter, e.g.
+        `self.grads` or `self.extra["fisher"]`; `data` is sliced and viewed exactly like `weights` (None when the
+        parameter is absent from `store`).
+        """
+        part = self.graph.parts[part_index]
+        n = part.size
+        for pi in part.producers:
+            p = self.graph.producers[pi]
+            t = store.get(f"{p.conv}.weight")
+            yield "out", p.conv, self.modules[p.conv].weight.detach()[p.offset : p.offset + n], \
+                None if t is None else t[p.offset : p.offset + n]
+            if p.bn is not None:
+                t = store.get(f"{p.bn}.weight")
+                yield "bn", p.bn, self.modules[p.bn].weight.detach()[p.offset : p.offset + n], \
+                    None if t is None else t[p.offset : p.offset + n]
+        for c in part.consumers:
+            t = store.get(f"{c.conv}.weight")
+            w = self.modules[c.conv].weight.detach()[:, c.offset : c.offset + n].transpose(0, 1)
+            yield "in", c.conv, w, None if t is None else t[:, c.offset : c.offset + n].transpose(0, 1)
 
 
 def channel_norms(w: torch.Tensor, p: int) -> torch.Tensor:
@@ -133,6 +184,190 @@ def bn_scale(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
         gammas = [w.abs().float() for kind, _, w in ctx.members(pi) if kind == "bn"]
         out.append(torch.stack(gammas).sum(0) if gammas else CRITERIA["l1"](ctx, group)[group.parts.index(pi)])
     return out
+
+
+@register("lamp")
+def lamp(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
+    """LAMP (Lee et al. 2021): squared L2 scores normalised by the sum of the scores not below them, over the group.
+
+    The magnitude of a channel is its `l2` score (producer rows and consumer columns, each member scaled to mean 1,
+    averaged), squared as LAMP squares weights; the LAMP normalisation then runs over all the group's channels.
+    """
+    flat = torch.cat(CRITERIA["l2"](ctx, group)).pow(2)
+    order = flat.argsort(stable=True)  # ascending
+    ranked = flat[order]
+    suffix = ranked.flip(0).cumsum(0).flip(0)  # sum of the scores at or above each position
+    out = torch.zeros_like(flat)
+    out[order] = torch.where(suffix > 0, ranked / suffix.clamp_min(1e-30), torch.zeros_like(ranked))
+    return list(out.split(group.size))
+
+
+@register("fpgm")
+def fpgm(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
+    """FPGM (He et al. 2019): each channel's summed distance to the other channels of its part, per member.
+
+    A channel near the geometric median of its layer's filters is the most replaceable. Members are producer rows
+    (filters) and consumer columns; each member's distances are scaled to mean 1 before members are averaged.
+    """
+    out = []
+    for pi in group.parts:
+        vecs = []
+        for kind, _, w in ctx.members(pi):
+            if kind not in ("out", "in"):
+                continue
+            f = w.reshape(w.shape[0], -1).float()
+            vecs.append(torch.cdist(f.unsqueeze(0), f.unsqueeze(0)).squeeze(0).sum(1))
+        out.append(_normalized_mean(vecs))
+    return out
+
+
+@register("random")
+def random_scores(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
+    """Uniform random scores, reproducible: seeded by `ctx.extra["seed"]` (default 0) and the group id."""
+    seed = int(ctx.extra.get("seed", 0))
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(group.id.encode())) % (2**63))
+    return [torch.rand(group.size, generator=gen) for _ in group.parts]
+
+
+def _require(ctx: ScoringContext, name: str, store: dict | None) -> dict:
+    if not store:
+        raise UserError(
+            f"criterion {name!r} needs gradients of the detection loss on calibration data: pass --data (a detection "
+            "data YAML), or batches= to rank_channels / accumulate_gradients in Python"
+        )
+    return store
+
+
+@register("taylor", needs_data=True)
+def taylor(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
+    """First-order Taylor: sum over the channel's parameters (rows, gammas, columns) of |w * dL/dw|, loss units."""
+    grads = _require(ctx, "taylor", ctx.grads)
+    out = []
+    for pi in group.parts:
+        total = torch.zeros(ctx.graph.parts[pi].size)
+        for _, path, w, g in ctx.members_with(pi, grads):
+            if g is None:
+                raise KeyError(f"no gradient for {path}.weight; accumulate_gradients on this very model")
+            total += (w.float() * g.float()).abs().reshape(w.shape[0], -1).sum(1).cpu()
+        out.append(total)
+    return out
+
+
+@register("hessian", needs_data=True)
+def hessian(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
+    """OBD saliency with the empirical Fisher as the Hessian diagonal: sum of 0.5 * F_ii * w_i^2, loss units."""
+    fisher = _require(ctx, "hessian", ctx.extra.get("fisher"))
+    out = []
+    for pi in group.parts:
+        total = torch.zeros(ctx.graph.parts[pi].size)
+        for _, path, w, f in ctx.members_with(pi, fisher):
+            if f is None:
+                raise KeyError(f"no Fisher diagonal for {path}.weight; accumulate_gradients on this very model")
+            total += (0.5 * f.float() * w.float().pow(2)).reshape(w.shape[0], -1).sum(1).cpu()
+        out.append(total)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Gradients on calibration data, for the data criteria
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "model", None)
+    if inner is not None and not isinstance(inner, nn.Sequential) and hasattr(inner, "model"):
+        return inner  # an ultralytics.YOLO wrapper
+    return model
+
+
+def loss_ready_copy(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+    """A float32 copy of a detection model that `model.loss(batch)` works on, the way the proxy prepares one.
+
+    Ultralytics' criterion reads its gains from `model.args` (a checkpoint stores them as a dict, a YAML model has
+    none); the copy gets Ultralytics' defaults with the model's own box/cls/dfl gains, and no cached criterion.
+    """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.utils import IterableSimpleNamespace
+
+    m = deepcopy(_unwrap(model)).float()
+    if device is not None:
+        m = m.to(device)
+    old = getattr(m, "args", None)
+    old = old if isinstance(old, dict) else vars(old) if hasattr(old, "__dict__") else {}
+    hyp = {**DEFAULT_CFG_DICT, **{k: old[k] for k in ("box", "cls", "dfl") if old.get(k) is not None}}
+    m.args = IterableSimpleNamespace(**hyp)
+    m.criterion = None
+    return m
+
+
+def _loss_batch(b, device) -> dict:
+    """A calibration batch (collated dict with uint8 or float images) as the float batch `model.loss` reads."""
+    if not isinstance(b, dict) or not {"img", "cls", "bboxes", "batch_idx"} <= set(b):
+        raise TypeError("a calibration batch is a dict with img, cls, bboxes and batch_idx (ProxyEvaluator's batches)")
+    img = b["img"]
+    img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
+    return {"img": img.to(device), "cls": b["cls"].to(device), "bboxes": b["bboxes"].to(device),
+            "batch_idx": b["batch_idx"].to(device)}
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    batches: Iterable[dict],
+    ctx: ScoringContext,
+    *,
+    device: torch.device | str | None = None,
+) -> ScoringContext:
+    """Fill `ctx.grads` and `ctx.extra["fisher"]` from the detection loss of `model` on calibration `batches`.
+
+    For every parameter: `grads[path]` is the mean over batches of the gradient of the per-image mean detection
+    loss (Ultralytics' `model.loss(batch)`, i.e. v8DetectionLoss with the model's box/cls/dfl gains), and
+    `extra["fisher"][path]` the mean of its square (the empirical Fisher at batch granularity, for `hessian`).
+    BatchNorms use their running statistics (the function the pruned model keeps), Detect returns its training
+    outputs. Works on a copy: `model` (its weights, `.grad`, buffers and attributes) is not changed. Batches are
+    the collated dicts `ProxyEvaluator.calibration_batches()` returns. Returns `ctx`.
+
+    Example:
+        >>> ctx = ScoringContext.for_model(model, graph)
+        >>> accumulate_gradients(model, evaluator.calibration_batches(), ctx)
+        >>> scores = CRITERIA["taylor"](ctx, graph.groups[0])
+    """
+    if device is None:
+        p = next(_unwrap(model).parameters())
+        device = p.device
+    work = loss_ready_copy(model, device)
+    head = work.model[-1]
+    data_nc = None
+    work.train()
+    for m in work.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    named = [(n, p) for n, p in work.named_parameters() if p.dtype.is_floating_point]
+    for _, p in named:
+        p.requires_grad_(True)
+    total = {n: torch.zeros_like(p, device="cpu") for n, p in named}
+    square = {n: torch.zeros_like(p, device="cpu") for n, p in named}
+    count = 0
+    for b in batches:
+        batch = _loss_batch(b, device)
+        if batch["cls"].numel():
+            data_nc = int(batch["cls"].max()) + 1
+            if data_nc > head.nc:
+                raise UserError(f"the calibration data has class {data_nc - 1} but the model predicts {head.nc} "
+                                "classes; use data with the model's classes")
+        loss, _ = work.loss(batch)
+        loss = loss.sum() / batch["img"].shape[0]  # the criterion returns per-term sums scaled by the batch size
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        for (n, _), g in zip(named, grads):
+            if g is not None:
+                g = g.detach().cpu()
+                total[n] += g
+                square[n] += g * g
+        count += 1
+    if not count:
+        raise UserError("no calibration batches to compute gradients from")
+    ctx.grads.update({n: t / count for n, t in total.items()})
+    ctx.extra["fisher"] = {n: t / count for n, t in square.items()}
+    ctx.extra["gradient_batches"] = count
+    return ctx
 
 
 def score_groups(

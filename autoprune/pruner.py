@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from copy import deepcopy
 
 import torch
@@ -104,15 +104,117 @@ def prune(
 
 
 def rank_channels(
-    model: nn.Module, graph: ChannelGraph, criterion: str = "l1", ctx: ScoringContext | None = None
+    model: nn.Module,
+    graph: ChannelGraph,
+    criterion: str = "l1",
+    ctx: ScoringContext | None = None,
+    *,
+    batches: Iterable[dict] | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """For every group, its channels per part from most to least important by `criterion`.
 
     Scores depend only on the unpruned model, so a search ranks once and every candidate only slices.
+    A data criterion (`taylor`, `hessian`) needs gradients: pass calibration `batches` (the collated dicts of
+    `ProxyEvaluator.calibration_batches()`), or a `ctx` already filled by `accumulate_gradients`.
     """
     fn = get_criterion(criterion)
-    ctx = ctx or ScoringContext.for_model(_unwrap(model), graph)
+    ctx = score_context(model, graph, criterion, ctx, batches=batches)
     return {g.id: [s.argsort(descending=True, stable=True) for s in fn(ctx, g)] for g in graph.groups}
+
+
+def score_context(
+    model: nn.Module,
+    graph: ChannelGraph,
+    criterion: str = "l1",
+    ctx: ScoringContext | None = None,
+    *,
+    batches: Iterable[dict] | None = None,
+    seed: int | None = None,
+) -> ScoringContext:
+    """The `ScoringContext` a criterion scores `model` with: `ctx` if given, else a fresh one.
+
+    For a data criterion without gradients in the context, they are accumulated from `batches` (a `UserError`
+    saying to pass data when there are none). `seed` sets `extra["seed"]` (the `random` criterion's seed).
+    """
+    from autoprune.importance import DATA_CRITERIA, accumulate_gradients
+
+    get_criterion(criterion)
+    ctx = ctx or ScoringContext.for_model(_unwrap(model), graph)
+    if seed is not None:
+        ctx.extra["seed"] = int(seed)
+    if criterion in DATA_CRITERIA and not ctx.grads:
+        if batches is None:
+            raise UserError(
+                f"criterion {criterion!r} needs calibration data for the gradients of the detection loss: pass "
+                "--data (a detection data YAML), or batches= in Python"
+            )
+        accumulate_gradients(model, batches, ctx)
+    return ctx
+
+
+def channel_scores(
+    model: nn.Module, graph: ChannelGraph, criterion: str = "l1", ctx: ScoringContext | None = None, **kw
+) -> dict[str, list[torch.Tensor]]:
+    """Every group's scores per part by `criterion` (what `rank_channels` sorts; the `global` strategy thresholds
+    them). Keywords as `score_context`."""
+    fn = get_criterion(criterion)
+    ctx = score_context(model, graph, criterion, ctx, **kw)
+    return {g.id: [s.float().cpu() for s in fn(ctx, g)] for g in graph.groups}
+
+
+def select_indices(
+    graph: ChannelGraph, counts: Mapping[str, int], ranking: Mapping[str, list[torch.Tensor]]
+) -> dict[str, list[torch.Tensor]]:
+    """The kept channel indices (sorted) per part of every group pruned by `counts`, from a `rank_channels` ranking.
+
+    What `prune_to_counts` keeps; with it, `apply_indices(model, graph, indices)` gives the same model, and the
+    indices are at hand for `conv_masks` and `autoprune.reconstruct`.
+    """
+    indices = {}
+    for gid, n in counts.items():
+        g = graph.group(gid)
+        if not 1 <= n <= g.size:
+            raise UserError(f"group {gid!r} has {g.size} channels per part; cannot keep {n}")
+        if n == g.size:
+            continue
+        indices[gid] = [torch.sort(o[:n]).values for o in ranking[gid]]
+    return indices
+
+
+def conv_masks(graph: ChannelGraph, indices: Mapping[str, list[torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For every conv that `apply_indices(model, graph, indices)` slices: (kept output mask, kept input mask).
+
+    Masks are boolean over the unpruned conv's channels (a depthwise conv's input mask is its output mask), so
+    `original_output[:, out_mask]` lines up with the pruned conv's output channels.
+    """
+    out_keep: dict[str, torch.Tensor] = {}
+    in_keep: dict[str, torch.Tensor] = {}
+    depthwise: set[str] = set()
+    for gid, per_part in indices.items():
+        group = graph.group(gid)
+        for pi, kept in zip(group.parts, per_part):
+            part = graph.parts[pi]
+            removed = torch.ones(part.size, dtype=torch.bool)
+            removed[kept] = False
+            rm = removed.nonzero().flatten()
+            if rm.numel() == 0:
+                continue
+            for prod in part.producers:
+                p = graph.producers[prod]
+                info = graph.convs[p.conv]
+                out_keep.setdefault(p.conv, torch.ones(info.out_channels, dtype=torch.bool))[p.offset + rm] = False
+                if p.depthwise:
+                    depthwise.add(p.conv)
+            for c in part.consumers:
+                info = graph.convs[c.conv]
+                in_keep.setdefault(c.conv, torch.ones(info.in_channels, dtype=torch.bool))[c.offset + rm] = False
+    result = {}
+    for path in set(out_keep) | set(in_keep):
+        info = graph.convs[path]
+        om = out_keep.get(path, torch.ones(info.out_channels, dtype=torch.bool))
+        im = om if path in depthwise else in_keep.get(path, torch.ones(info.in_channels, dtype=torch.bool))
+        result[path] = (om, im)
+    return result
 
 
 def prune_to_counts(
@@ -297,6 +399,8 @@ def group_summary(graph: ChannelGraph, counts: Mapping[str, int]) -> list[dict]:
 __all__ = [
     "ChannelGroup",
     "apply_indices",
+    "channel_scores",
+    "conv_masks",
     "group_summary",
     "keep_counts",
     "prune",
@@ -304,4 +408,6 @@ __all__ = [
     "rank_channels",
     "resolve_keep",
     "rounded_count",
+    "score_context",
+    "select_indices",
 ]
