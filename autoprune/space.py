@@ -877,11 +877,8 @@ class SearchSpace:
         """One `optuna.distributions.FloatDistribution(low, high, step=step)` per gene, for Optuna samplers."""
         from optuna.distributions import FloatDistribution
 
-        out = {}
-        for g in self.genes:
-            step = g.step if g.n > 0 else None
-            out[g.name] = FloatDistribution(g.low, g.high if g.n > 0 else g.low, step=step)
-        return out
+        # the same distribution `trial.suggest_float(g.name, g.low, g.high, step=g.step)` makes, fixed genes too
+        return {g.name: FloatDistribution(g.low, g.high, step=g.step) for g in self.genes}
 
     # -- reporting --------------------------------------------------------------------------------------------------
 

@@ -590,3 +590,15 @@ def test_gene_validates_itself():
         Gene("x", ("a",), 0.25, 1.0, 0.1)
     with pytest.raises(ValueError, match="step > 0"):
         Gene("x", ("a",), 0.25, 1.0, 0.0)
+
+
+def test_distributions_equal_what_suggest_float_makes_even_for_fixed_genes():
+    import optuna
+
+    space = space_of({"genes": {"fixed": {"groups": "0", "low": 0.5, "high": 0.5}}, "rest": {"name": "other"}})
+    study = optuna.create_study()
+    trial = study.ask()
+    for g in space.genes:
+        trial.suggest_float(g.name, g.low, g.high, step=g.step)
+    assert study.trials[0].distributions == space.distributions()
+    assert space.gene("fixed").grid() == (0.5,)
