@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-import functools
 import fnmatch
+import functools
 import math
 import re
 from collections.abc import Mapping
