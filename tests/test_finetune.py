@@ -1,0 +1,158 @@
+"""The distillation loss and the finetune that trains the pruned object itself (autoprune.finetune)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import randomize_bn
+
+from autoprune.data import load_data_config
+from autoprune.finetune import (
+    DistillationLoss,
+    DistillSettings,
+    FeatureProjector,
+    check_amp_offline,
+    detect_input_channels,
+    finetune,
+    head_distillation,
+    neck_distillation,
+    offline_ultralytics,
+)
+from autoprune.errors import UserError
+from autoprune.pruner import prune
+
+
+def _outputs(seed: int, nc: int = 3, reg_max: int = 16, anchors: int = 20):
+    g = torch.Generator().manual_seed(seed)
+    return {"scores": torch.randn(2, nc, anchors, generator=g) * 3,
+            "boxes": torch.randn(2, 4 * reg_max, anchors, generator=g) * 3}
+
+
+def test_head_kd_is_zero_for_equal_outputs_and_positive_otherwise():
+    s, t = _outputs(0), _outputs(1)
+    assert [float(x) for x in head_distillation(s, copy.deepcopy(s))] == [0.0, 0.0]
+    cls_term, box_term = head_distillation(s, t)
+    assert cls_term > 0 and box_term > 0
+    # Only the class logits differ: only the class term moves.
+    only_cls = {"scores": t["scores"], "boxes": s["boxes"].clone()}
+    c, b = head_distillation(s, only_cls)
+    assert c > 0 and b == 0
+    # No DFL (reg_max 1): an L1 on the side distances, zero when equal.
+    s1, t1 = _outputs(0, reg_max=1), _outputs(1, reg_max=1)
+    assert float(head_distillation(s1, s1)[1]) == 0.0 and head_distillation(s1, t1)[1] > 0
+
+
+def test_head_kd_pulls_the_student_towards_the_teacher():
+    s, t = _outputs(0), _outputs(1)
+    s = {k: v.clone().requires_grad_(True) for k, v in s.items()}
+    t = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+    loss = sum(head_distillation(s, t))
+    loss.backward()
+    assert t["scores"].grad is None and t["boxes"].grad is None  # the teacher's outputs are detached
+    with torch.no_grad():  # one small gradient step lowers the loss
+        stepped = {k: v - 0.1 * v.grad for k, v in s.items()}
+    assert sum(head_distillation(stepped, t)) < loss
+
+
+def _models(tiny_pruned: bool = True):
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import IterableSimpleNamespace
+
+    torch.manual_seed(0)
+    teacher = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    randomize_bn(teacher)  # outputs that depend on the weights (a fresh model's class logits are all its bias)
+    student = prune(teacher, 0.5) if tiny_pruned else copy.deepcopy(teacher)
+    student.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, student
+
+
+def _batch(n: int = 2, size: int = 64):
+    g = torch.Generator().manual_seed(0)
+    return {"img": torch.rand(n, 3, size, size, generator=g), "batch_idx": torch.tensor([0.0, 1.0]),
+            "cls": torch.tensor([[0.0], [1.0]]), "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.3, 0.6, 0.2, 0.2]])}
+
+
+def test_distillation_loss_trains_the_student_and_never_the_teacher():
+    teacher, student = _models()
+    crit = DistillationLoss(student, teacher, DistillSettings(weight=1.0, neck_weight=1.0),
+                            FeatureProjector(detect_input_channels(student), detect_input_channels(teacher)))
+    student.train()
+    batch = _batch()
+    loss, items = crit(student(batch["img"]), batch)
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "kd_loss", "kd_neck"]
+    assert loss.shape == (5,) and float(items["kd_loss"]) > 0 and float(items["kd_neck"]) > 0
+    loss.sum().backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not teacher.training
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is not None for p in crit.projector.parameters())
+
+
+def test_distillation_terms_are_zero_when_the_student_is_the_teacher():
+    teacher, student = _models(tiny_pruned=False)
+    proj = FeatureProjector(detect_input_channels(student), detect_input_channels(teacher))  # identity: same widths
+    crit = DistillationLoss(student, teacher, DistillSettings(weight=1.0, neck_weight=1.0), proj)
+    x = _batch()["img"]
+    student.eval()
+    with torch.no_grad():
+        kd, neck = crit.terms(student(x), teacher(x))
+        assert float(kd) == 0.0 and float(neck) < 1e-10
+        # A different student (pruned) gives a positive head term.
+        _, pruned = _models()
+        kd2, _ = DistillationLoss(pruned, teacher, DistillSettings()).terms(pruned.eval()(x), teacher(x))
+    assert kd2 > 0
+
+
+def test_neck_term_compares_patterns_not_scales():
+    f = [torch.randn(2, 8, 4, 4)]
+    proj = FeatureProjector([8], [8]).requires_grad_(False)
+    assert float(neck_distillation([3 * v + 1 for v in f], f, proj)) < 1e-8
+    assert float(neck_distillation([torch.randn(2, 8, 4, 4)], f, proj)) > 0.5
+
+
+@pytest.mark.parametrize(("kw", "flag"), [({"weight": -1.0}, "--kd-weight"), ({"temperature": 0.0}, "--kd-temperature"),
+                                          ({"neck_weight": float("nan")}, "--kd-neck")])
+def test_distill_settings_are_checked(kw, flag):
+    with pytest.raises(UserError, match=flag):
+        DistillSettings(**kw)
+
+
+def test_finetune_without_distillation_trains_the_pruned_object_with_the_plain_loss(tmp_path, tiny_data):
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    pruned = prune(model, 0.5)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    n_params = sum(p.numel() for p in pruned.parameters())
+    r = finetune(pruned, load_data_config(tiny_data), save_dir=tmp_path / "train", epochs=1, imgsz=64, batch=4,
+                 device="cpu", verbose=False)
+    assert r.loss_names == ("box_loss", "cls_loss", "dfl_loss")  # no distillation term
+    assert pruned.criterion is None  # nothing of the training left on the model
+    assert r.amp is False and r.device == "cpu"
+    saved, _ = load_checkpoint(r.best)
+    assert sum(p.numel() for p in saved.parameters()) == n_params  # the pruned network, not one rebuilt from YAML
+    after = saved.float().state_dict()
+    assert after.keys() == before.keys()
+    changed = [k for k in before if before[k].is_floating_point() and not torch.allclose(before[k], after[k], atol=1e-3)]
+    assert len(changed) > 10  # it trained
+    live = pruned.cpu().state_dict()  # the very object handed to the trainer is the one that trained
+    assert sum(not torch.equal(before[k], live[k]) for k in before if before[k].is_floating_point()) > 10
+
+
+def test_offline_ultralytics_replaces_the_downloading_checks_and_restores_them():
+    import ultralytics.data.utils as data_utils
+    import ultralytics.engine.trainer as trainer_mod
+
+    amp, font = trainer_mod.check_amp, data_utils.check_font
+    with offline_ultralytics():
+        assert trainer_mod.check_amp is check_amp_offline  # CUDA AMP check without downloading yolo26n.pt
+        assert data_utils.check_font("Arial.ttf") is None  # no font download (autoprune draws no plots)
+    assert trainer_mod.check_amp is amp and data_utils.check_font is font
+    teacher, _ = _models()
+    assert check_amp_offline(teacher) is False  # AMP does nothing on the CPU
