@@ -49,7 +49,7 @@ def _heartbeat() -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from autoprune.report import format_front_table, load_records, pareto_info
+    from autoprune.report import format_front_table, study_info
     from autoprune.search.driver import Search, SearchSettings
 
     interval, grace = _heartbeat()
@@ -81,10 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     search = Search(settings)
     result = search.run()
     if not args.json:
-        info = pareto_info(load_records(search.study), search.study.user_attrs)
         print()
-        print(format_front_table(info))
+        print(format_front_table(study_info(search.study)))
         print(f"\nreports: {', '.join(str(p) for p in result.outputs.values())}")
-        if result.front:
-            print(f"next: autoprune apply --name {result.name} --trial {result.front[0].number}")
     return result.as_dict()

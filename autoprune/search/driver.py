@@ -19,6 +19,7 @@ import contextlib
 import math
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,19 @@ from autoprune.search.engines import ENGINES, SAMPLERS, make_sampler
 from autoprune.search.storage import make_storage, run_dir_for, storage_url, study_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Our ask/tell loop runs its own heartbeat thread per trial (`Search._heartbeat`), which is what this warns about.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def _search_timing():
+    from autoprune.cost import TimingProtocol
+
+    # A search times every candidate: half a second of samples is enough to rank them (a few percent), and a busy
+    # machine must not stall it. `apply` reports the final model with the full protocol.
+    return TimingProtocol(min_time_s=0.5, max_time_s=8.0)
+
+
+SEARCH_TIMING = _search_timing()
 
 
 @dataclass(frozen=True)
@@ -166,18 +180,21 @@ class Search:
         self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
         self.space = load_space(s.space, self.graph, self.loaded.model)
         self.data = load_data_config(s.data)
+        nc = self.loaded.model.model[-1].nc
+        if nc != self.data.nc:
+            raise UserError(f"the model predicts {nc} classes but {self.data.yaml} has {self.data.nc}; "
+                            "search a model trained on this dataset")
 
-        base_gflops = count_gflops(self.loaded.model, s.imgsz)
-        # Budgets are in full GFLOPs (fvcore, Ultralytics' convention); the space prices genomes by conv GFLOPs in
-        # microseconds. Their ratio is measured once; the rest (BN, upsampling) scales with the channels.
-        self.gflops_scale = base_gflops / self.graph.conv_gflops()
-        min_gflops = self.space.min_gflops(s.imgsz) * self.gflops_scale
+        # Budgets are in full GFLOPs (fvcore, Ultralytics' convention). The space predicts them in microseconds from
+        # the channel counts, given the unpruned model's full count measured once.
+        base_gflops = self.base_gflops = count_gflops(self.loaded.model, s.imgsz)
+        min_gflops = self.space.min_gflops(s.imgsz, base_gflops=base_gflops)
         if s.budget_gflops < min_gflops:
             raise UserError(
                 f"--budget-gflops {s.budget_gflops:g} is below what the search space can reach: the smallest "
                 f"model it allows has {min_gflops:.2f} GFLOPs at {s.imgsz} (the unpruned one {base_gflops:.2f})"
             )
-        self.uniform = self.space.uniform_for_budget(s.budget_gflops / self.gflops_scale, s.imgsz)
+        self.uniform = self.space.uniform_for_budget(s.budget_gflops, s.imgsz, base_gflops=base_gflops)
         self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,7 +297,7 @@ class Search:
 
     def _reject_over_budget(self, trial, genome: dict, estimate: float) -> None:
         s = self.settings
-        repaired = self.space.repair(genome, s.budget_gflops / self.gflops_scale, s.imgsz)
+        repaired = self.space.repair(genome, s.budget_gflops, s.imgsz, base_gflops=self.base_gflops)
         self.study.enqueue_trial(repaired, user_attrs={R.KIND: "repaired"})
         trial.set_user_attr(R.GENOME, genome)
         trial.set_user_attr(R.KIND, "rejected")
@@ -297,7 +314,7 @@ class Search:
         s = self.settings
         t0 = time.perf_counter()
         genome = self.space.check_genome(self._genome(trial))
-        estimate = self.space.gflops(genome, s.imgsz) * self.gflops_scale
+        estimate = self.space.gflops(genome, s.imgsz, base_gflops=self.base_gflops)
         if estimate > s.budget_gflops * (1 + 1e-6):
             self._reject_over_budget(trial, genome, estimate)
             return "rejected"
@@ -312,7 +329,8 @@ class Search:
         try:
             pruned = prune_to_counts(self.loaded.model, counts, graph=self.graph, ranking=self.ranking)
             gflops, params = count_gflops(pruned, s.imgsz), count_params(pruned)
-            lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache)
+            lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache,
+                                  protocol=SEARCH_TIMING)
             constraints = [gflops - s.budget_gflops]
             if s.budget_latency_ms is not None:
                 constraints.append(lat.median_ms - s.budget_latency_ms)

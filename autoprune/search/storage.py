@@ -37,16 +37,26 @@ def storage_url(storage: str | None, name: str) -> str:
     return storage
 
 
-def make_storage(url: str, *, heartbeat: bool = True):
+def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40)):
     """An Optuna RDB storage for `url`, with heartbeats so a worker killed mid-trial is noticed by the others.
 
-    A trial whose worker stopped sending heartbeats for `grace_period` seconds is marked FAIL by the next worker
-    that looks (`optuna.storages.fail_stale_trials`), and its genome is queued again.
+    `heartbeat` is (interval, grace period) in seconds: a trial whose worker stopped sending heartbeats for the
+    grace period is marked FAIL by the next worker that looks (`optuna.storages.fail_stale_trials`), and its genome
+    is queued again. None opens the storage for reading only.
     """
+    import warnings
+
     import optuna
     import sqlalchemy.exc
 
-    kwargs = {"heartbeat_interval": 20, "grace_period": 60} if heartbeat else {}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    kwargs = {}
+    if heartbeat is not None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        kwargs = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
+                  "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2)}
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
@@ -73,7 +83,7 @@ def open_study(storage: str | None, name: str):
         known = sorted(p.parent.name for p in (RUNS_ROOT / "search").glob(f"*/{STUDY_FILE}"))
         hint = f"; studies here: {', '.join(known)}" if known else ""
         raise UserError(f"no study named {name!r} in {RUNS_ROOT / 'search'}{hint}")
-    st = make_storage(url, heartbeat=False)
+    st = make_storage(url, heartbeat=None)
     try:
         return optuna.load_study(study_name=name, storage=st)
     except KeyError:
