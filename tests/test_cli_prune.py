@@ -101,6 +101,17 @@ def not_a_checkpoint(tmp_path):
         (["--model", "model.onnx", "--keep", "0.5"], "must be a .pt checkpoint or a model .yaml"),
         (["--model", "yolov8n.yaml", "--keep", "0.5", "--imgsz", "100"], "multiple of 32"),
         (["--model", "yolov8n.yaml", "--keep", "0.5", "--out", "x.onnx"], "--out must end in .pt"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--strategy", "glob"], "unknown strategy 'glob'"),
+        (["--model", "yolov8n.yaml", "--target-gflops", "0.01"], "below the minimum 0.2967 GFLOPs (3.4% of 8.744)"),
+        (["--model", "yolov8n.yaml", "--target-gflops", "1%", "--strategy", "global"], "below the minimum 0.2967"),
+        (["--model", "yolov8n.yaml", "--target-gflops", "half"], "--target-gflops must be a number of GFLOPs"),
+        (["--model", "yolov8n.yaml", "--target-gflops", "-3"], "--target-gflops must be positive"),
+        (["--model", "yolov8n.yaml", "--keep", "0.02", "--strategy", "global"], "below the minimum share"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--criterion", "taylor", "--data", "missing/data.yaml"],
+         "data YAML not found: missing/data.yaml"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--reconstruct", "--data", "missing.yaml"], "data YAML not found"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--reconstruct", "--ridge", "-1"], "--ridge must be a number >= 0"),
+        (["--model", "yolov8n.yaml", "--keep", "0.5", "--reconstruct", "--calib-batches", "0"], "--calib-batches"),
     ],
 )
 def test_prune_bad_input_is_one_error_line(capsys, tmp_path, monkeypatch, args, message):
@@ -108,6 +119,52 @@ def test_prune_bad_input_is_one_error_line(capsys, tmp_path, monkeypatch, args, 
     code, out, err = run_cli(capsys, "prune", *args)
     assert_user_error(code, err, message)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_prune_global_to_a_share_of_the_gflops(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--target-gflops", "50%", "--strategy", "global",
+                           "--criterion", "lamp", "--imgsz", "320", "--out", str(tmp_path / "g.pt"), "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["strategy"] == "global" and r["threshold"] is not None and r["uniform_ratio"] is None
+    assert 0.45 * r["conv_gflops"]["before"] <= r["conv_gflops"]["after"] <= 0.5 * r["conv_gflops"]["before"]
+    assert 0.43 <= r["gflops_ratio"] <= 0.52  # the whole-model count (fvcore) agrees within non-conv ops
+    assert min(r["kept_channels"].values()) >= 8
+    meta = torch.load(tmp_path / "g.pt", weights_only=False)["autoprune"]
+    assert meta["strategy"] == "global" and meta["kept_channels"] == r["kept_channels"]
+
+
+def test_prune_uniform_to_an_absolute_gflops_target(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--target-gflops", "4.0",
+                           "--out", str(tmp_path / "u.pt"), "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["conv_gflops"]["after"] <= 4.0 and 0 < r["uniform_ratio"] < 1
+    assert r["target"] == {"gflops": 4.0}
+
+
+def test_prune_taylor_with_reconstruction_on_data(capsys, tmp_path, tiny_data):
+    """A data criterion and --reconstruct read calibration batches from --data; YOLOv3-tiny at tiny sizes."""
+    code, out, _ = run_cli(
+        capsys, "prune", "--model", "yolov3-tinyu.yaml", "--keep", "0.5", "--criterion", "taylor", "--reconstruct",
+        "--data", str(tiny_data), "--calib-imgsz", "64", "--calib-batches", "2", "--batch", "4", "--imgsz", "64",
+        "--max-samples", "512", "--out", str(tmp_path / "t.pt"), "--json",
+    )
+    assert code == 0
+    r = json.loads(out)["reconstruction"]
+    assert r["convs"] > 5
+    assert r["detect_input_mse_after"] < 0.7 * r["detect_input_mse_before"]
+    assert r["mean_error_after"] < r["mean_error_before"]
+    assert torch.load(tmp_path / "t.pt", weights_only=False)["autoprune"]["reconstructed"] is True
+
+
+def test_prune_yolov3_global_at_half_the_gflops(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prune", "--model", "yolov3u.yaml", "--target-gflops", "50%", "--strategy", "global",
+                           "--imgsz", "320", "--out", str(tmp_path / "v3.pt"), "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert 0.45 * r["conv_gflops"]["before"] <= r["conv_gflops"]["after"] <= 0.5 * r["conv_gflops"]["before"]
+    assert r["after"]["params"] < 0.7 * r["before"]["params"]
 
 
 def test_prune_rejects_a_file_that_is_not_a_checkpoint_and_leaves_it_alone(capsys, not_a_checkpoint):
@@ -168,3 +225,18 @@ def test_unknown_flag_is_one_error_line(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--keep", "0.5", "--target-gflops", "50%"], "not allowed with argument --keep"),
+        ([], "one of the arguments --keep --target-gflops is required"),
+    ],
+)
+def test_exactly_one_target_is_one_error_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--model", "yolov8n.yaml", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err

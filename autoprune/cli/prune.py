@@ -1,4 +1,19 @@
-"""Prune a model at one keep ratio (or per-group ratios from a file) and save it as a stock Ultralytics checkpoint.
+"""Prune a model (a keep share or a GFLOPs target, uniform or global) and save it as a stock Ultralytics checkpoint.
+
+    autoprune prune --keep 0.5                                  # today's uniform prune, l1 criterion
+    autoprune prune --target-gflops 50% --strategy global --criterion lamp
+    autoprune prune --keep 0.5 --criterion taylor --data data.yaml --reconstruct
+
+Targets (exactly one):
+
+- `--keep R`: with `--strategy uniform` (default), keep ratio R of every group (or per-group ratios from a YAML/JSON
+  file); with `--strategy global`, keep at most R of all prunable channels, the lowest-scored first.
+- `--target-gflops G`: the largest model whose conv GFLOPs at `--imgsz` are at most G (a number, or a share of the
+  unpruned model such as `50%`); uniform finds the largest uniform ratio, global the lowest score threshold.
+
+Data: `--criterion taylor|hessian` (gradients of the detection loss) and `--reconstruct` (least-squares refit of the
+convs that lost inputs, see `autoprune.reconstruct`) read `--calib-batches` batches of `--batch` images at
+`--calib-imgsz` from `--data` (default: the demo dataset).
 
 The checkpoint loads with `ultralytics.YOLO(path)` in a process that never imports autoprune.
 """
@@ -6,6 +21,7 @@ The checkpoint loads with `ultralytics.YOLO(path)` in a process that never impor
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -17,14 +33,37 @@ from autoprune.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
-    parser.add_argument(
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
         "--keep",
-        required=True,
-        help="share of channels to keep in every group, in (0, 1]; or a YAML/JSON file mapping group ids to ratios",
+        help="share of channels to keep, in (0, 1]: per group (uniform) or over the whole model (global); "
+        "or, uniform only, a YAML/JSON file mapping group ids to ratios",
     )
-    parser.add_argument("--criterion", default="l1", help="channel importance criterion (default l1)")
+    target.add_argument(
+        "--target-gflops",
+        help="keep the largest model with at most this many conv GFLOPs at --imgsz, or this share of the "
+        "unpruned model's (e.g. 50%%)",
+    )
+    parser.add_argument("--strategy", default="uniform",
+                        help="uniform (the same ratio in every group, default) or global (one score threshold)")
+    parser.add_argument("--criterion", default="l1",
+                        help="channel importance: l1 (default), l2, bn_scale, lamp, fpgm, random, taylor, hessian "
+                             "(taylor/hessian use --data)")
     parser.add_argument("--round-to", type=int, default=8, help="round kept channel counts to multiples of this")
     parser.add_argument("--min-channels", type=int, default=8, help="never keep fewer channels in a group")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="refit the convs that lost input channels by least squares on --data (ThiNet-style)")
+    parser.add_argument("--data", default=None, help="detection data YAML for taylor/hessian and --reconstruct "
+                                                     "(default: the demo dataset)")
+    parser.add_argument("--calib-batches", type=int, default=8, help="calibration batches from --data (default 8)")
+    parser.add_argument("--batch", type=int, default=8, help="images per calibration batch (default 8)")
+    parser.add_argument("--calib-imgsz", type=int, default=320, help="calibration image size (default 320)")
+    parser.add_argument("--ridge", type=float, default=1e-3,
+                        help="ridge of the reconstruction, relative to the input variance (default 1e-3)")
+    parser.add_argument("--max-samples", type=int, default=8192,
+                        help="output positions sampled per refit conv (memory cap, default 8192)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the sampling")
+    parser.add_argument("--device", default="cpu", help="device for gradients and reconstruction (default cpu)")
     parser.add_argument("--out", default=None, help="output .pt path (default: runs/prune/expN/pruned.pt)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_imgsz_argument(parser)
@@ -48,6 +87,18 @@ def parse_keep(text: str) -> float | dict[str, float]:
     return {str(k): float(v) for k, v in data.items()}
 
 
+def parse_gflops(text: str, full: float) -> float:
+    """`--target-gflops`: a number of GFLOPs, or a percentage of `full` ("50%")."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 * full if t.endswith("%") else float(t)
+    except ValueError:
+        raise UserError(f"--target-gflops must be a number of GFLOPs or a percentage such as 50%, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise UserError(f"--target-gflops must be positive, got {text!r}")
+    return value
+
+
 def _out_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(checkpoint path, run folder or None). Checked before any work, so nothing is written on a bad --out."""
     from autoprune.runs import new_run_dir
@@ -55,6 +106,10 @@ def _out_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
     if args.out is None:
         run_dir = new_run_dir("prune")
         return run_dir / "pruned.pt", run_dir
+    return _check_out(args), None
+
+
+def _check_out(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.suffix != ".pt":
         raise UserError(f"--out must end in .pt, got {args.out}")
@@ -62,36 +117,92 @@ def _out_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
         raise UserError(f"{out} already exists; pass --force to overwrite it")
     if args.model and out.resolve() == Path(args.model).resolve():
         raise UserError("--out must not be the input model; autoprune never modifies the user's files")
-    return out, None
+    return out
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from autoprune.importance import get_criterion
+    from autoprune.strategies import check_strategy
+
+    check_strategy(args.strategy)
+    get_criterion(args.criterion)
+    if args.round_to < 1 or args.min_channels < 1:
+        raise UserError(f"--round-to and --min-channels must be at least 1, got {args.round_to} and {args.min_channels}")
+    if args.calib_batches < 1 or args.batch < 1:
+        raise UserError(f"--calib-batches and --batch must be at least 1, got {args.calib_batches} and {args.batch}")
+    if not args.ridge >= 0 or math.isinf(args.ridge):
+        raise UserError(f"--ridge must be a number >= 0, got {args.ridge:g}")
+    if args.max_samples < 1:
+        raise UserError(f"--max-samples must be at least 1, got {args.max_samples}")
+    if args.calib_imgsz <= 0 or args.calib_imgsz % 32:
+        raise UserError(f"--calib-imgsz must be a positive multiple of 32, got {args.calib_imgsz}")
+    if args.out is not None:
+        _check_out(args)
 
 
 def run(args: argparse.Namespace) -> dict:
     from autoprune.channels import analyze
     from autoprune.cost import count_gflops, count_params
-    from autoprune.importance import get_criterion
+    from autoprune.importance import DATA_CRITERIA
     from autoprune.models import load_model, save_checkpoint
-    from autoprune.pruner import keep_counts, prune_to_counts
+    from autoprune.pruner import apply_indices, channel_scores, keep_counts, rank_channels, score_context, select_indices
     from autoprune.runs import save_args
+    from autoprune.strategies import check_gflops_target, check_keep_target, plan_counts
 
     imgsz = check_imgsz(args.imgsz)
-    keep = parse_keep(args.keep)
-    get_criterion(args.criterion)
+    _check_args(args)
+    keep = parse_keep(args.keep) if args.keep is not None else None
+    if isinstance(keep, dict) and args.strategy == "global":
+        raise UserError("--strategy global takes one keep share, not a file of per-group ratios")
+    needs_data = args.criterion in DATA_CRITERIA or args.reconstruct
+    data = None
+    if needs_data:
+        from autoprune.data import load_data_config
+
+        data = load_data_config(args.data)  # a missing or broken data YAML fails here, before any work
     loaded = load_model(args.model)
     t0 = time.perf_counter()
     graph = analyze(loaded.model, imgsz=imgsz)
-    counts = keep_counts(graph, keep, round_to=args.round_to, min_channels=args.min_channels)
+    target_gflops = None
+    if args.target_gflops is not None:
+        target_gflops = parse_gflops(args.target_gflops, graph.conv_gflops())
+        check_gflops_target(graph, target_gflops, round_to=args.round_to, min_channels=args.min_channels)
+    elif args.strategy == "global":
+        check_keep_target(graph, keep, round_to=args.round_to, min_channels=args.min_channels)
+    else:
+        keep_counts(graph, keep, round_to=args.round_to, min_channels=args.min_channels)  # validates the ratios
+
+    batches = None
+    if needs_data:
+        batches = _calibration_batches(data, args, loaded.model)
+    ctx = score_context(loaded.model, graph, args.criterion, batches=batches if args.criterion in DATA_CRITERIA else None,
+                        seed=args.seed)
+    scores = channel_scores(loaded.model, graph, args.criterion, ctx) if args.strategy == "global" else None
+    plan = plan_counts(graph, args.strategy, keep=keep, target_gflops=target_gflops, scores=scores,
+                       round_to=args.round_to, min_channels=args.min_channels)
     out, run_dir = _out_path(args)
-    pruned = prune_to_counts(loaded.model, counts, criterion=args.criterion, graph=graph)
+    ranking = rank_channels(loaded.model, graph, args.criterion, ctx)
+    indices = select_indices(graph, plan.counts, ranking)
+    pruned = apply_indices(loaded.model, graph, indices)
+    recon = None
+    if args.reconstruct:
+        recon = _reconstruct(loaded.model, pruned, graph, indices, batches, args)
+        pruned = recon.pop("model")
     seconds = time.perf_counter() - t0
 
     meta = {
         "source": loaded.source,
         "source_fingerprint": loaded.fingerprint,
         "criterion": args.criterion,
-        "keep": keep if isinstance(keep, float) else dict(keep),
-        "kept_channels": counts,
+        "strategy": args.strategy,
+        "keep": keep if not isinstance(keep, dict) else dict(keep),
+        "target_gflops": target_gflops,
+        "threshold": plan.threshold,
+        "uniform_ratio": plan.ratio,
+        "kept_channels": plan.counts,
         "round_to": args.round_to,
         "min_channels": args.min_channels,
+        "reconstructed": bool(args.reconstruct),
     }
     save_checkpoint(pruned, out, base_ckpt=loaded.ckpt, meta=meta)
     if run_dir is not None:
@@ -104,20 +215,76 @@ def run(args: argparse.Namespace) -> dict:
         "out": str(out),
         "imgsz": imgsz,
         "criterion": args.criterion,
+        "strategy": args.strategy,
+        "target": plan.target,
+        "uniform_ratio": plan.ratio,
+        "threshold": plan.threshold,
+        "conv_gflops": {"before": round(graph.conv_gflops(), 4), "after": round(plan.gflops, 4)},
+        "keep_share": round(plan.keep_share, 4),
         "before": {"gflops": round(before["gflops"], 4), "params": before["params"]},
         "after": {"gflops": round(after["gflops"], 4), "params": after["params"]},
         "gflops_ratio": round(after["gflops"] / before["gflops"], 4),
         "params_ratio": round(after["params"] / before["params"], 4),
         "seconds": round(seconds, 3),
-        "kept_channels": counts,
+        "kept_channels": plan.counts,
     }
+    if recon is not None:
+        result["reconstruction"] = recon
     if not args.json:
+        how = f"{args.strategy}, {args.criterion}"
+        how += f", ratio {plan.ratio:.4f}" if plan.ratio is not None and args.target_gflops else ""
+        how += f", threshold {plan.threshold:.4g}" if plan.threshold is not None else ""
         print(
-            f"pruned {loaded.source}: {before['gflops']:.2f} -> {after['gflops']:.2f} GFLOPs at {imgsz} "
+            f"pruned {loaded.source} ({how}): {before['gflops']:.2f} -> {after['gflops']:.2f} GFLOPs at {imgsz} "
             f"({100 * result['gflops_ratio']:.1f}%), {before['params']:,} -> {after['params']:,} params "
-            f"({100 * result['params_ratio']:.1f}%) in {seconds:.2f}s\nsaved {out}"
+            f"({100 * result['params_ratio']:.1f}%) in {seconds:.2f}s"
         )
+        if recon is not None:
+            print(f"reconstructed {recon['convs']} convs; Detect-input relative MSE on the calibration data "
+                  f"{recon['detect_input_mse_before']:.4f} -> {recon['detect_input_mse_after']:.4f}")
+        print(f"saved {out}")
     return result
 
 
-__all__ = ["add_arguments", "parse_keep", "run"]
+def _calibration_batches(data, args: argparse.Namespace, model) -> list[dict]:
+    """The fixed calibration batches of the proxy's loader (seeded subset of the train split, letterboxed)."""
+    from autoprune.proxy import ProxyEvaluator, ProxySettings
+
+    head = model.model[-1]
+    if data.nc > head.nc:
+        raise UserError(f"{data.yaml.name} has {data.nc} classes but the model predicts {head.nc}; "
+                        "use data with the model's classes")
+    settings = ProxySettings(imgsz=args.calib_imgsz, calib_batches=args.calib_batches, steps=0, batch=args.batch,
+                             val_images=8, train_images=args.calib_batches * args.batch, seed=args.seed,
+                             device=args.device)
+    return ProxyEvaluator(data, settings).calibration_batches()
+
+
+def _reconstruct(model, pruned, graph, indices, batches, args) -> dict:
+    import torch
+
+    from autoprune.proxy import resolve_device
+    from autoprune.reconstruct import feature_errors, reconstruct
+
+    device = resolve_device(args.device)
+    if device.type != "cpu":
+        model, pruned = model.to(device), pruned.to(device)
+    r = reconstruct(model, pruned, graph, indices, batches, ridge=args.ridge, max_samples=args.max_samples,
+                    seed=args.seed)
+    before = feature_errors(model, pruned, graph, indices, batches)
+    after = feature_errors(model, r.model, graph, indices, batches)
+    out = {
+        **r.summary(),
+        "detect_input_mse_before": round(before["detect_inputs_mean"], 6),
+        "detect_input_mse_after": round(after["detect_inputs_mean"], 6),
+        "head_output_mse_before": round(before["head_outputs"], 6),
+        "head_output_mse_after": round(after["head_outputs"], 6),
+        "model": r.model.cpu() if device.type != "cpu" else r.model,
+    }
+    if device.type != "cpu":
+        model.cpu()
+        torch.cuda.empty_cache()
+    return out
+
+
+__all__ = ["add_arguments", "parse_gflops", "parse_keep", "run"]
