@@ -25,6 +25,7 @@ COMMANDS = {
     "search": ("autoprune.cli.search", "search per-group keep ratios for the best accuracy within a budget"),
     "trials": ("autoprune.cli.trials", "list the trials of a search (finished or running) and its Pareto front"),
     "plot": ("autoprune.cli.plot", "draw a search's Pareto front: pareto.png and the interactive pareto.html"),
+    "apply": ("autoprune.cli.apply", "rebuild a trial's pruned model, finetune it with distillation, report before/after"),
     "groups": ("autoprune.cli.groups", "list the prunable channel groups of a model"),
     "prune": ("autoprune.cli.prune", "prune a model at one keep ratio (or per-group ratios) and save it"),
     "proxy": ("autoprune.cli.proxy", "score one candidate with the search's proxy (BN recalibration, short finetune, mAP)"),

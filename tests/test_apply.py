@@ -1,0 +1,248 @@
+"""`autoprune apply --trial N`: rebuild a trial exactly, finetune the pruned object, stock outputs, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autoprune.cli import main
+from autoprune.search import records as R
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+STUDY = "tinystudy"
+IMGSZ = 64
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _tiny_model(seed: int):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    m = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    m.names = {0: "box", 1: "disc"}
+    return m
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_data):
+    """A folder with a model checkpoint and a study made with the trial schema: trial 0 feasible, 1 failed,
+    2 infeasible, 3 pruned (over budget, not scored)."""
+    from autoprune.channels import analyze
+    from autoprune.cost import count_gflops, count_params
+    from autoprune.models import load_model, save_checkpoint
+    from autoprune.pruner import keep_counts, prune_to_counts
+    from autoprune.search.storage import make_storage, run_dir_for, storage_url
+
+    root = tmp_path_factory.mktemp("apply")
+    model_path = save_checkpoint(_tiny_model(0), root / "model.pt")
+    other_path = save_checkpoint(_tiny_model(1), root / "other.pt")
+    loaded = load_model(str(model_path))
+    graph = analyze(loaded.model, imgsz=IMGSZ)
+    counts = keep_counts(graph, 0.5)
+    counts["2.cv1"] = 16  # not uniform: per-group counts must come back exactly
+    pruned = prune_to_counts(loaded.model, counts, criterion="l1", graph=graph)
+    gflops = count_gflops(pruned, IMGSZ)
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        run_dir_for(STUDY).mkdir(parents=True)
+        study = optuna.create_study(study_name=STUDY, storage=make_storage(storage_url(None, STUDY), heartbeat=None),
+                                    directions=list(R.DIRECTIONS))
+    finally:
+        os.chdir(cwd)
+    for k, v in {R.STUDY_MODEL: str(model_path), R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint,
+                 R.STUDY_DATA: str(tiny_data), R.STUDY_IMGSZ: IMGSZ, R.STUDY_PROXY: {"imgsz": IMGSZ},
+                 R.STUDY_CRITERION: "l1"}.items():
+        study.set_user_attr(k, v)
+    common = {R.MODEL_FINGERPRINT: loaded.fingerprint, R.IMGSZ: IMGSZ, R.CRITERION: "l1"}
+    T = optuna.trial.TrialState
+    study.add_trial(optuna.trial.create_trial(
+        state=T.COMPLETE, values=[0.1, gflops, 1.0],
+        user_attrs={**common, R.KEPT_CHANNELS: counts, R.GFLOPS: gflops, R.PARAMS: count_params(pruned),
+                    R.FEASIBLE: True, R.MAP50_95: 0.1, R.MAP50: 0.2, R.LATENCY_MS: 1.0}))
+    study.add_trial(optuna.trial.create_trial(state=T.FAIL, user_attrs={**common, R.REASON: "RuntimeError: boom"}))
+    study.add_trial(optuna.trial.create_trial(
+        state=T.COMPLETE, values=[0.1, gflops, 9.0],
+        user_attrs={**common, R.KEPT_CHANNELS: counts, R.GFLOPS: gflops, R.FEASIBLE: False,
+                    R.CONSTRAINTS: [0.0, 4.0], R.MAP50_95: 0.1, R.LATENCY_MS: 9.0}))
+    study.add_trial(optuna.trial.create_trial(state=T.PRUNED, user_attrs={R.REASON: "over the GFLOPs budget"}))
+    return {"root": root, "model": model_path, "other": other_path, "counts": counts, "gflops": gflops,
+            "params": count_params(pruned), "data": tiny_data, "model_sha": _sha(model_path), "pruned": pruned}
+
+
+def _cli(root: Path, *argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        os.chdir(cwd)
+    return code, out.getvalue(), err.getvalue()
+
+
+QUICK = dict(warmup_runs=1, warmup_s=0.0, min_repeats=3, min_time_s=0.0, max_time_s=0.3, rel_tol=0.5, window_tol=0.5)
+
+
+@pytest.fixture(scope="module")
+def applied(env):
+    from autoprune import cost
+
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("no network in tests")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cost, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))  # latency is not what is tested here
+        mp.setattr(socket, "getaddrinfo", no_network)
+        mp.setattr(socket.socket, "connect", no_network)
+        code, out, err = _cli(env["root"], "apply", "--name", STUDY, "--trial", "0", "--epochs", "1", "--batch", "4",
+                              "--device", "cpu", "--export", "onnx", "--out", "done", "--json")
+    assert code == 0, err[-3000:]
+    return {**json.loads(out), "network_attempts": attempts}
+
+
+def test_apply_never_tries_the_network(applied):
+    assert applied["network_attempts"] == []  # no font, AMP-check weights or dataset downloads
+
+
+def test_apply_rebuilds_the_trials_channels_and_gflops_exactly(env, applied):
+    from autoprune.cost import count_gflops
+
+    ckpt = torch.load(env["root"] / applied["outputs"]["pruned"], weights_only=False)
+    assert ckpt["autoprune"]["kept_channels"] == env["counts"]
+    assert ckpt["autoprune"]["trial"] == 0 and ckpt["autoprune"]["study"] == STUDY
+    model = ckpt["model"].float()
+    assert count_gflops(model, IMGSZ) == env["gflops"]
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in env["pruned"].state_dict().items()}  # every layer's width
+    assert applied["after"]["gflops"] == round(env["gflops"], 6) == applied["pruned"]["gflops"]
+    assert applied["after"]["params"] == env["params"] < applied["before"]["params"]
+
+
+def test_apply_report_has_before_and_after(env, applied):
+    run_dir = env["root"] / "runs" / "apply" / "done"
+    report = json.loads((run_dir / "report.json").read_text())
+    for side in ("before", "pruned", "after"):
+        for key in ("map50", "map50_95", "params", "gflops", "latency_ms", "file_bytes"):
+            assert isinstance(report[side][key], (int, float)), (side, key)
+    assert report["after"]["file_bytes"] < 0.5 * report["before"]["file_bytes"]
+    assert report["after"]["file_bytes"] == (run_dir / "pruned.pt").stat().st_size
+    assert report["imgsz"] == IMGSZ and report["cost_imgsz"] == IMGSZ and report["epochs"] == 1
+    assert report["train"]["loss_names"] == ["box_loss", "cls_loss", "dfl_loss", "kd_loss"]  # distilled
+    assert report["train"]["amp"] is False  # CPU
+    md = (run_dir / "report.md").read_text()
+    assert "| mAP50-95 |" in md and "| file size |" in md and "unpruned" in md
+    assert (run_dir / "args.yaml").is_file() and (run_dir / "pruned.onnx").is_file()
+    assert (run_dir / "train" / "weights" / "best.pt").is_file()
+    assert _sha(env["model"]) == env["model_sha"]  # the original model is never modified
+
+
+PLAIN = """
+import json, sys
+import numpy as np
+from ultralytics import YOLO
+path, data, onnx = sys.argv[1], sys.argv[2], sys.argv[3]
+model = YOLO(path)
+r = {"params": sum(p.numel() for p in model.model.parameters()), "type": type(model.model).__name__}
+m = YOLO(path).val(data=data, imgsz=64, batch=4, device="cpu", plots=False, verbose=False, project=sys.argv[4])
+r["map"] = float(m.box.map)
+import onnxruntime as ort
+s = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+r["onnx"] = list(s.run(None, {s.get_inputs()[0].name: np.zeros((1, 3, 64, 64), np.float32)})[0].shape)
+r["autoprune"] = sorted(k for k in sys.modules if k.split(".")[0] == "autoprune")
+print(json.dumps(r))
+"""
+
+
+def test_pruned_checkpoint_loads_validates_and_runs_without_autoprune(env, applied, tmp_path):
+    script = tmp_path / "plain.py"
+    script.write_text(textwrap.dedent(PLAIN))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(env["root"] / applied["outputs"]["pruned"]), str(env["data"]),
+         str(env["root"] / applied["outputs"]["onnx"]), str(tmp_path / "val")],
+        capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"}, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["autoprune"] == []  # unpickling pulled in no autoprune module
+    assert r["type"] == "DetectionModel" and r["params"] == env["params"]
+    assert 0.0 <= r["map"] <= 1.0
+    assert r["onnx"][:2] == [1, 4 + 2]
+
+
+def test_rebuild_raises_on_a_gflops_mismatch(env):
+    from autoprune.cli.apply import rebuild
+    from autoprune.models import load_model
+
+    loaded = load_model(str(env["model"]))
+    attrs = {R.KEPT_CHANNELS: env["counts"], R.GFLOPS: env["gflops"], R.CRITERION: "l1"}
+    rec = R.TrialRecord(number=0, state="COMPLETE", map50_95=None, map50=None, gflops=env["gflops"],
+                        latency_ms=None, params=None, feasible=True, kind="search", reason=None, attrs=attrs)
+    pruned, counts, gflops = rebuild(loaded, rec, imgsz=IMGSZ)
+    assert gflops == env["gflops"] and counts == env["counts"]
+    bad = R.TrialRecord(**{**rec.__dict__, "attrs": {**attrs, R.GFLOPS: env["gflops"] * 1.01}})
+    with pytest.raises(RuntimeError, match="GFLOPs"):  # an invariant, not a user error
+        rebuild(loaded, bad, imgsz=IMGSZ)
+
+
+def _assert_refused(env, out_name: str, *argv, pattern: str):
+    code, out, err = _cli(env["root"], "apply", *argv, "--epochs", "1", "--device", "cpu", "--out", out_name)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert pattern in lines[0], lines[0]
+    assert not (env["root"] / "runs" / "apply" / out_name).exists()
+    assert _sha(env["model"]) == env["model_sha"]
+    return lines[0]
+
+
+def test_unknown_trial_lists_the_trials_that_exist(env):
+    line = _assert_refused(env, "x1", "--name", STUDY, "--trial", "99", pattern="no trial 99")
+    assert "trials 0-3" in line and "feasible trials: 0" in line
+
+
+@pytest.mark.parametrize(("trial", "pattern"), [("1", "failed (RuntimeError: boom)"), ("2", "infeasible"),
+                                                ("3", "was not scored")])
+def test_failed_infeasible_or_unscored_trials_are_refused(env, trial, pattern):
+    _assert_refused(env, "x2", "--name", STUDY, "--trial", trial, pattern=pattern)
+
+
+def test_unknown_study_is_refused(env):
+    _assert_refused(env, "x3", "--name", "nosuchstudy", "--trial", "0", pattern="no study named 'nosuchstudy'")
+
+
+def test_a_model_with_another_fingerprint_is_refused(env):
+    _assert_refused(env, "x4", "--name", STUDY, "--trial", "0", "--model", str(env["other"]), pattern="fingerprint")
+
+
+def test_an_existing_output_folder_is_refused(env):
+    existing = env["root"] / "runs" / "apply" / "taken"
+    existing.mkdir(parents=True, exist_ok=True)
+    code, _, err = _cli(env["root"], "apply", "--name", STUDY, "--trial", "0", "--out", "taken", "--device", "cpu")
+    assert code == 2 and err.strip().startswith("error: ") and "already exists" in err and len(err.splitlines()) == 1
+    assert list(existing.iterdir()) == []  # nothing written into it
+
+
+def test_bad_numbers_are_refused_before_anything(env):
+    _assert_refused(env, "x5", "--name", STUDY, "--trial", "0", "--kd-temperature", "0", pattern="--kd-temperature")
+    _assert_refused(env, "x6", "--name", STUDY, "--trial", "0", "--imgsz", "50", pattern="--imgsz")
