@@ -28,6 +28,7 @@ COMMANDS = {
     "apply": ("autoprune.cli.apply", "rebuild a trial's pruned model, finetune it with distillation, report before/after"),
     "groups": ("autoprune.cli.groups", "list the prunable channel groups of a model"),
     "prune": ("autoprune.cli.prune", "prune a model at one keep ratio (or per-group ratios) and save it"),
+    "sparsify": ("autoprune.cli.sparsify", "sparse-train a model (L1 on BN gammas, or growing regularisation) for pruning"),
     "proxy": ("autoprune.cli.proxy", "score one candidate with the search's proxy (BN recalibration, short finetune, mAP)"),
     "demo": ("autoprune.cli.demo", "show the built-in demo data and baseline (with its measured mAP), or retrain it"),
     "cost": ("autoprune.cli.cost", "report GFLOPs, parameters and measured latency (torch or onnxruntime) of a model"),
