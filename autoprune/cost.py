@@ -476,7 +476,13 @@ class LatencyResult:
     """One latency measurement: the median of `repeats` timed forward passes of a batch, in milliseconds.
 
     `p10_ms`..`p90_ms` is the spread (`spread_ms` their difference); `stable` says the median settled before the
-    protocol's caps; `cached` says this came from a `LatencyCache` instead of being measured now.
+    protocol's caps; `load` is the machine's 1-minute load average when the measurement ended (a load above the
+    core count means other processes shared the CPU and the figure is noisy; None where the OS has no load
+    average); `cached` says this came from a `LatencyCache` instead of being measured now.
+
+    Example:
+        >>> r = measure_latency(model, imgsz=320)
+        >>> f"{r.median_ms:.1f} ms, p10-p90 {r.p10_ms:.1f}-{r.p90_ms:.1f} ms over {r.repeats} runs"
     """
 
     median_ms: float
@@ -493,6 +499,7 @@ class LatencyResult:
     batch: int
     signature: str
     stable: bool
+    load: float | None = None
     cached: bool = False
 
     @property
@@ -617,6 +624,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -710,6 +724,7 @@ def measure_latency(
         batch=batch,
         signature=signature,
         stable=stable,
+        load=_load_average(),
     )
     if cache is not False:
         cache.put(key, {k: v for k, v in result.to_dict().items() if k not in ("cached", "spread_ms")})

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from autoprune.errors import UserError
 
@@ -67,11 +68,12 @@ def run(args: argparse.Namespace) -> dict:
         "precision": lat.precision,
         "threads": lat.threads,
         "signature": lat.signature,
+        "load": lat.load,
     }
     if not args.json:
-        where = f"{lat.device} ({lat.device_name}, {lat.threads} threads)" if lat.device == "cpu" else (
+        where = f"{lat.device} ({lat.device_name}, {lat.threads} thread{'s' if lat.threads != 1 else ''})" if lat.device == "cpu" else (
             f"{lat.device} ({lat.device_name})")
-        note = "" if lat.stable else "  [median not settled within the time cap: machine busy?]"
+        note = "" if lat.stable else "  [the median did not settle within the time cap]"
         print(f"model      {loaded.source}")
         print(f"input      {args.batch}x{cost._input_channels(model)}x{imgsz}x{imgsz}")
         print(f"GFLOPs     {gflops:.2f}  (2 x multiply-adds, batch 1)")
@@ -79,4 +81,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"latency    {lat.median_ms:.2f} ms median, p10-p90 {lat.p10_ms:.2f}-{lat.p90_ms:.2f} ms, "
               f"{lat.repeats} runs{' (cached)' if lat.cached else ''}{note}")
         print(f"device     {where}, {lat.backend} {lat.precision}")
+        cores = os.cpu_count() or 1
+        if lat.device == "cpu" and lat.load is not None and lat.load > cores and not lat.cached:
+            print(f"note       load average {lat.load:.1f} on {cores} cores: other processes shared the CPU, "
+                  "so this latency is noisy")
     return result
