@@ -130,11 +130,13 @@ def score_context(
     *,
     batches: Iterable[dict] | None = None,
     seed: int | None = None,
+    device: torch.device | str | None = None,
 ) -> ScoringContext:
     """The `ScoringContext` a criterion scores `model` with: `ctx` if given, else a fresh one.
 
     For a data criterion without gradients in the context, they are accumulated from `batches` (a `UserError`
-    saying to pass data when there are none). `seed` sets `extra["seed"]` (the `random` criterion's seed).
+    saying to pass data when there are none), on `device` (default: the model's). `seed` sets `extra["seed"]`
+    (the `random` criterion's seed).
     """
     from autoprune.importance import DATA_CRITERIA, accumulate_gradients
 
@@ -148,7 +150,7 @@ def score_context(
                 f"criterion {criterion!r} needs calibration data for the gradients of the detection loss: pass "
                 "--data (a detection data YAML), or batches= in Python"
             )
-        accumulate_gradients(model, batches, ctx)
+        accumulate_gradients(model, batches, ctx, device=device)
     return ctx
 
 
@@ -181,7 +183,9 @@ def select_indices(
     return indices
 
 
-def conv_masks(graph: ChannelGraph, indices: Mapping[str, list[torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def conv_masks(
+    graph: ChannelGraph, indices: Mapping[str, list[torch.Tensor]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """For every conv that `apply_indices(model, graph, indices)` slices: (kept output mask, kept input mask).
 
     Masks are boolean over the unpruned conv's channels (a depthwise conv's input mask is its output mask), so

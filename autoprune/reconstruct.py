@@ -21,9 +21,10 @@ last convs) takes `b` as its bias. Nothing is folded into the conv weights, so t
 and BN recalibration or finetuning afterwards work as usual.
 
 Memory: each conv's fit uses at most `max_samples` output positions in all, drawn uniformly (seeded) from all
-positions of all calibration batches (`max_samples / batches` per batch); only those patches are gathered, never a
-whole unfolded map, and the fit keeps the normal equations (`dim x dim` in float64, `dim = in_channels * k * k`, e.g.
-1152 for a 3x3 conv reading 128 channels: 10 MB). The pass keeps, per calibration batch and per model, the layer
+positions of all calibration batches (`max_samples // batches` per batch); only those patches are gathered, never a
+whole unfolded map. A fit holds its samples (`max_samples x (dim + out_channels)` float32, `dim = in_channels * k * k`,
+e.g. 1152 for a 3x3 conv reading 128 channels: 45 MB at 8192 samples) and its normal equations (`dim x dim` float64,
+10 MB there), one conv at a time. The pass keeps, per calibration batch and per model, the layer
 outputs later layers read (what Ultralytics' forward keeps), so memory grows with batches x batch size x image area.
 
 Cost: each top-level layer runs once per batch for the unpruned model, and once per refit conv inside it plus once
@@ -85,7 +86,9 @@ class LayerFit:
         samples: output positions used.
         dim: unknowns per output channel (input channels x kernel area).
         error_before: relative error of its output on the samples before the refit (sum of squared errors over the
-            sum of squared deviations of the target from its mean), with earlier convs already refit.
+            sum of squared deviations of the target from its mean), with earlier convs already refit. Measured in
+            the original conv's output space, before the BN: errors of channels with a small BN scale weigh as much
+            as others.
         error_after: the same after the refit.
     """
 
@@ -142,7 +145,8 @@ def _execution_order(model: nn.Module, img: torch.Tensor, paths: set[str]) -> li
     hooks = []
     modules = dict(model.named_modules(remove_duplicate=False))
     for p in paths:
-        hooks.append(modules[p].register_forward_pre_hook(lambda m, i, p=p: order.append(p) if p not in order else None))
+        hooks.append(modules[p].register_forward_pre_hook(
+            lambda m, i, p=p: order.append(p) if p not in order else None))
     try:
         with torch.no_grad():
             model(img[:1])
@@ -175,7 +179,8 @@ def _patches(x: torch.Tensor, conv: nn.Conv2d, pos) -> torch.Tensor:
 
 
 class _Stats:
-    """Normal equations of one conv's least-squares fit, accumulated over batches (float64)."""
+    """Normal equations of one conv's least-squares fit, accumulated over batches (float64), and the samples
+    themselves (float32, at most `max_samples` rows: the memory cap) for measuring the fit's error exactly."""
 
     def __init__(self, dim: int, out: int):
         self.n = 0
@@ -183,29 +188,30 @@ class _Stats:
         self.x = torch.zeros(dim, dtype=torch.float64)
         self.xy = torch.zeros(dim, out, dtype=torch.float64)
         self.y = torch.zeros(out, dtype=torch.float64)
-        self.yy = 0.0
+        self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = x.double().cpu(), y.double().cpu()
+        x, y = x.float().cpu(), y.float().cpu()
+        self.samples.append((x, y))
+        x, y = x.double(), y.double()
         self.n += x.shape[0]
         self.xx += x.T @ x
         self.x += x.sum(0)
         self.xy += x.T @ y
         self.y += y.sum(0)
-        self.yy += float((y * y).sum())
 
-    def sse(self, w: torch.Tensor, b: torch.Tensor) -> float:
-        """Sum of squared errors of predicting y by x @ w + b, from the statistics alone."""
-        return float(
-            self.yy
-            - 2 * ((self.xy * w).sum() + self.y @ b)
-            + (w * (self.xx @ w)).sum()
-            + 2 * (self.x @ w) @ b
-            + self.n * (b @ b)
-        )
-
-    def centered_yy(self) -> float:
-        return self.yy - float(self.y @ self.y) / max(self.n, 1)
+    def relative_error(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        """Sum of squared errors of predicting y by x @ w + b over the sum of squared deviations of y from its mean
+        (its total sum of squares when y is constant)."""
+        my = self.y / self.n
+        sse = dev = total = 0.0
+        for x, y in self.samples:
+            y = y.double()
+            sse += float((y - x.double() @ w - b).pow(2).sum())
+            dev += float((y - my).pow(2).sum())
+            total += float(y.pow(2).sum())
+        denom = dev if dev > 1e-12 * total else total
+        return sse / denom if denom > 0 else 0.0
 
     def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
         mx, my = self.x / self.n, self.y / self.n
@@ -270,7 +276,7 @@ def reconstruct(
             by_layer: dict[int, list[str]] = {}
             for path in order:
                 by_layer.setdefault(int(path.split(".")[1]), []).append(path)
-            cap = max(1, math.ceil(max_samples / len(imgs)))
+            cap = max(1, max_samples // len(imgs))  # per batch, so at most max_samples in all
             orig_runs = [_Runner(orig, x) for x in imgs]
             pruned_runs = [_Runner(model, x) for x in imgs]
             for i in range(len(model.model)):
@@ -331,7 +337,8 @@ def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> Layer
 
     # The pruned layer in the original conv's output space: W0 x + b0 (see the module docstring).
     w0 = conv.weight.detach().double().cpu().reshape(conv.out_channels, -1).T
-    bias = conv.bias.detach().double().cpu() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+    bias = (conv.bias.detach().double().cpu() if conv.bias is not None
+            else torch.zeros(conv.out_channels, dtype=torch.float64))
     if bn_path is not None:
         bn_p, bn_o = pm[bn_path], om[bn_path]
         m_orig = bn_o.running_mean.detach().double().cpu()[out_mask]
@@ -339,8 +346,7 @@ def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> Layer
     else:
         b0 = bias
     w, b = stats.solve(ridge)
-    scale = max(stats.centered_yy(), 1e-30)
-    before, after = stats.sse(w0, b0) / scale, stats.sse(w, b) / scale
+    before, after = stats.relative_error(w0, b0), stats.relative_error(w, b)
     with torch.no_grad():
         conv.weight.copy_(w.T.reshape(conv.weight.shape).to(conv.weight.dtype))
         if bn_path is not None:
@@ -348,7 +354,8 @@ def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> Layer
         elif conv.bias is not None:
             conv.bias.copy_(b.to(conv.bias.dtype))
         else:
-            conv.bias = nn.Parameter(b.to(conv.weight.dtype).to(conv.weight.device), requires_grad=conv.weight.requires_grad)
+            conv.bias = nn.Parameter(b.to(conv.weight.dtype).to(conv.weight.device),
+                                     requires_grad=conv.weight.requires_grad)
     return LayerFit(conv=path, samples=stats.n, dim=dim, error_before=before, error_after=after)
 
 

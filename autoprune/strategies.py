@@ -292,8 +292,8 @@ def plan_counts(
             raise UserError("the global strategy takes one keep share, not per-group ratios")
         target = {"keep": float(keep)}
         threshold, counts = global_for_keep(graph, scores, float(keep), round_to=round_to, min_channels=min_channels)
-    return Plan(strategy=strategy, counts=counts, gflops=graph.conv_gflops(counts), keep_share=keep_share(graph, counts),
-                ratio=ratio, threshold=threshold, target=target)
+    return Plan(strategy=strategy, counts=counts, gflops=graph.conv_gflops(counts),
+                keep_share=keep_share(graph, counts), ratio=ratio, threshold=threshold, target=target)
 
 
 __all__ = [

@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int, default=8192,
                         help="output positions sampled per refit conv (memory cap, default 8192)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the sampling")
-    parser.add_argument("--device", default="cpu", help="device for gradients and reconstruction (default cpu)")
+    parser.add_argument("--device", default="cpu",
+                        help="device for the gradients and the reconstruction: cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--out", default=None, help="output .pt path (default: runs/prune/expN/pruned.pt)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_imgsz_argument(parser)
@@ -93,7 +94,8 @@ def parse_gflops(text: str, full: float) -> float:
     try:
         value = float(t[:-1]) / 100 * full if t.endswith("%") else float(t)
     except ValueError:
-        raise UserError(f"--target-gflops must be a number of GFLOPs or a percentage such as 50%, got {text!r}") from None
+        raise UserError(
+            f"--target-gflops must be a number of GFLOPs or a percentage such as 50%, got {text!r}") from None
     if not value > 0 or math.isinf(value):
         raise UserError(f"--target-gflops must be positive, got {text!r}")
     return value
@@ -121,13 +123,14 @@ def _check_out(args: argparse.Namespace) -> Path:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from autoprune.importance import get_criterion
+    from autoprune.importance import DATA_CRITERIA, get_criterion
     from autoprune.strategies import check_strategy
 
     check_strategy(args.strategy)
     get_criterion(args.criterion)
     if args.round_to < 1 or args.min_channels < 1:
-        raise UserError(f"--round-to and --min-channels must be at least 1, got {args.round_to} and {args.min_channels}")
+        raise UserError(
+            f"--round-to and --min-channels must be at least 1, got {args.round_to} and {args.min_channels}")
     if args.calib_batches < 1 or args.batch < 1:
         raise UserError(f"--calib-batches and --batch must be at least 1, got {args.calib_batches} and {args.batch}")
     if not args.ridge >= 0 or math.isinf(args.ridge):
@@ -138,6 +141,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--calib-imgsz must be a positive multiple of 32, got {args.calib_imgsz}")
     if args.out is not None:
         _check_out(args)
+    if args.criterion in DATA_CRITERIA or args.reconstruct:
+        from autoprune.proxy import resolve_device
+
+        resolve_device(args.device)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -145,7 +152,9 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune.cost import count_gflops, count_params
     from autoprune.importance import DATA_CRITERIA
     from autoprune.models import load_model, save_checkpoint
-    from autoprune.pruner import apply_indices, channel_scores, keep_counts, rank_channels, score_context, select_indices
+    from autoprune.pruner import (apply_indices, channel_scores, keep_counts, rank_channels, score_context,
+                                  select_indices)
+    from autoprune.proxy import resolve_device
     from autoprune.runs import save_args
     from autoprune.strategies import check_gflops_target, check_keep_target, plan_counts
 
@@ -175,8 +184,9 @@ def run(args: argparse.Namespace) -> dict:
     batches = None
     if needs_data:
         batches = _calibration_batches(data, args, loaded.model)
-    ctx = score_context(loaded.model, graph, args.criterion, batches=batches if args.criterion in DATA_CRITERIA else None,
-                        seed=args.seed)
+    data_batches = batches if args.criterion in DATA_CRITERIA else None
+    ctx = score_context(loaded.model, graph, args.criterion, batches=data_batches, seed=args.seed,
+                        device=resolve_device(args.device) if data_batches else None)
     scores = channel_scores(loaded.model, graph, args.criterion, ctx) if args.strategy == "global" else None
     plan = plan_counts(graph, args.strategy, keep=keep, target_gflops=target_gflops, scores=scores,
                        round_to=args.round_to, min_channels=args.min_channels)

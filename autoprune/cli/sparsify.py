@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> dict:
     result["run_dir"] = str(run_dir)
     if not args.json:
         s = result["gamma_share_below"]
-        print(f"sparse-trained {result['epochs']} epochs ({result['mode']}, l1={args.l1:g}) in {result['seconds']:.0f}s: "
+        print(f"sparse-trained {result['epochs']} epochs ({result['mode']}, l1={args.l1:g}) "
+              f"in {result['seconds']:.0f}s: "
               f"|gamma| < 1e-2 for {100 * s['before']:.1f}% -> {100 * s['after']:.1f}% of "
               f"{result['prunable_gammas']} prunable channels")
         print(f"saved {result['checkpoint']}\nhistogram {result['histogram']}")
