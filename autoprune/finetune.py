@@ -140,7 +140,7 @@ def head_distillation(student: dict, teacher: dict, *, temperature: float = 2.0)
     T = float(temperature)
     s_cls, t_cls = student["scores"].float(), teacher["scores"].detach().float()
     if s_cls.shape != t_cls.shape:
-        raise ValueError(f"student and teacher class outputs differ in shape: {tuple(s_cls.shape)} vs {tuple(t_cls.shape)}")
+        raise ValueError(f"class outputs differ in shape: student {tuple(s_cls.shape)}, teacher {tuple(t_cls.shape)}")
     t_conf = t_cls.sigmoid().amax(1)  # (batch, anchors): the teacher's confidence per anchor, at T = 1
     s_conf = s_cls.detach().sigmoid().amax(1)
     norm = t_conf.sum().clamp(min=1.0)
@@ -153,7 +153,7 @@ def head_distillation(student: dict, teacher: dict, *, temperature: float = 2.0)
 
     s_box, t_box = student["boxes"].float(), teacher["boxes"].detach().float()
     if s_box.shape != t_box.shape:
-        raise ValueError(f"student and teacher box outputs differ in shape: {tuple(s_box.shape)} vs {tuple(t_box.shape)}")
+        raise ValueError(f"box outputs differ in shape: student {tuple(s_box.shape)}, teacher {tuple(t_box.shape)}")
     b, c, a = s_box.shape
     reg_max = c // 4
     if reg_max > 1:
@@ -490,9 +490,9 @@ def finetune(
     use_amp = bool(amp and dev.type == "cuda")
     save_dir = Path(save_dir).resolve()
     overrides = dict(
-        task="detect", mode="train", model=label, data=str(data.yaml), epochs=epochs, imgsz=imgsz, batch=batch, nbs=batch,
-        device=ultralytics_device(dev), amp=use_amp, workers=workers, seed=seed, deterministic=True, plots=False,
-        save_dir=str(save_dir), val=True, verbose=verbose, cache=False, exist_ok=False,
+        task="detect", mode="train", model=label, data=str(data.yaml), epochs=epochs, imgsz=imgsz, batch=batch,
+        nbs=batch, device=ultralytics_device(dev), amp=use_amp, workers=workers, seed=seed, deterministic=True,
+        plots=False, save_dir=str(save_dir), val=True, verbose=verbose, cache=False, exist_ok=False,
     )  # fmt: skip
     overrides.update(extra or {})
     Trainer = _trainer_class()

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from autoprune.cli import main
+from autoprune.errors import UserError
 from autoprune.search import records as R
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,6 +204,9 @@ def test_rebuild_raises_on_a_gflops_mismatch(env):
     bad = R.TrialRecord(**{**rec.__dict__, "attrs": {**attrs, R.GFLOPS: env["gflops"] * 1.01}})
     with pytest.raises(RuntimeError, match="GFLOPs"):  # an invariant, not a user error
         rebuild(loaded, bad, imgsz=IMGSZ)
+    data_ranked = R.TrialRecord(**{**rec.__dict__, "attrs": {**attrs, R.CRITERION: "taylor"}})
+    with pytest.raises(UserError, match="calibration batches"):  # its channels could not be replayed
+        rebuild(loaded, data_ranked, imgsz=IMGSZ)
 
 
 def _assert_refused(env, out_name: str, *argv, pattern: str):

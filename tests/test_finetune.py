@@ -139,7 +139,7 @@ def test_finetune_without_distillation_trains_the_pruned_object_with_the_plain_l
     assert sum(p.numel() for p in saved.parameters()) == n_params  # the pruned network, not one rebuilt from YAML
     after = saved.float().state_dict()
     assert after.keys() == before.keys()
-    changed = [k for k in before if before[k].is_floating_point() and not torch.allclose(before[k], after[k], atol=1e-3)]
+    changed = [k for k, v in before.items() if v.is_floating_point() and not torch.allclose(v, after[k], atol=1e-3)]
     assert len(changed) > 10  # it trained
     live = pruned.cpu().state_dict()  # the very object handed to the trainer is the one that trained
     assert sum(not torch.equal(before[k], live[k]) for k in before if before[k].is_floating_point()) > 10

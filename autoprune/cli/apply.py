@@ -135,8 +135,14 @@ def rebuild(loaded, record, *, imgsz: int):
     from autoprune.pruner import prune_to_counts
     from autoprune.search import records as R
 
+    from autoprune.importance import DATA_CRITERIA, get_criterion
+
     counts = {str(k): int(v) for k, v in record.attrs[R.KEPT_CHANNELS].items()}
     criterion = record.attrs.get(R.CRITERION) or "l1"
+    get_criterion(criterion)
+    if criterion in DATA_CRITERIA:  # its ranking depends on calibration batches a trial does not record
+        raise UserError(f"trial {record.number} ranked channels by the data criterion {criterion!r}, whose "
+                        "calibration batches are not stored with the trial; apply cannot replay it")
     graph = analyze(loaded.model, imgsz=imgsz)
     unknown = sorted(set(counts) - set(graph.ids))
     if unknown:
@@ -294,8 +300,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         "ratios": {k: round(after[k] / before[k], 4) if before[k] else None
                    for k in ("map50", "map50_95", "params", "gflops", "latency_ms", "file_bytes")},
         "trial_record": proxy,
-        "train": {"seconds": round(ft.seconds, 1), "device": ft.device, "amp": ft.amp, "loss_names": list(ft.loss_names),
-                  "batch": batch, "best": str(ft.best)},
+        "train": {"seconds": round(ft.seconds, 1), "device": ft.device, "amp": ft.amp,
+                  "loss_names": list(ft.loss_names), "batch": batch, "best": str(ft.best)},
         "seconds": round(time.perf_counter() - t_start, 1),
         "outputs": outputs,
     }
@@ -332,7 +338,8 @@ def format_report(r: dict) -> str:
          pct(a["gflops"], b["gflops"])),
         ("latency (ms)", f"{b['latency_ms']:.2f}", f"{p['latency_ms']:.2f}", f"{a['latency_ms']:.2f}",
          pct(a["latency_ms"], b["latency_ms"])),
-        ("file size", mb(b["file_bytes"]), mb(p["file_bytes"]), mb(a["file_bytes"]), pct(a["file_bytes"], b["file_bytes"])),
+        ("file size", mb(b["file_bytes"]), mb(p["file_bytes"]), mb(a["file_bytes"]),
+         pct(a["file_bytes"], b["file_bytes"])),
     ]
     head = ("", "unpruned", "pruned, not finetuned", "pruned + finetuned", "after / before")
     lines = [f"# autoprune apply: study {r.get('study')!r}, trial {r['trial']}", "",
