@@ -1,0 +1,185 @@
+"""Does distillation help the finetune of a pruned model? `autoprune apply` on one Pareto trial, with and without.
+
+    .venv/bin/python benchmarks/bench_apply.py --name SEARCH [--trial N] --epochs 10
+    .venv/bin/python benchmarks/bench_apply.py --epochs 10            # no search yet: a one-trial study is built
+
+Four mAPs on the data's val split (Ultralytics validation at the training image size, the same protocol for every
+model): the unpruned model, the pruned model before finetuning, after `--epochs` of finetuning with distillation
+and after the same finetuning without it (same seed, same data order). Both finetunes are full `autoprune apply`
+runs; their report.json files hold everything else (params, GFLOPs, latency, file sizes, training time).
+
+Without `--name`, a study is built directly with the trial schema of `autoprune.search.records`: one trial from
+`autoprune.pruner.keep_counts` at the uniform keep ratio whose GFLOPs are closest to `--target` (0.6) of the
+model's. With `--name` and no `--trial`, the Pareto trial whose GFLOPs are closest to that share is used.
+Nothing is asserted; the numbers are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+
+from _common import header
+
+
+def uniform_counts_for_share(model, graph, imgsz: int, target: float):
+    """(keep ratio, kept counts, GFLOPs) of the uniform keep ratio (step 0.01) whose GFLOPs are closest to `target`
+    x the model's."""
+    from autoprune.cost import count_gflops
+    from autoprune.pruner import keep_counts, prune_to_counts
+
+    base = count_gflops(model, imgsz)
+    lo, hi = 0.05, 1.0
+    best = None
+    for _ in range(12):  # bisection on the ratio; GFLOPs grow with it (in steps, from channel rounding)
+        mid = round((lo + hi) / 2, 3)
+        counts = keep_counts(graph, mid)
+        g = count_gflops(prune_to_counts(model, counts, graph=graph), imgsz)
+        if best is None or abs(g / base - target) < abs(best[2] / base - target):
+            best = (mid, counts, g)
+        if g / base > target:
+            hi = mid
+        else:
+            lo = mid
+    return best
+
+
+def build_study(name: str, model_spec: str | None, data: str | None, imgsz: int, proxy_imgsz: int,
+                target: float, criterion: str = "l1") -> int:
+    """A study `name` in runs/search/NAME/study.db with one feasible trial at ~`target` of the GFLOPs; its number."""
+    import optuna
+
+    from autoprune.channels import analyze
+    from autoprune.cost import count_gflops, count_params
+    from autoprune.data import load_data_config
+    from autoprune.models import load_model
+    from autoprune.search import records as R
+    from autoprune.search.storage import make_storage, run_dir_for, storage_url
+
+    loaded = load_model(model_spec)
+    data_cfg = load_data_config(data)
+    graph = analyze(loaded.model, imgsz=imgsz)
+    ratio, counts, gflops = uniform_counts_for_share(loaded.model, graph, imgsz, target)
+    from autoprune.pruner import prune_to_counts
+
+    pruned = prune_to_counts(loaded.model, counts, criterion=criterion, graph=graph)
+    run_dir_for(name).mkdir(parents=True, exist_ok=True)
+    storage = make_storage(storage_url(None, name), heartbeat=None)
+    study = optuna.create_study(study_name=name, storage=storage, directions=list(R.DIRECTIONS))
+    base = {"gflops": count_gflops(loaded.model, imgsz), "params": count_params(loaded.model)}
+    for k, v in {
+        R.STUDY_MODEL: loaded.source, R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint, R.STUDY_DATA: str(data_cfg.yaml),
+        R.STUDY_IMGSZ: imgsz, R.STUDY_CRITERION: criterion, R.STUDY_ENGINE: "manual",
+        R.STUDY_PROXY: {"imgsz": proxy_imgsz}, R.STUDY_BASE: base, R.STUDY_BUDGET_GFLOPS: gflops,
+    }.items():
+        study.set_user_attr(k, v)
+    trial = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE, values=[0.0, gflops, 0.0],
+        user_attrs={R.KEEP: {g: ratio for g in counts}, R.KEPT_CHANNELS: counts, R.GFLOPS: gflops,
+                    R.PARAMS: count_params(pruned), R.MODEL_FINGERPRINT: loaded.fingerprint, R.IMGSZ: imgsz,
+                    R.CRITERION: criterion, R.KIND: "uniform", R.FEASIBLE: True},
+    )  # fmt: skip
+    study.add_trial(trial)
+    print(f"built study {name!r}: uniform keep {ratio} -> {gflops:.3f} GFLOPs at {imgsz} "
+          f"({100 * gflops / base['gflops']:.1f}% of {base['gflops']:.3f})")
+    return study.trials[-1].number
+
+
+def pick_trial(name: str, storage: str | None, target: float) -> int:
+    """The Pareto trial whose GFLOPs are closest to `target` x the unpruned model's."""
+    from autoprune.search import records as R
+    from autoprune.search.storage import open_study
+
+    study = open_study(storage, name)
+    recs = [R.TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    front = R.pareto_front(recs)
+    if not front:
+        raise SystemExit(f"study {name!r} has no feasible trial yet")
+    base = (study.user_attrs.get(R.STUDY_BASE) or {}).get("gflops") or max(r.gflops for r in front)
+    return min(front, key=lambda r: abs(r.gflops / base - target)).number
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", default=None, help="a search's study (default: build a one-trial study)")
+    ap.add_argument("--storage", default=None)
+    ap.add_argument("--trial", type=int, default=None)
+    ap.add_argument("--model", default=None, help="for a built study: the model (default: the demo baseline)")
+    ap.add_argument("--data", default=None, help="default: the study's data (the demo's for a built study)")
+    ap.add_argument("--target", type=float, default=0.6, help="share of the unpruned GFLOPs to aim at")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--imgsz", type=int, default=None, help="training size (default: the study's proxy size)")
+    ap.add_argument("--cost-imgsz", type=int, default=640, help="for a built study: the GFLOPs size")
+    ap.add_argument("--proxy-imgsz", type=int, default=320, help="for a built study: its proxy (training) size")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--kd-weight", type=float, default=None)
+    ap.add_argument("--kd-temperature", type=float, default=None)
+    ap.add_argument("--kd-neck", type=float, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tag", default=None, help="suffix of the output folders (default: a timestamp)")
+    args = ap.parse_args()
+    header()
+
+    from autoprune.cli import main as cli
+
+    tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
+    name, trial = args.name, args.trial
+    if name is None:
+        from autoprune.models import load_model
+
+        fp = load_model(args.model).fingerprint
+        name = f"bench-apply-{fp[:8]}-{int(100 * args.target)}"
+        from autoprune.search.storage import run_dir_for
+
+        if (run_dir_for(name) / "study.db").exists():
+            trial = 0 if trial is None else trial
+        else:
+            trial = build_study(name, args.model, args.data, args.cost_imgsz, args.proxy_imgsz, args.target)
+    elif trial is None:
+        trial = pick_trial(name, args.storage, args.target)
+
+    common = ["apply", "--name", name, "--trial", str(trial), "--epochs", str(args.epochs), "--batch",
+              str(args.batch), "--device", args.device, "--json"]
+    for flag, value in (("--storage", args.storage), ("--data", args.data), ("--imgsz", args.imgsz),
+                        ("--kd-weight", args.kd_weight), ("--kd-temperature", args.kd_temperature),
+                        ("--kd-neck", args.kd_neck)):
+        if value is not None:
+            common += [flag, str(value)]
+    reports = {}
+    for label, flag in (("distill", "--distill"), ("plain", "--no-distill")):
+        out = f"bench-{name}-t{trial}-{label}-{tag}"
+        t0 = time.perf_counter()
+        print(f"autoprune {' '.join(common + [flag, '--out', out])}", flush=True)
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):  # the JSON summary; Ultralytics is quiet under --json
+            code = cli(common + [flag, "--out", out])
+        if code != 0:
+            raise SystemExit(f"autoprune apply failed with exit code {code}")
+        reports[label] = json.loads(captured.getvalue())
+        print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+    kd, plain = reports["distill"], reports["plain"]
+    rows = [
+        ("unpruned (reference)", kd["before"]),
+        ("pruned, before finetuning", kd["pruned"]),
+        (f"finetuned {args.epochs} epochs with distillation", kd["after"]),
+        (f"finetuned {args.epochs} epochs without distillation", plain["after"]),
+    ]
+    print()
+    print(f"study {name!r} trial {trial}: {kd['after']['gflops']:.3f} GFLOPs at {kd['cost_imgsz']} "
+          f"({100 * kd['after']['gflops'] / kd['before']['gflops']:.1f}% of the unpruned), "
+          f"validated at {kd['imgsz']} on {kd['data']}")
+    print(f"distillation: {kd['distill']}")
+    print(f"{'model':<48} {'mAP50':>7} {'mAP50-95':>9}")
+    for label, r in rows:
+        print(f"{label:<48} {r['map50']:>7.4f} {r['map50_95']:>9.4f}")
+    print(f"training time: with distillation {kd['train']['seconds']:.0f} s, without {plain['train']['seconds']:.0f} s"
+          f" ({kd['train']['device']}, amp {kd['train']['amp']})")
+    print(f"reports: {kd['run_dir']}/report.md, {plain['run_dir']}/report.md")
+
+
+if __name__ == "__main__":
+    main()
