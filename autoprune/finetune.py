@@ -47,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import pickle
 import re
@@ -348,6 +349,7 @@ def offline_ultralytics():
 
 
 # ---------------------------------------------------------------------------------------------------- the trainer
+@functools.lru_cache(maxsize=None)
 def _trainer_class():
     from ultralytics.models.yolo.detect import DetectionTrainer
 

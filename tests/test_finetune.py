@@ -156,3 +156,10 @@ def test_offline_ultralytics_replaces_the_downloading_checks_and_restores_them()
     assert trainer_mod.check_amp is amp and data_utils.check_font is font
     teacher, _ = _models()
     assert check_amp_offline(teacher) is False  # AMP does nothing on the CPU
+
+
+def test_the_trainer_never_builds_a_model_from_yaml():
+    from autoprune.finetune import PrunedModelTrainer
+
+    with pytest.raises(RuntimeError, match="never builds one from a YAML"):
+        PrunedModelTrainer.get_model(object(), cfg="yolov8n.yaml")
