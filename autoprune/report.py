@@ -70,7 +70,7 @@ def read_study(storage: str | None, name: str | None):
         if url.lower().startswith("sqlite"):
             _check_sqlite_file(url)
         if not name:
-            names = study_names(make_storage(url, heartbeat=None))
+            names = study_names(make_storage(url, heartbeat=None, read_only=True))
             hint = f"studies there: {', '.join(names)}" if names else "it holds no studies"
             raise UserError(f"--name is required: the study to read ({hint})")
         return open_study(storage, name)

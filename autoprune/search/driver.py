@@ -32,8 +32,6 @@ from autoprune.search.engines import ENGINES, SAMPLERS, make_sampler
 from autoprune.search.storage import make_storage, run_dir_for, storage_url, study_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Our ask/tell loop runs its own heartbeat thread per trial (`Search._heartbeat`), which is what this warns about.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def _search_timing():
@@ -45,6 +43,7 @@ def _search_timing():
 
 
 SEARCH_TIMING = _search_timing()
+MAX_REJECTED_IN_A_ROW = 200  # proposals in a row that were duplicates or over budget: the space is exhausted
 
 
 @dataclass(frozen=True)
@@ -213,7 +212,12 @@ class Search:
     def _study_exists(self) -> bool:
         if self.settings.storage is None:
             return self.run_dir.exists()
-        return self.name in study_names(make_storage(self.url, heartbeat=None))
+        try:
+            return self.name in study_names(make_storage(self.url, heartbeat=None, read_only=True))
+        except UserError as e:
+            if "no such table" in str(e) or "does not exist" in str(e):
+                return False  # a database Optuna has not used yet
+            raise
 
     def _study_attrs(self) -> dict:
         s = self.settings
@@ -253,21 +257,33 @@ class Search:
             load_if_exists=True,
         )
         attrs = self._study_attrs()
-        stored = study.user_attrs
-        if not stored:
+        stored = self._settled_attrs(study)
+        if R.STUDY_VERSION not in stored:  # a new study: describe it (the version key last: it marks completion)
             for k, v in attrs.items():
-                study.set_user_attr(k, v)
+                if k != R.STUDY_VERSION:
+                    study.set_user_attr(k, v)
             study.set_metric_names(list(R.OBJECTIVES))
-        else:
-            for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_IMGSZ,
-                        R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE, R.STUDY_SAMPLER, R.STUDY_SEED,
-                        R.STUDY_PROXY, R.STUDY_POPULATION):
-                if stored.get(key) != attrs[key]:
-                    raise UserError(
-                        f"study {self.name!r} was made with a different {key} ({_short(stored.get(key))}; "
-                        f"this run: {_short(attrs[key])}); resume it with the same settings or pick a new --name"
-                    )
+            study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
+            stored = study.user_attrs
+        for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_IMGSZ,
+                    R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE, R.STUDY_SAMPLER, R.STUDY_SEED,
+                    R.STUDY_PROXY, R.STUDY_POPULATION):
+            if stored.get(key) != attrs[key]:
+                raise UserError(
+                    f"study {self.name!r} was made with a different {key} ({_short(stored.get(key))}; "
+                    f"this run: {_short(attrs[key])}); resume it with the same settings or pick a new --name"
+                )
         return study
+
+    @staticmethod
+    def _settled_attrs(study, wait_s: float = 30.0) -> dict:
+        """The study's attributes once no other worker is midway through writing them (see `_open_study`)."""
+        deadline = time.monotonic() + wait_s
+        stored = study.user_attrs
+        while stored and R.STUDY_VERSION not in stored and time.monotonic() < deadline:
+            time.sleep(0.5)
+            stored = study.user_attrs
+        return stored
 
     # ------------------------------------------------------------------------------------------------------------
     # Candidates
@@ -295,6 +311,13 @@ class Search:
     def _genome(self, trial) -> dict:
         return {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in self.space.genes}
 
+    def _evaluated_twin(self, trial, genome: dict) -> int | None:
+        """The number of an earlier trial that evaluated the same genome, if any."""
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number != trial.number and R.SECONDS in t.user_attrs and t.user_attrs.get(R.GENOME) == genome:
+                return t.number
+        return None
+
     def _reject_over_budget(self, trial, genome: dict, estimate: float) -> None:
         s = self.settings
         repaired = self.space.repair(genome, s.budget_gflops, s.imgsz, base_gflops=self.base_gflops)
@@ -314,6 +337,13 @@ class Search:
         s = self.settings
         t0 = time.perf_counter()
         genome = self.space.check_genome(self._genome(trial))
+        twin = self._evaluated_twin(trial, genome)
+        if twin is not None:  # the proxy is deterministic: the same genome would score the same again
+            trial.set_user_attr(R.GENOME, genome)
+            trial.set_user_attr(R.KIND, "duplicate")
+            trial.set_user_attr(R.REASON, f"duplicate of trial {twin}; not evaluated again")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return "rejected"
         estimate = self.space.gflops(genome, s.imgsz, base_gflops=self.base_gflops)
         if estimate > s.budget_gflops * (1 + 1e-6):
             self._reject_over_budget(trial, genome, estimate)
@@ -394,7 +424,7 @@ class Search:
         target = s.target_trials
         self.latency_cache = LatencyCache(self.run_dir / "latency.json")
         self._failures: list[Exception] = []
-        successes = 0
+        successes = rejected_in_a_row = 0
         started = time.perf_counter()
         evaluated_here = 0
         self.log(f"search {self.name!r}: {target} candidates, budget {s.budget_gflops:g} GFLOPs at {s.imgsz}"
@@ -409,7 +439,9 @@ class Search:
             if done + running >= target:
                 time.sleep(2)  # the last trials run in other workers (or a dead one's will be failed and queued)
                 continue
-            trial = self.study.ask()
+            with warnings.catch_warnings():  # our own heartbeat thread runs per trial (see _heartbeat)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = self.study.ask()
             with self._heartbeat(trial):
                 if not self._claim(trial):
                     continue
@@ -421,7 +453,13 @@ class Search:
                         self.study.tell(trial, state=TrialState.FAIL)
                     raise
             if outcome == "rejected":
+                rejected_in_a_row += 1
+                if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+                    self.log(f"stopping: the last {rejected_in_a_row} proposals were all duplicates or over budget "
+                             "(the search space is exhausted at this budget)")
+                    break
                 continue
+            rejected_in_a_row = 0
             evaluated_here += 1
             successes += outcome == "COMPLETE"
             if outcome == "FAIL" and successes == 0 and len(self._failures) >= 3:

@@ -99,6 +99,35 @@ class FirstTrialSampler(BaseSampler):
 # ---------------------------------------------------------------------------------------------------------------------
 # DEAP NSGA-II
 
+_NOVELTY_TRIES = 20
+
+
+def _key(genome: dict, names: list[str]) -> tuple:
+    return tuple(round(float(genome[n]), 6) for n in names)
+
+
+def _proposed(study, names: list[str], exclude: int) -> set[tuple]:
+    """Genomes the study already holds (evaluated, running or queued), as keys."""
+    out = set()
+    for t in study.get_trials(deepcopy=False):
+        if t.number != exclude and t.state != TrialState.FAIL and all(n in t.params for n in names):
+            out.add(_key(t.params, names))
+    return out
+
+
+def _step_away(genome: dict, space, seen: set, names: list[str], rng) -> dict:
+    """Move random genes one grid step at a time until the genome is new (or every step was tried)."""
+    genome = dict(genome)
+    genes = {g.name: g for g in space.genes}
+    for _ in range(10 * len(names)):
+        if _key(genome, names) not in seen:
+            break
+        g = genes[names[int(rng.integers(len(names)))]]
+        v = genome[g.name] + g.step * (1 if rng.random() < 0.5 else -1)
+        genome[g.name] = min(max(v, g.low), g.high)
+        genome = space.snap(genome)
+    return genome
+
 
 def _fitness_class():
     """A DEAP fitness whose domination is Deb's constrained domination: feasible beats infeasible, then less
@@ -159,9 +188,15 @@ class DeapNSGA2Sampler(BaseSampler):
             return {}
         candidates = self._candidates(study)
         rng = np.random.default_rng([self.seed, trial.number])
-        if len(candidates) < self.population:
-            return self.space.random(rng)
-        return self._breed(candidates, random.Random(int(rng.integers(2**63))))
+        seen = _proposed(study, self._names, exclude=trial.number)
+        for _ in range(_NOVELTY_TRIES):  # on a grid, a child often snaps back onto a parent: draw again
+            if len(candidates) < self.population:
+                child = self.space.random(rng)
+            else:
+                child = self._breed(candidates, random.Random(int(rng.integers(2**63))))
+            if _key(child, self._names) not in seen:
+                return child
+        return _step_away(child, self.space, seen, self._names, rng)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(param_name.encode())])

@@ -57,6 +57,7 @@ STUDY_ENGINE = "engine"
 STUDY_SAMPLER = "sampler"
 STUDY_SEED = "seed"
 STUDY_PROXY = "proxy"  # proxy settings as a dict
+STUDY_POPULATION = "population"
 STUDY_BASE = "base"  # the unpruned model: {gflops, params, latency_ms}
 STUDY_VERSION = "autoprune_version"
 
@@ -102,10 +103,19 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
+def _objectives(r: TrialRecord) -> tuple[float, float, float]:
+    """Objectives as values to maximize; a missing one counts as the worst possible."""
+    inf = float("inf")
+    return (
+        -inf if r.map50_95 is None else r.map50_95,
+        -inf if r.gflops is None else -r.gflops,
+        -inf if r.latency_ms is None else -r.latency_ms,
+    )
+
+
 def dominates(a: TrialRecord, b: TrialRecord) -> bool:
     """Pareto dominance on the three objectives (higher mAP, lower GFLOPs, lower latency)."""
-    va = (a.map50_95, -a.gflops, -a.latency_ms)
-    vb = (b.map50_95, -b.gflops, -b.latency_ms)
+    va, vb = _objectives(a), _objectives(b)
     return all(x >= y for x, y in zip(va, vb)) and any(x > y for x, y in zip(va, vb))
 
 

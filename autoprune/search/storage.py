@@ -27,23 +27,27 @@ def storage_url(storage: str | None, name: str) -> str:
     """The storage URL for `--storage` (checked) or, when None, the run folder's SQLite file."""
     if storage is None:
         return f"sqlite:///{run_dir_for(name) / STUDY_FILE}"
+    if storage.lower().startswith("sqlite") and not storage.lower().startswith("sqlite:///"):
+        raise UserError(f"a SQLite --storage URL starts with sqlite:/// followed by a path, got {storage!r}")
     if not _URL.match(storage):
         raise UserError(
             f"--storage must be a database URL such as sqlite:///path/study.db or "
             f"postgresql://user:password@host/db, got {storage!r}"
         )
-    if storage.lower().startswith("sqlite") and not storage.lower().startswith("sqlite:///"):
-        raise UserError(f"a SQLite --storage URL starts with sqlite:/// followed by a path, got {storage!r}")
     return storage
 
 
-def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40)):
+def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40), read_only: bool = False):
     """An Optuna RDB storage for `url`, with heartbeats so a worker killed mid-trial is noticed by the others.
 
     `heartbeat` is (interval, grace period) in seconds: a trial whose worker stopped sending heartbeats for the
     grace period is marked FAIL by the next worker that looks (`optuna.storages.fail_stale_trials`), and its genome
-    is queued again. None opens the storage for reading only.
+    is queued again. `read_only` never creates tables (for commands that only read a study).
+
+    Several workers may open a new database at the same moment; creating Optuna's tables then races (one sees
+    "table already exists"), so creation is retried with a short backoff.
     """
+    import time
     import warnings
 
     import optuna
@@ -51,21 +55,33 @@ def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40)):
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    kwargs = {}
+    kwargs = {"skip_table_creation": read_only}
     if heartbeat is not None:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-        kwargs = {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1],
-                  "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2)}
+        kwargs.update(heartbeat_interval=heartbeat[0], grace_period=heartbeat[1],
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
-        raise UserError(f"malformed --storage URL {url!r}: {str(e).splitlines()[0]}") from e
-    except sqlalchemy.exc.OperationalError as e:
-        raise UserError(f"cannot open --storage {url!r}: {str(e.orig).splitlines()[0]}") from e
-    except ModuleNotFoundError as e:
-        raise UserError(f"--storage {url!r} needs the Python package {e.name!r}; install it first") from e
+    for attempt in range(8):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
+            raise UserError(f"malformed --storage URL {url!r}: {str(e).splitlines()[0]}") from e
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError) as e:
+            text = str(getattr(e, "orig", e))
+            if attempt < 7 and any(m in text.lower() for m in _CREATION_RACES):
+                time.sleep(0.2 * 2**attempt)
+                continue
+            raise UserError(f"cannot open --storage {url!r}: {text.strip().splitlines()[0]}") from e
+        except ModuleNotFoundError as e:
+            raise UserError(f"--storage {url!r} needs the Python package {e.name!r}; install it first") from e
+        except optuna.exceptions.StorageInternalError as e:
+            cause = str(e.__cause__ or e).strip().splitlines()[0]
+            raise UserError(f"cannot open --storage {url!r}: {cause}") from e
+    raise AssertionError("unreachable")
+
+
+_CREATION_RACES = ("already exists", "duplicate", "database is locked", "unique")
 
 
 def study_names(storage) -> list[str]:
@@ -83,7 +99,7 @@ def open_study(storage: str | None, name: str):
         known = sorted(p.parent.name for p in (RUNS_ROOT / "search").glob(f"*/{STUDY_FILE}"))
         hint = f"; studies here: {', '.join(known)}" if known else ""
         raise UserError(f"no study named {name!r} in {RUNS_ROOT / 'search'}{hint}")
-    st = make_storage(url, heartbeat=None)
+    st = make_storage(url, heartbeat=None, read_only=True)
     try:
         return optuna.load_study(study_name=name, storage=st)
     except KeyError:

@@ -1,0 +1,250 @@
+"""The search end to end on a tiny model and dataset: trials, front, reports, resume after SIGKILL, several
+workers on SQLite and on PostgreSQL, failed candidates, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autoprune.cli import main
+from autoprune.search import records as R
+from autoprune.search.storage import make_storage
+
+BUDGET = "0.2"  # GFLOPs at 128 px; the unpruned 2-class yolov8n has 0.33
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A 2-class yolov8n YAML, a small dataset and the flags that keep each candidate to a second or two."""
+    import ultralytics
+    from conftest import make_tiny_dataset
+
+    root = tmp_path_factory.mktemp("search")
+    data = make_tiny_dataset(root / "data", n_train=16, n_val=8)
+    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8.yaml").read_text())
+    cfg.update(nc=2, scale="n")
+    model = root / "yolov8n-2cls.yaml"
+    model.write_text(yaml.safe_dump(cfg))
+    flags = ["--model", str(model), "--data", str(data), "--budget-gflops", BUDGET, "--imgsz", "128",
+             "--proxy-imgsz", "64", "--proxy-steps", "2", "--calib-batches", "2", "--val-images", "8",
+             "--population", "4", "--device", "cpu"]
+    return {"root": root, "flags": flags}
+
+
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _study(path: Path, name: str):
+    return optuna.load_study(study_name=name, storage=make_storage(f"sqlite:///{path}", heartbeat=None, read_only=True))
+
+
+def _evaluated(study):
+    return [t for t in study.trials if t.state.is_finished() and R.SECONDS in t.user_attrs]
+
+
+def _spawn(env, cwd, *extra, heartbeat="1,3"):
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoprune", "search", *env["flags"], *extra],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "YOLO_OFFLINE": "1", "AUTOPRUNE_HEARTBEAT": heartbeat},
+    )
+
+
+def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(capsys, "search", *env["flags"], "--trials", "6", "--name", "e2e", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    run = tmp_path / "runs/search/e2e"
+    for f in ("study.db", "args.yaml", "trials.csv", "pareto.png", "pareto.html"):
+        assert (run / f).is_file(), f
+    assert summary["evaluated"] == 6 and summary["feasible"] >= 1 and summary["front"]
+
+    study = _study(run / "study.db", "e2e")
+    trials = {t.number: t for t in study.trials}
+    first = trials[0]
+    assert first.user_attrs[R.KIND] == "uniform"
+    assert len(set(first.params.values())) == 1  # the same ratio for every gene
+    evaluated = _evaluated(study)
+    assert len(evaluated) == 6
+    for t in evaluated:
+        a = t.user_attrs
+        for key in (R.GENOME, R.KEEP, R.KEPT_CHANNELS, R.GFLOPS, R.PARAMS, R.LATENCY_MS, R.MAP50, R.MAP50_95,
+                    R.MODEL_FINGERPRINT, R.IMGSZ, R.CRITERION, R.SEED):
+            assert key in a, key
+        assert a[R.GFLOPS] <= float(BUDGET) + 1e-9  # cheap rejection/repair: nothing over budget reaches the proxy
+    for t in study.trials:  # rejected genomes were over budget and point at their repaired replacement
+        if t.user_attrs.get(R.KIND) == "rejected":
+            assert t.state.name == "PRUNED" and R.REPAIRED_INTO in t.user_attrs and R.SECONDS not in t.user_attrs
+    records = [R.TrialRecord.from_trial(t) for t in study.trials]
+    front = R.pareto_front(records)
+    assert {r.number for r in front} == {r["number"] for r in summary["front"]}
+    feasible = [r for r in records if r.feasible]
+    assert all(not any(R.dominates(o, f) for o in feasible) for f in front)
+    assert all(any(R.dominates(f, o) for f in front) or o in front for o in feasible)
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["budget_gflops"] == float(BUDGET) and args["name"] == "e2e"
+
+    # the study rereads: trials --json agrees with the search's summary
+    code, out, _ = _cli(capsys, "trials", "--name", "e2e", "--pareto", "--json")
+    assert code == 0
+    assert set(json.loads(out)["front"]) == {r["number"] for r in summary["front"]}
+
+    # a name that exists needs --resume, and nothing of the study is touched
+    before = (run / "study.db").read_bytes()
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "6", "--name", "e2e")
+    assert code == 2 and err.strip().startswith("error: a study named 'e2e' already exists")
+    assert (run / "study.db").read_bytes() == before
+
+
+def test_optuna_tpe_engine_and_a_failing_candidate(env, tmp_path, monkeypatch):
+    """A candidate that raises is recorded as failed with its reason, and the search goes on."""
+    from autoprune.proxy import ProxyEvaluator
+    from autoprune.search.driver import Search, SearchSettings
+
+    monkeypatch.chdir(tmp_path)
+    real = ProxyEvaluator.evaluate
+    calls = {"n": 0}
+
+    def flaky(self, model, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, model, **kw)
+
+    monkeypatch.setattr(ProxyEvaluator, "evaluate", flaky)
+    f = dict(zip(env["flags"][::2], env["flags"][1::2]))
+    settings = SearchSettings(
+        budget_gflops=float(BUDGET), model=f["--model"], data=f["--data"], engine="optuna", sampler="tpe",
+        trials=4, population=4, proxy_steps=2, calib_batches=2, proxy_imgsz=64, val_images=8, imgsz=128,
+        device="cpu", name="tpe",
+    )
+    result = Search(settings, log=lambda *_: None).run()
+    study = _study(tmp_path / "runs/search/tpe/study.db", "tpe")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and "out of memory" in failed[0].user_attrs[R.REASON]
+    assert result.evaluated == 4 and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(env, tmp_path):
+    name = "killed"
+    db = tmp_path / f"runs/search/{name}/study.db"
+    proc = _spawn(env, tmp_path, "--trials", "6", "--name", name)
+    deadline = time.time() + 240
+    done_before = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if db.exists():
+            try:
+                done_before = [t for t in _study(db, name).trials if t.state.name == "COMPLETE"]
+            except Exception:
+                continue
+            if len(done_before) >= 2:
+                break
+    assert len(done_before) >= 2, proc.communicate(timeout=5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    snapshot = {t.number: (t.values, t.params) for t in _study(db, name).trials if t.state.name == "COMPLETE"}
+    last_number = max(t.number for t in _study(db, name).trials)
+
+    resumed = _spawn(env, tmp_path, "--trials", "6", "--name", name, "--resume")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+
+    study = _study(db, name)
+    complete = {t.number: (t.values, t.params) for t in study.trials if t.state.name == "COMPLETE"}
+    assert all(complete[n] == v for n, v in snapshot.items())  # nothing completed was lost or changed
+    assert len(_evaluated(study)) == 6
+    assert max(study.trials, key=lambda t: t.number).number > last_number  # numbering continues
+    genomes = [tuple(sorted(p.items())) for _, p in complete.values()]
+    assert len(genomes) == len(set(genomes))  # no completed genome evaluated twice
+    assert sum(1 for t in study.trials if t.user_attrs.get(R.KIND) == "uniform" and t.state.name == "COMPLETE") == 1
+
+
+def _workers(env, cwd, storage_args, name, n_trials=6):
+    procs = [_spawn(env, cwd, "--trials", str(n_trials), "--name", name, "--resume", *storage_args) for _ in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    return procs
+
+
+def _check_shared(study, n_trials):
+    evaluated = _evaluated(study)
+    assert len(evaluated) == n_trials  # no trial lost, none run beyond the budget
+    assert len({t.number for t in evaluated}) == n_trials
+    assert [t.number for t in study.trials if t.user_attrs.get(R.KIND) == "uniform"] == [0]
+    assert not [t for t in study.trials if t.state.name in ("RUNNING",)]
+
+
+def test_two_local_workers_share_one_sqlite_study(env, tmp_path):
+    _workers(env, tmp_path, [], "pair")
+    _check_shared(_study(tmp_path / "runs/search/pair/study.db", "pair"), 6)
+
+
+def _postgres_url():
+    url = os.environ.get("AUTOPRUNE_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("AUTOPRUNE_REQUIRE_POSTGRES"):
+            pytest.fail("AUTOPRUNE_REQUIRE_POSTGRES is set but AUTOPRUNE_TEST_POSTGRES is not")
+        pytest.skip("no PostgreSQL server (set AUTOPRUNE_TEST_POSTGRES; .ci/run starts one)")
+    return url
+
+
+def test_two_workers_share_one_postgresql_study(env, tmp_path):
+    url = _postgres_url()
+    name = f"pg-{os.getpid()}-{int(time.time())}"
+    _workers(env, tmp_path, ["--storage", url], name)
+    study = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat=None, read_only=True))
+    _check_shared(study, 6)
+    optuna.delete_study(study_name=name, storage=make_storage(url, heartbeat=None, read_only=True))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--budget-gflops", "0.01"], "is below what the search space can reach: the smallest model it allows has"),
+        (["--budget-gflops", "-3"], "--budget-gflops must be a positive number"),
+        (["--storage", "postgres//nowhere"], "--storage must be a database URL"),
+        (["--storage", "sqlite:relative.db"], "a SQLite --storage URL starts with sqlite:///"),
+        (["--space", "missing-space.yaml"], "missing-space.yaml"),
+        (["--engine", "cma"], "--engine must be one of"),
+        (["--resume"], "--resume needs the --name"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_writes_nothing(env, capsys, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    flags = list(env["flags"])
+    if "--budget-gflops" in extra:
+        i = flags.index("--budget-gflops")
+        del flags[i : i + 2]
+    code, _, err = _cli(capsys, "search", *flags, "--trials", "2", *extra)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_broken_and_invalid_spaces_are_one_error_line(env, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("genes:\n  a: {groups: [unclosed\n")
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("genes:\n  all: {groups: '*', lowest: 0.2}\n")
+    for space, message in ((broken, "broken.yaml"), (invalid, "lowest")):
+        code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "2", "--space", str(space))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "runs").exists()
