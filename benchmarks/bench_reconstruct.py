@@ -12,7 +12,8 @@ Prints, for the model pruned uniformly at --keep:
   recalibration, for the unpruned model, the pruned one, and the pruned one after reconstruction.
 
 With --criteria, also the same proxy mAPs for every criterion at --target-gflops of the unpruned conv GFLOPs, uniform
-and global (no reconstruction). Everything is seeded; timings are wall clock on a possibly shared CPU.
+and global (with --criteria-reconstruct, also after reconstruction). Everything is seeded; timings are wall clock on a
+possibly shared CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import argparse
 import copy
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +44,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--criteria", action="store_true", help="also every criterion at --target-gflops, both strategies")
     p.add_argument("--target-gflops", type=float, default=0.5, help="share of the unpruned conv GFLOPs (--criteria)")
+    p.add_argument("--only", default=None, help="comma-separated criteria for --criteria (default: all)")
+    p.add_argument("--criteria-reconstruct", action="store_true",
+                   help="--criteria also with reconstruction (two more columns)")
+    p.add_argument("--skip-keep", action="store_true", help="skip the keep-ratio part (only --criteria)")
     return p.parse_args()
 
 
@@ -54,13 +58,8 @@ def main() -> None:
 
     from autoprune.channels import analyze
     from autoprune.data import load_data_config
-    from autoprune.importance import CRITERIA, DATA_CRITERIA
     from autoprune.models import load_model
     from autoprune.proxy import ProxyEvaluator, ProxySettings
-    from autoprune.pruner import (apply_indices, channel_scores, keep_counts, rank_channels, score_context,
-                                  select_indices)
-    from autoprune.reconstruct import feature_errors, reconstruct
-    from autoprune.strategies import plan_counts
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,6 +84,19 @@ def main() -> None:
         return a, b
 
     graph = analyze(model, imgsz=args.imgsz)
+    if not args.skip_keep:
+        _keep_part(args, model, graph, calib, held, proxy)
+    if args.criteria:
+        _criteria_part(args, model, graph, calib, proxy)
+
+
+def _keep_part(args, model, graph, calib, held, proxy) -> None:
+    import time
+
+    from autoprune.importance import DATA_CRITERIA
+    from autoprune.pruner import apply_indices, keep_counts, rank_channels, score_context, select_indices
+    from autoprune.reconstruct import feature_errors, reconstruct
+
     full = graph.conv_gflops()
     t = time.perf_counter()
     ctx = score_context(model, graph, args.criterion, batches=calib if args.criterion in DATA_CRITERIA else None)
@@ -117,23 +129,42 @@ def main() -> None:
         a, b = proxy(m)
         print(f"  {name:32s} {a:8.4f}     {b:8.4f}")
 
-    if args.criteria:
-        target = args.target_gflops * full
-        print(f"\nper criterion at {args.target_gflops:.0%} of the conv GFLOPs ({target:.3f}), no reconstruction, "
-              "proxy mAP50-95 before finetuning")
-        print(f"  {'criterion':10s} {'strategy':8s} {'GFLOPs':>7s} {'share':>6s} {'no recal':>9s} {'BN recal':>9s}  s")
-        for criterion in sorted(CRITERIA):
-            t = time.perf_counter()
-            cctx = score_context(model, graph, criterion, batches=calib if criterion in DATA_CRITERIA else None)
-            scores = channel_scores(model, graph, criterion, cctx)
-            ranking = rank_channels(model, graph, criterion, cctx)
-            t_score = time.perf_counter() - t
-            for strategy in ("uniform", "global"):
-                plan = plan_counts(graph, strategy, target_gflops=target, scores=scores)
-                m = apply_indices(model, graph, select_indices(graph, plan.counts, ranking))
-                a, b = proxy(m)
-                print(f"  {criterion:10s} {strategy:8s} {plan.gflops:7.3f} {plan.gflops / full:6.1%} {a:9.4f} "
-                      f"{b:9.4f}  {t_score:.1f}", flush=True)
+
+
+def _criteria_part(args, model, graph, calib, proxy) -> None:
+    import time
+
+    from autoprune.importance import CRITERIA, DATA_CRITERIA
+    from autoprune.pruner import apply_indices, channel_scores, rank_channels, score_context, select_indices
+    from autoprune.reconstruct import reconstruct
+    from autoprune.strategies import plan_counts
+
+    full = graph.conv_gflops()
+    target = args.target_gflops * full
+    names = sorted(CRITERIA) if not args.only else [c.strip() for c in args.only.split(",")]
+    rec = args.criteria_reconstruct
+    print(f"\nper criterion at {args.target_gflops:.0%} of the conv GFLOPs ({target:.3f}), proxy mAP50-95 before "
+          f"finetuning{'; +rec: after reconstruction' if rec else ', no reconstruction'}; s: scoring seconds")
+    print(f"  {'criterion':10s} {'strategy':8s} {'GFLOPs':>7s} {'share':>6s} {'no recal':>9s} {'BN recal':>9s}"
+          + (f" {'+rec':>8s} {'+rec+BN':>8s}" if rec else "") + "  s")
+    for criterion in names:
+        t = time.perf_counter()
+        cctx = score_context(model, graph, criterion, batches=calib if criterion in DATA_CRITERIA else None)
+        scores = channel_scores(model, graph, criterion, cctx)
+        ranking = rank_channels(model, graph, criterion, cctx)
+        t_score = time.perf_counter() - t
+        for strategy in ("uniform", "global"):
+            plan = plan_counts(graph, strategy, target_gflops=target, scores=scores)
+            indices = select_indices(graph, plan.counts, ranking)
+            m = apply_indices(model, graph, indices)
+            a, b = proxy(m)
+            extra = ""
+            if rec:
+                r = reconstruct(model, m, graph, indices, calib, ridge=args.ridge, max_samples=args.max_samples)
+                ra, rb = proxy(r.model)
+                extra = f" {ra:8.4f} {rb:8.4f}"
+            print(f"  {criterion:10s} {strategy:8s} {plan.gflops:7.3f} {plan.gflops / full:6.1%} {a:9.4f} "
+                  f"{b:9.4f}{extra}  {t_score:.1f}", flush=True)
 
 
 if __name__ == "__main__":
