@@ -294,6 +294,31 @@ def test_cli_scores_a_model(cli, capsys, tiny_data, tiny_model_yaml):
     assert res["gflops"] > 0 and res["latency_ms"] > 0
 
 
+def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny_model, tiny_model_yaml):
+    from autoprune.channels import analyze
+    from autoprune.cost import count_gflops
+    from autoprune.space import load_space
+
+    common = ["--model", tiny_model_yaml, "--data", tiny_data, "--imgsz", 64, "--calib-batches", 1, "--steps", 0,
+              "--batch", 4, "--val-images", 4, "--device", "cpu", "--no-latency", "--json"]
+    full = count_gflops(tiny_model, 64)
+    assert cli(*common, "--keep", 0.5) == 0
+    by_keep = json.loads(capsys.readouterr().out)
+    assert 0 < by_keep["gflops"] < 0.6 * full and by_keep["keep"] == 0.5
+
+    space = load_space(None, analyze(tiny_model), tiny_model)
+    genome = tmp_path / "genome.yaml"
+    genome.write_text(yaml.safe_dump({name: space.gene(name).low for name in space.names}))
+    assert cli(*common, "--genome", genome) == 0
+    by_genome = json.loads(capsys.readouterr().out)
+    assert 0 < by_genome["gflops"] < full and by_genome["genome"] == str(genome)
+
+    genome.write_text("no_such_gene: 0.5\n")
+    assert cli(*common, "--genome", genome) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no_such_gene" in err[0]
+
+
 def _broken(tmp_path, tiny_data):
     p = tmp_path / "broken.yaml"
     p.write_text("train: images/train\nval: [images/val\n")

@@ -1,6 +1,6 @@
 """Score one candidate with the search's proxy: BN recalibration, a short finetune, mAP on a fixed val subset.
 
-    autoprune proxy --model best.pt --data data.yaml --keep 1.0 --steps 50
+    autoprune proxy --model best.pt --data data.yaml --keep 0.7 --steps 50
 
 Prints mAP50 and mAP50-95 on the validation subset and the seconds each stage took. It is the number a search
 optimises, so running it on a single candidate shows what the search will see.
@@ -21,14 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="detection data YAML (default: the demo dataset)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--keep", type=float, default=1.0, help="uniform keep ratio in (0, 1] (default 1.0)")
-    which.add_argument("--genome", default=None, metavar="FILE", help="a genome file of per-group keep ratios")
+    which.add_argument("--genome", default=None, metavar="FILE",
+                       help="a YAML/JSON genome {gene name: keep ratio} of the search space (see --space)")
+    parser.add_argument("--space", default=None, help="search space of --genome (default: the model family's)")
     parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches (0: none)")
     parser.add_argument("--steps", type=int, default=50, help="finetune steps on the detection loss (0: none)")
     parser.add_argument("--imgsz", type=int, default=320, help="input size, a multiple of 32 (default 320)")
     parser.add_argument("--batch", type=int, default=8, help="images per calibration / finetune batch (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="finetune learning rate (AdamW, default 1e-3)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="finetune learning rate (AdamW, default 3e-4)")
     parser.add_argument("--val-images", type=int, default=200, help="size of the seeded val subset (default 200)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads during the evaluation (default 1, see ProxySettings.threads; 0: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subsets and batch order")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement (GFLOPs only)")
@@ -37,17 +40,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _prepare_candidate(args: argparse.Namespace, loaded_model):
     """Return the candidate model to score: `loaded_model.model` pruned as `--keep` / `--genome` say.
 
-    TODO(pruner): complete when `autoprune.prune` and the search-space genome format land:
-      - `--keep K` (K < 1): `autoprune.prune(loaded_model.model, K)`;
-      - `--genome FILE`: read the genome with the search-space code, then prune with its per-group ratios.
-    Until then only the unpruned model (`--keep 1.0`) can be scored.
+    - `--keep 1.0`: the model itself (the proxy modifies the model it scores; this one is ours alone);
+    - `--keep K`: `autoprune.prune(model, K)`, K of every channel group, L1 ranking (the search's default);
+    - `--genome FILE`: the genome's kept channel counts in the search space (`--space`, default the model
+      family's), pruned with `prune_to_counts` exactly as a search trial is.
     """
-    if args.genome is not None:
-        raise UserError("--genome is not supported yet (it needs the pruner and the search-space genome format)")
-    if args.keep != 1.0:
-        raise UserError(f"--keep {args.keep:g} is not supported yet: pruning is not available in this build; "
-                        "use --keep 1.0")
-    return loaded_model.model  # the proxy modifies the model it scores; this one is ours alone
+    model = loaded_model.model
+    if args.genome is None:
+        if args.keep == 1.0:
+            return model
+        from autoprune import prune
+
+        return prune(model, args.keep)
+    from autoprune.channels import analyze
+    from autoprune.pruner import prune_to_counts
+    from autoprune.space import load_space
+
+    genome = _read_genome(args.genome)
+    graph = analyze(model)
+    space = load_space(args.space, graph, model)
+    return prune_to_counts(model, space.counts(genome), graph=graph)
+
+
+def _read_genome(path: str) -> dict:
+    """A genome file: a YAML/JSON mapping {gene name: keep ratio} (or one under a top-level `genome` key)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot parse genome file {path}: {str(e).splitlines()[0]}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read genome file {path}: {e}") from e
+    if isinstance(data, dict) and isinstance(data.get("genome"), dict):
+        data = data["genome"]
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"genome file {path} must map gene names to keep ratios, e.g. {{backbone: 0.5}}")
+    return data
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -58,14 +87,14 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _cost(model, args: argparse.Namespace, device) -> dict:
-    """GFLOPs and measured latency (batch 1) through `autoprune.cost`; empty if that module is not available."""
+    """GFLOPs and measured latency (batch 1, at the proxy's imgsz) through `autoprune.cost`; empty without it."""
     try:
         from autoprune.cost import count_gflops, measure_latency
     except ImportError:
         return {}
     out = {"gflops": round(count_gflops(model, args.imgsz), 4)}
     if not args.no_latency:
-        r = measure_latency(model, imgsz=args.imgsz, device=str(device), threads=args.threads or None)
+        r = measure_latency(model, imgsz=args.imgsz, device=str(device))  # deployment threads, as the search does
         out.update(latency_ms=round(r.median_ms, 3), latency_device=f"{r.device} ({r.device_name}, {r.precision}, "
                    f"{r.threads} threads)")
     return out
