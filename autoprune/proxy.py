@@ -11,7 +11,17 @@ uint8 tensors), the batch schedule and Ultralytics' validator. Scoring one candi
    (`DetectionValidator.postprocess` / `update_metrics` / `DetMetrics`), giving mAP50 and mAP50-95.
 
 The score is repeatable: the image subsets and the batch order depend only on the settings' seed, are drawn once,
-and are the same for every candidate, however many candidates ran before.
+and are the same for every candidate, however many candidates ran before; the same model and settings give the
+same mAP bit for bit on the same machine. (The float summation order depends on the CPU thread count, so scores
+are comparable between runs with the same `threads`; on CUDA, a few backward kernels use atomics, so finetuned
+weights, and then the mAP, may differ in the last digits between runs.)
+
+Where the validation differs from `yolo val`: images are letterboxed to a square `imgsz` (rect=False, so batches
+can be cached as one tensor; identical for square images), the NMS time limit is lifted (a limit that depends on
+the machine's speed is not repeatable), a head with a one-to-one branch is scored through its one-to-many branch
+plus NMS (what Ultralytics' validator does by default), and with `amp` the network runs in bfloat16. With `amp`
+off, the proxy's validation of an untouched model reproduces Ultralytics' `val(rect=False)` mAP to four digits
+(`benchmarks/bench_proxy.py --sections crosscheck`).
 
 Example:
     >>> from autoprune.proxy import ProxyEvaluator, ProxySettings
