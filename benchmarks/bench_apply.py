@@ -102,6 +102,56 @@ def pick_trial(name: str, storage: str | None, target: float) -> int:
     return min(front, key=lambda r: abs(r.gflops / base - target)).number
 
 
+def _model(m):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return (m if hasattr(m, "model") else load_checkpoint(m)[0]).float().eval()
+
+
+def rebuilt(name: str, storage: str | None, trial: int, model: str, cost_imgsz: int):
+    """(unpruned model, {"before finetuning": the trial's pruned model}) as `autoprune apply` rebuilds them."""
+    from autoprune.cli.apply import rebuild, resolve_trial
+    from autoprune.models import load_model
+    from autoprune.search.storage import open_study
+
+    loaded = load_model(model)
+    pruned, _, _ = rebuild(loaded, resolve_trial(open_study(storage, name), trial), imgsz=cost_imgsz)
+    return loaded.model, {"before finetuning": pruned}
+
+
+def teacher_agreement(teacher, students: dict, data_yaml: str, imgsz: int, images: int = 128,
+                      extra: dict | None = None) -> dict:
+    """How closely each student's head outputs follow the teacher's on the first `images` val images: the two
+    head distillation terms at temperature 1 (`autoprune.finetune.head_distillation`), averaged over batches.
+
+    A student distilled well sits closer to the teacher than one finetuned on the labels alone; if it is closer but
+    no more accurate, the teacher knows nothing the labels do not already say."""
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+
+    from autoprune.data import load_data_config
+    from autoprune.finetune import _raw, head_distillation
+
+    data = load_data_config(data_yaml)
+    udata = data.ultralytics_dict()
+    cfg = get_cfg(overrides={"imgsz": imgsz, "task": "detect", "rect": False, "cache": False, "split": "val"})
+    ds = build_yolo_dataset(cfg, udata["val"], 16, udata, mode="val", rect=False, stride=32)
+    n = min(images, len(ds))
+    batches = [torch.stack([ds[j]["img"] for j in range(i, min(n, i + 16))]).float() / 255 for i in range(0, n, 16)]
+    teacher = _model(teacher)
+    students = {**students, **(extra or {})}
+    out = {}
+    with torch.no_grad():
+        t_raw = [_raw(teacher(x)) for x in batches]
+        for label, m in students.items():
+            student = _model(m)
+            terms = [head_distillation(_raw(student(x)), t, temperature=1.0) for x, t in zip(batches, t_raw)]
+            out[label] = {"cls": sum(float(c) for c, _ in terms) / len(terms),
+                          "box": sum(float(b) for _, b in terms) / len(terms)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", default=None, help="a search's study (default: build a one-trial study)")
@@ -150,7 +200,7 @@ def main() -> None:
             common += [flag, str(value)]
     reports = {}
     for label, flag in (("distill", "--distill"), ("plain", "--no-distill")):
-        out = f"bench-{name}-t{trial}-{label}-{tag}"
+        out = f"{'' if name.startswith('bench-') else 'bench-'}{name}-t{trial}-{label}-{tag}"
         t0 = time.perf_counter()
         print(f"autoprune {' '.join(common + [flag, '--out', out])}", flush=True)
         captured = io.StringIO()
@@ -176,6 +226,12 @@ def main() -> None:
     print(f"{'model':<48} {'mAP50':>7} {'mAP50-95':>9}")
     for label, r in rows:
         print(f"{label:<48} {r['map50']:>7.4f} {r['map50_95']:>9.4f}")
+    agree = teacher_agreement(*rebuilt(name, args.storage, trial, kd["model"], kd["cost_imgsz"]),
+                              kd["data"], kd["imgsz"], extra={"with distillation": kd["outputs"]["pruned"],
+                                                              "without distillation": plain["outputs"]["pruned"]})
+    print("distance to the teacher's head outputs on 128 val images (class KL, box-distribution KL; T=1):")
+    for label, d in agree.items():
+        print(f"  {label:<22} class {d['cls']:.4f}  box {d['box']:.4f}")
     print(f"training time: with distillation {kd['train']['seconds']:.0f} s, without {plain['train']['seconds']:.0f} s"
           f" ({kd['train']['device']}, amp {kd['train']['amp']})")
     print(f"reports: {kd['run_dir']}/report.md, {plain['run_dir']}/report.md")

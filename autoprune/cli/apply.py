@@ -263,7 +263,10 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     trained, ckpt = load_checkpoint(ft.best)
     trained = trained.float().eval()
     expected = float(record.attrs[R.GFLOPS])
-    for what, m in (("best.pt", trained),):
+    checked = [(ft.best.name, trained)]
+    if ft.last.exists() and ft.last != ft.best:
+        checked.append((ft.last.name, load_checkpoint(ft.last)[0].float()))
+    for what, m in checked:
         g = count_gflops(m, cost_imgsz)
         if not math.isclose(g, expected, rel_tol=1e-9, abs_tol=1e-12) or count_params(m) != student_params:
             raise RuntimeError(f"{what} has {g} GFLOPs and {count_params(m)} params; the trial {expected} and "
