@@ -166,3 +166,28 @@ def test_engine_and_sampler_names_are_checked():
         make_sampler("deap", "tpe", space, seed=0, population=4)
     with pytest.raises(UserError, match="at least 4"):
         make_sampler("deap", None, space, seed=0, population=2)
+
+
+def test_deap_first_generation_starts_around_the_uniform_genome_near_the_budget():
+    from autoprune.search.engines import InitialPopulation
+
+    space = GridSpace()
+    center = {g.name: 0.6 for g in space.genes}
+    targets = []
+
+    def fit(genome, target):
+        targets.append(target)
+        return genome
+
+    sampler = DeapNSGA2Sampler(space, population=4, seed=0,
+                               init=InitialPopulation(center=center, fit=fit, budget=10.0, sigma=0.1))
+    study = _study(sampler)
+    genomes = []
+    for _ in range(4):
+        t = study.ask()
+        genomes.append([t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes])
+        study.tell(t, state=TrialState.FAIL)
+    spread = np.abs(np.array(genomes) - 0.6)
+    assert spread.max() <= 0.45 and spread.mean() <= 0.15  # around the center, not all over [0.25, 1]
+    assert len({tuple(g) for g in genomes}) == 4
+    assert targets and all(7.5 <= t <= 10.0 for t in targets)

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from autoprune.errors import UserError
 from autoprune.search import records as R
-from autoprune.search.engines import ENGINES, SAMPLERS, make_sampler
+from autoprune.search.engines import ENGINES, SAMPLERS, InitialPopulation, make_sampler
 from autoprune.search.storage import make_storage, run_dir_for, storage_url, study_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -247,8 +247,9 @@ class Search:
 
     def _open_study(self):
         s = self.settings
+        init = InitialPopulation(center=self.uniform, fit=self.fit_to_gflops, budget=s.budget_gflops)
         sampler = make_sampler(s.engine, s.sampler, self.space, seed=s.seed, population=s.population,
-                               first_params=self.uniform)
+                               first_params=self.uniform, init=init)
         study = optuna.create_study(
             study_name=self.name,
             storage=self.storage,
@@ -263,6 +264,7 @@ class Search:
                 if k != R.STUDY_VERSION:
                     study.set_user_attr(k, v)
             study.set_metric_names(list(R.OBJECTIVES))
+            study.set_user_attr(R.STUDY_RANKING, self._compute_ranking())
             study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
             stored = study.user_attrs
         for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_IMGSZ,
@@ -300,13 +302,48 @@ class Search:
                 seed=s.seed, device=str(self.device)))
         return self._evaluator
 
+    def _compute_ranking(self) -> dict:
+        """Every group's channel order by the criterion, as plain lists (data criteria use calibration batches)."""
+        from autoprune.importance import DATA_CRITERIA
+        from autoprune.pruner import rank_channels
+
+        c = self.settings.criterion
+        batches = self.evaluator.calibration_batches() if c in DATA_CRITERIA else None
+        ranking = rank_channels(self.loaded.model, self.graph, c, batches=batches)
+        return {gid: [o.tolist() for o in orders] for gid, orders in ranking.items()}
+
     @property
     def ranking(self):
+        """The channel order every trial slices, as stored in the study (the same for every worker and resume)."""
         if self._ranking is None:
-            from autoprune.pruner import rank_channels
+            import torch
 
-            self._ranking = rank_channels(self.loaded.model, self.graph, self.settings.criterion)
+            stored = self.study.user_attrs.get(R.STUDY_RANKING) or self._compute_ranking()
+            self._ranking = {gid: [torch.tensor(o) for o in orders] for gid, orders in stored.items()}
         return self._ranking
+
+    def fit_to_gflops(self, genome: dict, target: float) -> dict:
+        """The genome moved toward the space's highs (or repaired down) to come close to `target` GFLOPs."""
+        s = self.settings
+
+        def cost(g):
+            return self.space.gflops(g, s.imgsz, base_gflops=self.base_gflops)
+
+        genome = self.space.snap(genome)
+        if cost(genome) > target:
+            return self.space.repair(genome, target, s.imgsz, base_gflops=self.base_gflops)
+        highs = self.space.highs()
+
+        def at(t):
+            return self.space.snap({k: v + t * (highs[k] - v) for k, v in genome.items()})
+
+        lo, hi = 0.0, 1.0
+        if cost(at(hi)) <= target:
+            return at(hi)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if cost(at(mid)) <= target else (lo, mid)
+        return at(lo)
 
     def _genome(self, trial) -> dict:
         return {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in self.space.genes}

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
@@ -38,6 +40,7 @@ def make_sampler(
     seed: int,
     population: int,
     first_params: dict | None = None,
+    init: InitialPopulation | None = None,
 ) -> BaseSampler:
     """The sampler for `--engine`/`--sampler`, with trial 0 fixed to `first_params` (the uniform baseline).
 
@@ -49,7 +52,7 @@ def make_sampler(
     if engine == "deap":
         if sampler not in (None, "nsga2"):
             raise UserError(f"--engine deap runs NSGA-II; --sampler {sampler} needs --engine optuna")
-        inner: BaseSampler = DeapNSGA2Sampler(space, population=population, seed=seed)
+        inner: BaseSampler = DeapNSGA2Sampler(space, population=population, seed=seed, init=init)
     else:
         sampler = sampler or "nsga2"
         if sampler == "nsga2":
@@ -61,6 +64,23 @@ def make_sampler(
         else:
             raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     return FirstTrialSampler(inner, first_params, space.distributions()) if first_params else inner
+
+
+@dataclass(frozen=True)
+class InitialPopulation:
+    """Where NSGA-II's first generation comes from: perturbations of `center` (the uniform genome at the budget),
+    each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`.
+
+    Random genomes spread over the whole space mostly land far from the budget or cut one layer to its floor, and a
+    short proxy cannot tell such wrecks apart; starting around the uniform genome at the budget spends the first
+    generation where the answer is.
+    """
+
+    center: dict
+    fit: Callable[[dict, float], dict]
+    budget: float
+    sigma: float = 0.15  # per-gene noise, as a share of the gene's range
+    low_share: float = 0.75
 
 
 class FirstTrialSampler(BaseSampler):
@@ -166,7 +186,7 @@ class DeapNSGA2Sampler(BaseSampler):
     """
 
     def __init__(self, space, *, population: int = 8, seed: int = 0, cxpb: float = 0.9, eta_cx: float = 15.0,
-                 eta_mut: float = 20.0):
+                 eta_mut: float = 20.0, init: InitialPopulation | None = None):
         if population < 4:
             raise UserError(f"--population must be at least 4 for NSGA-II, got {population}")
         self.space = space
@@ -175,6 +195,7 @@ class DeapNSGA2Sampler(BaseSampler):
         self.cxpb = cxpb
         self.eta_cx = eta_cx
         self.eta_mut = eta_mut
+        self.init = init
         self._fitness = _fitness_class()
         self._names = [g.name for g in space.genes]
         self._low = [g.low for g in space.genes]
@@ -191,12 +212,23 @@ class DeapNSGA2Sampler(BaseSampler):
         seen = _proposed(study, self._names, exclude=trial.number)
         for _ in range(_NOVELTY_TRIES):  # on a grid, a child often snaps back onto a parent: draw again
             if len(candidates) < self.population:
-                child = self.space.random(rng)
+                child = self._initial(rng)
             else:
                 child = self._breed(candidates, random.Random(int(rng.integers(2**63))))
             if _key(child, self._names) not in seen:
                 return child
         return _step_away(child, self.space, seen, self._names, rng)
+
+    def _initial(self, rng: np.random.Generator) -> dict:
+        """A genome of the first generation (see `InitialPopulation`); uniformly random without one."""
+        if self.init is None:
+            return self.space.random(rng)
+        genome = {}
+        for g in self.space.genes:
+            v = self.init.center[g.name] + rng.normal(0.0, self.init.sigma) * (g.high - g.low)
+            genome[g.name] = min(max(v, g.low), g.high)
+        target = self.init.budget * rng.uniform(self.init.low_share, 1.0)
+        return self.space.snap(self.init.fit(self.space.snap(genome), target))
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(param_name.encode())])

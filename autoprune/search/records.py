@@ -59,6 +59,7 @@ STUDY_SEED = "seed"
 STUDY_PROXY = "proxy"  # proxy settings as a dict
 STUDY_POPULATION = "population"
 STUDY_BASE = "base"  # the unpruned model: {gflops, params, latency_ms}
+STUDY_RANKING = "ranking"  # {group id: [channel order per part]}: what every trial of the study slices
 STUDY_VERSION = "autoprune_version"
 
 
