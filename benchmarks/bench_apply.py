@@ -5,8 +5,11 @@
 
 Four mAPs on the data's val split (Ultralytics validation at the training image size, the same protocol for every
 model): the unpruned model, the pruned model before finetuning, after `--epochs` of finetuning with distillation
-and after the same finetuning without it (same seed, same data order). Both finetunes are full `autoprune apply`
-runs; their report.json files hold everything else (params, GFLOPs, latency, file sizes, training time).
+and after the same finetuning without it (same seed, same data order; `--seeds N` repeats both with seeds 0..N-1
+to show the run-to-run noise). Every finetune is a full `autoprune apply` run; their report.json files hold
+everything else (params, GFLOPs, latency, file sizes, training time). Also printed: the per-epoch validation curves,
+and how far each student's head outputs are from the teacher's on val images (does distillation make the student
+follow the teacher, and does following it buy mAP).
 
 Without `--name`, a study is built directly with the trial schema of `autoprune.search.records`: one trial from
 `autoprune.pruner.keep_counts` at the uniform keep ratio whose GFLOPs are closest to `--target` (0.6) of the
@@ -21,6 +24,7 @@ import contextlib
 import io
 import json
 import time
+from pathlib import Path
 
 from _common import header
 
@@ -169,6 +173,7 @@ def main() -> None:
     ap.add_argument("--kd-temperature", type=float, default=None)
     ap.add_argument("--kd-neck", type=float, default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--seeds", type=int, default=1, help="finetune each variant with seeds 0..N-1 (noise estimate)")
     ap.add_argument("--tag", default=None, help="suffix of the output folders (default: a timestamp)")
     args = ap.parse_args()
     header()
@@ -198,44 +203,64 @@ def main() -> None:
                         ("--kd-neck", args.kd_neck)):
         if value is not None:
             common += [flag, str(value)]
-    reports = {}
-    for label, flag in (("distill", "--distill"), ("plain", "--no-distill")):
-        out = f"{'' if name.startswith('bench-') else 'bench-'}{name}-t{trial}-{label}-{tag}"
-        t0 = time.perf_counter()
-        print(f"autoprune {' '.join(common + [flag, '--out', out])}", flush=True)
-        captured = io.StringIO()
-        with contextlib.redirect_stdout(captured):  # the JSON summary; Ultralytics is quiet under --json
-            code = cli(common + [flag, "--out", out])
-        if code != 0:
-            raise SystemExit(f"autoprune apply failed with exit code {code}")
-        reports[label] = json.loads(captured.getvalue())
-        print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+    runs: dict[str, list[dict]] = {"distill": [], "plain": []}
+    for seed in range(args.seeds):
+        for label, flag in (("distill", "--distill"), ("plain", "--no-distill")):
+            prefix = "" if name.startswith("bench-") else "bench-"
+            out = f"{prefix}{name}-t{trial}-{label}-s{seed}-{tag}"
+            argv = common + [flag, "--seed", str(seed), "--out", out]
+            t0 = time.perf_counter()
+            print(f"autoprune {' '.join(argv)}", flush=True)
+            captured = io.StringIO()
+            with contextlib.redirect_stdout(captured):  # the JSON summary; Ultralytics is quiet under --json
+                code = cli(argv)
+            if code != 0:
+                raise SystemExit(f"autoprune apply failed with exit code {code}")
+            runs[label].append(json.loads(captured.getvalue()))
+            print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
 
-    kd, plain = reports["distill"], reports["plain"]
-    rows = [
-        ("unpruned (reference)", kd["before"]),
-        ("pruned, before finetuning", kd["pruned"]),
-        (f"finetuned {args.epochs} epochs with distillation", kd["after"]),
-        (f"finetuned {args.epochs} epochs without distillation", plain["after"]),
-    ]
+    kd, plain = runs["distill"][0], runs["plain"][0]
     print()
     print(f"study {name!r} trial {trial}: {kd['after']['gflops']:.3f} GFLOPs at {kd['cost_imgsz']} "
           f"({100 * kd['after']['gflops'] / kd['before']['gflops']:.1f}% of the unpruned), "
           f"validated at {kd['imgsz']} on {kd['data']}")
-    print(f"distillation: {kd['distill']}")
+    print(f"distillation: {kd['distill']}; {args.epochs} epochs, batch {args.batch}, seeds 0..{args.seeds - 1}")
     print(f"{'model':<48} {'mAP50':>7} {'mAP50-95':>9}")
-    for label, r in rows:
-        print(f"{label:<48} {r['map50']:>7.4f} {r['map50_95']:>9.4f}")
+    rows = [("unpruned (reference)", [kd["before"]]), ("pruned, before finetuning", [kd["pruned"]])]
+    rows += [(f"finetuned with distillation, seed {i}", [r["after"]]) for i, r in enumerate(runs["distill"])]
+    rows += [(f"finetuned without distillation, seed {i}", [r["after"]]) for i, r in enumerate(runs["plain"])]
+    if args.seeds > 1:
+        rows += [(f"mean, {label}", [r["after"] for r in runs[key]])
+                 for label, key in (("with distillation", "distill"), ("without distillation", "plain"))]
+    for label, rs in rows:
+        m50 = sum(r["map50"] for r in rs) / len(rs)
+        m = sum(r["map50_95"] for r in rs) / len(rs)
+        print(f"{label:<48} {m50:>7.4f} {m:>9.4f}")
+    print("val mAP50-95 per epoch (the trainer's validation of its EMA at the end of each epoch):")
+    for key in ("distill", "plain"):
+        for i, r in enumerate(runs[key]):
+            curve = [f"{x:.4f}" for x in epoch_curve(r)]
+            print(f"  {key:<8} seed {i}: {' '.join(curve)}")
     agree = teacher_agreement(*rebuilt(name, args.storage, trial, kd["model"], kd["cost_imgsz"]),
                               kd["data"], kd["imgsz"], extra={"with distillation": kd["outputs"]["pruned"],
                                                               "without distillation": plain["outputs"]["pruned"]})
-    print("distance to the teacher's head outputs on 128 val images (class KL, box-distribution KL; T=1):")
+    print("distance to the teacher's head outputs on 128 val images (class KL, box-distribution KL; T=1; seed 0):")
     for label, d in agree.items():
         print(f"  {label:<22} class {d['cls']:.4f}  box {d['box']:.4f}")
-    print(f"training time: with distillation {kd['train']['seconds']:.0f} s, without {plain['train']['seconds']:.0f} s"
-          f" ({kd['train']['device']}, amp {kd['train']['amp']})")
+    print(f"training time (seed 0): with distillation {kd['train']['seconds']:.0f} s, without "
+          f"{plain['train']['seconds']:.0f} s ({kd['train']['device']}, amp {kd['train']['amp']})")
     print(f"reports: {kd['run_dir']}/report.md, {plain['run_dir']}/report.md")
 
+
+def epoch_curve(report: dict) -> list[float]:
+    """mAP50-95 per epoch from the trainer's results.csv of an apply run."""
+    import csv
+
+    path = Path(report["outputs"]["train_dir"]) / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [float({k.strip(): v for k, v in row.items()}["metrics/mAP50-95(B)"]) for row in csv.DictReader(f)]
 
 if __name__ == "__main__":
     main()

@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", choices=EXPORT_FORMATS, default=None, help="also export pruned.pt to this format")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers on CUDA (the CPU uses 0)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (data order, augmentation) (default 0)")
     parser.add_argument("--out", default=None,
                         help="output folder name under runs/apply/ (default: NAME-trialN); must not exist")
 
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     _positive("--epochs", args.epochs)
     _positive("--batch", args.batch)
     _positive("--workers", args.workers, 0)
+    _positive("--seed", args.seed, 0)
     if args.imgsz is not None:
         check_imgsz(args.imgsz)
     distill = DistillSettings(args.kd_weight, args.kd_temperature, args.kd_neck) if args.distill else None
@@ -207,7 +209,8 @@ def run(args: argparse.Namespace) -> dict:
             "imgsz": cost_imgsz, "distill": distill.as_dict() if distill else None, "epochs": args.epochs}
     result = apply_trial(loaded, pruned, data, run_dir=run_dir, record=record, meta=meta, distill=distill,
                          epochs=args.epochs, imgsz=imgsz, cost_imgsz=cost_imgsz, batch=args.batch, device=device,
-                         amp=args.amp, workers=args.workers, export=args.export, verbose=verbose, log=print)
+                         amp=args.amp, workers=args.workers, export=args.export, verbose=verbose, seed=args.seed,
+                         log=print)
     result.update(study=args.name, storage_given=args.storage is not None)
     (run_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
     (run_dir / "report.md").write_text(format_report(result))
@@ -221,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, distill, epochs: int, imgsz: int,
                 cost_imgsz: int, batch: int, device, amp: bool, workers: int, export: str | None, verbose: bool,
-                log=print) -> dict:
+                seed: int = 0, log=print) -> dict:
     """Measure the unpruned and the pruned model, finetune the pruned one, save, check and measure the result."""
     from autoprune.cost import count_gflops, count_params, measure_latency
     from autoprune.finetune import finetune, pickled_modules, validate_checkpoint
@@ -254,7 +257,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     student_params = count_params(pruned)
     teacher = loaded.model if distill else None
     ft = finetune(pruned, data, save_dir=run_dir / "train", teacher=teacher, distill=distill, epochs=epochs,
-                  imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, verbose=verbose,
+                  imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed, verbose=verbose,
                   label=str(run_dir / "pruned.pt"))
 
     # What was saved must be the pruned architecture, trained: same GFLOPs as the trial, same parameter count.
@@ -303,7 +306,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         "ratios": {k: round(after[k] / before[k], 4) if before[k] else None
                    for k in ("map50", "map50_95", "params", "gflops", "latency_ms", "file_bytes")},
         "trial_record": proxy,
-        "train": {"seconds": round(ft.seconds, 1), "device": ft.device, "amp": ft.amp,
+        "train": {"seconds": round(ft.seconds, 1), "device": ft.device, "amp": ft.amp, "seed": seed,
                   "loss_names": list(ft.loss_names), "batch": batch, "best": str(ft.best)},
         "seconds": round(time.perf_counter() - t_start, 1),
         "outputs": outputs,
