@@ -154,7 +154,11 @@ def test_apply_report_has_before_and_after(env, applied):
     md = (run_dir / "report.md").read_text()
     assert "| mAP50-95 |" in md and "| file size |" in md and "unpruned" in md
     assert (run_dir / "args.yaml").is_file() and (run_dir / "pruned.onnx").is_file()
-    assert (run_dir / "train" / "weights" / "best.pt").is_file()
+    from autoprune.finetune import pickled_modules
+
+    for f in ("pruned.pt", "train/weights/best.pt", "train/weights/last.pt"):  # trained with an autoprune criterion
+        modules = pickled_modules(run_dir / f)
+        assert "ultralytics.nn.tasks" in modules and not any(m.split(".")[0] == "autoprune" for m in modules), f
     assert _sha(env["model"]) == env["model_sha"]  # the original model is never modified
 
 

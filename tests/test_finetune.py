@@ -163,3 +163,11 @@ def test_the_trainer_never_builds_a_model_from_yaml():
 
     with pytest.raises(RuntimeError, match="never builds one from a YAML"):
         PrunedModelTrainer.get_model(object(), cfg="yolov8n.yaml")
+
+
+def test_pickled_modules_sees_an_autoprune_object_in_a_checkpoint(tmp_path):
+    from autoprune.finetune import pickled_modules
+
+    torch.save({"model": torch.nn.Conv2d(1, 1, 1), "oops": DistillSettings()}, tmp_path / "bad.pt")
+    modules = pickled_modules(tmp_path / "bad.pt")
+    assert "autoprune.finetune" in modules and "torch.nn.modules.conv" in modules
