@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from autoprune.devices import resolve_device  # noqa: F401  (re-exported)
 from autoprune.errors import UserError
 
 __all__ = [
@@ -88,38 +89,6 @@ def _check_backend(backend) -> str:
     if backend not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return backend
-
-
-def resolve_device(spec: str | torch.device) -> torch.device:
-    """Turn a device name into a `torch.device` that exists on this machine, or raise `UserError`.
-
-    Accepts `auto` (cuda:0 when CUDA is available, else cpu), `cpu`, `cuda`, `cuda:N`, or a bare index `N`
-    (Ultralytics' spelling of cuda:N).
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    text = str(spec).strip().lower()
-    if text == "auto":
-        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
-    if text.isdigit():
-        text = f"cuda:{text}"
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {str(spec)!r}") from None
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if dev.type != "cuda":
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {str(spec)!r}")
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
-    index = 0 if dev.index is None else dev.index
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise UserError(f"--device {spec}: no such CUDA device, this machine has {count} (cuda:0..cuda:{count - 1})")
-    return torch.device("cuda", index)
 
 
 def _unwrap(model) -> nn.Module:

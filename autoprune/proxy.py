@@ -49,6 +49,7 @@ from torch import nn
 
 from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.data import DataConfig, load_data_config
+from autoprune.devices import resolve_device  # noqa: F401  (re-exported)
 from autoprune.errors import UserError
 
 __all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn", "resolve_device"]
@@ -120,36 +121,6 @@ class ProxySettings:
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
         resolve_device(self.device)  # raises a UserError naming `device`
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Turn 'auto', 'cpu', 'cuda', 'cuda:N' (or a bare GPU index) into an available `torch.device`.
-
-    Raises `UserError` for a device that does not exist on this machine.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    spec = str(device).strip().lower()
-    if spec in ("auto", ""):
-        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
-    if spec.isdigit():
-        spec = f"cuda:{spec}"
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise UserError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}") from None
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = 0 if dev.index is None else dev.index
-        if index >= n:
-            have = f"this machine has {n} CUDA device(s)" if n else "no CUDA GPU is available here"
-            raise UserError(f"device {str(device)!r} does not exist: {have}")
-        return torch.device("cuda", index)
-    raise UserError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,21 @@ def select_indices(
     return indices
 
 
+def _removed_channels(graph: ChannelGraph, indices: Mapping[str, list[torch.Tensor]]):
+    """Yield `(part, removed channel indices)` for every part of every listed group that loses channels."""
+    for gid, per_part in indices.items():
+        group = graph.group(gid)
+        if len(per_part) != len(group.parts) or len({len(k) for k in per_part}) != 1:
+            raise ValueError(f"group {gid!r} needs one index list per part, all of one length")
+        for pi, kept in zip(group.parts, per_part):
+            part = graph.parts[pi]
+            removed = torch.ones(part.size, dtype=torch.bool)
+            removed[kept] = False
+            rm = removed.nonzero().flatten()
+            if rm.numel():
+                yield part, rm
+
+
 def conv_masks(
     graph: ChannelGraph, indices: Mapping[str, list[torch.Tensor]]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -193,30 +208,19 @@ def conv_masks(
     """
     out_keep: dict[str, torch.Tensor] = {}
     in_keep: dict[str, torch.Tensor] = {}
-    depthwise: set[str] = set()
-    for gid, per_part in indices.items():
-        group = graph.group(gid)
-        for pi, kept in zip(group.parts, per_part):
-            part = graph.parts[pi]
-            removed = torch.ones(part.size, dtype=torch.bool)
-            removed[kept] = False
-            rm = removed.nonzero().flatten()
-            if rm.numel() == 0:
-                continue
-            for prod in part.producers:
-                p = graph.producers[prod]
-                info = graph.convs[p.conv]
-                out_keep.setdefault(p.conv, torch.ones(info.out_channels, dtype=torch.bool))[p.offset + rm] = False
-                if p.depthwise:
-                    depthwise.add(p.conv)
-            for c in part.consumers:
-                info = graph.convs[c.conv]
-                in_keep.setdefault(c.conv, torch.ones(info.in_channels, dtype=torch.bool))[c.offset + rm] = False
+    for part, rm in _removed_channels(graph, indices):
+        for prod in part.producers:
+            p = graph.producers[prod]
+            info = graph.convs[p.conv]
+            out_keep.setdefault(p.conv, torch.ones(info.out_channels, dtype=torch.bool))[p.offset + rm] = False
+        for c in part.consumers:
+            info = graph.convs[c.conv]
+            in_keep.setdefault(c.conv, torch.ones(info.in_channels, dtype=torch.bool))[c.offset + rm] = False
     result = {}
     for path in set(out_keep) | set(in_keep):
         info = graph.convs[path]
         om = out_keep.get(path, torch.ones(info.out_channels, dtype=torch.bool))
-        im = om if path in depthwise else in_keep.get(path, torch.ones(info.in_channels, dtype=torch.bool))
+        im = om if info.depthwise else in_keep.get(path, torch.ones(info.in_channels, dtype=torch.bool))
         result[path] = (om, im)
     return result
 
@@ -259,54 +263,29 @@ def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, l
     """Return a copy of `model` keeping, for each listed group, the given channel indices of each of its parts."""
     new = deepcopy(_unwrap(model))
     modules = dict(new.named_modules(remove_duplicate=False))  # activations are shared
-    out_keep: dict[str, torch.Tensor] = {}
-    in_keep: dict[str, torch.Tensor] = {}
-    delta: dict[str, torch.Tensor] = {}
-    depthwise: set[str] = set()
     constants: dict[int, torch.Tensor] = {}
+    delta: dict[str, torch.Tensor] = {}
+    for part, rm in _removed_channels(graph, indices):  # what removed inputs contributed, from the original weights
+        for c in part.consumers:
+            const = sum(_constant(graph, modules, constants, s)[rm] for s in c.sources)
+            if isinstance(const, torch.Tensor) and const.abs().max() > 0:
+                w = modules[c.conv].weight.detach().float()[:, c.offset + rm].sum((2, 3))  # (out, removed)
+                delta[c.conv] = delta[c.conv] + w @ const if c.conv in delta else w @ const
 
-    def mask(store, path, width):
-        if path not in store:
-            store[path] = torch.ones(width, dtype=torch.bool)
-        return store[path]
-
-    for gid, per_part in indices.items():
-        group = graph.group(gid)
-        if len(per_part) != len(group.parts) or len({len(k) for k in per_part}) != 1:
-            raise ValueError(f"group {gid!r} needs one index list per part, all of one length")
-        for pi, kept in zip(group.parts, per_part):
-            part = graph.parts[pi]
-            removed = torch.ones(part.size, dtype=torch.bool)
-            removed[kept] = False
-            rm = removed.nonzero().flatten()
-            if rm.numel() == 0:
-                continue
-            for prod in part.producers:
-                p = graph.producers[prod]
-                conv = modules[p.conv]
-                mask(out_keep, p.conv, conv.out_channels)[p.offset + rm] = False
-                if p.depthwise:
-                    depthwise.add(p.conv)
-            for c in part.consumers:
-                conv = modules[c.conv]
-                mask(in_keep, c.conv, conv.in_channels)[c.offset + rm] = False
-                const = sum(_constant(graph, modules, constants, s)[rm] for s in c.sources)
-                if isinstance(const, torch.Tensor) and const.abs().max() > 0:
-                    w = conv.weight.detach().float()[:, c.offset + rm].sum((2, 3))  # (out, removed)
-                    d = w @ const
-                    delta[c.conv] = delta[c.conv] + d if c.conv in delta else d
-
+    masks = conv_masks(graph, indices)
     bn_of = {p.conv: p.bn for p in graph.producers}
-    for path in set(out_keep) | set(in_keep) | set(delta):
+    for path in set(masks) | set(delta):
         conv = modules[path]
         bn = modules[bn_of[path]] if bn_of.get(path) else None
         if path in delta:
             _fold(conv, bn, delta[path])
-        om = out_keep.get(path, torch.ones(conv.out_channels, dtype=torch.bool))
-        if path in depthwise:
+        if path not in masks:
+            continue
+        om, im = masks[path]
+        if graph.convs[path].depthwise:
             _slice_depthwise(conv, om)
         else:
-            _slice_conv(conv, om, in_keep.get(path, torch.ones(conv.in_channels, dtype=torch.bool)))
+            _slice_conv(conv, om, im)
         if bn is not None and not bool(om.all()):
             _slice_bn(bn, om)
 

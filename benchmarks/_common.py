@@ -33,6 +33,14 @@ def machine() -> str:
     )
 
 
+def load() -> str:
+    """The load average now: figures taken on a busy CPU are noisy."""
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average n/a"
+
+
 def header() -> None:
     """Print the command line, the date and the machine."""
     print(f"command: {shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -20,22 +19,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
+
+from _common import machine  # noqa: E402
 
 from autoprune import cost  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
 
 AGREEMENT = 0.10  # two back-to-back medians must agree within this
-
-
-def machine() -> str:
-    cpu = cost._cpu_name()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}; load average {load}"
-    )
 
 
 def gflops_timing(model, imgsz: int, n: int = 3) -> tuple[float, float]:

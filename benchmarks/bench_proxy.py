@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -33,33 +31,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from _common import load, machine  # noqa: E402
 
 from autoprune import _ultralytics  # noqa: E402,F401
 
 BENCH_DIR = ROOT / "runs" / "bench_proxy"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}, "
-            f"python {platform.python_version()}")
-
-
-def load() -> str:
-    try:
-        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "load average n/a"
 
 
 # ------------------------------------------------------------------------------------------ model and data

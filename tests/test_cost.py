@@ -261,12 +261,14 @@ def test_json_cache_refuses_a_foreign_file(tmp_path):
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    for bad in ("tpu", "cuda:99", "gpu0"):
-        with pytest.raises(UserError, match="--device"):
+    for bad in ("tpu", "gpu0"):
+        with pytest.raises(UserError, match="^device must be auto, cpu, cuda or cuda:N"):
             resolve_device(bad)
+    with pytest.raises(UserError, match="^device 'cuda:99' does not exist"):
+        resolve_device("cuda:99")
     if not torch.cuda.is_available():
         for bad in ("cuda", "cuda:0", "0"):
-            with pytest.raises(UserError, match="CUDA is not available"):
+            with pytest.raises(UserError, match="does not exist: no CUDA GPU is available here"):
                 resolve_device(bad)
 
 

@@ -142,7 +142,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.out is not None:
         _check_out(args)
     if args.criterion in DATA_CRITERIA or args.reconstruct:
-        from autoprune.proxy import resolve_device
+        from autoprune.devices import resolve_device
 
         resolve_device(args.device)
 
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune.models import load_model, save_checkpoint
     from autoprune.pruner import (apply_indices, channel_scores, keep_counts, rank_channels, score_context,
                                   select_indices)
-    from autoprune.proxy import resolve_device
+    from autoprune.devices import resolve_device
     from autoprune.runs import save_args
     from autoprune.strategies import check_gflops_target, check_keep_target, plan_counts
 
@@ -273,7 +273,7 @@ def _calibration_batches(data, args: argparse.Namespace, model) -> list[dict]:
 def _reconstruct(model, pruned, graph, indices, batches, args) -> dict:
     import torch
 
-    from autoprune.proxy import resolve_device
+    from autoprune.devices import resolve_device
     from autoprune.reconstruct import feature_errors, reconstruct
 
     device = resolve_device(args.device)

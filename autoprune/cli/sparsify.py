@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> dict:
                                 workers=args.workers, val=not args.no_val, train_args=extra)
     from autoprune.data import load_data_config
     from autoprune.models import load_model
-    from autoprune.proxy import resolve_device
+    from autoprune.devices import resolve_device
     from autoprune.runs import new_run_dir, save_args
 
     if str(args.device) != "cpu" and "," not in str(args.device):
