@@ -69,7 +69,10 @@ def build_study(name: str, model_spec: str | None, data: str | None, imgsz: int,
     ratio, counts, gflops = uniform_counts_for_share(loaded.model, graph, imgsz, target)
     from autoprune.pruner import prune_to_counts
 
-    pruned = prune_to_counts(loaded.model, counts, criterion=criterion, graph=graph)
+    from autoprune.pruner import rank_channels
+
+    ranking = rank_channels(loaded.model, graph, criterion)  # stored in the study, as the search does
+    pruned = prune_to_counts(loaded.model, counts, graph=graph, ranking=ranking)
     run_dir_for(name).mkdir(parents=True, exist_ok=True)
     storage = make_storage(storage_url(None, name), heartbeat=None)
     study = optuna.create_study(study_name=name, storage=storage, directions=list(R.DIRECTIONS))
@@ -78,6 +81,7 @@ def build_study(name: str, model_spec: str | None, data: str | None, imgsz: int,
         R.STUDY_MODEL: loaded.source, R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint, R.STUDY_DATA: str(data_cfg.yaml),
         R.STUDY_IMGSZ: imgsz, R.STUDY_CRITERION: criterion, R.STUDY_ENGINE: "manual",
         R.STUDY_PROXY: {"imgsz": proxy_imgsz}, R.STUDY_BASE: base, R.STUDY_BUDGET_GFLOPS: gflops,
+        R.STUDY_RANKING: {g: [o.tolist() for o in orders] for g, orders in ranking.items()},
     }.items():
         study.set_user_attr(k, v)
     trial = optuna.trial.create_trial(

@@ -46,7 +46,7 @@ def env(tmp_path_factory, tiny_data):
     from autoprune.channels import analyze
     from autoprune.cost import count_gflops, count_params
     from autoprune.models import load_model, save_checkpoint
-    from autoprune.pruner import keep_counts, prune_to_counts
+    from autoprune.pruner import keep_counts, prune_to_counts, rank_channels
     from autoprune.search.storage import make_storage, run_dir_for, storage_url
 
     root = tmp_path_factory.mktemp("apply")
@@ -56,7 +56,10 @@ def env(tmp_path_factory, tiny_data):
     graph = analyze(loaded.model, imgsz=IMGSZ)
     counts = keep_counts(graph, 0.5)
     counts["2.cv1"] = 16  # not uniform: per-group counts must come back exactly
-    pruned = prune_to_counts(loaded.model, counts, criterion="l1", graph=graph)
+    # The study's stored channel order: l1, except one group reversed, so only the stored order rebuilds this model.
+    ranking = rank_channels(loaded.model, graph, "l1")
+    ranking["4.cv1"] = [o.flip(0) for o in ranking["4.cv1"]]
+    pruned = prune_to_counts(loaded.model, counts, graph=graph, ranking=ranking)
     gflops = count_gflops(pruned, IMGSZ)
 
     cwd = os.getcwd()
@@ -69,7 +72,8 @@ def env(tmp_path_factory, tiny_data):
         os.chdir(cwd)
     for k, v in {R.STUDY_MODEL: str(model_path), R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint,
                  R.STUDY_DATA: str(tiny_data), R.STUDY_IMGSZ: IMGSZ, R.STUDY_PROXY: {"imgsz": IMGSZ},
-                 R.STUDY_CRITERION: "l1"}.items():
+                 R.STUDY_CRITERION: "l1",
+                 R.STUDY_RANKING: {g: [o.tolist() for o in orders] for g, orders in ranking.items()}}.items():
         study.set_user_attr(k, v)
     common = {R.MODEL_FINGERPRINT: loaded.fingerprint, R.IMGSZ: IMGSZ, R.CRITERION: "l1"}
     T = optuna.trial.TrialState
@@ -84,7 +88,8 @@ def env(tmp_path_factory, tiny_data):
                     R.CONSTRAINTS: [0.0, 4.0], R.MAP50_95: 0.1, R.LATENCY_MS: 9.0}))
     study.add_trial(optuna.trial.create_trial(state=T.PRUNED, user_attrs={R.REASON: "over the GFLOPs budget"}))
     return {"root": root, "model": model_path, "other": other_path, "counts": counts, "gflops": gflops,
-            "params": count_params(pruned), "data": tiny_data, "model_sha": _sha(model_path), "pruned": pruned}
+            "params": count_params(pruned), "data": tiny_data, "model_sha": _sha(model_path), "pruned": pruned,
+            "ranking": ranking}
 
 
 def _cli(root: Path, *argv) -> tuple[int, str, str]:
@@ -203,14 +208,23 @@ def test_rebuild_raises_on_a_gflops_mismatch(env):
     attrs = {R.KEPT_CHANNELS: env["counts"], R.GFLOPS: env["gflops"], R.CRITERION: "l1"}
     rec = R.TrialRecord(number=0, state="COMPLETE", map50_95=None, map50=None, gflops=env["gflops"],
                         latency_ms=None, params=None, feasible=True, kind="search", reason=None, attrs=attrs)
-    pruned, counts, gflops = rebuild(loaded, rec, imgsz=IMGSZ)
+    stored = {g: [o.tolist() for o in orders] for g, orders in env["ranking"].items()}
+    pruned, counts, gflops = rebuild(loaded, rec, imgsz=IMGSZ, ranking=stored)
     assert gflops == env["gflops"] and counts == env["counts"]
+    expected = env["pruned"].state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in pruned.state_dict().items())  # the very channels kept
+    recomputed, _, _ = rebuild(loaded, rec, imgsz=IMGSZ)  # no stored order: l1 recomputed, another channel choice
+    assert not all(torch.equal(v, expected[k]) for k, v in recomputed.state_dict().items())
+    broken = {**stored, "4.cv1": [list(range(3))]}
+    with pytest.raises(UserError, match="ranking does not fit group '4.cv1'"):
+        rebuild(loaded, rec, imgsz=IMGSZ, ranking=broken)
     bad = R.TrialRecord(**{**rec.__dict__, "attrs": {**attrs, R.GFLOPS: env["gflops"] * 1.01}})
     with pytest.raises(RuntimeError, match="GFLOPs"):  # an invariant, not a user error
         rebuild(loaded, bad, imgsz=IMGSZ)
     data_ranked = R.TrialRecord(**{**rec.__dict__, "attrs": {**attrs, R.CRITERION: "taylor"}})
-    with pytest.raises(UserError, match="calibration batches"):  # its channels could not be replayed
+    with pytest.raises(UserError, match="stores no channel ranking"):  # its channels could not be replayed
         rebuild(loaded, data_ranked, imgsz=IMGSZ)
+    assert rebuild(loaded, data_ranked, imgsz=IMGSZ, ranking=stored)[2] == env["gflops"]  # a stored order is enough
 
 
 def _assert_refused(env, out_name: str, *argv, pattern: str):

@@ -125,10 +125,13 @@ def _positive(flag: str, value: int, low: int = 1) -> int:
     return value
 
 
-def rebuild(loaded, record, *, imgsz: int):
-    """(pruned model, kept counts, GFLOPs at `imgsz`) rebuilt from a trial's stored counts and criterion.
+def rebuild(loaded, record, *, imgsz: int, ranking: dict | None = None):
+    """(pruned model, kept counts, GFLOPs at `imgsz`) rebuilt from a trial's stored kept counts.
 
-    Raises `UserError` when the counts name groups the model does not have, and `RuntimeError` when the rebuilt
+    Which channels are kept: the first `count` of each part in `ranking` (the study's stored channel order,
+    {group id: [order per part]}, what every trial of the search sliced); without one, the order is recomputed with
+    the trial's criterion (a data criterion cannot be recomputed: its calibration batches are not stored).
+    Raises `UserError` when the counts or the ranking do not fit the model, and `RuntimeError` when the rebuilt
     model's GFLOPs differ from the trial's: the stored counts fully determine the architecture, so a mismatch is a bug.
     """
     from autoprune.channels import analyze
@@ -141,20 +144,39 @@ def rebuild(loaded, record, *, imgsz: int):
     counts = {str(k): int(v) for k, v in record.attrs[R.KEPT_CHANNELS].items()}
     criterion = record.attrs.get(R.CRITERION) or "l1"
     get_criterion(criterion)
-    if criterion in DATA_CRITERIA:  # its ranking depends on calibration batches a trial does not record
-        raise UserError(f"trial {record.number} ranked channels by the data criterion {criterion!r}, whose "
-                        "calibration batches are not stored with the trial; apply cannot replay it")
+    if ranking is None and criterion in DATA_CRITERIA:  # its order depends on calibration batches
+        raise UserError(f"trial {record.number} ranked channels by the data criterion {criterion!r} and the study "
+                        "stores no channel ranking (made by an older autoprune); apply cannot replay it")
     graph = analyze(loaded.model, imgsz=imgsz)
     unknown = sorted(set(counts) - set(graph.ids))
     if unknown:
         raise UserError(f"trial {record.number} keeps channels of groups this model does not have ({unknown[0]!r}, "
                         f"{len(unknown)} in all); it was made with another model")
-    pruned = prune_to_counts(loaded.model, counts, criterion=criterion, graph=graph)
+    order = None if ranking is None else _check_ranking(ranking, graph, counts)
+    pruned = prune_to_counts(loaded.model, counts, criterion=criterion, graph=graph, ranking=order)
     gflops = count_gflops(pruned, imgsz)
     expected = float(record.attrs[R.GFLOPS])
     if not math.isclose(gflops, expected, rel_tol=1e-9, abs_tol=1e-12):
         raise RuntimeError(f"rebuilt trial {record.number} has {gflops!r} GFLOPs at {imgsz}, the trial {expected!r}")
     return pruned, counts, gflops
+
+
+def _check_ranking(ranking: dict, graph, counts: dict) -> dict:
+    """The stored ranking as tensors; a `UserError` unless every pruned group has a permutation per part."""
+    import torch
+
+    out = {}
+    for gid, n in counts.items():
+        g = graph.group(gid)
+        orders = ranking.get(gid)
+        if n == g.size:
+            continue
+        if not isinstance(orders, list) or len(orders) != len(g.parts) or any(
+                sorted(o) != list(range(g.size)) for o in orders):
+            raise UserError(f"the study's stored channel ranking does not fit group {gid!r} of this model "
+                            f"({len(g.parts)} part(s) of {g.size} channels)")
+        out[gid] = [torch.tensor(o, dtype=torch.long) for o in orders]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- the run
@@ -195,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
     cost_imgsz = int(record.attrs.get(R.IMGSZ) or sattrs.get(R.STUDY_IMGSZ) or 640)
     proxy = sattrs.get(R.STUDY_PROXY) or {}
     imgsz = check_imgsz(int(args.imgsz or proxy.get("imgsz") or cost_imgsz))
-    pruned, counts, gflops = rebuild(loaded, record, imgsz=cost_imgsz)
+    pruned, counts, gflops = rebuild(loaded, record, imgsz=cost_imgsz, ranking=sattrs.get(R.STUDY_RANKING))
 
     from autoprune.runs import new_run_dir, save_args
 
@@ -206,6 +228,7 @@ def run(args: argparse.Namespace) -> dict:
               imgsz_resolved=imgsz, cost_imgsz=cost_imgsz, device_resolved=str(device))
     meta = {"source": loaded.source, "source_fingerprint": loaded.fingerprint, "study": args.name,
             "trial": args.trial, "criterion": record.attrs.get(R.CRITERION) or "l1", "kept_channels": counts,
+            "channel_order": "the study's stored ranking" if sattrs.get(R.STUDY_RANKING) else "recomputed",
             "imgsz": cost_imgsz, "distill": distill.as_dict() if distill else None, "epochs": args.epochs}
     result = apply_trial(loaded, pruned, data, run_dir=run_dir, record=record, meta=meta, distill=distill,
                          epochs=args.epochs, imgsz=imgsz, cost_imgsz=cost_imgsz, batch=args.batch, device=device,
