@@ -240,3 +240,13 @@ def test_exactly_one_target_is_one_error_line(capsys, argv, message):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err
+
+
+def test_groups_shows_the_genes_of_the_default_space(capsys):
+    code, out, _ = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--space", "--json")
+    assert code == 0
+    space = json.loads(out)["space"]
+    assert space["name"] == "yolov8"
+    covered = [gid for g in space["genes"] for gid in g["groups"]]
+    groups = [g["id"] for g in json.loads(out)["groups"]]
+    assert sorted(covered + space["never"]) == sorted(groups)  # every group in exactly one gene or never pruned

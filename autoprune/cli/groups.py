@@ -15,6 +15,13 @@ from autoprune.cli._common import add_imgsz_argument, add_model_argument, check_
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     add_imgsz_argument(parser)
+    parser.add_argument(
+        "--space",
+        nargs="?",
+        const="default",
+        default=None,
+        help="also show the genes of a search space YAML (no value: the model's default space)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -46,6 +53,12 @@ def run(args: argparse.Namespace) -> dict:
             for g in graph.groups
         ],
     }
+    if args.space is not None:
+        from autoprune.space import load_space
+
+        space = load_space(None if args.space == "default" else args.space, graph, loaded.model)
+        result["space"] = {"name": space.name, "round_to": space.round_to, "min_channels": space.min_channels,
+                           "never": list(space.never), "genes": space.describe(imgsz)}
     if not args.json:
         _print(result)
     return result
@@ -69,3 +82,11 @@ def _print(r: dict) -> None:
         f"\n{len(r['groups'])} groups | {r['gflops']:.2f} GFLOPs at {r['imgsz']} | "
         f"prunable share of conv FLOPs {percent(r['prunable_conv_flops_share'])} | fixed boundaries: {fixed}"
     )
+    space = r.get("space")
+    if space:
+        print(f"\nsearch space {space['name']!r}: {len(space['genes'])} genes, round_to {space['round_to']}, "
+              f"min_channels {space['min_channels']}, never pruned: {', '.join(space['never']) or 'nothing'}")
+        print(f"{'gene':<22} {'range':>12} {'step':>5} {'saves at low':>12}  groups")
+        for g in space["genes"]:
+            print(f"{g['gene']:<22} {g['low']:>5.2f}-{g['high']:<5.2f} {g['step']:>6.2f} "
+                  f"{g['saves_at_low_gflops']:>9.2f} GF  {_short(g['groups'], 60)}")
