@@ -90,8 +90,10 @@ def _show(args) -> dict:
         subset = "" if metrics["images"] == stats["val"]["images"] else f" (first {metrics['images']} images)"
         print(f"demo data : {data}")
         print(f"            {len(CLASS_NAMES)} classes: {', '.join(CLASS_NAMES)}")
-        print(f"            train {result['train_images']} images / {result['train_boxes']} boxes, "
-              f"val {result['val_images']} images / {result['val_boxes']} boxes, {spec.imgsz}x{spec.imgsz}")  # fmt: skip
+        print(
+            f"            train {result['train_images']} images / {result['train_boxes']} boxes, "
+            f"val {result['val_images']} images / {result['val_boxes']} boxes, {spec.imgsz}x{spec.imgsz}"
+        )
         print(f"demo model: {model} ({result['model_mb']} MB)")
         cached = ", cached" if metrics["cached"] else ""
         print(f"val{subset} at imgsz {DEMO_IMGSZ}: mAP50 {metrics['mAP50']:.4f}  mAP50-95 {metrics['mAP50-95']:.4f}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -188,25 +189,30 @@ def validate(
 
     Example:
         >>> validate(demo_model_path(), ensure_demo_data())["mAP50-95"]
-        0.71...
+        0.5484
     """
-    from autoprune import _ultralytics  # noqa: F401  (offline before ultralytics is imported)
+    from autoprune._ultralytics import LOGGER  # offline before ultralytics is imported
     from ultralytics import YOLO
 
     data_yaml = Path(data_yaml)
-    with tempfile.TemporaryDirectory(prefix="autoprune-val-") as tmp:
-        data = data_yaml
-        n = len(list((data_yaml.parent / "images" / "val").glob("*.jpg")))
-        if val_images is not None:
-            if val_images < 1:
-                raise UserError(f"--val-images must be >= 1, got {val_images}")
-            data, n = _subset_yaml(data_yaml, val_images, Path(tmp)), min(n, val_images)
-        t0 = time.perf_counter()
-        metrics = YOLO(str(model_path)).val(
-            data=str(data), imgsz=imgsz, batch=batch, device=device, plots=False, workers=0,
-            project=tmp, name="val", verbose=False, save_json=False,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t0
+    if val_images is not None and val_images < 1:
+        raise UserError(f"--val-images must be >= 1, got {val_images}")
+    level = LOGGER.level
+    LOGGER.setLevel(max(level, logging.WARNING))  # Ultralytics' validation chatter is not ours to print
+    try:
+        with tempfile.TemporaryDirectory(prefix="autoprune-val-") as tmp:
+            data = data_yaml
+            n = len(list((data_yaml.parent / "images" / "val").glob("*.jpg")))
+            if val_images is not None:
+                data, n = _subset_yaml(data_yaml, val_images, Path(tmp)), min(n, val_images)
+            t0 = time.perf_counter()
+            metrics = YOLO(str(model_path)).val(
+                data=str(data), imgsz=imgsz, batch=batch, device=device, plots=False, workers=0,
+                project=tmp, name="val", verbose=False, save_json=False,
+            )  # fmt: skip
+            seconds = time.perf_counter() - t0
+    finally:
+        LOGGER.setLevel(level)
     return {
         "images": n,
         "mAP50": round(float(metrics.box.map50), 4),

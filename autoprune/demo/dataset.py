@@ -194,7 +194,7 @@ def _unit_shape(rng, cls: int):
     return outer, hole
 
 
-def _transform(rng, pts, scale, aspect, angle):
+def _transform(pts, scale, aspect, angle):
     pts = pts * np.array([scale, scale * aspect])
     c, s_ = np.cos(angle), np.sin(angle)
     return pts @ np.array([[c, s_], [-s_, c]])
@@ -204,7 +204,7 @@ def _radius(rng, s: float) -> float:
     return float(np.exp(rng.uniform(np.log(7), np.log(70)))) * s
 
 
-def _rasterise(polys, holes, rng_center, margin=2):
+def _rasterise(polys, holes, margin=2):
     """Anti-aliased alpha patch of polygons (image coords, float) minus holes; return (alpha uint8, (x0, y0))."""
     allp = np.concatenate(polys, 0)
     x0, y0 = np.floor(allp.min(0)).astype(int) - margin
@@ -233,9 +233,9 @@ def _object_alpha(rng, cls, s, imgsz):
     aspect = rng.uniform(*_ASPECT[cls])
     angle = rng.uniform(0, 2 * np.pi)
     c = _center(rng, imgsz, r)
-    polys = [_transform(rng, outer, r, aspect, angle) + c]
-    holes = [_transform(rng, hole, r, aspect, angle) + c] if hole is not None else []
-    return _rasterise(polys, holes, c)
+    polys = [_transform(outer, r, aspect, angle) + c]
+    holes = [_transform(hole, r, aspect, angle) + c] if hole is not None else []
+    return _rasterise(polys, holes)
 
 
 def _distractor_alpha(rng, s, imgsz):
@@ -250,18 +250,18 @@ def _distractor_alpha(rng, s, imgsz):
         for f in (2, 3, 4, 5):
             rad += rng.uniform(0.08, 0.25) * np.cos(f * t + rng.uniform(0, 2 * np.pi))
         pts = np.stack([rad * np.cos(t), rad * np.sin(t)], 1) / rad.max()
-        return _rasterise([_transform(rng, pts, r, rng.uniform(0.5, 1), angle) + c], [], c)
+        return _rasterise([_transform(pts, r, rng.uniform(0.5, 1), angle) + c], [])
     if kind == "spiky":  # irregular polygon with 5..9 vertices and strong radial jitter
         k = int(rng.integers(5, 10))
         t = np.sort(rng.uniform(0, 2 * np.pi, k))
         rad = rng.uniform(0.35, 1.0, k)
         pts = np.stack([rad * np.cos(t), rad * np.sin(t)], 1)
-        return _rasterise([_transform(rng, pts, r, rng.uniform(0.6, 1), angle) + c], [], c)
+        return _rasterise([_transform(pts, r, rng.uniform(0.6, 1), angle) + c], [])
     if kind == "crescent":
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         circ = np.stack([np.cos(t), np.sin(t)], 1)
         cut = circ * rng.uniform(0.8, 1.0) + np.array([rng.uniform(0.3, 0.6), 0])
-        return _rasterise([_transform(rng, circ, r, 1, angle) + c], [_transform(rng, cut, r, 1, angle) + c], c)
+        return _rasterise([_transform(circ, r, 1, angle) + c], [_transform(cut, r, 1, angle) + c])
     if kind == "glyph":
         ch = str(rng.choice(list(_GLYPHS)))
         font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
@@ -399,9 +399,11 @@ def _background_clutter(rng, img, s):
         kind = rng.integers(3)
         if kind == 0:
             p = rng.uniform(0, n, (2, 2))
-            cv2.line(img, tuple(int(v) for v in p[0]), tuple(int(v) for v in p[1]), col, int(rng.integers(1, 3)), cv2.LINE_AA)
+            thick = int(rng.integers(1, 3))
+            cv2.line(img, tuple(int(v) for v in p[0]), tuple(int(v) for v in p[1]), col, thick, cv2.LINE_AA)
         elif kind == 1:
-            cv2.circle(img, tuple(int(v) for v in rng.uniform(0, n, 2)), int(rng.integers(1, 4) * s + 1), col, -1, cv2.LINE_AA)
+            center = tuple(int(v) for v in rng.uniform(0, n, 2))
+            cv2.circle(img, center, int(rng.integers(1, 4) * s + 1), col, -1, cv2.LINE_AA)
         else:
             ch = str(rng.choice(list(_GLYPHS)))
             org = tuple(int(v) for v in rng.uniform(0, n, 2))

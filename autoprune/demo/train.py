@@ -90,7 +90,10 @@ def train_baseline(
 
 
 def read_curve(results_csv: str | Path) -> list[dict]:
-    """Per-epoch validation metrics from an Ultralytics `results.csv`: [{epoch, mAP50, mAP50-95, elapsed_s}] (elapsed_s: training time since the start, as Ultralytics logs it)."""
+    """Per-epoch validation metrics from an Ultralytics `results.csv`: [{epoch, mAP50, mAP50-95, elapsed_s}].
+
+    `elapsed_s` is the training time since the start of the run, as Ultralytics logs it.
+    """
     path = Path(results_csv)
     if not path.is_file():
         return []
