@@ -8,8 +8,8 @@ metrics that show the plateau.
 Example:
     >>> from autoprune.demo.train import train_baseline
     >>> result = train_baseline(Path("runs/demo/exp1"), epochs=100)
-    >>> result["weights"]
-    'runs/demo/exp1/train/weights/best.pt'
+    >>> result["weights"].relative_to(Path.cwd())
+    PosixPath('runs/demo/exp1/train/weights/best.pt')
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DEFAULT_BATCH = 16
 FIXED_ARGS = dict(
     nbs=16,
     optimizer="auto",
-    workers=2,
+    workers=2,  # on a CPU Ultralytics' trainer uses 0 (loads in the main process) whatever this says
     seed=0,
     deterministic=True,
     amp=False,
