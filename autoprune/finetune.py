@@ -47,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import pickle
@@ -401,7 +402,8 @@ def _trainer_class():
         def _setup_train(self):
             super()._setup_train()
             if self._distill is not None:
-                teacher = self._teacher.to(self.device).eval()
+                # A private frozen copy: the caller's teacher keeps its device, mode and requires_grad flags.
+                teacher = copy.deepcopy(self._teacher).to(self.device).eval()
                 if self.device.type == "cuda":
                     teacher = teacher.to(memory_format=torch.channels_last)
                 for p in teacher.parameters():

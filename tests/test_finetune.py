@@ -145,6 +145,21 @@ def test_finetune_without_distillation_trains_the_pruned_object_with_the_plain_l
     assert sum(not torch.equal(before[k], live[k]) for k in before if before[k].is_floating_point()) > 10
 
 
+def test_distilled_finetune_leaves_the_callers_teacher_as_it_was(tmp_path, tiny_data):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    teacher = DetectionModel("yolov8n.yaml", nc=2, verbose=False).train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    grads = [p.requires_grad for p in teacher.parameters()]  # DFL's fixed conv is False in the stock model
+    r = finetune(prune(teacher, 0.5), load_data_config(tiny_data), save_dir=tmp_path / "train", teacher=teacher,
+                 distill=DistillSettings(weight=1.0), epochs=1, imgsz=64, batch=4, device="cpu", verbose=False)
+    assert r.loss_names[-1] == "kd_loss"  # it did distil
+    assert teacher.training  # the trainer froze and evaluated its own copy
+    assert [p.requires_grad for p in teacher.parameters()] == grads
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
 def test_offline_ultralytics_replaces_the_downloading_checks_and_restores_them():
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
