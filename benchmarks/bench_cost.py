@@ -4,6 +4,9 @@ CPU latency protocol repeats itself (two back-to-back measurements of the same m
     .venv/bin/python benchmarks/bench_cost.py                       # yolov8n, yolo11n, yolov8s at 640, torch
     .venv/bin/python benchmarks/bench_cost.py --backend onnxruntime --models yolov8n
 
+With yolov8n among the models it also times yolov8n pruned uniformly to half its conv GFLOPs and at keep 0.7, and
+prints their latency as a multiple of the unpruned model's.
+
 Prints the command, the machine and its load (the CPU is often shared: figures taken under load are noisy), then one
 Markdown row per model, ready for docs/BENCHMARKS.md. Nothing is asserted; the numbers are the result.
 """
@@ -99,11 +102,26 @@ def main() -> int:
         results.append(r)
         print(row(r), flush=True)
 
-    # Pruned yolov8n: measured here once `autoprune.pruner.prune` is in (issue 3 follow-up), e.g.
-    #     from autoprune.pruner import prune
-    #     small = prune(load_model("yolov8n.yaml").model, 0.5)
-    #     print(row(bench_model("yolov8n pruned 0.5", small, args)))
-    # The same columns apply; the interesting ones are the GFLOPs diff (odd channel counts) and the latency ratio.
+    # Pruned yolov8n: does half the GFLOPs buy half the latency? Uniform L1 pruning to the largest ratio within 50%
+    # of the conv GFLOPs (rounding to 8 channels lands below it), and a plain keep 0.7, against the unpruned model.
+    if "yolov8n" in args.models:
+        from autoprune.channels import analyze
+        from autoprune.pruner import prune, prune_to_counts
+        from autoprune.strategies import plan_counts
+
+        base = load_model("yolov8n.yaml").model
+        graph = analyze(base, imgsz=args.imgsz)
+        plan = plan_counts(graph, "uniform", target_gflops=0.5 * graph.conv_gflops())
+        unpruned, ratios = results[args.models.index("yolov8n")], []
+        for label, small in ((f"yolov8n uniform {plan.ratio:.3f}", prune_to_counts(base, plan.counts, graph=graph)),
+                             ("yolov8n keep 0.7", prune(base, 0.7))):
+            r = bench_model(label, small, args)
+            print(row(r), flush=True)
+            ratios.append(f"{label}: {r['gflops'] / unpruned['gflops']:.1%} of the GFLOPs, latency "
+                          f"{r['first'].median_ms / unpruned['first'].median_ms:.3f}x / "
+                          f"{r['second'].median_ms / unpruned['second'].median_ms:.3f}x the unpruned (1st / 2nd)")
+            results.append(r)
+        print("\n" + "\n".join(ratios))
 
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     bad = [r["model"] for r in results if not r["agree"]]
