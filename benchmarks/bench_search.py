@@ -13,7 +13,6 @@ GFLOPs and latency, by how much it beats the uniform genome, and the wall time. 
 from __future__ import annotations
 
 import argparse
-import time
 
 from _common import header, load
 
@@ -35,10 +34,11 @@ def run_engine(label: str, args: argparse.Namespace) -> dict:
         trials=args.trials, population=args.population, proxy_steps=args.proxy_steps, seed=args.seed,
         device=args.device, name=f"{args.prefix}-{label}", resume=True,
     )
-    t0 = time.perf_counter()
     search = Search(settings, log=lambda *_: None)
     search.run()
-    seconds = time.perf_counter() - t0
+    # wall time of the study itself (first trial's start to last trial's end), so a resumed run reports it too
+    done = [t for t in search.study.trials if t.datetime_start and t.datetime_complete]
+    seconds = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     records = [TrialRecord.from_trial(t) for t in search.study.trials]
     uniform = next(r for r in records if r.number == 0)
     searched = [r for r in records if r.feasible and r.number != 0]
