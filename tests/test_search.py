@@ -85,6 +85,8 @@ def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
                     R.MODEL_FINGERPRINT, R.IMGSZ, R.CRITERION, R.SEED):
             assert key in a, key
         assert a[R.GFLOPS] <= float(BUDGET) + 1e-9  # cheap rejection/repair: nothing over budget reaches the proxy
+    kept = [json.dumps(t.user_attrs[R.KEPT_CHANNELS], sort_keys=True) for t in evaluated]
+    assert len(set(kept)) == len(kept)  # no model evaluated twice
     for t in study.trials:  # rejected genomes were over budget and point at their repaired replacement
         if t.user_attrs.get(R.KIND) == "rejected":
             assert t.state.name == "PRUNED" and R.REPAIRED_INTO in t.user_attrs and R.SECONDS not in t.user_attrs
@@ -107,6 +109,46 @@ def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "6", "--name", "e2e")
     assert code == 2 and err.strip().startswith("error: a study named 'e2e' already exists")
     assert (run / "study.db").read_bytes() == before
+
+
+def test_a_genome_that_prunes_to_an_evaluated_model_is_a_duplicate():
+    from types import SimpleNamespace
+
+    from autoprune.search.driver import Search
+
+    def counts(genome):  # two genes whose ratios round to the same channels below 0.5 and above it
+        return {g: 8 if v < 0.5 else 16 for g, v in genome.items()}
+
+    done = SimpleNamespace(number=0, user_attrs={R.SECONDS: 1.0, R.GENOME: {"a": 0.3, "b": 0.7},
+                                                 R.KEPT_CHANNELS: {"a": 8, "b": 16}})
+    fake = SimpleNamespace(space=SimpleNamespace(counts=counts),
+                           study=SimpleNamespace(get_trials=lambda deepcopy=False: [done]))
+    asked = SimpleNamespace(number=1)
+    assert Search._evaluated_twin(fake, asked, {"a": 0.35, "b": 0.8}) == 0  # another genome, the same channels
+    assert Search._evaluated_twin(fake, asked, {"a": 0.6, "b": 0.8}) is None
+
+
+def test_a_candidate_under_the_budget_floor_is_filled_up_before_it_is_scored(env, tmp_path, monkeypatch):
+    from autoprune.search.driver import Search, SearchSettings
+
+    monkeypatch.chdir(tmp_path)
+    f = env["flags"]
+    opt = {k.lstrip("-").replace("-", "_"): v for k, v in zip(f[::2], f[1::2])}
+    search = Search(SearchSettings(budget_gflops=float(BUDGET), model=opt["model"], data=opt["data"], imgsz=128,
+                                   proxy_imgsz=64, device="cpu", name="floor"), log=lambda *_: None)
+    lows = {g.name: g.low for g in search.space.genes}
+    assert search.space.gflops(lows, 128, base_gflops=search.base_gflops) < 0.8 * float(BUDGET)
+    search.study.enqueue_trial(lows)
+    trial = search.study.ask()  # the queue comes first
+    assert search.evaluate(trial) == "rejected"  # no proxy spent on it
+    attrs = search.study.trials[trial.number].user_attrs
+    assert attrs[R.KIND] == "rejected" and "under the budget floor" in attrs[R.REASON]
+    filled = attrs[R.REPAIRED_INTO]
+    gflops = search.space.gflops(filled, 128, base_gflops=search.base_gflops)
+    assert 0.8 * float(BUDGET) <= gflops <= float(BUDGET)
+    assert all(filled[k] >= v for k, v in lows.items())  # the same shape, moved up toward the highs
+    queued = search.study.ask()
+    assert search._genome(queued) == filled and queued.user_attrs[R.KIND] == "filled"
 
 
 def test_optuna_tpe_engine_and_a_failing_candidate(env, tmp_path, monkeypatch):
@@ -221,6 +263,7 @@ def test_two_workers_share_one_postgresql_study(env, tmp_path):
         (["--storage", "sqlite:relative.db"], "a SQLite --storage URL starts with sqlite:///"),
         (["--space", "missing-space.yaml"], "missing-space.yaml"),
         (["--engine", "cma"], "--engine must be one of"),
+        (["--budget-floor", "1"], "--budget-floor must be in [0, 1)"),
         (["--resume"], "--resume needs the --name"),
     ],
 )

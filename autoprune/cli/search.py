@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="data YAML (default: the embedded demo dataset)")
     parser.add_argument("--budget-gflops", type=float, required=True, help="GFLOPs budget at --imgsz")
     parser.add_argument("--budget-latency-ms", type=float, default=None, help="latency budget on --device")
+    parser.add_argument("--budget-floor", type=float, default=0.8,
+                        help="share of the GFLOPs budget under which a candidate is filled up toward the budget "
+                             "before it is scored (default 0.8; 0 scores every candidate as proposed)")
     parser.add_argument("--engine", default="deap", help="deap (NSGA-II with DEAP, default) or optuna")
     parser.add_argument("--sampler", default=None, help="with --engine optuna: nsga2 (default), tpe or random")
     parser.add_argument("--trials", type=int, default=None, help="candidates to evaluate (default: 3 generations)")
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = SearchSettings(
         budget_gflops=args.budget_gflops,
         budget_latency_ms=args.budget_latency_ms,
+        budget_floor=args.budget_floor,
         model=args.model,
         data=args.data,
         engine=args.engine,

@@ -3,7 +3,9 @@
 Order of work per candidate, cheapest first, so no proxy work is spent on a genome that cannot win:
 
 1. the genome's conv GFLOPs from the channel analysis (microseconds): over the budget, it is rejected and a
-   repaired genome within budget is queued in its place;
+   repaired genome within budget is queued in its place; under `budget_floor` x the budget, it is rejected and the
+   same shape filled up toward the budget is queued instead; a genome that prunes to the channels of a trial
+   already scored is skipped;
 2. prune (a fraction of a second), GFLOPs (fvcore) and latency (measured; cached by architecture): over a latency
    budget, the candidate is recorded as infeasible without a proxy score;
 3. the proxy (BN recalibration, a short finetune, mAP on a validation subset): seconds.
@@ -52,6 +54,7 @@ class SearchSettings:
 
     budget_gflops: float
     budget_latency_ms: float | None = None
+    budget_floor: float = 0.8  # candidates under this share of the GFLOPs budget are filled up to it first
     model: str | None = None  # None: the embedded demo model
     data: str | None = None  # None: the embedded demo dataset
     engine: str = "deap"
@@ -125,6 +128,8 @@ def _check_settings(s: SearchSettings) -> None:
 
     positive("budget_gflops", s.budget_gflops)
     positive("budget_latency_ms", s.budget_latency_ms)
+    if not 0 <= s.budget_floor < 1:
+        raise UserError(f"--budget-floor must be in [0, 1), got {s.budget_floor}")
     for name in ("trials", "generations", "population"):
         positive(name, getattr(s, name), integer=True)
     if s.proxy_steps < 0:
@@ -227,6 +232,7 @@ class Search:
             R.STUDY_DATA: str(self.data.yaml),
             R.STUDY_BUDGET_GFLOPS: s.budget_gflops,
             R.STUDY_BUDGET_LATENCY_MS: s.budget_latency_ms,
+            R.STUDY_BUDGET_FLOOR: s.budget_floor,
             R.STUDY_IMGSZ: s.imgsz,
             R.STUDY_DEVICE: str(self.device),
             R.STUDY_SPACE: self.space.source,
@@ -267,7 +273,8 @@ class Search:
             study.set_user_attr(R.STUDY_RANKING, self._compute_ranking())
             study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
             stored = study.user_attrs
-        for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_IMGSZ,
+        for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_BUDGET_FLOOR,
+                    R.STUDY_IMGSZ,
                     R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE, R.STUDY_SAMPLER, R.STUDY_SEED,
                     R.STUDY_PROXY, R.STUDY_POPULATION):
             if stored.get(key) != attrs[key]:
@@ -349,9 +356,15 @@ class Search:
         return {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in self.space.genes}
 
     def _evaluated_twin(self, trial, genome: dict) -> int | None:
-        """The number of an earlier trial that evaluated the same genome, if any."""
+        """The number of an earlier evaluated trial with the same kept channel counts, if any.
+
+        Counts, not genomes: distinct genomes can round to the same channels in every group (tied genes, `round_to`),
+        and then prune to the same model, which the deterministic proxy would score the same again.
+        """
+        counts = self.space.counts(genome)
         for t in self.study.get_trials(deepcopy=False):
-            if t.number != trial.number and R.SECONDS in t.user_attrs and t.user_attrs.get(R.GENOME) == genome:
+            if t.number != trial.number and R.SECONDS in t.user_attrs and (
+                    t.user_attrs.get(R.KEPT_CHANNELS) == counts or t.user_attrs.get(R.GENOME) == genome):
                 return t.number
         return None
 
@@ -365,6 +378,26 @@ class Search:
         trial.set_user_attr(R.REASON, f"over the GFLOPs budget ({estimate:.2f} > {s.budget_gflops:g}); "
                                       "a repaired genome was queued instead")
         self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _reject_under_floor(self, trial, genome: dict, estimate: float) -> bool:
+        """Queue `genome` filled up toward the budget (`fit_to_gflops`) instead of spending a proxy on it.
+
+        A model far under the budget gives away accuracy the user has paid for, and a short proxy mostly ranks such
+        candidates by their size; filling keeps the proposed shape (every gene moves toward its high by one common
+        factor) and spends the evaluation at the budget. False (evaluate it as it is) when filling changes nothing.
+        """
+        s = self.settings
+        filled = self.fit_to_gflops(genome, s.budget_gflops)
+        if self.space.counts(filled) == self.space.counts(genome):
+            return False
+        self.study.enqueue_trial(filled, user_attrs={R.KIND: "filled"})
+        trial.set_user_attr(R.GENOME, genome)
+        trial.set_user_attr(R.KIND, "rejected")
+        trial.set_user_attr(R.REPAIRED_INTO, filled)
+        trial.set_user_attr(R.REASON, f"under the budget floor ({estimate:.2f} < {s.budget_floor:g} x "
+                                      f"{s.budget_gflops:g} GFLOPs); a genome filled up to the budget was queued")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        return True
 
     def evaluate(self, trial) -> str:
         """Evaluate one asked trial and tell the study; returns the state it ended in (or "rejected")."""
@@ -384,6 +417,8 @@ class Search:
         estimate = self.space.gflops(genome, s.imgsz, base_gflops=self.base_gflops)
         if estimate > s.budget_gflops * (1 + 1e-6):
             self._reject_over_budget(trial, genome, estimate)
+            return "rejected"
+        if estimate < s.budget_floor * s.budget_gflops and self._reject_under_floor(trial, genome, estimate):
             return "rejected"
 
         kind = trial.user_attrs.get(R.KIND) or ("uniform" if trial.number == 0 and genome == self.uniform else "search")

@@ -37,11 +37,11 @@ CRITERION = "criterion"
 SEED = "seed"
 ROUND_TO = "round_to"
 MIN_CHANNELS = "min_channels"
-KIND = "kind"  # "uniform" (the uniform baseline), "search", "repaired", "retry"
+KIND = "kind"  # "uniform" (the uniform baseline), "search", "repaired", "filled", "retry"
 FEASIBLE = "feasible"
 CONSTRAINTS = "constraints"  # [gflops - budget, latency - latency budget]; <= 0 is within budget
 REASON = "reason"  # why a trial was pruned or failed
-REPAIRED_INTO = "repaired_into"  # for a rejected genome: the genome evaluated instead
+REPAIRED_INTO = "repaired_into"  # for a rejected genome: the genome evaluated instead (repaired or filled)
 
 # Study user attributes
 STUDY_MODEL = "model"  # what the user named
@@ -49,6 +49,7 @@ STUDY_MODEL_FINGERPRINT = "model_fingerprint"
 STUDY_DATA = "data"
 STUDY_BUDGET_GFLOPS = "budget_gflops"
 STUDY_BUDGET_LATENCY_MS = "budget_latency_ms"
+STUDY_BUDGET_FLOOR = "budget_floor"
 STUDY_IMGSZ = "imgsz"
 STUDY_DEVICE = "device"
 STUDY_SPACE = "space"  # the search space, as the dict its YAML loads to
