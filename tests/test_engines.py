@@ -156,6 +156,28 @@ def test_every_engine_runs_ask_tell(engine, sampler):
     assert len(study.trials) == 6
 
 
+def test_queued_replacements_count_toward_optuna_nsga2_generations():
+    from autoprune.search.engines import count_in_generation
+
+    space = GridSpace()
+    s = make_sampler("optuna", "nsga2", space, seed=0, population=4, first_params={g.name: 1.0 for g in space.genes})
+    study = _study(s)
+    key = "NSGAIISampler:generation"
+    for i in range(5):  # trial 0 (the fixed uniform genome), then queued replacements, as the driver makes them
+        if i:
+            study.enqueue_trial({g.name: 0.5 for g in space.genes}, user_attrs={R.KIND: "repaired"})
+        t = study.ask()
+        count_in_generation(study.sampler, study, t)
+        for g in space.genes:
+            t.suggest_float(g.name, g.low, g.high, step=g.step)
+        t.set_constraint("gflops", -1.0)
+        study.tell(t, [0.5, 1.0, 1.0])
+    assert [t.system_attrs.get(key) for t in study.trials] == [0, 0, 0, 0, 1]
+    t = study.ask()  # the generation that the queued trials completed is over: NSGA-II now breeds
+    t.suggest_float("g0", 0.25, 1.0, step=0.05)
+    assert study._storage.get_trial(t._trial_id).system_attrs.get(key) == 1
+
+
 def test_engine_and_sampler_names_are_checked():
     space = GridSpace()
     with pytest.raises(UserError, match="--engine must be one of"):

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from autoprune.errors import UserError
 from autoprune.search import records as R
-from autoprune.search.engines import ENGINES, SAMPLERS, InitialPopulation, make_sampler
+from autoprune.search.engines import ENGINES, SAMPLERS, InitialPopulation, count_in_generation, make_sampler
 from autoprune.search.storage import make_storage, run_dir_for, storage_url, study_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -407,6 +407,7 @@ class Search:
         s = self.settings
         t0 = time.perf_counter()
         genome = self.space.check_genome(self._genome(trial))
+        count_in_generation(self.study.sampler, self.study, trial)  # trial 0 and queued replacements count too
         twin = self._evaluated_twin(trial, genome)
         if twin is not None:  # the proxy is deterministic: the same genome would score the same again
             trial.set_user_attr(R.GENOME, genome)

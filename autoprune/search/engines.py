@@ -83,6 +83,22 @@ class InitialPopulation:
     low_share: float = 0.75
 
 
+def count_in_generation(sampler: BaseSampler, study, trial) -> None:
+    """Make a trial whose parameters were fixed (trial 0, a queued repaired or filled replacement) count toward
+    Optuna NSGA-II's generations; a no-op for a trial it sampled itself, and for every other sampler.
+
+    Optuna's genetic samplers put a trial in a generation only when they sample it themselves; fixed trials never
+    get one, and a generation ends only when `population` trials of it have
+    completed. With most proposals replaced, Optuna's NSGA-II would stay in its random first generation for the
+    whole search. The replacement joins the generation in progress, as the proposal it replaces would have.
+    """
+    from optuna.samplers._ga import BaseGASampler
+
+    inner = sampler._inner if isinstance(sampler, FirstTrialSampler) else sampler
+    if isinstance(inner, BaseGASampler):
+        inner.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
+
+
 class FirstTrialSampler(BaseSampler):
     """Give trial 0 fixed parameters (the uniform baseline); every other trial goes to `inner`."""
 
