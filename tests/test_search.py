@@ -111,6 +111,16 @@ def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     assert (run / "study.db").read_bytes() == before
 
 
+def test_a_data_criterion_search_stores_its_ranking(env, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # taylor ranks channels with gradients on the proxy's calibration batches
+    code, out, err = _cli(capsys, "search", *env["flags"], "--trials", "2", "--criterion", "taylor", "--name", "ty",
+                          "--json")
+    assert code == 0, err
+    study = _study(tmp_path / "runs/search/ty/study.db", "ty")
+    assert study.user_attrs[R.STUDY_CRITERION] == "taylor" and study.user_attrs[R.STUDY_RANKING]
+    assert len(_evaluated(study)) == 2
+
+
 def test_a_genome_that_prunes_to_an_evaluated_model_is_a_duplicate():
     from types import SimpleNamespace
 

@@ -206,10 +206,10 @@ class Search:
             from autoprune.runs import save_args
 
             save_args(self.run_dir, asdict(s), name=self.name, storage_url=self.url)
-        self.storage = make_storage(self.url, heartbeat=(s.heartbeat_interval, s.grace_period))
-        self.study = self._open_study()
         self._evaluator = None
         self._ranking = None
+        self.storage = make_storage(self.url, heartbeat=(s.heartbeat_interval, s.grace_period))
+        self.study = self._open_study()  # a new study stores the ranking; taylor/hessian need the evaluator's data
 
     # ------------------------------------------------------------------------------------------------------------
     # The study
