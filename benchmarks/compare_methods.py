@@ -11,7 +11,8 @@ val split:
   (l1, l2, bn_scale, lamp, taylor, hessian, fpgm, random);
 - slimming: sparse training (L1 on BN gamma, `autoprune sparsify`), then global bn_scale;
 - searched: the best feasible trial of an `autoprune search` whose budget is `--share` of the unpruned model's full
-  GFLOPs (the global methods land just below it; uniform lower, where rounding to 8 channels stops it).
+  GFLOPs (the global methods land just below it; uniform lower, where rounding to 8 channels stops it), with the
+  channel ranking of `--search-criterion` (row `searched-C` for a criterion other than l1).
 
 Targets are conv GFLOPs at 640 (`--share` of the unpruned model's); the table reports full GFLOPs (fvcore,
 Ultralytics' convention). Results are cached per method in runs/compare_methods/NAME/results.json, so an
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--sparsify-l1", type=float, default=1e-2)
     parser.add_argument("--search-trials", type=int, default=24)
     parser.add_argument("--search-name", default=None, help="use this finished search's best trial instead")
+    parser.add_argument("--search-criterion", default="l1", help="the search's channel criterion (row searched-C "
+                                                                 "unless l1)")
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--imgsz", type=int, default=None, help="finetune/val size (default: the demo's)")
     parser.add_argument("--batch", type=int, default=16)
@@ -144,20 +147,22 @@ def main() -> int:
                  {"gamma_below_1e-2": sparse["gamma_share_below"]["after"]})
 
     # the search, with the smallest budget any one-shot method reached
-    if want("searched") and "searched" not in results:
+    searched = "searched" if args.search_criterion == "l1" else f"searched-{args.search_criterion}"
+    if want(searched) and searched not in results:
         from autoprune.search.driver import Search, SearchSettings
         from autoprune.search.records import TrialRecord
 
         budget = count_gflops(base, 640) * args.share  # the nominal share; one-shot methods land at or below it
         name = args.search_name or f"compare-{args.name}"
         search = Search(SearchSettings(budget_gflops=round(budget, 4), model=args.model, data=args.data,
-                                       trials=args.search_trials, name=name, resume=True, device=args.device),
+                                       trials=args.search_trials, name=name, resume=True, device=args.device,
+                                       criterion=args.search_criterion),
                         log=lambda *_: None)
         search.run()
         records = [TrialRecord.from_trial(t) for t in search.study.trials]
         best = max((r for r in records if r.feasible), key=lambda r: (r.map50_95, -r.gflops))
         counts = best.attrs["kept_channels"]
-        evaluate("searched", prune_to_counts(base, counts, graph=graph, ranking=search.ranking), counts,
+        evaluate(searched, prune_to_counts(base, counts, graph=graph, ranking=search.ranking), counts,
                  {"trial": best.number, "study": name, "budget": budget, "proxy_map50_95": best.map50_95})
 
     _table(results, args)
@@ -171,7 +176,7 @@ def _table(results: dict, args) -> None:
     print("|---|---|---|---|---|---|")
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["map50_95"]):
         print(f"| {name} | {r['gflops']:.2f} | {r['params'] / 1e6:.2f}M | {r['map50_95_before']:.4f} | "
-              f"**{r['map50_95']:.4f}** | {r['map50']:.4f} |" if name == "searched" else
+              f"**{r['map50_95']:.4f}** | {r['map50']:.4f} |" if name.startswith("searched") else
               f"| {name} | {r['gflops']:.2f} | {r['params'] / 1e6:.2f}M | {r['map50_95_before']:.4f} | "
               f"{r['map50_95']:.4f} | {r['map50']:.4f} |")
 
@@ -184,7 +189,7 @@ def _plot(results: dict, path: Path, args) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for name, r in results.items():
-        searched = name == "searched"
+        searched = name.startswith("searched")
         ax.scatter(r["gflops"], r["map50_95"], s=80 if searched else 30, marker="*" if searched else "o",
                    color="#d62728" if searched else "#1f77b4", zorder=3 if searched else 2)
         ax.annotate(name, (r["gflops"], r["map50_95"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
