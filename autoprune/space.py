@@ -691,6 +691,16 @@ class SearchSpace:
             clipped[k] = v
         return self.check_genome(clipped)
 
+    def from_counts(self, counts: Mapping[str, int]) -> dict[str, float]:
+        """The genome closest to kept channel counts per group (a one-shot plan): each gene's ratio is the kept
+        share of the channels of its groups, snapped to its grid and clipped to its range."""
+        genome = {}
+        for g in self.genes:
+            sizes = [self.graph.group(gid).size for gid in g.groups]
+            kept = [min(int(counts.get(gid, size)), size) for gid, size in zip(g.groups, sizes)]
+            genome[g.name] = sum(kept) / sum(sizes) if sum(sizes) else 1.0
+        return self.snap(genome)
+
     def keep(self, genome) -> dict[str, float]:
         """Keep ratio of every channel group of the graph: its gene's value, 1.0 for never-pruned groups."""
         genome = self.check_genome(genome)

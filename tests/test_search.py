@@ -77,6 +77,8 @@ def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     first = trials[0]
     assert first.user_attrs[R.KIND] == "uniform"
     assert len(set(first.params.values())) == 1  # the same ratio for every gene
+    seed = trials[1]  # one-shot global pruning by the criterion, projected onto the genes, at the budget
+    assert seed.user_attrs[R.KIND] == "global" and seed.params != first.params
     evaluated = _evaluated(study)
     assert len(evaluated) == 6
     for t in evaluated:
@@ -149,7 +151,7 @@ def test_a_candidate_under_the_budget_floor_is_filled_up_before_it_is_scored(env
     lows = {g.name: g.low for g in search.space.genes}
     assert search.space.gflops(lows, 128, base_gflops=search.base_gflops) < 0.8 * float(BUDGET)
     search.study.enqueue_trial(lows)
-    trial = search.study.ask()  # the queue comes first
+    trial = next(t for t in iter(search.study.ask, None) if search._genome(t) == lows)  # after uniform and global
     assert search.evaluate(trial) == "rejected"  # no proxy spent on it
     attrs = search.study.trials[trial.number].user_attrs
     assert attrs[R.KIND] == "rejected" and "under the budget floor" in attrs[R.REASON]

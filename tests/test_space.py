@@ -393,7 +393,7 @@ def test_load_by_name_file_and_dict_and_rebuild_from_source(tmp_path):
 
 
 def test_shipped_spaces_are_reachable_from_the_top_level_folder():
-    assert shipped_spaces() == ["generic", "yolo11", "yolov5", "yolov8"]
+    assert shipped_spaces() == ["fine", "generic", "yolo11", "yolov5", "yolov8"]
     top = REPO / "search_spaces"
     if top.exists():  # a source checkout: the top-level folder is a link to the packaged one
         assert top.is_symlink() and top.resolve() == SPACES_DIR.resolve()
@@ -602,3 +602,19 @@ def test_distributions_equal_what_suggest_float_makes_even_for_fixed_genes():
         trial.suggest_float(g.name, g.low, g.high, step=g.step)
     assert study.trials[0].distributions == space.distributions()
     assert space.gene("fixed").grid() == (0.5,)
+
+
+def test_from_counts_projects_a_plan_onto_the_genes():
+    fine = space_of("fine")
+    model, graph = built("yolov8n.yaml")
+    counts = {gid: max(8, graph.group(gid).size // 2 // 8 * 8) if i % 2 else graph.group(gid).size
+              for i, gid in enumerate(graph.ids)}
+    genome = fine.from_counts(counts)
+    assert len(fine.genes) == len(graph.ids)  # one gene per group: the plan comes back channel for channel
+    assert fine.counts(genome) == counts
+    family = space_of(None)  # tied genes: each gene takes its groups' kept share of channels
+    tied = family.from_counts(counts)
+    for g in family.genes:
+        share = sum(counts[gid] for gid in g.groups) / sum(graph.group(gid).size for gid in g.groups)
+        assert abs(tied[g.name] - min(max(share, g.low), g.high)) <= g.step / 2 + 1e-9
+    assert set(family.from_counts({}).values()) == {1.0}  # groups missing from the plan are kept whole

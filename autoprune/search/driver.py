@@ -271,6 +271,12 @@ class Search:
                     study.set_user_attr(k, v)
             study.set_metric_names(list(R.OBJECTIVES))
             study.set_user_attr(R.STUDY_RANKING, self._compute_ranking())
+            # trial 0: the uniform genome; trial 1: one-shot global pruning by the criterion, as close as the space
+            # can express it; both at the budget. The front starts from the two classic answers and must beat them.
+            study.enqueue_trial(self.uniform, user_attrs={R.KIND: "uniform"})
+            seed = self._global_genome()
+            if seed != self.uniform:
+                study.enqueue_trial(seed, user_attrs={R.KIND: "global"})
             study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
             stored = study.user_attrs
         for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_BUDGET_FLOOR,
@@ -318,6 +324,21 @@ class Search:
         batches = self.evaluator.calibration_batches() if c in DATA_CRITERIA else None
         ranking = rank_channels(self.loaded.model, self.graph, c, batches=batches)
         return {gid: [o.tolist() for o in orders] for gid, orders in ranking.items()}
+
+    def _global_genome(self) -> dict:
+        """The genome of one-shot global pruning (one threshold over the criterion's normalized scores) at the
+        budget, projected onto the space's genes (`SearchSpace.from_counts`) and fitted to the budget."""
+        from autoprune.importance import DATA_CRITERIA
+        from autoprune.pruner import channel_scores
+        from autoprune.strategies import plan_counts
+
+        s = self.settings
+        batches = self.evaluator.calibration_batches() if s.criterion in DATA_CRITERIA else None
+        scores = channel_scores(self.loaded.model, self.graph, s.criterion, batches=batches)
+        target = self.graph.conv_gflops() * min(1.0, s.budget_gflops / self.base_gflops)
+        plan = plan_counts(self.graph, "global", target_gflops=target, scores=scores,
+                           round_to=self.space.round_to, min_channels=self.space.min_channels)
+        return self.fit_to_gflops(self.space.from_counts(plan.counts), s.budget_gflops)
 
     @property
     def ranking(self):
