@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--search-name", default=None, help="use this finished search's best trial instead")
     parser.add_argument("--search-criterion", default="l1", help="the search's channel criterion (row searched-C "
                                                                  "unless l1)")
+    parser.add_argument("--search-space", default=None, help="the search's space (default: the model family's)")
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--imgsz", type=int, default=None, help="finetune/val size (default: the demo's)")
     parser.add_argument("--batch", type=int, default=16)
@@ -156,7 +157,7 @@ def main() -> int:
         name = args.search_name or f"compare-{args.name}"
         search = Search(SearchSettings(budget_gflops=round(budget, 4), model=args.model, data=args.data,
                                        trials=args.search_trials, name=name, resume=True, device=args.device,
-                                       criterion=args.search_criterion),
+                                       criterion=args.search_criterion, space=args.search_space),
                         log=lambda *_: None)
         search.run()
         records = [TrialRecord.from_trial(t) for t in search.study.trials]
