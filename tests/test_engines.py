@@ -213,3 +213,25 @@ def test_deap_first_generation_starts_around_the_uniform_genome_near_the_budget(
     assert spread.max() <= 0.45 and spread.mean() <= 0.15  # around the center, not all over [0.25, 1]
     assert len({tuple(g) for g in genomes}) == 4
     assert targets and all(7.5 <= t <= 10.0 for t in targets)
+
+
+def test_deap_first_generation_also_explores_around_a_seeded_global_trial():
+    from autoprune.search.engines import InitialPopulation
+
+    space = GridSpace()
+    center = {g.name: 0.6 for g in space.genes}
+    seed = {"g0": 1.0, "g1": 0.25, "g2": 1.0, "g3": 0.25, "g4": 1.0}  # far from the uniform center
+    sampler = DeapNSGA2Sampler(space, population=12, seed=0,
+                               init=InitialPopulation(center=center, fit=lambda g, t: g, budget=10.0, sigma=0.1,
+                                                      seed_sigma=0.02))
+    study = _study(sampler)
+    study.enqueue_trial(seed, user_attrs={R.KIND: "global"})
+    genomes = []
+    for _ in range(12):
+        t = study.ask()
+        genomes.append(np.array([t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes]))
+        study.tell(t, state=TrialState.FAIL)
+    near_seed = [g for g in genomes[1:] if np.abs(g - np.array(list(seed.values()))).max() <= 0.1]
+    near_center = [g for g in genomes[1:] if np.abs(g - 0.6).mean() <= 0.15]
+    assert near_seed and near_center  # both answers explored
+    assert len(near_seed) + len(near_center) == 11

@@ -69,7 +69,10 @@ def make_sampler(
 @dataclass(frozen=True)
 class InitialPopulation:
     """Where NSGA-II's first generation comes from: perturbations of `center` (the uniform genome at the budget),
-    each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`.
+    each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`. When the
+    study holds a seeded trial (kind "global": one-shot global pruning by the criterion), every other child is a
+    smaller perturbation (`seed_sigma`) of that genome instead: crossing a good non-uniform allocation with
+    perturbed uniform genomes averages it away, so the first generation explores around both answers.
 
     Random genomes spread over the whole space mostly land far from the budget or cut one layer to its floor, and a
     short proxy cannot tell such wrecks apart; starting around the uniform genome at the budget spends the first
@@ -81,6 +84,7 @@ class InitialPopulation:
     budget: float
     sigma: float = 0.15  # per-gene noise, as a share of the gene's range
     low_share: float = 0.75
+    seed_sigma: float = 0.05  # noise around a seeded trial (kind "global"), which is already a good allocation
 
 
 def count_in_generation(sampler: BaseSampler, study, trial) -> None:
@@ -228,20 +232,26 @@ class DeapNSGA2Sampler(BaseSampler):
         seen = _proposed(study, self._names, exclude=trial.number)
         for _ in range(_NOVELTY_TRIES):  # on a grid, a child often snaps back onto a parent: draw again
             if len(candidates) < self.population:
-                child = self._initial(rng)
+                child = self._initial(rng, study)
             else:
                 child = self._breed(candidates, random.Random(int(rng.integers(2**63))))
             if _key(child, self._names) not in seen:
                 return child
         return _step_away(child, self.space, seen, self._names, rng)
 
-    def _initial(self, rng: np.random.Generator) -> dict:
+    def _initial(self, rng: np.random.Generator, study=None) -> dict:
         """A genome of the first generation (see `InitialPopulation`); uniformly random without one."""
         if self.init is None:
             return self.space.random(rng)
+        center, sigma = self.init.center, self.init.sigma
+        seeds = [] if study is None else [
+            t.params for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(R.KIND) == "global" and all(n in t.params for n in self._names)]
+        if seeds and rng.random() < 0.5:
+            center, sigma = seeds[0], self.init.seed_sigma
         genome = {}
         for g in self.space.genes:
-            v = self.init.center[g.name] + rng.normal(0.0, self.init.sigma) * (g.high - g.low)
+            v = center[g.name] + rng.normal(0.0, sigma) * (g.high - g.low)
             genome[g.name] = min(max(v, g.low), g.high)
         target = self.init.budget * rng.uniform(self.init.low_share, 1.0)
         return self.space.snap(self.init.fit(self.space.snap(genome), target))
