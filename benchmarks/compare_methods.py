@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--imgsz", type=int, default=None, help="finetune/val size (default: the demo's)")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="finetune seed (run-to-run noise: repeat with others)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--name", default="exp", help="results folder runs/compare_methods/NAME")
     parser.add_argument("--plot", default="docs/compare_methods.png")
@@ -95,7 +96,7 @@ def main() -> int:
         teacher = copy.deepcopy(base) if args.distill else None
         ft = finetune(copy.deepcopy(model), data, save_dir=out / name / "train", teacher=teacher,
                       distill=distill, epochs=args.epochs, imgsz=imgsz, batch=args.batch, device=device,
-                      verbose=False, label=name)
+                      verbose=False, label=name, seed=args.seed)
         after = validate_checkpoint(ft.best, data, imgsz=imgsz, device=device)
         results[name] = {
             "gflops": count_gflops(model, 640), "params": count_params(model), "conv_gflops": graph.conv_gflops(counts),
@@ -193,7 +194,8 @@ def _plot(results: dict, path: Path, args) -> None:
         searched = name.startswith("searched")
         ax.scatter(r["gflops"], r["map50_95"], s=80 if searched else 30, marker="*" if searched else "o",
                    color="#d62728" if searched else "#1f77b4", zorder=3 if searched else 2)
-        ax.annotate(name, (r["gflops"], r["map50_95"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.annotate(name, (r["gflops"], r["map50_95"]), textcoords="offset points", fontsize=7,
+                    xytext=(-6, -11) if searched else (4, 3), ha="right" if searched else "left")
     ax.set_xlabel("GFLOPs at 640 (fvcore, Ultralytics' convention)")
     ax.set_ylabel(f"mAP50-95 after {args.epochs} epochs" + (" with distillation" if args.distill else ""))
     ax.set_title(f"Pruning methods at about {args.share:.0%} of the GFLOPs (demo, val split)")
