@@ -42,9 +42,9 @@ class GridSpace:
         return self.snap({g.name: float(rng.uniform(g.low, g.high)) for g in self.genes})
 
 
-def _add(study, number_seed, params, map_, gflops, lat, constraints, state=TrialState.COMPLETE):
+def _add(study, number_seed, params, map_, gflops, lat, constraints, state=TrialState.COMPLETE, kind=None):
     attrs = {R.MAP50_95: map_, R.GFLOPS: gflops, R.LATENCY_MS: lat, R.CONSTRAINTS: constraints,
-             R.FEASIBLE: all(c <= 0 for c in constraints), R.SECONDS: 1.0}
+             R.FEASIBLE: all(c <= 0 for c in constraints), R.SECONDS: 1.0, **({R.KIND: kind} if kind else {})}
     values = [map_, gflops, lat] if state == TrialState.COMPLETE else None
     study.add_trial(create_trial(state=state, params=params, distributions=GridSpace().distributions(),
                                  values=values, user_attrs=attrs))
@@ -215,7 +215,8 @@ def test_deap_first_generation_starts_around_the_uniform_genome_near_the_budget(
     assert targets and all(7.5 <= t <= 10.0 for t in targets)
 
 
-def test_deap_first_generation_also_explores_around_a_seeded_global_trial():
+@pytest.mark.parametrize(("seed_map", "explored"), [(0.5, True), (0.1, False)])
+def test_deap_first_generation_explores_around_a_seeded_global_trial_that_beats_uniform(seed_map, explored):
     from autoprune.search.engines import InitialPopulation
 
     space = GridSpace()
@@ -225,13 +226,14 @@ def test_deap_first_generation_also_explores_around_a_seeded_global_trial():
                                init=InitialPopulation(center=center, fit=lambda g, t: g, budget=10.0, sigma=0.1,
                                                       seed_sigma=0.02))
     study = _study(sampler)
-    study.enqueue_trial(seed, user_attrs={R.KIND: "global"})
+    _add(study, 0, center, 0.3, 5.0, 1.0, [-1.0], kind="uniform")
+    _add(study, 1, seed, seed_map, 5.0, 1.0, [-1.0], kind="global")
     genomes = []
-    for _ in range(12):
+    for _ in range(10):
         t = study.ask()
         genomes.append(np.array([t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes]))
         study.tell(t, state=TrialState.FAIL)
-    near_seed = [g for g in genomes[1:] if np.abs(g - np.array(list(seed.values()))).max() <= 0.1]
-    near_center = [g for g in genomes[1:] if np.abs(g - 0.6).mean() <= 0.15]
-    assert near_seed and near_center  # both answers explored
-    assert len(near_seed) + len(near_center) == 11
+    near_seed = [g for g in genomes if np.abs(g - np.array(list(seed.values()))).max() <= 0.1]
+    near_center = [g for g in genomes if np.abs(g - 0.6).mean() <= 0.15]
+    assert bool(near_seed) is explored and near_center  # a seed worse than uniform gets no children
+    assert len(near_seed) + len(near_center) == 10

@@ -270,13 +270,10 @@ class Search:
                 if k != R.STUDY_VERSION:
                     study.set_user_attr(k, v)
             study.set_metric_names(list(R.OBJECTIVES))
-            study.set_user_attr(R.STUDY_RANKING, self._compute_ranking())
-            # trial 0: the uniform genome; trial 1: one-shot global pruning by the criterion, as close as the space
-            # can express it; both at the budget. The front starts from the two classic answers and must beat them.
-            study.enqueue_trial(self.uniform, user_attrs={R.KIND: "uniform"})
-            seed = self._global_genome()
-            if seed != self.uniform:
-                study.enqueue_trial(seed, user_attrs={R.KIND: "global"})
+            scores = self._channel_scores()  # scored once: the ranking and the global plan both come from them
+            study.set_user_attr(R.STUDY_RANKING, self._compute_ranking(scores))
+            # one-shot global pruning by the criterion, as close as the space can express it: queued by trial 0
+            study.set_user_attr(R.STUDY_GLOBAL, self._global_genome(scores))
             study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
             stored = study.user_attrs
         for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_BUDGET_FLOOR,
@@ -315,26 +312,26 @@ class Search:
                 seed=s.seed, device=str(self.device)))
         return self._evaluator
 
-    def _compute_ranking(self) -> dict:
-        """Every group's channel order by the criterion, as plain lists (data criteria use calibration batches)."""
+    def _channel_scores(self) -> dict:
+        """Every group's channel scores by the criterion (data criteria use the proxy's calibration batches)."""
         from autoprune.importance import DATA_CRITERIA
-        from autoprune.pruner import rank_channels
+        from autoprune.pruner import channel_scores
 
         c = self.settings.criterion
         batches = self.evaluator.calibration_batches() if c in DATA_CRITERIA else None
-        ranking = rank_channels(self.loaded.model, self.graph, c, batches=batches)
-        return {gid: [o.tolist() for o in orders] for gid, orders in ranking.items()}
+        return channel_scores(self.loaded.model, self.graph, c, batches=batches)
 
-    def _global_genome(self) -> dict:
-        """The genome of one-shot global pruning (one threshold over the criterion's normalized scores) at the
+    def _compute_ranking(self, scores: dict | None = None) -> dict:
+        """Every group's channel order by the criterion (`pruner.rank_channels`' order), as plain lists."""
+        scores = scores if scores is not None else self._channel_scores()
+        return {gid: [s.argsort(descending=True, stable=True).tolist() for s in per] for gid, per in scores.items()}
+
+    def _global_genome(self, scores: dict) -> dict:
+        """The genome of one-shot global pruning (one threshold over the criterion's normalized `scores`) at the
         budget, projected onto the space's genes (`SearchSpace.from_counts`) and fitted to the budget."""
-        from autoprune.importance import DATA_CRITERIA
-        from autoprune.pruner import channel_scores
         from autoprune.strategies import plan_counts
 
         s = self.settings
-        batches = self.evaluator.calibration_batches() if s.criterion in DATA_CRITERIA else None
-        scores = channel_scores(self.loaded.model, self.graph, s.criterion, batches=batches)
         target = self.graph.conv_gflops() * min(1.0, s.budget_gflops / self.base_gflops)
         plan = plan_counts(self.graph, "global", target_gflops=target, scores=scores,
                            round_to=self.space.round_to, min_channels=self.space.min_channels)
@@ -429,6 +426,10 @@ class Search:
         t0 = time.perf_counter()
         genome = self.space.check_genome(self._genome(trial))
         count_in_generation(self.study.sampler, self.study, trial)  # trial 0 and queued replacements count too
+        if trial.number == 0:  # trial 0 is the uniform genome; the global plan follows it, so the front starts from
+            seed = self.study.user_attrs.get(R.STUDY_GLOBAL)  # both classic answers (queued here: exactly once)
+            if seed and seed != genome:
+                self.study.enqueue_trial(seed, user_attrs={R.KIND: "global"})
         twin = self._evaluated_twin(trial, genome)
         if twin is not None:  # the proxy is deterministic: the same genome would score the same again
             trial.set_user_attr(R.GENOME, genome)

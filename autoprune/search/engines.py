@@ -69,9 +69,9 @@ def make_sampler(
 @dataclass(frozen=True)
 class InitialPopulation:
     """Where NSGA-II's first generation comes from: perturbations of `center` (the uniform genome at the budget),
-    each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`. When the
-    study holds a seeded trial (kind "global": one-shot global pruning by the criterion), every other child is a
-    smaller perturbation (`seed_sigma`) of that genome instead: crossing a good non-uniform allocation with
+    each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`. Once the
+    study's seeded trial (kind "global": one-shot global pruning by the criterion) has scored at least as well as
+    the uniform genome, every other child is a smaller perturbation (`seed_sigma`) of that genome instead: crossing a good non-uniform allocation with
     perturbed uniform genomes averages it away, so the first generation explores around both answers.
 
     Random genomes spread over the whole space mostly land far from the budget or cut one layer to its floor, and a
@@ -244,17 +244,26 @@ class DeapNSGA2Sampler(BaseSampler):
         if self.init is None:
             return self.space.random(rng)
         center, sigma = self.init.center, self.init.sigma
-        seeds = [] if study is None else [
-            t.params for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get(R.KIND) == "global" and all(n in t.params for n in self._names)]
-        if seeds and rng.random() < 0.5:
-            center, sigma = seeds[0], self.init.seed_sigma
+        seed = None if study is None else self._good_seed(study)
+        if seed is not None and rng.random() < 0.5:
+            center, sigma = seed, self.init.seed_sigma
         genome = {}
         for g in self.space.genes:
             v = center[g.name] + rng.normal(0.0, sigma) * (g.high - g.low)
             genome[g.name] = min(max(v, g.low), g.high)
         target = self.init.budget * rng.uniform(self.init.low_share, 1.0)
         return self.space.snap(self.init.fit(self.space.snap(genome), target))
+
+    def _good_seed(self, study) -> dict | None:
+        """The seeded global trial's genome, once it has scored at least as well as the uniform genome."""
+        done = {t.user_attrs.get(R.KIND): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        seed, uniform = done.get("global"), done.get("uniform")
+        if seed is None or not all(n in seed.params for n in self._names):
+            return None
+        score = seed.user_attrs.get(R.MAP50_95) or 0.0
+        if uniform is not None and score < (uniform.user_attrs.get(R.MAP50_95) or 0.0):
+            return None  # a poor one-shot answer (global L1 often is): no generation spent around it
+        return seed.params
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(param_name.encode())])

@@ -50,6 +50,7 @@ STUDY_DATA = "data"
 STUDY_BUDGET_GFLOPS = "budget_gflops"
 STUDY_BUDGET_LATENCY_MS = "budget_latency_ms"
 STUDY_BUDGET_FLOOR = "budget_floor"
+STUDY_GLOBAL = "global_genome"  # one-shot global pruning by the criterion, as a genome: trial 0 queues it
 STUDY_IMGSZ = "imgsz"
 STUDY_DEVICE = "device"
 STUDY_SPACE = "space"  # the search space, as the dict its YAML loads to
