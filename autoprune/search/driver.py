@@ -386,16 +386,20 @@ class Search:
                 return t.number
         return None
 
+    def _replace(self, trial, genome: dict, replacement: dict, kind: str, reason: str) -> None:
+        """Queue `replacement` (of `kind`) in place of `trial`'s genome, and end the trial as rejected."""
+        self.study.enqueue_trial(replacement, user_attrs={R.KIND: kind})
+        trial.set_user_attr(R.GENOME, genome)
+        trial.set_user_attr(R.KIND, "rejected")
+        trial.set_user_attr(R.REPAIRED_INTO, replacement)
+        trial.set_user_attr(R.REASON, reason)
+        self.study.tell(trial, state=TrialState.PRUNED)
+
     def _reject_over_budget(self, trial, genome: dict, estimate: float) -> None:
         s = self.settings
         repaired = self.space.repair(genome, s.budget_gflops, s.imgsz, base_gflops=self.base_gflops)
-        self.study.enqueue_trial(repaired, user_attrs={R.KIND: "repaired"})
-        trial.set_user_attr(R.GENOME, genome)
-        trial.set_user_attr(R.KIND, "rejected")
-        trial.set_user_attr(R.REPAIRED_INTO, repaired)
-        trial.set_user_attr(R.REASON, f"over the GFLOPs budget ({estimate:.2f} > {s.budget_gflops:g}); "
-                                      "a repaired genome was queued instead")
-        self.study.tell(trial, state=TrialState.PRUNED)
+        self._replace(trial, genome, repaired, "repaired", f"over the GFLOPs budget ({estimate:.2f} > "
+                      f"{s.budget_gflops:g}); a repaired genome was queued instead")
 
     def _reject_under_floor(self, trial, genome: dict, estimate: float) -> bool:
         """Queue `genome` filled up toward the budget (`fit_to_gflops`) instead of spending a proxy on it.
@@ -408,13 +412,8 @@ class Search:
         filled = self.fit_to_gflops(genome, s.budget_gflops)
         if self.space.counts(filled) == self.space.counts(genome):
             return False
-        self.study.enqueue_trial(filled, user_attrs={R.KIND: "filled"})
-        trial.set_user_attr(R.GENOME, genome)
-        trial.set_user_attr(R.KIND, "rejected")
-        trial.set_user_attr(R.REPAIRED_INTO, filled)
-        trial.set_user_attr(R.REASON, f"under the budget floor ({estimate:.2f} < {s.budget_floor:g} x "
-                                      f"{s.budget_gflops:g} GFLOPs); a genome filled up to the budget was queued")
-        self.study.tell(trial, state=TrialState.PRUNED)
+        self._replace(trial, genome, filled, "filled", f"under the budget floor ({estimate:.2f} < "
+                      f"{s.budget_floor:g} x {s.budget_gflops:g} GFLOPs); a genome filled up to the budget was queued")
         return True
 
     def evaluate(self, trial) -> str:

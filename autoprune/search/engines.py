@@ -71,8 +71,9 @@ class InitialPopulation:
     """Where NSGA-II's first generation comes from: perturbations of `center` (the uniform genome at the budget),
     each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`. Once the
     study's seeded trial (kind "global": one-shot global pruning by the criterion) has scored at least as well as
-    the uniform genome, every other child is a smaller perturbation (`seed_sigma`) of that genome instead: crossing a good non-uniform allocation with
-    perturbed uniform genomes averages it away, so the first generation explores around both answers.
+    the uniform genome, every other child is a smaller perturbation (`seed_sigma`) of that genome instead: crossing
+    a good non-uniform allocation with perturbed uniform genomes averages it away, so the first generation explores
+    around both answers.
 
     Random genomes spread over the whole space mostly land far from the budget or cut one layer to its floor, and a
     short proxy cannot tell such wrecks apart; starting around the uniform genome at the budget spends the first
@@ -92,9 +93,9 @@ def count_in_generation(sampler: BaseSampler, study, trial) -> None:
     Optuna NSGA-II's generations; a no-op for a trial it sampled itself, and for every other sampler.
 
     Optuna's genetic samplers put a trial in a generation only when they sample it themselves; fixed trials never
-    get one, and a generation ends only when `population` trials of it have
-    completed. With most proposals replaced, Optuna's NSGA-II would stay in its random first generation for the
-    whole search. The replacement joins the generation in progress, as the proposal it replaces would have.
+    get one, and a generation ends only when `population` trials of it have completed. With most proposals
+    replaced, Optuna's NSGA-II would stay in its random first generation for the whole search. The replacement
+    joins the generation in progress, as the proposal it replaces would have.
     """
     from optuna.samplers._ga import BaseGASampler
 
