@@ -200,7 +200,8 @@ class DeapNSGA2Sampler(BaseSampler):
     Trials that finished (COMPLETE, or PRUNED for exceeding the latency budget) are the candidates; the population
     is the best `population` of them by constrained non-dominated sorting and crowding distance (`selNSGA2`).
     Until `population` trials have finished, genomes are drawn at random on the space's grid. A child's randomness
-    is seeded by the study seed and its trial number, so a run is reproducible with one worker.
+    is seeded by the study seed and its trial number, so with one worker a run repeats itself as long as the
+    objectives do (measured latency varies, and with it the parents from the second generation on).
 
     Crossover is simulated binary (eta 15, probability 0.9) and mutation polynomial (eta 20, each gene with
     probability 1/genes), both bounded by the genes' ranges, then the child is snapped to the genes' grids.
