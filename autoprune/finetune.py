@@ -72,6 +72,7 @@ __all__ = [
     "PrunedModelTrainer",
     "finetune",
     "head_distillation",
+    "head_term",
     "neck_distillation",
     "offline_ultralytics",
     "pickled_modules",
@@ -247,19 +248,30 @@ class DistillationLoss:
 
     def terms(self, s_preds, t_preds) -> tuple[torch.Tensor, torch.Tensor]:
         """(weighted head term, weighted neck term) for raw student and teacher outputs."""
-        s_br, t_br = _branches(s_preds), _branches(t_preds)
         s = self.settings
-        heads = []
-        for name in s_br:
-            if name in t_br:
-                c, b = head_distillation(s_br[name], t_br[name], temperature=s.temperature)
-                heads.append(self.cls_gain * c + self.box_gain * b)
-        kd = torch.stack(heads).mean() * s.weight if heads and s.weight > 0 else _zero(s_preds)
+        kd = _zero(s_preds)
+        if s.weight > 0:
+            kd = head_term(s_preds, t_preds, cls_gain=self.cls_gain, box_gain=self.box_gain,
+                           temperature=s.temperature) * s.weight
         neck = _zero(s_preds)
         if s.neck_weight > 0:
+            s_br, t_br = _branches(s_preds), _branches(t_preds)
             first = next(iter(s_br.values()))
             neck = neck_distillation(first["feats"], next(iter(t_br.values()))["feats"], self.projector) * s.neck_weight
         return kd, neck
+
+
+def head_term(s_preds, t_preds, *, cls_gain: float, box_gain: float, temperature: float = 2.0) -> torch.Tensor:
+    """The unweighted head distillation between student and teacher predictions (raw, or eval-mode (y, raw)
+    tuples): `cls_gain` x class term + `box_gain` x box term (`head_distillation`), averaged over the branches both
+    have (one2many and one2one for end-to-end heads)."""
+    s_br, t_br = _branches(s_preds), _branches(t_preds)
+    heads = []
+    for name in s_br:
+        if name in t_br:
+            c, b = head_distillation(s_br[name], t_br[name], temperature=temperature)
+            heads.append(cls_gain * c + box_gain * b)
+    return torch.stack(heads).mean() if heads else _zero(s_preds)
 
 
 def _zero(preds) -> torch.Tensor:

@@ -6,7 +6,9 @@ uint8 tensors), the batch schedule and Ultralytics' validator. Scoring one candi
 
 1. recalibrate BatchNorm statistics on `calib_batches` train batches (EagleEye's adaptive BN, ECCV 2020: reset the
    running statistics, cumulative average (momentum=None) in train mode under no_grad, then eval);
-2. `steps` optimizer steps on the model's own detection loss (`model.loss(batch)`, Ultralytics' v8DetectionLoss);
+2. `steps` optimizer steps on the model's own detection loss (`model.loss(batch)`, Ultralytics' v8DetectionLoss),
+   plus, with `distill` > 0 and a teacher (`set_teacher`), the head distillation `autoprune apply` finetunes with
+   (`autoprune.finetune.head_term`); the teacher's outputs on the fixed batches are computed once and cached;
 3. validation on a fixed seeded subset of the val split with Ultralytics' NMS, matching and metrics
    (`DetectionValidator.postprocess` / `update_metrics` / `DetMetrics`), giving mAP50 and mAP50-95.
 
@@ -51,6 +53,7 @@ from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics be
 from autoprune.data import DataConfig, load_data_config
 from autoprune.devices import resolve_device  # noqa: F401  (re-exported)
 from autoprune.errors import UserError
+from autoprune.finetune import _branches, head_term
 
 __all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn", "resolve_device"]
 
@@ -81,6 +84,10 @@ class ProxySettings:
         amp: run the convolutions in bfloat16 autocast where the hardware does that natively (CPUs with AVX512-BF16
             or AMX, CUDA GPUs with bf16), else float32; boxes are decoded and the loss computed in float32. About
             1.5x faster on an AVX512-BF16 CPU for a mAP within noise of float32 (see benchmarks/bench_proxy.py).
+        distill: weight of the head distillation from the teacher (`ProxyEvaluator.set_teacher`, the unpruned model)
+            in the finetune, as in `autoprune apply` (`DistillSettings.weight`, temperature 2); 0 (default): the
+            detection loss alone. The teacher's outputs on the fixed batches are computed once per evaluator, so a
+            candidate costs the same either way.
         threads: CPU threads torch uses during an evaluation (restored afterwards); 0 leaves torch's setting alone.
             1 by default: on a CPU that other processes also load (parallel search workers, anything else), two
             threads made a candidate 5-10x slower than one in our measurements (OpenMP threads waiting on each
@@ -102,6 +109,7 @@ class ProxySettings:
     channels_last: bool = True
     amp: bool = True
     threads: int = 1
+    distill: float = 0.0
 
     def __post_init__(self):
         def _int(name, lo):
@@ -117,6 +125,9 @@ class ProxySettings:
             _int(name, lo)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (0 < self.lr < 1):
             raise UserError(f"lr must be a number in (0, 1), got {self.lr!r}")
+        if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) \
+                or not math.isfinite(self.distill) or self.distill < 0:
+            raise UserError(f"distill must be a number >= 0, got {self.distill!r}")
         for name in ("recalibrate", "channels_last", "amp"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -424,6 +435,8 @@ class ProxyEvaluator:
         subset_labels = [val_ds.labels[i] for i in val_idx]
         # init_metrics reads dataloader.dataset.labels (to raise max_det for crowded images); nothing else.
         self._validator.dataloader = SimpleNamespace(dataset=SimpleNamespace(labels=subset_labels))
+        self._teacher: nn.Module | None = None
+        self._teacher_outputs: list[dict] | None = None  # per finetune step, computed on first use
         self.setup_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ construction helpers
@@ -448,6 +461,29 @@ class ProxyEvaluator:
         b = self.settings.batch
         idx = order[k * b : (k + 1) * b]
         return _collate([self._pool[i] for i in idx])
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """The model the finetune distils from when `distill` > 0 (a private frozen copy is kept; the caller's model
+        is not touched). Its outputs on the fixed finetune batches are computed on first use and reused by every
+        candidate."""
+        import copy
+
+        t = copy.deepcopy(teacher)
+        self._prepare(t)
+        t.eval().requires_grad_(False)
+        self._teacher, self._teacher_outputs = t, None
+
+    def _teacher_targets(self, order: list[int], steps: int) -> list[dict]:
+        """The teacher's raw head outputs (float16, CPU) for finetune batches 0..steps-1 of `order`."""
+        have = self._teacher_outputs or []
+        if len(have) < steps:
+            with torch.no_grad(), _threads(self.settings.threads):
+                for k in range(len(have), steps):
+                    raw = _branches(self._teacher(self._images(self._batch(order, k)["img"])))
+                    have.append({br: {key: out[key].detach().to("cpu", torch.float16) for key in ("scores", "boxes")}
+                                 for br, out in raw.items()})
+            self._teacher_outputs = have
+        return have[:steps]
 
     def calibration_batches(self) -> list[dict]:
         """The fixed calibration batches (collated dicts, uint8 images on the CPU)."""
@@ -549,7 +585,8 @@ class ProxyEvaluator:
         return model
 
     def _finetune(self, model: nn.Module, steps: int) -> list[float]:
-        """`steps` AdamW steps on the mean per-image detection loss; returns the loss per step."""
+        """`steps` AdamW steps on the mean per-image detection loss (plus the distillation, with `distill`); returns
+        the loss per step."""
         s = self.settings
         decay, no_decay = [], []
         for name, p in model.named_parameters():
@@ -564,6 +601,12 @@ class ProxyEvaluator:
         order = self._train_order if steps <= s.steps else self._order(steps * s.batch, salt=4)  # same prefix
         model.train()
         losses = []
+        targets = None
+        if s.distill > 0:
+            if self._teacher is None:
+                raise ValueError("ProxySettings.distill > 0 needs a teacher: call set_teacher(unpruned_model) first")
+            targets = self._teacher_targets(order, steps)
+            gains = float(getattr(model.args, "cls", 0.5)), float(getattr(model.args, "dfl", 1.5))
         for k in range(steps):
             for g in opt.param_groups:
                 g["lr"] = s.lr * min(1.0, (k + 1) / warmup)
@@ -572,8 +615,13 @@ class ProxyEvaluator:
                      "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
             with self._autocast():
                 preds = model(batch["img"])
-            loss, _ = model.loss(batch, _float_preds(preds))  # float32; (box, cls, dfl) gains, times batch size
+            preds = _float_preds(preds)
+            loss, _ = model.loss(batch, preds)  # float32; (box, cls, dfl) gains, times batch size
             loss = loss.sum() / batch["img"].shape[0]
+            if targets is not None:
+                t = {br: {key: v.to(self.device, torch.float32) for key, v in out.items()}
+                     for br, out in targets[k].items()}
+                loss = loss + s.distill * head_term(preds, t, cls_gain=gains[0], box_gain=gains[1])
             if not torch.isfinite(loss):  # diverged: stop; the non-finite loss is reported in train_loss
                 losses.append(float(loss.detach()))
                 break

@@ -64,6 +64,7 @@ def _params(model: nn.Module) -> dict:
 @pytest.mark.parametrize("field, value", [
     ("imgsz", 100), ("imgsz", 0), ("calib_batches", -1), ("steps", -5), ("batch", 0), ("val_images", 0),
     ("lr", 0.0), ("lr", 2.0), ("seed", -1), ("threads", -1), ("recalibrate", "yes"), ("device", "tpu"),
+    ("distill", -1.0), ("distill", float("nan")), ("distill", True),
 ])
 def test_settings_errors_name_the_field(field, value):
     with pytest.raises(UserError) as e:
@@ -160,6 +161,51 @@ def test_zero_steps_leave_the_weights_unchanged_and_steps_change_them(evaluator,
     assert len(changed) > len(after) // 2
     assert not any(".dfl" in k for k in changed)  # the DFL projection stays frozen, as in Ultralytics
     assert all(torch.equal(p, before[k]) for k, p in _params(tiny_model).items())  # the caller's original is intact
+
+
+# ---------------------------------------------------------------------------------------------- distillation
+def _teacher(tiny_model) -> nn.Module:
+    t = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return t
+
+
+def test_distillation_adds_the_weighted_head_term_to_the_loss(tiny_data, tiny_model):
+    teacher = _teacher(tiny_model)
+    first = {}
+    for w in (0.0, 1.0, 2.0):
+        ev = ProxyEvaluator(tiny_data, ProxySettings(**SMALL, distill=w))
+        ev.set_teacher(teacher)
+        first[w] = ev.evaluate(copy.deepcopy(tiny_model), steps=2).train_loss[0]  # the first step's loss
+    kd = first[1.0] - first[0.0]
+    assert kd > 0  # the teacher differs from the student
+    assert first[2.0] - first[0.0] == pytest.approx(2 * kd, rel=1e-4)  # linear in the weight, same detection term
+
+
+def test_teacher_outputs_are_computed_once_and_the_teacher_is_left_alone(tiny_data, tiny_model, monkeypatch):
+    teacher = _teacher(tiny_model).train()
+    before = _params(teacher)
+    ev = ProxyEvaluator(tiny_data, ProxySettings(**SMALL, distill=1.0))
+    ev.set_teacher(teacher)
+    calls = []
+    inner = ev._teacher.forward
+    monkeypatch.setattr(ev._teacher, "forward", lambda *a, **k: calls.append(1) or inner(*a, **k))
+    r1 = ev.evaluate(copy.deepcopy(tiny_model), steps=2)
+    assert len(calls) == 2  # one forward per finetune batch
+    r2 = ev.evaluate(copy.deepcopy(tiny_model), steps=2)
+    assert len(calls) == 2 and (r1.map50_95, r1.train_loss) == (r2.map50_95, r2.train_loss)
+    ev.evaluate(copy.deepcopy(tiny_model), steps=3)
+    assert len(calls) == 3  # only the new batch
+    assert teacher.training and all(torch.equal(p, before[k]) for k, p in _params(teacher).items())
+    assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_distillation_without_a_teacher_is_a_programming_error(tiny_data, tiny_model):
+    ev = ProxyEvaluator(tiny_data, ProxySettings(**SMALL, distill=1.0))
+    with pytest.raises(ValueError, match="set_teacher"):
+        ev.evaluate(copy.deepcopy(tiny_model), steps=1)
 
 
 # ---------------------------------------------------------------------------------------------- determinism

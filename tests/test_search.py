@@ -123,6 +123,19 @@ def test_a_data_criterion_search_stores_its_ranking(env, capsys, tmp_path, monke
     assert len(_evaluated(study)) == 2
 
 
+def test_a_distilling_proxy_is_part_of_the_study(env, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "2", "--proxy-distill", "1", "--name", "kd")
+    assert code == 0, err
+    study = _study(tmp_path / "runs/search/kd/study.db", "kd")
+    assert study.user_attrs[R.STUDY_PROXY]["distill"] == 1.0 and len(_evaluated(study)) == 2
+    # resuming with another proxy would mix scores of two proxies in one front: refused, nothing touched
+    before = (tmp_path / "runs/search/kd/study.db").read_bytes()
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "kd", "--resume")
+    assert code == 2 and err.startswith("error: study 'kd' was made with a different proxy"), err
+    assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
+
+
 def test_a_genome_that_prunes_to_an_evaluated_model_is_a_duplicate():
     from types import SimpleNamespace
 
@@ -276,6 +289,7 @@ def test_two_workers_share_one_postgresql_study(env, tmp_path):
         (["--space", "missing-space.yaml"], "missing-space.yaml"),
         (["--engine", "cma"], "--engine must be one of"),
         (["--budget-floor", "1"], "--budget-floor must be in [0, 1)"),
+        (["--proxy-distill", "-1"], "--proxy-distill must be a number >= 0"),
         (["--resume"], "--resume needs the --name"),
     ],
 )

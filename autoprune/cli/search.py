@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generations", type=int, default=None, help="NSGA-II generations (x --population)")
     parser.add_argument("--population", type=int, default=8, help="NSGA-II population size (default 8)")
     parser.add_argument("--proxy-steps", type=int, default=50, help="finetune steps in each candidate's proxy")
+    parser.add_argument("--proxy-distill", type=float, default=0.0, metavar="W",
+                        help="weight of head distillation from the unpruned model in each candidate's proxy finetune "
+                             "(as apply finetunes; 1.0 weighs it like the ground truth; default 0: off)")
     parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches in the proxy")
     parser.add_argument("--proxy-imgsz", type=int, default=320, help="image size of the proxy (default 320)")
     parser.add_argument("--val-images", type=int, default=200, help="validation images the proxy scores on")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> dict:
         generations=args.generations,
         population=args.population,
         proxy_steps=args.proxy_steps,
+        proxy_distill=args.proxy_distill,
         calib_batches=args.calib_batches,
         proxy_imgsz=args.proxy_imgsz,
         val_images=args.val_images,

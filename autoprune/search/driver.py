@@ -63,6 +63,7 @@ class SearchSettings:
     generations: int | None = None
     population: int = 8
     proxy_steps: int = 50
+    proxy_distill: float = 0.0  # head distillation from the unpruned model in the proxy's finetune (0: off)
     calib_batches: int = 20
     proxy_imgsz: int = 320
     val_images: int = 200
@@ -134,6 +135,8 @@ def _check_settings(s: SearchSettings) -> None:
         positive(name, getattr(s, name), integer=True)
     if s.proxy_steps < 0:
         raise UserError(f"--proxy-steps must be 0 or more, got {s.proxy_steps}")
+    if not (isinstance(s.proxy_distill, (int, float)) and math.isfinite(s.proxy_distill) and s.proxy_distill >= 0):
+        raise UserError(f"--proxy-distill must be a number >= 0, got {s.proxy_distill}")
     for name in ("imgsz", "proxy_imgsz"):
         v = getattr(s, name)
         if v <= 0 or v % 32:
@@ -248,8 +251,11 @@ class Search:
 
     def _proxy_settings_dict(self) -> dict:
         s = self.settings
-        return {"imgsz": s.proxy_imgsz, "steps": s.proxy_steps, "calib_batches": s.calib_batches,
-                "val_images": s.val_images, "seed": s.seed}
+        out = {"imgsz": s.proxy_imgsz, "steps": s.proxy_steps, "calib_batches": s.calib_batches,
+               "val_images": s.val_images, "seed": s.seed}
+        if s.proxy_distill:  # only when on: studies made before the option resume unchanged
+            out["distill"] = float(s.proxy_distill)
+        return out
 
     def _open_study(self):
         s = self.settings
@@ -309,7 +315,9 @@ class Search:
             self.log(f"building the proxy evaluator ({s.proxy_imgsz}px, {s.val_images} val images)...")
             self._evaluator = ProxyEvaluator(self.data, ProxySettings(
                 imgsz=s.proxy_imgsz, steps=s.proxy_steps, calib_batches=s.calib_batches, val_images=s.val_images,
-                seed=s.seed, device=str(self.device)))
+                seed=s.seed, device=str(self.device), distill=float(s.proxy_distill)))
+            if s.proxy_distill:
+                self._evaluator.set_teacher(self.loaded.model)
         return self._evaluator
 
     def _channel_scores(self) -> dict:
