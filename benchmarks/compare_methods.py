@@ -1,7 +1,11 @@
 """The classic pruning methods against the searched genome, on the demo at about 50% of the GFLOPs.
 
     .venv/bin/python benchmarks/compare_methods.py --epochs 5
+    .venv/bin/python benchmarks/compare_methods.py --epochs 5 --seeds 1,2 --methods global-hessian,searched
 
+The budget is `--share` of the unpruned model's full GFLOPs (fvcore, Ultralytics' convention) for every method:
+
+each one-shot plan is the largest its strategy makes within it, and the search gets it as --budget-gflops.
 Methods, all from the same unpruned model (the embedded demo by default), each finetuned with the same number of
 epochs and the same distillation setting (teacher: the unpruned model), then validated by Ultralytics on the whole
 val split:
@@ -10,13 +14,15 @@ val split:
 - global-<criterion>: one threshold over all groups' normalized scores, for every criterion
   (l1, l2, bn_scale, lamp, taylor, hessian, fpgm, random);
 - slimming: sparse training (L1 on BN gamma, `autoprune sparsify`), then global bn_scale;
-- searched: the best feasible trial of an `autoprune search` whose budget is `--share` of the unpruned model's full
-  GFLOPs (the global methods land just below it; uniform lower, where rounding to 8 channels stops it), with the
-  channel ranking of `--search-criterion` (row `searched-C` for a criterion other than l1).
+- searched: the best feasible trial (highest proxy mAP50-95) of an `autoprune search` at that budget, with the
+  channel ranking of `--search-criterion` (row `searched-C` for a criterion other than l1); `--search-name` names
+  the study (a finished one is read as it is, with the channel ranking it stored).
 
-Targets are conv GFLOPs at 640 (`--share` of the unpruned model's); the table reports full GFLOPs (fvcore,
-Ultralytics' convention). Results are cached per method in runs/compare_methods/NAME/results.json, so an
-interrupted run continues. Prints a Markdown table and writes a plot (`--plot`). Nothing is asserted.
+Uniform pruning lands lower than the others where rounding to 8 channels stops it. A 3-epoch finetune on the demo
+varies by about 0.005 mAP50-95 from seed to seed, so `--seeds` repeats methods with other finetune seeds and the
+table gives the mean and the spread. Results are cached per method and seed in runs/compare_methods/NAME/results.json
+(a row is reused only while its method still plans the same model), so an interrupted run continues. Prints a
+Markdown table and writes a plot (`--plot`). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the embedded demo model")
     parser.add_argument("--data", default=None, help="default: the embedded demo dataset")
-    parser.add_argument("--share", type=float, default=0.5, help="target share of the conv GFLOPs")
+    parser.add_argument("--share", type=float, default=0.5, help="budget: share of the unpruned model's GFLOPs")
     parser.add_argument("--epochs", type=int, default=5, help="finetune epochs for every method")
     parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--sparsify-epochs", type=int, default=10)
@@ -46,10 +52,13 @@ def main() -> int:
     parser.add_argument("--search-criterion", default="l1", help="the search's channel criterion (row searched-C "
                                                                  "unless l1)")
     parser.add_argument("--search-space", default=None, help="the search's space (default: the model family's)")
+    parser.add_argument("--search-proxy-steps", type=int, default=50)
+    parser.add_argument("--search-proxy-distill", type=float, default=0.0)
+    parser.add_argument("--search-budget-floor", type=float, default=0.8)
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--imgsz", type=int, default=None, help="finetune/val size (default: the demo's)")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0, help="finetune seed (run-to-run noise: repeat with others)")
+    parser.add_argument("--seeds", default="0", help="comma-separated finetune seeds (each method runs once per seed)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--name", default="exp", help="results folder runs/compare_methods/NAME")
     parser.add_argument("--plot", default="docs/compare_methods.png")
@@ -77,36 +86,61 @@ def main() -> int:
     data = load_data_config(args.data)
     base = loaded.model
     graph = analyze(base, imgsz=640)
-    target = args.share * graph.conv_gflops()
+    budget = args.share * count_gflops(base, 640)
+    seeds = [int(x) for x in args.seeds.split(",")]
     calib = ProxyEvaluator(data, ProxySettings(imgsz=imgsz, steps=0, device=str(device))).calibration_batches()
-    print(f"model {loaded.source}, {count_gflops(base, 640):.2f} GFLOPs at 640; target {args.share:.0%} of the conv "
-          f"GFLOPs = {target:.2f}; finetune {args.epochs} epochs at {imgsz}, distill={args.distill}\n", flush=True)
+    print(f"model {loaded.source}, {count_gflops(base, 640):.2f} GFLOPs at 640; budget {args.share:.0%} = "
+          f"{budget:.4f} GFLOPs; finetune {args.epochs} epochs at {imgsz}, distill={args.distill}, seeds {seeds}\n",
+          flush=True)
 
     def save(results):
         cache_path.write_text(json.dumps(results, indent=2))
 
+    def within_budget(model_graph, model, strategy, scores=None):
+        """The largest plan of `strategy` whose full GFLOPs fit the budget: the conv target starts at the share of
+        the conv GFLOPs and comes down by what the full count is over (norms and fixed layers add a little)."""
+        t = args.share * model_graph.conv_gflops()
+        for _ in range(20):
+            plan = plan_counts(model_graph, strategy, target_gflops=t, scores=scores)
+            ranking = None if scores is None else {g: [x.argsort(descending=True, stable=True) for x in per]
+                                                   for g, per in scores.items()}
+            pruned = prune_to_counts(model, plan.counts, graph=model_graph, ranking=ranking)
+            over = count_gflops(pruned, 640) - budget
+            if over <= 0:
+                return pruned, plan
+            t -= over + 1e-6
+        raise RuntimeError(f"{strategy}: no plan within {budget} GFLOPs")
+
     def evaluate(name: str, model, counts: dict, extra: dict) -> None:
-        """Finetune a pruned copy with the shared settings, validate before and after, cache the row."""
-        if name in results:
-            return
-        t0 = time.perf_counter()
-        before_ckpt = save_checkpoint(model, out / name / "before.pt")
-        before = validate_checkpoint(before_ckpt, data, imgsz=imgsz, device=device)
-        distill = DistillSettings() if args.distill else None
-        teacher = copy.deepcopy(base) if args.distill else None
-        ft = finetune(copy.deepcopy(model), data, save_dir=out / name / "train", teacher=teacher,
-                      distill=distill, epochs=args.epochs, imgsz=imgsz, batch=args.batch, device=device,
-                      verbose=False, label=name, seed=args.seed)
-        after = validate_checkpoint(ft.best, data, imgsz=imgsz, device=device)
-        results[name] = {
-            "gflops": count_gflops(model, 640), "params": count_params(model), "conv_gflops": graph.conv_gflops(counts),
-            "map50_95_before": before["map50_95"], "map50_95": after["map50_95"], "map50": after["map50"],
-            "minutes": (time.perf_counter() - t0) / 60, **extra,
-        }
-        save(results)
-        r = results[name]
-        print(f"  {name}: {r['gflops']:.2f} GFLOPs, mAP50-95 {r['map50_95_before']:.4f} -> {r['map50_95']:.4f} "
-              f"({r['minutes']:.1f} min; {load()})", flush=True)
+        """Finetune a pruned copy with the shared settings for every seed, validate before and after, cache rows."""
+        gflops = count_gflops(model, 640)
+        for seed in seeds:
+            key = name if seed == 0 else f"{name}#s{seed}"
+            if key in results and abs(results[key]["gflops"] - gflops) < 1e-9:
+                continue
+            if key in results:
+                print(f"  {key}: the cached row is a model of {results[key]['gflops']:.4f} GFLOPs, the method now "
+                      f"plans {gflops:.4f}; finetuning again", flush=True)
+            t0 = time.perf_counter()
+            run = out / key.replace("#", "-")
+            before_ckpt = save_checkpoint(model, run / "before.pt")
+            before = validate_checkpoint(before_ckpt, data, imgsz=imgsz, device=device)
+            distill = DistillSettings() if args.distill else None
+            teacher = copy.deepcopy(base) if args.distill else None
+            ft = finetune(copy.deepcopy(model), data, save_dir=run / "train", teacher=teacher,
+                          distill=distill, epochs=args.epochs, imgsz=imgsz, batch=args.batch, device=device,
+                          verbose=False, label=name, seed=seed)
+            after = validate_checkpoint(ft.best, data, imgsz=imgsz, device=device)
+            results[key] = {
+                "method": name, "seed": seed, "gflops": gflops, "params": count_params(model),
+                "conv_gflops": graph.conv_gflops(counts), "map50_95_before": before["map50_95"],
+                "map50_95": after["map50_95"], "map50": after["map50"], "minutes": (time.perf_counter() - t0) / 60,
+                **extra,
+            }
+            save(results)
+            r = results[key]
+            print(f"  {key}: {r['gflops']:.2f} GFLOPs, mAP50-95 {r['map50_95_before']:.4f} -> {r['map50_95']:.4f} "
+                  f"({r['minutes']:.1f} min; {load()})", flush=True)
 
     wanted = set(args.methods.split(",")) if args.methods else None
 
@@ -115,20 +149,18 @@ def main() -> int:
 
     # one-shot methods
     if want("uniform"):
-        plan = plan_counts(graph, "uniform", target_gflops=target)
-        evaluate("uniform", prune_to_counts(base, plan.counts, graph=graph), plan.counts, {"ratio": plan.ratio})
+        model, plan = within_budget(graph, base, "uniform")
+        evaluate("uniform", model, plan.counts, {"ratio": plan.ratio})
     for criterion in CRITERIA:
         name = f"global-{criterion}"
         if not want(name):
             continue
         batches = calib if criterion in ("taylor", "hessian") else None
-        scores = channel_scores(base, graph, criterion, batches=batches)
-        plan = plan_counts(graph, "global", target_gflops=target, scores=scores)
-        ranking = {g: [s.argsort(descending=True, stable=True) for s in per] for g, per in scores.items()}
-        evaluate(name, prune_to_counts(base, plan.counts, graph=graph, ranking=ranking), plan.counts, {})
+        model, plan = within_budget(graph, base, "global", channel_scores(base, graph, criterion, batches=batches))
+        evaluate(name, model, plan.counts, {})
 
     # network slimming: sparse training, then a global bn_scale threshold
-    if want("slimming") and "slimming" not in results:
+    if want("slimming"):
         from autoprune.finetune import ultralytics_device
         from autoprune.sparsify import SparsifySettings, sparsify
 
@@ -142,30 +174,14 @@ def main() -> int:
         sparse = json.loads((run_dir / "summary.json").read_text())
         sparse_model = load_model(str(run_dir / "sparse.pt")).model
         sgraph = analyze(sparse_model, imgsz=640)
-        scores = channel_scores(sparse_model, sgraph, "bn_scale")
-        plan = plan_counts(sgraph, "global", target_gflops=target, scores=scores)
-        ranking = {g: [s.argsort(descending=True, stable=True) for s in per] for g, per in scores.items()}
-        evaluate("slimming", prune_to_counts(sparse_model, plan.counts, graph=sgraph, ranking=ranking), plan.counts,
-                 {"gamma_below_1e-2": sparse["gamma_share_below"]["after"]})
+        model, plan = within_budget(sgraph, sparse_model, "global", channel_scores(sparse_model, sgraph, "bn_scale"))
+        evaluate("slimming", model, plan.counts, {"gamma_below_1e-2": sparse["gamma_share_below"]["after"]})
 
-    # the search, with the smallest budget any one-shot method reached
+    # the search at the same budget
     searched = "searched" if args.search_criterion == "l1" else f"searched-{args.search_criterion}"
-    if want(searched) and searched not in results:
-        from autoprune.search.driver import Search, SearchSettings
-        from autoprune.search.records import TrialRecord
-
-        budget = count_gflops(base, 640) * args.share  # the nominal share; one-shot methods land at or below it
-        name = args.search_name or f"compare-{args.name}"
-        search = Search(SearchSettings(budget_gflops=round(budget, 4), model=args.model, data=args.data,
-                                       trials=args.search_trials, name=name, resume=True, device=args.device,
-                                       criterion=args.search_criterion, space=args.search_space),
-                        log=lambda *_: None)
-        search.run()
-        records = [TrialRecord.from_trial(t) for t in search.study.trials]
-        best = max((r for r in records if r.feasible), key=lambda r: (r.map50_95, -r.gflops))
-        counts = best.attrs["kept_channels"]
-        evaluate(searched, prune_to_counts(base, counts, graph=graph, ranking=search.ranking), counts,
-                 {"trial": best.number, "study": name, "budget": budget, "proxy_map50_95": best.map50_95})
+    if want(searched):
+        model, counts, extra = _searched(args, base, loaded, budget)
+        evaluate(searched, model, counts, extra)
 
     _table(results, args)
     if args.plot:
@@ -173,14 +189,65 @@ def main() -> int:
     return 0
 
 
+def _searched(args, base, loaded, budget: float):
+    """(pruned model, kept counts, row extras) of the best feasible trial of the search `--search-name` (read as it
+    is when it exists) or of a new search at `budget` with the --search-* settings."""
+    from autoprune.cli.apply import rebuild
+    from autoprune.search import records as R
+    from autoprune.search.storage import open_study, run_dir_for, STUDY_FILE
+
+    name = args.search_name or f"compare-{args.name}"
+    if not (run_dir_for(name) / STUDY_FILE).is_file():
+        from autoprune.search.driver import Search, SearchSettings
+
+        Search(SearchSettings(budget_gflops=round(budget, 4), model=args.model, data=args.data,
+                              trials=args.search_trials, name=name, device=args.device,
+                              criterion=args.search_criterion, space=args.search_space,
+                              proxy_steps=args.search_proxy_steps, proxy_distill=args.search_proxy_distill,
+                              budget_floor=args.search_budget_floor), log=print).run()
+    study = open_study(None, name)
+    attrs = study.user_attrs
+    if attrs.get(R.STUDY_CRITERION, "l1") != args.search_criterion:
+        raise SystemExit(f"error: study {name!r} ranks channels by {attrs.get(R.STUDY_CRITERION)!r}, "
+                         f"not --search-criterion {args.search_criterion!r}")
+    if attrs[R.STUDY_BUDGET_GFLOPS] > budget + 1e-3:
+        raise SystemExit(f"error: study {name!r} has a budget of {attrs[R.STUDY_BUDGET_GFLOPS]} GFLOPs, over {budget}")
+    records = [R.TrialRecord.from_trial(t) for t in study.trials]
+    best = max((r for r in records if r.feasible), key=lambda r: (r.map50_95, -r.gflops))
+    model, counts, _ = rebuild(loaded, best, imgsz=640, ranking=attrs.get(R.STUDY_RANKING))
+    return model, counts, {"trial": best.number, "study": name, "kind": best.attrs.get(R.KIND),
+                           "proxy_map50_95": best.map50_95, "proxy": attrs.get(R.STUDY_PROXY)}
+
+
+def _by_method(results: dict) -> dict[str, dict]:
+    """{method: its seed-0 row (or first row) with "runs" (mAP50-95 per seed), "mean" and "sd" added}."""
+    import statistics
+
+    out: dict[str, dict] = {}
+    for key, r in results.items():
+        method = r.get("method", key.split("#")[0])
+        row = out.setdefault(method, {**r, "runs": {}})
+        if abs(r["gflops"] - row["gflops"]) > 1e-9:
+            continue  # a row of an older plan of the method
+        row["runs"][int(r.get("seed", 0))] = r["map50_95"]
+    for row in out.values():
+        v = list(row["runs"].values())
+        row["mean"] = statistics.fmean(v)
+        row["sd"] = statistics.stdev(v) if len(v) > 1 else None
+    return out
+
+
 def _table(results: dict, args) -> None:
-    print(f"\n| method | GFLOPs | params | mAP50-95 before finetune | mAP50-95 after {args.epochs} epochs | mAP50 |")
+    rows = _by_method(results)
+    print(f"\n| method | GFLOPs | params | mAP50-95 before finetune | mAP50-95 after {args.epochs} epochs, mean "
+          f"(per seed) | mAP50 (seed 0) |")
     print("|---|---|---|---|---|---|")
-    for name, r in sorted(results.items(), key=lambda kv: -kv[1]["map50_95"]):
-        print(f"| {name} | {r['gflops']:.2f} | {r['params'] / 1e6:.2f}M | {r['map50_95_before']:.4f} | "
-              f"**{r['map50_95']:.4f}** | {r['map50']:.4f} |" if name.startswith("searched") else
-              f"| {name} | {r['gflops']:.2f} | {r['params'] / 1e6:.2f}M | {r['map50_95_before']:.4f} | "
-              f"{r['map50_95']:.4f} | {r['map50']:.4f} |")
+    for name, r in sorted(rows.items(), key=lambda kv: -kv[1]["mean"]):
+        runs = ", ".join(f"{r['runs'][k]:.4f}" for k in sorted(r["runs"]))
+        mean = f"{r['mean']:.4f}" + (f" ± {r['sd']:.4f} ({runs})" if r["sd"] is not None else "")
+        mean = f"**{mean}**" if name.startswith("searched") else mean
+        print(f"| {name} | {r['gflops']:.2f} | {r['params'] / 1e6:.2f}M | {r['map50_95_before']:.4f} | {mean} | "
+              f"{r['map50']:.4f} |")
 
 
 def _plot(results: dict, path: Path, args) -> None:
@@ -190,14 +257,18 @@ def _plot(results: dict, path: Path, args) -> None:
     fig = Figure(figsize=(8, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for name, r in results.items():
+    for name, r in _by_method(results).items():
         searched = name.startswith("searched")
-        ax.scatter(r["gflops"], r["map50_95"], s=80 if searched else 30, marker="*" if searched else "o",
+        if r["sd"] is not None:
+            ax.errorbar(r["gflops"], r["mean"], yerr=r["sd"], color="#d62728" if searched else "#1f77b4",
+                        capsize=3, lw=1, zorder=1)
+        ax.scatter(r["gflops"], r["mean"], s=80 if searched else 30, marker="*" if searched else "o",
                    color="#d62728" if searched else "#1f77b4", zorder=3 if searched else 2)
-        ax.annotate(name, (r["gflops"], r["map50_95"]), textcoords="offset points", fontsize=7,
+        ax.annotate(name, (r["gflops"], r["mean"]), textcoords="offset points", fontsize=7,
                     xytext=(-6, -11) if searched else (4, 3), ha="right" if searched else "left")
     ax.set_xlabel("GFLOPs at 640 (fvcore, Ultralytics' convention)")
-    ax.set_ylabel(f"mAP50-95 after {args.epochs} epochs" + (" with distillation" if args.distill else ""))
+    ax.set_ylabel(f"mAP50-95 after {args.epochs} epochs" + (" with distillation" if args.distill else "")
+                  + " (mean over seeds)")
     ax.set_title(f"Pruning methods at about {args.share:.0%} of the GFLOPs (demo, val split)")
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
