@@ -1,6 +1,7 @@
 """How well a search's proxy score predicts the mAP after the real finetune: trials of one study, finetuned alike.
 
-    .venv/bin/python benchmarks/bench_proxy_fidelity.py --study bench-search-fine-hessian-kd --trials 14,21,38,45,89,1,87
+    .venv/bin/python benchmarks/bench_proxy_fidelity.py --study bench-search-fine-hessian-kd \
+        --trials 14,21,38,45,89,1,87
 
 Each trial's model is rebuilt from the study (its kept channels and the study's channel ranking, as `autoprune
 apply` does), finetuned for `--epochs` with distillation from the unpruned model (seed `--seed`), and validated by
