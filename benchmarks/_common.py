@@ -47,3 +47,24 @@ def header() -> None:
     print(f"date:    {datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {machine()}")
     print()
+
+
+def plan_within(graph, model, strategy: str, budget: float, *, scores=None, ranking=None, min_channels: int = 8):
+    """(pruned model, plan): the largest plan of `strategy` whose full GFLOPs at 640 (fvcore, what a search's budget
+    counts) fit `budget`. The conv target starts at the same share of the conv GFLOPs and comes down by what the
+    full count is over (norms and fixed layers add a little). `ranking` defaults to the order of `scores`."""
+    from autoprune.cost import count_gflops
+    from autoprune.pruner import prune_to_counts
+    from autoprune.strategies import plan_counts
+
+    if ranking is None and scores is not None:
+        ranking = {g: [x.argsort(descending=True, stable=True) for x in per] for g, per in scores.items()}
+    t = budget / count_gflops(model, 640) * graph.conv_gflops()
+    for _ in range(20):
+        plan = plan_counts(graph, strategy, target_gflops=t, scores=scores, min_channels=min_channels)
+        pruned = prune_to_counts(model, plan.counts, graph=graph, ranking=ranking)
+        over = count_gflops(pruned, 640) - budget
+        if over <= 0:
+            return pruned, plan
+        t -= over + 1e-6
+    raise RuntimeError(f"{strategy}: no plan within {budget} GFLOPs")

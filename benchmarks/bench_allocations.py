@@ -26,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import header, load
+from _common import header, load, plan_within
 
 
 def main() -> int:
@@ -54,9 +54,8 @@ def main() -> int:
     from autoprune.finetune import DistillSettings, finetune, validate_checkpoint
     from autoprune.importance import DATA_CRITERIA
     from autoprune.models import load_model
-    from autoprune.pruner import channel_scores, prune_to_counts
+    from autoprune.pruner import channel_scores
     from autoprune.proxy import ProxyEvaluator, ProxySettings
-    from autoprune.strategies import plan_counts
 
     out = Path("runs/bench_allocations") / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -79,15 +78,7 @@ def main() -> int:
     print(f"model {loaded.source}; budget {budget:.4f} GFLOPs; criterion {args.criterion}\n", flush=True)
 
     def within_budget(group_scores, floor):
-        t = args.share * graph.conv_gflops()
-        for _ in range(20):
-            plan = plan_counts(graph, "global", target_gflops=t, scores=group_scores, min_channels=floor)
-            model = prune_to_counts(base, plan.counts, graph=graph, ranking=ranking)
-            over = count_gflops(model, 640) - budget
-            if over <= 0:
-                return model
-            t -= over + 1e-6
-        raise RuntimeError(f"no plan within {budget} GFLOPs")
+        return plan_within(graph, base, "global", budget, scores=group_scores, ranking=ranking, min_channels=floor)[0]
 
     variants = {f"floor {f}": within_budget(scores, int(f)) for f in args.floors.split(",")}
     for e in (float(x) for x in args.cost_exponents.split(",") if x):

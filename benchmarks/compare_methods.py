@@ -33,7 +33,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import header, load
+from _common import header, load, plan_within
 
 CRITERIA = ("l1", "l2", "bn_scale", "lamp", "taylor", "hessian", "fpgm", "random")
 
@@ -72,9 +72,8 @@ def main() -> int:
     from autoprune.devices import resolve_device
     from autoprune.finetune import DistillSettings, finetune, validate_checkpoint
     from autoprune.models import load_model, save_checkpoint
-    from autoprune.pruner import channel_scores, prune_to_counts
+    from autoprune.pruner import channel_scores
     from autoprune.proxy import ProxyEvaluator, ProxySettings
-    from autoprune.strategies import plan_counts
 
     out = Path("runs/compare_methods") / args.name
     out.mkdir(parents=True, exist_ok=True)
@@ -97,19 +96,7 @@ def main() -> int:
         cache_path.write_text(json.dumps(results, indent=2))
 
     def within_budget(model_graph, model, strategy, scores=None):
-        """The largest plan of `strategy` whose full GFLOPs fit the budget: the conv target starts at the share of
-        the conv GFLOPs and comes down by what the full count is over (norms and fixed layers add a little)."""
-        t = args.share * model_graph.conv_gflops()
-        for _ in range(20):
-            plan = plan_counts(model_graph, strategy, target_gflops=t, scores=scores)
-            ranking = None if scores is None else {g: [x.argsort(descending=True, stable=True) for x in per]
-                                                   for g, per in scores.items()}
-            pruned = prune_to_counts(model, plan.counts, graph=model_graph, ranking=ranking)
-            over = count_gflops(pruned, 640) - budget
-            if over <= 0:
-                return pruned, plan
-            t -= over + 1e-6
-        raise RuntimeError(f"{strategy}: no plan within {budget} GFLOPs")
+        return plan_within(model_graph, model, strategy, budget, scores=scores)
 
     def evaluate(name: str, model, counts: dict, extra: dict) -> None:
         """Finetune a pruned copy with the shared settings for every seed, validate before and after, cache rows."""
