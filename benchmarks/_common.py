@@ -6,6 +6,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -68,3 +69,28 @@ def plan_within(graph, model, strategy: str, budget: float, *, scores=None, rank
             return pruned, plan
         t -= over + 1e-6
     raise RuntimeError(f"{strategy}: no plan within {budget} GFLOPs")
+
+
+def results_cache(folder: Path) -> tuple[dict, Callable[[], int]]:
+    """(results, save): the rows cached in folder/results.json (empty if none), and a function writing them back."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    return results, lambda: path.write_text(json.dumps(results, indent=2))
+
+
+def finetune_and_validate(model, teacher, data, save_dir: Path, *, epochs: int, imgsz: int, batch: int, device,
+                          seed: int, label: str) -> dict:
+    """Finetune a copy of `model` as the methods comparison does (distilling from `teacher`, None: no distillation;
+    `finetune` keeps its own frozen copy of it), then validate its best checkpoint on the whole val split; returns
+    Ultralytics' metrics (`validate_checkpoint`)."""
+    import copy
+
+    from autoprune.finetune import DistillSettings, finetune, validate_checkpoint
+
+    ft = finetune(copy.deepcopy(model), data, save_dir=save_dir, teacher=teacher,
+                  distill=DistillSettings() if teacher is not None else None, epochs=epochs, imgsz=imgsz,
+                  batch=batch, device=device, verbose=False, label=label, seed=seed)
+    return validate_checkpoint(ft.best, data, imgsz=imgsz, device=device)

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
-from _common import header, load, plan_within
+from _common import finetune_and_validate, header, load, plan_within, results_cache
 
 
 def main() -> int:
@@ -44,6 +43,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--imgsz", type=int, default=None, help="proxy/finetune size (default: the demo's)")
     parser.add_argument("--name", default="exp")
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     header()
 
@@ -51,22 +51,21 @@ def main() -> int:
     from autoprune.cost import count_gflops, count_params
     from autoprune.data import load_data_config
     from autoprune.demo import DEMO_IMGSZ
-    from autoprune.finetune import DistillSettings, finetune, validate_checkpoint
+    from autoprune.devices import resolve_device
     from autoprune.importance import DATA_CRITERIA
     from autoprune.models import load_model
     from autoprune.pruner import channel_scores
     from autoprune.proxy import ProxyEvaluator, ProxySettings
 
     out = Path("runs/bench_allocations") / args.name
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "results.json"
-    results = json.loads(cache.read_text()) if cache.exists() else {}
+    results, save = results_cache(out)
+    device = resolve_device(args.device)
     imgsz = args.imgsz or DEMO_IMGSZ
     loaded = load_model(args.model)
     base, data = loaded.model, load_data_config(args.data)
     graph = analyze(base, imgsz=640)
     budget = args.share * count_gflops(base, 640)
-    calib = ProxyEvaluator(data, ProxySettings(imgsz=imgsz)).calibration_batches()
+    calib = ProxyEvaluator(data, ProxySettings(imgsz=imgsz, device=str(device))).calibration_batches()
     scores = channel_scores(base, graph, args.criterion,
                             batches=calib if args.criterion in DATA_CRITERIA else None)
     ranking = {g: [s.argsort(descending=True, stable=True) for s in per] for g, per in scores.items()}
@@ -87,7 +86,7 @@ def main() -> int:
 
     proxies = [(int(a), float(b)) for a, b in (p.split(":") for p in args.proxies.split(","))]
     for steps, distill in proxies:
-        ev = ProxyEvaluator(data, ProxySettings(imgsz=imgsz, steps=steps, distill=distill))
+        ev = ProxyEvaluator(data, ProxySettings(imgsz=imgsz, steps=steps, distill=distill, device=str(device)))
         if distill:
             ev.set_teacher(base)
         for name, model in variants.items():
@@ -95,7 +94,7 @@ def main() -> int:
             if key not in results:
                 r = ev.evaluate(copy.deepcopy(model))
                 results[key] = {"map50_95": r.map50_95, "seconds": r.seconds}
-                cache.write_text(json.dumps(results, indent=2))
+                save()
             print(f"  {name}, proxy {steps} steps distill {distill:g}: {results[key]['map50_95']:.4f} "
                   f"({results[key]['seconds']:.1f} s)", flush=True)
 
@@ -108,12 +107,10 @@ def main() -> int:
             if key not in results:
                 t0 = time.perf_counter()
                 run = out / f"{name.replace(' ', '')}-e{args.epochs}-s{seed}"
-                ft = finetune(copy.deepcopy(model), data, save_dir=run, teacher=copy.deepcopy(base),
-                              distill=DistillSettings(), epochs=args.epochs, imgsz=imgsz, batch=16, device="cpu",
-                              verbose=False, label=name.replace(" ", ""), seed=seed)
-                after = validate_checkpoint(ft.best, data, imgsz=imgsz, device="cpu")
+                after = finetune_and_validate(model, base, data, run, epochs=args.epochs, imgsz=imgsz, batch=16,
+                                              device=device, seed=seed, label=name.replace(" ", ""))
                 results[key] = {"map50_95": after["map50_95"], "minutes": (time.perf_counter() - t0) / 60}
-                cache.write_text(json.dumps(results, indent=2))
+                save()
             print(f"  {name}, finetuned {args.epochs} epochs seed {seed}: {results[key]['map50_95']:.4f} "
                   f"({load()})", flush=True)
 

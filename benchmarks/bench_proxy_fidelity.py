@@ -13,12 +13,10 @@ runs/bench_proxy_fidelity/STUDY/results.json. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import time
 from pathlib import Path
 
-from _common import header, load
+from _common import finetune_and_validate, header, load, results_cache
 
 
 def main() -> int:
@@ -39,7 +37,6 @@ def main() -> int:
     from autoprune.data import load_data_config
     from autoprune.demo import DEMO_IMGSZ
     from autoprune.devices import resolve_device
-    from autoprune.finetune import DistillSettings, finetune, validate_checkpoint
     from autoprune.models import load_model
     from autoprune.search import records as R
     from autoprune.search.storage import open_study
@@ -47,9 +44,7 @@ def main() -> int:
     study = open_study(None, args.study)
     trials = {t.number: R.TrialRecord.from_trial(t) for t in study.trials}
     out = Path("runs/bench_proxy_fidelity") / args.study
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "results.json"
-    results = json.loads(cache.read_text()) if cache.exists() else {}
+    results, save = results_cache(out)
     device = resolve_device(args.device)
     imgsz = args.imgsz or DEMO_IMGSZ
     loaded = load_model(args.model)
@@ -65,13 +60,12 @@ def main() -> int:
         record = trials[n]
         t0 = time.perf_counter()
         model, _, gflops = rebuild(loaded, record, imgsz=640, ranking=study.user_attrs.get(R.STUDY_RANKING))
-        ft = finetune(model, data, save_dir=out / f"trial{n}-e{args.epochs}-s{args.seed}", verbose=False,
-                      teacher=copy.deepcopy(loaded.model), distill=DistillSettings(), epochs=args.epochs,
-                      imgsz=imgsz, batch=args.batch, device=device, label=f"trial{n}", seed=args.seed)
-        after = validate_checkpoint(ft.best, data, imgsz=imgsz, device=device)
+        after = finetune_and_validate(model, loaded.model, data, out / f"trial{n}-e{args.epochs}-s{args.seed}",
+                                      epochs=args.epochs, imgsz=imgsz, batch=args.batch, device=device,
+                                      seed=args.seed, label=f"trial{n}")
         results[key] = {"trial": n, "kind": record.attrs.get(R.KIND), "gflops": gflops, "proxy": record.map50_95,
                         "map50_95": after["map50_95"], "minutes": (time.perf_counter() - t0) / 60}
-        cache.write_text(json.dumps(results, indent=2))
+        save()
         print(f"  trial {n}: proxy {record.map50_95:.4f} -> finetuned {after['map50_95']:.4f} "
               f"({results[key]['minutes']:.1f} min; {load()})", flush=True)
 

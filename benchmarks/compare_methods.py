@@ -28,12 +28,11 @@ Markdown table and writes a plot (`--plot`). Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
 
-from _common import header, load, plan_within
+from _common import finetune_and_validate, header, load, plan_within, results_cache
 
 CRITERIA = ("l1", "l2", "bn_scale", "lamp", "taylor", "hessian", "fpgm", "random")
 
@@ -70,15 +69,14 @@ def main() -> int:
     from autoprune.data import load_data_config
     from autoprune.demo import DEMO_IMGSZ
     from autoprune.devices import resolve_device
-    from autoprune.finetune import DistillSettings, finetune, validate_checkpoint
+    from autoprune.finetune import validate_checkpoint
     from autoprune.models import load_model, save_checkpoint
     from autoprune.pruner import channel_scores
     from autoprune.proxy import ProxyEvaluator, ProxySettings
 
     out = Path("runs/compare_methods") / args.name
     out.mkdir(parents=True, exist_ok=True)
-    cache_path = out / "results.json"
-    results = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    results, save = results_cache(out)
     device = resolve_device(args.device)
     imgsz = args.imgsz or DEMO_IMGSZ
     loaded = load_model(args.model)
@@ -91,9 +89,6 @@ def main() -> int:
     print(f"model {loaded.source}, {count_gflops(base, 640):.2f} GFLOPs at 640; budget {args.share:.0%} = "
           f"{budget:.4f} GFLOPs; finetune {args.epochs} epochs at {imgsz}, distill={args.distill}, seeds {seeds}\n",
           flush=True)
-
-    def save(results):
-        cache_path.write_text(json.dumps(results, indent=2))
 
     def within_budget(model_graph, model, strategy, scores=None):
         return plan_within(model_graph, model, strategy, budget, scores=scores)
@@ -112,19 +107,16 @@ def main() -> int:
             run = out / key.replace("#", "-")
             before_ckpt = save_checkpoint(model, run / "before.pt")
             before = validate_checkpoint(before_ckpt, data, imgsz=imgsz, device=device)
-            distill = DistillSettings() if args.distill else None
-            teacher = copy.deepcopy(base) if args.distill else None
-            ft = finetune(copy.deepcopy(model), data, save_dir=run / "train", teacher=teacher,
-                          distill=distill, epochs=args.epochs, imgsz=imgsz, batch=args.batch, device=device,
-                          verbose=False, label=name, seed=seed)
-            after = validate_checkpoint(ft.best, data, imgsz=imgsz, device=device)
+            after = finetune_and_validate(model, base if args.distill else None, data, run / "train",
+                                          epochs=args.epochs, imgsz=imgsz, batch=args.batch, device=device,
+                                          seed=seed, label=name)
             results[key] = {
                 "method": name, "seed": seed, "gflops": gflops, "params": count_params(model),
                 "conv_gflops": graph.conv_gflops(counts), "map50_95_before": before["map50_95"],
                 "map50_95": after["map50_95"], "map50": after["map50"], "minutes": (time.perf_counter() - t0) / 60,
                 **extra,
             }
-            save(results)
+            save()
             r = results[key]
             print(f"  {key}: {r['gflops']:.2f} GFLOPs, mAP50-95 {r['map50_95_before']:.4f} -> {r['map50_95']:.4f} "
                   f"({r['minutes']:.1f} min; {load()})", flush=True)
