@@ -74,8 +74,9 @@ class ProxySettings:
             unpruned model's mAP about where it was; 1e-3 (about Ultralytics' 'auto' choice for a fresh training)
             cut the unpruned model's mAP50-95 by two thirds in 50 steps.
         val_images: size of the fixed, seeded subset of the val split that is scored (all of it if smaller).
-        train_images: cap on the seeded subset of the train split kept in memory for calibration and finetune
-            (only as many as max(calib_batches, steps) x batch need: 400 with the defaults).
+        train_images: cap on the seeded subsets of the train split kept in memory for the finetune (only as many as
+            max(calib_batches, steps) x batch need: 400 with the defaults) and for calibration (calib_batches x
+            batch, drawn whatever `steps` is, so a data criterion ranks channels alike at any proxy length).
         seed: seeds the image subsets and the batch order (and any randomness inside a candidate's evaluation).
         device: 'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'.
         recalibrate: ablation switch; False skips step 1 whatever `calib_batches` says.
@@ -382,8 +383,9 @@ class ProxyEvaluator:
 
     Construction reads and checks the data YAML, builds Ultralytics' train and val datasets, draws the seeded
     train pool and val subset, loads and letterboxes their images once (kept in memory as uint8 tensors: at
-    imgsz 320 about 0.3 MB per image; with the defaults 200 val + 400 train images, about 185 MB, and never more
-    than `val_images` + `train_images` images whatever the dataset's size), fixes the calibration and finetune
+    imgsz 320 about 0.3 MB per image; with the defaults 200 val + about 450 train images (the finetune pool and
+    the calibration images), about 200 MB, and never more than `val_images` + 2 x `train_images` images whatever
+    the dataset's size), fixes the calibration and finetune
     batch schedule and builds the validator. `evaluate` then only runs the candidate.
 
     Not thread-safe: one evaluation at a time per evaluator.
@@ -415,8 +417,18 @@ class ProxyEvaluator:
             val_idx = _subset(len(val_ds), s.val_images, s.seed, 1)
             need = max(s.calib_batches, s.steps) * s.batch
             pool_idx = _subset(len(train_ds), min(s.train_images, max(need, s.batch)), s.seed, 2)
+            # The calibration images depend on the calibration settings alone, never on `steps`: a data criterion
+            # (taylor, hessian) ranks channels on them, and `autoprune prune`, a search's global plan and every
+            # proxy must rank alike: they are the pool an evaluator without finetune steps draws. Images in both
+            # pools are loaded once.
+            calib_idx = _subset(len(train_ds), min(s.train_images, max(s.calib_batches * s.batch, s.batch)), s.seed, 2)
             val_items = _load_items(val_ds, val_idx)
-            self._pool = _load_items(train_ds, pool_idx)  # per image: img (uint8 CHW), cls, bboxes
+            items = dict(zip(pool_idx, _load_items(train_ds, pool_idx)))
+            missing = [i for i in calib_idx if i not in items]
+            if missing:
+                items.update(zip(missing, _load_items(train_ds, missing)))
+            self._pool = [items[i] for i in pool_idx]  # per image: img (uint8 CHW), cls, bboxes
+            self._calib_pool = [items[i] for i in calib_idx]
 
         if not sum(len(it["cls"]) for it in val_items):
             raise UserError(f"{self.data.yaml}: the val images have no labels (labels/*.txt beside images/)")
@@ -426,7 +438,7 @@ class ProxyEvaluator:
                              for i in range(0, len(val_items), s.val_batch)]
 
         # The batch schedule: a seeded permutation of the pool per pass, the same for every candidate.
-        self._calib_order = self._order(s.calib_batches * s.batch, salt=3)
+        self._calib_order = self._order(s.calib_batches * s.batch, salt=3, pool=len(self._calib_pool))
         self._train_order = self._order(s.steps * s.batch, salt=4)
 
         self._validator = _make_validator(s.imgsz, self.device)
@@ -449,18 +461,21 @@ class ProxyEvaluator:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{self.data.yaml}: cannot load images from {img_path}: {first}") from e
 
-    def _order(self, n: int, salt: int) -> list[int]:
-        """n pool indices: concatenated seeded permutations of the pool, so each pass sees every image once."""
+    def _order(self, n: int, salt: int, pool: int | None = None) -> list[int]:
+        """n indices into a pool (the finetune pool unless `pool` gives another's size): concatenated seeded
+        permutations, so each pass sees every image once."""
         rng = np.random.default_rng([self.settings.seed, salt])
+        size = len(self._pool) if pool is None else pool
         out: list[int] = []
         while len(out) < n:
-            out.extend(rng.permutation(len(self._pool)).tolist())
+            out.extend(rng.permutation(size).tolist())
         return out[:n]
 
-    def _batch(self, order: list[int], k: int) -> dict:
+    def _batch(self, order: list[int], k: int, pool: list[dict] | None = None) -> dict:
         b = self.settings.batch
         idx = order[k * b : (k + 1) * b]
-        return _collate([self._pool[i] for i in idx])
+        pool = self._pool if pool is None else pool
+        return _collate([pool[i] for i in idx])
 
     def set_teacher(self, teacher: nn.Module) -> None:
         """The model the finetune distils from when `distill` > 0 (a private frozen copy is kept; the caller's model
@@ -487,7 +502,7 @@ class ProxyEvaluator:
 
     def calibration_batches(self) -> list[dict]:
         """The fixed calibration batches (collated dicts, uint8 images on the CPU)."""
-        return [self._batch(self._calib_order, k) for k in range(self.settings.calib_batches)]
+        return [self._batch(self._calib_order, k, self._calib_pool) for k in range(self.settings.calib_batches)]
 
     def _autocast(self):
         if self.amp_dtype is None:

@@ -270,6 +270,27 @@ def test_datasets_and_validator_are_built_once_not_per_candidate(tiny_data, tiny
     assert counts == built
 
 
+def test_calibration_images_do_not_depend_on_the_finetune_length(tmp_path):
+    # A data criterion ranks channels on the calibration batches: `prune` (no finetune) and a search whose proxy
+    # finetunes for many steps must rank alike. 16 train images: 8 calibrate; 1, 4 and 12 steps of 4 draw pools of
+    # 8, 16 and 16 (capped by train_images) images.
+    from conftest import make_tiny_dataset
+
+    data = make_tiny_dataset(tmp_path, n_train=16)
+    base = {**SMALL, "train_images": 16}
+
+    def calib(steps):
+        ev = ProxyEvaluator(data, ProxySettings(**{**base, "steps": steps}))
+        return ev, [(b["img"].sum().item(), b["cls"].flatten().tolist()) for b in ev.calibration_batches()]
+
+    ev0, want = calib(0)
+    for steps in (1, 4, 12):
+        ev, got = calib(steps)
+        assert got == want, steps
+    assert ev0.train_pool_images == 8 and ev.train_pool_images == 16  # the finetune pool did grow
+    assert len({x[0] for x in want}) == len(want)  # distinct batches: the check compares something
+
+
 def test_evaluate_leaves_the_cached_batches_alone(evaluator, tiny_model):
     def snapshot():
         val = [(b["img"].sum().item(), b["batch_idx"].tolist(), b["bboxes"].sum().item()) for b in evaluator._val_batches]
