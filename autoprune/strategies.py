@@ -249,6 +249,30 @@ def global_for_keep(
     return gs.smallest_fitting(lambda c: keep_share(graph, c) <= keep + 1e-12)
 
 
+def channel_gflops(graph: ChannelGraph, step: int = 8) -> dict[str, float]:
+    """Conv GFLOPs (at the graph's image size) one channel of each group costs: what removing `step` channels of
+    that group alone, every other group at full width, saves, divided by `step`."""
+    full = {g.id: g.size for g in graph.groups}
+    total = graph.conv_gflops(full)
+    out = {}
+    for g in graph.groups:
+        k = min(step, g.size)
+        out[g.id] = (total - graph.conv_gflops({**full, g.id: g.size - k})) / k
+    return out
+
+
+def per_flop_scores(graph: ChannelGraph, scores: Mapping[str, list[torch.Tensor]], exponent: float = 1.0) -> dict:
+    """Each group's scores divided by (`channel_gflops` of the group) ** `exponent`.
+
+    One global threshold over them keeps the channels with the most importance per FLOP, a knapsack-style
+    allocation (HALP, Shen et al. 2022, does the same with latency): a channel of a stride-32 layer costs 1/16 of
+    one of a stride-8 layer of the same width, and keeps its place at a sixteenth of the importance. Non-negative
+    scores (every criterion's) keep their order within a group.
+    """
+    cost = channel_gflops(graph)
+    return {gid: [t / max(cost[gid], 1e-12) ** exponent for t in per] for gid, per in scores.items()}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # one entry point
 
@@ -301,12 +325,14 @@ __all__ = [
     "STRATEGIES",
     "check_gflops_target",
     "check_keep_target",
+    "channel_gflops",
     "check_strategy",
     "floor_counts",
     "global_counts",
     "global_for_gflops",
     "global_for_keep",
     "keep_share",
+    "per_flop_scores",
     "plan_counts",
     "uniform_for_gflops",
 ]

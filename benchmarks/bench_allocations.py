@@ -8,7 +8,8 @@ model's full GFLOPs, the largest such plan:
 
 - floor N: no group below N channels (the global strategy's `min_channels`; 8 is the default plan);
 - cost exponent g: every group's scores divided by (conv GFLOPs one of its channels costs)^g, a knapsack-style
-  threshold on importance per FLOP (g 0 is the default plan).
+  threshold on importance per FLOP (`strategies.per_flop_scores`; g 0 is the default plan, g 1 the plan a search
+  queues as its trial "global-per-flop").
 
 Scores come from the calibration batches of the default proxy (`ProxySettings(imgsz=...)`), for every variant.
 Each proxy `STEPS:DISTILL` scores every variant (distilling from the unpruned model when DISTILL > 0); the seconds
@@ -56,6 +57,7 @@ def main() -> int:
     from autoprune.models import load_model
     from autoprune.pruner import channel_scores
     from autoprune.proxy import ProxyEvaluator, ProxySettings
+    from autoprune.strategies import per_flop_scores
 
     out = Path("runs/bench_allocations") / args.name
     results, save = results_cache(out)
@@ -69,11 +71,6 @@ def main() -> int:
     scores = channel_scores(base, graph, args.criterion,
                             batches=calib if args.criterion in DATA_CRITERIA else None)
     ranking = {g: [s.argsort(descending=True, stable=True) for s in per] for g, per in scores.items()}
-    full = {g.id: g.size for g in graph.groups}
-    step = {}  # conv GFLOPs of one channel of each group, at the unpruned widths
-    for g in graph.groups:
-        fewer = {**full, g.id: g.size - 8}
-        step[g.id] = (graph.conv_gflops(full) - graph.conv_gflops(fewer)) / 8
     print(f"model {loaded.source}; budget {budget:.4f} GFLOPs; criterion {args.criterion}\n", flush=True)
 
     def within_budget(group_scores, floor):
@@ -81,8 +78,7 @@ def main() -> int:
 
     variants = {f"floor {f}": within_budget(scores, int(f)) for f in args.floors.split(",")}
     for e in (float(x) for x in args.cost_exponents.split(",") if x):
-        scaled = {g: [s / step[g] ** e for s in per] for g, per in scores.items()}
-        variants[f"cost exponent {e:g}"] = within_budget(scaled, 8)
+        variants[f"cost exponent {e:g}"] = within_budget(per_flop_scores(graph, scores, e), 8)
 
     proxies = [(int(a), float(b)) for a, b in (p.split(":") for p in args.proxies.split(","))]
     for steps, distill in proxies:

@@ -237,3 +237,29 @@ def test_deap_first_generation_explores_around_a_seeded_global_trial_that_beats_
     near_center = [g for g in genomes if np.abs(g - 0.6).mean() <= 0.15]
     assert bool(near_seed) is explored and near_center  # a seed worse than uniform gets no children
     assert len(near_seed) + len(near_center) == 10
+
+
+def test_deap_first_generation_explores_around_the_better_of_two_seeded_trials():
+    from autoprune.search.engines import InitialPopulation
+
+    space = GridSpace()
+    center = {g.name: 0.6 for g in space.genes}
+    worse = {"g0": 1.0, "g1": 0.25, "g2": 1.0, "g3": 0.25, "g4": 1.0}
+    better = {"g0": 0.25, "g1": 1.0, "g2": 0.25, "g3": 1.0, "g4": 0.25}
+    sampler = DeapNSGA2Sampler(space, population=12, seed=0,
+                               init=InitialPopulation(center=center, fit=lambda g, t: g, budget=10.0, sigma=0.1,
+                                                      seed_sigma=0.02))
+    study = _study(sampler)
+    _add(study, 0, center, 0.3, 5.0, 1.0, [-1.0], kind="uniform")
+    _add(study, 1, worse, 0.4, 5.0, 1.0, [-1.0], kind="global")
+    _add(study, 2, better, 0.5, 5.0, 1.0, [-1.0], kind="global-per-flop")
+    genomes = []
+    for _ in range(10):
+        t = study.ask()
+        genomes.append(np.array([t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes]))
+        study.tell(t, state=TrialState.FAIL)
+
+    def near(seed):
+        return [g for g in genomes if np.abs(g - np.array(list(seed.values()))).max() <= 0.1]
+
+    assert near(better) and not near(worse)

@@ -79,6 +79,9 @@ def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     assert len(set(first.params.values())) == 1  # the same ratio for every gene
     seed = trials[1]  # one-shot global pruning by the criterion, projected onto the genes, at the budget
     assert seed.user_attrs[R.KIND] == "global" and seed.params != first.params
+    per_flop = trials[2]  # the same by importance per FLOP
+    assert per_flop.user_attrs[R.KIND] == "global-per-flop" and per_flop.params not in (first.params, seed.params)
+    assert per_flop.params == study.user_attrs[R.STUDY_GLOBAL_PER_FLOP]
     evaluated = _evaluated(study)
     assert len(evaluated) == 6
     for t in evaluated:
@@ -172,7 +175,7 @@ def test_a_candidate_under_the_budget_floor_is_filled_up_before_it_is_scored(env
     gflops = search.space.gflops(filled, 128, base_gflops=search.base_gflops)
     assert 0.8 * float(BUDGET) <= gflops <= float(BUDGET)
     assert all(filled[k] >= v for k, v in lows.items())  # the same shape, moved up toward the highs
-    queued = next(t for t in iter(search.study.ask, None) if t.user_attrs.get(R.KIND) != "global")
+    queued = next(t for t in iter(search.study.ask, None) if t.user_attrs.get(R.KIND) not in R.SEED_KINDS)
     assert search._genome(queued) == filled and queued.user_attrs[R.KIND] == "filled"
 
 

@@ -10,11 +10,13 @@ from autoprune.channels import analyze
 from autoprune.errors import UserError
 from autoprune.pruner import channel_scores, keep_counts, prune_to_counts
 from autoprune.strategies import (
+    channel_gflops,
     check_strategy,
     floor_counts,
     global_counts,
     global_for_gflops,
     keep_share,
+    per_flop_scores,
     plan_counts,
     uniform_for_gflops,
 )
@@ -80,6 +82,23 @@ def test_global_with_tied_scores_spreads_evenly(v8):
     plan = plan_counts(graph, "global", keep=0.5, scores=channel_scores(model, graph, "bn_scale"))
     big = [g for g in graph.groups if g.size >= 64]
     assert all(0.25 <= plan.counts[g.id] / g.size <= 0.8 for g in big)  # floors would be 8 / 64 and less
+
+
+def test_per_flop_scores_keep_the_cheapest_importance_first(v8):
+    _, graph = v8
+    cost = channel_gflops(graph)
+    full = {g.id: g.size for g in graph.groups}
+    for g in graph.groups[:6]:  # one channel's cost, measured the other way round: what adding it back costs
+        fewer = {**full, g.id: g.size - 1}
+        assert cost[g.id] == pytest.approx(graph.conv_gflops(full) - graph.conv_gflops(fewer), rel=0.05)
+    ones = {g.id: [torch.ones(g.size) for _ in g.parts] for g in graph.groups}
+    scaled = per_flop_scores(graph, ones)
+    assert all(torch.allclose(t, torch.full_like(t, 1 / cost[gid])) for gid, per in scaled.items() for t in per)
+    # every channel equally important: one threshold keeps the groups whose channels cost least, floors the dearest
+    plan = plan_counts(graph, "global", target_gflops=0.5 * graph.conv_gflops(), scores=scaled)
+    cheap, dear = min(graph.groups, key=lambda g: cost[g.id]), max(graph.groups, key=lambda g: cost[g.id])
+    assert plan.counts[cheap.id] == cheap.size and plan.counts[dear.id] == 8
+    assert plan.gflops <= 0.5 * graph.conv_gflops()
 
 
 def test_global_keep_share(v8):

@@ -276,10 +276,14 @@ class Search:
                 if k != R.STUDY_VERSION:
                     study.set_user_attr(k, v)
             study.set_metric_names(list(R.OBJECTIVES))
-            scores = self._channel_scores()  # scored once: the ranking and the global plan both come from them
+            from autoprune.strategies import per_flop_scores
+
+            scores = self._channel_scores()  # scored once: the ranking and the global plans all come from them
             study.set_user_attr(R.STUDY_RANKING, self._compute_ranking(scores))
-            # one-shot global pruning by the criterion, as close as the space can express it: queued by trial 0
+            # one-shot global pruning by the criterion, as close as the space can express it, and the same by
+            # importance per FLOP: trial 0 queues both
             study.set_user_attr(R.STUDY_GLOBAL, self._global_genome(scores))
+            study.set_user_attr(R.STUDY_GLOBAL_PER_FLOP, self._global_genome(per_flop_scores(self.graph, scores)))
             study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
             stored = study.user_attrs
         for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_BUDGET_FLOOR,
@@ -433,10 +437,13 @@ class Search:
         t0 = time.perf_counter()
         genome = self.space.check_genome(self._genome(trial))
         count_in_generation(self.study.sampler, self.study, trial)  # trial 0 and queued replacements count too
-        if trial.number == 0:  # trial 0 is the uniform genome; the global plan follows it, so the front starts from
-            seed = self.study.user_attrs.get(R.STUDY_GLOBAL)  # both classic answers (queued here: exactly once)
-            if seed and seed != genome:
-                self.study.enqueue_trial(seed, user_attrs={R.KIND: "global"})
+        if trial.number == 0:  # trial 0 is the uniform genome; the global plans follow it, so the front starts from
+            queued = [genome]  # the classic answers (queued here: exactly once)
+            for key, kind in zip((R.STUDY_GLOBAL, R.STUDY_GLOBAL_PER_FLOP), R.SEED_KINDS):
+                seed = self.study.user_attrs.get(key)  # absent in a study made before it existed
+                if seed and seed not in queued:
+                    self.study.enqueue_trial(seed, user_attrs={R.KIND: kind})
+                    queued.append(seed)
         twin = self._evaluated_twin(trial, genome)
         if twin is not None:  # the proxy is deterministic: the same genome would score the same again
             trial.set_user_attr(R.GENOME, genome)

@@ -70,8 +70,9 @@ def make_sampler(
 class InitialPopulation:
     """Where NSGA-II's first generation comes from: perturbations of `center` (the uniform genome at the budget),
     each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`. Once the
-    study's seeded trial (kind "global": one-shot global pruning by the criterion) has scored at least as well as
-    the uniform genome, every other child is a smaller perturbation (`seed_sigma`) of that genome instead: crossing
+    better of the study's seeded trials (kinds "global" and "global-per-flop": one-shot global pruning by the
+    criterion, and by its importance per FLOP) has scored at least as well as the uniform genome, every other child
+    is a smaller perturbation (`seed_sigma`) of that genome instead: crossing
     a good non-uniform allocation with perturbed uniform genomes averages it away, so the first generation explores
     around both answers.
 
@@ -85,7 +86,7 @@ class InitialPopulation:
     budget: float
     sigma: float = 0.15  # per-gene noise, as a share of the gene's range
     low_share: float = 0.75
-    seed_sigma: float = 0.05  # noise around a seeded trial (kind "global"), which is already a good allocation
+    seed_sigma: float = 0.05  # noise around a seeded trial (`R.SEED_KINDS`), already a good allocation
 
 
 def count_in_generation(sampler: BaseSampler, study, trial) -> None:
@@ -257,15 +258,21 @@ class DeapNSGA2Sampler(BaseSampler):
         return self.space.snap(self.init.fit(self.space.snap(genome), target))
 
     def _good_seed(self, study) -> dict | None:
-        """The seeded global trial's genome, once it has scored at least as well as the uniform genome."""
-        done = {t.user_attrs.get(R.KIND): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-        seed, uniform = done.get("global"), done.get("uniform")
-        if seed is None or not all(n in seed.params for n in self._names):
+        """The genome of the best-scored seeded trial (`R.SEED_KINDS`), once one has scored at least as well as the
+        uniform genome."""
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        def score(t):
+            return t.user_attrs.get(R.MAP50_95) or 0.0
+
+        seeds = [t for t in done
+                 if t.user_attrs.get(R.KIND) in R.SEED_KINDS and all(n in t.params for n in self._names)]
+        if not seeds:
             return None
-        score = seed.user_attrs.get(R.MAP50_95) or 0.0
-        if uniform is not None and score < (uniform.user_attrs.get(R.MAP50_95) or 0.0):
-            return None  # a poor one-shot answer (global L1 often is): no generation spent around it
-        return seed.params
+        best = max(seeds, key=lambda t: (score(t), -t.number))
+        uniform = next((t for t in done if t.user_attrs.get(R.KIND) == "uniform"), None)
+        if uniform is not None and score(best) < score(uniform):
+            return None  # poor one-shot answers (global L1 often is): no generation spent around them
+        return best.params
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(param_name.encode())])

@@ -37,7 +37,8 @@ CRITERION = "criterion"
 SEED = "seed"
 ROUND_TO = "round_to"
 MIN_CHANNELS = "min_channels"
-KIND = "kind"  # "uniform" (the uniform baseline), "search", "repaired", "filled", "retry"
+KIND = "kind"  # "uniform" (the uniform baseline), a SEED_KINDS one, "search", "repaired", "filled", "retry"
+SEED_KINDS = ("global", "global-per-flop")  # one-shot plans trial 0 queues (STUDY_GLOBAL, STUDY_GLOBAL_PER_FLOP)
 FEASIBLE = "feasible"
 CONSTRAINTS = "constraints"  # [gflops - budget, latency - latency budget]; <= 0 is within budget
 REASON = "reason"  # why a trial was pruned or failed
@@ -51,6 +52,7 @@ STUDY_BUDGET_GFLOPS = "budget_gflops"
 STUDY_BUDGET_LATENCY_MS = "budget_latency_ms"
 STUDY_BUDGET_FLOOR = "budget_floor"
 STUDY_GLOBAL = "global_genome"  # one-shot global pruning by the criterion, as a genome: trial 0 queues it
+STUDY_GLOBAL_PER_FLOP = "global_per_flop_genome"  # the same by importance per FLOP (`strategies.per_flop_scores`)
 STUDY_IMGSZ = "imgsz"
 STUDY_DEVICE = "device"
 STUDY_SPACE = "space"  # the search space, as the dict its YAML loads to
