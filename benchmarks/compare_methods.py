@@ -15,14 +15,16 @@ val split:
   (l1, l2, bn_scale, lamp, taylor, hessian, fpgm, random);
 - slimming: sparse training (L1 on BN gamma, `autoprune sparsify`), then global bn_scale;
 - searched: the best feasible trial (highest proxy mAP50-95) of an `autoprune search` at that budget, with the
-  channel ranking of `--search-criterion` (row `searched-C` for a criterion other than l1); `--search-name` names
-  the study (a finished one is read as it is, with the channel ranking it stored).
+  channel ranking of `--search-criterion` (row `searched-C` for a criterion other than l1, or `--search-row`);
+  `--search-name` names the study (a finished one is read as it is, with the channel ranking it stored).
 
 Uniform pruning lands lower than the others where rounding to 8 channels stops it. A 3-epoch finetune on the demo
 varies by about 0.005 mAP50-95 from seed to seed, so `--seeds` repeats methods with other finetune seeds and the
-table gives the mean and the spread. Results are cached per method and seed in runs/compare_methods/NAME/results.json
-(a row is reused only while its method still plans the same model), so an interrupted run continues. Prints a
-Markdown table and writes a plot (`--plot`). Nothing is asserted.
+table gives the mean and the spread; each searched row is also compared with the best one-shot method seed by
+seed (the paired difference, its standard error, and on how many seeds it is higher). Results are cached per
+method and seed in runs/compare_methods/NAME/results.json (a row is reused only while its method still plans the
+same model), so an interrupted run continues. Prints a Markdown table and writes a plot (`--plot`). Nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def main() -> int:
     parser.add_argument("--search-proxy-steps", type=int, default=50)
     parser.add_argument("--search-proxy-distill", type=float, default=0.0)
     parser.add_argument("--search-budget-floor", type=float, default=0.8)
+    parser.add_argument("--search-row", default=None, help="the searched genome's row (default: searched, or "
+                                                           "searched-C for --search-criterion C other than l1)")
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--imgsz", type=int, default=None, help="finetune/val size (default: the demo's)")
     parser.add_argument("--batch", type=int, default=16)
@@ -157,7 +161,9 @@ def main() -> int:
         evaluate("slimming", model, plan.counts, {"gamma_below_1e-2": sparse["gamma_share_below"]["after"]})
 
     # the search at the same budget
-    searched = "searched" if args.search_criterion == "l1" else f"searched-{args.search_criterion}"
+    searched = args.search_row or ("searched" if args.search_criterion == "l1" else f"searched-{args.search_criterion}")
+    if not searched.startswith("searched"):
+        raise SystemExit(f"error: --search-row must start with 'searched', got {searched!r}")
     if want(searched):
         model, counts, extra = _searched(args, base, loaded, budget)
         evaluate(searched, model, counts, extra)
@@ -217,6 +223,8 @@ def _by_method(results: dict) -> dict[str, dict]:
 
 
 def _table(results: dict, args) -> None:
+    import statistics
+
     rows = _by_method(results)
     print(f"\n| method | GFLOPs | params | mAP50-95 before finetune | mAP50-95 after {args.epochs} epochs, mean "
           f"(per seed) | mAP50 (seed 0) |")
@@ -227,6 +235,18 @@ def _table(results: dict, args) -> None:
         mean = f"**{mean}**" if name.startswith("searched") else mean
         print(f"| {name} | {r['gflops']:.2f} | {r['params'] / 1e6:.2f}M | {r['map50_95_before']:.4f} | {mean} | "
               f"{r['map50']:.4f} |")
+    one_shot = {k: r for k, r in rows.items() if not k.startswith("searched")}
+    if not one_shot:
+        return
+    best_name, best = max(one_shot.items(), key=lambda kv: kv[1]["mean"])
+    for name, r in rows.items():
+        common = sorted(set(r["runs"]) & set(best["runs"])) if name.startswith("searched") else []
+        if len(common) > 1:
+            d = [r["runs"][k] - best["runs"][k] for k in common]
+            wins = sum(x > 0 for x in d)
+            print(f"{name} - {best_name} (the best one-shot method), paired over seeds {common}: "
+                  f"{statistics.fmean(d):+.4f} (sd {statistics.stdev(d):.4f}, standard error "
+                  f"{statistics.stdev(d) / len(d) ** 0.5:.4f}); higher on {wins} of {len(d)} seeds")
 
 
 def _plot(results: dict, path: Path, args) -> None:
