@@ -156,6 +156,33 @@ def test_a_genome_that_prunes_to_an_evaluated_model_is_a_duplicate():
     assert Search._evaluated_twin(fake, asked, {"a": 0.6, "b": 0.8}) is None
 
 
+def test_the_seeded_global_trials_are_the_one_shot_plans_of_prune(env, tmp_path, monkeypatch):
+    """In the fine space, trials 1 and 2 are exactly the largest global plans (by the criterion's scores and by its
+    importance per FLOP) whose full GFLOPs fit the budget: what `prune --strategy global` would plan."""
+    from autoprune.cost import count_gflops
+    from autoprune.pruner import prune_to_counts
+    from autoprune.search.driver import Search, SearchSettings
+    from autoprune.strategies import per_flop_scores, plan_counts
+
+    monkeypatch.chdir(tmp_path)
+    f = env["flags"]
+    opt = {k.lstrip("-").replace("-", "_"): v for k, v in zip(f[::2], f[1::2])}
+    search = Search(SearchSettings(budget_gflops=float(BUDGET), model=opt["model"], data=opt["data"], imgsz=128,
+                                   proxy_imgsz=64, calib_batches=2, val_images=8, device="cpu", name="seeds",
+                                   space="fine", criterion="bn_scale"), log=lambda *_: None)
+    base, graph, budget = search.loaded.model, search.graph, float(BUDGET)
+    scores = search._channel_scores()
+    stored = search.study.user_attrs
+    for key, sc in ((R.STUDY_GLOBAL, scores), (R.STUDY_GLOBAL_PER_FLOP, per_flop_scores(graph, scores))):
+        counts = search.space.counts(stored[key])
+        assert count_gflops(prune_to_counts(base, counts, graph=graph), 128) <= budget
+        # the largest: one notch lower threshold (a conv target a little above) would be over the budget
+        plan = plan_counts(graph, "global", target_gflops=graph.conv_gflops(counts) * 1.0, scores=sc)
+        assert plan.counts == counts
+        bigger = plan_counts(graph, "global", target_gflops=graph.conv_gflops(counts) * 1.03, scores=sc)
+        assert bigger.counts != counts and count_gflops(prune_to_counts(base, bigger.counts, graph=graph), 128) > budget
+
+
 def test_a_candidate_under_the_budget_floor_is_filled_up_before_it_is_scored(env, tmp_path, monkeypatch):
     from autoprune.search.driver import Search, SearchSettings
 

@@ -612,6 +612,8 @@ def test_from_counts_projects_a_plan_onto_the_genes():
     genome = fine.from_counts(counts)
     assert len(fine.genes) == len(graph.ids)  # one gene per group: the plan comes back channel for channel
     assert fine.counts(genome) == counts
+    floors = {gid: 8 for gid in graph.ids}  # global pruning floors whole groups: the widest (256) too
+    assert fine.counts(fine.from_counts(floors)) == floors
     family = space_of(None)  # tied genes: each gene takes its groups' kept share of channels
     tied = family.from_counts(counts)
     for g in family.genes:
