@@ -420,12 +420,12 @@ def format_trials_table(info: ParetoInfo) -> str:
 
 
 def _row(mark, trial, kind, m, m50, g, p, lat, delta):
-    s = f"  {mark:1} {trial:>5}  {kind:<8} {m:>9} {m50:>7} {g:>11} {p:>8} {lat:>11}"
+    s = f"  {mark:1} {trial:>5}  {kind:<15} {m:>9} {m50:>7} {g:>11} {p:>8} {lat:>11}"
     return s + (f" {delta:>11}" if delta is not None else "")
 
 
 def _trow(trial, state, kind, feas, front, m, m50, g, p, lat, reason):
-    s = f"{trial:>5}  {state:<8} {kind:<8} {feas:>4} {front:>5} {m:>9} {m50:>7} {g:>7} {p:>8} {lat:>8}"
+    s = f"{trial:>5}  {state:<8} {kind:<15} {feas:>4} {front:>5} {m:>9} {m50:>7} {g:>7} {p:>8} {lat:>8}"
     return f"{s}  {reason}" if reason else s
 
 
