@@ -170,6 +170,17 @@ class ParetoInfo:
     panels: tuple[Panel, ...]
     counts: dict = field(default_factory=dict)  # trials, COMPLETE, PRUNED, FAIL, RUNNING, WAITING, feasible, ...
     reasons: tuple[tuple[str, int], ...] = ()  # the most common reasons of pruned and failed trials, with counts
+    # trials re-scored under other proxy seeds (`Search.confirm`): (number, {seed: mAP50-95}, mean), the most
+    # seeds first, then by mean; the first is the recommended trial
+    confirmed: tuple[tuple[int, dict, float], ...] = ()
+
+    @property
+    def recommended(self) -> TrialRecord | None:
+        """The trial to apply: the best by mean score over the confirming proxy seeds when the search confirmed
+        its top trials, else `best`."""
+        if self.confirmed:
+            return next(r for r in self.records if r.number == self.confirmed[0][0])
+        return self.best
 
     @property
     def front_numbers(self) -> frozenset[int]:
@@ -267,6 +278,9 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
             ("latency_ms", f"latency (ms{', ' + str(device) if device else ''})", "ms", R.STUDY_BUDGET_LATENCY_MS),
         )
     )
+    confirmed = tuple(sorted(((n, v, sum(v.values()) / len(v)) for n, v in R.confirmed_scores(study_attrs,
+                                                                                              records).items()),
+                             key=lambda c: (-len(c[1]), -c[2], c[0])))
     return ParetoInfo(
         study_name=study_name,
         model=_str(study_attrs.get(R.STUDY_MODEL)),
@@ -287,6 +301,7 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
         panels=panels,
         counts=counts,
         reasons=tuple(reasons.most_common(3)),
+        confirmed=confirmed,
     )
 
 
@@ -377,11 +392,35 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
     if pct_base:
         lines.append(f"(GFLOPs % of the unpruned model's {_g(pct_base)})")
     lines.append(comparison_line(info))
+    lines.extend(confirmed_lines(info))
     if info.counts.get("feasible_incomplete"):
         lines.append(f"note: {info.counts['feasible_incomplete']} feasible trial(s) lack an objective value and are "
                      "left off the front")
     lines.append(f"apply one:  {apply_hint or _apply_hint(info)}")
     return "\n".join(lines)
+
+
+def confirmed_lines(info: ParetoInfo) -> list[str]:
+    """The trials the search re-scored under other proxy seeds, best mean first, and which one to apply.
+
+    Example:
+        >>> from autoprune.search.records import TrialRecord
+        >>> recs = [TrialRecord(n, "COMPLETE", m, 0.6, 4.1, 12.0, 1000, True, "search", None)
+        ...         for n, m in ((1, 0.50), (2, 0.49))]
+        >>> info = pareto_info(recs, {"confirm:1:1": 0.47, "confirm:2:1": 0.495})
+        >>> print("\\n".join(confirmed_lines(info)))
+        confirmed under proxy seeds 0, 1 (mAP50-95 per seed -> mean):
+          trial 2: 0.4900 0.4950 -> 0.4925  (apply this one)
+          trial 1: 0.5000 0.4700 -> 0.4850
+    """
+    if not info.confirmed:
+        return []
+    seeds = sorted({k for _, v, _ in info.confirmed for k in v})
+    lines = [f"confirmed under proxy seeds {', '.join(map(str, seeds))} (mAP50-95 per seed -> mean):"]
+    for i, (number, scores, mean) in enumerate(info.confirmed):
+        cells = " ".join(f"{scores[k]:.4f}" if k in scores else "     -" for k in seeds)
+        lines.append(f"  trial {number}: {cells} -> {mean:.4f}" + ("  (apply this one)" if i == 0 else ""))
+    return lines
 
 
 def comparison_line(info: ParetoInfo) -> str:

@@ -14,9 +14,10 @@ val split:
 - global-<criterion>: one threshold over all groups' normalized scores, for every criterion
   (l1, l2, bn_scale, lamp, taylor, hessian, fpgm, random);
 - slimming: sparse training (L1 on BN gamma, `autoprune sparsify`), then global bn_scale;
-- searched: the best feasible trial (highest proxy mAP50-95) of an `autoprune search` at that budget, with the
-  channel ranking of `--search-criterion` (row `searched-C` for a criterion other than l1, or `--search-row`);
-  `--search-name` names the study (a finished one is read as it is, with the channel ranking it stored).
+- searched: the trial an `autoprune search` at that budget recommends (the highest proxy mAP50-95, or the highest
+  mean over the confirming proxy seeds of a search run with `--confirm`), with the channel ranking of
+  `--search-criterion` (row `searched-C` for a criterion other than l1, or `--search-row`); `--search-name` names
+  the study (a finished one is read as it is, with the channel ranking it stored).
 
 Uniform pruning lands lower than the others where rounding to 8 channels stops it. A 3-epoch finetune on the demo
 varies by about 0.005 mAP50-95 from seed to seed, so `--seeds` repeats methods with other finetune seeds and the
@@ -178,6 +179,7 @@ def _searched(args, base, loaded, budget: float):
     """(pruned model, kept counts, row extras) of the best feasible trial of the search `--search-name` (read as it
     is when it exists) or of a new search at `budget` with the --search-* settings."""
     from autoprune.cli.apply import rebuild
+    from autoprune.report import study_info
     from autoprune.search import records as R
     from autoprune.search.storage import open_study, run_dir_for, STUDY_FILE
 
@@ -197,11 +199,13 @@ def _searched(args, base, loaded, budget: float):
                          f"not --search-criterion {args.search_criterion!r}")
     if attrs[R.STUDY_BUDGET_GFLOPS] > budget + 1e-3:
         raise SystemExit(f"error: study {name!r} has a budget of {attrs[R.STUDY_BUDGET_GFLOPS]} GFLOPs, over {budget}")
-    records = [R.TrialRecord.from_trial(t) for t in study.trials]
-    best = max((r for r in records if r.feasible), key=lambda r: (r.map50_95, -r.gflops))
+    info = study_info(study)
+    best = info.recommended  # the best by proxy, or by its mean over the confirming seeds (`search --confirm`)
     model, counts, _ = rebuild(loaded, best, imgsz=640, ranking=attrs.get(R.STUDY_RANKING))
+    confirmed = {n: mean for n, _, mean in info.confirmed}
     return model, counts, {"trial": best.number, "study": name, "kind": best.attrs.get(R.KIND),
-                           "proxy_map50_95": best.map50_95, "proxy": attrs.get(R.STUDY_PROXY)}
+                           "proxy_map50_95": best.map50_95, "proxy": attrs.get(R.STUDY_PROXY),
+                           "confirmed_mean": confirmed.get(best.number)}
 
 
 def _by_method(results: dict) -> dict[str, dict]:

@@ -139,6 +139,43 @@ def test_a_distilling_proxy_is_part_of_the_study(env, capsys, tmp_path, monkeypa
     assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
 
 
+def test_confirm_rescores_the_best_trials_under_more_proxy_seeds(env, capsys, tmp_path, monkeypatch):
+    from autoprune.proxy import ProxyEvaluator
+
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    real = ProxyEvaluator.evaluate
+
+    def spy(self, model, **kw):
+        seen.append(self.settings.seed)
+        return real(self, model, **kw)
+
+    monkeypatch.setattr(ProxyEvaluator, "evaluate", spy)
+    code, out, err = _cli(capsys, "search", *env["flags"], "--trials", "4", "--name", "cf", "--confirm", "2",
+                          "--confirm-seeds", "2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    study = _study(tmp_path / "runs/search/cf/study.db", "cf")
+    records = [R.TrialRecord.from_trial(t) for t in study.trials]
+    top = sorted((r for r in records if r.feasible), key=lambda r: (-r.map50_95, r.gflops, r.number))[:2]
+    keys = sorted(k for k in study.user_attrs if k.startswith(R.STUDY_CONFIRM_PREFIX))
+    assert keys == sorted(R.confirm_key(r.number, seed) for r in top for seed in (1, 2))
+    assert seen.count(0) == 4 and seen.count(1) == 2 and seen.count(2) == 2  # the search, then 2 x 2 confirmations
+    confirmed = R.confirmed_scores(study.user_attrs, records)
+    assert set(confirmed) == {r.number for r in top} and all(list(v) == [0, 1, 2] for v in confirmed.values())
+    means = {n: sum(v.values()) / 3 for n, v in confirmed.items()}
+    assert summary["recommended"]["number"] == max(means, key=lambda n: (means[n], -n))
+    assert summary["confirmed"] == {str(n): {str(k): x for k, x in v.items()} for n, v in confirmed.items()}
+
+    # resuming the finished study confirms nothing twice; `trials` shows the same recommendation
+    seen.clear()
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "4", "--name", "cf", "--resume", "--confirm", "2")
+    assert code == 0 and seen == [], err
+    code, out, _ = _cli(capsys, "trials", "--name", "cf")
+    assert code == 0 and "confirmed under proxy seeds 0, 1, 2" in out
+    assert f"trial {summary['recommended']['number']}: " in out.split("apply this one")[0].splitlines()[-1]
+
+
 def test_a_genome_that_prunes_to_an_evaluated_model_is_a_duplicate():
     from types import SimpleNamespace
 
@@ -320,6 +357,8 @@ def test_two_workers_share_one_postgresql_study(env, tmp_path):
         (["--engine", "cma"], "--engine must be one of"),
         (["--budget-floor", "1"], "--budget-floor must be in [0, 1)"),
         (["--proxy-distill", "-1"], "--proxy-distill must be a number >= 0"),
+        (["--confirm", "-1"], "--confirm must be an integer >= 0"),
+        (["--confirm", "2", "--confirm-seeds", "0"], "--confirm-seeds must be a positive integer"),
         (["--resume"], "--resume needs the --name"),
     ],
 )

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of head distillation from the unpruned model in each candidate's proxy finetune "
                              "(as apply finetunes; 1.0 weighs it like the ground truth; default 0: off)")
     parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches in the proxy")
+    parser.add_argument("--confirm", type=int, default=0, metavar="N",
+                        help="at the end, re-score the best N feasible trials under more proxy seeds and recommend "
+                             "the best by their mean (default 0: off)")
+    parser.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
+                        help="with --confirm: how many more proxy seeds (default 2)")
     parser.add_argument("--proxy-imgsz", type=int, default=320, help="image size of the proxy (default 320)")
     parser.add_argument("--val-images", type=int, default=200, help="validation images the proxy scores on")
     parser.add_argument("--imgsz", type=int, default=640, help="image size of GFLOPs and latency (default 640)")
@@ -85,6 +90,8 @@ def run(args: argparse.Namespace) -> dict:
         device=args.device,
         heartbeat_interval=interval,
         grace_period=grace,
+        confirm=args.confirm,
+        confirm_seeds=args.confirm_seeds,
     )
     search = Search(settings)
     result = search.run()

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> dict:
         "best": info.best.number if info.best else None,
         "uniform": info.baseline.number if info.baseline else None,
         "gain_map50_95": info.gain,
+        "confirmed": {str(n): {str(k): v for k, v in by_seed.items()} for n, by_seed, _ in info.confirmed},
+        "recommended": info.recommended.number if info.recommended else None,
         "in_progress": info.unfinished > 0,
         "trials": [report.record_dict(r, front) for r in shown],
     }

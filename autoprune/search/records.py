@@ -65,6 +65,34 @@ STUDY_POPULATION = "population"
 STUDY_BASE = "base"  # the unpruned model: {gflops, params, latency_ms}
 STUDY_RANKING = "ranking"  # {group id: [channel order per part]}: what every trial of the study slices
 STUDY_VERSION = "autoprune_version"
+STUDY_CONFIRM_PREFIX = "confirm:"  # "confirm:<trial>:<proxy seed>" -> mAP50-95 of the trial under that proxy seed
+
+
+def confirm_key(number: int, seed: int) -> str:
+    """The study attribute holding trial `number`'s score under proxy seed `seed` (`Search.confirm`); one key per
+    score, so workers confirming at once never overwrite each other."""
+    return f"{STUDY_CONFIRM_PREFIX}{int(number)}:{int(seed)}"
+
+
+def confirmed_scores(study_attrs: dict, records: list) -> dict[int, dict[int, float]]:
+    """{trial number: {proxy seed: mAP50-95}} for every trial re-scored under other proxy seeds, its search score
+    (under the study's proxy seed) included; empty when nothing was confirmed.
+
+    Example:
+        >>> r = TrialRecord(3, "COMPLETE", 0.41, 0.6, 4.1, 12.0, 1_500_000, True, "search", None)
+        >>> confirmed_scores({"proxy": {"seed": 0}, "confirm:3:1": 0.39}, [r])
+        {3: {0: 0.41, 1: 0.39}}
+    """
+    seed = int((study_attrs.get(STUDY_PROXY) or {}).get("seed", 0))
+    scores = {r.number: r.map50_95 for r in records if r.map50_95 is not None}
+    out: dict[int, dict[int, float]] = {}
+    for key, value in study_attrs.items():
+        if not key.startswith(STUDY_CONFIRM_PREFIX):
+            continue
+        number, other = (int(x) for x in key[len(STUDY_CONFIRM_PREFIX):].split(":"))
+        if number in scores:
+            out.setdefault(number, {seed: scores[number]})[other] = float(value)
+    return {n: dict(sorted(v.items())) for n, v in sorted(out.items())}
 
 
 @dataclass(frozen=True)
