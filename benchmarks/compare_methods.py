@@ -254,26 +254,44 @@ def _table(results: dict, args) -> None:
 
 
 def _plot(results: dict, path: Path, args) -> None:
+    """Left: every method, mAP50-95 (mean over seeds) against GFLOPs. Right: the leaders (within 0.02 of the best
+    mean), one row each, every seed's result and the mean with its standard deviation."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4.5))
+    rows = _by_method(results)
+    top = max(r["mean"] for r in rows.values())
+    leaders = sorted((kv for kv in rows.items() if kv[1]["mean"] >= top - 0.02), key=lambda kv: kv[1]["mean"])
+    fig = Figure(figsize=(13, 4.8))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, r in _by_method(results).items():
+    ax, zoom = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    for name, r in rows.items():
         searched = name.startswith("searched")
-        if r["sd"] is not None:
-            ax.errorbar(r["gflops"], r["mean"], yerr=r["sd"], color="#d62728" if searched else "#1f77b4",
-                        capsize=3, lw=1, zorder=1)
-        ax.scatter(r["gflops"], r["mean"], s=80 if searched else 30, marker="*" if searched else "o",
-                   color="#d62728" if searched else "#1f77b4", zorder=3 if searched else 2)
-        ax.annotate(name, (r["gflops"], r["mean"]), textcoords="offset points", fontsize=7,
-                    xytext=(-6, -11) if searched else (4, 3), ha="right" if searched else "left")
+        color = "#d62728" if searched else "#1f77b4"
+        ax.scatter(r["gflops"], r["mean"], s=80 if searched else 30, marker="*" if searched else "o", color=color,
+                   zorder=3 if searched else 2)
+        if r["mean"] < top - 0.02:  # the leaders are labelled on the right
+            ax.annotate(name, (r["gflops"], r["mean"]), textcoords="offset points", fontsize=7,
+                        xytext=(-6, -11) if searched else (4, 3), ha="right" if searched else "left")
+    ax.axhspan(top - 0.02, top + 0.005, color="#999999", alpha=0.15, lw=0)
+    ax.annotate("leaders (right)", (ax.get_xlim()[0], top - 0.02), textcoords="offset points", xytext=(4, 3),
+                fontsize=7, color="#555555")
     ax.set_xlabel("GFLOPs at 640 (fvcore, Ultralytics' convention)")
     ax.set_ylabel(f"mAP50-95 after {args.epochs} epochs" + (" with distillation" if args.distill else "")
                   + " (mean over seeds)")
-    ax.set_title(f"Pruning methods at about {args.share:.0%} of the GFLOPs (demo, val split)")
+    ax.set_title(f"Pruning methods at about {args.share:.0%} of the GFLOPs (demo, val split)", fontsize=10)
     ax.grid(alpha=0.3)
+    for y, (name, r) in enumerate(leaders):
+        color = "#d62728" if name.startswith("searched") else "#1f77b4"
+        zoom.scatter(list(r["runs"].values()), [y] * len(r["runs"]), s=14, color=color, alpha=0.5, zorder=2)
+        if r["sd"] is not None:
+            zoom.errorbar(r["mean"], y, xerr=r["sd"], color=color, capsize=3, lw=1, zorder=3)
+        zoom.scatter(r["mean"], y, s=70, marker="*" if name.startswith("searched") else "o", color=color, zorder=4)
+    zoom.set_yticks(range(len(leaders)), [f"{n} ({len(r['runs'])} seeds)" for n, r in leaders], fontsize=7)
+    zoom.set_xlabel("mAP50-95: each seed (dots), mean ± sd")
+    zoom.set_title("the leaders", fontsize=10)
+    zoom.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"\nplot: {path}")
