@@ -3,6 +3,7 @@
 Import `ultralytics` through this module (or after it) so the environment is set before Ultralytics reads it.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -45,3 +46,24 @@ __all__ = ["LOGGER", "ultralytics", "set_verbose"]
 def set_verbose(verbose: bool) -> None:
     """Show Ultralytics' own log lines (training progress, validation tables) or keep them quiet."""
     LOGGER.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextlib.contextmanager
+def no_label_caches():
+    """While Ultralytics builds datasets: write no `labels/*.cache` beside the user's labels.
+
+    Ultralytics saves each split's scanned labels as `<labels dir>.cache` in the dataset's own folder whenever that
+    folder is writable (deleting the one there first); autoprune never writes into a user's files, so the saving is
+    skipped (a cache already there is still read). Rescanning costs about a second per thousand images. The original is restored on exit.
+    """
+    import ultralytics.data.dataset as dataset
+
+    def keep_in_memory(prefix, path, x, version):
+        x["version"] = version  # what the original adds in place before writing (and replacing) the file
+
+    saved = dataset.save_dataset_cache_file
+    dataset.save_dataset_cache_file = keep_in_memory
+    try:
+        yield
+    finally:
+        dataset.save_dataset_cache_file = saved

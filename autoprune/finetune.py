@@ -345,17 +345,20 @@ def offline_ultralytics():
       fonts only serve plots, which autoprune never draws, so the check is skipped;
     - the trainer's `check_amp` on CUDA loads (downloads) yolo26n.pt; `check_amp_offline` replaces it.
 
-    The data itself is checked offline by `autoprune.data.load_data_config` before anything runs. The originals are
-    restored on exit.
+    It also writes nothing into the dataset's folder (`_ultralytics.no_label_caches`). The data itself is checked
+    offline by `autoprune.data.load_data_config` before anything runs. The originals are restored on exit.
     """
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
+
+    from autoprune._ultralytics import no_label_caches
 
     saved = [(data_utils, "check_font", data_utils.check_font), (trainer_mod, "check_amp", trainer_mod.check_amp)]
     data_utils.check_font = lambda *a, **k: None
     trainer_mod.check_amp = check_amp_offline
     try:
-        yield
+        with no_label_caches():
+            yield
     finally:
         for mod, name, fn in saved:
             setattr(mod, name, fn)

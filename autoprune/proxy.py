@@ -410,7 +410,9 @@ class ProxyEvaluator:
         self._cfg = get_cfg(overrides={"imgsz": s.imgsz, "task": "detect", "rect": False, "cache": False,
                                        "single_cls": False, "fraction": 1.0, "split": "val"})
         udata = self.data.ultralytics_dict()
-        with _quiet_ultralytics():
+        from autoprune._ultralytics import no_label_caches
+
+        with _quiet_ultralytics(), no_label_caches():
             val_ds = self._build_dataset(udata["val"], udata, s.val_batch)
             train_ds = self._build_dataset(udata["train"], udata, s.batch)
 

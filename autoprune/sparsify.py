@@ -53,6 +53,7 @@ from torch import nn
 
 from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.errors import UserError
+from autoprune.finetune import offline_ultralytics
 
 GAMMA_THRESHOLD = 1e-2  # "near zero": the share of gammas below this is what sparse training drives up
 
@@ -316,7 +317,8 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     t0 = time.perf_counter()
     try:
-        trainer.train()
+        with offline_ultralytics():
+            trainer.train()
     except (FileNotFoundError, RuntimeError) as e:
         if "out of memory" in str(e).lower() or isinstance(e, FileNotFoundError):
             raise UserError(f"training failed: {str(e).splitlines()[0]}") from e

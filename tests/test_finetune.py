@@ -122,16 +122,21 @@ def test_distill_settings_are_checked(kw, flag):
         DistillSettings(**kw)
 
 
-def test_finetune_without_distillation_trains_the_pruned_object_with_the_plain_loss(tmp_path, tiny_data):
+def test_finetune_without_distillation_trains_the_pruned_object_with_the_plain_loss(tmp_path):
+    from conftest import make_tiny_dataset
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
+    data = make_tiny_dataset(tmp_path / "data")
+    files = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*"))
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
     pruned = prune(model, 0.5)
     before = {k: v.clone() for k, v in pruned.state_dict().items()}
     n_params = sum(p.numel() for p in pruned.parameters())
-    r = finetune(pruned, load_data_config(tiny_data), save_dir=tmp_path / "train", epochs=1, imgsz=64, batch=4,
+    r = finetune(pruned, load_data_config(data), save_dir=tmp_path / "train", epochs=1, imgsz=64, batch=4,
                  device="cpu", verbose=False)
+    # nothing written into the dataset's folder (Ultralytics would leave labels/train.cache and labels/val.cache)
+    assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == files
     assert r.loss_names == ("box_loss", "cls_loss", "dfl_loss")  # no distillation term
     assert pruned.criterion is None  # nothing of the training left on the model
     assert r.amp is False and r.device == "cpu"
@@ -164,11 +169,14 @@ def test_offline_ultralytics_replaces_the_downloading_checks_and_restores_them()
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
 
-    amp, font = trainer_mod.check_amp, data_utils.check_font
+    import ultralytics.data.dataset as dataset
+
+    amp, font, save = trainer_mod.check_amp, data_utils.check_font, dataset.save_dataset_cache_file
     with offline_ultralytics():
         assert trainer_mod.check_amp is check_amp_offline  # CUDA AMP check without downloading yolo26n.pt
         assert data_utils.check_font("Arial.ttf") is None  # no font download (autoprune draws no plots)
-    assert trainer_mod.check_amp is amp and data_utils.check_font is font
+        assert dataset.save_dataset_cache_file is not save  # no labels/*.cache written into the user's dataset
+    assert trainer_mod.check_amp is amp and data_utils.check_font is font and dataset.save_dataset_cache_file is save
     teacher, _ = _models()
     assert check_amp_offline(teacher) is False  # AMP does nothing on the CPU
 

@@ -277,6 +277,7 @@ def test_calibration_images_do_not_depend_on_the_finetune_length(tmp_path):
     from conftest import make_tiny_dataset
 
     data = make_tiny_dataset(tmp_path, n_train=16)
+    files = sorted(tmp_path.rglob("*"))
     base = {**SMALL, "train_images": 16}
 
     def calib(steps):
@@ -289,6 +290,7 @@ def test_calibration_images_do_not_depend_on_the_finetune_length(tmp_path):
         assert got == want, steps
     assert ev0.train_pool_images == 8 and ev.train_pool_images == 16  # the finetune pool did grow
     assert len({x[0] for x in want}) == len(want)  # distinct batches: the check compares something
+    assert sorted(tmp_path.rglob("*")) == files  # no labels/*.cache written into the dataset
 
 
 def test_evaluate_leaves_the_cached_batches_alone(evaluator, tiny_model):
