@@ -54,7 +54,8 @@ def no_label_caches():
 
     Ultralytics saves each split's scanned labels as `<labels dir>.cache` in the dataset's own folder whenever that
     folder is writable (deleting the one there first); autoprune never writes into a user's files, so the saving is
-    skipped (a cache already there is still read). Rescanning costs about a second per thousand images. The original is restored on exit.
+    skipped (a cache already there is still read): the labels are scanned again on each run. The original is
+    restored on exit.
     """
     import ultralytics.data.dataset as dataset
 

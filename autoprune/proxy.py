@@ -383,10 +383,10 @@ class ProxyEvaluator:
 
     Construction reads and checks the data YAML, builds Ultralytics' train and val datasets, draws the seeded
     train pool and val subset, loads and letterboxes their images once (kept in memory as uint8 tensors: at
-    imgsz 320 about 0.3 MB per image; with the defaults 200 val + about 450 train images (the finetune pool and
-    the calibration images), about 200 MB, and never more than `val_images` + 2 x `train_images` images whatever
-    the dataset's size), fixes the calibration and finetune
-    batch schedule and builds the validator. `evaluate` then only runs the candidate.
+    imgsz 320 about 0.3 MB per image; the finetune pool and the calibration images are two seeded subsets of at
+    most `train_images` each, loaded once where they overlap, so never more than `val_images` + 2 x `train_images`
+    images whatever the dataset's size), fixes the calibration and finetune batch schedule and builds the
+    validator. `evaluate` then only runs the candidate.
 
     Not thread-safe: one evaluation at a time per evaluator.
 

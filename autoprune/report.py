@@ -278,9 +278,9 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
             ("latency_ms", f"latency (ms{', ' + str(device) if device else ''})", "ms", R.STUDY_BUDGET_LATENCY_MS),
         )
     )
-    confirmed = tuple(sorted(((n, v, sum(v.values()) / len(v)) for n, v in R.confirmed_scores(study_attrs,
-                                                                                              records).items()),
-                             key=lambda c: (-len(c[1]), -c[2], c[0])))
+    by_trial = R.confirmed_scores(study_attrs, records)
+    confirmed = sorted(((n, v, sum(v.values()) / len(v)) for n, v in by_trial.items()),
+                       key=lambda c: (-len(c[1]), -c[2], c[0]))
     return ParetoInfo(
         study_name=study_name,
         model=_str(study_attrs.get(R.STUDY_MODEL)),
@@ -301,7 +301,7 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
         panels=panels,
         counts=counts,
         reasons=tuple(reasons.most_common(3)),
-        confirmed=confirmed,
+        confirmed=tuple(confirmed),
     )
 
 

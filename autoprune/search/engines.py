@@ -261,6 +261,7 @@ class DeapNSGA2Sampler(BaseSampler):
         """The genome of the best-scored seeded trial (`R.SEED_KINDS`), once one has scored at least as well as the
         uniform genome."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
         def score(t):
             return t.user_attrs.get(R.MAP50_95) or 0.0
 
