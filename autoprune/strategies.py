@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -320,6 +320,48 @@ def plan_counts(
                 keep_share=keep_share(graph, counts), ratio=ratio, threshold=threshold, target=target)
 
 
+def plan_within(
+    graph: ChannelGraph,
+    strategy: str,
+    budget: float,
+    cost: Callable[[dict[str, int]], float],
+    *,
+    full_cost: float,
+    scores: Mapping[str, list[torch.Tensor]] | None = None,
+    round_to: int = 8,
+    min_channels: int = 8,
+    tries: int = 20,
+) -> tuple[Plan, bool]:
+    """The largest plan of `strategy` whose `cost(counts)` is at most `budget`, and whether one was found.
+
+    A search's budget counts the pruned model's full GFLOPs (fvcore: norms, the Detect's DFL and the other layers
+    pruning does not touch as well as the convs), which no conv target states exactly. The conv target starts at
+    `budget`'s share of the conv GFLOPs (`full_cost`: the unpruned model's cost) and comes down by what the cost is
+    over, in conv GFLOPs, until the plan fits. False with the last plan tried when `tries` targets, or every
+    group's floor, were not enough.
+
+    Example:
+        >>> plan, fits = plan_within(graph, "global", 4.0, lambda c: count_gflops(prune_to_counts(m, c), 640),
+        ...                          full_cost=count_gflops(m, 640), scores=scores)
+    """
+    conv = graph.conv_gflops()
+    target = conv * min(1.0, budget / full_cost)
+    plan = None
+    for _ in range(tries):
+        try:
+            plan = plan_counts(graph, strategy, target_gflops=target, scores=scores, round_to=round_to,
+                               min_channels=min_channels)
+        except UserError:
+            if plan is None:
+                raise
+            break  # below every group's floor: nothing lower to ask for
+        over = cost(plan.counts) - budget
+        if over <= 0:
+            return plan, True
+        target -= (over + 1e-6) * conv / full_cost
+    return plan, False
+
+
 __all__ = [
     "Plan",
     "STRATEGIES",
@@ -334,5 +376,6 @@ __all__ = [
     "keep_share",
     "per_flop_scores",
     "plan_counts",
+    "plan_within",
     "uniform_for_gflops",
 ]

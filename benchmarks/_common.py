@@ -52,23 +52,25 @@ def header() -> None:
 
 def plan_within(graph, model, strategy: str, budget: float, *, scores=None, ranking=None, min_channels: int = 8):
     """(pruned model, plan): the largest plan of `strategy` whose full GFLOPs at 640 (fvcore, what a search's budget
-    counts) fit `budget`. The conv target starts at the same share of the conv GFLOPs and comes down by what the
-    full count is over (norms and fixed layers add a little). `ranking` defaults to the order of `scores`."""
+    counts) fit `budget`, found as a search finds its global trial (`strategies.plan_within`). `ranking` defaults to
+    the order of `scores`."""
+    from autoprune import strategies
     from autoprune.cost import count_gflops
     from autoprune.pruner import prune_to_counts
-    from autoprune.strategies import plan_counts
 
     if ranking is None and scores is not None:
         ranking = {g: [x.argsort(descending=True, stable=True) for x in per] for g, per in scores.items()}
-    t = budget / count_gflops(model, 640) * graph.conv_gflops()
-    for _ in range(20):
-        plan = plan_counts(graph, strategy, target_gflops=t, scores=scores, min_channels=min_channels)
-        pruned = prune_to_counts(model, plan.counts, graph=graph, ranking=ranking)
-        over = count_gflops(pruned, 640) - budget
-        if over <= 0:
-            return pruned, plan
-        t -= over + 1e-6
-    raise RuntimeError(f"{strategy}: no plan within {budget} GFLOPs")
+    pruned = {}
+
+    def cost(counts):
+        pruned["model"] = prune_to_counts(model, counts, graph=graph, ranking=ranking)
+        return count_gflops(pruned["model"], 640)
+
+    plan, fits = strategies.plan_within(graph, strategy, budget, cost, full_cost=count_gflops(model, 640),
+                                        scores=scores, min_channels=min_channels)
+    if not fits:
+        raise RuntimeError(f"{strategy}: no plan within {budget} GFLOPs")
+    return pruned["model"], plan
 
 
 def results_cache(folder: Path) -> tuple[dict, Callable[[], int]]:

@@ -18,6 +18,7 @@ from autoprune.strategies import (
     keep_share,
     per_flop_scores,
     plan_counts,
+    plan_within,
     uniform_for_gflops,
 )
 
@@ -139,3 +140,30 @@ def test_planned_counts_prune_to_the_priced_gflops():
         pruned = prune_to_counts(model, plan.counts, graph=graph, criterion="lamp")
         assert analyze(pruned, imgsz=64).conv_gflops() == pytest.approx(plan.gflops, rel=1e-9)
         assert plan.gflops <= 0.6 * graph.conv_gflops()
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "global"])
+def test_plan_within_is_the_largest_plan_whose_own_cost_fits(v8, strategy):
+    # a cost the conv count does not state: the convs plus what the unpruned model spends elsewhere (norms, DFL)
+    model, graph = v8
+    scores = channel_scores(model, graph, "l1") if strategy == "global" else None
+    conv = graph.conv_gflops()
+    full = 1.25 * conv
+
+    def cost(counts):
+        return graph.conv_gflops(counts) + 0.25 * conv
+
+    budget = 0.5 * full
+    plan, fits = plan_within(graph, strategy, budget, cost, full_cost=full, scores=scores)
+    assert fits and cost(plan.counts) <= budget
+    assert plan.gflops < 0.5 * conv  # the overhead came off the conv target
+    t = plan.gflops
+    while (bigger := plan_counts(graph, strategy, target_gflops=t, scores=scores)).counts == plan.counts:
+        t += 0.002 * conv
+    assert cost(bigger.counts) > budget  # the next larger plan of the strategy would not fit
+
+    floor = cost(floor_counts(graph))  # every group at its floor, plus the overhead
+    plan, fits = plan_within(graph, strategy, 0.9 * floor, cost, full_cost=full, scores=scores)
+    assert not fits and cost(plan.counts) > 0.9 * floor  # the floors stopped it: the last plan tried, flagged
+    with pytest.raises(UserError, match="GFLOPs"):
+        plan_within(graph, strategy, 0.01 * full, cost, full_cost=full, scores=scores)  # no plan at all

@@ -347,30 +347,20 @@ class Search:
 
     def _global_genome(self, scores: dict) -> dict:
         """The genome of one-shot global pruning (one threshold over the criterion's normalized `scores`): the
-        largest such plan whose predicted full GFLOPs fit the budget, as `autoprune prune --strategy global` plans it
-        for the same target, projected onto the space's genes (`SearchSpace.from_counts`; channel for channel in
-        `fine`). The conv target starts at the budget's share of the conv GFLOPs and comes down by what the full
-        count is over (norms and fixed layers add a little); a space too coarse to get within is repaired into it."""
-        from autoprune.strategies import plan_counts
+        largest such plan whose predicted full GFLOPs fit the budget (`strategies.plan_within`), projected onto the
+        space's genes (`SearchSpace.from_counts`; channel for channel in `fine`); a space too coarse to get within
+        is repaired into it."""
+        from autoprune.strategies import plan_within
 
         s = self.settings
-        conv = self.graph.conv_gflops()
-        target = conv * min(1.0, s.budget_gflops / self.base_gflops)
-        genome = None
-        for _ in range(20):
-            try:
-                plan = plan_counts(self.graph, "global", target_gflops=target, scores=scores,
-                                   round_to=self.space.round_to, min_channels=self.space.min_channels)
-            except UserError:
-                if genome is None:
-                    raise
-                break  # below every group's floor: nothing lower to ask for
-            genome = self.space.from_counts(plan.counts)
-            over = self.space.gflops(genome, s.imgsz, base_gflops=self.base_gflops) - s.budget_gflops
-            if over <= 0:
-                return genome
-            target -= (over + 1e-6) * conv / self.base_gflops
-        return self.fit_to_gflops(genome, s.budget_gflops)
+
+        def cost(counts):
+            return self.space.gflops(self.space.from_counts(counts), s.imgsz, base_gflops=self.base_gflops)
+
+        plan, fits = plan_within(self.graph, "global", s.budget_gflops, cost, full_cost=self.base_gflops,
+                                 scores=scores, round_to=self.space.round_to, min_channels=self.space.min_channels)
+        genome = self.space.from_counts(plan.counts)
+        return genome if fits else self.fit_to_gflops(genome, s.budget_gflops)
 
     @property
     def ranking(self):
