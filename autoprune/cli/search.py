@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(as apply finetunes; 1.0 weighs it like the ground truth; default 0: off)")
     parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches in the proxy")
     parser.add_argument("--confirm", type=int, default=0, metavar="N",
-                        help="at the end, re-score the best N feasible trials under more proxy seeds and recommend "
-                             "the best by their mean (default 0: off)")
+                        help="at the end, re-score the best N feasible trials and the one-shot trials 1 and 2 under "
+                             "more proxy seeds and recommend the best by their mean (default 0: off)")
     parser.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
                         help="with --confirm: how many more proxy seeds (default 2)")
     parser.add_argument("--proxy-imgsz", type=int, default=320, help="image size of the proxy (default 320)")

@@ -593,8 +593,10 @@ class Search:
         return self.finish()
 
     def confirm(self) -> dict[int, dict[int, float]]:
-        """Re-score the `confirm` best feasible trials (by search score) under `confirm_seeds` more proxy seeds;
-        return every confirmed trial's scores by seed (`records.confirmed_scores`).
+        """Re-score the `confirm` best feasible trials (by search score), and the one-shot trials the search started
+        from (`records.SEED_KINDS`), under `confirm_seeds` more proxy seeds; return every confirmed trial's scores
+        by seed (`records.confirmed_scores`). With the one-shot plans among them, a searched trial is recommended
+        over them only when it beats them on the mean over the same seeds.
 
         Each proxy seed draws its own val subset, BN-recalibration images and batch order. The search keeps the
         maximum of many scores under one seed, so its best trial is partly that seed's luck (the winner's curse;
@@ -607,13 +609,14 @@ class Search:
         s = self.settings
         done = [R.TrialRecord.from_trial(t)
                 for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        top = sorted((r for r in done if r.feasible and r.map50_95 is not None),
-                     key=lambda r: (-r.map50_95, r.gflops, r.number))[: s.confirm]
+        ranked = sorted((r for r in done if r.feasible and r.map50_95 is not None),
+                        key=lambda r: (-r.map50_95, r.gflops, r.number))
+        top = ranked[: s.confirm] + [r for r in ranked[s.confirm:] if r.kind in R.SEED_KINDS]
         seeds = [s.seed + k for k in range(1, s.confirm_seeds + 1)]
         todo = [(seed, r) for seed in seeds for r in top if R.confirm_key(r.number, seed) not in self.study.user_attrs]
         if todo:
-            self.log(f"confirming the best {len(top)} trials under proxy seeds {', '.join(map(str, seeds))} "
-                     f"({len(todo)} evaluations)...")
+            self.log(f"confirming {len(top)} trials (the best {min(s.confirm, len(ranked))} and the one-shot plans) "
+                     f"under proxy seeds {', '.join(map(str, seeds))} ({len(todo)} evaluations)...")
         evaluator, t0 = None, time.perf_counter()
         for k, (seed, r) in enumerate(todo, 1):
             if evaluator is None or evaluator.settings.seed != seed:
