@@ -914,7 +914,8 @@ class SearchSpace:
 def load_space(spec: str | Path | dict | None, graph, model) -> SearchSpace:
     """Bind a search space to `model` (analysed as `graph`).
 
-    `spec` is None (the default space of the model's family, `default_space_name`), the name of a shipped space
+    `spec` is None or "family" (the default space of the model's family, `default_space_name`), the name of a
+    shipped space
     (`"yolov8"`, `"generic"`, ...), a path to a YAML file, or the dict such a file loads to (a study's stored
     source). Every mistake is a one-line `UserError` that names the field.
 
@@ -925,7 +926,7 @@ def load_space(spec: str | Path | dict | None, graph, model) -> SearchSpace:
         >>> load_space(None, analyze(m), m).name
         'yolo11'
     """
-    if spec is None:
+    if spec is None or spec == "family":
         name = default_space_name(model)
         return _build(read_space_file(SPACES_DIR / f"{name}.yaml"), graph, model, label=name, default_name=name)
     if isinstance(spec, Mapping):

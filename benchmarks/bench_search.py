@@ -33,7 +33,7 @@ def run_engine(label: str, args: argparse.Namespace) -> dict:
     settings = SearchSettings(
         budget_gflops=args.budget_gflops, model=args.model, data=args.data, engine=engine, sampler=sampler,
         trials=args.trials, population=args.population, proxy_steps=args.proxy_steps, seed=args.seed,
-        device=args.device, name=f"{args.prefix}-{label}", resume=True,
+        device=args.device, name=f"{args.prefix}-{label}", resume=True, criterion=args.criterion, space=args.space,
     )
     search = Search(settings, log=lambda *_: None)
     search.run()
@@ -78,6 +78,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--proxy-steps", type=int, default=None, help="default: the search's default")
+    parser.add_argument("--criterion", default="l1", help="channel ranking (l1: what docs/BENCHMARKS.md ran)")
+    parser.add_argument("--space", default="family", help="search space (family: what docs/BENCHMARKS.md ran)")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

@@ -375,7 +375,7 @@ def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny
     by_keep = json.loads(capsys.readouterr().out)
     assert 0 < by_keep["gflops"] < 0.6 * full and by_keep["keep"] == 0.5
 
-    space = load_space(None, analyze(tiny_model), tiny_model)
+    space = load_space("fine", analyze(tiny_model), tiny_model)  # the default --space, as the search's
     genome = tmp_path / "genome.yaml"
     genome.write_text(yaml.safe_dump({name: space.gene(name).low for name in space.names}))
     assert cli(*common, "--genome", genome) == 0

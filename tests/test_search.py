@@ -73,6 +73,8 @@ def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     assert summary["evaluated"] == 6 and summary["feasible"] >= 1 and summary["front"]
 
     study = _study(run / "study.db", "e2e")
+    # the defaults: hessian ranking, one gene per channel group
+    assert study.user_attrs[R.STUDY_CRITERION] == "hessian" and study.user_attrs[R.STUDY_SPACE]["name"] == "fine"
     trials = {t.number: t for t in study.trials}
     first = trials[0]
     assert first.user_attrs[R.KIND] == "uniform"

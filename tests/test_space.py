@@ -381,6 +381,7 @@ def test_gene_grid_is_free_of_float_noise():
 def test_load_by_name_file_and_dict_and_rebuild_from_source(tmp_path):
     model, graph = v8()
     by_default = load_space(None, graph, model)
+    assert load_space("family", graph, model).source == by_default.source  # the name `search --space` takes
     by_name = load_space("yolov8", graph, model)
     path = tmp_path / "mine.yaml"
     shutil.copy(SPACES_DIR / "yolov8.yaml", path)

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--keep", type=float, default=1.0, help="uniform keep ratio in (0, 1] (default 1.0)")
     which.add_argument("--genome", default=None, metavar="FILE",
                        help="a YAML/JSON genome {gene name: keep ratio} of the search space (see --space)")
-    parser.add_argument("--space", default=None, help="search space of --genome (default: the model family's)")
+    parser.add_argument("--space", default="fine",
+                        help="search space of --genome (default fine, as autoprune search; family: the model family's)")
     parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches (0: none)")
     parser.add_argument("--steps", type=int, default=50, help="finetune steps on the detection loss (0: none)")
     parser.add_argument("--imgsz", type=int, default=320, help="input size, a multiple of 32 (default 320)")
@@ -41,9 +42,9 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model):
     """Return the candidate model to score: `loaded_model.model` pruned as `--keep` / `--genome` say.
 
     - `--keep 1.0`: the model itself (the proxy modifies the model it scores; this one is ours alone);
-    - `--keep K`: `autoprune.prune(model, K)`, K of every channel group, L1 ranking (the search's default);
-    - `--genome FILE`: the genome's kept channel counts in the search space (`--space`, default the model
-      family's), pruned with `prune_to_counts` exactly as a search trial is.
+    - `--keep K`: `autoprune.prune(model, K)`, K of every channel group, L1 ranking;
+    - `--genome FILE`: the genome's kept channel counts in the search space (`--space`, default `fine`
+      as in `autoprune search`), pruned with `prune_to_counts` (L1 ranking).
     """
     model = loaded_model.model
     if args.genome is None:

@@ -39,8 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-imgsz", type=int, default=320, help="image size of the proxy (default 320)")
     parser.add_argument("--val-images", type=int, default=200, help="validation images the proxy scores on")
     parser.add_argument("--imgsz", type=int, default=640, help="image size of GFLOPs and latency (default 640)")
-    parser.add_argument("--criterion", default="l1", help="channel importance criterion (default l1)")
-    parser.add_argument("--space", default=None, help="search space YAML (default: chosen from the model)")
+    parser.add_argument("--criterion", default="hessian",
+                        help="channel importance criterion: hessian (default), taylor, l1, l2, lamp, bn_scale, fpgm "
+                             "or random")
+    parser.add_argument("--space", default="fine",
+                        help="search space: fine (default: one gene per channel group), family (the model "
+                             "family's space of tied genes), a shipped space's name (yolov8, yolo11, yolov5, generic) "
+                             "or a YAML path")
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: runs/search/NAME/study.db)")
     parser.add_argument("--name", default=None, help="study and run folder name (default: expN)")
     parser.add_argument("--resume", action="store_true", help="continue (or join) the study --name")

@@ -68,8 +68,8 @@ class SearchSettings:
     proxy_imgsz: int = 320
     val_images: int = 200
     imgsz: int = 640  # GFLOPs and latency are measured at the deployment size
-    criterion: str = "l1"
-    space: str | None = None
+    criterion: str = "hessian"  # gradient criteria keep a pruned model working; docs/BENCHMARKS.md "Methods"
+    space: str | None = "fine"  # one gene per group; None or "family": the model family's space (`load_space`)
     storage: str | None = None
     name: str | None = None
     resume: bool = False
