@@ -137,7 +137,14 @@ def test_a_distilling_proxy_is_part_of_the_study(env, capsys, tmp_path, monkeypa
     # resuming with another proxy would mix scores of two proxies in one front: refused, nothing touched
     before = (tmp_path / "runs/search/kd/study.db").read_bytes()
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "kd", "--resume")
-    assert code == 2 and err.startswith("error: study 'kd' was made with a different proxy"), err
+    assert code == 2 and err.startswith("error: study 'kd' was made with other settings: proxy "), err
+    assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
+    # every setting that differs is named in the one line, with the flags that ask for what the study has
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "kd", "--resume",
+                        "--proxy-distill", "1", "--criterion", "l1", "--space", "family", "--seed", "3")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "space {'name': 'fine'" in err and "criterion 'hessian' (this run: 'l1')" in err and "seed 0" in err
+    assert "(--space fine --criterion hessian --seed 0)" in err
     assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
 
 

@@ -295,15 +295,15 @@ class Search:
             study.set_user_attr(R.STUDY_GLOBAL_PER_FLOP, self._global_genome(per_flop_scores(self.graph, scores)))
             study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
             stored = study.user_attrs
-        for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS, R.STUDY_BUDGET_FLOOR,
-                    R.STUDY_IMGSZ,
-                    R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE, R.STUDY_SAMPLER, R.STUDY_SEED,
-                    R.STUDY_PROXY, R.STUDY_POPULATION):
-            if stored.get(key) != attrs[key]:
-                raise UserError(
-                    f"study {self.name!r} was made with a different {key} ({_short(stored.get(key))}; "
-                    f"this run: {_short(attrs[key])}); resume it with the same settings or pick a new --name"
-                )
+        differ = [key for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS,
+                                  R.STUDY_BUDGET_FLOOR, R.STUDY_IMGSZ, R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE,
+                                  R.STUDY_SAMPLER, R.STUDY_SEED, R.STUDY_PROXY, R.STUDY_POPULATION)
+                  if stored.get(key) != attrs[key]]
+        if differ:
+            what = "; ".join(f"{key} {_short(stored.get(key))} (this run: {_short(attrs[key])})" for key in differ)
+            flags = " ".join(f for f in (_resume_flag(key, stored.get(key)) for key in differ) if f)
+            raise UserError(f"study {self.name!r} was made with other settings: {what}; resume it with the same "
+                            f"settings{f' ({flags})' if flags else ''} or pick a new --name")
         return study
 
     @staticmethod
@@ -732,6 +732,21 @@ def _next_name() -> str:
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _resume_flag(key: str, value) -> str | None:
+    """The `autoprune search` flag that asks for the stored `value` of study attribute `key`, where one does."""
+    from autoprune.space import shipped_spaces
+
+    if key == R.STUDY_CRITERION and isinstance(value, str):
+        return f"--criterion {value}"
+    if key == R.STUDY_SPACE and isinstance(value, dict) and value.get("name") in shipped_spaces():
+        return f"--space {value['name']}"
+    if key == R.STUDY_BUDGET_GFLOPS and isinstance(value, (int, float)):
+        return f"--budget-gflops {value:g}"
+    if key == R.STUDY_SEED and isinstance(value, int):
+        return f"--seed {value}"
+    return None
 
 
 def _short(value) -> str:
