@@ -915,9 +915,8 @@ def load_space(spec: str | Path | dict | None, graph, model) -> SearchSpace:
     """Bind a search space to `model` (analysed as `graph`).
 
     `spec` is None or "family" (the default space of the model's family, `default_space_name`), the name of a
-    shipped space
-    (`"yolov8"`, `"generic"`, ...), a path to a YAML file, or the dict such a file loads to (a study's stored
-    source). Every mistake is a one-line `UserError` that names the field.
+    shipped space (`"fine"`, `"yolov8"`, `"generic"`, ...), a path to a YAML file, or the dict such a file loads to
+    (a study's stored source). Every mistake is a one-line `UserError` that names the field.
 
     Example:
         >>> from autoprune.models import load_model
