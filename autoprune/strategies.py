@@ -337,30 +337,51 @@ def plan_within(
     A search's budget counts the pruned model's full GFLOPs (fvcore: norms, the Detect's DFL and the other layers
     pruning does not touch as well as the convs), which no conv target states exactly. The conv target starts at
     `budget`'s share of the conv GFLOPs (`full_cost`: the unpruned model's cost) and comes down by what the cost is
-    over, in conv GFLOPs, until the plan fits. False with the last plan tried when `tries` targets, or every
-    group's floor, were not enough.
+    over, in conv GFLOPs, until the plan fits. Plans move in jumps (channels come in multiples of `round_to`), so
+    after `tries` such steps the target is bisected between the last one over the budget and one that fits. False,
+    with the last plan tried, when every group's floor is over the budget.
 
     Example:
         >>> plan, fits = plan_within(graph, "global", 4.0, lambda c: count_gflops(prune_to_counts(m, c), 640),
         ...                          full_cost=count_gflops(m, 640), scores=scores)
     """
+
+    def at(t: float) -> Plan:
+        return plan_counts(graph, strategy, target_gflops=t, scores=scores, round_to=round_to,
+                           min_channels=min_channels)
+
     conv = graph.conv_gflops()
     target = conv * min(1.0, budget / full_cost)
     plan = None
     for _ in range(tries):
         try:
-            plan = plan_counts(graph, strategy, target_gflops=target, scores=scores, round_to=round_to,
-                               min_channels=min_channels)
+            plan = at(target)
         except UserError:
             if plan is None:
                 raise
-            break  # below every group's floor: nothing lower to ask for
+            return plan, False  # below every group's floor: nothing lower to ask for
         over = cost(plan.counts) - budget
         if over <= 0:
             return plan, True
-        target -= (over + 1e-6) * conv / full_cost
-    return plan, False
-
+        high, target = target, target - (over + 1e-6) * conv / full_cost
+    # the steps stalled on a plan just over the budget: halve the target until a plan fits, then bisect
+    low = high
+    while True:
+        low /= 2
+        try:
+            fitting = at(low)
+        except UserError:
+            return plan, False
+        if cost(fitting.counts) <= budget:
+            break
+    for _ in range(40):
+        mid = (low + high) / 2
+        candidate = at(mid)
+        if cost(candidate.counts) <= budget:
+            low, fitting = mid, candidate
+        else:
+            high = mid
+    return fitting, True
 
 __all__ = [
     "Plan",

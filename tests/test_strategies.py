@@ -162,6 +162,11 @@ def test_plan_within_is_the_largest_plan_whose_own_cost_fits(v8, strategy):
         t += 0.002 * conv
     assert cost(bigger.counts) > budget  # the next larger plan of the strategy would not fit
 
+    # where the proportional steps stall (here: after one, which is over), bisection finds the same plan
+    assert cost(plan_counts(graph, strategy, target_gflops=0.5 * conv, scores=scores).counts) > budget
+    bisected, fits = plan_within(graph, strategy, budget, cost, full_cost=full, scores=scores, tries=1)
+    assert fits and bisected.counts == plan.counts
+
     floor = cost(floor_counts(graph))  # every group at its floor, plus the overhead
     plan, fits = plan_within(graph, strategy, 0.9 * floor, cost, full_cost=full, scores=scores)
     assert not fits and cost(plan.counts) > 0.9 * floor  # the floors stopped it: the last plan tried, flagged
