@@ -363,10 +363,20 @@ def test_cli_scores_a_model(cli, capsys, tiny_data, tiny_model_yaml):
     assert res["gflops"] > 0 and res["latency_ms"] > 0
 
 
-def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny_model, tiny_model_yaml):
+def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny_model, tiny_model_yaml, monkeypatch):
+    import autoprune.pruner
     from autoprune.channels import analyze
     from autoprune.cost import count_gflops
     from autoprune.space import load_space
+
+    ranked = []  # (criterion, whether calibration batches came with it) of every ranking the command asks for
+    real = autoprune.pruner.rank_channels
+
+    def spy(model, graph, criterion="l1", ctx=None, *, batches=None):
+        ranked.append((criterion, bool(batches)))
+        return real(model, graph, criterion, ctx, batches=batches)
+
+    monkeypatch.setattr(autoprune.pruner, "rank_channels", spy)
 
     common = ["--model", tiny_model_yaml, "--data", tiny_data, "--imgsz", 64, "--calib-batches", 1, "--steps", 0,
               "--batch", 4, "--val-images", 4, "--device", "cpu", "--no-latency", "--json"]
@@ -374,6 +384,9 @@ def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny
     assert cli(*common, "--keep", 0.5) == 0
     by_keep = json.loads(capsys.readouterr().out)
     assert 0 < by_keep["gflops"] < 0.6 * full and by_keep["keep"] == 0.5
+    assert ranked == [("hessian", True)]  # the search's default ranking, on the proxy's calibration batches
+    assert cli(*common, "--keep", 0.5, "--criterion", "l1") == 0
+    assert json.loads(capsys.readouterr().out)["gflops"] == by_keep["gflops"] and ranked[-1] == ("l1", False)
 
     space = load_space("fine", analyze(tiny_model), tiny_model)  # the default --space, as the search's
     genome = tmp_path / "genome.yaml"

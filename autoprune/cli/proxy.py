@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a YAML/JSON genome {gene name: keep ratio} of the search space (see --space)")
     parser.add_argument("--space", default="fine",
                         help="search space of --genome (default fine, as autoprune search; family: the model family's)")
+    parser.add_argument("--criterion", default="hessian",
+                        help="channel ranking of --keep and --genome, as in autoprune search (default hessian)")
     parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches (0: none)")
     parser.add_argument("--steps", type=int, default=50, help="finetune steps on the detection loss (0: none)")
     parser.add_argument("--imgsz", type=int, default=320, help="input size, a multiple of 32 (default 320)")
@@ -38,29 +40,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement (GFLOPs only)")
 
 
-def _prepare_candidate(args: argparse.Namespace, loaded_model):
+def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
     """Return the candidate model to score: `loaded_model.model` pruned as `--keep` / `--genome` say.
 
     - `--keep 1.0`: the model itself (the proxy modifies the model it scores; this one is ours alone);
-    - `--keep K`: `autoprune.prune(model, K)`, K of every channel group, L1 ranking;
-    - `--genome FILE`: the genome's kept channel counts in the search space (`--space`, default `fine`
-      as in `autoprune search`), pruned with `prune_to_counts` (L1 ranking).
+    - `--keep K`: K of every channel group (`pruner.keep_counts`);
+    - `--genome FILE`: the genome's kept channel counts in the search space (`--space`, default `fine` as in
+      `autoprune search`).
+
+    Channels are ranked by `--criterion` as a search ranks them (data criteria on `evaluator`'s calibration batches,
+    the images a search with the same proxy settings uses), so a trial's genome gives back that trial's model.
     """
     model = loaded_model.model
-    if args.genome is None:
-        if args.keep == 1.0:
-            return model
-        from autoprune import prune
-
-        return prune(model, args.keep)
+    if args.genome is None and args.keep == 1.0:
+        return model
     from autoprune.channels import analyze
-    from autoprune.pruner import prune_to_counts
+    from autoprune.importance import DATA_CRITERIA, get_criterion
+    from autoprune.pruner import keep_counts, prune_to_counts, rank_channels
     from autoprune.space import load_space
 
-    genome = _read_genome(args.genome)
+    get_criterion(args.criterion)
+    genome = _read_genome(args.genome) if args.genome is not None else None
     graph = analyze(model)
-    space = load_space(args.space, graph, model)
-    return prune_to_counts(model, space.counts(genome), graph=graph)
+    counts = keep_counts(graph, args.keep) if genome is None else load_space(args.space, graph, model).counts(genome)
+    batches = evaluator.calibration_batches() if args.criterion in DATA_CRITERIA else None
+    ranking = rank_channels(model, graph, args.criterion, batches=batches)
+    return prune_to_counts(model, counts, graph=graph, ranking=ranking)
 
 
 def _read_genome(path: str) -> dict:
@@ -119,8 +124,8 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     data = load_data_config(args.data)  # checks the YAML and its images before any heavy work
     loaded = load_model(args.model, seed=args.seed)
-    model = _prepare_candidate(args, loaded)
     evaluator = ProxyEvaluator(data, settings)
+    model = _prepare_candidate(args, loaded, evaluator)
     cost = _cost(model, args, evaluator.device)  # before evaluate, which modifies the model (same architecture)
     result = evaluator.evaluate(model)
     out = {
