@@ -146,6 +146,15 @@ def get_criterion(name: str) -> Criterion:
         raise UserError(f"unknown criterion {name!r}; choose one of: {', '.join(sorted(CRITERIA))}") from None
 
 
+def check_calibration(criterion: str, calib_batches: int) -> None:
+    """A `UserError` when a data criterion would get no calibration batches to take gradients on (checked before
+    any work, so nothing is left half made)."""
+    if criterion in DATA_CRITERIA and calib_batches == 0:
+        raise UserError(f"--criterion {criterion} ranks channels by gradients on the calibration batches, and "
+                        f"--calib-batches 0 leaves none: pass --calib-batches N or a criterion that needs no data "
+                        f"(l1, l2, lamp, bn_scale, fpgm, random)")
+
+
 def _normalized_mean(vectors: list[torch.Tensor]) -> torch.Tensor:
     """Average member score vectors after scaling each to mean 1 (members with all-zero scores are skipped)."""
     acc, count = None, 0

@@ -166,10 +166,9 @@ def test_distilled_finetune_leaves_the_callers_teacher_as_it_was(tmp_path, tiny_
 
 
 def test_offline_ultralytics_replaces_the_downloading_checks_and_restores_them():
+    import ultralytics.data.dataset as dataset
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
-
-    import ultralytics.data.dataset as dataset
 
     amp, font, save = trainer_mod.check_amp, data_utils.check_font, dataset.save_dataset_cache_file
     with offline_ultralytics():

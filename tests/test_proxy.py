@@ -420,6 +420,8 @@ def _no_images(tmp_path, tiny_data):
     (lambda tmp, data: ["--data", data, "--imgsz", 100], "imgsz must be a positive multiple of 32"),
     (lambda tmp, data: ["--data", data, "--device", "tpu"], "device must be"),
     (lambda tmp, data: ["--data", data, "--keep", 1.5], "--keep must lie in (0, 1]"),
+    (lambda tmp, data: ["--data", data, "--keep", 0.5, "--calib-batches", 0], "--calib-batches 0 leaves none"),
+    (lambda tmp, data: ["--data", data, "--keep", 0.5, "--criterion", "taylr"], "unknown criterion 'taylr'"),
     pytest.param(lambda tmp, data: ["--data", data, "--device", "cuda:0"], "does not exist",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])

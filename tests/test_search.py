@@ -372,6 +372,7 @@ def test_two_workers_share_one_postgresql_study(env, tmp_path):
         (["--confirm", "-1"], "--confirm must be an integer >= 0"),
         (["--confirm", "2", "--confirm-seeds", "0"], "--confirm-seeds must be a positive integer"),
         (["--resume"], "--resume needs the --name"),
+        (["--calib-batches", "0"], "--criterion hessian ranks channels by gradients on the calibration batches"),
     ],
 )
 def test_bad_input_is_one_error_line_and_writes_nothing(env, capsys, tmp_path, monkeypatch, extra, message):

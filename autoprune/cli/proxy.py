@@ -55,11 +55,10 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
     if args.genome is None and args.keep == 1.0:
         return model
     from autoprune.channels import analyze
-    from autoprune.importance import DATA_CRITERIA, get_criterion
+    from autoprune.importance import DATA_CRITERIA
     from autoprune.pruner import keep_counts, prune_to_counts, rank_channels
     from autoprune.space import load_space
 
-    get_criterion(args.criterion)
     genome = _read_genome(args.genome) if args.genome is not None else None
     graph = analyze(model)
     counts = keep_counts(graph, args.keep) if genome is None else load_space(args.space, graph, model).counts(genome)
@@ -90,6 +89,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--keep must lie in (0, 1], got {args.keep:g}")
     if args.genome is not None and not Path(args.genome).is_file():
         raise UserError(f"genome file not found: {args.genome}")
+    if args.genome is not None or args.keep < 1.0:  # channels are ranked only when something is pruned
+        from autoprune.importance import check_calibration, get_criterion
+
+        get_criterion(args.criterion)
+        check_calibration(args.criterion, args.calib_batches)
 
 
 def _cost(model, args: argparse.Namespace, device) -> dict:

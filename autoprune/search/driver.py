@@ -174,7 +174,7 @@ class Search:
         from autoprune.channels import analyze
         from autoprune.cost import count_gflops, count_params, resolve_device
         from autoprune.data import load_data_config
-        from autoprune.importance import get_criterion
+        from autoprune.importance import check_calibration, get_criterion
         from autoprune.models import load_model
         from autoprune.space import load_space
 
@@ -182,6 +182,7 @@ class Search:
         self.log = log
         _check_settings(s)
         get_criterion(s.criterion)
+        check_calibration(s.criterion, s.calib_batches)
         self.device = resolve_device(s.device)
 
         # Where the study lives; a name that exists needs --resume. Checked before anything is written.
