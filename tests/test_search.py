@@ -388,6 +388,27 @@ def test_bad_input_is_one_error_line_and_writes_nothing(env, capsys, tmp_path, m
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_failure_while_ranking_channels_leaves_no_half_made_study(env, capsys, tmp_path, monkeypatch):
+    """The ranking and the global plans are computed before the study is written: the same --name then starts anew."""
+    from autoprune.errors import UserError
+    from autoprune.search.driver import Search
+
+    monkeypatch.chdir(tmp_path)
+
+    def fail(self):
+        raise UserError("the calibration data has class 7 but the model predicts 2 classes")
+
+    monkeypatch.setattr(Search, "_channel_scores", fail)
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "1", "--name", "half")
+    assert code == 2 and err.strip() == "error: the calibration data has class 7 but the model predicts 2 classes"
+    assert not (tmp_path / "runs" / "search" / "half").exists()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "1", "--name", "half")
+    assert code == 0, err
+    assert len(_evaluated(_study(tmp_path / "runs" / "search" / "half" / "study.db", "half"))) == 1
+
+
 def test_broken_and_invalid_spaces_are_one_error_line(env, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     broken = tmp_path / "broken.yaml"

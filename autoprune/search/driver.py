@@ -214,15 +214,19 @@ class Search:
         self.uniform = self.space.uniform_for_budget(s.budget_gflops, s.imgsz, base_gflops=base_gflops)
         self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
 
+        self._evaluator = None
+        self._ranking = None
+        # What a new study stores, computed before anything is written: an error here (data the criterion cannot
+        # use, say) leaves no half-made study behind that the same --name would then need --resume for.
+        described = None if exists else self._describe_new_study()
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (self.run_dir / "args.yaml").exists():
             from autoprune.runs import save_args
 
             save_args(self.run_dir, asdict(s), name=self.name, storage_url=self.url)
-        self._evaluator = None
-        self._ranking = None
         self.storage = make_storage(self.url, heartbeat=(s.heartbeat_interval, s.grace_period))
-        self.study = self._open_study()  # a new study stores the ranking; taylor/hessian need the evaluator's data
+        self.study = self._open_study(described)
 
     # ------------------------------------------------------------------------------------------------------------
     # The study
@@ -267,7 +271,25 @@ class Search:
             out["distill"] = float(s.proxy_distill)
         return out
 
-    def _open_study(self):
+    def _describe_new_study(self) -> dict:
+        """The user attributes a new study gets: the settings, the channel ranking and the one-shot global genomes."""
+        from autoprune.strategies import per_flop_scores
+
+        scores = self._channel_scores()  # scored once: the ranking and the global plans all come from them
+        attrs = self._study_attrs()
+        return {
+            **{k: v for k, v in attrs.items() if k != R.STUDY_VERSION},
+            R.STUDY_RANKING: self._compute_ranking(scores),
+            # one-shot global pruning by the criterion, as close as the space can express it, and the same by
+            # importance per FLOP: trial 0 queues both
+            R.STUDY_GLOBAL: self._global_genome(scores),
+            R.STUDY_GLOBAL_PER_FLOP: self._global_genome(per_flop_scores(self.graph, scores)),
+            R.STUDY_VERSION: attrs[R.STUDY_VERSION],  # last: it marks a study completely described
+        }
+
+    def _open_study(self, described: dict | None):
+        """Create or load the study; a new one gets `described` (computed now when None: another worker's study
+        vanished, or none existed when this one looked), an existing one must have been made with these settings."""
         s = self.settings
         init = InitialPopulation(center=self.uniform, fit=self.fit_to_gflops, budget=s.budget_gflops)
         sampler = make_sampler(s.engine, s.sampler, self.space, seed=s.seed, population=s.population,
@@ -281,20 +303,10 @@ class Search:
         )
         attrs = self._study_attrs()
         stored = self._settled_attrs(study)
-        if R.STUDY_VERSION not in stored:  # a new study: describe it (the version key last: it marks completion)
-            for k, v in attrs.items():
-                if k != R.STUDY_VERSION:
-                    study.set_user_attr(k, v)
+        if R.STUDY_VERSION not in stored:  # a new study: describe it
             study.set_metric_names(list(R.OBJECTIVES))
-            from autoprune.strategies import per_flop_scores
-
-            scores = self._channel_scores()  # scored once: the ranking and the global plans all come from them
-            study.set_user_attr(R.STUDY_RANKING, self._compute_ranking(scores))
-            # one-shot global pruning by the criterion, as close as the space can express it, and the same by
-            # importance per FLOP: trial 0 queues both
-            study.set_user_attr(R.STUDY_GLOBAL, self._global_genome(scores))
-            study.set_user_attr(R.STUDY_GLOBAL_PER_FLOP, self._global_genome(per_flop_scores(self.graph, scores)))
-            study.set_user_attr(R.STUDY_VERSION, attrs[R.STUDY_VERSION])
+            for k, v in (described or self._describe_new_study()).items():
+                study.set_user_attr(k, v)
             stored = study.user_attrs
         differ = [key for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS,
                                   R.STUDY_BUDGET_FLOOR, R.STUDY_IMGSZ, R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE,
