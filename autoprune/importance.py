@@ -21,9 +21,12 @@ The criteria, and what their scores mean across groups (what the `global` strate
 - `fpgm`: FPGM (He et al. 2019): each channel's summed Euclidean distance to the other channels of its part, per
   member (producer rows, consumer columns), mean-normalised and averaged like `l1`. A channel close to the
   geometric median is replaceable by the others and goes first.
-- `taylor` (data): first-order Taylor (Molchanov et al. 2019): the sum over every parameter the channel removes
-  (producer rows, gammas, consumer columns) of |w * dL/dw|, dL/dw the mean gradient of the detection loss over
-  the calibration batches. Raw: in loss units, so comparable across groups.
+- `taylor` (data): first-order Taylor (Molchanov et al. 2019, eq. 8): removing a channel zeroes the set S of its
+  parameters (producer rows, gammas, consumer columns), which changes the loss by about -sum_S w * dL/dw; the score
+  is the square of that sum, averaged over the calibration batches (each batch's own gradient, as the paper
+  accumulates it over mini-batches). Squared loss units, comparable across groups. (The elementwise |w * dL/dw| of
+  the mean gradient, Torch-Pruning's variant, averages the signal away on a converged model: at 40% of the demo's
+  GFLOPs its global plan cut the P3 class branch to 8 channels and finetuned to 0.14 mAP50-95 against 0.42.)
 - `hessian` (data): OBD's diagonal second-order saliency (LeCun et al. 1990), sum of 0.5 * H_ii * w_i^2 over the same
   parameters, with H_ii the empirical Fisher: the mean over calibration batches of the squared batch gradient of
   the (per-image mean) detection loss. Raw, loss units.
@@ -249,17 +252,42 @@ def _require(ctx: ScoringContext, name: str, store: dict | None) -> dict:
 
 @register("taylor", needs_data=True)
 def taylor(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
-    """First-order Taylor: sum over the channel's parameters (rows, gammas, columns) of |w * dL/dw|, loss units."""
+    """Group first-order Taylor: the mean over batches of (sum over the channel's rows, gammas, columns of w * g)^2."""
     grads = _require(ctx, "taylor", ctx.grads)
+    terms = ctx.extra.get("taylor_terms") or taylor_terms(ctx.modules, [grads])
+    rows, cols = terms["rows"], terms["cols"]
     out = []
     for pi in group.parts:
-        total = torch.zeros(ctx.graph.parts[pi].size)
-        for _, path, w, g in ctx.members_with(pi, grads):
-            if g is None:
+        total = None
+        for (kind, path, _, r), (_, _, _, c) in zip(ctx.members_with(pi, rows), ctx.members_with(pi, cols)):
+            t = c if kind == "in" else r
+            if t is None:
                 raise KeyError(f"no gradient for {path}.weight; accumulate_gradients on this very model")
-            total += (w.float() * g.float()).abs().reshape(w.shape[0], -1).sum(1).cpu()
-        out.append(total)
+            total = t.float() if total is None else total + t.float()
+        out.append(total.pow(2).mean(1).cpu())
     return out
+
+
+def taylor_terms(modules: dict[str, nn.Module], batch_grads: list[dict[str, torch.Tensor]]) -> dict[str, dict]:
+    """Per-batch sums of w * g over each weight's output rows and input columns, for `taylor`.
+
+    `{"rows": {path.weight: [out_channels, batches]}, "cols": {path.weight: [batches, in_channels]}}`, laid out so
+    that `ScoringContext.members_with` slices them like the weights ("out"/"bn" members read rows, "in" members
+    read cols). `batch_grads` holds one gradient dict per batch (parameter path -> gradient shaped like it).
+    """
+    rows: dict[str, list] = {}
+    cols: dict[str, list] = {}
+    for grads in batch_grads:
+        for name, g in grads.items():
+            mod, _, leaf = name.rpartition(".")
+            if leaf != "weight" or mod not in modules:
+                continue
+            wg = modules[mod].weight.detach().float().cpu() * g.float().cpu()
+            rows.setdefault(name, []).append(wg.reshape(wg.shape[0], -1).sum(1))
+            if wg.dim() >= 2:
+                cols.setdefault(name, []).append(wg.transpose(0, 1).reshape(wg.shape[1], -1).sum(1))
+    return {"rows": {n: torch.stack(v, 1) for n, v in rows.items()},
+            "cols": {n: torch.stack(v, 0) for n, v in cols.items()}}
 
 
 @register("hessian", needs_data=True)
@@ -329,7 +357,8 @@ def accumulate_gradients(
 
     For every parameter: `grads[path]` is the mean over batches of the gradient of the per-image mean detection
     loss (Ultralytics' `model.loss(batch)`, i.e. v8DetectionLoss with the model's box/cls/dfl gains), and
-    `extra["fisher"][path]` the mean of its square (the empirical Fisher at batch granularity, for `hessian`).
+    `extra["fisher"][path]` the mean of its square (the empirical Fisher at batch granularity, for `hessian`), and
+    `extra["taylor_terms"]` each batch's sums of w * g over rows and columns (`taylor_terms`, for `taylor`).
     BatchNorms use their running statistics (the function the pruned model keeps), Detect returns its training
     outputs. Works on a copy: `model` (its weights, `.grad`, buffers and attributes) is not changed. Batches are
     the collated dicts `ProxyEvaluator.calibration_batches()` returns. Returns `ctx`.
@@ -354,6 +383,8 @@ def accumulate_gradients(
         p.requires_grad_(True)
     total = {n: torch.zeros_like(p, device="cpu") for n, p in named}
     square = {n: torch.zeros_like(p, device="cpu") for n, p in named}
+    modules = dict(work.named_modules())
+    per_batch = []
     count = 0
     for b in batches:
         batch = _loss_batch(b, device)
@@ -365,16 +396,23 @@ def accumulate_gradients(
         loss, _ = work.loss(batch)
         loss = loss.sum() / batch["img"].shape[0]  # the criterion returns per-term sums scaled by the batch size
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        batch = {}
         for (n, _), g in zip(named, grads):
             if g is not None:
                 g = g.detach().cpu()
                 total[n] += g
                 square[n] += g * g
+                batch[n] = g
+        per_batch.append(taylor_terms(modules, [batch]))
         count += 1
     if not count:
         raise UserError("no calibration batches to compute gradients from")
     ctx.grads.update({n: t / count for n, t in total.items()})
     ctx.extra["fisher"] = {n: t / count for n, t in square.items()}
+    ctx.extra["taylor_terms"] = {
+        "rows": {n: torch.cat([t["rows"][n] for t in per_batch], 1) for n in per_batch[0]["rows"]},
+        "cols": {n: torch.cat([t["cols"][n] for t in per_batch], 0) for n in per_batch[0]["cols"]},
+    }
     ctx.extra["gradient_batches"] = count
     return ctx
 

@@ -11,7 +11,7 @@ from conftest import SYNTH_C2F, SYNTH_C3K2, build_synthetic, randomize_bn
 
 from autoprune.channels import analyze
 from autoprune.errors import UserError
-from autoprune.importance import CRITERIA, DATA_CRITERIA, ScoringContext, accumulate_gradients
+from autoprune.importance import CRITERIA, DATA_CRITERIA, ScoringContext, accumulate_gradients, taylor_terms
 from autoprune.pruner import channel_scores, prune, prune_to_counts, rank_channels
 
 STRONG = torch.tensor([1, 4, 6, 9, 10, 12, 13, 15])  # 8 of the 16 channels of group "0"
@@ -172,6 +172,35 @@ def test_accumulated_gradients_cover_every_member_and_bound_the_fisher(batches):
     name = "model.0.conv.weight"
     assert torch.all(ctx.extra["fisher"][name] >= ctx.grads[name] ** 2 - 1e-12)
     assert ctx.grads[name].abs().sum() > 0
+
+
+def test_taylor_is_the_squared_first_order_loss_change_averaged_over_batches(batches):
+    """Molchanov et al. 2019, eq. 8: per batch, (sum over the channel's rows, gammas and columns of w * g)^2, then
+    the mean over batches; not |w * g| of the mean gradient, which gradients of opposite sign cancel."""
+    model = build_synthetic(SYNTH_C3K2)
+    randomize_bn(model)
+    graph = analyze(model)
+    ctx = accumulate_gradients(model, batches, ScoringContext.for_model(model, graph))
+    per_batch = [accumulate_gradients(model, [b], ScoringContext.for_model(model, graph)).grads for b in batches]
+    for group in graph.groups:
+        got = CRITERIA["taylor"](ctx, group)
+        for pi, score in zip(group.parts, got):
+            change = [sum((w * g).reshape(w.shape[0], -1).sum(1) for _, _, w, g in ctx.members_with(pi, grads))
+                      for grads in per_batch]
+            assert torch.allclose(score, torch.stack(change).pow(2).mean(0), rtol=1e-4, atol=1e-12), group.id
+            # Jensen: at least the square of the mean change, i.e. of the change along the mean gradient
+            assert torch.all(score >= torch.stack(change).mean(0).pow(2) * (1 - 1e-4))
+    # gradients that cancel over two batches: the mean gradient scores nothing, taylor still sees the channel
+    grads = per_batch[0]
+    cancel = ScoringContext.for_model(model, graph)
+    cancel.grads.update({n: torch.zeros_like(g) for n, g in grads.items()})
+    cancel.extra["taylor_terms"] = taylor_terms(cancel.modules, [grads, {n: -g for n, g in grads.items()}])
+    zero = ScoringContext.for_model(model, graph)
+    zero.grads.update(cancel.grads)
+    group = graph.groups[0]
+    assert torch.all(CRITERIA["taylor"](zero, group)[0] == 0)
+    assert torch.allclose(CRITERIA["taylor"](cancel, group)[0], CRITERIA["taylor"](
+        ScoringContext(cancel.modules, graph, dict(grads)), group)[0])
 
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
