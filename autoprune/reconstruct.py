@@ -49,9 +49,9 @@ import torch
 from torch import nn
 
 from autoprune.channels import ChannelGraph
-from autoprune.pruner import conv_masks
+from autoprune.pruner import apply_indices, conv_masks, select_indices
 
-__all__ = ["LayerFit", "Reconstruction", "feature_errors", "reconstruct"]
+__all__ = ["LayerFit", "Reconstruction", "feature_errors", "prune_reconstructed", "reconstruct"]
 
 
 class _Stop(Exception):
@@ -313,6 +313,28 @@ def reconstruct(
         orig.train(modes[0])
         model.train(modes[1])
     return result
+
+
+def prune_reconstructed(
+    original: nn.Module,
+    counts: Mapping[str, int],
+    graph: ChannelGraph,
+    ranking: Mapping[str, list[torch.Tensor]],
+    batches: Iterable,
+    *,
+    ridge: float = 1e-3,
+    max_samples: int = 8192,
+    seed: int = 0,
+) -> nn.Module:
+    """`prune_to_counts(original, counts, graph=graph, ranking=ranking)`, then refit by `reconstruct` on `batches`.
+
+    The architecture is the one `prune_to_counts` gives (same GFLOPs); only the weights of convs that lost inputs
+    (and their BatchNorms' running means) differ. What a search with `--reconstruct` scores, and `apply` rebuilds.
+    """
+    indices = select_indices(graph, counts, ranking)
+    pruned = apply_indices(original, graph, indices)
+    return reconstruct(original, pruned, graph, indices, batches, ridge=ridge, max_samples=max_samples,
+                       seed=seed).model
 
 
 def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> LayerFit:

@@ -387,6 +387,14 @@ def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny
     assert ranked == [("hessian", True)]  # the search's default ranking, on the proxy's calibration batches
     assert cli(*common, "--keep", 0.5, "--criterion", "l1") == 0
     assert json.loads(capsys.readouterr().out)["gflops"] == by_keep["gflops"] and ranked[-1] == ("l1", False)
+    import autoprune.reconstruct as rec
+
+    refits = []  # calibration batches handed to each refit
+    real_refit = rec.prune_reconstructed
+    monkeypatch.setattr(rec, "prune_reconstructed", lambda *a, **k: refits.append(len(a[4])) or real_refit(*a, **k))
+    assert cli(*common, "--keep", 0.5, "--reconstruct") == 0
+    refit = json.loads(capsys.readouterr().out)
+    assert refit["reconstruct"] is True and refit["gflops"] == by_keep["gflops"] and refits == [1]
 
     space = load_space("fine", analyze(tiny_model), tiny_model)  # the default --space, as the search's
     genome = tmp_path / "genome.yaml"
@@ -422,6 +430,8 @@ def _no_images(tmp_path, tiny_data):
     (lambda tmp, data: ["--data", data, "--keep", 1.5], "--keep must lie in (0, 1]"),
     (lambda tmp, data: ["--data", data, "--keep", 0.5, "--calib-batches", 0], "--calib-batches 0 leaves none"),
     (lambda tmp, data: ["--data", data, "--keep", 0.5, "--criterion", "taylr"], "unknown criterion 'taylr'"),
+    (lambda tmp, data: ["--data", data, "--keep", 0.5, "--criterion", "l1", "--calib-batches", 0, "--reconstruct"],
+     "--reconstruct refits convs on the calibration batches"),
     pytest.param(lambda tmp, data: ["--data", data, "--device", "cuda:0"], "does not exist",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])

@@ -148,6 +148,53 @@ def test_a_distilling_proxy_is_part_of_the_study(env, capsys, tmp_path, monkeypa
     assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
 
 
+def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env, capsys, tmp_path, monkeypatch):
+    import torch
+
+    import autoprune.reconstruct as rec
+    from autoprune.channels import analyze
+    from autoprune.cli.apply import _calibration_batches, rebuild
+    from autoprune.data import load_data_config
+    from autoprune.models import load_model
+    from autoprune.pruner import select_indices
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    real = rec.prune_reconstructed
+    monkeypatch.setattr(rec, "prune_reconstructed", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "2", "--reconstruct", "--name", "rc")
+    assert code == 0, err
+    study = _study(tmp_path / "runs/search/rc/study.db", "rc")
+    assert study.user_attrs[R.STUDY_PROXY]["reconstruct"] is True
+    evaluated = _evaluated(study)
+    assert len(evaluated) == 2 and [t.user_attrs[R.KEPT_CHANNELS] for t in evaluated] == calls
+    # resuming without it would mix two proxies: refused, naming the flag
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "rc", "--resume")
+    assert code == 2 and err.startswith("error: study 'rc' was made with other settings: proxy ") and \
+        "(--reconstruct)" in err, err
+    # apply rebuilds the same architecture, refit on the search's calibration images: closer to the unpruned model
+    record = R.TrialRecord.from_trial(evaluated[0])
+    loaded = load_model(study.user_attrs[R.STUDY_MODEL])
+    data = load_data_config(study.user_attrs[R.STUDY_DATA])
+    batches = _calibration_batches(data, study.user_attrs[R.STUDY_PROXY], "cpu")
+    ranking = study.user_attrs[R.STUDY_RANKING]
+    plain, counts, gflops = rebuild(loaded, record, imgsz=128, ranking=ranking)
+    refit, counts2, gflops2 = rebuild(loaded, record, imgsz=128, ranking=ranking, batches=batches)
+    assert counts == counts2 and gflops == gflops2 == record.gflops
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in refit.parameters()]
+    graph = analyze(loaded.model, imgsz=128)
+    indices = select_indices(graph, counts, {g: [torch.tensor(o) for o in per] for g, per in ranking.items()})
+    before = rec.feature_errors(loaded.model, plain, graph, indices, batches)["detect_inputs_mean"]
+    after = rec.feature_errors(loaded.model, refit, graph, indices, batches)["detect_inputs_mean"]
+    assert after < 0.9 * before, (before, after)
+    code, out, err = _cli(capsys, "apply", "--name", "rc", "--trial", str(record.number), "--epochs", "1",
+                          "--batch", "4", "--device", "cpu", "--json")
+    assert code == 0, err[-2000:]
+    report = json.loads(out)
+    assert report["reconstructed"] is True and report["pruned"]["gflops"] == pytest.approx(record.gflops, abs=1e-5)
+    assert "refit by least squares" in Path(report["outputs"]["report_md"]).read_text()
+
+
 def test_confirm_rescores_the_best_trials_under_more_proxy_seeds(env, capsys, tmp_path, monkeypatch):
     from autoprune.proxy import ProxyEvaluator
 
@@ -373,6 +420,8 @@ def test_two_workers_share_one_postgresql_study(env, tmp_path):
         (["--confirm", "2", "--confirm-seeds", "0"], "--confirm-seeds must be a positive integer"),
         (["--resume"], "--resume needs the --name"),
         (["--calib-batches", "0"], "--criterion hessian ranks channels by gradients on the calibration batches"),
+        (["--calib-batches", "0", "--criterion", "l1", "--reconstruct"],
+         "--reconstruct refits convs on the calibration batches, and --calib-batches 0 leaves none"),
     ],
 )
 def test_bad_input_is_one_error_line_and_writes_nothing(env, capsys, tmp_path, monkeypatch, extra, message):

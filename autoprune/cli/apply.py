@@ -6,7 +6,9 @@
 
 The trial's stored kept channel counts and criterion rebuild exactly the model the search scored (same GFLOPs), from
 the model the study was made with (its fingerprint is checked). Ultralytics' trainer then finetunes that pruned
-object itself, with the unpruned model as the teacher (`autoprune.finetune`). Outputs in runs/apply/NAME/:
+object itself, with the unpruned model as the teacher (`autoprune.finetune`). A trial of a search made with
+--reconstruct is refit the same way (least squares on the search's calibration images) before the finetune. Outputs
+in runs/apply/NAME/:
 pruned.pt (a stock Ultralytics checkpoint), report.md and report.json (mAP50, mAP50-95, params, GFLOPs, latency and
 file size, before and after), pruned.onnx with --export onnx, args.yaml, and the trainer's folder train/.
 """
@@ -46,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     parser.add_argument("--kd-neck", type=float, default=0.0,
                         help="weight of the neck feature distillation through a 1x1 projector (default 0: off)")
+    parser.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                        help="refit the convs that lost inputs by least squares before finetuning, on the search's "
+                             "calibration images (default: as the search did, i.e. on for a search with --reconstruct)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="mixed precision on CUDA (default on; the CPU always trains in float32)")
     parser.add_argument("--export", choices=EXPORT_FORMATS, default=None, help="also export pruned.pt to this format")
@@ -125,21 +130,23 @@ def _positive(flag: str, value: int, low: int = 1) -> int:
     return value
 
 
-def rebuild(loaded, record, *, imgsz: int, ranking: dict | None = None):
+def rebuild(loaded, record, *, imgsz: int, ranking: dict | None = None, batches: list | None = None,
+            seed: int = 0):
     """(pruned model, kept counts, GFLOPs at `imgsz`) rebuilt from a trial's stored kept counts.
 
     Which channels are kept: the first `count` of each part in `ranking` (the study's stored channel order,
     {group id: [order per part]}, what every trial of the search sliced); without one, the order is recomputed with
-    the trial's criterion (a data criterion cannot be recomputed: its calibration batches are not stored).
+    the trial's criterion (a data criterion cannot be recomputed: its calibration batches are not stored). With
+    calibration `batches`, the convs that lost inputs are refit on them (`reconstruct.prune_reconstructed`,
+    sampling positions with `seed`).
     Raises `UserError` when the counts or the ranking do not fit the model, and `RuntimeError` when the rebuilt
     model's GFLOPs differ from the trial's: the stored counts fully determine the architecture, so a mismatch is a bug.
     """
     from autoprune.channels import analyze
     from autoprune.cost import count_gflops
-    from autoprune.pruner import prune_to_counts
-    from autoprune.search import records as R
-
     from autoprune.importance import DATA_CRITERIA, get_criterion
+    from autoprune.pruner import prune_to_counts, rank_channels
+    from autoprune.search import records as R
 
     counts = {str(k): int(v) for k, v in record.attrs[R.KEPT_CHANNELS].items()}
     criterion = record.attrs.get(R.CRITERION) or "l1"
@@ -153,7 +160,13 @@ def rebuild(loaded, record, *, imgsz: int, ranking: dict | None = None):
         raise UserError(f"trial {record.number} keeps channels of groups this model does not have ({unknown[0]!r}, "
                         f"{len(unknown)} in all); it was made with another model")
     order = None if ranking is None else _check_ranking(ranking, graph, counts)
-    pruned = prune_to_counts(loaded.model, counts, criterion=criterion, graph=graph, ranking=order)
+    if batches is None:
+        pruned = prune_to_counts(loaded.model, counts, criterion=criterion, graph=graph, ranking=order)
+    else:
+        from autoprune.reconstruct import prune_reconstructed
+
+        order = order if order is not None else rank_channels(loaded.model, graph, criterion)
+        pruned = prune_reconstructed(loaded.model, counts, graph, order, batches, seed=seed)
     gflops = count_gflops(pruned, imgsz)
     expected = float(record.attrs[R.GFLOPS])
     if not math.isclose(gflops, expected, rel_tol=1e-9, abs_tol=1e-12):
@@ -217,7 +230,10 @@ def run(args: argparse.Namespace) -> dict:
     cost_imgsz = int(record.attrs.get(R.IMGSZ) or sattrs.get(R.STUDY_IMGSZ) or 640)
     proxy = sattrs.get(R.STUDY_PROXY) or {}
     imgsz = check_imgsz(int(args.imgsz or proxy.get("imgsz") or cost_imgsz))
-    pruned, counts, gflops = rebuild(loaded, record, imgsz=cost_imgsz, ranking=sattrs.get(R.STUDY_RANKING))
+    reconstruct = proxy.get("reconstruct", False) if args.reconstruct is None else args.reconstruct
+    batches = _calibration_batches(data, proxy, device) if reconstruct else None
+    pruned, counts, gflops = rebuild(loaded, record, imgsz=cost_imgsz, ranking=sattrs.get(R.STUDY_RANKING),
+                                     batches=batches, seed=int(proxy.get("seed") or 0))
 
     from autoprune.runs import new_run_dir, save_args
 
@@ -229,7 +245,8 @@ def run(args: argparse.Namespace) -> dict:
     meta = {"source": loaded.source, "source_fingerprint": loaded.fingerprint, "study": args.name,
             "trial": args.trial, "criterion": record.attrs.get(R.CRITERION) or "l1", "kept_channels": counts,
             "channel_order": "the study's stored ranking" if sattrs.get(R.STUDY_RANKING) else "recomputed",
-            "imgsz": cost_imgsz, "distill": distill.as_dict() if distill else None, "epochs": args.epochs}
+            "imgsz": cost_imgsz, "reconstructed": bool(reconstruct),
+            "distill": distill.as_dict() if distill else None, "epochs": args.epochs}
     result = apply_trial(loaded, pruned, data, run_dir=run_dir, record=record, meta=meta, distill=distill,
                          epochs=args.epochs, imgsz=imgsz, cost_imgsz=cost_imgsz, batch=args.batch, device=device,
                          amp=args.amp, workers=args.workers, export=args.export, verbose=verbose, seed=args.seed,
@@ -243,6 +260,19 @@ def run(args: argparse.Namespace) -> dict:
         print(format_report(result))
         print(f"saved {result['outputs']['pruned']}" + (f" and {result['outputs']['onnx']}" if args.export else ""))
     return result
+
+
+def _calibration_batches(data, proxy: dict, device) -> list:
+    """The calibration batches of the search's proxy (its image size, batch count and seed): the images a search
+    with --reconstruct refit every candidate on."""
+    from autoprune.proxy import ProxyEvaluator, ProxySettings
+
+    settings = ProxySettings(steps=0, device=str(device), **{k: proxy[k] for k in ("imgsz", "calib_batches", "seed")
+                                                               if proxy.get(k) is not None})
+    if settings.calib_batches == 0:
+        raise UserError("--reconstruct refits convs on the search's calibration batches, and the search had "
+                        "--calib-batches 0")
+    return ProxyEvaluator(data, settings).calibration_batches()
 
 
 def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, distill, epochs: int, imgsz: int,
@@ -322,6 +352,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         "imgsz": imgsz,
         "cost_imgsz": cost_imgsz,
         "epochs": epochs,
+        "reconstructed": bool(meta.get("reconstructed")),
         "distill": distill.as_dict() if distill else None,
         "before": before,
         "pruned": pruned_m,
@@ -386,6 +417,8 @@ def format_report(r: dict) -> str:
         f"- model: `{r['model']}`; data: `{r['data']}`",
         f"- finetune: {r['epochs']} epochs at {r['imgsz']} px, batch {t['batch']}, {how}; {t['seconds']:.0f} s on "
         f"{t['device']} (AMP {'on' if t['amp'] else 'off'})",
+        *(["- pruned, then the convs that lost inputs refit by least squares on the search's calibration images "
+            "(`--reconstruct`), then finetuned"] if r.get("reconstructed") else []),
         f"- mAP: Ultralytics validation of each checkpoint on the val split at {r['imgsz']} px (same protocol for all)",
         f"- GFLOPs and latency at {r['cost_imgsz']} px, batch 1; latency measured on {a['latency_device']} "
         "(`autoprune.cost.measure_latency`, median)",

@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search space of --genome (default fine, as autoprune search; family: the model family's)")
     parser.add_argument("--criterion", default="hessian",
                         help="channel ranking of --keep and --genome, as in autoprune search (default hessian)")
-    parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches (0: none)")
+    parser.add_argument("--calib-batches", type=int, default=20,
+                        help="calibration batches: BN recalibration, data criteria, --reconstruct (0: none)")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="refit the convs that lost inputs by least squares on the calibration batches first, "
+                             "as autoprune search --reconstruct does")
     parser.add_argument("--steps", type=int, default=50, help="finetune steps on the detection loss (0: none)")
     parser.add_argument("--imgsz", type=int, default=320, help="input size, a multiple of 32 (default 320)")
     parser.add_argument("--batch", type=int, default=8, help="images per calibration / finetune batch (default 8)")
@@ -49,7 +53,8 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
       `autoprune search`).
 
     Channels are ranked by `--criterion` as a search ranks them (data criteria on `evaluator`'s calibration batches,
-    the images a search with the same proxy settings uses), so a trial's genome gives back that trial's model.
+    the images a search with the same proxy settings uses), so a trial's genome gives back that trial's model;
+    `--reconstruct` refits it on the same batches, as such a search does.
     """
     model = loaded_model.model
     if args.genome is None and args.keep == 1.0:
@@ -64,6 +69,11 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
     counts = keep_counts(graph, args.keep) if genome is None else load_space(args.space, graph, model).counts(genome)
     batches = evaluator.calibration_batches() if args.criterion in DATA_CRITERIA else None
     ranking = rank_channels(model, graph, args.criterion, batches=batches)
+    if args.reconstruct:
+        from autoprune.reconstruct import prune_reconstructed
+
+        return prune_reconstructed(model, counts, graph, ranking, evaluator.calibration_batches(),
+                                   seed=evaluator.settings.seed)
     return prune_to_counts(model, counts, graph=graph, ranking=ranking)
 
 
@@ -94,6 +104,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
         get_criterion(args.criterion)
         check_calibration(args.criterion, args.calib_batches)
+        if args.reconstruct and args.calib_batches == 0:
+            raise UserError("--reconstruct refits convs on the calibration batches, and --calib-batches 0 leaves "
+                            "none: pass --calib-batches N")
 
 
 def _cost(model, args: argparse.Namespace, device) -> dict:
@@ -137,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         "data": str(data.yaml),
         "keep": args.keep if args.genome is None else None,
         "genome": args.genome,
+        "reconstruct": bool(args.reconstruct),
         "map50": result.map50,
         "map50_95": result.map50_95,
         "precision": result.precision,

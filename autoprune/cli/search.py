@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-distill", type=float, default=0.0, metavar="W",
                         help="weight of head distillation from the unpruned model in each candidate's proxy finetune "
                              "(as apply finetunes; 1.0 weighs it like the ground truth; default 0: off)")
-    parser.add_argument("--calib-batches", type=int, default=20, help="BN recalibration batches in the proxy")
+    parser.add_argument("--calib-batches", type=int, default=20,
+                        help="calibration batches in the proxy: BN recalibration, data criteria, --reconstruct")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="refit each candidate's convs that lost inputs by least squares on the calibration "
+                             "batches before its proxy finetune (ThiNet-style; apply then does the same)")
     parser.add_argument("--confirm", type=int, default=0, metavar="N",
                         help="at the end, re-score the best N feasible trials and the one-shot trials 1 and 2 under "
                              "more proxy seeds and recommend the best by their mean (default 0: off)")
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> dict:
         population=args.population,
         proxy_steps=args.proxy_steps,
         proxy_distill=args.proxy_distill,
+        reconstruct=args.reconstruct,
         calib_batches=args.calib_batches,
         proxy_imgsz=args.proxy_imgsz,
         val_images=args.val_images,

@@ -64,6 +64,7 @@ class SearchSettings:
     population: int = 8
     proxy_steps: int = 50
     proxy_distill: float = 0.0  # head distillation from the unpruned model in the proxy's finetune (0: off)
+    reconstruct: bool = False  # refit each candidate's convs that lost inputs by least squares before its proxy
     calib_batches: int = 20
     proxy_imgsz: int = 320
     val_images: int = 200
@@ -183,6 +184,9 @@ class Search:
         _check_settings(s)
         get_criterion(s.criterion)
         check_calibration(s.criterion, s.calib_batches)
+        if s.reconstruct and s.calib_batches == 0:
+            raise UserError("--reconstruct refits convs on the calibration batches, and --calib-batches 0 leaves none: "
+                            "pass --calib-batches N")
         self.device = resolve_device(s.device)
 
         # Where the study lives; a name that exists needs --resume. Checked before anything is written.
@@ -269,6 +273,8 @@ class Search:
                "val_images": s.val_images, "seed": s.seed}
         if s.proxy_distill:  # only when on: studies made before the option resume unchanged
             out["distill"] = float(s.proxy_distill)
+        if s.reconstruct:  # likewise
+            out["reconstruct"] = True
         return out
 
     def _describe_new_study(self) -> dict:
@@ -314,7 +320,7 @@ class Search:
                   if stored.get(key) != attrs[key]]
         if differ:
             what = "; ".join(f"{key} {_short(stored.get(key))} (this run: {_short(attrs[key])})" for key in differ)
-            flags = " ".join(f for f in (_resume_flag(key, stored.get(key)) for key in differ) if f)
+            flags = " ".join(f for f in (_resume_flag(key, stored.get(key), attrs[key]) for key in differ) if f)
             raise UserError(f"study {self.name!r} was made with other settings: {what}; resume it with the same "
                             f"settings{f' ({flags})' if flags else ''} or pick a new --name")
         return study
@@ -457,7 +463,6 @@ class Search:
     def evaluate(self, trial) -> str:
         """Evaluate one asked trial and tell the study; returns the state it ended in (or "rejected")."""
         from autoprune.cost import count_gflops, count_params, measure_latency
-        from autoprune.pruner import prune_to_counts
 
         s = self.settings
         t0 = time.perf_counter()
@@ -492,7 +497,7 @@ class Search:
             R.SEED: s.seed, R.ROUND_TO: self.space.round_to, R.MIN_CHANNELS: self.space.min_channels,
         }
         try:
-            pruned = prune_to_counts(self.loaded.model, counts, graph=self.graph, ranking=self.ranking)
+            pruned = self._prune(counts, self.evaluator)
             gflops, params = count_gflops(pruned, s.imgsz), count_params(pruned)
             lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache,
                                   protocol=SEARCH_TIMING)
@@ -617,8 +622,6 @@ class Search:
         Scores are stored as study attributes as they come (`records.confirm_key`), so an interrupted confirmation
         resumes and workers share the work.
         """
-        from autoprune.pruner import prune_to_counts
-
         s = self.settings
         done = [R.TrialRecord.from_trial(t)
                 for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -634,14 +637,24 @@ class Search:
         for k, (seed, r) in enumerate(todo, 1):
             if evaluator is None or evaluator.settings.seed != seed:
                 evaluator = self._seeded_evaluator(seed)
-            pruned = prune_to_counts(self.loaded.model, r.attrs[R.KEPT_CHANNELS], graph=self.graph,
-                                     ranking=self.ranking)
-            result = evaluator.evaluate(pruned)
+            result = evaluator.evaluate(self._prune(r.attrs[R.KEPT_CHANNELS], evaluator))
             self.study.set_user_attr(R.confirm_key(r.number, seed), result.map50_95)
             eta = (time.perf_counter() - t0) / k * (len(todo) - k)
             self.log(f"[confirm {k}/{len(todo)}] trial #{r.number}, proxy seed {seed}: mAP50-95 "
                      f"{result.map50_95:.3f} (search score {r.map50_95:.3f}) | ETA {_duration(eta)}")
         return R.confirmed_scores(self.study.user_attrs, done)
+
+    def _prune(self, counts: dict, evaluator):
+        """The candidate keeping `counts`, sliced by the study's ranking; with --reconstruct, refit on `evaluator`'s
+        calibration batches (`reconstruct.prune_reconstructed`): each proxy seed refits on its own images."""
+        from autoprune.pruner import prune_to_counts
+
+        if not self.settings.reconstruct:
+            return prune_to_counts(self.loaded.model, counts, graph=self.graph, ranking=self.ranking)
+        from autoprune.reconstruct import prune_reconstructed
+
+        return prune_reconstructed(self.loaded.model, counts, self.graph, self.ranking,
+                                   evaluator.calibration_batches(), seed=evaluator.settings.seed)
 
     def _proxy_settings(self, seed: int):
         from autoprune.proxy import ProxySettings
@@ -747,8 +760,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _resume_flag(key: str, value) -> str | None:
-    """The `autoprune search` flag that asks for the stored `value` of study attribute `key`, where one does."""
+def _resume_flag(key: str, value, mine=None) -> str | None:
+    """The `autoprune search` flags that ask for the stored `value` of study attribute `key` (this run's: `mine`),
+    where there are."""
     from autoprune.space import shipped_spaces
 
     if key == R.STUDY_CRITERION and isinstance(value, str):
@@ -759,6 +773,17 @@ def _resume_flag(key: str, value) -> str | None:
         return f"--budget-gflops {value:g}"
     if key == R.STUDY_SEED and isinstance(value, int):
         return f"--seed {value}"
+    if key == R.STUDY_PROXY and isinstance(value, dict):  # the proxy's seed is --seed's
+        mine = mine if isinstance(mine, dict) else {}
+        flags = [f"{flag} {value[k]}" for flag, k in (("--proxy-steps", "steps"), ("--proxy-imgsz", "imgsz"),
+                                                      ("--calib-batches", "calib_batches"),
+                                                      ("--val-images", "val_images")) if k in value and
+                 value[k] != mine.get(k)]
+        if value.get("distill", 0.0) != mine.get("distill", 0.0):
+            flags.append(f"--proxy-distill {value.get('distill', 0.0):g}")
+        if bool(value.get("reconstruct")) != bool(mine.get("reconstruct")):
+            flags.append("--reconstruct" if value.get("reconstruct") else "without --reconstruct")
+        return " ".join(flags) or None
     return None
 
 
