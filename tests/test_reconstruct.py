@@ -63,6 +63,36 @@ def test_reconstruction_cuts_layer_and_detect_input_errors(name):
         assert after["head_outputs"] < before["head_outputs"]
 
 
+@pytest.mark.parametrize("name", ["c3k2", "yolov8n.yaml"])
+def test_refit_batchnorms_hold_their_inputs_statistics(name):
+    """A refit BatchNorm's running statistics are its refit conv's own output statistics (gamma and beta compensate,
+    so the eval-mode function is the refit's): BN recalibration, or a finetune in training mode, keeps the refit
+    instead of scaling the least-squares prediction back up to the original variance."""
+    model = _model(name)
+    graph, indices, pruned = _pruned(model)
+    result = reconstruct(model, pruned, graph, indices, CALIB, max_samples=4096)
+    bn_of = {p.conv: p.bn for p in graph.producers if p.bn is not None}
+    modules = dict(result.model.named_modules())
+    refit_bns = [bn_of[f.conv] for f in result.layers if f.conv in bn_of]
+    assert refit_bns
+    seen = {path: [] for path in refit_bns}
+    hooks = [modules[path].register_forward_pre_hook(lambda m, inp, path=path: seen[path].append(inp[0]))
+             for path in refit_bns]
+    try:
+        with torch.no_grad():
+            for x in CALIB:
+                result.model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for path in refit_bns:
+        z = torch.cat([t.transpose(0, 1).reshape(t.shape[1], -1) for t in seen[path]], 1)  # channels x positions
+        bn = modules[path]
+        mean, var = z.mean(1), z.var(1)
+        assert torch.all((bn.running_mean - mean).abs() <= 0.1 * var.sqrt() + 1e-5), path
+        assert torch.all((bn.running_var - var).abs() <= 0.2 * var + 1e-5), path
+
+
 def test_reconstruction_keeps_the_architecture_and_changes_no_input():
     model = _model("c3k2")
     graph, indices, pruned = _pruned(model)
