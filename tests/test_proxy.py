@@ -363,6 +363,20 @@ def test_cli_scores_a_model(cli, capsys, tiny_data, tiny_model_yaml):
     assert res["gflops"] > 0 and res["latency_ms"] > 0
 
 
+def test_cli_distils_as_a_search_with_proxy_distill_does(cli, capsys, tiny_data, tiny_model_yaml):
+    common = ["--model", tiny_model_yaml, "--data", tiny_data, "--keep", 0.5, "--criterion", "l1", "--imgsz", 64,
+              "--calib-batches", 1, "--steps", 2, "--batch", 4, "--val-images", 4, "--device", "cpu", "--threads", 1,
+              "--no-latency", "--json"]
+    assert cli(*common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli(*common, "--distill", 1) == 0
+    distilled = json.loads(capsys.readouterr().out)
+    assert plain["settings"]["distill"] == 0.0 and distilled["settings"]["distill"] == 1.0
+    assert distilled["train_loss"] != plain["train_loss"]  # the same batches, plus the distillation term
+    assert cli(*common, "--distill", -1) == 2
+    assert capsys.readouterr().err.startswith("error: distill must be a number >= 0")
+
+
 def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny_model, tiny_model_yaml, monkeypatch):
     import autoprune.pruner
     from autoprune.channels import analyze

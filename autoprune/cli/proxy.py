@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, default=320, help="input size, a multiple of 32 (default 320)")
     parser.add_argument("--batch", type=int, default=8, help="images per calibration / finetune batch (default 8)")
     parser.add_argument("--lr", type=float, default=3e-4, help="finetune learning rate (AdamW, default 3e-4)")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="W",
+                        help="weight of head distillation from the unpruned model in the finetune, as autoprune search "
+                             "--proxy-distill (default 0: off)")
     parser.add_argument("--val-images", type=int, default=200, help="size of the seeded val subset (default 200)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads during the evaluation (default 1, see ProxySettings.threads; 0: torch's)")
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         settings = ProxySettings(imgsz=args.imgsz, calib_batches=args.calib_batches, steps=args.steps,
                                  batch=args.batch, lr=args.lr, val_images=args.val_images, seed=args.seed,
-                                 device=args.device, threads=args.threads)
+                                 device=args.device, threads=args.threads, distill=args.distill)
     except UserError as e:
         raise UserError(f"{e} (see --help)") from None
     from autoprune.data import load_data_config
@@ -142,6 +145,8 @@ def run(args: argparse.Namespace) -> dict:
     data = load_data_config(args.data)  # checks the YAML and its images before any heavy work
     loaded = load_model(args.model, seed=args.seed)
     evaluator = ProxyEvaluator(data, settings)
+    if settings.distill:
+        evaluator.set_teacher(loaded.model)  # a private copy: the candidate may be this very model
     model = _prepare_candidate(args, loaded, evaluator)
     cost = _cost(model, args, evaluator.device)  # before evaluate, which modifies the model (same architecture)
     result = evaluator.evaluate(model)
