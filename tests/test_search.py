@@ -137,13 +137,15 @@ def test_a_distilling_proxy_is_part_of_the_study(env, capsys, tmp_path, monkeypa
     # resuming with another proxy would mix scores of two proxies in one front: refused, nothing touched
     before = (tmp_path / "runs/search/kd/study.db").read_bytes()
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "kd", "--resume")
-    assert code == 2 and err.startswith("error: study 'kd' was made with other settings: proxy "), err
+    assert code == 2 and err.startswith("error: study 'kd' was made with other settings: proxy.distill 1.0 (this "
+                                        "run: None); resume it with the same settings (--proxy-distill 1)"), err
     assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
     # every setting that differs is named in the one line, with the flags that ask for what the study has
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "kd", "--resume",
                         "--proxy-distill", "1", "--criterion", "l1", "--space", "family", "--seed", "3")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "space {'name': 'fine'" in err and "criterion 'hessian' (this run: 'l1')" in err and "seed 0" in err
+    assert "space.name 'fine' (this run: 'yolov8')" in err and "criterion 'hessian' (this run: 'l1')" in err
+    assert "seed 0 (this run: 3)" in err and "proxy.seed 0 (this run: 3)" in err
     assert "(--space fine --criterion hessian --seed 0)" in err
     assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
 
@@ -170,8 +172,8 @@ def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env,
     assert len(evaluated) == 2 and [t.user_attrs[R.KEPT_CHANNELS] for t in evaluated] == calls
     # resuming without it would mix two proxies: refused, naming the flag
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "rc", "--resume")
-    assert code == 2 and err.startswith("error: study 'rc' was made with other settings: proxy ") and \
-        "(--reconstruct)" in err, err
+    assert code == 2 and err.startswith("error: study 'rc' was made with other settings: proxy.") and \
+        "proxy.reconstruct True (this run: None)" in err and "(--reconstruct)" in err, err
     # apply rebuilds the same architecture, refit on the search's calibration images: closer to the unpruned model
     record = R.TrialRecord.from_trial(evaluated[0])
     loaded = load_model(study.user_attrs[R.STUDY_MODEL])

@@ -319,7 +319,7 @@ class Search:
                                   R.STUDY_SAMPLER, R.STUDY_SEED, R.STUDY_PROXY, R.STUDY_POPULATION)
                   if stored.get(key) != attrs[key]]
         if differ:
-            what = "; ".join(f"{key} {_short(stored.get(key))} (this run: {_short(attrs[key])})" for key in differ)
+            what = "; ".join(_difference(key, stored.get(key), attrs[key]) for key in differ)
             flags = " ".join(f for f in (_resume_flag(key, stored.get(key), attrs[key]) for key in differ) if f)
             raise UserError(f"study {self.name!r} was made with other settings: {what}; resume it with the same "
                             f"settings{f' ({flags})' if flags else ''} or pick a new --name")
@@ -785,6 +785,14 @@ def _resume_flag(key: str, value, mine=None) -> str | None:
             flags.append("--reconstruct" if value.get("reconstruct") else "without --reconstruct")
         return " ".join(flags) or None
     return None
+
+
+def _difference(key: str, stored, mine) -> str:
+    """`key stored (this run: mine)`, for a mapping only the entries that differ (`proxy.reconstruct ...`)."""
+    if isinstance(stored, dict) and isinstance(mine, dict):
+        return "; ".join(f"{key}.{k} {_short(stored.get(k))} (this run: {_short(mine.get(k))})"
+                         for k in sorted(set(stored) | set(mine), key=str) if stored.get(k) != mine.get(k))
+    return f"{key} {_short(stored)} (this run: {_short(mine)})"
 
 
 def _short(value) -> str:
