@@ -232,6 +232,8 @@ def run(args: argparse.Namespace) -> dict:
     imgsz = check_imgsz(int(args.imgsz or proxy.get("imgsz") or cost_imgsz))
     reconstruct = proxy.get("reconstruct", False) if args.reconstruct is None else args.reconstruct
     batches = _calibration_batches(data, proxy, device) if reconstruct else None
+    if batches and not args.json:
+        print(f"refitting the convs that lost inputs on {len(batches)} calibration batches (--reconstruct)...")
     pruned, counts, gflops = rebuild(loaded, record, imgsz=cost_imgsz, ranking=sattrs.get(R.STUDY_RANKING),
                                      batches=batches, seed=int(proxy.get("seed") or 0))
 
