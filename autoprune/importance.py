@@ -268,12 +268,13 @@ def taylor(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
     return out
 
 
-def taylor_terms(modules: dict[str, nn.Module], batch_grads: list[dict[str, torch.Tensor]]) -> dict[str, dict]:
+def taylor_terms(modules: dict[str, nn.Module], batch_grads: Iterable[dict[str, torch.Tensor]]) -> dict[str, dict]:
     """Per-batch sums of w * g over each weight's output rows and input columns, for `taylor`.
 
     `{"rows": {path.weight: [out_channels, batches]}, "cols": {path.weight: [batches, in_channels]}}`, laid out so
     that `ScoringContext.members_with` slices them like the weights ("out"/"bn" members read rows, "in" members
-    read cols). `batch_grads` holds one gradient dict per batch (parameter path -> gradient shaped like it).
+    read cols). `batch_grads` yields one gradient dict per batch (parameter path -> gradient shaped like it), and is
+    read once: `accumulate_gradients` hands it each batch's gradients as they come.
     """
     rows: dict[str, list] = {}
     cols: dict[str, list] = {}
@@ -373,7 +374,6 @@ def accumulate_gradients(
         device = p.device
     work = loss_ready_copy(model, device)
     head = work.model[-1]
-    data_nc = None
     work.train()
     for m in work.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -383,36 +383,34 @@ def accumulate_gradients(
         p.requires_grad_(True)
     total = {n: torch.zeros_like(p, device="cpu") for n, p in named}
     square = {n: torch.zeros_like(p, device="cpu") for n, p in named}
-    modules = dict(work.named_modules())
-    per_batch = []
     count = 0
-    for b in batches:
-        batch = _loss_batch(b, device)
-        if batch["cls"].numel():
-            data_nc = int(batch["cls"].max()) + 1
-            if data_nc > head.nc:
-                raise UserError(f"the calibration data has class {data_nc - 1} but the model predicts {head.nc} "
-                                "classes; use data with the model's classes")
-        loss, _ = work.loss(batch)
-        loss = loss.sum() / batch["img"].shape[0]  # the criterion returns per-term sums scaled by the batch size
-        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-        batch = {}
-        for (n, _), g in zip(named, grads):
-            if g is not None:
-                g = g.detach().cpu()
+
+    def batch_gradients():
+        """Each batch's gradients, summed into `total` and `square` on the way."""
+        nonlocal count
+        for b in batches:
+            batch = _loss_batch(b, device)
+            if batch["cls"].numel():
+                data_nc = int(batch["cls"].max()) + 1
+                if data_nc > head.nc:
+                    raise UserError(f"the calibration data has class {data_nc - 1} but the model predicts "
+                                    f"{head.nc} classes; use data with the model's classes")
+            loss, _ = work.loss(batch)
+            loss = loss.sum() / batch["img"].shape[0]  # the criterion returns per-term sums scaled by the batch size
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+            got = {n: g.detach().cpu() for (n, _), g in zip(named, grads) if g is not None}
+            for n, g in got.items():
                 total[n] += g
                 square[n] += g * g
-                batch[n] = g
-        per_batch.append(taylor_terms(modules, [batch]))
-        count += 1
+            count += 1
+            yield got
+
+    terms = taylor_terms(dict(work.named_modules()), batch_gradients())
     if not count:
         raise UserError("no calibration batches to compute gradients from")
     ctx.grads.update({n: t / count for n, t in total.items()})
     ctx.extra["fisher"] = {n: t / count for n, t in square.items()}
-    ctx.extra["taylor_terms"] = {
-        "rows": {n: torch.cat([t["rows"][n] for t in per_batch], 1) for n in per_batch[0]["rows"]},
-        "cols": {n: torch.cat([t["cols"][n] for t in per_batch], 0) for n in per_batch[0]["cols"]},
-    }
+    ctx.extra["taylor_terms"] = terms
     ctx.extra["gradient_batches"] = count
     return ctx
 

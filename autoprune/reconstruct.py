@@ -337,7 +337,7 @@ def prune_reconstructed(
     """`prune_to_counts(original, counts, graph=graph, ranking=ranking)`, then refit by `reconstruct` on `batches`.
 
     The architecture is the one `prune_to_counts` gives (same GFLOPs); only the weights of convs that lost inputs
-    (and their BatchNorms' running means) differ. What a search with `--reconstruct` scores, and `apply` rebuilds.
+    and their BatchNorms differ. What a search with `--reconstruct` scores, and `apply` rebuilds.
     """
     indices = select_indices(graph, counts, ranking)
     pruned = apply_indices(original, graph, indices)
@@ -356,18 +356,21 @@ def _restate_bn(bn: nn.BatchNorm2d, *, mean: torch.Tensor, stats: _Stats, w: tor
     running statistics become the output's own (mean m1, variance v1, over the sampled positions), and gamma and
     beta absorb the change: gamma (z - m0) / s0 + beta == gamma' (z - m1) / s1 + beta' with gamma' = gamma s1 / s0,
     beta' = beta + gamma (m1 - m0) / s0. The eval-mode function is unchanged; training mode now computes it too.
+    A BatchNorm without gamma and beta cannot absorb the change and only gets `mean`.
     """
+    if not bn.affine:
+        bn.running_mean.copy_(mean)
+        return
     mx, cxx = stats.input_moments()
     m1 = mx @ w + bias
     v1 = ((cxx @ w) * w).sum(0).clamp_min(0)
-    dt, dev = bn.running_mean.dtype, bn.running_mean.device
     s0 = (bn.running_var.detach().double().cpu() + bn.eps).sqrt()
     s1 = (v1 + bn.eps).sqrt()
     gamma, beta = bn.weight.detach().double().cpu(), bn.bias.detach().double().cpu()
-    bn.weight.copy_((gamma * s1 / s0).to(dt).to(dev))
-    bn.bias.copy_((beta + gamma * (m1 - mean) / s0).to(dt).to(dev))
-    bn.running_mean.copy_(m1.to(dt).to(dev))
-    bn.running_var.copy_(v1.to(dt).to(dev))
+    bn.weight.copy_(gamma * s1 / s0)  # copy_ casts to the parameter's dtype and device
+    bn.bias.copy_(beta + gamma * (m1 - mean) / s0)
+    bn.running_mean.copy_(m1)
+    bn.running_var.copy_(v1)
 
 
 def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> LayerFit:
@@ -404,10 +407,8 @@ def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> Layer
     before, after = stats.relative_error(w0, b0), stats.relative_error(w, b)
     with torch.no_grad():
         conv.weight.copy_(w.T.reshape(conv.weight.shape).to(conv.weight.dtype))
-        if bn_path is not None and bn_p.affine and bn_p.track_running_stats:
+        if bn_path is not None:
             _restate_bn(bn_p, mean=m_orig + bias - b, stats=stats, w=w, bias=bias)
-        elif bn_path is not None:
-            bn_p.running_mean.copy_((m_orig + bias - b).to(bn_p.running_mean.dtype))
         elif conv.bias is not None:
             conv.bias.copy_(b.to(conv.bias.dtype))
         else:
