@@ -84,6 +84,15 @@ def read_study(storage: str | None, name: str | None):
     return open_study(None, name)
 
 
+def newest_local_study() -> str | None:
+    """The name of the study under `runs/search` whose `study.db` changed last (the latest search), or None."""
+    from autoprune.runs import RUNS_ROOT
+    from autoprune.search.storage import STUDY_FILE
+
+    files = [(p.stat().st_mtime, p.parent.name) for p in (RUNS_ROOT / "search").glob(f"*/{STUDY_FILE}")]
+    return max(files)[1] if files else None
+
+
 def local_study_names() -> list[str]:
     """Names of the studies in run folders under `runs/search` (those with a `study.db`)."""
     from autoprune.runs import RUNS_ROOT

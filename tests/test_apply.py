@@ -121,10 +121,21 @@ def applied(env):
         mp.setattr(cost, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))  # latency is not what is tested here
         mp.setattr(socket, "getaddrinfo", no_network)
         mp.setattr(socket.socket, "connect", no_network)
-        code, out, err = _cli(env["root"], "apply", "--name", STUDY, "--trial", "0", "--epochs", "1", "--batch", "4",
+        # No --name: the latest (here the only) search in runs/search, as `autoprune apply --trial 17` after a search.
+        code, out, err = _cli(env["root"], "apply", "--trial", "0", "--epochs", "1", "--batch", "4",
                               "--device", "cpu", "--export", "onnx", "--out", "done", "--json")
     assert code == 0, err[-3000:]
     return {**json.loads(out), "network_attempts": attempts}
+
+
+def test_apply_without_name_applies_the_latest_search(applied):
+    assert applied["study"] == STUDY  # the only study there (and --json kept stdout pure JSON)
+
+
+def test_apply_without_name_and_no_search_is_one_line(tmp_path):
+    code, out, err = _cli(tmp_path, "apply", "--trial", "0")
+    assert code == 2 and err.strip() == "error: --name is required: the study to read (no studies in runs/search)"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_apply_never_tries_the_network(applied):

@@ -379,8 +379,26 @@ def test_cli_reading_leaves_the_study_file_unchanged(mixed, in_tmp, capsys):
 
 
 @pytest.mark.parametrize("cmd", ["trials", "plot"])
+def test_cli_without_name_reads_the_latest_search(in_tmp, capsys, cmd):
+    import os
+
+    assert_user_error(*run_cli(capsys, cmd)[::2], "--name is required: the study to read (no studies in runs/search)")
+    for age, name in ((100, "older"), (50, "newer"), (200, "oldest")):
+        db = in_tmp / "runs" / "search" / name / "study.db"
+        db.parent.mkdir(parents=True)
+        fill_mixed(new_study(f"sqlite:///{db}", name=name))
+        os.utime(db, (db.stat().st_atime, db.stat().st_mtime - age))
+    code, out, _ = run_cli(capsys, cmd, "--json")
+    assert code == 0 and json.loads(out)["study"] == "newer"
+    code, out, _ = run_cli(capsys, cmd)
+    assert code == 0 and out.splitlines()[0] == "study 'newer': the latest search in runs/search (pick another with --name)"
+    assert "search 'newer'" in out  # and what follows is that study's
+    code, out, _ = run_cli(capsys, cmd, "--name", "older")
+    assert code == 0 and "latest search" not in out and "search 'older'" in out
+
+
+@pytest.mark.parametrize("cmd", ["trials", "plot"])
 def test_cli_errors_are_one_line(mixed, in_tmp, capsys, cmd):
-    assert_user_error(*run_cli(capsys, cmd)[::2], "--name is required: the study to read (studies in runs/search: exp1")
     assert_user_error(*run_cli(capsys, cmd, "--name", "nope")[::2], "no study named 'nope'")
     assert_user_error(*run_cli(capsys, cmd, "--name", "nope")[::2], "studies here: exp1")
     assert_user_error(*run_cli(capsys, cmd, "--storage", "nonsense", "--name", "exp1")[::2],

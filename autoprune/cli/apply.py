@@ -1,6 +1,7 @@
 """Rebuild a search trial's pruned model, finetune it (distilled from the unpruned model) and report before/after.
 
-    autoprune apply --name exp1 --trial 7                         # runs/apply/exp1-trial7/
+    autoprune apply --trial 7                                     # the latest search; runs/apply/exp1-trial7/
+    autoprune apply --name exp1 --trial 7                         # the same for the search named exp1
     autoprune apply --name exp1 --trial 7 --epochs 30 --export onnx --out small
     autoprune apply --storage postgresql://user@host/db --name exp1 --trial 7 --no-distill
 
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from autoprune.cli.trials import add_study_arguments, default_study
 from autoprune.errors import UserError
 
 EXPORT_FORMATS = ("onnx",)
@@ -30,10 +32,7 @@ ONNX_OPSET = 17  # what the bundled onnx and onnxruntime read; simplify=False: o
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trial", type=int, required=True, metavar="N", help="the trial to apply (`autoprune trials`)")
-    parser.add_argument("--name", required=True, help="the search's name: its study (runs/search/NAME/study.db "
-                                                      "unless --storage is given)")
-    parser.add_argument("--storage", default=None, metavar="URL", help="database URL of the study (default: the "
-                                                                       "search's run folder)")
+    add_study_arguments(parser)
     parser.add_argument("--model", default=None, help="the unpruned model (default: the one the study was made with; "
                                                       "its fingerprint must match either way)")
     parser.add_argument("--data", default=None, help="data YAML to finetune and validate on (default: the study's)")
@@ -194,14 +193,13 @@ def _check_ranking(ranking: dict, graph, counts: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace) -> dict:
-    from autoprune import _ultralytics
+    from autoprune import _ultralytics, report
     from autoprune.cli._common import check_imgsz
     from autoprune.cost import resolve_device
     from autoprune.data import load_data_config
     from autoprune.finetune import DistillSettings
     from autoprune.models import load_model
     from autoprune.search import records as R
-    from autoprune.search.storage import open_study
 
     # Every check first: nothing is created or trained before all of them pass.
     _positive("--trial", args.trial, 0)
@@ -213,7 +211,8 @@ def run(args: argparse.Namespace) -> dict:
         check_imgsz(args.imgsz)
     distill = DistillSettings(args.kd_weight, args.kd_temperature, args.kd_neck) if args.distill else None
     device = resolve_device(args.device)
-    study = open_study(args.storage, args.name)
+    default_study(args)
+    study = report.read_study(args.storage, args.name)  # never creates a database; no study: one line naming those
     record = resolve_trial(study, args.trial)
     run_path = output_dir(args.out or f"{args.name}-trial{args.trial}")
     sattrs = study.user_attrs

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprune.cli.trials import add_study_arguments
+from autoprune.cli.trials import add_study_arguments, default_study
 from autoprune.errors import UserError
 
 
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune import report
     from autoprune.search.storage import run_dir_for
 
+    default_study(args)
     out = None
     if args.out is not None:
         out = Path(args.out)

@@ -13,7 +13,8 @@ import argparse
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """`--name` and `--storage`, shared by the commands that read a study."""
     parser.add_argument("--name", default=None,
-                        help="the search's name: its study, in runs/search/NAME/study.db unless --storage is given")
+                        help="the search's name: its study, in runs/search/NAME/study.db unless --storage is given "
+                             "(default: the latest search there)")
     parser.add_argument("--storage", default=None, metavar="URL",
                         help="database URL of the study (e.g. postgresql://user:password@host/db or "
                              "sqlite:///path/study.db); default: the run folder's SQLite file")
@@ -23,6 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the `trials` command's flags."""
     add_study_arguments(parser)
     parser.add_argument("--pareto", action="store_true", help="show (and with --json, return) the front only")
+
+
+def default_study(args: argparse.Namespace) -> None:
+    """Without `--name` and `--storage`, read the latest local search (`autoprune apply --trial 17` after `autoprune
+    search`) and say which (on stdout, so that an error stays one line on stderr; `--json` output names the study).
+    With `--storage`, `--name` stays required (`report.read_study` lists the studies there)."""
+    from autoprune import report
+
+    if args.name or args.storage is not None:
+        return
+    args.name = report.newest_local_study()
+    if args.name is not None and not args.json:
+        print(f"study {args.name!r}: the latest search in runs/search (pick another with --name)")
 
 
 def safe_url(storage: str | None, name: str) -> str:
@@ -47,6 +61,7 @@ def run(args: argparse.Namespace) -> dict:
     """Read the study, print the trials (or the front only) and return them with the front's trial numbers."""
     from autoprune import report
 
+    default_study(args)
     study = report.read_study(args.storage, args.name)
     info = report.study_info(study)
     front = info.front_numbers
