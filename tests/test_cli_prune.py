@@ -102,8 +102,8 @@ def not_a_checkpoint(tmp_path):
         (["--model", "yolov8n.yaml", "--keep", "0.5", "--imgsz", "100"], "multiple of 32"),
         (["--model", "yolov8n.yaml", "--keep", "0.5", "--out", "x.onnx"], "--out must end in .pt"),
         (["--model", "yolov8n.yaml", "--keep", "0.5", "--strategy", "glob"], "unknown strategy 'glob'"),
-        (["--model", "yolov8n.yaml", "--target-gflops", "0.01"], "below the minimum 0.2967 GFLOPs (3.4% of 8.744)"),
-        (["--model", "yolov8n.yaml", "--target-gflops", "1%", "--strategy", "global"], "below the minimum 0.2967"),
+        (["--model", "yolov8n.yaml", "--target-gflops", "0.01"], "below the minimum 0.3228 GFLOPs (3.6% of 8.855)"),
+        (["--model", "yolov8n.yaml", "--target-gflops", "1%", "--strategy", "global"], "below the minimum 0.3228"),
         (["--model", "yolov8n.yaml", "--target-gflops", "half"], "--target-gflops must be a number of GFLOPs"),
         (["--model", "yolov8n.yaml", "--target-gflops", "-3"], "--target-gflops must be positive"),
         (["--model", "yolov8n.yaml", "--keep", "0.02", "--strategy", "global"], "below the minimum share"),
@@ -127,8 +127,8 @@ def test_prune_global_to_a_share_of_the_gflops(capsys, tmp_path):
     assert code == 0
     r = json.loads(out)
     assert r["strategy"] == "global" and r["threshold"] is not None and r["uniform_ratio"] is None
-    assert 0.45 * r["conv_gflops"]["before"] <= r["conv_gflops"]["after"] <= 0.5 * r["conv_gflops"]["before"]
-    assert 0.43 <= r["gflops_ratio"] <= 0.52  # the whole-model count (fvcore) agrees within non-conv ops
+    # the whole model's GFLOPs (what cost and search count), as close under the target as the 8-channel steps allow
+    assert 0.47 <= r["after"]["gflops"] / r["before"]["gflops"] <= 0.5 and r["target"] == {"gflops": 1.1069}
     assert min(r["kept_channels"].values()) >= 8
     meta = torch.load(tmp_path / "g.pt", weights_only=False)["autoprune"]
     assert meta["strategy"] == "global" and meta["kept_channels"] == r["kept_channels"]
@@ -139,7 +139,7 @@ def test_prune_uniform_to_an_absolute_gflops_target(capsys, tmp_path):
                            "--out", str(tmp_path / "u.pt"), "--json")
     assert code == 0
     r = json.loads(out)
-    assert r["conv_gflops"]["after"] <= 4.0 and 0 < r["uniform_ratio"] < 1
+    assert 3.8 <= r["after"]["gflops"] <= 4.0 and 0 < r["uniform_ratio"] < 1
     assert r["target"] == {"gflops": 4.0}
 
 
@@ -163,7 +163,7 @@ def test_prune_yolov3_global_at_half_the_gflops(capsys, tmp_path):
                            "--imgsz", "320", "--out", str(tmp_path / "v3.pt"), "--json")
     assert code == 0
     r = json.loads(out)
-    assert 0.45 * r["conv_gflops"]["before"] <= r["conv_gflops"]["after"] <= 0.5 * r["conv_gflops"]["before"]
+    assert 0.47 <= r["after"]["gflops"] / r["before"]["gflops"] <= 0.5
     assert r["after"]["params"] < 0.7 * r["before"]["params"]
 
 

@@ -8,8 +8,9 @@ Targets (exactly one):
 
 - `--keep R`: with `--strategy uniform` (default), keep ratio R of every group (or per-group ratios from a YAML/JSON
   file); with `--strategy global`, keep at most R of all prunable channels, the lowest-scored first.
-- `--target-gflops G`: the largest model whose conv GFLOPs at `--imgsz` are at most G (a number, or a share of the
-  unpruned model such as `50%`); uniform finds the largest uniform ratio, global the lowest score threshold.
+- `--target-gflops G`: the largest model whose GFLOPs at `--imgsz` are at most G (a number, or a share of the
+  unpruned model such as `50%`), counted as `autoprune cost` and `autoprune search --budget-gflops` count them (the
+  whole model, fvcore); uniform finds the largest uniform ratio, global the lowest score threshold.
 
 Data: `--criterion taylor|hessian` (gradients of the detection loss) and `--reconstruct` (least-squares refit of the
 convs that lost inputs, see `autoprune.reconstruct`) read `--calib-batches` batches of `--batch` images at
@@ -41,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     target.add_argument(
         "--target-gflops",
-        help="keep the largest model with at most this many conv GFLOPs at --imgsz, or this share of the "
-        "unpruned model's (e.g. 50%%)",
+        help="keep the largest model with at most this many GFLOPs at --imgsz (the whole model, as autoprune cost "
+        "and search count them), or this share of the unpruned model's (e.g. 50%%)",
     )
     parser.add_argument("--strategy", default="uniform",
                         help="uniform (the same ratio in every group, default) or global (one score threshold)")
@@ -101,6 +102,40 @@ def parse_gflops(text: str, full: float) -> float:
     return value
 
 
+def _full_gflops(model, graph, counts: dict[str, int], imgsz: int) -> float:
+    """What `count_gflops` says of `model` pruned to `counts` (which channels go does not change the count)."""
+    from autoprune.cost import count_gflops
+    from autoprune.pruner import prune_to_counts
+
+    return count_gflops(prune_to_counts(model, counts, graph=graph), imgsz)
+
+
+def _check_reachable(model, graph, target: float, full: float, args: argparse.Namespace) -> None:
+    """A `UserError` naming the smallest model `--min-channels` and `--round-to` allow when `target` is below it."""
+    from autoprune.strategies import floor_counts
+
+    lowest = _full_gflops(model, graph, floor_counts(graph, round_to=args.round_to, min_channels=args.min_channels),
+                          graph.imgsz)
+    if target < lowest:
+        raise UserError(
+            f"the GFLOPs target {target:.4g} is below the minimum {lowest:.4g} GFLOPs ({100 * lowest / full:.1f}% of "
+            f"{full:.4g}) that --min-channels {args.min_channels} and --round-to {args.round_to} allow at --imgsz "
+            f"{graph.imgsz}"
+        )
+
+
+def _plan_within(model, graph, target: float, full: float, scores, args: argparse.Namespace):
+    """The largest plan of `--strategy` whose whole-model GFLOPs are at most `target` (`strategies.plan_within`, as
+    a search finds its one-shot trial), built and counted for each step."""
+    from autoprune.strategies import plan_within
+
+    plan, fits = plan_within(graph, args.strategy, target, lambda c: _full_gflops(model, graph, c, graph.imgsz),
+                             full_cost=full, scores=scores, round_to=args.round_to, min_channels=args.min_channels)
+    if not fits:  # _check_reachable let the target through: the floor plan itself fits
+        raise RuntimeError(f"no {args.strategy} plan within {target} GFLOPs although the floor fits")
+    return plan
+
+
 def _out_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(checkpoint path, run folder or None). Checked before any work, so nothing is written on a bad --out."""
     from autoprune.runs import new_run_dir
@@ -156,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
                                   select_indices)
     from autoprune.devices import resolve_device
     from autoprune.runs import save_args
-    from autoprune.strategies import check_gflops_target, check_keep_target, plan_counts
+    from autoprune.strategies import check_keep_target, plan_counts
 
     imgsz = check_imgsz(args.imgsz)
     _check_args(args)
@@ -172,10 +207,11 @@ def run(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model)
     t0 = time.perf_counter()
     graph = analyze(loaded.model, imgsz=imgsz)
+    full_gflops = count_gflops(loaded.model, imgsz)
     target_gflops = None
     if args.target_gflops is not None:
-        target_gflops = parse_gflops(args.target_gflops, graph.conv_gflops())
-        check_gflops_target(graph, target_gflops, round_to=args.round_to, min_channels=args.min_channels)
+        target_gflops = parse_gflops(args.target_gflops, full_gflops)
+        _check_reachable(loaded.model, graph, target_gflops, full_gflops, args)
     elif args.strategy == "global":
         check_keep_target(graph, keep, round_to=args.round_to, min_channels=args.min_channels)
     else:
@@ -188,8 +224,11 @@ def run(args: argparse.Namespace) -> dict:
     ctx = score_context(loaded.model, graph, args.criterion, batches=data_batches, seed=args.seed,
                         device=resolve_device(args.device) if data_batches else None)
     scores = channel_scores(loaded.model, graph, args.criterion, ctx) if args.strategy == "global" else None
-    plan = plan_counts(graph, args.strategy, keep=keep, target_gflops=target_gflops, scores=scores,
-                       round_to=args.round_to, min_channels=args.min_channels)
+    if target_gflops is None:
+        plan = plan_counts(graph, args.strategy, keep=keep, scores=scores, round_to=args.round_to,
+                           min_channels=args.min_channels)
+    else:
+        plan = _plan_within(loaded.model, graph, target_gflops, full_gflops, scores, args)
     out, run_dir = _out_path(args)
     ranking = rank_channels(loaded.model, graph, args.criterion, ctx)
     indices = select_indices(graph, plan.counts, ranking)
@@ -218,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
     if run_dir is not None:
         save_args(run_dir, args)
 
-    before = {"gflops": count_gflops(loaded.model, imgsz), "params": count_params(loaded.model)}
+    before = {"gflops": full_gflops, "params": count_params(loaded.model)}
     after = {"gflops": count_gflops(pruned, imgsz), "params": count_params(pruned)}
     result = {
         "model": loaded.source,
@@ -226,7 +265,7 @@ def run(args: argparse.Namespace) -> dict:
         "imgsz": imgsz,
         "criterion": args.criterion,
         "strategy": args.strategy,
-        "target": plan.target,
+        "target": plan.target if target_gflops is None else {"gflops": round(target_gflops, 4)},
         "uniform_ratio": plan.ratio,
         "threshold": plan.threshold,
         "conv_gflops": {"before": round(graph.conv_gflops(), 4), "after": round(plan.gflops, 4)},
