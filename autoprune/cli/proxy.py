@@ -76,7 +76,7 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
         from autoprune.reconstruct import prune_reconstructed
 
         return prune_reconstructed(model, counts, graph, ranking, evaluator.calibration_batches(),
-                                   seed=evaluator.settings.seed)
+                                   seed=evaluator.settings.seed, device=evaluator.device)
     return prune_to_counts(model, counts, graph=graph, ranking=ranking)
 
 

@@ -654,7 +654,8 @@ class Search:
         from autoprune.reconstruct import prune_reconstructed
 
         return prune_reconstructed(self.loaded.model, counts, self.graph, self.ranking,
-                                   evaluator.calibration_batches(), seed=evaluator.settings.seed)
+                                   evaluator.calibration_batches(), seed=evaluator.settings.seed,
+                                   device=evaluator.device)
 
     def _proxy_settings(self, seed: int):
         from autoprune.proxy import ProxySettings
