@@ -6,6 +6,8 @@
 #   benchmarks/gpu_check.sh [OUT_DIR]          # default runs/gpu_check; AUTOPRUNE_HOME as set (or a fresh one)
 #
 # Every step's output goes to OUT_DIR/log.txt, a line per step (exit code, wall seconds) to OUT_DIR/summary.txt.
+# It needs autoprune's dependencies importable (`pip install -e .`, or the repository on PYTHONPATH with the wheels
+# installed elsewhere, as on the offline GPU machine of docs/BENCHMARKS.md, "CUDA paths on an NVIDIA H100").
 set -uo pipefail
 out=${1:-runs/gpu_check}
 mkdir -p "$out"
