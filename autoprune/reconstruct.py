@@ -333,24 +333,17 @@ def prune_reconstructed(
     ridge: float = 1e-3,
     max_samples: int = 8192,
     seed: int = 0,
-    device: torch.device | str | None = None,
 ) -> nn.Module:
     """`prune_to_counts(original, counts, graph=graph, ranking=ranking)`, then refit by `reconstruct` on `batches`.
 
     The architecture is the one `prune_to_counts` gives (same GFLOPs); only the weights of convs that lost inputs
-    and their BatchNorms differ. What a search with `--reconstruct` scores, and `apply` rebuilds. `device` (default:
-    `original`'s) runs the refit, on copies; the model comes back on `original`'s device, as `prune_to_counts` gives
-    it (a search keeps its unpruned model on the CPU and refits on the proxy's GPU).
+    and their BatchNorms differ. What a search with `--reconstruct` scores, and `apply` rebuilds. It runs on
+    `original`'s device.
     """
     indices = select_indices(graph, counts, ranking)
-    home = next(original.parameters()).device
-    device = home if device is None else torch.device(device)
-    if device != home:
-        original = deepcopy(original).to(device)
     pruned = apply_indices(original, graph, indices)
-    refit = reconstruct(original, pruned, graph, indices, batches, ridge=ridge, max_samples=max_samples,
-                        seed=seed).model
-    return refit.to(home)
+    return reconstruct(original, pruned, graph, indices, batches, ridge=ridge, max_samples=max_samples,
+                       seed=seed).model
 
 
 def _restate_bn(bn: nn.BatchNorm2d, *, mean: torch.Tensor, stats: _Stats, w: torch.Tensor, bias: torch.Tensor):

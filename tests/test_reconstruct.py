@@ -11,7 +11,7 @@ from torch import nn
 
 from autoprune.channels import analyze
 from autoprune.pruner import apply_indices, conv_masks, keep_counts, rank_channels, select_indices
-from autoprune.reconstruct import _patches, feature_errors, prune_reconstructed, reconstruct
+from autoprune.reconstruct import _patches, feature_errors, reconstruct
 
 GEN = torch.Generator().manual_seed(0)
 CALIB = [torch.rand(4, 3, 64, 64, generator=GEN) for _ in range(3)]
@@ -105,20 +105,6 @@ def test_reconstruction_keeps_the_architecture_and_changes_no_input():
     assert all(type(a) is type(b) for a, b in zip(result.model.modules(), pruned.modules()))
     changed = {k.rsplit(".", 1)[0] for k, v in new.items() if not torch.equal(v, pruned.state_dict()[k])}
     assert changed and all(c.startswith(tuple(f.conv.rsplit(".", 1)[0] for f in result.layers)) for c in changed)
-
-
-def test_prune_reconstructed_on_another_device_refits_copies_and_comes_back():
-    """`device=` (a search's proxy GPU) refits on a copy of the unpruned model there and returns the model on the
-    original's device; torch.device("cpu", 0) differs from "cpu" as a GPU would, so the copy path runs on the CPU."""
-    model = _model("c3k2")
-    graph = analyze(model, imgsz=64)
-    counts, ranking = keep_counts(graph, 0.5), rank_channels(model, graph, "l1")
-    state = copy.deepcopy(model.state_dict())
-    here = prune_reconstructed(model, counts, graph, ranking, CALIB)
-    moved = prune_reconstructed(model, counts, graph, ranking, CALIB, device=torch.device("cpu", 0))
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # the unpruned model is untouched
-    assert next(moved.parameters()).device == next(model.parameters()).device
-    assert all(torch.equal(v, moved.state_dict()[k]) for k, v in here.state_dict().items())
 
 
 def test_samples_are_capped_per_conv():

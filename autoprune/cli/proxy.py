@@ -72,11 +72,11 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
     counts = keep_counts(graph, args.keep) if genome is None else load_space(args.space, graph, model).counts(genome)
     batches = evaluator.calibration_batches() if args.criterion in DATA_CRITERIA else None
     ranking = rank_channels(model, graph, args.criterion, batches=batches)
-    if args.reconstruct:
+    if args.reconstruct:  # refit where the proxy runs: the model is ours alone, and only the candidate is used next
         from autoprune.reconstruct import prune_reconstructed
 
-        return prune_reconstructed(model, counts, graph, ranking, evaluator.calibration_batches(),
-                                   seed=evaluator.settings.seed, device=evaluator.device)
+        return prune_reconstructed(model.to(evaluator.device), counts, graph, ranking,
+                                   evaluator.calibration_batches(), seed=evaluator.settings.seed)
     return prune_to_counts(model, counts, graph=graph, ranking=ranking)
 
 

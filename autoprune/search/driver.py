@@ -220,6 +220,7 @@ class Search:
 
         self._evaluator = None
         self._ranking = None
+        self._refit_source = None  # the unpruned model on the proxy's device, for --reconstruct (made once)
         # What a new study stores, computed before anything is written: an error here (data the criterion cannot
         # use, say) leaves no half-made study behind that the same --name would then need --resume for.
         described = None if exists else self._describe_new_study()
@@ -651,11 +652,16 @@ class Search:
 
         if not self.settings.reconstruct:
             return prune_to_counts(self.loaded.model, counts, graph=self.graph, ranking=self.ranking)
+        from copy import deepcopy
+
         from autoprune.reconstruct import prune_reconstructed
 
-        return prune_reconstructed(self.loaded.model, counts, self.graph, self.ranking,
-                                   evaluator.calibration_batches(), seed=evaluator.settings.seed,
-                                   device=evaluator.device)
+        home = next(self.loaded.model.parameters()).device
+        if self._refit_source is None:  # refit where the proxy runs, from one copy there for the whole search
+            self._refit_source = (self.loaded.model if evaluator.device == home
+                                  else deepcopy(self.loaded.model).to(evaluator.device))
+        return prune_reconstructed(self._refit_source, counts, self.graph, self.ranking,
+                                   evaluator.calibration_batches(), seed=evaluator.settings.seed).to(home)
 
     def _proxy_settings(self, seed: int):
         from autoprune.proxy import ProxySettings
