@@ -40,12 +40,24 @@ for _handler in LOGGER.handlers:
     if isinstance(_handler, logging.StreamHandler) and _handler.stream not in (sys.stderr, sys.__stderr__):
         _handler.stream = _LiveStdout()
 
-__all__ = ["LOGGER", "ultralytics", "set_verbose"]
+__all__ = ["LOGGER", "no_label_caches", "quiet", "set_verbose", "ultralytics"]
 
 
 def set_verbose(verbose: bool) -> None:
     """Show Ultralytics' own log lines (training progress, validation tables) or keep them quiet."""
     LOGGER.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keep Ultralytics' INFO lines (dataset scans) out of autoprune's output for a while; warnings still show."""
+    level = LOGGER.level
+    if level < logging.WARNING:
+        LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -36,12 +36,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
+from autoprune import _ultralytics, batches  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.data import DataConfig, load_data_config
 from autoprune.devices import resolve_device  # noqa: F401  (re-exported)
 from autoprune.errors import UserError
@@ -235,20 +233,6 @@ class _Stopwatch:
             self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + time.process_time() - c
 
 
-@contextlib.contextmanager
-def _quiet_ultralytics():
-    """Keep Ultralytics' INFO lines (dataset scans) out of a search's output; warnings still show."""
-    from autoprune._ultralytics import LOGGER
-
-    level = LOGGER.level
-    if level < logging.WARNING:
-        LOGGER.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        LOGGER.setLevel(level)
-
-
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     """The autocast dtype `amp=True` means on `device`: bfloat16 where it is native, else None (float32)."""
     if not amp:
@@ -340,42 +324,13 @@ def _make_validator(imgsz: int, device: torch.device):
 
     args = {"task": "detect", "mode": "val", "imgsz": imgsz, "conf": 0.001, "iou": 0.7, "max_det": 300,
             "plots": False, "save_json": False, "save_txt": False, "verbose": False, "split": "val"}
-    # save_dir is never written to (no plots, JSON or txt); an existing folder keeps Ultralytics from creating one.
-    v = _ProxyValidator(save_dir=Path(tempfile.gettempdir()), args=args)
+    # Nothing is written to save_dir (no plots, JSON or txt), but Ultralytics wants a folder: a private one that the
+    # validator holds and that goes with it, never the shared temp folder itself.
+    save_dir = tempfile.TemporaryDirectory(prefix="autoprune-val-")
+    v = _ProxyValidator(save_dir=Path(save_dir.name), args=args)
+    v.autoprune_save_dir = save_dir
     v.device = device
     return v
-
-
-def _load_items(dataset, indices: list[int]) -> list[dict]:
-    """dataset[i] for each index (image read, resize, letterbox, to uint8 CHW tensor), two threads."""
-    with ThreadPool(2) as pool:  # cv2 releases the GIL while decoding and resizing
-        return pool.map(dataset.__getitem__, indices)
-
-
-def _collate(items: list[dict]) -> dict:
-    """Stack cached items into a batch without touching them.
-
-    (Ultralytics' `YOLODataset.collate_fn` adds the image index to each item's `batch_idx` in place, which is fine
-    for the fresh items a DataLoader yields but would corrupt items cached for reuse.)
-    """
-    batch = {
-        "img": torch.stack([it["img"] for it in items]),
-        "cls": torch.cat([it["cls"] for it in items]),
-        "bboxes": torch.cat([it["bboxes"] for it in items]),
-        "batch_idx": torch.cat([torch.full((len(it["cls"]),), float(i)) for i, it in enumerate(items)]),
-    }
-    for k in ("im_file", "ori_shape", "resized_shape", "ratio_pad"):
-        if k in items[0]:
-            batch[k] = tuple(it[k] for it in items)
-    return batch
-
-
-def _subset(n: int, k: int, seed: int, salt: int) -> list[int]:
-    """A fixed, sorted, seeded choice of min(k, n) indices out of range(n)."""
-    if k >= n:
-        return list(range(n))
-    rng = np.random.default_rng([seed, salt])
-    return sorted(rng.choice(n, size=k, replace=False).tolist())
 
 
 class ProxyEvaluator:
@@ -405,30 +360,30 @@ class ProxyEvaluator:
         self.data = data if isinstance(data, DataConfig) else load_data_config(data)
         s = self.settings
 
-        from ultralytics.cfg import get_cfg
-
-        self._cfg = get_cfg(overrides={"imgsz": s.imgsz, "task": "detect", "rect": False, "cache": False,
-                                       "single_cls": False, "fraction": 1.0, "split": "val"})
         udata = self.data.ultralytics_dict()
-        from autoprune._ultralytics import no_label_caches
+        from autoprune._ultralytics import no_label_caches, quiet
 
-        with _quiet_ultralytics(), no_label_caches():
-            val_ds = self._build_dataset(udata["val"], udata, s.val_batch)
-            train_ds = self._build_dataset(udata["train"], udata, s.batch)
+        with quiet(), no_label_caches():
+            cfg = batches.dataset_cfg(s.imgsz)
+            val_ds = batches.build_dataset(cfg, self.data, "val", s.val_batch)
+            train_ds = batches.build_dataset(cfg, self.data, "train", s.batch)
 
-            val_idx = _subset(len(val_ds), s.val_images, s.seed, 1)
+            val_idx = batches.subset(len(val_ds), s.val_images, s.seed, batches.VAL_SUBSET)
             need = max(s.calib_batches, s.steps) * s.batch
-            pool_idx = _subset(len(train_ds), min(s.train_images, max(need, s.batch)), s.seed, 2)
+            pool_idx = batches.subset(len(train_ds), min(s.train_images, max(need, s.batch)), s.seed,
+                                      batches.TRAIN_SUBSET)
             # The calibration images depend on the calibration settings alone, never on `steps`: a data criterion
             # (taylor, hessian) ranks channels on them, and `autoprune prune`, a search's global plan and every
-            # proxy must rank alike: they are the pool an evaluator without finetune steps draws. Images in both
-            # pools are loaded once.
-            calib_idx = _subset(len(train_ds), min(s.train_images, max(s.calib_batches * s.batch, s.batch)), s.seed, 2)
-            val_items = _load_items(val_ds, val_idx)
-            items = dict(zip(pool_idx, _load_items(train_ds, pool_idx)))
+            # proxy must rank alike (`batches.calibration_batches` draws the same). Images in both pools are loaded
+            # once.
+            calib_idx = batches.subset(len(train_ds), batches.calibration_size(s.calib_batches, s.batch,
+                                                                               s.train_images),
+                                       s.seed, batches.TRAIN_SUBSET)
+            val_items = batches.load_items(val_ds, val_idx)
+            items = dict(zip(pool_idx, batches.load_items(train_ds, pool_idx)))
             missing = [i for i in calib_idx if i not in items]
             if missing:
-                items.update(zip(missing, _load_items(train_ds, missing)))
+                items.update(zip(missing, batches.load_items(train_ds, missing)))
             self._pool = [items[i] for i in pool_idx]  # per image: img (uint8 CHW), cls, bboxes
             self._calib_pool = [items[i] for i in calib_idx]
 
@@ -436,12 +391,13 @@ class ProxyEvaluator:
             raise UserError(f"{self.data.yaml}: the val images have no labels (labels/*.txt beside images/)")
         self.val_images = len(val_items)
         self.train_pool_images = len(self._pool)
-        self._val_batches = [_collate(val_items[i : i + s.val_batch])
+        self._val_batches = [batches.collate(val_items[i : i + s.val_batch])
                              for i in range(0, len(val_items), s.val_batch)]
 
         # The batch schedule: a seeded permutation of the pool per pass, the same for every candidate.
-        self._calib_order = self._order(s.calib_batches * s.batch, salt=3, pool=len(self._calib_pool))
-        self._train_order = self._order(s.steps * s.batch, salt=4)
+        self._calib_order = batches.batch_order(s.calib_batches * s.batch, len(self._calib_pool), s.seed,
+                                                batches.CALIB_ORDER)
+        self._train_order = self._order(s.steps * s.batch)
 
         self._validator = _make_validator(s.imgsz, self.device)
         self._validator.data = udata
@@ -454,30 +410,15 @@ class ProxyEvaluator:
         self.setup_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ construction helpers
-    def _build_dataset(self, img_path, udata: dict, batch: int):
-        from ultralytics.data import build_yolo_dataset
-
-        try:
-            return build_yolo_dataset(self._cfg, img_path, batch, udata, mode="val", rect=False, stride=32)
-        except (FileNotFoundError, RuntimeError) as e:  # no readable images / no valid images
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{self.data.yaml}: cannot load images from {img_path}: {first}") from e
-
-    def _order(self, n: int, salt: int, pool: int | None = None) -> list[int]:
-        """n indices into a pool (the finetune pool unless `pool` gives another's size): concatenated seeded
-        permutations, so each pass sees every image once."""
-        rng = np.random.default_rng([self.settings.seed, salt])
-        size = len(self._pool) if pool is None else pool
-        out: list[int] = []
-        while len(out) < n:
-            out.extend(rng.permutation(size).tolist())
-        return out[:n]
+    def _order(self, n: int) -> list[int]:
+        """n indices into the finetune pool (`batches.batch_order`): each pass sees every image once."""
+        return batches.batch_order(n, len(self._pool), self.settings.seed, batches.TRAIN_ORDER)
 
     def _batch(self, order: list[int], k: int, pool: list[dict] | None = None) -> dict:
         b = self.settings.batch
         idx = order[k * b : (k + 1) * b]
         pool = self._pool if pool is None else pool
-        return _collate([pool[i] for i in idx])
+        return batches.collate([pool[i] for i in idx])
 
     def set_teacher(self, teacher: nn.Module) -> None:
         """The model the finetune distils from when `distill` > 0 (a private frozen copy is kept; the caller's model
@@ -615,7 +556,7 @@ class ProxyEvaluator:
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
                                 lr=s.lr, betas=(0.9, 0.999))
         warmup = max(1, round(0.1 * steps))
-        order = self._train_order if steps <= s.steps else self._order(steps * s.batch, salt=4)  # same prefix
+        order = self._train_order if steps <= s.steps else self._order(steps * s.batch)  # same prefix
         model.train()
         losses = []
         targets = None

@@ -248,6 +248,7 @@ def test_the_seed_picks_the_subsets_and_the_batch_order(tiny_data):
 def test_datasets_and_validator_are_built_once_not_per_candidate(tiny_data, tiny_model, monkeypatch):
     import ultralytics.data
 
+    import autoprune.batches as batches
     import autoprune.proxy as proxy
 
     counts = {"dataset": 0, "validator": 0, "load": 0}
@@ -261,7 +262,7 @@ def test_datasets_and_validator_are_built_once_not_per_candidate(tiny_data, tiny
 
     monkeypatch.setattr(ultralytics.data, "build_yolo_dataset", counting("dataset", ultralytics.data.build_yolo_dataset))
     monkeypatch.setattr(proxy, "_make_validator", counting("validator", proxy._make_validator))
-    monkeypatch.setattr(proxy, "_load_items", counting("load", proxy._load_items))
+    monkeypatch.setattr(batches, "load_items", counting("load", batches.load_items))
     ev = ProxyEvaluator(tiny_data, ProxySettings(**{**SMALL, "steps": 1}))
     built = dict(counts)
     assert built == {"dataset": 2, "validator": 1, "load": 2}  # train + val, once each
@@ -291,6 +292,24 @@ def test_calibration_images_do_not_depend_on_the_finetune_length(tmp_path):
     assert ev0.train_pool_images == 8 and ev.train_pool_images == 16  # the finetune pool did grow
     assert len({x[0] for x in want}) == len(want)  # distinct batches: the check compares something
     assert sorted(tmp_path.rglob("*")) == files  # no labels/*.cache written into the dataset
+
+
+def test_calibration_batches_alone_are_the_evaluators(tiny_data):
+    # apply, prune and the benchmarks draw calibration batches without building an evaluator; they must be the very
+    # batches a search's proxy recalibrates and ranks channels on.
+    from autoprune.batches import calibration_batches
+
+    settings = ProxySettings(**{**SMALL, "steps": 3, "seed": 1})
+    want = ProxyEvaluator(tiny_data, settings).calibration_batches()
+    got = calibration_batches(tiny_data, imgsz=settings.imgsz, calib_batches=settings.calib_batches,
+                              batch=settings.batch, seed=settings.seed, train_images=settings.train_images)
+    assert len(got) == len(want) == settings.calib_batches
+    for g, w in zip(got, want):
+        assert torch.equal(g["img"], w["img"]) and torch.equal(g["cls"], w["cls"])
+        assert torch.equal(g["bboxes"], w["bboxes"]) and torch.equal(g["batch_idx"], w["batch_idx"])
+    other = calibration_batches(tiny_data, imgsz=settings.imgsz, calib_batches=settings.calib_batches,
+                                batch=settings.batch, seed=2, train_images=settings.train_images)
+    assert any(not torch.equal(o["img"], w["img"]) for o, w in zip(other, want))  # the seed matters
 
 
 def test_evaluate_leaves_the_cached_batches_alone(evaluator, tiny_model):

@@ -1,0 +1,124 @@
+"""Fixed, seeded image batches of a detection dataset: the calibration batches and the proxy's pools.
+
+BN recalibration, data criteria (taylor, hessian) and least-squares reconstruction all read the same calibration
+batches, and `autoprune prune`, every proxy of a search and `autoprune apply` must draw them alike, whatever else
+they load. The images are read, resized and letterboxed once by Ultralytics' dataset (val mode: no augmentation) and
+kept as uint8 tensors; subsets and batch orders depend only on a seed.
+
+Example:
+    >>> from autoprune.batches import calibration_batches
+    >>> batches = calibration_batches("data.yaml", imgsz=320, calib_batches=20, batch=8, seed=0)
+    >>> batches[0]["img"].shape
+    torch.Size([8, 3, 320, 320])
+"""
+
+from __future__ import annotations
+
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
+from autoprune.data import DataConfig, load_data_config
+from autoprune.errors import UserError
+
+# Salts of the seeded draws: each subset or order is its own stream, so changing one never moves another.
+VAL_SUBSET, TRAIN_SUBSET, CALIB_ORDER, TRAIN_ORDER = 1, 2, 3, 4
+
+
+def subset(n: int, k: int, seed: int, salt: int) -> list[int]:
+    """A fixed, sorted, seeded choice of min(k, n) indices out of range(n)."""
+    if k >= n:
+        return list(range(n))
+    rng = np.random.default_rng([seed, salt])
+    return sorted(rng.choice(n, size=k, replace=False).tolist())
+
+
+def batch_order(n: int, size: int, seed: int, salt: int) -> list[int]:
+    """n indices into a pool of `size` images: concatenated seeded permutations, so each pass sees every image once."""
+    rng = np.random.default_rng([seed, salt])
+    out: list[int] = []
+    while len(out) < n:
+        out.extend(rng.permutation(size).tolist())
+    return out[:n]
+
+
+def calibration_size(calib_batches: int, batch: int, train_images: int) -> int:
+    """How many train images the calibration subset holds (at least one batch, at most `train_images`)."""
+    return min(train_images, max(calib_batches * batch, batch))
+
+
+def load_items(dataset, indices: list[int]) -> list[dict]:
+    """dataset[i] for each index (image read, resize, letterbox, to uint8 CHW tensor), two threads."""
+    with ThreadPool(2) as pool:  # cv2 releases the GIL while decoding and resizing
+        return pool.map(dataset.__getitem__, indices)
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack cached items into a batch without touching them.
+
+    (Ultralytics' `YOLODataset.collate_fn` adds the image index to each item's `batch_idx` in place, which is fine
+    for the fresh items a DataLoader yields but would corrupt items cached for reuse.)
+    """
+    batch = {
+        "img": torch.stack([it["img"] for it in items]),
+        "cls": torch.cat([it["cls"] for it in items]),
+        "bboxes": torch.cat([it["bboxes"] for it in items]),
+        "batch_idx": torch.cat([torch.full((len(it["cls"]),), float(i)) for i, it in enumerate(items)]),
+    }
+    for k in ("im_file", "ori_shape", "resized_shape", "ratio_pad"):
+        if k in items[0]:
+            batch[k] = tuple(it[k] for it in items)
+    return batch
+
+
+def batches_of(pool: list[dict], order: list[int], batch: int, count: int) -> list[dict]:
+    """The first `count` batches of `batch` images of `pool`, in `order`."""
+    return [collate([pool[i] for i in order[k * batch : (k + 1) * batch]]) for k in range(count)]
+
+
+def dataset_cfg(imgsz: int):
+    """Ultralytics' configuration of the datasets: square letterbox at `imgsz`, no augmentation, no caching."""
+    from ultralytics.cfg import get_cfg
+
+    return get_cfg(overrides={"imgsz": imgsz, "task": "detect", "rect": False, "cache": False, "single_cls": False,
+                              "fraction": 1.0, "split": "val"})
+
+
+def build_dataset(cfg, data: DataConfig, split: str, batch: int):
+    """Ultralytics' YOLODataset of one split, in val mode; unreadable images are a `UserError` naming the data."""
+    from ultralytics.data import build_yolo_dataset
+
+    udata = data.ultralytics_dict()
+    img_path = udata[split]
+    try:
+        return build_yolo_dataset(cfg, img_path, batch, udata, mode="val", rect=False, stride=32)
+    except (FileNotFoundError, RuntimeError) as e:  # no readable images / no valid images
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{data.yaml}: cannot load images from {img_path}: {first}") from e
+
+
+def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, calib_batches: int, batch: int = 8,
+                        seed: int = 0, train_images: int = 512) -> list[dict]:
+    """The fixed calibration batches (collated dicts, uint8 images on the CPU) of `data`'s train split.
+
+    The same batches `ProxyEvaluator(data, ProxySettings(...)).calibration_batches()` gives for the same image size,
+    batch count, batch size, seed and `train_images`, without loading the val split or a finetune pool.
+    """
+    from autoprune._ultralytics import no_label_caches, quiet
+
+    if calib_batches < 1:
+        raise ValueError(f"calibration_batches needs calib_batches >= 1, got {calib_batches}")
+    data = data if isinstance(data, DataConfig) else load_data_config(data)
+    with quiet(), no_label_caches():
+        train = build_dataset(dataset_cfg(imgsz), data, "train", batch)
+        pool = load_items(train, subset(len(train), calibration_size(calib_batches, batch, train_images), seed,
+                                        TRAIN_SUBSET))
+    order = batch_order(calib_batches * batch, len(pool), seed, CALIB_ORDER)
+    return batches_of(pool, order, batch, calib_batches)
+
+
+__all__ = ["batch_order", "batches_of", "build_dataset", "calibration_batches", "calibration_size", "collate",
+           "dataset_cfg", "load_items", "subset"]
