@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 OBJECTIVES = ("mAP50-95", "GFLOPs", "latency_ms")
 DIRECTIONS = ("maximize", "minimize", "minimize")
+# The objectives as TrialRecord fields, with the sign that makes larger better
+FRONT_FIELDS = (("map50_95", 1.0), ("gflops", -1.0), ("latency_ms", -1.0))
 
 # Trial user attributes
 GENOME = "genome"  # {gene name: keep ratio}
@@ -136,6 +138,18 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
+def load_records(study) -> list[TrialRecord]:
+    """Every trial of an Optuna study as a `TrialRecord`, by trial number (running and waiting ones included).
+
+    Example:
+        >>> import optuna
+        >>> load_records(optuna.create_study(directions=["maximize", "minimize", "minimize"]))
+        []
+    """
+    trials = study.get_trials(deepcopy=False)
+    return sorted((TrialRecord.from_trial(t) for t in trials), key=lambda r: r.number)
+
+
 def _objectives(r: TrialRecord) -> tuple[float, float, float]:
     """Objectives as values to maximize; a missing one counts as the worst possible."""
     inf = float("inf")
@@ -152,12 +166,93 @@ def dominates(a: TrialRecord, b: TrialRecord) -> bool:
     return all(x >= y for x, y in zip(va, vb)) and any(x > y for x, y in zip(va, vb))
 
 
-def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
-    """The feasible records that no other feasible record dominates, by trial number.
+def front_candidates(records: list[TrialRecord]) -> tuple[tuple[str, ...], list[TrialRecord]]:
+    """The objectives the front is computed over (TrialRecord fields) and the records that may be on it.
+
+    The objectives are mAP50-95 and each cost that some feasible, scored record carries (a study without latency
+    values has a front over mAP50-95 and GFLOPs). The candidates are the feasible records with a value for every
+    one of them; a feasible record missing one is left off the front.
 
     Example:
-        >>> pareto_front([])
-        []
+        >>> r = TrialRecord(3, "COMPLETE", 0.41, 0.6, 4.1, None, 1_500_000, True, "search", None)
+        >>> objectives, candidates = front_candidates([r])
+        >>> objectives, [c.number for c in candidates]
+        (('map50_95', 'gflops'), [3])
     """
-    feasible = [r for r in records if r.feasible]
-    return sorted((r for r in feasible if not any(dominates(o, r) for o in feasible)), key=lambda r: r.number)
+    scored = [r for r in records if r.feasible and r.map50_95 is not None]
+    objectives = tuple(a for a, _ in FRONT_FIELDS if a == "map50_95" or any(getattr(r, a) is not None for r in scored))
+    return objectives, [r for r in scored if all(getattr(r, a) is not None for a in objectives)]
+
+
+def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The front candidates (`front_candidates`) that no other candidate dominates, by trial number.
+
+    Example:
+        >>> def rec(n, m, g, lat):
+        ...     return TrialRecord(n, "COMPLETE", m, None, g, lat, None, True, "search", None)
+        >>> [r.number for r in pareto_front([rec(0, 0.3, 4.0, 10.0), rec(1, 0.35, 4.0, 11.0), rec(2, 0.2, 5.0, 12.0)])]
+        [0, 1]
+    """
+    objectives, candidates = front_candidates(records)
+    keep = _non_dominated(candidates, objectives)
+    return sorted((r for r, k in zip(candidates, keep) if k), key=lambda r: r.number)
+
+
+def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """The feasible trial with the highest mAP50-95; ties go to fewer GFLOPs, then lower latency, then the lower
+    trial number. None without a feasible, scored trial.
+
+    It is chosen among the front candidates, so it is always on the front: no trial beats its mAP50-95, and one
+    that ties it there has at least its GFLOPs and latency.
+
+    Example:
+        >>> def rec(n, m, g, lat):
+        ...     return TrialRecord(n, "COMPLETE", m, None, g, lat, None, True, "search", None)
+        >>> best_trial([rec(0, 0.5, 3.0, 12.0), rec(1, 0.5, 3.0, 11.0), rec(2, 0.4, 2.0, 9.0)]).number
+        1
+    """
+    inf = float("inf")
+    _, candidates = front_candidates(records)
+    return min(candidates, default=None, key=lambda r: (
+        -r.map50_95, inf if r.gflops is None else r.gflops, inf if r.latency_ms is None else r.latency_ms, r.number))
+
+
+def ranked_confirmations(study_attrs: dict, records: list[TrialRecord]) -> list[tuple[int, dict[int, float], float]]:
+    """The confirmed trials (`confirmed_scores`) as (number, {proxy seed: mAP50-95}, mean), the trials scored under
+    the most seeds first, then by mean (highest first), then by number: the first is the trial to recommend.
+
+    Example:
+        >>> recs = [TrialRecord(n, "COMPLETE", m, 0.6, 4.1, 12.0, 1000, True, "search", None)
+        ...         for n, m in ((1, 0.50), (2, 0.49))]
+        >>> [n for n, _, _ in ranked_confirmations({"confirm:1:1": 0.47, "confirm:2:1": 0.495}, recs)]
+        [2, 1]
+    """
+    by_trial = confirmed_scores(study_attrs, records)
+    return sorted(((n, v, sum(v.values()) / len(v)) for n, v in by_trial.items()),
+                  key=lambda c: (-len(c[1]), -c[2], c[0]))
+
+
+def recommended_trial(study_attrs: dict, records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial to apply: the first of `ranked_confirmations` when the search confirmed its top trials, else
+    `best_trial`."""
+    confirmed = ranked_confirmations(study_attrs, records)
+    if confirmed:
+        return next(r for r in records if r.number == confirmed[0][0])
+    return best_trial(records)
+
+
+def _non_dominated(records: list[TrialRecord], objectives: tuple[str, ...]) -> list[bool]:
+    """For each record, whether no other record dominates it on `objectives` (numpy, in row blocks)."""
+    import numpy as np
+
+    if not records:
+        return []
+    sign = dict(FRONT_FIELDS)
+    v = np.array([[sign[a] * float(getattr(r, a)) for a in objectives] for r in records])
+    keep = np.ones(len(records), dtype=bool)
+    for start in range(0, len(v), 512):  # bounded memory: a (block, n, k) comparison at a time
+        block = v[start:start + 512, None, :]  # the candidates ...
+        ge = (v[None, :, :] >= block).all(axis=2)  # ... against every other record
+        gt = (v[None, :, :] > block).any(axis=2)
+        keep[start:start + 512] = ~(ge & gt).any(axis=1)
+    return keep.tolist()
