@@ -1,0 +1,38 @@
+"""How the reports write numbers and text for people: costs, fixed decimals, parameter counts, shortened reasons.
+
+Example:
+    >>> cost_text(4.1234), cost_text(0.05123), cost_text(286.4), fixed_text(None, 4), params_text(1_500_000)
+    ('4.12', '0.0512', '286', '-', '1.50M')
+"""
+
+from __future__ import annotations
+
+
+def fixed_text(x, digits):
+    """`x` with `digits` decimals; `-` for a missing value."""
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def cost_text(x, digits=None):
+    """A cost for people: 3 significant digits below 100 (0.0512, 4.1, 28.6), whole numbers above."""
+    if x is None:
+        return "-"
+    if digits is not None and abs(x) >= 1:
+        return f"{x:.{digits}f}"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def params_text(n):
+    """A parameter count in millions (`1.50M`) from 100k up, else in thousands (`12.3k`)."""
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def shorten(text, n):
+    """`text` on one line, cut to `n` characters with `...` when longer; None stays None."""
+    if text is None:
+        return None
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
