@@ -98,6 +98,15 @@ def rec(n, m, g, lat, feasible=True, state="COMPLETE", kind="search"):
 # ------------------------------------------------------------------------------------------ records and front
 
 
+def test_the_package_exports_what_commands_benchmarks_and_the_search_use():
+    """`autoprune.report` re-exports its modules' public names; the CLI, benchmarks and the search import them."""
+    used = {"CSV_COLUMNS", "ParetoInfo", "comparison_line", "confirmed_lines", "format_front_table",
+            "format_trials_table", "load_records", "local_study_names", "newest_local_study", "over_budget_text",
+            "pareto_info", "plot_pareto_html", "plot_pareto_png", "read_study", "record_dict", "study_info",
+            "write_reports", "write_trials_csv"}
+    assert used <= set(report.__all__) and all(callable(getattr(report, n)) for n in used - {"CSV_COLUMNS"})
+
+
 def test_load_records_reads_every_trial_with_state_kind_and_genome():
     study = fill_mixed(new_study(optuna.storages.InMemoryStorage()), running=True)
     recs = report.load_records(study)
@@ -129,7 +138,9 @@ def test_pareto_info_classifies_trials_and_finds_best_and_baseline():
 
 def test_front_property_on_random_trial_sets():
     """No front member is dominated by a feasible trial; every other trial is dominated, infeasible or unfinished;
-    and the front is exactly `records.pareto_front`. Values come from small grids so that ties are common."""
+    the front is `records.pareto_front` and the best trial `records.best_trial` (what `search` reports), the
+    highest mAP50-95 with ties to fewer GFLOPs, lower latency, lower number. Values come from small grids so that
+    ties are common."""
     for seed in range(300):
         check_front_property(seed)
 
@@ -153,8 +164,10 @@ def check_front_property(seed):
         else:
             assert not r.feasible or any(R.dominates(o, r) for o in feasible), (seed, r)
     assert sorted(front) == [r.number for r in R.pareto_front(recs)], seed
+    assert info.best == R.best_trial(recs), seed
     if feasible:
-        assert info.best.number in front and info.best.map50_95 == max(r.map50_95 for r in feasible)
+        first = min(feasible, key=lambda r: (-r.map50_95, r.gflops, r.latency_ms, r.number))
+        assert info.best.number in front and info.best.number == first.number, seed
     else:
         assert info.best is None and not front
 
@@ -168,9 +181,24 @@ def test_front_over_the_objectives_trials_carry_when_no_latency_was_measured(tmp
 
 
 def test_a_feasible_trial_missing_a_value_others_have_is_left_off_the_front():
-    info = report.pareto_info([rec(0, 0.3, 4.0, 10.0), rec(1, 0.9, 1.0, None)], {})
+    recs = [rec(0, 0.3, 4.0, 10.0), rec(1, 0.9, 1.0, None)]
+    info = report.pareto_info(recs, {})
     assert sorted(info.front_numbers) == [0] and info.counts["feasible_incomplete"] == 1
+    # the search's front and best trial (`records`) are the report's
+    assert [r.number for r in R.pareto_front(recs)] == [0] and R.best_trial(recs).number == 0 == info.best.number
     assert "1 feasible trial(s) lack an objective value" in report.format_front_table(info)
+
+
+def test_best_trial_breaks_ties_by_gflops_then_latency_then_number():
+    """The trial `search` prints as best and the one the table stars: on an mAP50-95 tie, fewer GFLOPs; on a tie
+    in both, lower latency (the slower one is dominated, off the front); then the lower trial number."""
+    recs = [rec(0, 0.5, 3.0, 12.0), rec(1, 0.5, 3.0, 11.0), rec(2, 0.5, 3.5, 9.0), rec(3, 0.4, 1.0, 1.0),
+            rec(4, 0.6, 1.0, 1.0, feasible=False), rec(5, None, None, None, state="FAIL", feasible=False)]
+    info = report.pareto_info(recs, {})
+    assert R.best_trial(recs).number == 1 == info.best.number and 0 not in info.front_numbers
+    assert R.best_trial(recs[:1] + [rec(6, 0.5, 3.0, 12.0)]).number == 0
+    assert R.best_trial(recs[2:]).number == 2 and R.best_trial(recs[3:]).number == 3
+    assert R.best_trial(recs[4:]) is None and report.pareto_info(recs[4:], {}).best is None
 
 
 # ------------------------------------------------------------------------------------------------------ CSV
