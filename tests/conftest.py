@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,20 @@ import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+# The suite leaves the machine's own state alone: Ultralytics' settings.json and autoprune's home (demo data, demo
+# metrics) live in folders made for this session and removed at its end, never in ~/.config/Ultralytics or
+# ~/.cache/autoprune. Set before Ultralytics is first imported (it reads YOLO_CONFIG_DIR once, at import); the
+# subprocesses tests start inherit both.
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="autoprune-tests-"))
+atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)
+os.environ["YOLO_CONFIG_DIR"] = str(SESSION_DIR / "yolo_config")
+os.environ["AUTOPRUNE_HOME"] = str(SESSION_DIR / "autoprune_home")
+
 import autoprune._ultralytics  # noqa: E402,F401  (offline Ultralytics whose logs follow sys.stdout)
+from ultralytics.utils import SETTINGS  # noqa: E402
+
+if SESSION_DIR not in Path(SETTINGS.file).parents:  # Ultralytics was imported before this file set YOLO_CONFIG_DIR
+    raise RuntimeError(f"Ultralytics' settings are {SETTINGS.file}, outside the test session's folder {SESSION_DIR}")
 
 
 def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
