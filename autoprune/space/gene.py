@@ -1,0 +1,67 @@
+"""A gene: one searched keep ratio, the channel groups it drives, and the grid of values it may take."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+GRID_TOL = 1e-9  # float slack when comparing genome values with ranges and grids
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One searched keep ratio and the channel groups it drives.
+
+    Its values are the grid `low, low + step, ..., high`; a gene with `low == high` is fixed at that ratio.
+
+    Example:
+        >>> g = Gene("neck.out", ("12.cv2", "15.cv2"), 0.25, 1.0, 0.05)
+        >>> g.n, g.snap(0.512), g.snap(2.0)
+        (15, 0.5, 1.0)
+    """
+
+    name: str
+    groups: tuple[str, ...]
+    low: float
+    high: float
+    step: float
+
+    def __post_init__(self):
+        if not (0 < self.low <= self.high + GRID_TOL <= 1 + 2 * GRID_TOL) or not self.step > 0:
+            raise ValueError(f"gene {self.name!r}: need 0 < low <= high <= 1 and step > 0, got {self}")
+        if self.high - self.low > GRID_TOL:
+            k = (self.high - self.low) / self.step
+            if k < 1 - GRID_TOL or abs(k - round(k)) > 1e-6:
+                raise ValueError(f"gene {self.name!r}: step {self.step:g} does not divide high - low")
+
+    @property
+    def n(self) -> int:
+        """Number of steps from `low` to `high` (the grid has `n + 1` values)."""
+        return 0 if self.high - self.low <= GRID_TOL else int(round((self.high - self.low) / self.step))
+
+    def value(self, k: int) -> float:
+        """The `k`-th grid value, `0 <= k <= n`, free of float noise (`0.7`, not `0.7000000000000001`)."""
+        k = min(max(int(k), 0), self.n)
+        return self.high if k == self.n else round(self.low + k * self.step, 12)
+
+    def grid(self) -> tuple[float, ...]:
+        """Every value the gene can take, ascending."""
+        return tuple(self.value(k) for k in range(self.n + 1))
+
+    def index(self, v: float) -> int:
+        """The grid index nearest to `v`, clipped to the range."""
+        if self.n == 0:
+            return 0
+        return min(max(int(math.floor((v - self.low) / self.step + 0.5)), 0), self.n)
+
+    def snap(self, v: float) -> float:
+        """The grid value nearest to `v`, clipped to `[low, high]`."""
+        return self.value(self.index(v))
+
+    def snap_down(self, v: float) -> float:
+        """The largest grid value not above `v` (`low` when `v` is below the range)."""
+        if self.n == 0:
+            return self.low
+        k = int(math.floor((v - self.low) / self.step + 1e-9))
+        return self.value(k)
+
