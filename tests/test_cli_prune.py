@@ -158,6 +158,7 @@ def test_prune_taylor_with_reconstruction_on_data(capsys, tmp_path, tiny_data):
     assert torch.load(tmp_path / "t.pt", weights_only=False)["autoprune"]["reconstructed"] is True
 
 
+@pytest.mark.slow
 def test_prune_yolov3_global_at_half_the_gflops(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prune", "--model", "yolov3u.yaml", "--target-gflops", "50%", "--strategy", "global",
                            "--imgsz", "320", "--out", str(tmp_path / "v3.pt"), "--json")

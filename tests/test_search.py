@@ -62,6 +62,7 @@ def _spawn(env, cwd, *extra, heartbeat="1,3"):
     )
 
 
+@pytest.mark.slow
 def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = _cli(capsys, "search", *env["flags"], "--trials", "6", "--name", "e2e", "--json")
@@ -150,6 +151,7 @@ def test_a_distilling_proxy_is_part_of_the_study(env, capsys, tmp_path, monkeypa
     assert (tmp_path / "runs/search/kd/study.db").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env, capsys, tmp_path, monkeypatch):
     import torch
 
@@ -197,6 +199,7 @@ def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env,
     assert "refit by least squares" in Path(report["outputs"]["report_md"]).read_text()
 
 
+@pytest.mark.slow
 def test_confirm_rescores_the_best_trials_under_more_proxy_seeds(env, capsys, tmp_path, monkeypatch):
     from autoprune.proxy import ProxyEvaluator
 
@@ -304,6 +307,7 @@ def test_a_candidate_under_the_budget_floor_is_filled_up_before_it_is_scored(env
     assert search._genome(queued) == filled and queued.user_attrs[R.KIND] == "filled"
 
 
+@pytest.mark.slow
 def test_optuna_tpe_engine_and_a_failing_candidate(env, tmp_path, monkeypatch):
     """A candidate that raises is recorded as failed with its reason, and the search goes on."""
     from autoprune.proxy import ProxyEvaluator
@@ -333,6 +337,7 @@ def test_optuna_tpe_engine_and_a_failing_candidate(env, tmp_path, monkeypatch):
     assert result.evaluated == 4 and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_loses_and_repeats_nothing(env, tmp_path):
     name = "killed"
     db = tmp_path / f"runs/search/{name}/study.db"
@@ -384,6 +389,7 @@ def _check_shared(study, n_trials):
     assert not [t for t in study.trials if t.state.name in ("RUNNING",)]
 
 
+@pytest.mark.slow
 def test_two_local_workers_share_one_sqlite_study(env, tmp_path):
     _workers(env, tmp_path, [], "pair")
     _check_shared(_study(tmp_path / "runs/search/pair/study.db", "pair"), 6)
@@ -398,6 +404,7 @@ def _postgres_url():
     return url
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_postgresql_study(env, tmp_path):
     url = _postgres_url()
     name = f"pg-{os.getpid()}-{int(time.time())}"

@@ -41,7 +41,7 @@ def _cli(capsys, *argv):
     return json.loads(out) if "--json" in argv else out
 
 
-@pytest.mark.parametrize("name", ["yolov3u.yaml", "yolov3-tinyu.yaml"])
+@pytest.mark.parametrize("name", [pytest.param("yolov3u.yaml", marks=pytest.mark.slow), "yolov3-tinyu.yaml"])
 def test_groups_and_cost(capsys, name):
     groups = _cli(capsys, "groups", "--model", name, "--imgsz", 64, "--json")
     assert len(groups["groups"]) > 5
@@ -49,6 +49,7 @@ def test_groups_and_cost(capsys, name):
     assert cost["gflops"] > 0 and cost["params"] > 0 and cost["latency_ms"] > 0
 
 
+@pytest.mark.slow
 def test_proxy_search_trials_plot_and_apply(capsys, tmp_path, monkeypatch, tiny_v3, tiny_data):
     from ultralytics.nn.tasks import DetectionModel
 
