@@ -1,6 +1,9 @@
-"""Device names as users write them (`auto`, `cpu`, `cuda`, `cuda:N`, `N`), checked against this machine."""
+"""Where torch runs: device names as users write them (`auto`, `cpu`, `cuda`, `cuda:N`, `N`), checked against this
+machine, and the CPU thread count a block of work runs with."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -36,3 +39,25 @@ def resolve_device(spec: str | torch.device) -> torch.device:
         have = f"this machine has {count} CUDA device(s)" if count else "no CUDA GPU is available here"
         raise UserError(f"device {str(spec)!r} does not exist: {have} (use --device cpu or auto)")
     return torch.device("cuda", index)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` intra-op CPU threads (None or 0: unchanged), then restore the previous count.
+
+    Work whose speed depends on the thread count (latency timing, the proxy's finetune) sets it for its own
+    duration, whatever the import order left behind (Ultralytics sets OMP_NUM_THREADS=1 when it is imported).
+
+    Example:
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+    """
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -503,7 +503,7 @@ def finetune(
     never loads it); `extra` overrides any other trainer argument.
     """
     from autoprune._ultralytics import set_verbose
-    from autoprune.cost import resolve_device
+    from autoprune.devices import resolve_device
 
     dev = resolve_device(device)
     use_amp = bool(amp and dev.type == "cuda")
@@ -542,7 +542,7 @@ def validate_checkpoint(path: str | Path, data, *, imgsz: int, batch: int = 16, 
     """
     from ultralytics import YOLO
 
-    from autoprune.cost import resolve_device
+    from autoprune.devices import resolve_device
 
     dev = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="autoprune-val-") as tmp, offline_ultralytics():

@@ -49,11 +49,11 @@ from torch import nn
 
 from autoprune import _ultralytics, batches  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.data import DataConfig, load_data_config
-from autoprune.devices import resolve_device  # noqa: F401  (re-exported)
+from autoprune.devices import resolve_device, torch_threads
 from autoprune.errors import UserError
 from autoprune.finetune import _branches, head_term
 
-__all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn", "resolve_device"]
+__all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn"]
 
 
 @dataclass(frozen=True)
@@ -283,19 +283,6 @@ def _float_preds(preds):
     return preds
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run with n intra-op CPU threads (0: unchanged), then restore the previous count."""
-    before = torch.get_num_threads()
-    if n and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 def _make_validator(imgsz: int, device: torch.device):
     """Ultralytics' DetectionValidator with its NMS time limit lifted (a time-dependent cut is not repeatable)."""
     import tempfile
@@ -435,7 +422,7 @@ class ProxyEvaluator:
         """The teacher's raw head outputs (float16, CPU) for finetune batches 0..steps-1 of `order`."""
         have = self._teacher_outputs or []
         if len(have) < steps:
-            with torch.no_grad(), _threads(self.settings.threads):
+            with torch.no_grad(), torch_threads(self.settings.threads):
                 for k in range(len(have), steps):
                     raw = _branches(self._teacher(self._images(self._batch(order, k)["img"])))
                     have.append({br: {key: out[key].detach().to("cpu", torch.float16) for key in ("scores", "boxes")}
@@ -477,7 +464,7 @@ class ProxyEvaluator:
         clock = _Stopwatch(self.device)
         t0 = time.perf_counter()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self._deterministic(), _threads(s.threads):
+        with torch.random.fork_rng(devices=devices), self._deterministic(), torch_threads(s.threads):
             torch.manual_seed(s.seed)  # any randomness inside the candidate is seeded the same for every candidate
             with clock("setup"):
                 model = self._prepare(model)

@@ -37,7 +37,7 @@ def gflops_timing(model, imgsz: int, n: int = 3) -> tuple[float, float]:
     """fvcore GFLOPs and the median seconds one uncached count takes."""
     times, value = [], 0.0
     for _ in range(n):
-        cost._GFLOPS_CACHE.clear()  # time the count itself, not the cache
+        cost.flops._GFLOPS_CACHE.clear()  # time the count itself, not the cache
         t = time.perf_counter()
         value = cost.count_gflops(model, imgsz)
         times.append(time.perf_counter() - t)
@@ -91,7 +91,7 @@ def main() -> int:
 
     print(f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {machine()}")
-    print(f"protocol: {cost.DEFAULT_PROTOCOL}")
+    print(f"protocol: {cost.timing.DEFAULT_PROTOCOL}")
     print(f"latency: CPU, {args.backend}, fp32, batch 1, imgsz {args.imgsz}, median (p10-p90) ms of n runs\n")
     print("| model | GFLOPs (fvcore) | GFLOPs (Ultralytics) | diff | params | count time "
           "| latency 1st: median (p10-p90) ms, n, wall | latency 2nd | 2nd/1st |")

@@ -118,7 +118,7 @@ def applied(env):
         raise OSError("no network in tests")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cost, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))  # latency is not what is tested here
+        mp.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))  # latency is not what is tested here
         mp.setattr(socket, "getaddrinfo", no_network)
         mp.setattr(socket.socket, "connect", no_network)
         # No --name: the latest (here the only) search in runs/search, as `autoprune apply --trial 17` after a search.

@@ -20,8 +20,8 @@ from autoprune.cost import (
     count_gflops,
     count_params,
     measure_latency,
-    resolve_device,
 )
+from autoprune.devices import resolve_device
 from autoprune.errors import UserError
 from autoprune.models import load_model
 
@@ -55,7 +55,7 @@ def thin(tmp_path_factory):
 @pytest.fixture
 def quick(monkeypatch):
     """Make the default timing protocol short for tests that go through the CLI."""
-    monkeypatch.setattr(cost, "DEFAULT_PROTOCOL", QUICK)
+    monkeypatch.setattr(cost.timing, "DEFAULT_PROTOCOL", QUICK)
 
 
 def _prune_bottlenecks(model: nn.Module, drop: int = 3) -> nn.Module:
@@ -213,8 +213,8 @@ def test_latency_onnxruntime_cleans_up(thin, tmp_path, monkeypatch):
 
 def test_latency_cache_hit_does_not_measure(thin, monkeypatch):
     calls = []
-    real = cost._time_loop
-    monkeypatch.setattr(cost, "_time_loop", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cost.timing.time_loop
+    monkeypatch.setattr(cost.timing, "time_loop", lambda *a, **k: calls.append(1) or real(*a, **k))
     cache = LatencyCache()
     first = measure_latency(thin, imgsz=128, cache=cache, **FAST)
     second = measure_latency(copy.deepcopy(thin), imgsz=128, cache=cache, **FAST)  # same architecture
@@ -232,7 +232,7 @@ def test_json_cache_survives_a_new_cache_object(thin, tmp_path, monkeypatch):
     path = tmp_path / "sub" / "latency.json"
     first = measure_latency(thin, imgsz=128, cache=LatencyCache(path), **FAST)
     assert path.is_file() and json.loads(path.read_text())["format"] == cost.CACHE_FORMAT
-    monkeypatch.setattr(cost, "_time_loop", lambda *a, **k: pytest.fail("re-measured a cached architecture"))
+    monkeypatch.setattr(cost.timing, "time_loop", lambda *a, **k: pytest.fail("re-measured a cached architecture"))
     again = measure_latency(thin, imgsz=128, cache=LatencyCache(path), **FAST)
     assert again.cached and again.median_ms == first.median_ms
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]

@@ -31,7 +31,7 @@ def tiny_v3(tmp_path_factory):
 def quick_latency(monkeypatch):
     from autoprune import cost
 
-    monkeypatch.setattr(cost, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))  # latency is not what is tested
+    monkeypatch.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))  # latency is not what is tested
 
 
 def _cli(capsys, *argv):

@@ -195,8 +195,8 @@ def _check_ranking(ranking: dict, graph, counts: dict) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from autoprune import _ultralytics, report
     from autoprune.cli._common import check_imgsz
-    from autoprune.cost import resolve_device
     from autoprune.data import load_data_config
+    from autoprune.devices import resolve_device
     from autoprune.finetune import DistillSettings
     from autoprune.models import load_model
     from autoprune.search import records as R

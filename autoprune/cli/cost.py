@@ -30,15 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Check the inputs, load the model, count GFLOPs and parameters, measure latency; print and return them."""
     from autoprune import cost
+    from autoprune.devices import resolve_device
 
     imgsz = cost.check_imgsz(args.imgsz)
     if args.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {args.batch}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be a positive integer, got {args.threads}")
-    device = cost.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.backend == "onnxruntime":
-        cost._check_ort(device)
+        cost.check_onnxruntime(device)
     cache = cost.LatencyCache(args.cache) if args.cache else False
 
     from autoprune.models import load_model
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{lat.device} ({lat.device_name})")
         note = "" if lat.stable else "  [the median did not settle within the time cap]"
         print(f"model      {loaded.source}")
-        print(f"input      {args.batch}x{cost._input_channels(model)}x{imgsz}x{imgsz}")
+        print(f"input      {args.batch}x{cost.input_channels(model)}x{imgsz}x{imgsz}")
         print(f"GFLOPs     {gflops:.2f}  (2 x multiply-adds, batch 1)")
         print(f"params     {params:,}")
         print(f"latency    {lat.median_ms:.2f} ms median, p10-p90 {lat.p10_ms:.2f}-{lat.p90_ms:.2f} ms, "

@@ -173,8 +173,9 @@ class Search:
 
     def __init__(self, settings: SearchSettings, *, log=print):
         from autoprune.channels import analyze
-        from autoprune.cost import count_gflops, count_params, resolve_device
+        from autoprune.cost import count_gflops, count_params
         from autoprune.data import load_data_config
+        from autoprune.devices import resolve_device
         from autoprune.importance import check_calibration, get_criterion
         from autoprune.models import load_model
         from autoprune.space import load_space
