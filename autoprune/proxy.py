@@ -311,11 +311,10 @@ def _make_validator(imgsz: int, device: torch.device):
 
     args = {"task": "detect", "mode": "val", "imgsz": imgsz, "conf": 0.001, "iou": 0.7, "max_det": 300,
             "plots": False, "save_json": False, "save_txt": False, "verbose": False, "split": "val"}
-    # Nothing is written to save_dir (no plots, JSON or txt), but Ultralytics wants a folder: a private one that the
-    # validator holds and that goes with it, never the shared temp folder itself.
-    save_dir = tempfile.TemporaryDirectory(prefix="autoprune-val-")
-    v = _ProxyValidator(save_dir=Path(save_dir.name), args=args)
-    v.autoprune_save_dir = save_dir
+    # Ultralytics creates save_dir on construction and, with no plots, JSON or txt, never writes to it. A private
+    # folder removed at once: nothing is left behind even by a killed worker, and a write would fail, not litter /tmp.
+    with tempfile.TemporaryDirectory(prefix="autoprune-val-") as save_dir:
+        v = _ProxyValidator(save_dir=Path(save_dir), args=args)
     v.device = device
     return v
 
