@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autoprune.cost.flops import conv_flops, conv_macs
+
 
 @dataclass(frozen=True)
 class Producer:
@@ -141,7 +143,7 @@ class ChannelGraph:
         return [g.id for g in self.groups]
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Costs. Conv FLOPs follow Ultralytics' convention: 2 x multiply-accumulates.
+    # Costs, by the FLOP model of `autoprune.cost.flops` (Ultralytics' convention: 2 x multiply-accumulates).
 
     def conv_channels(self, counts: dict[str, int] | None = None) -> dict[str, tuple[int, int]]:
         """(in, out) channels of every conv after keeping `counts[gid]` channels per part of each listed group."""
@@ -177,7 +179,7 @@ class ChannelGraph:
         for name, (cin, cout) in self.conv_channels(counts).items():
             info = self.convs[name]
             per_output = 1 if info.depthwise else cin // info.groups  # a depthwise conv shrinks with its channels
-            total += 2 * cout * per_output * info.kernel * info.out_pixels
+            total += conv_flops(cout, per_output, info.kernel, info.out_pixels)
         return total * scale / 1e9
 
     def flops_shares(self) -> dict[str, float]:
@@ -209,7 +211,7 @@ class ChannelGraph:
                 for c in part.consumers:
                     free_in[c.conv] += part.size
         for name, info in self.convs.items():
-            macs = info.out_channels * (info.in_channels // info.groups) * info.kernel * info.out_pixels
+            macs = conv_macs(info.out_channels, info.in_channels // info.groups, info.kernel, info.out_pixels)
             total += macs
             if info.depthwise:
                 fixed += macs * (1 - free_out[name] / info.out_channels)

@@ -9,14 +9,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from autoprune.cost.flops import norm_flops
 from autoprune.errors import UserError
 from autoprune.pruner import rounded_count
 from autoprune.space.gene import GRID_TOL, Gene
 from autoprune.space.schema import show
 
-# The full GFLOPs count charges an affine batch norm 4 multiply-adds per element (thop's rule, adopted by
-# `autoprune.cost._flop_handles`), i.e. 8 FLOPs per output element of a conv followed by a BatchNorm.
-NORM_FLOPS_PER_ELEMENT = 8
+# What the full GFLOPs count charges per output element of a conv followed by a BatchNorm (Ultralytics' are affine).
+NORM_FLOPS_PER_ELEMENT = norm_flops(1, affine=True)
 
 
 class SearchSpace:
