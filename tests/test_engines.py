@@ -139,21 +139,119 @@ def test_first_trial_sampler_fixes_trial_zero_only():
     assert seen[1] != uniform and seen[2] != uniform
 
 
-@pytest.mark.parametrize("engine, sampler", [("deap", None), ("optuna", "nsga2"), ("optuna", "tpe"), ("optuna", "random")])
-def test_every_engine_runs_ask_tell(engine, sampler):
-    space = GridSpace()
-    s = make_sampler(engine, sampler, space, seed=0, population=4, first_params={g.name: 1.0 for g in space.genes})
-    study = _study(s)
-    for i in range(6):
+# Grids that differ per gene (step, low, high, one gene fixed), for checking that proposals land on each gene's own
+# grid: (low, high, step), cycled over the yolov8 space's genes.
+_MIXED_GRIDS = ((0.5, 1.0, 0.1), (0.35, 0.95, 0.15), (0.25, 0.75, 0.125), (0.4, 1.0, 0.2), (0.3, 0.9, 0.025),
+                (0.6, 0.6, 0.05))
+_ENGINES = [("deap", None), ("optuna", "nsga2"), ("optuna", "tpe"), ("optuna", "random")]
+
+
+@pytest.fixture(scope="module")
+def mixed_space():
+    """The yolov8 family space of a 2-class yolov8n at 128 px with the grids of `_MIXED_GRIDS`."""
+    from pathlib import Path
+
+    import ultralytics
+    import yaml
+    from ultralytics.nn.tasks import DetectionModel
+
+    from autoprune.channels import analyze
+    from autoprune.space import SPACES_DIR, load_space, read_space_file
+
+    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8.yaml").read_text())
+    cfg.update(nc=2, scale="n")
+    model = DetectionModel(cfg, verbose=False).eval()
+    graph = analyze(model, imgsz=128)
+    source = read_space_file(SPACES_DIR / "yolov8.yaml")
+    for i, spec in enumerate(source["genes"].values()):
+        spec["low"], spec["high"], spec["step"] = _MIXED_GRIDS[i % len(_MIXED_GRIDS)]
+    space = load_space(source, graph, model)
+    assert {(g.low, g.high, g.step) for g in space.genes} == set(_MIXED_GRIDS)
+    return space
+
+
+def _on_grid(gene, v: float) -> bool:
+    """`v` is one of the gene's values low, low + step, ..., high (up to float noise)."""
+    k = (v - gene.low) / gene.step
+    return gene.low - 1e-9 <= v <= gene.high + 1e-9 and abs(k - round(k)) < 1e-6
+
+
+@pytest.mark.parametrize("engine, sampler", _ENGINES)
+def test_every_proposal_lies_on_the_grids_and_repairs_into_the_budget(mixed_space, engine, sampler):
+    """Property check over 40 proposals of each engine, as the driver asks for them: every value lies on its gene's
+    grid, trial 0 is the fixed uniform genome, a proposal over the budget repairs into a genome on the grid within it
+    (no gene raised), NSGA-II's first generation (DEAP, fitted toward the budget) is within the budget, and DEAP never
+    proposes a genome the study already holds."""
+    from autoprune.search.engines import InitialPopulation
+
+    space = mixed_space
+
+    def cost(genome):  # conv GFLOPs, the space's own count
+        return space.gflops(genome, 128)
+
+    uniform = space.uniform_for_budget(0.5 * space.max_gflops(128), 128)
+    budget = cost(uniform)  # right at the budget: about half of the unfitted perturbations around it are over
+    fitted = []
+
+    def fit(genome, target):  # the driver moves a genome toward a GFLOPs target; a repair stands in for that here
+        fitted.append(target)
+        return space.repair(genome, target, 128)
+
+    population = 8
+    init = InitialPopulation(center=uniform, fit=fit, budget=budget)
+    study = _study(make_sampler(engine, sampler, space, seed=0, population=population, first_params=uniform,
+                                init=init))
+    rng = np.random.default_rng(0)
+    proposals = []
+    for i in range(40):
         t = study.ask()
         p = {g.name: t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes}
+        off = {g.name: p[g.name] for g in space.genes if not _on_grid(g, p[g.name])}
+        assert not off, (i, off)
+        if i == 0 or engine == "deap":  # the whole genome is the engine's proposal: none of it fell back to Optuna's
+            assert t.relative_params == p, i  # independent sampling, as an off-grid or out-of-range value would
         if i == 0:
-            assert set(p.values()) == {1.0}
-        q = float(np.mean(list(p.values())))
-        t.set_user_attr(R.CONSTRAINTS, [q - 0.8])
-        t.set_constraint("gflops", q - 0.8)
-        study.tell(t, [q, q * 10, q * 5])
-    assert len(study.trials) == 6
+            assert p == uniform
+        gflops = cost(p)
+        if engine == "deap" and 0 < i <= population:  # the first generation: fitted to [0.75, 1] x the budget
+            assert gflops <= budget + 1e-9, (i, gflops, budget)
+        if gflops > budget:
+            repaired = space.repair(p, budget, 128)
+            assert cost(repaired) <= budget and all(_on_grid(g, repaired[g.name]) for g in space.genes)
+            assert all(repaired[k] <= p[k] + 1e-9 for k in p)
+        proposals.append(p)
+        quality = float(np.mean(list(p.values()))) + 0.05 * float(rng.random())  # bigger scores better, with noise
+        constraints = [gflops - budget]
+        for k, v in {R.MAP50_95: quality, R.GFLOPS: gflops, R.LATENCY_MS: gflops * 10, R.CONSTRAINTS: constraints,
+                     R.FEASIBLE: constraints[0] <= 0, R.SECONDS: 1.0}.items():
+            t.set_user_attr(k, v)
+        t.set_constraint("gflops", constraints[0])
+        study.tell(t, [quality, gflops, gflops * 10])
+    assert len({tuple(p.values()) for p in proposals}) >= 20  # the samplers explore, not one genome over and over
+    if engine == "deap":
+        assert fitted and all(0.75 * budget - 1e-9 <= x <= budget for x in fitted)
+        assert len({tuple(p.values()) for p in proposals}) == len(proposals)  # nothing the study holds proposed again
+
+
+class CoarseGridSpace(GridSpace):
+    """Four values per gene: bred children often snap back onto a parent."""
+
+    genes = tuple(_Gene(f"g{i}", step=0.25) for i in range(5))
+
+
+def test_deap_never_proposes_a_genome_the_study_holds():
+    space = CoarseGridSpace()
+    study = _study(DeapNSGA2Sampler(space, population=4, seed=0))
+    seen = []
+    for _ in range(40):
+        t = study.ask()
+        p = tuple(t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes)
+        assert p not in seen, (len(seen), p)
+        seen.append(p)
+        q = float(np.mean(p))
+        for k, v in {R.MAP50_95: q, R.GFLOPS: q, R.LATENCY_MS: q, R.CONSTRAINTS: [q - 0.8], R.SECONDS: 1.0}.items():
+            t.set_user_attr(k, v)
+        study.tell(t, [q, q, q])
 
 
 def test_queued_replacements_count_toward_optuna_nsga2_generations():

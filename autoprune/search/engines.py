@@ -221,8 +221,11 @@ class DeapNSGA2Sampler(BaseSampler):
         self.init = init
         self._fitness = _fitness_class()
         self._names = [g.name for g in space.genes]
-        self._low = [g.low for g in space.genes]
-        self._high = [g.high for g in space.genes]
+        # DEAP's bounded operators divide by high - low: they see only the genes that vary, and a fixed gene
+        # (low == high) keeps its value
+        self._free = [i for i, g in enumerate(space.genes) if g.high > g.low]
+        self._low = [space.genes[i].low for i in self._free]
+        self._high = [space.genes[i].high for i in self._free]
 
     def infer_relative_search_space(self, study, trial):
         return self.space.distributions()
@@ -304,9 +307,12 @@ class DeapNSGA2Sampler(BaseSampler):
         class Individual(list):
             pass
 
+        fixed = {g.name: g.low for g in self.space.genes}
+        if not self._free:
+            return self.space.snap(fixed)
         pool = []
         for genes, fitness in candidates:
-            ind = Individual(genes)
+            ind = Individual(genes[i] for i in self._free)
             ind.fitness = fitness
             pool.append(ind)
         state = random.getstate()
@@ -323,4 +329,4 @@ class DeapNSGA2Sampler(BaseSampler):
                                        indpb=1.0 / len(child))
         finally:
             random.setstate(state)
-        return self.space.snap(dict(zip(self._names, child)))
+        return self.space.snap({**fixed, **{self._names[i]: v for i, v in zip(self._free, child)}})
