@@ -716,9 +716,8 @@ class Search:
                  f"ETA {_duration(eta)}")
 
     def _best(self) -> R.TrialRecord | None:
-        recs = [R.TrialRecord.from_trial(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        feasible = [r for r in recs if r.feasible]
-        return max(feasible, key=lambda r: (r.map50_95, -r.gflops)) if feasible else None
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return R.best_trial([R.TrialRecord.from_trial(t) for t in done])
 
     def finish(self) -> SearchResult:
         """Write the reports and summarize the study as it is now."""
