@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from autoprune.budget import bisect, fit_target
 from autoprune.channels import ChannelGraph
 from autoprune.errors import UserError
 from autoprune.pruner import keep_counts, rounded_count
@@ -129,16 +130,12 @@ def uniform_for_gflops(
     full = keep_counts(graph, 1.0, round_to=round_to, min_channels=min_channels)
     if graph.conv_gflops(full) <= target:
         return 1.0, full
-    lo, hi = 1e-9, 1.0  # lo fits (the floors fit, checked above), hi does not
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if graph.conv_gflops(keep_counts(graph, mid, round_to=round_to, min_channels=min_channels)) <= target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-7:
-            break
-    return lo, keep_counts(graph, lo, round_to=round_to, min_channels=min_channels)
+
+    def fits(ratio: float) -> bool:
+        return graph.conv_gflops(keep_counts(graph, ratio, round_to=round_to, min_channels=min_channels)) <= target
+
+    ratio = bisect(fits, 1e-9, 1.0, tol=1e-7)  # 1e-9 fits (the floors fit, checked above), 1.0 does not
+    return ratio, keep_counts(graph, ratio, round_to=round_to, min_channels=min_channels)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,17 +189,11 @@ class _GlobalScores:
     def smallest_fitting(self, fits) -> tuple[float, dict[str, int]]:
         """The fewest channels to remove (lowest first) for the counts to satisfy `fits`, as (threshold, counts);
         removing all of them leaves every group at its floor, which fits when the floors do."""
-        lo, hi = 0, self.total  # invariant: removing hi fits; fewer than lo does not
         if fits(self.counts(0)):
             return self.threshold(0), self.counts(0)
-        lo = 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(self.counts(mid)):
-                hi = mid
-            else:
-                lo = mid + 1
-        return self.threshold(hi), self.counts(hi)
+        # the most channels whose removal still does not fit, between 0 (does not) and all of them (fits)
+        pruned = bisect(lambda k: not fits(self.counts(k)), 0, self.total) + 1
+        return self.threshold(pruned), self.counts(pruned)
 
 
 def global_counts(
@@ -337,9 +328,8 @@ def plan_within(
     A search's budget counts the pruned model's full GFLOPs (fvcore: norms, the Detect's DFL and the other layers
     pruning does not touch as well as the convs), which no conv target states exactly. The conv target starts at
     `budget`'s share of the conv GFLOPs (`full_cost`: the unpruned model's cost) and comes down by what the cost is
-    over, in conv GFLOPs, until the plan fits. Plans move in jumps (channels come in multiples of `round_to`), so
-    after `tries` such steps the target is bisected between the last one over the budget and one that fits. False,
-    with the last plan tried, when every group's floor is over the budget.
+    over until the plan fits, then is bisected (`autoprune.budget.fit_target`). False, with the last plan tried, when
+    every group's floor is over the budget.
 
     Example:
         >>> plan, fits = plan_within(graph, "global", 4.0, lambda c: count_gflops(prune_to_counts(m, c), 640),
@@ -350,38 +340,9 @@ def plan_within(
         return plan_counts(graph, strategy, target_gflops=t, scores=scores, round_to=round_to,
                            min_channels=min_channels)
 
-    conv = graph.conv_gflops()
-    target = conv * min(1.0, budget / full_cost)
-    plan = None
-    for _ in range(tries):
-        try:
-            plan = at(target)
-        except UserError:
-            if plan is None:
-                raise
-            return plan, False  # below every group's floor: nothing lower to ask for
-        over = cost(plan.counts) - budget
-        if over <= 0:
-            return plan, True
-        high, target = target, target - (over + 1e-6) * conv / full_cost
-    # the steps stalled on a plan just over the budget: halve the target until a plan fits, then bisect
-    low = high
-    while True:
-        low /= 2
-        try:
-            fitting = at(low)
-        except UserError:
-            return plan, False
-        if cost(fitting.counts) <= budget:
-            break
-    for _ in range(40):
-        mid = (low + high) / 2
-        candidate = at(mid)
-        if cost(candidate.counts) <= budget:
-            low, fitting = mid, candidate
-        else:
-            high = mid
-    return fitting, True
+    return fit_target(at, lambda plan: cost(plan.counts), budget, full_target=graph.conv_gflops(),
+                      full_cost=full_cost, tries=tries)
+
 
 __all__ = [
     "Plan",

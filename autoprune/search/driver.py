@@ -394,27 +394,12 @@ class Search:
         return self._ranking
 
     def fit_to_gflops(self, genome: dict, target: float) -> dict:
-        """The genome moved toward the space's highs (or repaired down) to come close to `target` GFLOPs."""
-        s = self.settings
+        """The genome moved toward the space's highs (or repaired down) to come close to `target` GFLOPs, as the
+        space predicts the full count (`autoprune.budget.fit`)."""
+        from autoprune.budget import fit, gflops_budget
 
-        def cost(g):
-            return self.space.gflops(g, s.imgsz, base_gflops=self.base_gflops)
-
-        genome = self.space.snap(genome)
-        if cost(genome) > target:
-            return self.space.repair(genome, target, s.imgsz, base_gflops=self.base_gflops)
-        highs = self.space.highs()
-
-        def at(t):
-            return self.space.snap({k: v + t * (highs[k] - v) for k, v in genome.items()})
-
-        lo, hi = 0.0, 1.0
-        if cost(at(hi)) <= target:
-            return at(hi)
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if cost(at(mid)) <= target else (lo, mid)
-        return at(lo)
+        budget = gflops_budget(self.space, target, self.settings.imgsz, base_gflops=self.base_gflops)
+        return fit(self.space, genome, budget)
 
     def _genome(self, trial) -> dict:
         return {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in self.space.genes}

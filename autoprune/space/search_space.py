@@ -9,10 +9,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from autoprune import budget
 from autoprune.cost.flops import norm_flops
 from autoprune.errors import UserError
 from autoprune.pruner import rounded_count
-from autoprune.space.gene import GRID_TOL, Gene
+from autoprune.space.gene import Gene
 from autoprune.space.schema import show
 
 # What the full GFLOPs count charges per output element of a conv followed by a BatchNorm (Ultralytics' are affine).
@@ -218,85 +219,20 @@ class SearchSpace:
     def uniform_for_budget(self, budget_gflops: float, imgsz: int, *,
                            base_gflops: float | None = None) -> dict[str, float] | None:
         """The largest uniform genome (`uniform(r)`, `r` over `uniform_ratios()`) within `budget_gflops`, or None
-        when even the smallest one is over it.
+        when even the smallest one is over it (`autoprune.budget.largest_uniform`).
 
         Example:
             >>> space.gflops(space.uniform_for_budget(5.0, 640), 640) <= 5.0  # doctest: +SKIP
             True
         """
-        ratios = self.uniform_ratios()
-        if not ratios:
-            return {}
-
-        def cost(i):
-            return self.gflops(self.uniform(ratios[i]), imgsz, base_gflops=base_gflops)
-
-        if cost(0) > budget_gflops:
-            return None
-        lo, hi = 0, len(ratios) - 1  # invariant: cost(lo) within budget
-        if cost(hi) <= budget_gflops:
-            return self.uniform(ratios[hi])
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if cost(mid) <= budget_gflops:
-                lo = mid
-            else:
-                hi = mid
-        return self.uniform(ratios[lo])
+        return budget.largest_uniform(self, budget.gflops_budget(self, budget_gflops, imgsz, base_gflops=base_gflops))
 
     def repair(self, genome, budget_gflops: float, imgsz: int, *, base_gflops: float | None = None) -> dict[str, float]:
-        """A genome within `budget_gflops` close to `genome`: `genome` itself (snapped) when it is within budget.
-
-        Otherwise every gene is moved toward its low by one common factor `t` (`low + t * (value - low)`), snapped
-        down to its grid, with the largest `t` in [0, 1] that meets the budget (found by bisection; GFLOPs only grow
-        with `t`). The budget left over by the snapping is then given back one grid step at a time, the genes
-        furthest below their value in `genome` first, while the budget holds. No gene ends above its value in
-        `genome`, and the result is deterministic. UserError when the budget is below `min_gflops` (no genome of the
-        space meets it).
-        """
-        genome = self.check_genome(genome)
-        if self.gflops(genome, imgsz, base_gflops=base_gflops) <= budget_gflops:
-            return genome
-        floor = self.min_gflops(imgsz, base_gflops=base_gflops)
-        if floor > budget_gflops:
-            raise UserError(
-                f"budget {budget_gflops:g} GFLOPs is below the smallest model of search space {self.name!r} "
-                f"({floor:.3f} GFLOPs at {imgsz} with every gene at its low); raise the budget or lower the lows"
-            )
-
-        def at(t: float) -> dict[str, float]:
-            return {g.name: g.snap_down(g.low + t * (genome[g.name] - g.low)) for g in self.genes}
-
-        lo, hi = 0.0, 1.0  # invariant: at(lo) within budget, at(hi) over it
-        best = at(lo)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            cand = at(mid)
-            if self.gflops(cand, imgsz, base_gflops=base_gflops) <= budget_gflops:
-                lo, best = mid, cand
-            else:
-                hi = mid
-            if hi - lo < 1e-6:
-                break
-        return self._fill(best, genome, budget_gflops, imgsz, base_gflops)
-
-    def _fill(self, current: dict, ceiling: dict, budget: float, imgsz: int, base_gflops: float | None) -> dict:
-        """Raise genes of `current` one step at a time toward `ceiling` while the budget holds (largest gap first)."""
-        current = dict(current)
-        changed = True
-        while changed:
-            changed = False
-            order = sorted(
-                (g for g in self.genes if current[g.name] < ceiling[g.name] - GRID_TOL),
-                key=lambda g: -(ceiling[g.name] - current[g.name]),
-            )
-            for g in order:
-                trial = {**current, g.name: g.value(g.index(current[g.name]) + 1)}
-                if trial[g.name] > ceiling[g.name] + GRID_TOL:
-                    continue
-                if self.gflops(trial, imgsz, base_gflops=base_gflops) <= budget:
-                    current, changed = trial, True
-        return current
+        """A genome within `budget_gflops` close to `genome`: `genome` itself (snapped) when it is within budget,
+        else every gene lowered by one common factor and the rest of the budget given back a grid step at a time
+        (`autoprune.budget.repair`). UserError when the budget is below `min_gflops` (no genome of the space meets
+        it)."""
+        return budget.repair(self, genome, budget.gflops_budget(self, budget_gflops, imgsz, base_gflops=base_gflops))
 
     def to_indices(self, genome) -> list[int]:
         """The grid index of each gene's value, in gene order (an integer encoding for evolutionary engines)."""
