@@ -118,7 +118,7 @@ def _model(m):
 
 def rebuilt(name: str, storage: str | None, trial: int, model: str, cost_imgsz: int):
     """(unpruned model, {"before finetuning": the trial's pruned model}) as `autoprune apply` rebuilds them."""
-    from autoprune.cli.apply import rebuild, resolve_trial
+    from autoprune.apply import rebuild, resolve_trial
     from autoprune.models import load_model
     from autoprune.search.storage import open_study
 

@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     header()
 
-    from autoprune.cli.apply import rebuild
+    from autoprune.apply import rebuild
     from autoprune.data import load_data_config
     from autoprune.devices import resolve_device
     from autoprune.models import load_model

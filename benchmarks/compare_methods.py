@@ -178,7 +178,7 @@ def main() -> int:
 def _searched(args, base, loaded, budget: float):
     """(pruned model, kept counts, row extras) of the best feasible trial of the search `--search-name` (read as it
     is when it exists) or of a new search at `budget` with the --search-* settings."""
-    from autoprune.cli.apply import rebuild
+    from autoprune.apply import rebuild
     from autoprune.report import study_info
     from autoprune.search import records as R
     from autoprune.search.storage import open_study, run_dir_for, STUDY_FILE
