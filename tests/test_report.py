@@ -196,6 +196,7 @@ def test_best_trial_breaks_ties_by_gflops_then_latency_then_number():
             rec(4, 0.6, 1.0, 1.0, feasible=False), rec(5, None, None, None, state="FAIL", feasible=False)]
     info = report.pareto_info(recs, {})
     assert R.best_trial(recs).number == 1 == info.best.number and 0 not in info.front_numbers
+    assert [r.number for r in R.ranked_trials(recs)] == [1, 0, 2, 3]  # what `search --confirm N` re-scores
     assert R.best_trial(recs[:1] + [rec(6, 0.5, 3.0, 12.0)]).number == 0
     assert R.best_trial(recs[2:]).number == 2 and R.best_trial(recs[3:]).number == 3
     assert R.best_trial(recs[4:]) is None and report.pareto_info(recs[4:], {}).best is None

@@ -198,12 +198,28 @@ def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
     return sorted((r for r, k in zip(candidates, keep) if k), key=lambda r: r.number)
 
 
-def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
-    """The feasible trial with the highest mAP50-95; ties go to fewer GFLOPs, then lower latency, then the lower
-    trial number. None without a feasible, scored trial.
+def ranked_trials(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The front candidates (`front_candidates`), best first: highest mAP50-95, then fewer GFLOPs, then lower
+    latency, then the lower trial number. The first is `best_trial`; `Search.confirm` re-scores the first N.
 
-    It is chosen among the front candidates, so it is always on the front: no trial beats its mAP50-95, and one
-    that ties it there has at least its GFLOPs and latency.
+    Example:
+        >>> def rec(n, m, g, lat):
+        ...     return TrialRecord(n, "COMPLETE", m, None, g, lat, None, True, "search", None)
+        >>> [r.number for r in ranked_trials([rec(0, 0.5, 3.0, 12.0), rec(1, 0.5, 3.0, 11.0), rec(2, 0.6, 4.0, 9.0)])]
+        [2, 1, 0]
+    """
+    inf = float("inf")
+    _, candidates = front_candidates(records)
+    return sorted(candidates, key=lambda r: (
+        -r.map50_95, inf if r.gflops is None else r.gflops, inf if r.latency_ms is None else r.latency_ms, r.number))
+
+
+def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """The first of `ranked_trials`: the feasible trial with the highest mAP50-95; ties go to fewer GFLOPs, then
+    lower latency, then the lower trial number. None without a feasible, scored trial.
+
+    It is always on the front: no trial beats its mAP50-95, and one that ties it there has at least its GFLOPs
+    and latency.
 
     Example:
         >>> def rec(n, m, g, lat):
@@ -211,10 +227,8 @@ def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
         >>> best_trial([rec(0, 0.5, 3.0, 12.0), rec(1, 0.5, 3.0, 11.0), rec(2, 0.4, 2.0, 9.0)]).number
         1
     """
-    inf = float("inf")
-    _, candidates = front_candidates(records)
-    return min(candidates, default=None, key=lambda r: (
-        -r.map50_95, inf if r.gflops is None else r.gflops, inf if r.latency_ms is None else r.latency_ms, r.number))
+    ranked = ranked_trials(records)
+    return ranked[0] if ranked else None
 
 
 def ranked_confirmations(study_attrs: dict, records: list[TrialRecord]) -> list[tuple[int, dict[int, float], float]]:
