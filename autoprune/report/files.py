@@ -47,7 +47,7 @@ def write_trials_csv(records: list[TrialRecord], path, front_numbers) -> Path:
 def write_reports(study, run_dir) -> dict[str, Path]:
     """Write `trials.csv`, `pareto.png` and `pareto.html` of a study into `run_dir`; return their paths by name.
 
-    The search calls this at its end (and `print(format_front_table(study_info(study)))` for the terminal).
+    `autoprune search` writes these at its end (and prints `format_front_table(study_info(study))`).
 
     Example:
         >>> import optuna, tempfile
