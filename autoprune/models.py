@@ -6,7 +6,9 @@ Ultralytics ships, built with random weights from a fixed seed), or nothing for 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import re
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,16 +104,51 @@ def _build_from_yaml(spec: str, seed: int) -> nn.Module:
 def _load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     from ultralytics.nn.tasks import load_checkpoint
 
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is not a loadable Ultralytics checkpoint: the file is empty")
     try:
         model, ckpt = load_checkpoint(path)
     except (TypeError, RuntimeError, EOFError, KeyError, AttributeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a loadable Ultralytics checkpoint ({first})") from e
+        raise UserError(f"{path} is not a loadable Ultralytics checkpoint: {_why_not_loadable(e, path)}") from e
+    except PermissionError as e:
+        raise UserError(f"cannot read {path}: permission denied") from e
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # torch's zip reader: EINVAL for a zip archive cut short
+            raise
+        raise UserError(f"{path} is not a loadable Ultralytics checkpoint: the file is truncated or corrupted "
+                        "(its zip archive cannot be read)") from e
     except Exception as e:  # pickle errors and friends from a file that is not a checkpoint at all
         if type(e).__module__ in ("pickle", "_pickle", "zipfile"):
-            raise UserError(f"{path} is not a loadable Ultralytics checkpoint ({type(e).__name__})") from e
+            raise UserError(f"{path} is not a loadable Ultralytics checkpoint: {_why_not_loadable(e, path)}") from e
         raise
     return model, ckpt
+
+
+def _why_not_loadable(e: BaseException, path: Path) -> str:
+    """One clause saying why a checkpoint did not load, from the innermost error (Ultralytics wraps torch's)."""
+    import pickle
+
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    if isinstance(root, EOFError):
+        return "the file ends too early (it is truncated)"
+    if isinstance(root, pickle.UnpicklingError) or type(root).__module__ in ("pickle", "_pickle"):
+        return "its bytes are not a PyTorch checkpoint (the file is corrupted, or another kind of file)"
+    if isinstance(root, RuntimeError) and "PytorchStreamReader" in text:
+        return "the file is truncated or corrupted (its zip archive cannot be read)"
+    if isinstance(root, RuntimeError) and "inline_container" in text:
+        return "it is a zip archive, but not one PyTorch wrote"
+    held = re.match(r"'(\w+)' object has no attribute", text) if isinstance(root, AttributeError) else None
+    if held:
+        return f"it holds a {held.group(1)}, not an Ultralytics model"
+    # Ultralytics' own messages: "ERROR ❌️ PATH is a TorchScript archive, not ... checkpoint.\nRecommended ..."
+    text = re.sub(r"^ERROR\W*", "", text)
+    if text.startswith(f"{path} "):
+        text = "it " + text[len(str(path)) + 1:]
+    text = text.split(". ", 1)[0].rstrip(".")
+    return text or type(root).__name__
 
 
 def _check_detector(model: nn.Module, spec: str) -> None:

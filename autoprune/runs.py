@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -28,8 +30,65 @@ def new_run_dir(kind: str, name: str | None = None, *, exist_ok: bool = False, r
     path = base / name
     if path.exists() and not exist_ok:
         raise UserError(f"{path} already exists; pick another --name (or --resume / --force where offered)")
+    check_writable(path, kind="folder", what="run folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_run_root(kind: str, *, root: Path | None = None) -> Path:
+    """Check, before any work, that `runs/KIND/` can take a new run folder (`check_writable`); return it."""
+    return check_writable((root or RUNS_ROOT) / kind, kind="folder", what="run folder")
+
+
+def check_writable(path: str | Path, *, kind: str = "file", what: str = "--out") -> Path:
+    """Check that `path` can be written as a `kind` ("file" or "folder"); a `UserError` naming `what` if not.
+
+    An existing `path` must be of that kind (and a file writable); otherwise its nearest existing ancestor must be a
+    folder in which a file can be created. The test creates a uniquely named empty file there and removes it at
+    once: permission bits say nothing for root, and a read-only mount or a pseudo file system such as `/sys`
+    refuses what `os.access` allows. Nothing else is created; the folders above `path` are made by the writer.
+
+    Example:
+        >>> check_writable("runs/prune/exp1/pruned.pt")
+        PosixPath('runs/prune/exp1/pruned.pt')
+        >>> check_writable("/sys/x.pt")
+        Traceback (most recent call last):
+        autoprune.errors.UserError: cannot write --out /sys/x.pt: the folder /sys is not writable (Permission denied)
+    """
+    if kind not in ("file", "folder"):
+        raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
+    path = Path(path)
+    head = f"cannot write {what} {path}"
+    if path.is_dir():
+        if kind == "file":
+            raise UserError(f"{head}: it is an existing folder, and a file is expected")
+        _probe(path, head)
+        return path
+    if path.exists() or path.is_symlink():
+        if kind == "folder":
+            raise UserError(f"{head}: it is an existing file, and a folder is expected")
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{head}: the file is read-only")
+        _probe(path.parent, head)
+        return path
+    ancestor = path.parent
+    while not (ancestor.exists() or ancestor.is_symlink()) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{head}: {ancestor} is a file, not a folder")
+    _probe(ancestor, head)
+    return path
+
+
+def _probe(folder: Path, head: str) -> None:
+    """A `UserError` starting with `head` unless a file can be created (and is then removed) in `folder`."""
+    shown = folder if str(folder) not in ("", ".") else Path.cwd()
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".autoprune-write-check-", dir=folder)
+    except OSError as e:
+        raise UserError(f"{head}: the folder {shown} is not writable ({e.strerror or type(e).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def save_args(run_dir: Path, args: argparse.Namespace | dict, **extra) -> Path:
@@ -37,6 +96,9 @@ def save_args(run_dir: Path, args: argparse.Namespace | dict, **extra) -> Path:
     data = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
     data = {k: _plain(v) for k, v in data.items() if not k.startswith("_")}
     data.update({k: _plain(v) for k, v in extra.items()})
+    from autoprune.search.storage import mask_url  # a storage URL's password never reaches a file
+
+    data = {k: mask_url(v) if isinstance(v, str) else v for k, v in data.items()}
     path = Path(run_dir) / "args.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

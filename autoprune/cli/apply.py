@@ -209,6 +209,9 @@ def run(args: argparse.Namespace) -> dict:
     _positive("--seed", args.seed, 0)
     if args.imgsz is not None:
         check_imgsz(args.imgsz)
+    from autoprune.runs import check_run_root
+
+    check_run_root("apply")
     distill = DistillSettings(args.kd_weight, args.kd_temperature, args.kd_neck) if args.distill else None
     device = resolve_device(args.device)
     default_study(args)

@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--batch must be a positive integer, got {args.batch}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be a positive integer, got {args.threads}")
+    if args.cache:
+        from autoprune.runs import check_writable
+
+        check_writable(args.cache, kind="file", what="--cache")
     device = resolve_device(args.device)
     if args.backend == "onnxruntime":
         cost.check_onnxruntime(device)

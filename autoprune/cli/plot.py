@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> dict:
             if args.storage is None:
                 raise
             raise UserError(f"study name {args.name!r} is no plain folder name; pass --out DIR for the plots") from None
+    if out is not None:
+        from autoprune.runs import check_writable
+
+        check_writable(out, kind="folder", what="--out" if args.out is not None else "run folder")
     study = report.read_study(args.storage, args.name)
     info = report.study_info(study)
     png = report.plot_pareto_png(info, out / "pareto.png")

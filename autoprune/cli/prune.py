@@ -195,6 +195,12 @@ def run(args: argparse.Namespace) -> dict:
 
     imgsz = check_imgsz(args.imgsz)
     _check_args(args)
+    from autoprune.runs import check_run_root, check_writable
+
+    if args.out is not None:
+        check_writable(args.out, kind="file", what="--out")
+    else:
+        check_run_root("prune")
     keep = parse_keep(args.keep) if args.keep is not None else None
     if isinstance(keep, dict) and args.strategy == "global":
         raise UserError("--strategy global takes one keep share, not a file of per-group ratios")

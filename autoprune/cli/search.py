@@ -68,11 +68,26 @@ def _heartbeat() -> tuple[int, int]:
     return interval, grace
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The run folder (and a SQLite --storage file) must be writable: checked before the model loads."""
+    from autoprune.runs import check_run_root, check_writable
+    from autoprune.search.storage import run_dir_for, sqlite_file
+
+    if args.name:
+        check_writable(run_dir_for(args.name), kind="folder", what="run folder")
+    else:
+        check_run_root("search")
+    db = sqlite_file(args.storage) if args.storage else None
+    if db is not None:
+        check_writable(db, kind="file", what="--storage")
+
+
 def run(args: argparse.Namespace) -> dict:
     from autoprune.report import format_front_table, study_info
     from autoprune.search.driver import Search, SearchSettings
 
     interval, grace = _heartbeat()
+    _check_outputs(args)
     settings = SearchSettings(
         budget_gflops=args.budget_gflops,
         budget_latency_ms=args.budget_latency_ms,

@@ -37,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from autoprune.runs import check_run_root
     from autoprune.sparsify import SparsifySettings, sparsify
 
+    check_run_root("sparsify")
     extra = {}
     if args.lr0 is not None:
         if not 0 < args.lr0 < 1:

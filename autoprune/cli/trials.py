@@ -41,15 +41,9 @@ def default_study(args: argparse.Namespace) -> None:
 
 def safe_url(storage: str | None, name: str) -> str:
     """The study's storage URL with any password hidden, for printing."""
-    from autoprune.search.storage import storage_url
+    from autoprune.search.storage import mask_url, storage_url
 
-    url = storage_url(storage, name)
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse was already refused when opening it
-        return url
+    return mask_url(storage_url(storage, name))
 
 
 def apply_hint(storage: str | None, name: str) -> str:

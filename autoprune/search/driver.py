@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from autoprune.errors import UserError
 from autoprune.search import records as R
 from autoprune.search.engines import ENGINES, SAMPLERS, InitialPopulation, count_in_generation, make_sampler
-from autoprune.search.storage import make_storage, run_dir_for, storage_url, study_names
+from autoprune.search.storage import make_storage, mask_url, run_dir_for, storage_url, study_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -196,7 +196,8 @@ class Search:
         self.run_dir = run_dir_for(self.name)
         exists = self._study_exists()
         if exists and not s.resume:
-            raise UserError(f"a study named {self.name!r} already exists ({self.url}); pass --resume to continue it")
+            raise UserError(f"a study named {self.name!r} already exists ({mask_url(self.url)}); "
+                            "pass --resume to continue it")
 
         self.loaded = load_model(s.model)
         self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
@@ -557,7 +558,7 @@ class Search:
         self.log(f"search {self.name!r}: {target} candidates, budget {s.budget_gflops:g} GFLOPs at {s.imgsz}"
                  + (f" and {s.budget_latency_ms:g} ms" if s.budget_latency_ms else "")
                  + f", engine {s.engine}" + (f"/{s.sampler}" if s.sampler else "")
-                 + f", {len(self.space.genes)} genes; storage {self.url}")
+                 + f", {len(self.space.genes)} genes; storage {mask_url(self.url)}")
         while True:
             optuna.storages.fail_stale_trials(self.study)
             done, running = self._progress()
@@ -717,7 +718,7 @@ class Search:
         return SearchResult(
             name=self.name,
             run_dir=self.run_dir,
-            storage=self.url,
+            storage=mask_url(self.url),
             evaluated=sum(1 for r in records if R.SECONDS in r.attrs),
             feasible=sum(1 for r in records if r.feasible),
             front=front,

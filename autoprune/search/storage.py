@@ -16,6 +16,37 @@ STUDY_FILE = "study.db"
 _URL = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+[a-z0-9_]+)?://", re.IGNORECASE)
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for every place a storage URL is shown or written.
+
+    The password is a `password=` query parameter, and everything between the first ':' after the user name and
+    the last '@' before the host, as SQLAlchemy reads it (an '@' or '/' in a password that is not percent-encoded is
+    masked too). A string that is not a URL with a password comes back unchanged; the unmasked URL is what connects.
+
+    Example:
+        >>> mask_url("postgresql://user:secret@db.example:5432/studies")
+        'postgresql://user:***@db.example:5432/studies'
+        >>> mask_url("sqlite:///runs/search/exp1/study.db")
+        'sqlite:///runs/search/exp1/study.db'
+    """
+    m = _SCHEME.match(url)
+    if not m:
+        return url
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    rest = url[m.end():]
+    at = rest.split("?", 1)[0].rfind("@")
+    if at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    if not colon or "/" in user:
+        return url
+    return f"{url[:m.end()]}{user}:***{rest[at:]}"
+
+
 def run_dir_for(name: str) -> Path:
     """The local run folder of study `name`: `runs/search/NAME`."""
     if not name or "/" in name or name in (".", ".."):
@@ -28,13 +59,21 @@ def storage_url(storage: str | None, name: str) -> str:
     if storage is None:
         return f"sqlite:///{run_dir_for(name) / STUDY_FILE}"
     if storage.lower().startswith("sqlite") and not storage.lower().startswith("sqlite:///"):
-        raise UserError(f"a SQLite --storage URL starts with sqlite:/// followed by a path, got {storage!r}")
+        raise UserError(f"a SQLite --storage URL starts with sqlite:/// followed by a path, got {mask_url(storage)!r}")
     if not _URL.match(storage):
         raise UserError(
             f"--storage must be a database URL such as sqlite:///path/study.db or "
-            f"postgresql://user:password@host/db, got {storage!r}"
+            f"postgresql://user:password@host/db, got {mask_url(storage)!r}"
         )
     return storage
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URL, or None for any other URL (and for an in-memory database)."""
+    if not url.lower().startswith("sqlite:///"):
+        return None
+    path = url.split("://", 1)[1][1:].split("?", 1)[0]
+    return Path(path) if path not in ("", ":memory:") else None
 
 
 def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40), read_only: bool = False):
@@ -66,18 +105,19 @@ def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40), read
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
-            raise UserError(f"malformed --storage URL {url!r}: {str(e).splitlines()[0]}") from e
+            why = str(e).splitlines()[0].replace(url, mask_url(url))
+            raise UserError(f"malformed --storage URL {mask_url(url)!r}: {why}") from e
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError) as e:
             text = str(getattr(e, "orig", e))
             if attempt < 7 and any(m in text.lower() for m in _CREATION_RACES):
                 time.sleep(0.2 * 2**attempt)
                 continue
-            raise UserError(f"cannot open --storage {url!r}: {text.strip().splitlines()[0]}") from e
+            raise UserError(f"cannot open --storage {mask_url(url)!r}: {text.strip().splitlines()[0]}") from e
         except ModuleNotFoundError as e:
-            raise UserError(f"--storage {url!r} needs the Python package {e.name!r}; install it first") from e
+            raise UserError(f"--storage {mask_url(url)!r} needs the Python package {e.name!r}; install it first") from e
         except optuna.exceptions.StorageInternalError as e:
             cause = str(e.__cause__ or e).strip().splitlines()[0]
-            raise UserError(f"cannot open --storage {url!r}: {cause}") from e
+            raise UserError(f"cannot open --storage {mask_url(url)!r}: {cause}") from e
     raise AssertionError("unreachable")
 
 
@@ -105,4 +145,4 @@ def open_study(storage: str | None, name: str):
     except KeyError:
         names = study_names(st)
         hint = f"; studies there: {', '.join(names)}" if names else "; it holds no studies"
-        raise UserError(f"no study named {name!r} in {url}{hint}") from None
+        raise UserError(f"no study named {name!r} in {mask_url(url)}{hint}") from None
