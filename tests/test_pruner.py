@@ -75,11 +75,114 @@ def test_partially_understood_models_still_prune(name, built):
     assert analyze(pruned).conv_gflops() < graph.conv_gflops()
 
 
-@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml", "yolov5nu.yaml", "yolov3-tinyu.yaml"])
-def test_keep_one_is_the_identity(name, built):
-    model, graph, _ = built(name)
-    same = prune(model, 1.0, graph=graph)
-    assert torch.allclose(_out(same), _out(model), atol=1e-5, rtol=0)
+def _detection_yamls() -> list[tuple[str, dict]]:
+    """Every detection architecture the installed Ultralytics ships, as (name, config at its smallest size).
+
+    All YAMLs under `ultralytics/cfg/models` whose head is `Detect` or `v10Detect` (segment, pose, OBB, classify,
+    RT-DETR, World and YOLOE heads are other tasks). A scaled YAML is built at its first (smallest) scale. Of a
+    ladder of one-size files (`yolov9t ... yolov9e`, `yolov10n ... yolov10x`) the smallest stands for the family;
+    the unscaled YOLOv3 and YOLOv3-SPP are built at YOLOv5n's multiples (their blocks, a fraction of 100M params).
+    """
+    import re
+    from pathlib import Path
+
+    import ultralytics
+    import yaml
+
+    found = {}
+    for path in sorted((Path(ultralytics.__file__).parent / "cfg" / "models").glob("*/*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if not cfg.get("head") or cfg["head"][-1][2] not in ("Detect", "v10Detect"):
+            continue
+        ladder = re.fullmatch(r"(yolov\d+)([ntsmcblxe])", path.stem)
+        if ladder:
+            key, rank = ladder[1], "ntsmcblxe".index(ladder[2])
+        else:
+            key, rank = path.stem, 0
+        if key in found and found[key][0] <= rank:
+            continue
+        name = path.stem
+        if cfg.get("scales"):
+            cfg["scale"] = scale = next(iter(cfg["scales"]))
+            version, rest = re.match(r"(yolo(?:v\d+|\d+))(.*)", path.stem).groups()
+            name = path.stem if rest.startswith(scale) else f"{version}{scale}{rest}"
+        elif cfg.get("width_multiple", 1.0) >= 1.0 and not ladder:
+            cfg["depth_multiple"], cfg["width_multiple"] = 0.33, 0.25
+        found[key] = (rank, name, cfg)
+    return sorted((name, cfg) for _, name, cfg in found.values())
+
+
+DETECTION_YAMLS = _detection_yamls()
+
+
+def test_every_claimed_family_is_among_the_generated_yamls():
+    names = {name for name, _ in DETECTION_YAMLS}
+    claimed = {n.removesuffix(".yaml").replace("nu", "n").replace("-tinyu", "-tiny") for n in SUPPORTED + PARTIAL}
+    assert claimed <= names, claimed - names
+    assert {"yolov8n-p2", "yolov8n-ghost-p6", "yolo26n-p6", "yolov3", "yolov6n"} <= names
+
+
+def _raw_head_outputs(model, x) -> torch.Tensor:
+    """The head's undecoded box and class outputs (and the one-to-one head's, if any), flattened side by side.
+
+    Raw outputs, not the decoded detections: an end-to-end head's top-k selection would turn a rounding difference
+    into a different box order.
+    """
+    preds = model.eval()(x)[1]
+    flat = []
+
+    def walk(p):
+        if isinstance(p, dict):
+            for k in sorted(p):
+                if k != "feats":  # the head's inputs, which pruning may narrow
+                    walk(p[k])
+        elif isinstance(p, (list, tuple)):
+            for q in p:
+                walk(q)
+        else:
+            flat.append(p.flatten(1))
+
+    walk(preds)
+    return torch.cat(flat, 1)
+
+
+def _replicate_padding(model) -> None:
+    """Pad every conv by repeating its border instead of with zeros, so a constant channel stays constant."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and any(m.padding):
+            m.padding_mode = "replicate"
+
+
+@pytest.mark.parametrize("name,cfg", DETECTION_YAMLS, ids=[n for n, _ in DETECTION_YAMLS])
+def test_removing_gamma_zero_channels_leaves_every_family_unchanged(name, cfg):
+    """Half of every group's channels (random, per part), their BN gammas set to 0, are removed; the head's raw
+    outputs stay the same.
+
+    A removed channel emits the constant `act(beta)`, which the pruner folds into its consumers. Under zero padding
+    that fold is exact only away from the border of every conv wider than 1x1, and at 64 px the border reaches
+    everywhere after a few layers. With replicate padding (in both models) the constant channel is constant in the
+    padding too, so the pruned model must match everywhere: any wrong index, offset, coupling or fold shows up.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel(copy.deepcopy(cfg), verbose=False).eval()
+    randomize_bn(model)
+    graph = analyze(model, imgsz=64)
+    assert graph.groups, f"{name}: nothing to prune"
+    indices = _random_half(graph, graph.groups)
+    _zero_removed_gammas(model, graph, indices)
+    pruned = apply_indices(model, graph, indices)
+    assert analyze(pruned, imgsz=64).conv_gflops() < 0.95 * graph.conv_gflops()
+    for m in (model, pruned):
+        m.double()
+        _replicate_padding(m)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        ref, got = _raw_head_outputs(model, x), _raw_head_outputs(pruned, x)
+    assert got.shape == ref.shape
+    # folds are computed in float32: about 4e-8 of the largest output; a fold left out costs about 3e-2
+    assert (got - ref).abs().max() <= 1e-6 * ref.abs().max(), name
 
 
 def test_prune_never_modifies_its_input(built):
