@@ -60,7 +60,7 @@ def build_study(name: str, model_spec: str | None, data: str | None, imgsz: int,
     from autoprune.cost import count_gflops, count_params
     from autoprune.data import load_data_config
     from autoprune.models import load_model
-    from autoprune.search import records as R
+    from autoprune.search import records
     from autoprune.search.storage import make_storage, run_dir_for, storage_url
 
     loaded = load_model(model_spec)
@@ -75,20 +75,20 @@ def build_study(name: str, model_spec: str | None, data: str | None, imgsz: int,
     pruned = prune_to_counts(loaded.model, counts, graph=graph, ranking=ranking)
     run_dir_for(name).mkdir(parents=True, exist_ok=True)
     storage = make_storage(storage_url(None, name), heartbeat=None)
-    study = optuna.create_study(study_name=name, storage=storage, directions=list(R.DIRECTIONS))
+    study = optuna.create_study(study_name=name, storage=storage, directions=list(records.DIRECTIONS))
     base = {"gflops": count_gflops(loaded.model, imgsz), "params": count_params(loaded.model)}
     for k, v in {
-        R.STUDY_MODEL: loaded.source, R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint, R.STUDY_DATA: str(data_cfg.yaml),
-        R.STUDY_IMGSZ: imgsz, R.STUDY_CRITERION: criterion, R.STUDY_ENGINE: "manual",
-        R.STUDY_PROXY: {"imgsz": proxy_imgsz}, R.STUDY_BASE: base, R.STUDY_BUDGET_GFLOPS: gflops,
-        R.STUDY_RANKING: {g: [o.tolist() for o in orders] for g, orders in ranking.items()},
+        records.STUDY_MODEL: loaded.source, records.STUDY_MODEL_FINGERPRINT: loaded.fingerprint, records.STUDY_DATA: str(data_cfg.yaml),
+        records.STUDY_IMGSZ: imgsz, records.STUDY_CRITERION: criterion, records.STUDY_ENGINE: "manual",
+        records.STUDY_PROXY: {"imgsz": proxy_imgsz}, records.STUDY_BASE: base, records.STUDY_BUDGET_GFLOPS: gflops,
+        records.STUDY_RANKING: {g: [o.tolist() for o in orders] for g, orders in ranking.items()},
     }.items():
         study.set_user_attr(k, v)
     trial = optuna.trial.create_trial(
         state=optuna.trial.TrialState.COMPLETE, values=[0.0, gflops, 0.0],
-        user_attrs={R.KEEP: {g: ratio for g in counts}, R.KEPT_CHANNELS: counts, R.GFLOPS: gflops,
-                    R.PARAMS: count_params(pruned), R.MODEL_FINGERPRINT: loaded.fingerprint, R.IMGSZ: imgsz,
-                    R.CRITERION: criterion, R.KIND: "uniform", R.FEASIBLE: True},
+        user_attrs={records.KEEP: {g: ratio for g in counts}, records.KEPT_CHANNELS: counts, records.GFLOPS: gflops,
+                    records.PARAMS: count_params(pruned), records.MODEL_FINGERPRINT: loaded.fingerprint, records.IMGSZ: imgsz,
+                    records.CRITERION: criterion, records.KIND: "uniform", records.FEASIBLE: True},
     )  # fmt: skip
     study.add_trial(trial)
     print(f"built study {name!r}: uniform keep {ratio} -> {gflops:.3f} GFLOPs at {imgsz} "
@@ -98,15 +98,15 @@ def build_study(name: str, model_spec: str | None, data: str | None, imgsz: int,
 
 def pick_trial(name: str, storage: str | None, target: float) -> int:
     """The Pareto trial whose GFLOPs are closest to `target` x the unpruned model's."""
-    from autoprune.search import records as R
+    from autoprune.search import records
     from autoprune.search.storage import open_study
 
     study = open_study(storage, name)
-    recs = [R.TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
-    front = R.pareto_front(recs)
+    recs = [records.TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    front = records.pareto_front(recs)
     if not front:
         raise SystemExit(f"study {name!r} has no feasible trial yet")
-    base = (study.user_attrs.get(R.STUDY_BASE) or {}).get("gflops") or max(r.gflops for r in front)
+    base = (study.user_attrs.get(records.STUDY_BASE) or {}).get("gflops") or max(r.gflops for r in front)
     return min(front, key=lambda r: abs(r.gflops / base - target)).number
 
 

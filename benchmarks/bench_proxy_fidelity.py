@@ -38,18 +38,18 @@ def main() -> int:
     from autoprune.demo import DEMO_IMGSZ
     from autoprune.devices import resolve_device
     from autoprune.models import load_model
-    from autoprune.search import records as R
+    from autoprune.search import records
     from autoprune.search.storage import open_study
 
     study = open_study(None, args.study)
-    trials = {t.number: R.TrialRecord.from_trial(t) for t in study.trials}
+    trials = {t.number: records.TrialRecord.from_trial(t) for t in study.trials}
     out = Path("runs/bench_proxy_fidelity") / args.study
     results, save = results_cache(out)
     device = resolve_device(args.device)
     imgsz = args.imgsz or DEMO_IMGSZ
     loaded = load_model(args.model)
     data = load_data_config(args.data)
-    print(f"study {args.study}: proxy {study.user_attrs.get(R.STUDY_PROXY)}; finetune {args.epochs} epochs at {imgsz}, "
+    print(f"study {args.study}: proxy {study.user_attrs.get(records.STUDY_PROXY)}; finetune {args.epochs} epochs at {imgsz}, "
           f"distillation, seed {args.seed}\n", flush=True)
 
     numbers = [int(x) for x in args.trials.split(",")]
@@ -59,11 +59,11 @@ def main() -> int:
             continue
         record = trials[n]
         t0 = time.perf_counter()
-        model, _, gflops = rebuild(loaded, record, imgsz=640, ranking=study.user_attrs.get(R.STUDY_RANKING))
+        model, _, gflops = rebuild(loaded, record, imgsz=640, ranking=study.user_attrs.get(records.STUDY_RANKING))
         after = finetune_and_validate(model, loaded.model, data, out / f"trial{n}-e{args.epochs}-s{args.seed}",
                                       epochs=args.epochs, imgsz=imgsz, batch=args.batch, device=device,
                                       seed=args.seed, label=f"trial{n}")
-        results[key] = {"trial": n, "kind": record.attrs.get(R.KIND), "gflops": gflops, "proxy": record.map50_95,
+        results[key] = {"trial": n, "kind": record.attrs.get(records.KIND), "gflops": gflops, "proxy": record.map50_95,
                         "map50_95": after["map50_95"], "minutes": (time.perf_counter() - t0) / 60}
         save()
         print(f"  trial {n}: proxy {record.map50_95:.4f} -> finetuned {after['map50_95']:.4f} "

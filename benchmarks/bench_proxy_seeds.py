@@ -38,12 +38,12 @@ def main() -> int:
     from autoprune.devices import resolve_device
     from autoprune.models import load_model
     from autoprune.proxy import ProxyEvaluator, ProxySettings
-    from autoprune.search import records as R
+    from autoprune.search import records
     from autoprune.search.storage import open_study
 
     study = open_study(None, args.study)
-    proxy = dict(study.user_attrs[R.STUDY_PROXY])
-    trials = {t.number: R.TrialRecord.from_trial(t) for t in study.trials}
+    proxy = dict(study.user_attrs[records.STUDY_PROXY])
+    trials = {t.number: records.TrialRecord.from_trial(t) for t in study.trials}
     numbers = [int(x) for x in args.trials.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     missing = [n for n in numbers if n not in trials or trials[n].map50_95 is None]
@@ -54,7 +54,7 @@ def main() -> int:
     device = resolve_device(args.device)
     loaded = load_model(args.model)
     data = load_data_config(args.data)
-    ranking = study.user_attrs.get(R.STUDY_RANKING)
+    ranking = study.user_attrs.get(records.STUDY_RANKING)
     models = {n: rebuild(loaded, trials[n], imgsz=640, ranking=ranking)[0] for n in numbers}
     print(f"study {args.study}: proxy {proxy}; trials {numbers}; proxy seeds {seeds}\n", flush=True)
 
@@ -82,7 +82,7 @@ def main() -> int:
         d = [a - results[f"{ref}@s{s}"]["map50_95"] for a, s in zip(v, seeds)]
         sd = f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ""
         cells = " | ".join(f"{x:.4f}" for x in v)
-        print(f"| {n} | {trials[n].attrs.get(R.KIND)} | {trials[n].map50_95:.4f} | {cells} | "
+        print(f"| {n} | {trials[n].attrs.get(records.KIND)} | {trials[n].map50_95:.4f} | {cells} | "
               f"{statistics.fmean(v):.4f}{sd} | {statistics.fmean(d):+.4f} |")
     return 0
 

@@ -180,7 +180,7 @@ def _searched(args, base, loaded, budget: float):
     is when it exists) or of a new search at `budget` with the --search-* settings."""
     from autoprune.apply import rebuild
     from autoprune.report import study_info
-    from autoprune.search import records as R
+    from autoprune.search import records
     from autoprune.search.storage import open_study, run_dir_for, STUDY_FILE
 
     name = args.search_name or f"compare-{args.name}"
@@ -194,17 +194,17 @@ def _searched(args, base, loaded, budget: float):
                               budget_floor=args.search_budget_floor), log=print).run()
     study = open_study(None, name)
     attrs = study.user_attrs
-    if attrs.get(R.STUDY_CRITERION, "l1") != args.search_criterion:
-        raise SystemExit(f"error: study {name!r} ranks channels by {attrs.get(R.STUDY_CRITERION)!r}, "
+    if attrs.get(records.STUDY_CRITERION, "l1") != args.search_criterion:
+        raise SystemExit(f"error: study {name!r} ranks channels by {attrs.get(records.STUDY_CRITERION)!r}, "
                          f"not --search-criterion {args.search_criterion!r}")
-    if attrs[R.STUDY_BUDGET_GFLOPS] > budget + 1e-3:
-        raise SystemExit(f"error: study {name!r} has a budget of {attrs[R.STUDY_BUDGET_GFLOPS]} GFLOPs, over {budget}")
+    if attrs[records.STUDY_BUDGET_GFLOPS] > budget + 1e-3:
+        raise SystemExit(f"error: study {name!r} has a budget of {attrs[records.STUDY_BUDGET_GFLOPS]} GFLOPs, over {budget}")
     info = study_info(study)
     best = info.recommended  # the best by proxy, or by its mean over the confirming seeds (`search --confirm`)
-    model, counts, _ = rebuild(loaded, best, imgsz=640, ranking=attrs.get(R.STUDY_RANKING))
+    model, counts, _ = rebuild(loaded, best, imgsz=640, ranking=attrs.get(records.STUDY_RANKING))
     confirmed = {n: mean for n, _, mean in info.confirmed}
-    return model, counts, {"trial": best.number, "study": name, "kind": best.attrs.get(R.KIND),
-                           "proxy_map50_95": best.map50_95, "proxy": attrs.get(R.STUDY_PROXY),
+    return model, counts, {"trial": best.number, "study": name, "kind": best.attrs.get(records.KIND),
+                           "proxy_map50_95": best.map50_95, "proxy": attrs.get(records.STUDY_PROXY),
                            "confirmed_mean": confirmed.get(best.number)}
 
 

@@ -212,7 +212,7 @@ def test_pruned_checkpoint_loads_validates_and_runs_without_autoprune(env, appli
 
 
 def test_rebuild_raises_on_a_gflops_mismatch(env):
-    from autoprune.cli.apply import rebuild
+    from autoprune.apply import rebuild
     from autoprune.models import load_model
 
     loaded = load_model(str(env["model"]))

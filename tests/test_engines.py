@@ -322,7 +322,7 @@ def test_deap_first_generation_explores_around_a_seeded_global_trial_that_beats_
     seed = {"g0": 1.0, "g1": 0.25, "g2": 1.0, "g3": 0.25, "g4": 1.0}  # far from the uniform center
     sampler = DeapNSGA2Sampler(space, population=12, seed=0,
                                init=InitialPopulation(center=center, fit=lambda g, t: g, budget=10.0, sigma=0.1,
-                                                      seed_sigma=0.02))
+                                                      one_shot_sigma=0.02))
     study = _study(sampler)
     _add(study, 0, center, 0.3, 5.0, 1.0, [-1.0], kind="uniform")
     _add(study, 1, seed, seed_map, 5.0, 1.0, [-1.0], kind="global")
@@ -346,7 +346,7 @@ def test_deap_first_generation_explores_around_the_better_of_two_seeded_trials()
     better = {"g0": 0.25, "g1": 1.0, "g2": 0.25, "g3": 1.0, "g4": 0.25}
     sampler = DeapNSGA2Sampler(space, population=12, seed=0,
                                init=InitialPopulation(center=center, fit=lambda g, t: g, budget=10.0, sigma=0.1,
-                                                      seed_sigma=0.02))
+                                                      one_shot_sigma=0.02))
     study = _study(sampler)
     _add(study, 0, center, 0.3, 5.0, 1.0, [-1.0], kind="uniform")
     _add(study, 1, worse, 0.4, 5.0, 1.0, [-1.0], kind="global")

@@ -157,7 +157,7 @@ def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env,
 
     import autoprune.reconstruct as rec
     from autoprune.channels import analyze
-    from autoprune.cli.apply import _calibration_batches, rebuild
+    from autoprune.apply import rebuild, search_calibration_batches
     from autoprune.data import load_data_config
     from autoprune.models import load_model
     from autoprune.pruner import select_indices
@@ -180,7 +180,7 @@ def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env,
     record = R.TrialRecord.from_trial(evaluated[0])
     loaded = load_model(study.user_attrs[R.STUDY_MODEL])
     data = load_data_config(study.user_attrs[R.STUDY_DATA])
-    batches = _calibration_batches(data, study.user_attrs[R.STUDY_PROXY], "cpu")
+    batches = search_calibration_batches(data, study.user_attrs[R.STUDY_PROXY])
     ranking = study.user_attrs[R.STUDY_RANKING]
     plain, counts, gflops = rebuild(loaded, record, imgsz=128, ranking=ranking)
     refit, counts2, gflops2 = rebuild(loaded, record, imgsz=128, ranking=ranking, batches=batches)
@@ -219,9 +219,9 @@ def test_confirm_rescores_the_best_trials_under_more_proxy_seeds(env, capsys, tm
     study = _study(tmp_path / "runs/search/cf/study.db", "cf")
     records = [R.TrialRecord.from_trial(t) for t in study.trials]
     ranked = sorted((r for r in records if r.feasible), key=lambda r: (-r.map50_95, r.gflops, r.number))
-    top = ranked[:2] + [r for r in ranked[2:] if r.kind in R.SEED_KINDS]  # and the one-shot plans, wherever they rank
-    assert {r.kind for r in records} >= set(R.SEED_KINDS)
-    assert {r.number for r in top} >= {r.number for r in records if r.kind in R.SEED_KINDS}
+    top = ranked[:2] + [r for r in ranked[2:] if r.kind in R.ONE_SHOT_KINDS]  # and the one-shot plans, wherever they rank
+    assert {r.kind for r in records} >= set(R.ONE_SHOT_KINDS)
+    assert {r.number for r in top} >= {r.number for r in records if r.kind in R.ONE_SHOT_KINDS}
     keys = sorted(k for k in study.user_attrs if k.startswith(R.STUDY_CONFIRM_PREFIX))
     assert keys == sorted(R.confirm_key(r.number, seed) for r in top for seed in (1, 2))
     assert seen.count(0) == 4 and seen.count(1) == seen.count(2) == len(top)  # the search, then the confirmations
@@ -303,7 +303,7 @@ def test_a_candidate_under_the_budget_floor_is_filled_up_before_it_is_scored(env
     gflops = search.space.gflops(filled, 128, base_gflops=search.base_gflops)
     assert 0.8 * float(BUDGET) <= gflops <= float(BUDGET)
     assert all(filled[k] >= v for k, v in lows.items())  # the same shape, moved up toward the highs
-    queued = next(t for t in iter(search.study.ask, None) if t.user_attrs.get(R.KIND) not in R.SEED_KINDS)
+    queued = next(t for t in iter(search.study.ask, None) if t.user_attrs.get(R.KIND) not in R.ONE_SHOT_KINDS)
     assert search._genome(queued) == filled and queued.user_attrs[R.KIND] == "filled"
 
 

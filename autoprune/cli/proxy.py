@@ -62,22 +62,21 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
     model = loaded_model.model
     if args.genome is None and args.keep == 1.0:
         return model
+    from autoprune.candidate import build, rank
     from autoprune.channels import analyze
     from autoprune.importance import DATA_CRITERIA
-    from autoprune.pruner import keep_counts, prune_to_counts, rank_channels
+    from autoprune.pruner import keep_counts
     from autoprune.space import load_space
 
     genome = _read_genome(args.genome) if args.genome is not None else None
     graph = analyze(model)
     counts = keep_counts(graph, args.keep) if genome is None else load_space(args.space, graph, model).counts(genome)
     batches = evaluator.calibration_batches() if args.criterion in DATA_CRITERIA else None
-    ranking = rank_channels(model, graph, args.criterion, batches=batches)
+    ranking = rank(model, graph, args.criterion, batches=batches)
     if args.reconstruct:  # refit where the proxy runs: the model is ours alone, and only the candidate is used next
-        from autoprune.reconstruct import prune_reconstructed
-
-        return prune_reconstructed(model.to(evaluator.device), counts, graph, ranking,
-                                   evaluator.calibration_batches(), seed=evaluator.settings.seed)
-    return prune_to_counts(model, counts, graph=graph, ranking=ranking)
+        return build(model.to(evaluator.device), counts, graph=graph, ranking=ranking,
+                     batches=evaluator.calibration_batches(), seed=evaluator.settings.seed).model
+    return build(model, counts, graph=graph, ranking=ranking).model
 
 
 def _read_genome(path: str) -> dict:

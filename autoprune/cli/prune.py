@@ -187,8 +187,8 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune.cost import count_gflops, count_params
     from autoprune.importance import DATA_CRITERIA
     from autoprune.models import load_model, save_checkpoint
-    from autoprune.pruner import (apply_indices, channel_scores, keep_counts, rank_channels, score_context,
-                                  select_indices)
+    from autoprune.candidate import build, rank
+    from autoprune.pruner import channel_scores, keep_counts, score_context
     from autoprune.devices import resolve_device
     from autoprune.runs import save_args
     from autoprune.strategies import check_keep_target, plan_counts
@@ -236,13 +236,13 @@ def run(args: argparse.Namespace) -> dict:
     else:
         plan = _plan_within(loaded.model, graph, target_gflops, full_gflops, scores, args)
     out, run_dir = _out_path(args)
-    ranking = rank_channels(loaded.model, graph, args.criterion, ctx)
-    indices = select_indices(graph, plan.counts, ranking)
-    pruned = apply_indices(loaded.model, graph, indices)
+    ranking = rank(loaded.model, graph, args.criterion, ctx=ctx)
     recon = None
     if args.reconstruct:
-        recon = _reconstruct(loaded.model, pruned, graph, indices, batches, args)
+        recon = _reconstruct(loaded.model, plan.counts, graph, ranking, batches, args)
         pruned = recon.pop("model")
+    else:
+        pruned = build(loaded.model, plan.counts, graph=graph, ranking=ranking).model
     seconds = time.perf_counter() - t0
 
     meta = {
@@ -303,38 +303,40 @@ def run(args: argparse.Namespace) -> dict:
 
 def _calibration_batches(data, args: argparse.Namespace, model) -> list[dict]:
     """The fixed calibration batches of the proxy's loader (seeded subset of the train split, letterboxed)."""
-    from autoprune.proxy import ProxyEvaluator, ProxySettings
+    from autoprune.batches import calibration_batches
 
     head = model.model[-1]
     if data.nc > head.nc:
         raise UserError(f"{data.yaml.name} has {data.nc} classes but the model predicts {head.nc}; "
                         "use data with the model's classes")
-    settings = ProxySettings(imgsz=args.calib_imgsz, calib_batches=args.calib_batches, steps=0, batch=args.batch,
-                             val_images=8, train_images=args.calib_batches * args.batch, seed=args.seed,
-                             device=args.device)
-    return ProxyEvaluator(data, settings).calibration_batches()
+    return calibration_batches(data, imgsz=args.calib_imgsz, calib_batches=args.calib_batches, batch=args.batch,
+                               seed=args.seed, train_images=args.calib_batches * args.batch)
 
 
-def _reconstruct(model, pruned, graph, indices, batches, args) -> dict:
+def _reconstruct(model, counts, graph, ranking, batches, args) -> dict:
+    """The candidate keeping `counts`, refit by least squares on `batches` (`candidate.build`) on --device, with
+    the relative errors of the Detect inputs and the head outputs before and after the refit."""
     import torch
 
+    from autoprune.candidate import build
     from autoprune.devices import resolve_device
-    from autoprune.reconstruct import feature_errors, reconstruct
+    from autoprune.pruner import apply_indices
+    from autoprune.reconstruct import feature_errors
 
     device = resolve_device(args.device)
     if device.type != "cpu":
-        model, pruned = model.to(device), pruned.to(device)
-    r = reconstruct(model, pruned, graph, indices, batches, ridge=args.ridge, max_samples=args.max_samples,
-                    seed=args.seed)
-    before = feature_errors(model, pruned, graph, indices, batches)
-    after = feature_errors(model, r.model, graph, indices, batches)
+        model = model.to(device)
+    c = build(model, counts, graph=graph, ranking=ranking, batches=batches, ridge=args.ridge,
+              max_samples=args.max_samples, seed=args.seed)
+    before = feature_errors(model, apply_indices(model, graph, c.indices), graph, c.indices, batches)
+    after = feature_errors(model, c.model, graph, c.indices, batches)
     out = {
-        **r.summary(),
+        **c.reconstruction.summary(),
         "detect_input_mse_before": round(before["detect_inputs_mean"], 6),
         "detect_input_mse_after": round(after["detect_inputs_mean"], 6),
         "head_output_mse_before": round(before["head_outputs"], 6),
         "head_output_mse_after": round(after["head_outputs"], 6),
-        "model": r.model.cpu() if device.type != "cpu" else r.model,
+        "model": c.model.cpu() if device.type != "cpu" else c.model,
     }
     if device.type != "cpu":
         model.cpu()

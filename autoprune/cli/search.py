@@ -83,7 +83,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from autoprune.report import format_front_table, study_info
+    from autoprune.report import format_front_table, study_info, write_reports
     from autoprune.search.driver import Search, SearchSettings
 
     interval, grace = _heartbeat()
@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     search = Search(settings)
     result = search.run()
+    result.outputs = write_reports(search.study, result.run_dir)
     if not args.json:
         print()
         print(format_front_table(study_info(search.study)))

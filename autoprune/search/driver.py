@@ -19,148 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 import optuna
 from optuna.trial import TrialState
 
 from autoprune.errors import UserError
-from autoprune.search import records as R
-from autoprune.search.engines import ENGINES, SAMPLERS, InitialPopulation, count_in_generation, make_sampler
-from autoprune.search.storage import make_storage, mask_url, run_dir_for, storage_url, study_names
+from autoprune.search import records
+from autoprune.search.engines import InitialPopulation, count_in_generation, make_sampler
+from autoprune.search.progress import duration_text, progress_line
+from autoprune.search.settings import (MAX_REJECTED_IN_A_ROW, SEARCH_TIMING, SearchResult, SearchSettings,
+                                       check_resumable, check_settings)
+from autoprune.search.storage import make_storage, mask_url, run_dir_for, storage_url
+from autoprune.search.study import heartbeat, next_name, settled_attrs, study_exists, version
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _search_timing():
-    from autoprune.cost import TimingProtocol
-
-    # A search times every candidate: half a second of samples is enough to rank them (a few percent), and a busy
-    # machine must not stall it. `apply` reports the final model with the full protocol.
-    return TimingProtocol(min_time_s=0.5, max_time_s=8.0)
-
-
-SEARCH_TIMING = _search_timing()
-MAX_REJECTED_IN_A_ROW = 200  # proposals in a row that were duplicates or over budget: the space is exhausted
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Everything a search needs; validated by `Search` before anything is created or written."""
-
-    budget_gflops: float
-    budget_latency_ms: float | None = None
-    budget_floor: float = 0.8  # candidates under this share of the GFLOPs budget are filled up to it first
-    model: str | None = None  # None: the embedded demo model
-    data: str | None = None  # None: the embedded demo dataset
-    engine: str = "deap"
-    sampler: str | None = None
-    trials: int | None = None
-    generations: int | None = None
-    population: int = 8
-    proxy_steps: int = 50
-    proxy_distill: float = 0.0  # head distillation from the unpruned model in the proxy's finetune (0: off)
-    reconstruct: bool = False  # refit each candidate's convs that lost inputs by least squares before its proxy
-    calib_batches: int = 20
-    proxy_imgsz: int = 320
-    val_images: int = 200
-    imgsz: int = 640  # GFLOPs and latency are measured at the deployment size
-    criterion: str = "hessian"  # gradient criteria keep a pruned model working; docs/BENCHMARKS.md "Methods"
-    space: str | None = "fine"  # one gene per group; None or "family": the model family's space (`load_space`)
-    storage: str | None = None
-    name: str | None = None
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    heartbeat_interval: int = 10
-    grace_period: int = 40
-    confirm: int = 0  # re-score the best N feasible trials under more proxy seeds once the trials are done
-    confirm_seeds: int = 2  # how many more: seeds seed+1 .. seed+confirm_seeds
-
-    @property
-    def target_trials(self) -> int:
-        """Candidates to evaluate in all: --trials, or --generations x --population, or 3 generations."""
-        if self.trials is not None:
-            return self.trials
-        return (self.generations or 3) * self.population
-
-
-@dataclass
-class SearchResult:
-    name: str
-    run_dir: Path
-    storage: str
-    evaluated: int
-    feasible: int
-    front: list[R.TrialRecord]
-    uniform: R.TrialRecord | None
-    best: R.TrialRecord | None
-    outputs: dict = field(default_factory=dict)
-    confirmed: dict = field(default_factory=dict)  # {trial: {proxy seed: mAP50-95}} (`Search.confirm`)
-    recommended: R.TrialRecord | None = None  # the best by mean over the confirming seeds, else `best`
-
-    def as_dict(self) -> dict:
-        def rec(r):
-            return None if r is None else {k: v for k, v in asdict(r).items() if k != "attrs"}
-
-        beats = None
-        if self.best is not None and self.uniform is not None and self.uniform.feasible:
-            beats = self.best.map50_95 - self.uniform.map50_95
-        return {
-            "name": self.name,
-            "run_dir": str(self.run_dir),
-            "storage": self.storage,
-            "evaluated": self.evaluated,
-            "feasible": self.feasible,
-            "front": [rec(r) for r in self.front],
-            "uniform": rec(self.uniform),
-            "best": rec(self.best),
-            "best_beats_uniform_by": beats,
-            "confirmed": {str(n): {str(k): v for k, v in by_seed.items()} for n, by_seed in self.confirmed.items()},
-            "recommended": rec(self.recommended),
-            "outputs": {k: str(v) for k, v in self.outputs.items()},
-        }
-
-
-def _check_settings(s: SearchSettings) -> None:
-    def positive(name, value, integer=False):
-        if value is None:
-            return
-        bad = isinstance(value, bool) or (integer and not isinstance(value, int)) or not value > 0
-        if bad or (isinstance(value, float) and not math.isfinite(value)):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive {'integer' if integer else 'number'}, got {value}")
-
-    positive("budget_gflops", s.budget_gflops)
-    positive("budget_latency_ms", s.budget_latency_ms)
-    if not 0 <= s.budget_floor < 1:
-        raise UserError(f"--budget-floor must be in [0, 1), got {s.budget_floor}")
-    for name in ("trials", "generations", "population"):
-        positive(name, getattr(s, name), integer=True)
-    if s.proxy_steps < 0:
-        raise UserError(f"--proxy-steps must be 0 or more, got {s.proxy_steps}")
-    if isinstance(s.confirm, bool) or not isinstance(s.confirm, int) or s.confirm < 0:
-        raise UserError(f"--confirm must be an integer >= 0, got {s.confirm}")
-    positive("confirm_seeds", s.confirm_seeds, integer=True)
-    if not (isinstance(s.proxy_distill, (int, float)) and math.isfinite(s.proxy_distill) and s.proxy_distill >= 0):
-        raise UserError(f"--proxy-distill must be a number >= 0, got {s.proxy_distill}")
-    for name in ("imgsz", "proxy_imgsz"):
-        v = getattr(s, name)
-        if v <= 0 or v % 32:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive multiple of 32, got {v}")
-    if s.engine not in ENGINES:
-        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {s.engine!r}")
-    if s.sampler is not None and s.sampler not in SAMPLERS:
-        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
-    if s.engine == "deap" and s.sampler not in (None, "nsga2"):
-        raise UserError(f"--engine deap runs NSGA-II; --sampler {s.sampler} needs --engine optuna")
-    if s.trials is not None and s.generations is not None:
-        raise UserError("give --trials or --generations (with --population), not both")
-    if s.resume and s.name is None:
-        raise UserError("--resume needs the --name of the study to continue")
 
 
 class Search:
@@ -182,7 +57,7 @@ class Search:
 
         s = self.settings = settings
         self.log = log
-        _check_settings(s)
+        check_settings(s)
         get_criterion(s.criterion)
         check_calibration(s.criterion, s.calib_batches)
         if s.reconstruct and s.calib_batches == 0:
@@ -191,10 +66,10 @@ class Search:
         self.device = resolve_device(s.device)
 
         # Where the study lives; a name that exists needs --resume. Checked before anything is written.
-        self.name = s.name or _next_name()
+        self.name = s.name or next_name()
         self.url = storage_url(s.storage, self.name)
         self.run_dir = run_dir_for(self.name)
-        exists = self._study_exists()
+        exists = study_exists(self.settings.storage, self.name, self.url, self.run_dir)
         if exists and not s.resume:
             raise UserError(f"a study named {self.name!r} already exists ({mask_url(self.url)}); "
                             "pass --resume to continue it")
@@ -238,36 +113,26 @@ class Search:
     # ------------------------------------------------------------------------------------------------------------
     # The study
 
-    def _study_exists(self) -> bool:
-        if self.settings.storage is None:
-            return self.run_dir.exists()
-        try:
-            return self.name in study_names(make_storage(self.url, heartbeat=None, read_only=True))
-        except UserError as e:
-            if "no such table" in str(e) or "does not exist" in str(e):
-                return False  # a database Optuna has not used yet
-            raise
-
     def _study_attrs(self) -> dict:
         s = self.settings
         return {
-            R.STUDY_MODEL: self.loaded.source,
-            R.STUDY_MODEL_FINGERPRINT: self.loaded.fingerprint,
-            R.STUDY_DATA: str(self.data.yaml),
-            R.STUDY_BUDGET_GFLOPS: s.budget_gflops,
-            R.STUDY_BUDGET_LATENCY_MS: s.budget_latency_ms,
-            R.STUDY_BUDGET_FLOOR: s.budget_floor,
-            R.STUDY_IMGSZ: s.imgsz,
-            R.STUDY_DEVICE: str(self.device),
-            R.STUDY_SPACE: self.space.source,
-            R.STUDY_CRITERION: s.criterion,
-            R.STUDY_ENGINE: s.engine,
-            R.STUDY_SAMPLER: s.sampler or "nsga2",
-            R.STUDY_SEED: s.seed,
-            R.STUDY_PROXY: self._proxy_settings_dict(),
-            R.STUDY_POPULATION: s.population,
-            R.STUDY_BASE: self.base,
-            R.STUDY_VERSION: _version(),
+            records.STUDY_MODEL: self.loaded.source,
+            records.STUDY_MODEL_FINGERPRINT: self.loaded.fingerprint,
+            records.STUDY_DATA: str(self.data.yaml),
+            records.STUDY_BUDGET_GFLOPS: s.budget_gflops,
+            records.STUDY_BUDGET_LATENCY_MS: s.budget_latency_ms,
+            records.STUDY_BUDGET_FLOOR: s.budget_floor,
+            records.STUDY_IMGSZ: s.imgsz,
+            records.STUDY_DEVICE: str(self.device),
+            records.STUDY_SPACE: self.space.source,
+            records.STUDY_CRITERION: s.criterion,
+            records.STUDY_ENGINE: s.engine,
+            records.STUDY_SAMPLER: s.sampler or "nsga2",
+            records.STUDY_SEED: s.seed,
+            records.STUDY_PROXY: self._proxy_settings_dict(),
+            records.STUDY_POPULATION: s.population,
+            records.STUDY_BASE: self.base,
+            records.STUDY_VERSION: version(),
         }
 
     def _proxy_settings_dict(self) -> dict:
@@ -287,13 +152,13 @@ class Search:
         scores = self._channel_scores()  # scored once: the ranking and the global plans all come from them
         attrs = self._study_attrs()
         return {
-            **{k: v for k, v in attrs.items() if k != R.STUDY_VERSION},
-            R.STUDY_RANKING: self._compute_ranking(scores),
+            **{k: v for k, v in attrs.items() if k != records.STUDY_VERSION},
+            records.STUDY_RANKING: self._compute_ranking(scores),
             # one-shot global pruning by the criterion, as close as the space can express it, and the same by
             # importance per FLOP: trial 0 queues both
-            R.STUDY_GLOBAL: self._global_genome(scores),
-            R.STUDY_GLOBAL_PER_FLOP: self._global_genome(per_flop_scores(self.graph, scores)),
-            R.STUDY_VERSION: attrs[R.STUDY_VERSION],  # last: it marks a study completely described
+            records.STUDY_GLOBAL: self._global_genome(scores),
+            records.STUDY_GLOBAL_PER_FLOP: self._global_genome(per_flop_scores(self.graph, scores)),
+            records.STUDY_VERSION: attrs[records.STUDY_VERSION],  # last: it marks a study completely described
         }
 
     def _open_study(self, described: dict | None):
@@ -306,37 +171,19 @@ class Search:
         study = optuna.create_study(
             study_name=self.name,
             storage=self.storage,
-            directions=list(R.DIRECTIONS),
+            directions=list(records.DIRECTIONS),
             sampler=sampler,
             load_if_exists=True,
         )
         attrs = self._study_attrs()
-        stored = self._settled_attrs(study)
-        if R.STUDY_VERSION not in stored:  # a new study: describe it
-            study.set_metric_names(list(R.OBJECTIVES))
+        stored = settled_attrs(study)
+        if records.STUDY_VERSION not in stored:  # a new study: describe it
+            study.set_metric_names(list(records.OBJECTIVES))
             for k, v in (described or self._describe_new_study()).items():
                 study.set_user_attr(k, v)
             stored = study.user_attrs
-        differ = [key for key in (R.STUDY_MODEL_FINGERPRINT, R.STUDY_BUDGET_GFLOPS, R.STUDY_BUDGET_LATENCY_MS,
-                                  R.STUDY_BUDGET_FLOOR, R.STUDY_IMGSZ, R.STUDY_SPACE, R.STUDY_CRITERION, R.STUDY_ENGINE,
-                                  R.STUDY_SAMPLER, R.STUDY_SEED, R.STUDY_PROXY, R.STUDY_POPULATION)
-                  if stored.get(key) != attrs[key]]
-        if differ:
-            what = "; ".join(_difference(key, stored.get(key), attrs[key]) for key in differ)
-            flags = " ".join(f for f in (_resume_flag(key, stored.get(key), attrs[key]) for key in differ) if f)
-            raise UserError(f"study {self.name!r} was made with other settings: {what}; resume it with the same "
-                            f"settings{f' ({flags})' if flags else ''} or pick a new --name")
+        check_resumable(self.name, stored, attrs)
         return study
-
-    @staticmethod
-    def _settled_attrs(study, wait_s: float = 30.0) -> dict:
-        """The study's attributes once no other worker is midway through writing them (see `_open_study`)."""
-        deadline = time.monotonic() + wait_s
-        stored = study.user_attrs
-        while stored and R.STUDY_VERSION not in stored and time.monotonic() < deadline:
-            time.sleep(0.5)
-            stored = study.user_attrs
-        return stored
 
     # ------------------------------------------------------------------------------------------------------------
     # Candidates
@@ -363,9 +210,10 @@ class Search:
         return channel_scores(self.loaded.model, self.graph, c, batches=batches)
 
     def _compute_ranking(self, scores: dict | None = None) -> dict:
-        """Every group's channel order by the criterion (`pruner.rank_channels`' order), as plain lists."""
-        scores = scores if scores is not None else self._channel_scores()
-        return {gid: [s.argsort(descending=True, stable=True).tolist() for s in per] for gid, per in scores.items()}
+        """Every group's channel order by the criterion (`candidate.rank`'s order), as plain lists."""
+        from autoprune.candidate import order_of, ranking_as_lists
+
+        return ranking_as_lists(order_of(scores if scores is not None else self._channel_scores()))
 
     def _global_genome(self, scores: dict) -> dict:
         """The genome of one-shot global pruning (one threshold over the criterion's normalized `scores`): the
@@ -388,10 +236,10 @@ class Search:
     def ranking(self):
         """The channel order every trial slices, as stored in the study (the same for every worker and resume)."""
         if self._ranking is None:
-            import torch
+            from autoprune.candidate import ranking_from_lists
 
-            stored = self.study.user_attrs.get(R.STUDY_RANKING) or self._compute_ranking()
-            self._ranking = {gid: [torch.tensor(o) for o in orders] for gid, orders in stored.items()}
+            stored = self.study.user_attrs.get(records.STUDY_RANKING) or self._compute_ranking()
+            self._ranking = ranking_from_lists(stored, self.graph)
         return self._ranking
 
     def fit_to_gflops(self, genome: dict, target: float) -> dict:
@@ -413,24 +261,24 @@ class Search:
         """
         counts = self.space.counts(genome)
         for t in self.study.get_trials(deepcopy=False):
-            if t.number != trial.number and R.SECONDS in t.user_attrs and (
-                    t.user_attrs.get(R.KEPT_CHANNELS) == counts or t.user_attrs.get(R.GENOME) == genome):
+            if t.number != trial.number and records.SECONDS in t.user_attrs and (
+                    t.user_attrs.get(records.KEPT_CHANNELS) == counts or t.user_attrs.get(records.GENOME) == genome):
                 return t.number
         return None
 
     def _replace(self, trial, genome: dict, replacement: dict, kind: str, reason: str) -> None:
         """Queue `replacement` (of `kind`) in place of `trial`'s genome, and end the trial as rejected."""
-        self.study.enqueue_trial(replacement, user_attrs={R.KIND: kind})
-        trial.set_user_attr(R.GENOME, genome)
-        trial.set_user_attr(R.KIND, "rejected")
-        trial.set_user_attr(R.REPAIRED_INTO, replacement)
-        trial.set_user_attr(R.REASON, reason)
+        self.study.enqueue_trial(replacement, user_attrs={records.KIND: kind})
+        trial.set_user_attr(records.GENOME, genome)
+        trial.set_user_attr(records.KIND, records.TrialKind.REJECTED.value)
+        trial.set_user_attr(records.REPAIRED_INTO, replacement)
+        trial.set_user_attr(records.REASON, reason)
         self.study.tell(trial, state=TrialState.PRUNED)
 
     def _reject_over_budget(self, trial, genome: dict, estimate: float) -> None:
         s = self.settings
         repaired = self.space.repair(genome, s.budget_gflops, s.imgsz, base_gflops=self.base_gflops)
-        self._replace(trial, genome, repaired, "repaired", f"over the GFLOPs budget ({estimate:.2f} > "
+        self._replace(trial, genome, repaired, records.TrialKind.REPAIRED.value, f"over the GFLOPs budget ({estimate:.2f} > "
                       f"{s.budget_gflops:g}); a repaired genome was queued instead")
 
     def _reject_under_floor(self, trial, genome: dict, estimate: float) -> bool:
@@ -444,7 +292,7 @@ class Search:
         filled = self.fit_to_gflops(genome, s.budget_gflops)
         if self.space.counts(filled) == self.space.counts(genome):
             return False
-        self._replace(trial, genome, filled, "filled", f"under the budget floor ({estimate:.2f} < "
+        self._replace(trial, genome, filled, records.TrialKind.FILLED.value, f"under the budget floor ({estimate:.2f} < "
                       f"{s.budget_floor:g} x {s.budget_gflops:g} GFLOPs); a genome filled up to the budget was queued")
         return True
 
@@ -458,16 +306,16 @@ class Search:
         count_in_generation(self.study.sampler, self.study, trial)  # trial 0 and queued replacements count too
         if trial.number == 0:  # trial 0 is the uniform genome; the global plans follow it, so the front starts from
             queued = [genome]  # the classic answers (queued here: exactly once)
-            for key, kind in zip((R.STUDY_GLOBAL, R.STUDY_GLOBAL_PER_FLOP), R.SEED_KINDS):
-                seed = self.study.user_attrs.get(key)  # absent in a study made before it existed
-                if seed and seed not in queued:
-                    self.study.enqueue_trial(seed, user_attrs={R.KIND: kind})
-                    queued.append(seed)
+            for key, kind in zip((records.STUDY_GLOBAL, records.STUDY_GLOBAL_PER_FLOP), records.ONE_SHOT_KINDS):
+                plan = self.study.user_attrs.get(key)  # absent in a study made before it existed
+                if plan and plan not in queued:
+                    self.study.enqueue_trial(plan, user_attrs={records.KIND: kind})
+                    queued.append(plan)
         twin = self._evaluated_twin(trial, genome)
         if twin is not None:  # the proxy is deterministic: the same genome would score the same again
-            trial.set_user_attr(R.GENOME, genome)
-            trial.set_user_attr(R.KIND, "duplicate")
-            trial.set_user_attr(R.REASON, f"duplicate of trial {twin}; not evaluated again")
+            trial.set_user_attr(records.GENOME, genome)
+            trial.set_user_attr(records.KIND, records.TrialKind.DUPLICATE.value)
+            trial.set_user_attr(records.REASON, f"duplicate of trial {twin}; not evaluated again")
             self.study.tell(trial, state=TrialState.PRUNED)
             return "rejected"
         estimate = self.space.gflops(genome, s.imgsz, base_gflops=self.base_gflops)
@@ -477,28 +325,30 @@ class Search:
         if estimate < s.budget_floor * s.budget_gflops and self._reject_under_floor(trial, genome, estimate):
             return "rejected"
 
-        kind = trial.user_attrs.get(R.KIND) or ("uniform" if trial.number == 0 and genome == self.uniform else "search")
+        kind = trial.user_attrs.get(records.KIND) or (
+            records.TrialKind.UNIFORM.value if trial.number == 0 and genome == self.uniform
+            else records.TrialKind.SEARCH.value)
         counts = self.space.counts(genome)
         attrs = {
-            R.GENOME: genome, R.KEEP: self.space.keep(genome), R.KEPT_CHANNELS: counts, R.KIND: kind,
-            R.MODEL_FINGERPRINT: self.loaded.fingerprint, R.IMGSZ: s.imgsz, R.CRITERION: s.criterion,
-            R.SEED: s.seed, R.ROUND_TO: self.space.round_to, R.MIN_CHANNELS: self.space.min_channels,
+            records.GENOME: genome, records.KEEP: self.space.keep(genome), records.KEPT_CHANNELS: counts, records.KIND: kind,
+            records.MODEL_FINGERPRINT: self.loaded.fingerprint, records.IMGSZ: s.imgsz, records.CRITERION: s.criterion,
+            records.SEED: s.seed, records.ROUND_TO: self.space.round_to, records.MIN_CHANNELS: self.space.min_channels,
         }
         try:
-            pruned = self._prune(counts, self.evaluator)
+            pruned = self.prune_candidate(counts, self.evaluator)
             gflops, params = count_gflops(pruned, s.imgsz), count_params(pruned)
             lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache,
                                   protocol=SEARCH_TIMING)
             constraints = [gflops - s.budget_gflops]
             if s.budget_latency_ms is not None:
                 constraints.append(lat.median_ms - s.budget_latency_ms)
-            attrs.update({R.GFLOPS: gflops, R.PARAMS: params, R.LATENCY_MS: lat.median_ms,
-                          R.LATENCY_SPREAD_MS: lat.p90_ms - lat.p10_ms, R.CONSTRAINTS: constraints,
-                          R.FEASIBLE: all(c <= 0 for c in constraints)})
+            attrs.update({records.GFLOPS: gflops, records.PARAMS: params, records.LATENCY_MS: lat.median_ms,
+                          records.LATENCY_SPREAD_MS: lat.p90_ms - lat.p10_ms, records.CONSTRAINTS: constraints,
+                          records.FEASIBLE: all(c <= 0 for c in constraints)})
             if s.budget_latency_ms is not None and lat.median_ms > s.budget_latency_ms:
-                attrs[R.REASON] = (f"over the latency budget ({lat.median_ms:.1f} > {s.budget_latency_ms:g} ms); "
+                attrs[records.REASON] = (f"over the latency budget ({lat.median_ms:.1f} > {s.budget_latency_ms:g} ms); "
                                    "not scored")
-                attrs[R.SECONDS] = time.perf_counter() - t0
+                attrs[records.SECONDS] = time.perf_counter() - t0
                 _set_attrs(trial, attrs)
                 self.study.tell(trial, state=TrialState.PRUNED)
                 return "PRUNED"
@@ -509,14 +359,14 @@ class Search:
         except (Exception, FloatingPointError) as e:  # a failed candidate is recorded; the search goes on
             if isinstance(e, UserError):
                 raise
-            attrs[R.REASON] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
-            attrs[R.SECONDS] = time.perf_counter() - t0
+            attrs[records.REASON] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            attrs[records.SECONDS] = time.perf_counter() - t0
             _set_attrs(trial, attrs)
             self.study.tell(trial, state=TrialState.FAIL)
             self._failures.append(e)
             return "FAIL"
-        attrs.update({R.MAP50: result.map50, R.MAP50_95: result.map50_95, R.PROXY_SECONDS: result.seconds,
-                      R.SECONDS: time.perf_counter() - t0})
+        attrs.update({records.MAP50: result.map50, records.MAP50_95: result.map50_95, records.PROXY_SECONDS: result.seconds,
+                      records.SECONDS: time.perf_counter() - t0})
         _set_attrs(trial, attrs)
         self.study.tell(trial, values=[result.map50_95, gflops, lat.median_ms])
         return "COMPLETE"
@@ -530,7 +380,7 @@ class Search:
         for t in self.study.get_trials(deepcopy=False):
             if t.state == TrialState.RUNNING:
                 running += 1
-            elif t.state.is_finished() and R.SECONDS in t.user_attrs:
+            elif t.state.is_finished() and records.SECONDS in t.user_attrs:
                 done += 1
         return done, running
 
@@ -540,8 +390,8 @@ class Search:
         running = sorted(t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if done + running.index(trial.number) < self.settings.target_trials:
             return True
-        trial.set_user_attr(R.KIND, "surplus")
-        trial.set_user_attr(R.REASON, "not run: other workers already fill the study's trial budget")
+        trial.set_user_attr(records.KIND, records.TrialKind.SURPLUS.value)
+        trial.set_user_attr(records.REASON, "not run: other workers already fill the study's trial budget")
         self.study.tell(trial, state=TrialState.PRUNED)
         return False
 
@@ -577,7 +427,7 @@ class Search:
                     outcome = self.evaluate(trial)
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        trial.set_user_attr(R.REASON, "interrupted")
+                        trial.set_user_attr(records.REASON, "interrupted")
                         self.study.tell(trial, state=TrialState.FAIL)
                     raise
             if outcome == "rejected":
@@ -599,56 +449,26 @@ class Search:
         return self.finish()
 
     def confirm(self) -> dict[int, dict[int, float]]:
-        """Re-score the `confirm` best feasible trials (by search score), and the one-shot trials the search started
-        from (`records.SEED_KINDS`), under `confirm_seeds` more proxy seeds; return every confirmed trial's scores
-        by seed (`records.confirmed_scores`). With the one-shot plans among them, a searched trial is recommended
-        over them only when it beats them on the mean over the same seeds.
+        """Re-score the best trials and the one-shot plans under more proxy seeds (`confirm.confirm_trials`)."""
+        from autoprune.search.confirm import confirm_trials
 
-        Each proxy seed draws its own val subset, BN-recalibration images and batch order. The search keeps the
-        maximum of many scores under one seed, so its best trial is partly that seed's luck (the winner's curse;
-        docs/BENCHMARKS.md measures it on the demo); the mean over seeds ranks the top trials with less of it.
-        Scores are stored as study attributes as they come (`records.confirm_key`), so an interrupted confirmation
-        resumes and workers share the work.
-        """
-        s = self.settings
-        done = [R.TrialRecord.from_trial(t)
-                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        ranked = sorted((r for r in done if r.feasible and r.map50_95 is not None),
-                        key=lambda r: (-r.map50_95, r.gflops, r.number))
-        top = ranked[: s.confirm] + [r for r in ranked[s.confirm:] if r.kind in R.SEED_KINDS]
-        seeds = [s.seed + k for k in range(1, s.confirm_seeds + 1)]
-        todo = [(seed, r) for seed in seeds for r in top if R.confirm_key(r.number, seed) not in self.study.user_attrs]
-        if todo:
-            self.log(f"confirming {len(top)} trials (the best {min(s.confirm, len(ranked))} and the one-shot plans) "
-                     f"under proxy seeds {', '.join(map(str, seeds))} ({len(todo)} evaluations)...")
-        evaluator, t0 = None, time.perf_counter()
-        for k, (seed, r) in enumerate(todo, 1):
-            if evaluator is None or evaluator.settings.seed != seed:
-                evaluator = self._seeded_evaluator(seed)
-            result = evaluator.evaluate(self._prune(r.attrs[R.KEPT_CHANNELS], evaluator))
-            self.study.set_user_attr(R.confirm_key(r.number, seed), result.map50_95)
-            eta = (time.perf_counter() - t0) / k * (len(todo) - k)
-            self.log(f"[confirm {k}/{len(todo)}] trial #{r.number}, proxy seed {seed}: mAP50-95 "
-                     f"{result.map50_95:.3f} (search score {r.map50_95:.3f}) | ETA {_duration(eta)}")
-        return R.confirmed_scores(self.study.user_attrs, done)
+        return confirm_trials(self)
 
-    def _prune(self, counts: dict, evaluator):
-        """The candidate keeping `counts`, sliced by the study's ranking; with --reconstruct, refit on `evaluator`'s
-        calibration batches (`reconstruct.prune_reconstructed`): each proxy seed refits on its own images."""
-        from autoprune.pruner import prune_to_counts
+    def prune_candidate(self, counts: dict, evaluator):
+        """The candidate keeping `counts`, sliced by the study's ranking (`candidate.build`); with --reconstruct,
+        refit on `evaluator`'s calibration batches: each proxy seed refits on its own images."""
+        from autoprune.candidate import build
 
         if not self.settings.reconstruct:
-            return prune_to_counts(self.loaded.model, counts, graph=self.graph, ranking=self.ranking)
+            return build(self.loaded.model, counts, graph=self.graph, ranking=self.ranking).model
         from copy import deepcopy
-
-        from autoprune.reconstruct import prune_reconstructed
 
         home = next(self.loaded.model.parameters()).device
         if self._refit_source is None:  # refit where the proxy runs, from one copy there for the whole search
             self._refit_source = (self.loaded.model if evaluator.device == home
                                   else deepcopy(self.loaded.model).to(evaluator.device))
-        return prune_reconstructed(self._refit_source, counts, self.graph, self.ranking,
-                                   evaluator.calibration_batches(), seed=evaluator.settings.seed).to(home)
+        return build(self._refit_source, counts, graph=self.graph, ranking=self.ranking,
+                     batches=evaluator.calibration_batches(), seed=evaluator.settings.seed).model.to(home)
 
     def _proxy_settings(self, seed: int):
         from autoprune.proxy import ProxySettings
@@ -658,7 +478,7 @@ class Search:
                              val_images=s.val_images, seed=seed, device=str(self.device),
                              distill=float(s.proxy_distill))
 
-    def _seeded_evaluator(self, seed: int):
+    def seeded_evaluator(self, seed: int):
         """An evaluator like the search's own (`evaluator`) under another proxy seed."""
         from autoprune.proxy import ProxyEvaluator
 
@@ -667,133 +487,40 @@ class Search:
             ev.set_teacher(self.loaded.model)
         return ev
 
-    @contextlib.contextmanager
     def _heartbeat(self, trial):
-        stop = threading.Event()
-        storage = self.study._storage
-
-        def beat():
-            while not stop.wait(self.settings.heartbeat_interval):
-                with contextlib.suppress(Exception):
-                    storage.record_heartbeat(trial._trial_id)
-
-        with contextlib.suppress(Exception):
-            storage.record_heartbeat(trial._trial_id)
-        thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        return heartbeat(self.study, trial, self.settings.heartbeat_interval)
 
     def _report_progress(self, number, outcome, n, target, started, evaluated_here) -> None:
-        a = self.study.trials[number].user_attrs
-        best = self._best()
         elapsed = time.perf_counter() - started
         eta = elapsed / max(evaluated_here, 1) * max(target - n, 0)
-        what = (f"mAP50-95 {a.get(R.MAP50_95, float('nan')):.3f}" if outcome == "COMPLETE"
-                else f"{outcome.lower()}: {a.get(R.REASON, '')}")
-        gf = a.get(R.GFLOPS)
-        lat = a.get(R.LATENCY_MS)
-        costs = f" | {gf:.2f} GFLOPs, {lat:.1f} ms" if gf is not None and lat is not None else ""
-        best_txt = f" | best {best.map50_95:.3f} (#{best.number})" if best else ""
-        self.log(f"[{n}/{target}] trial #{number} {what}{costs} ({a.get(R.SECONDS, 0):.0f}s){best_txt} | "
-                 f"ETA {_duration(eta)}")
+        self.log(progress_line(self.study.trials[number], outcome, n, target, self._best(), eta))
 
-    def _best(self) -> R.TrialRecord | None:
+    def _best(self) -> records.TrialRecord | None:
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return R.best_trial([R.TrialRecord.from_trial(t) for t in done])
+        return records.best_trial([records.TrialRecord.from_trial(t) for t in done])
 
     def finish(self) -> SearchResult:
-        """Write the reports and summarize the study as it is now."""
-        from autoprune import report
-
-        records = report.load_records(self.study)
-        front = R.pareto_front(records)
-        uniform = next((r for r in records if r.kind == "uniform" and r.state == "COMPLETE"), None)
-        outputs = report.write_reports(self.study, self.run_dir)
-        info = report.pareto_info(records, self.study.user_attrs)
-        best = self._best()
+        """Summarize the study as it is now (the caller writes the reports: `report.write_reports`)."""
+        recs = records.load_records(self.study)
+        uniform = next((r for r in recs if r.kind == records.TrialKind.UNIFORM and r.state == "COMPLETE"), None)
         return SearchResult(
             name=self.name,
             run_dir=self.run_dir,
             storage=mask_url(self.url),
-            evaluated=sum(1 for r in records if R.SECONDS in r.attrs),
-            feasible=sum(1 for r in records if r.feasible),
-            front=front,
+            evaluated=sum(1 for r in recs if records.SECONDS in r.attrs),
+            feasible=sum(1 for r in recs if r.feasible),
+            front=records.pareto_front(recs),
             uniform=uniform,
-            best=best,
-            outputs=outputs,
-            confirmed={n: by_seed for n, by_seed, _ in info.confirmed},
-            recommended=info.recommended if info.confirmed else best,
+            best=self._best(),
+            confirmed={n: by_seed for n, by_seed, _ in records.ranked_confirmations(self.study.user_attrs, recs)},
+            recommended=records.recommended_trial(self.study.user_attrs, recs),
         )
 
 
 def _set_attrs(trial, attrs: dict) -> None:
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
-    constraints = attrs.get(R.CONSTRAINTS)
+    constraints = attrs.get(records.CONSTRAINTS)
     if constraints:  # what Optuna's samplers and optuna-dashboard read as feasibility
         for key, value in zip(("gflops", "latency_ms"), constraints):
             trial.set_constraint(key, value)
-
-
-def _next_name() -> str:
-    from autoprune.runs import RUNS_ROOT
-
-    n = 1
-    while (RUNS_ROOT / "search" / f"exp{n}").exists():
-        n += 1
-    return f"exp{n}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _resume_flag(key: str, value, mine=None) -> str | None:
-    """The `autoprune search` flags that ask for the stored `value` of study attribute `key` (this run's: `mine`),
-    where there are."""
-    from autoprune.space import shipped_spaces
-
-    if key == R.STUDY_CRITERION and isinstance(value, str):
-        return f"--criterion {value}"
-    if key == R.STUDY_SPACE and isinstance(value, dict) and value.get("name") in shipped_spaces():
-        return f"--space {value['name']}"
-    if key == R.STUDY_BUDGET_GFLOPS and isinstance(value, (int, float)):
-        return f"--budget-gflops {value:g}"
-    if key == R.STUDY_SEED and isinstance(value, int):
-        return f"--seed {value}"
-    if key == R.STUDY_PROXY and isinstance(value, dict):  # the proxy's seed is --seed's
-        mine = mine if isinstance(mine, dict) else {}
-        flags = [f"{flag} {value[k]}" for flag, k in (("--proxy-steps", "steps"), ("--proxy-imgsz", "imgsz"),
-                                                      ("--calib-batches", "calib_batches"),
-                                                      ("--val-images", "val_images")) if k in value and
-                 value[k] != mine.get(k)]
-        if value.get("distill", 0.0) != mine.get("distill", 0.0):
-            flags.append(f"--proxy-distill {value.get('distill', 0.0):g}")
-        if bool(value.get("reconstruct")) != bool(mine.get("reconstruct")):
-            flags.append("--reconstruct" if value.get("reconstruct") else "without --reconstruct")
-        return " ".join(flags) or None
-    return None
-
-
-def _difference(key: str, stored, mine) -> str:
-    """`key stored (this run: mine)`, for a mapping only the entries that differ (`proxy.reconstruct ...`)."""
-    if isinstance(stored, dict) and isinstance(mine, dict):
-        return "; ".join(f"{key}.{k} {_short(stored.get(k))} (this run: {_short(mine.get(k))})"
-                         for k in sorted(set(stored) | set(mine), key=str) if stored.get(k) != mine.get(k))
-    return f"{key} {_short(stored)} (this run: {_short(mine)})"
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _version() -> str:
-    from autoprune import __version__
-
-    return __version__

@@ -26,7 +26,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
 from autoprune.errors import UserError
-from autoprune.search import records as R
+from autoprune.search import records
 
 ENGINES = ("deap", "optuna")
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -72,7 +72,7 @@ class InitialPopulation:
     each fitted by `fit(genome, target_gflops)` to a GFLOPs target drawn from [`low_share`, 1] x `budget`. Once the
     better of the study's seeded trials (kinds "global" and "global-per-flop": one-shot global pruning by the
     criterion, and by its importance per FLOP) has scored at least as well as the uniform genome, every other child
-    is a smaller perturbation (`seed_sigma`) of that genome instead: crossing
+    is a smaller perturbation (`one_shot_sigma`) of that genome instead: crossing
     a good non-uniform allocation with perturbed uniform genomes averages it away, so the first generation explores
     around both answers.
 
@@ -86,7 +86,7 @@ class InitialPopulation:
     budget: float
     sigma: float = 0.15  # per-gene noise, as a share of the gene's range
     low_share: float = 0.75
-    seed_sigma: float = 0.05  # noise around a seeded trial (`R.SEED_KINDS`), already a good allocation
+    one_shot_sigma: float = 0.05  # noise around a seeded trial (`records.ONE_SHOT_KINDS`), already a good allocation
 
 
 def count_in_generation(sampler: BaseSampler, study, trial) -> None:
@@ -250,9 +250,9 @@ class DeapNSGA2Sampler(BaseSampler):
         if self.init is None:
             return self.space.random(rng)
         center, sigma = self.init.center, self.init.sigma
-        seed = None if study is None else self._good_seed(study)
-        if seed is not None and rng.random() < 0.5:
-            center, sigma = seed, self.init.seed_sigma
+        plan = None if study is None else self._good_one_shot(study)
+        if plan is not None and rng.random() < 0.5:
+            center, sigma = plan, self.init.one_shot_sigma
         genome = {}
         for g in self.space.genes:
             v = center[g.name] + rng.normal(0.0, sigma) * (g.high - g.low)
@@ -260,20 +260,20 @@ class DeapNSGA2Sampler(BaseSampler):
         target = self.init.budget * rng.uniform(self.init.low_share, 1.0)
         return self.space.snap(self.init.fit(self.space.snap(genome), target))
 
-    def _good_seed(self, study) -> dict | None:
-        """The genome of the best-scored seeded trial (`R.SEED_KINDS`), once one has scored at least as well as the
+    def _good_one_shot(self, study) -> dict | None:
+        """The genome of the best-scored seeded trial (`records.ONE_SHOT_KINDS`), once one has scored at least as well as the
         uniform genome."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
         def score(t):
-            return t.user_attrs.get(R.MAP50_95) or 0.0
+            return t.user_attrs.get(records.MAP50_95) or 0.0
 
         seeds = [t for t in done
-                 if t.user_attrs.get(R.KIND) in R.SEED_KINDS and all(n in t.params for n in self._names)]
+                 if t.user_attrs.get(records.KIND) in records.ONE_SHOT_KINDS and all(n in t.params for n in self._names)]
         if not seeds:
             return None
         best = max(seeds, key=lambda t: (score(t), -t.number))
-        uniform = next((t for t in done if t.user_attrs.get(R.KIND) == "uniform"), None)
+        uniform = next((t for t in done if t.user_attrs.get(records.KIND) == "uniform"), None)
         if uniform is not None and score(best) < score(uniform):
             return None  # poor one-shot answers (global L1 often is): no generation spent around them
         return best.params
@@ -289,14 +289,14 @@ class DeapNSGA2Sampler(BaseSampler):
         out = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             a = t.user_attrs
-            if t.state == TrialState.PRUNED and a.get(R.LATENCY_MS) is None:
+            if t.state == TrialState.PRUNED and a.get(records.LATENCY_MS) is None:
                 continue  # a genome rejected before measurement (repaired into another trial)
             if not all(n in t.params for n in self._names):
                 continue
-            violation = sum(max(0.0, c) for c in a.get(R.CONSTRAINTS, [0.0]))
+            violation = sum(max(0.0, c) for c in a.get(records.CONSTRAINTS, [0.0]))
             if t.state == TrialState.PRUNED:
                 violation = max(violation, 1e-9)  # never scored: infeasible by construction
-            values = (a.get(R.MAP50_95) or 0.0, a.get(R.GFLOPS) or 0.0, a.get(R.LATENCY_MS) or 0.0)
+            values = (a.get(records.MAP50_95) or 0.0, a.get(records.GFLOPS) or 0.0, a.get(records.LATENCY_MS) or 0.0)
             ind = [t.params[n] for n in self._names]
             out.append((ind, self._fitness(values, violation)))
         return out

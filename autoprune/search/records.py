@@ -15,11 +15,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 OBJECTIVES = ("mAP50-95", "GFLOPs", "latency_ms")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 # The objectives as TrialRecord fields, with the sign that makes larger better
 FRONT_FIELDS = (("map50_95", 1.0), ("gflops", -1.0), ("latency_ms", -1.0))
+
+class TrialKind(str, Enum):
+    """Every kind of trial the search writes under `KIND` (stored as its value)."""
+
+    UNIFORM = "uniform"  # trial 0: one keep ratio everywhere, at the budget
+    GLOBAL = "global"  # one-shot global pruning by the criterion (STUDY_GLOBAL), queued by trial 0
+    GLOBAL_PER_FLOP = "global-per-flop"  # the same by importance per FLOP (STUDY_GLOBAL_PER_FLOP)
+    SEARCH = "search"  # proposed by the sampler
+    REPAIRED = "repaired"  # a proposal over the budget, repaired into it and queued
+    FILLED = "filled"  # a proposal under the budget floor, filled up toward the budget and queued
+    REJECTED = "rejected"  # a proposal not evaluated: a repaired or filled genome was queued instead
+    DUPLICATE = "duplicate"  # prunes to the channels of a trial already scored; not evaluated again
+    SURPLUS = "surplus"  # asked when other workers already filled the study's trial budget; not run
+
+
+ONE_SHOT_KINDS = (TrialKind.GLOBAL.value, TrialKind.GLOBAL_PER_FLOP.value)  # the one-shot plans trial 0 queues
 
 # Trial user attributes
 GENOME = "genome"  # {gene name: keep ratio}
@@ -39,8 +56,7 @@ CRITERION = "criterion"
 SEED = "seed"
 ROUND_TO = "round_to"
 MIN_CHANNELS = "min_channels"
-KIND = "kind"  # "uniform" (the uniform baseline), a SEED_KINDS one, "search", "repaired", "filled", "retry"
-SEED_KINDS = ("global", "global-per-flop")  # one-shot plans trial 0 queues (STUDY_GLOBAL, STUDY_GLOBAL_PER_FLOP)
+KIND = "kind"  # a TrialKind value
 FEASIBLE = "feasible"
 CONSTRAINTS = "constraints"  # [gflops - budget, latency - latency budget]; <= 0 is within budget
 REASON = "reason"  # why a trial was pruned or failed
