@@ -123,3 +123,34 @@ def randomize_bn(model, seed: int = 0) -> None:
             m.bias.data = torch.randn(n, generator=g) * 0.5
             m.running_mean = torch.randn(n, generator=g) * 0.5
             m.running_var = torch.rand(n, generator=g) + 0.5
+
+
+def run_cli(capsys, *argv):
+    """Run `autoprune ARGV...` in process; (exit code, stdout, stderr)."""
+    from autoprune.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, pattern):
+    """A user's mistake: exit code 2 and exactly one stderr line, `error: ...` containing `pattern`; returns it."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread for a module's tests: tiny tensors gain nothing from two, and a shared CPU makes two slower.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,23 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_user_error, run_cli
 import torch
 
 from autoprune.cli import main
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert pattern in lines[0], lines[0]
 
 
 def test_groups_json_lists_groups_and_summary(capsys):

@@ -18,12 +18,7 @@ STRONG = torch.tensor([1, 4, 6, 9, 10, 12, 13, 15])  # 8 of the 16 channels of g
 WEAK = torch.tensor([i for i in range(16) if i not in STRONG.tolist()])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,27 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import assert_user_error, run_cli
 import yaml
 
 from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.runs import check_writable, save_args
 from autoprune.search.storage import mask_url
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert pattern in lines[0], lines[0]
-    return lines[0]
 
 
 def _refuses_new_files(folder: Path) -> bool:

@@ -47,13 +47,7 @@ def evaluator(tiny_data) -> ProxyEvaluator:
     return ProxyEvaluator(tiny_data, ProxySettings(**SMALL))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread in this module: tiny tensors gain nothing from two, and a shared CPU makes two much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(model: nn.Module) -> dict:

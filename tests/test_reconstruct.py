@@ -18,12 +18,7 @@ CALIB = [torch.rand(4, 3, 64, 64, generator=GEN) for _ in range(3)]
 HELD_OUT = [torch.rand(4, 3, 64, 64, generator=GEN) for _ in range(2)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pruned(model, keep=0.5, criterion="l1"):

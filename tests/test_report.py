@@ -10,6 +10,7 @@ import re
 import numpy as np
 import optuna
 import pytest
+from conftest import assert_user_error, run_cli
 from optuna.trial import TrialState, create_trial
 
 from autoprune import report
@@ -331,20 +332,6 @@ def test_comparison_line_cases():
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert pattern in lines[0], lines[0]
 
 
 def test_cli_trials_json_returns_records_and_front(mixed, capsys):
