@@ -54,6 +54,7 @@ from torch import nn
 
 from autoprune.channels import ChannelGraph, ChannelGroup
 from autoprune.errors import UserError
+from autoprune.wrappers import detection_model
 
 
 @dataclass
@@ -310,13 +311,6 @@ def hessian(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
 # Gradients on calibration data, for the data criteria
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
-    if inner is not None and not isinstance(inner, nn.Sequential) and hasattr(inner, "model"):
-        return inner  # an ultralytics.YOLO wrapper
-    return model
-
-
 def loss_ready_copy(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
     """A float32 copy of a detection model that `model.loss(batch)` works on, the way the proxy prepares one.
 
@@ -326,7 +320,7 @@ def loss_ready_copy(model: nn.Module, device: torch.device | str | None = None) 
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils import IterableSimpleNamespace
 
-    m = deepcopy(_unwrap(model)).float()
+    m = deepcopy(detection_model(model)).float()
     if device is not None:
         m = m.to(device)
     old = getattr(m, "args", None)
@@ -370,7 +364,7 @@ def accumulate_gradients(
         >>> scores = CRITERIA["taylor"](ctx, graph.groups[0])
     """
     if device is None:
-        p = next(_unwrap(model).parameters())
+        p = next(detection_model(model).parameters())
         device = p.device
     work = loss_ready_copy(model, device)
     head = work.model[-1]

@@ -21,16 +21,10 @@ from torch import nn
 
 from autoprune.channels import ChannelGraph, ChannelGroup, analyze
 from autoprune.errors import UserError
+from autoprune.wrappers import detection_model
 from autoprune.importance import ScoringContext, get_criterion
 
 Keep = float | Mapping[str, float]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
-    if inner is not None and not isinstance(inner, nn.Sequential) and hasattr(inner, "model"):
-        return inner  # an ultralytics.YOLO wrapper
-    return model
 
 
 def resolve_keep(graph: ChannelGraph, keep: Keep) -> dict[str, float]:
@@ -97,7 +91,7 @@ def prune(
         >>> small.model[0].conv.out_channels
         8
     """
-    model = _unwrap(model)
+    model = detection_model(model)
     graph = graph or analyze(model)
     counts = keep_counts(graph, keep, round_to=round_to, min_channels=min_channels)
     return prune_to_counts(model, counts, criterion=criterion, graph=graph, ctx=ctx)
@@ -141,7 +135,7 @@ def score_context(
     from autoprune.importance import DATA_CRITERIA, accumulate_gradients
 
     get_criterion(criterion)
-    ctx = ctx or ScoringContext.for_model(_unwrap(model), graph)
+    ctx = ctx or ScoringContext.for_model(detection_model(model), graph)
     if seed is not None:
         ctx.extra["seed"] = int(seed)
     if criterion in DATA_CRITERIA and not ctx.grads:
@@ -239,7 +233,7 @@ def prune_to_counts(
     This is what replays a search trial: the kept counts are stored with it, so rounding rules cannot drift.
     `ranking` (from `rank_channels`) skips scoring when the same model is pruned many times.
     """
-    model = _unwrap(model)
+    model = detection_model(model)
     graph = graph or analyze(model)
     if ranking is None:
         get_criterion(criterion)
@@ -261,7 +255,7 @@ def prune_to_counts(
 
 def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, list[torch.Tensor]]) -> nn.Module:
     """Return a copy of `model` keeping, for each listed group, the given channel indices of each of its parts."""
-    new = deepcopy(_unwrap(model))
+    new = deepcopy(detection_model(model))
     modules = dict(new.named_modules(remove_duplicate=False))  # activations are shared
     constants: dict[int, torch.Tensor] = {}
     delta: dict[str, torch.Tensor] = {}

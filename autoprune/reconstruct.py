@@ -53,19 +53,13 @@ from torch import nn
 
 from autoprune.channels import ChannelGraph
 from autoprune.pruner import apply_indices, conv_masks, select_indices
+from autoprune.wrappers import detection_model
 
 __all__ = ["LayerFit", "Reconstruction", "feature_errors", "prune_reconstructed", "reconstruct"]
 
 
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the tensor it wanted has been seen."""
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
-    if inner is not None and not isinstance(inner, nn.Sequential) and hasattr(inner, "model"):
-        return inner
-    return model
 
 
 def _images(batches: Iterable, device: torch.device) -> list[torch.Tensor]:
@@ -258,8 +252,8 @@ def reconstruct(
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
     if max_samples < 1:
         raise ValueError(f"max_samples must be at least 1, got {max_samples}")
-    orig = _unwrap(original)
-    model = deepcopy(_unwrap(pruned))
+    orig = detection_model(original)
+    model = deepcopy(detection_model(pruned))
     device = next(model.parameters()).device
     imgs = _images(batches, device)
     masks = conv_masks(graph, indices)
@@ -451,7 +445,7 @@ def feature_errors(
         >>> feature_errors(model, pruned, graph, indices, batches)["detect_inputs_mean"]
         0.21
     """
-    orig, model = _unwrap(original), _unwrap(pruned)
+    orig, model = detection_model(original), detection_model(pruned)
     device = next(model.parameters()).device
     masks = conv_masks(graph, indices)
     head_path = f"model.{len(orig.model) - 1}"

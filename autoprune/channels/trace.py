@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from autoprune.channels.graph import ChannelGraph, ChannelGroup, Consumer, ConvInfo, Part, Producer
+from autoprune.wrappers import detection_model
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Symbolic tensors
@@ -433,8 +434,7 @@ def analyze(model: nn.Module, imgsz: int = 640) -> ChannelGraph:
         >>> graph.groups[0].id, graph.groups[0].size
         ('0', 16)
     """
-    if hasattr(model, "model") and not isinstance(model.model, nn.Sequential) and hasattr(model.model, "model"):
-        model = model.model  # an ultralytics.YOLO wrapper
+    model = detection_model(model)
     if not _HANDLERS:
         _register_ultralytics_handlers()
     layers = getattr(model, "model", None)

@@ -1,4 +1,4 @@
-"""How cost reads the caller's model: the accepted wrappers, the image it takes, and the copies measurements run on.
+"""How cost reads the caller's model: the image it takes, its input channels, and the copies measurements run on.
 
 Every count and measurement in `autoprune.cost` works on a copy (`inference_copy`), so the caller's model is never
 changed; `TensorsOut` flattens a detector's output for jit tracing (fvcore's count and the ONNX export).
@@ -24,18 +24,6 @@ def check_imgsz(imgsz) -> int:
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0 or imgsz % 32:
         raise UserError(f"--imgsz must be a positive multiple of 32, got {imgsz!r}")
     return imgsz
-
-
-def unwrap(model) -> nn.Module:
-    """Accept a `DetectionModel`, an Ultralytics `YOLO` wrapper or a `LoadedModel`; return the `nn.Module`."""
-    inner = getattr(model, "model", None)
-    if not isinstance(model, nn.Module) and isinstance(inner, nn.Module):  # LoadedModel
-        return inner
-    if isinstance(model, nn.Module) and isinstance(inner, nn.Module) and hasattr(model, "predictor"):  # YOLO(...)
-        return inner
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch nn.Module, got {type(model).__name__}")
-    return model
 
 
 def input_channels(model: nn.Module) -> int:

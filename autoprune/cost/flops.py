@@ -21,7 +21,8 @@ import warnings
 import torch
 from torch import nn
 
-from autoprune.cost._model import TensorsOut, check_imgsz, inference_copy, input_channels, unwrap
+from autoprune.cost._model import TensorsOut, check_imgsz, inference_copy, input_channels
+from autoprune.wrappers import detection_model
 from autoprune.cost.signature import architecture_signature
 
 FLOPS_PER_MAC = 2  # Ultralytics' GFLOPs count a multiply-accumulate as two operations
@@ -66,7 +67,7 @@ def count_params(model: nn.Module) -> int:
         >>> count_params(nn.Conv2d(3, 16, 3, bias=False))
         432
     """
-    return int(sum(p.numel() for p in unwrap(model).parameters()))
+    return int(sum(p.numel() for p in detection_model(model).parameters()))
 
 
 def _import_fvcore():
@@ -170,7 +171,7 @@ def count_gflops(model: nn.Module, imgsz: int = 640) -> float:
         8.9
     """
     imgsz = check_imgsz(imgsz)
-    model = unwrap(model)
+    model = detection_model(model)
     ch = input_channels(model)
     key = (architecture_signature(model), imgsz, ch)
     if key in _GFLOPS_CACHE:

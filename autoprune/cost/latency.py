@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from autoprune.cost import backends, timing
-from autoprune.cost._model import check_imgsz, input_channels, unwrap
+from autoprune.cost._model import check_imgsz, input_channels
+from autoprune.wrappers import detection_model
 from autoprune.cost.cache import LatencyCache, cache_key
 from autoprune.cost.signature import architecture_signature
 from autoprune.devices import resolve_device, torch_threads
@@ -141,7 +142,7 @@ def measure_latency(
     protocol = protocol or timing.DEFAULT_PROTOCOL
     if backend == "onnxruntime":
         backends.check_onnxruntime(dev)
-    model = unwrap(model)
+    model = detection_model(model)
     if cache is None or cache is True:
         cache = _DEFAULT_CACHE
     elif cache is not False and not isinstance(cache, LatencyCache):

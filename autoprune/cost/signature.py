@@ -9,7 +9,7 @@ import hashlib
 
 from torch import nn
 
-from autoprune.cost._model import unwrap
+from autoprune.wrappers import detection_model
 
 # Plain attributes of non-torch modules that change what a forward pass computes without showing in any tensor
 # shape: Ultralytics' graph wiring (f: from-layers, i: index), concat dims, residual flags, head settings.
@@ -39,7 +39,7 @@ def architecture_signature(model: nn.Module) -> str:
         >>> architecture_signature(a) == architecture_signature(nn.Conv2d(3, 7, 3))
         False
     """
-    model = unwrap(model)
+    model = detection_model(model)
     h = hashlib.sha256()
     for name, m in model.named_modules():
         t = type(m)

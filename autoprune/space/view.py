@@ -22,18 +22,6 @@ class ModelView:
     group_size: dict  # group id -> channels per part
 
 
-def _unwrap(model):
-    """The Ultralytics `DetectionModel` inside a `LoadedModel` or `ultralytics.YOLO` wrapper (or the model itself)."""
-    from torch import nn
-
-    for _ in range(3):
-        inner = getattr(model, "model", None)
-        if isinstance(inner, nn.Sequential) or inner is None:
-            return model
-        model = inner
-    return model
-
-
 def _layer_of_path(path: str) -> int:
     head = path.removeprefix("model.").split(".", 1)[0]
     return int(head) if head.lstrip("-").isdigit() else -1
@@ -61,7 +49,9 @@ def _group_role(graph, g) -> str:
 def model_view(graph, model) -> ModelView:
     from torch import nn
 
-    net = _unwrap(model)
+    from autoprune.wrappers import detection_model
+
+    net = detection_model(model)
     layers = getattr(net, "model", None)
     if not isinstance(layers, nn.Sequential):
         raise TypeError(f"expected an Ultralytics DetectionModel, got {type(net).__name__}")
@@ -137,7 +127,9 @@ def default_space_name(model) -> str:
     """
     from torch import nn
 
-    net = _unwrap(model)
+    from autoprune.wrappers import detection_model
+
+    net = detection_model(model)
     layers = getattr(net, "model", None)
     types = {type(m).__name__ for m in layers} if isinstance(layers, nn.Sequential) else set()
     if not types or type(layers[-1]).__name__ != "Detect":
