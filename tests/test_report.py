@@ -430,8 +430,27 @@ def test_cli_errors_are_one_line(mixed, in_tmp, capsys, cmd):
                       "notes.db is not a SQLite database")
     url = "sqlite:///runs/search/exp1/study.db"
     assert_user_error(*run_cli(capsys, cmd, "--storage", url, "--name", "x")[::2], "studies there: exp1")
-    assert_user_error(*run_cli(capsys, cmd, "--storage", url)[::2], "--name is required: the study to read "
-                                                                     "(studies there: exp1)")
+
+
+@pytest.mark.parametrize("cmd", ["trials", "plot"])
+def test_cli_storage_without_name_reads_its_only_study(in_tmp, capsys, cmd):
+    """One study: read it. Several: --name is required, naming them. None: say so, and do not ask for --name."""
+    url = f"sqlite:///{in_tmp / 's.db'}"
+    fill_mixed(new_study(url, name="only"))
+    out_args = ("--out", "plots") if cmd == "plot" else ()
+    code, out, _ = run_cli(capsys, cmd, "--storage", url, *out_args)
+    assert code == 0 and out.splitlines()[0] == "study 'only': the only study in --storage"
+    assert "search 'only'" in out
+    code, out, _ = run_cli(capsys, cmd, "--storage", url, *out_args, "--json")
+    assert code == 0 and json.loads(out)["study"] == "only"
+    new_study(url, name="second")
+    assert_user_error(*run_cli(capsys, cmd, "--storage", url)[::2],
+                      "--name is required: the study to read (studies there: only, second)")
+    empty = f"sqlite:///{in_tmp / 'empty.db'}"
+    optuna.storages.RDBStorage(empty)  # Optuna's tables, no study
+    code, _, err = run_cli(capsys, cmd, "--storage", empty)
+    assert_user_error(code, err, f"--storage '{empty}' holds no study yet: nothing to read")
+    assert "--name" not in err
 
 
 def test_cli_errors_for_a_sqlite_file_of_another_program_and_an_out_file(in_tmp, capsys):

@@ -27,12 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_study(args: argparse.Namespace) -> None:
-    """Without `--name` and `--storage`, read the latest local search (`autoprune apply --trial 17` after `autoprune
-    search`) and say which (on stdout, so that an error stays one line on stderr; `--json` output names the study).
-    With `--storage`, `--name` stays required (`report.read_study` lists the studies there)."""
+    """Without `--name`, read the latest local search (`autoprune apply --trial 17` after `autoprune search`), or
+    with `--storage` the database's only study, and say which (on stdout, so that an error stays one line on
+    stderr; `--json` output names the study). A storage with several studies needs `--name` (the error lists them);
+    one with none says so."""
     from autoprune import report
 
-    if args.name or args.storage is not None:
+    if args.name:
+        return
+    if args.storage is not None:
+        args.name = report.only_study_name(args.storage)
+        if not args.json:
+            print(f"study {args.name!r}: the only study in --storage")
         return
     args.name = report.newest_local_study()
     if args.name is not None and not args.json:

@@ -20,7 +20,7 @@ Example:
 from autoprune.report.files import CSV_COLUMNS, record_dict, write_reports, write_trials_csv
 from autoprune.report.front import Panel, ParetoInfo, pareto_info, study_info
 from autoprune.report.plots import plot_pareto_html, plot_pareto_png
-from autoprune.report.study import local_study_names, newest_local_study, read_study
+from autoprune.report.study import local_study_names, newest_local_study, only_study_name, read_study
 from autoprune.report.tables import (
     comparison_line,
     confirmed_lines,
@@ -41,6 +41,7 @@ __all__ = [
     "load_records",
     "local_study_names",
     "newest_local_study",
+    "only_study_name",
     "over_budget_text",
     "pareto_info",
     "plot_pareto_html",

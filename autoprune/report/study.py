@@ -19,25 +19,22 @@ from autoprune.errors import UserError
 def read_study(storage: str | None, name: str | None):
     """Open an existing study for reading, as `autoprune trials` and `autoprune plot` do.
 
-    `storage` None means the run folder's SQLite file `runs/search/NAME/study.db`. Every mistake is a `UserError`:
-    no `--name` (naming the studies there are), a malformed URL, a SQLite path that is not there or is not an
+    `storage` None means the run folder's SQLite file `runs/search/NAME/study.db`. With `storage` and no `name`, the
+    database's only study is read (`only_study_name`). Every mistake is a `UserError`: no `--name` (naming the
+    studies there are), a storage holding no study or several, a malformed URL, a SQLite path that is not there or is not an
     Optuna database (checked first, so that reading never creates or changes a file), an unknown study.
 
     Example:
         >>> study = read_study(None, "exp1")  # doctest: +SKIP
         >>> study = read_study("postgresql://user:pw@host/db", "exp1")  # doctest: +SKIP
     """
-    from autoprune.search.storage import make_storage, open_study, storage_url, study_names
+    from autoprune.search.storage import open_study, storage_url
 
     if storage is not None:
         url = storage_url(storage, name or "_")  # checks the URL's form first
         if url.lower().startswith("sqlite"):
             _check_sqlite_file(url)
-        if not name:
-            names = study_names(make_storage(url, heartbeat=None, read_only=True))
-            hint = f"studies there: {', '.join(names)}" if names else "it holds no studies"
-            raise UserError(f"--name is required: the study to read ({hint})")
-        return open_study(storage, name)
+        return open_study(storage, name or only_study_name(storage))
     if not name:
         known = local_study_names()
         hint = f"studies in runs/search: {', '.join(known)}" if known else "no studies in runs/search"
@@ -46,6 +43,28 @@ def read_study(storage: str | None, name: str | None):
     if Path(_sqlite_path(url)).is_file():
         _check_sqlite_file(url)
     return open_study(None, name)
+
+
+def only_study_name(storage: str) -> str:
+    """The name of the one study in the database at `storage`, for reading it without `--name`.
+
+    A `UserError` when the database holds no study (saying so), or several (naming them: `--name` picks one).
+
+    Example:
+        >>> only_study_name("sqlite:///runs/search/exp1/study.db")  # doctest: +SKIP
+        'exp1'
+    """
+    from autoprune.search.storage import make_storage, mask_url, storage_url, study_names
+
+    url = storage_url(storage, "_")  # checks the URL's form first
+    if url.lower().startswith("sqlite"):
+        _check_sqlite_file(url)
+    names = study_names(make_storage(url, heartbeat=None, read_only=True))
+    if not names:
+        raise UserError(f"--storage {mask_url(url)!r} holds no study yet: nothing to read")
+    if len(names) > 1:
+        raise UserError(f"--name is required: the study to read (studies there: {', '.join(names)})")
+    return names[0]
 
 
 def newest_local_study() -> str | None:
