@@ -297,7 +297,7 @@ def test_front_table_lists_the_front_and_the_gain_over_uniform():
     assert "3.80 (48%)" in text  # GFLOPs with the share of the unpruned model's
     assert ("best feasible trial 1 beats the uniform baseline (trial 0) by +0.0500 mAP50-95 (0.3500 vs 0.3000, "
             "+16.7%) at 3.8 GFLOPs and 19 ms, uniform at 4 GFLOPs and 20 ms") in text
-    assert text.splitlines()[-1] == "apply one:  autoprune apply --name exp1 --trial N"
+    assert text.splitlines()[-1] == "apply the recommended trial:  autoprune apply --name exp1 --trial 1"
     assert "     3  " not in text  # dominated trial 3 is no row
     assert "study still in progress" not in text
 
@@ -316,7 +316,7 @@ def test_front_table_without_feasible_trials_names_the_reasons():
     assert "Pareto front: no feasible trial yet (5 trials: 1 complete (0 feasible), 3 pruned, 1 running)" in text
     assert "  3 x over the GFLOPs budget; a repaired genome was queued instead" in text  # figures set aside
     assert "completed but over budget: trial 3" in text
-    assert "apply one" not in text
+    assert "autoprune apply" not in text
 
 
 def test_comparison_line_cases():
@@ -369,7 +369,23 @@ def test_cli_trials_reads_a_study_through_storage_url_while_it_runs(in_tmp, caps
     r = json.loads(out)
     assert r["in_progress"] is True and r["counts"]["RUNNING"] == 1 and r["counts"]["WAITING"] == 1
     code, out, _ = run_cli(capsys, "trials", "--storage", url, "--name", "team", "--pareto")
-    assert "this front is provisional" in out and "autoprune apply --storage URL --name team --trial N" in out
+    assert "this front is provisional" in out
+    assert out.splitlines()[-1] == f"apply the recommended trial:  autoprune apply --storage {url} --name team --trial 1"
+
+
+def test_cli_trials_prints_the_apply_command_with_the_password_masked(monkeypatch, in_tmp, capsys):
+    """The apply hint is a real command for the recommended trial; a storage password is never printed."""
+    from autoprune.cli import trials
+
+    url = "postgresql://user:s3cret@db.example:5432/studies"
+    study = fill_mixed(new_study(optuna.storages.InMemoryStorage(), name="team"))
+    monkeypatch.setattr(report, "read_study", lambda storage, name: study)
+    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--name", "team", "--pareto")
+    assert code == 0 and "s3cret" not in out
+    assert out.splitlines()[-1] == ("apply the recommended trial:  autoprune apply --storage "
+                                    "'postgresql://user:***@db.example:5432/studies' --name team --trial 1  "
+                                    "(password elided: put yours in place of ***)")
+    assert trials.apply_hint(None, "my run", None) == "autoprune apply --name 'my run' --trial N"
 
 
 def test_cli_plot_writes_into_the_run_folder_or_out(mixed, in_tmp, capsys):

@@ -52,9 +52,28 @@ def safe_url(storage: str | None, name: str) -> str:
     return mask_url(storage_url(storage, name))
 
 
-def apply_hint(storage: str | None, name: str) -> str:
-    """The `autoprune apply` command for a trial of this study (the storage URL left as a placeholder)."""
-    return f"autoprune apply {'--storage URL ' if storage else ''}--name {name} --trial N"
+def apply_hint(storage: str | None, name: str, trial: int | None) -> str:
+    """The `autoprune apply` command for trial `trial` of this study (`N` when there is none), ready to paste.
+
+    The storage URL is shown with its password masked (`search.storage.mask_url`); the hint then says so, since the
+    command needs the real password in its place.
+
+    Example:
+        >>> apply_hint("postgresql://u:pw@host/db", "exp1", 7)
+        "autoprune apply --storage 'postgresql://u:***@host/db' --name exp1 --trial 7  (password elided: put yours in place of ***)"
+    """
+    import shlex
+
+    from autoprune.search.storage import mask_url
+
+    where = ""
+    note = ""
+    if storage is not None:
+        shown = mask_url(storage)
+        where = f"--storage {shlex.quote(shown)} "
+        if shown != storage:
+            note = "  (password elided: put yours in place of ***)"
+    return f"autoprune apply {where}--name {shlex.quote(name)} --trial {'N' if trial is None else trial}{note}"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -70,7 +89,8 @@ def run(args: argparse.Namespace) -> dict:
         if not args.pareto:
             print(report.format_trials_table(info) if info.records else "no trials yet")
             print()
-        print(report.format_front_table(info, apply_hint=apply_hint(args.storage, args.name)))
+        recommended = info.recommended.number if info.recommended else None
+        print(report.format_front_table(info, apply_hint=apply_hint(args.storage, args.name, recommended)))
     return {
         "study": args.name,
         "storage": safe_url(args.storage, args.name),

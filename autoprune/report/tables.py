@@ -20,8 +20,8 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
     """The Pareto front as a terminal table, the comparison with the uniform baseline, and how to apply a trial.
 
     Rows are front members by increasing GFLOPs; `*` marks the best feasible trial. The uniform baseline follows
-    as a reference row when it is not on the front. `apply_hint` is the command to print with `N` for the trial
-    (default: `autoprune apply --name NAME --trial N`).
+    as a reference row when it is not on the front. `apply_hint` is the command to print for the recommended trial
+    (default: `autoprune apply --name NAME --trial N`, N the recommended trial, `ParetoInfo.recommended`).
 
     Example:
         >>> from autoprune.report.front import pareto_info
@@ -32,7 +32,7 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
             trial  kind      mAP50-95   mAP50  GFLOPs   params  latency ms
           *     3  search      0.4100  0.6000    4.10    1.50M       12.00
         no uniform baseline trial in this study: nothing to compare against
-        apply one:  autoprune apply --name exp1 --trial N
+        apply the recommended trial:  autoprune apply --name exp1 --trial 3
     """
     lines = []
     if info.unfinished:
@@ -72,7 +72,7 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
     if info.counts.get("feasible_incomplete"):
         lines.append(f"note: {info.counts['feasible_incomplete']} feasible trial(s) lack an objective value and are "
                      "left off the front")
-    lines.append(f"apply one:  {apply_hint or _apply_hint(info)}")
+    lines.append(f"apply the recommended trial:  {apply_hint or _apply_hint(info)}")
     return "\n".join(lines)
 
 
@@ -160,7 +160,8 @@ def _at(r: TrialRecord) -> str:
 
 
 def _apply_hint(info: ParetoInfo) -> str:
-    return f"autoprune apply --name {info.study_name or 'NAME'} --trial N"
+    trial = info.recommended.number if info.recommended else "N"
+    return f"autoprune apply --name {info.study_name or 'NAME'} --trial {trial}"
 
 
 def over_budget_text(r: TrialRecord, info: ParetoInfo) -> str:
