@@ -7,7 +7,13 @@ The public Python API:
     >>> small = prune(model, 0.5)         # a new, physically smaller model of stock Ultralytics classes
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# OMP_NUM_THREADS as the user set it: read here, before any autoprune module imports Ultralytics (which sets it to 1
+# on import). `devices.default_threads` times latency with it.
+ENV_OMP_NUM_THREADS = _os.environ.get("OMP_NUM_THREADS")
 
 __all__ = ["UserError", "__version__", "analyze", "prune"]
 

@@ -4,6 +4,7 @@ machine, and the CPU thread count a block of work runs with."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -39,6 +40,37 @@ def resolve_device(spec: str | torch.device) -> torch.device:
         have = f"this machine has {count} CUDA device(s)" if count else "no CUDA GPU is available here"
         raise UserError(f"device {str(spec)!r} does not exist: {have} (use --device cpu or auto)")
     return torch.device("cuda", index)
+
+
+def default_threads() -> int:
+    """The CPU thread count latency is timed with unless a caller names one, the same in every command and output
+    mode: `OMP_NUM_THREADS` as the user set it, else one thread per physical core this process may run on (torch's
+    own default on a machine where nobody set it).
+
+    Not torch's current setting: that depends on import order. Ultralytics sets `OMP_NUM_THREADS=1` when it is
+    imported, so torch imported after it runs with 1 thread and torch imported before it with one per core. The
+    user's value is the one `autoprune` saw when it was first imported, before any of its modules imported
+    Ultralytics.
+
+    Example:
+        >>> default_threads() >= 1
+        True
+    """
+    import autoprune
+
+    env = autoprune.ENV_OMP_NUM_THREADS
+    if env is not None and env.strip().isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        import psutil  # an Ultralytics dependency
+
+        cores = psutil.cpu_count(logical=False)
+    except ImportError:
+        cores = None
+    cores = cores or os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)) or cores)
+    return max(1, cores)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                         help="run the model with torch or export it to ONNX and run onnxruntime (default torch)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for the latency (default: torch's setting, usually the core count)")
+                        help="CPU threads for the latency (default: OMP_NUM_THREADS if set, else one per physical core; "
+                             "the same in every command and with or without --json)")
     parser.add_argument("--cache", default=None, metavar="FILE",
                         help="JSON latency cache to read and add to (created if missing); off by default")
 

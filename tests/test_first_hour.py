@@ -1,0 +1,42 @@
+"""A new user's first hour (issue 22): each defect found by trying every command as a newcomer would, one test each."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import psutil
+import torch
+from conftest import run_cli
+
+from autoprune import cost
+from autoprune.devices import default_threads
+
+QUICK = cost.TimingProtocol(warmup_runs=1, warmup_s=0.0, min_repeats=3, min_time_s=0.0, max_time_s=0.5,
+                            max_repeats=5)  # the thread count is tested here, not the latency
+
+
+def test_cost_times_with_the_same_threads_with_or_without_json(capsys, monkeypatch, one_thread):
+    """Ultralytics sets OMP_NUM_THREADS=1 on import, so torch's own thread count depends on import order (1 here, as
+    under `cost --json`, which imported Ultralytics first). Latency is timed with `default_threads()` in both modes."""
+    monkeypatch.setattr(cost.timing, "DEFAULT_PROTOCOL", QUICK)
+    assert torch.get_num_threads() == 1
+    argv = ("cost", "--model", "yolov8n.yaml", "--imgsz", "64", "--device", "cpu")
+    code, out, _ = run_cli(capsys, *argv, "--json")
+    assert code == 0
+    json_threads = json.loads(out)["threads"]
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("device"))
+    assert json_threads == default_threads()
+    assert f"{default_threads()} thread" in line
+
+
+def test_default_threads_is_the_users_omp_setting_or_the_physical_cores(monkeypatch):
+    import autoprune
+
+    monkeypatch.setattr(autoprune, "ENV_OMP_NUM_THREADS", None)
+    cores = min(psutil.cpu_count(logical=False) or os.cpu_count(), len(os.sched_getaffinity(0)))
+    assert default_threads() == cores
+    monkeypatch.setattr(autoprune, "ENV_OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
