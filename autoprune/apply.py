@@ -134,7 +134,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
     `extra` fields join the report.
     """
     from autoprune import _ultralytics
-    from autoprune.cli._common import check_imgsz
+    from autoprune.imgsz import check_imgsz
     from autoprune.data import load_data_config
     from autoprune.devices import resolve_device
     from autoprune.models import load_model

@@ -52,6 +52,7 @@ from autoprune.data import DataConfig, load_data_config
 from autoprune.devices import resolve_device, torch_threads
 from autoprune.errors import UserError
 from autoprune.finetune import _branches, head_term
+from autoprune.imgsz import check_imgsz
 
 __all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn"]
 
@@ -116,9 +117,7 @@ class ProxySettings:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise UserError(f"{name} must be an integer >= {lo}, got {v!r}")
 
-        if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, (int, np.integer)) or self.imgsz < 32 \
-                or self.imgsz % 32:
-            raise UserError(f"imgsz must be a positive multiple of 32 (the largest model stride), got {self.imgsz!r}")
+        check_imgsz(self.imgsz, "imgsz", why=" (the largest model stride)")
         for name, lo in (("calib_batches", 0), ("steps", 0), ("batch", 1), ("val_images", 1), ("train_images", 1),
                          ("seed", 0), ("val_batch", 1), ("threads", 0)):
             _int(name, lo)

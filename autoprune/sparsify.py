@@ -54,6 +54,7 @@ from torch import nn
 from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.errors import UserError
 from autoprune.finetune import offline_ultralytics
+from autoprune.imgsz import check_imgsz
 
 GAMMA_THRESHOLD = 1e-2  # "near zero": the share of gammas below this is what sparse training drives up
 
@@ -100,8 +101,7 @@ class SparsifySettings:
                 raise UserError(f"{name.replace('_', '-')} must be a number >= 0, got {v!r}")
         if not isinstance(self.reg_keep, (int, float)) or not 0 < self.reg_keep < 1:
             raise UserError(f"reg-keep must lie in (0, 1), got {self.reg_keep!r}")
-        if not is_int(self.imgsz) or self.imgsz < 32 or self.imgsz % 32:
-            raise UserError(f"imgsz must be a positive multiple of 32, got {self.imgsz!r}")
+        check_imgsz(self.imgsz, "imgsz")
         if not is_int(self.batch) or self.batch < 1:
             raise UserError(f"batch must be an integer >= 1, got {self.batch!r}")
         if not is_int(self.workers) or self.workers < 0:

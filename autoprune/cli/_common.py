@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from autoprune.errors import UserError
-
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -17,13 +15,6 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_imgsz_argument(parser: argparse.ArgumentParser, default: int = 640, what: str = "costs") -> None:
     parser.add_argument("--imgsz", type=int, default=default, help=f"image size for {what} (default {default})")
-
-
-def check_imgsz(imgsz: int) -> int:
-    """An image size must be a positive multiple of 32 (the largest stride of the stock detectors)."""
-    if imgsz <= 0 or imgsz % 32:
-        raise UserError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
-    return imgsz
 
 
 def percent(x: float) -> str:

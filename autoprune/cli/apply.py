@@ -63,7 +63,7 @@ def _positive(flag: str, value: int, low: int = 1) -> int:
 def run(args: argparse.Namespace) -> dict:
     from autoprune import report
     from autoprune.apply import apply_study_trial, format_report
-    from autoprune.cli._common import check_imgsz
+    from autoprune.imgsz import check_imgsz
     from autoprune.devices import resolve_device
     from autoprune.finetune import DistillSettings
     from autoprune.runs import check_run_root

@@ -15,6 +15,7 @@ import argparse
 import re
 
 from autoprune.errors import UserError
+from autoprune.imgsz import check_imgsz
 
 _TRAIN_ONLY = ("epochs", "imgsz", "device", "batch", "patience", "name")
 _SHOW_ONLY = ("val_images", "refresh")
@@ -113,8 +114,7 @@ def _train(args) -> dict:
     patience = recipe.DEFAULT_PATIENCE if args.patience is None else args.patience
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
-    if imgsz < 64 or imgsz % 32:
-        raise UserError(f"--imgsz must be a multiple of 32 and >= 64, got {imgsz}")
+    check_imgsz(imgsz, minimum=64)
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
     if patience < 1:

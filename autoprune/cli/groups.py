@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from autoprune.cli._common import add_imgsz_argument, add_model_argument, check_imgsz, percent
+from autoprune.cli._common import add_imgsz_argument, add_model_argument, percent
+from autoprune.imgsz import check_imgsz
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from autoprune.cli._common import add_imgsz_argument, add_model_argument, check_imgsz
+from autoprune.cli._common import add_imgsz_argument, add_model_argument
 from autoprune.errors import UserError
+from autoprune.imgsz import check_imgsz
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,8 +173,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--ridge must be a number >= 0, got {args.ridge:g}")
     if args.max_samples < 1:
         raise UserError(f"--max-samples must be at least 1, got {args.max_samples}")
-    if args.calib_imgsz <= 0 or args.calib_imgsz % 32:
-        raise UserError(f"--calib-imgsz must be a positive multiple of 32, got {args.calib_imgsz}")
+    check_imgsz(args.calib_imgsz, "--calib-imgsz")
     if args.out is not None:
         _check_out(args)
     if args.criterion in DATA_CRITERIA or args.reconstruct:

@@ -28,13 +28,14 @@ Example:
 
 from __future__ import annotations
 
-from autoprune.cost._model import check_imgsz, input_channels
+from autoprune.cost._model import input_channels
 from autoprune.cost.backends import BACKENDS, check_onnxruntime
 from autoprune.cost.cache import CACHE_FORMAT, CACHE_VERSION, LatencyCache
 from autoprune.cost.flops import count_gflops, count_params
 from autoprune.cost.latency import LatencyResult, measure_latency
 from autoprune.cost.signature import architecture_signature
 from autoprune.cost.timing import TimingProtocol
+from autoprune.imgsz import check_imgsz
 
 __all__ = [
     "BACKENDS",

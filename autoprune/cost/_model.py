@@ -1,4 +1,4 @@
-"""How cost reads the caller's model: the image it takes, its input channels, and the copies measurements run on.
+"""How cost reads the caller's model: its input channels, a traceable view of it, and the copies measurements run on.
 
 Every count and measurement in `autoprune.cost` works on a copy (`inference_copy`), so the caller's model is never
 changed; `TensorsOut` flattens a detector's output for jit tracing (fvcore's count and the ONNX export).
@@ -11,19 +11,6 @@ import copy
 import torch
 from torch import nn
 
-from autoprune.errors import UserError
-
-
-def check_imgsz(imgsz) -> int:
-    """Return `imgsz` as an int, or raise `UserError` unless it is a positive multiple of 32 (the models' stride).
-
-    Example:
-        >>> check_imgsz(640)
-        640
-    """
-    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0 or imgsz % 32:
-        raise UserError(f"--imgsz must be a positive multiple of 32, got {imgsz!r}")
-    return imgsz
 
 
 def input_channels(model: nn.Module) -> int:

@@ -21,9 +21,10 @@ import warnings
 import torch
 from torch import nn
 
-from autoprune.cost._model import TensorsOut, check_imgsz, inference_copy, input_channels
-from autoprune.wrappers import detection_model
+from autoprune.cost._model import TensorsOut, inference_copy, input_channels
 from autoprune.cost.signature import architecture_signature
+from autoprune.imgsz import check_imgsz
+from autoprune.wrappers import detection_model
 
 FLOPS_PER_MAC = 2  # Ultralytics' GFLOPs count a multiply-accumulate as two operations
 AFFINE_NORM_MACS_PER_ELEMENT = 4  # thop: 2 per element, doubled for an affine norm (fvcore: 2 in eval, 5 in train)

@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from autoprune.cost import backends, timing
-from autoprune.cost._model import check_imgsz, input_channels
-from autoprune.wrappers import detection_model
+from autoprune.cost._model import input_channels
 from autoprune.cost.cache import LatencyCache, cache_key
 from autoprune.cost.signature import architecture_signature
 from autoprune.devices import resolve_device, torch_threads
 from autoprune.errors import UserError
+from autoprune.imgsz import check_imgsz
+from autoprune.wrappers import detection_model
 
 
 def _check_batch(batch) -> int:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoprune.errors import UserError
+from autoprune.imgsz import check_imgsz
 from autoprune.search import records
 from autoprune.search.engines import ENGINES, SAMPLERS
 
@@ -125,9 +126,7 @@ def check_settings(s: SearchSettings) -> None:
     if not (isinstance(s.proxy_distill, (int, float)) and math.isfinite(s.proxy_distill) and s.proxy_distill >= 0):
         raise UserError(f"--proxy-distill must be a number >= 0, got {s.proxy_distill}")
     for name in ("imgsz", "proxy_imgsz"):
-        v = getattr(s, name)
-        if v <= 0 or v % 32:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive multiple of 32, got {v}")
+        check_imgsz(getattr(s, name), f"--{name.replace('_', '-')}")
     if s.engine not in ENGINES:
         raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {s.engine!r}")
     if s.sampler is not None and s.sampler not in SAMPLERS:
