@@ -24,9 +24,14 @@ BUDGET = 4.2
 GENES = ("backbone", "neck", "head")
 
 
-def add(study, kind="search", state="COMPLETE", m=None, g=None, lat=None, feasible=None, reason=None, genome=None):
+def add(study, kind="search", state="COMPLETE", m=None, g=None, lat=None, feasible=None, reason=None, genome=None,
+        spread=None, loaded=None):
     """Add one finished trial with the user attributes the search stores (records.py)."""
     a = {R.KIND: kind, R.GENOME: genome or {x: 0.5 for x in GENES}}
+    if spread is not None:
+        a[R.LATENCY_SPREAD_MS] = spread
+    if loaded is not None:
+        a[R.LATENCY_UNDER_LOAD] = loaded
     for key, v in ((R.MAP50_95, m), (R.MAP50, None if m is None else m + 0.2), (R.GFLOPS, g), (R.LATENCY_MS, lat),
                    (R.PARAMS, None if g is None else int(g * 400_000)), (R.REASON, reason)):
         if v is not None:
@@ -329,6 +334,45 @@ def test_comparison_line_cases():
     over_u = report.pareto_info([rec(0, 0.5, 5.0, 2.0, feasible=False, kind="uniform"), rec(1, 0.4, 2.5, 2.5)], {})
     assert "trial 1 trails the uniform baseline (trial 0) (itself over budget) by -0.1000" in (
         report.comparison_line(over_u))
+
+
+def loaded_study():
+    """Latencies with their spread; the uniform trial 0 measured under load (2,561 ms against 57-145 ms)."""
+    study = new_study(optuna.storages.InMemoryStorage())
+    add(study, "uniform", m=0.30, g=4.0, lat=2561.2, spread=900.0, loaded=True)
+    add(study, m=0.35, g=3.8, lat=145.0, spread=6.2, loaded=False)
+    add(study, m=0.32, g=3.0, lat=57.31, spread=4.08, loaded=False)
+    add(study, m=0.34, g=2.5, lat=150.0, spread=3.0, loaded=False)  # on the 3-objective front, beaten on latency
+    return study
+
+
+def test_latency_shows_its_spread_and_a_mark_when_measured_under_load(tmp_path):
+    info = report.study_info(loaded_study())
+    assert info.counts["latency_under_load"] == 1
+    table = report.format_trials_table(info)
+    assert re.search(r"^    0  COMPLETE uniform .* 2561\.2 ±900\.0 !$", table, re.MULTILINE)
+    assert re.search(r"^    2  COMPLETE search .* 57\.3 ±4\.1$", table, re.MULTILINE)
+    assert "! latency measured under load (load average above the core count): noisy" in table
+    front = report.format_front_table(info)  # the search summary and `trials --pareto`
+    assert " 57.3 ±4.1 " in front and " 2561.2 ±900.0 ! " in front and "measured under load" in front
+    assert "(latency: median ms ± spread, p90 - p10 of the timed runs)" in front
+    quiet = report.format_front_table(report.pareto_info([rec(1, 0.3, 1.0, 1.0)], {}))
+    assert "under load" not in quiet and "±" not in quiet  # nothing stored, nothing claimed
+    by_number = {d["number"]: d for d in (report.record_dict(r) for r in info.records)}
+    assert by_number[0]["latency_spread_ms"] == 900.0 and by_number[0]["latency_under_load"] is True
+    assert by_number[2]["latency_under_load"] is False
+    rows = list(csv.DictReader(report.write_trials_csv(list(info.records), tmp_path / "t.csv", []).open()))
+    assert (rows[0]["latency_spread_ms"], rows[0]["latency_under_load"]) == ("900.0", "True")
+
+
+def test_each_panel_draws_its_own_front():
+    """The latency panel's front is the trials not beaten in mAP50-95 and latency, not the 3-objective front."""
+    info = report.study_info(loaded_study())
+    assert sorted(info.front_numbers) == [1, 2, 3]
+    gflops, latency = info.panels
+    assert gflops.curve == (3, 1) and latency.curve == (2, 1)  # 3: fewest GFLOPs, beaten by 1 on latency
+    assert report.pareto_info([rec(0, 0.4, 3.0, 9.0), rec(1, 0.3, 2.0, 10.0), rec(2, 0.35, 3.5, 5.0)],
+                              {}).panels[1].curve == (2, 0)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -113,3 +113,17 @@ def percentile(sorted_values: list[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def under_load(load: float | None, device: str) -> bool:
+    """Whether a CPU latency was measured under load: the 1-minute load average (`LatencyResult.load`) above the
+    core count, so other processes shared the CPU and the figure is noisy (it may be several times the quiet one).
+    False on other devices and where the OS gives no load average.
+
+    Example:
+        >>> under_load(None, "cpu"), under_load(1e6, "cpu"), under_load(1e6, "cuda:0")
+        (False, True, False)
+    """
+    import os
+
+    return str(device) == "cpu" and load is not None and load > (os.cpu_count() or 1)

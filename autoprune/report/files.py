@@ -8,12 +8,12 @@ import math
 from pathlib import Path
 
 from autoprune.report.atomic import atomic_output
-from autoprune.report.front import study_info
+from autoprune.report.front import latency_spread, latency_under_load, study_info
 from autoprune.report.plots import plot_pareto_html, plot_pareto_png
 from autoprune.search.records import TrialRecord
 
 CSV_COLUMNS = ("number", "state", "kind", "feasible", "on_front", "map50_95", "map50", "gflops", "params",
-               "latency_ms", "reason")
+               "latency_ms", "latency_spread_ms", "latency_under_load", "reason")
 
 
 def write_trials_csv(records: list[TrialRecord], path, front_numbers) -> Path:
@@ -28,7 +28,7 @@ def write_trials_csv(records: list[TrialRecord], path, front_numbers) -> Path:
         ...                 genome={"backbone": 0.5})
         >>> p = write_trials_csv([r], pathlib.Path(tempfile.mkdtemp()) / "trials.csv", [])
         >>> print(p.read_text().splitlines()[1])
-        0,PRUNED,search,False,False,,,9.1,,,over the GFLOPs budget,0.5
+        0,PRUNED,search,False,False,,,9.1,,,,,over the GFLOPs budget,0.5
     """
     path = Path(path)
     front = set(front_numbers)
@@ -39,7 +39,7 @@ def write_trials_csv(records: list[TrialRecord], path, front_numbers) -> Path:
         w.writerow(header)
         for r in sorted(records, key=lambda r: r.number):
             row = [r.number, r.state, r.kind, r.feasible, r.number in front, r.map50_95, r.map50, r.gflops, r.params,
-                   r.latency_ms, r.reason]
+                   r.latency_ms, latency_spread(r), _under_load(r), r.reason]
             w.writerow(["" if v is None else v for v in row + [r.genome.get(g) for g in genes]])
     return path
 
@@ -66,12 +66,19 @@ def write_reports(study, run_dir) -> dict[str, Path]:
 
 
 def record_dict(r: TrialRecord, front_numbers=()) -> dict:
-    """A record as plain JSON data (NaN and infinities as null), with `on_front`."""
+    """A record as plain JSON data (NaN and infinities as null), with `on_front`, the latency's spread (p90 - p10,
+    ms) and whether it was measured under load (`latency_under_load`: noisy)."""
     return json_safe({
         "number": r.number, "state": r.state, "kind": r.kind, "feasible": r.feasible,
         "on_front": r.number in front_numbers, "map50_95": r.map50_95, "map50": r.map50, "gflops": r.gflops,
-        "params": r.params, "latency_ms": r.latency_ms, "reason": r.reason, "genome": r.genome, "attrs": r.attrs,
+        "params": r.params, "latency_ms": r.latency_ms, "latency_spread_ms": latency_spread(r),
+        "latency_under_load": _under_load(r), "reason": r.reason, "genome": r.genome, "attrs": r.attrs,
     })
+
+
+def _under_load(r: TrialRecord) -> bool | None:
+    """Whether the latency was measured under load; None without a latency."""
+    return None if r.latency_ms is None else latency_under_load(r)
 
 
 def json_safe(x):

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from autoprune.report.text import cost_text, shorten
 from autoprune.search.records import (
+    LATENCY_SPREAD_MS,
+    LATENCY_UNDER_LOAD,
     STUDY_BASE,
     STUDY_BUDGET_GFLOPS,
     STUDY_BUDGET_LATENCY_MS,
@@ -41,8 +43,9 @@ UNFINISHED_STATES = ("RUNNING", "WAITING")
 class Panel:
     """One panel of the plots: mAP50-95 against one cost.
 
-    `curve` are the trial numbers of the front that are not beaten in this panel's two dimensions, by cost: the
-    trade-off line drawn through them (a front member can be beaten here and still be on the three-objective front).
+    `curve` is this panel's own front: the feasible trials no other feasible trial beats in its two dimensions
+    (mAP50-95 and this cost), by cost; the trade-off line is drawn through them. A member of the three-objective
+    front can be beaten here (it wins on the other cost), and the panel shows that.
     """
 
     attr: str  # the TrialRecord field on the x axis: "gflops" or "latency_ms"
@@ -180,14 +183,15 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
     counts = {"trials": len(records),
               **{s: states.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL", *UNFINISHED_STATES)},
               "feasible": len(candidates), "feasible_incomplete": sum(r.feasible for r in records) - len(candidates),
-              "front": len(front), "infeasible": len(infeasible)}
+              "front": len(front), "infeasible": len(infeasible),
+              "latency_under_load": sum(r.latency_ms is not None and latency_under_load(r) for r in records)}
     reasons = Counter(_reason_kind(r.reason) for r in records if r.state in ("PRUNED", "FAIL") and r.reason)
 
     base = study_attrs.get(STUDY_BASE) if isinstance(study_attrs.get(STUDY_BASE), dict) else None
     device = study_attrs.get(STUDY_DEVICE)
     panels = tuple(
         Panel(attr, label, unit, _num(study_attrs.get(budget_key)), _num((base or {}).get(attr)),
-              _curve(front, attr))
+              _curve(records, attr))
         for attr, label, unit, budget_key in (
             ("gflops", "GFLOPs", "GFLOPs", STUDY_BUDGET_GFLOPS),
             ("latency_ms", f"latency (ms{', ' + str(device) if device else ''})", "ms", STUDY_BUDGET_LATENCY_MS),
@@ -223,9 +227,20 @@ def study_info(study) -> ParetoInfo:
     return pareto_info(load_records(study), study.user_attrs, study_name=study.study_name)
 
 
-def _curve(front: tuple[TrialRecord, ...], attr: str) -> tuple[int, ...]:
-    """Trial numbers of the front members not beaten in (mAP50-95, `attr`), in increasing `attr`."""
-    pts = sorted((r for r in front if getattr(r, attr) is not None), key=lambda r: (getattr(r, attr), -r.map50_95))
+def latency_spread(r: TrialRecord) -> float | None:
+    """The spread (p90 - p10, ms) of the timed runs behind a trial's latency, when the search stored it."""
+    return _num(r.attrs.get(LATENCY_SPREAD_MS))
+
+
+def latency_under_load(r: TrialRecord) -> bool:
+    """Whether a trial's latency was measured under load (`cost.timing.under_load`), so it is noisy."""
+    return bool(r.attrs.get(LATENCY_UNDER_LOAD))
+
+
+def _curve(records, attr: str) -> tuple[int, ...]:
+    """Trial numbers of the feasible, scored records not beaten in (mAP50-95, `attr`), in increasing `attr`."""
+    pts = sorted((r for r in records if r.feasible and r.map50_95 is not None and getattr(r, attr) is not None),
+                 key=lambda r: (getattr(r, attr), -r.map50_95))
     out, best = [], -math.inf
     for r in pts:
         if r.map50_95 > best:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from autoprune.report.front import UNFINISHED_STATES, ParetoInfo
-from autoprune.report.text import cost_text, fixed_text, params_text, shorten
+from autoprune.report.front import UNFINISHED_STATES, ParetoInfo, latency_spread, latency_under_load
+from autoprune.report.text import LOAD_NOTE, cost_text, fixed_text, latency_text, params_text, shorten
 from autoprune.search.records import TrialRecord
 
 
@@ -30,7 +30,7 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
         >>> print(format_front_table(pareto_info([r], {}, study_name="exp1")))  # doctest: +NORMALIZE_WHITESPACE
         Pareto front of search 'exp1': 1 trials: 1 complete (1 feasible); 1 on the front
             trial  kind      mAP50-95   mAP50  GFLOPs   params  latency ms
-          *     3  search      0.4100  0.6000    4.10    1.50M       12.00
+          *     3  search      0.4100  0.6000    4.10    1.50M  12.0
         no uniform baseline trial in this study: nothing to compare against
         apply the recommended trial:  autoprune apply --name exp1 --trial 3
     """
@@ -64,9 +64,10 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
             gflops += f" ({100 * r.gflops / pct_base:.0f}%)"
         delta = f"{r.map50_95 - info.baseline.map50_95:+.4f}" if info.baseline else None
         lines.append(_row(mark, str(r.number), r.kind, fixed_text(r.map50_95, 4), fixed_text(r.map50, 4), gflops,
-                          params_text(r.params), fixed_text(r.latency_ms, 2), delta))
+                          params_text(r.params), _latency(r), delta))
     if pct_base:
         lines.append(f"(GFLOPs % of the unpruned model's {cost_text(pct_base)})")
+    lines.extend(_latency_notes(rows + ([info.baseline] if show_ref else [])))
     lines.append(comparison_line(info))
     lines.extend(confirmed_lines(info))
     if info.counts.get("feasible_incomplete"):
@@ -125,24 +126,42 @@ def comparison_line(info: ParetoInfo) -> str:
 
 def format_trials_table(info: ParetoInfo) -> str:
     """Every trial, one line each: state, kind, feasibility, front membership (`F`), values and reason."""
-    lines = [_trow("trial", "state", "kind", "feas", "front", "mAP50-95", "mAP50", "GFLOPs", "params", "lat ms",
-                   "reason")]
+    lines = [_trow("trial", "state", "kind", "feas", "front", "mAP50-95", "mAP50", "GFLOPs", "params",
+                   "latency ms ±spread", "reason")]
     front = info.front_numbers
     for r in info.records:
         lines.append(_trow(str(r.number), r.state, r.kind, "yes" if r.feasible else "no",
                            "F" if r.number in front else "", fixed_text(r.map50_95, 4), fixed_text(r.map50, 4),
-                           fixed_text(r.gflops, 2), params_text(r.params), fixed_text(r.latency_ms, 2),
+                           fixed_text(r.gflops, 2), params_text(r.params), _latency(r),
                            shorten(r.reason, 60) or ""))
+    lines.extend(_latency_notes(info.records))
     return "\n".join(lines)
 
 
+def _latency(r: TrialRecord) -> str:
+    return latency_text(r.latency_ms, latency_spread(r), latency_under_load(r))
+
+
+def _latency_notes(records) -> list[str]:
+    """What the latency column means: the spread, and the mark of a latency measured under load when one is."""
+    shown = [r for r in records if r.latency_ms is not None]
+    if not shown:
+        return []
+    lines = []
+    if any(latency_spread(r) is not None for r in shown):
+        lines.append("(latency: median ms ± spread, p90 - p10 of the timed runs)")
+    if any(latency_under_load(r) for r in shown):
+        lines.append(LOAD_NOTE)
+    return lines
+
+
 def _row(mark, trial, kind, m, m50, g, p, lat, delta):
-    s = f"  {mark:1} {trial:>5}  {kind:<15} {m:>9} {m50:>7} {g:>11} {p:>8} {lat:>11}"
+    s = f"  {mark:1} {trial:>5}  {kind:<15} {m:>9} {m50:>7} {g:>11} {p:>8} {lat:>17}"
     return s + (f" {delta:>11}" if delta is not None else "")
 
 
 def _trow(trial, state, kind, feas, front, m, m50, g, p, lat, reason):
-    s = f"{trial:>5}  {state:<8} {kind:<15} {feas:>4} {front:>5} {m:>9} {m50:>7} {g:>7} {p:>8} {lat:>8}"
+    s = f"{trial:>5}  {state:<8} {kind:<15} {feas:>4} {front:>5} {m:>9} {m50:>7} {g:>7} {p:>8} {lat:>18}"
     return f"{s}  {reason}" if reason else s
 
 

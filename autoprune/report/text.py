@@ -3,6 +3,8 @@
 Example:
     >>> cost_text(4.1234), cost_text(0.05123), cost_text(286.4), fixed_text(None, 4), params_text(1_500_000)
     ('4.12', '0.0512', '286', '-', '1.50M')
+    >>> latency_text(57.31, 4.08, False), latency_text(2561.2, 900.0, True), latency_text(None, None, False)
+    ('57.3 ±4.1', '2561.2 ±900.0 !', '-')
 """
 
 from __future__ import annotations
@@ -36,3 +38,16 @@ def shorten(text, n):
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
 
+
+
+LOAD_MARK = "!"  # after a latency measured under load
+LOAD_NOTE = (f"{LOAD_MARK} latency measured under load (load average above the core count): noisy, possibly several "
+             "times the quiet figure; `autoprune cost` re-measures one")
+
+
+def latency_text(ms, spread, under_load):
+    """A latency with its spread (p90 - p10 of the timed runs), `LOAD_MARK` after one measured under load."""
+    if ms is None:
+        return "-"
+    text = f"{ms:.1f}" + (f" ±{spread:.1f}" if spread is not None else "")
+    return text + (f" {LOAD_MARK}" if under_load else "")

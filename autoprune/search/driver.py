@@ -299,6 +299,7 @@ class Search:
     def evaluate(self, trial) -> str:
         """Evaluate one asked trial and tell the study; returns the state it ended in (or "rejected")."""
         from autoprune.cost import count_gflops, count_params, measure_latency
+        from autoprune.cost.timing import under_load
 
         s = self.settings
         t0 = time.perf_counter()
@@ -344,6 +345,7 @@ class Search:
                 constraints.append(lat.median_ms - s.budget_latency_ms)
             attrs.update({records.GFLOPS: gflops, records.PARAMS: params, records.LATENCY_MS: lat.median_ms,
                           records.LATENCY_SPREAD_MS: lat.p90_ms - lat.p10_ms, records.CONSTRAINTS: constraints,
+                          records.LATENCY_LOAD: lat.load, records.LATENCY_UNDER_LOAD: under_load(lat.load, lat.device),
                           records.FEASIBLE: all(c <= 0 for c in constraints)})
             if s.budget_latency_ms is not None and lat.median_ms > s.budget_latency_ms:
                 attrs[records.REASON] = (f"over the latency budget ({lat.median_ms:.1f} > {s.budget_latency_ms:g} ms); "
