@@ -40,3 +40,19 @@ def test_default_threads_is_the_users_omp_setting_or_the_physical_cores(monkeypa
     assert default_threads() == cores
     monkeypatch.setattr(autoprune, "ENV_OMP_NUM_THREADS", "3")
     assert default_threads() == 3
+
+
+def test_prune_checks_keep_and_target_before_loading_the_model(capsys, monkeypatch):
+    """A bad --keep or --target-gflops is one error line before the model loads (loading takes 7-12 s)."""
+    import autoprune.models
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(autoprune.models, "load_model", no_loading)
+    for argv, message in ((["--keep", "0"], "keep ratio must lie in (0, 1]"),
+                          (["--keep", "nan"], "keep ratio must lie in (0, 1]"),
+                          (["--target-gflops", "-3"], "--target-gflops must be positive"),
+                          (["--target-gflops", "half"], "--target-gflops must be a number")):
+        code, _, err = run_cli(capsys, "prune", "--model", "yolov8n.yaml", *argv)
+        assert code == 2 and err.startswith("error: ") and message in err, (argv, err)

@@ -73,11 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_keep(text: str) -> float | dict[str, float]:
-    """`--keep`: a number, or the path of a YAML/JSON mapping {group id: ratio}."""
+    """`--keep`: a number in (0, 1], or the path of a YAML/JSON mapping {group id: ratio in (0, 1]}. The ranges are
+    checked here, before any model is loaded; the group ids need the model and are checked once it is."""
     try:
-        return float(text)
+        ratio = float(text)
     except ValueError:
         pass
+    else:
+        _check_ratio(ratio)
+        return ratio
     path = Path(text)
     if not path.is_file():
         raise UserError(f"--keep must be a ratio in (0, 1] or a YAML/JSON file of per-group ratios; got {text!r}")
@@ -87,7 +91,15 @@ def parse_keep(text: str) -> float | dict[str, float]:
         raise UserError(f"cannot parse {path}: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
         raise UserError(f"{path} must map group ids to keep ratios, e.g. {{'2.cv1': 0.5}}")
-    return {str(k): float(v) for k, v in data.items()}
+    ratios = {str(k): float(v) for k, v in data.items()}
+    for gid, r in ratios.items():
+        _check_ratio(r, f" for group {gid!r}")
+    return ratios
+
+
+def _check_ratio(r: float, where: str = "") -> None:
+    if not (0.0 < r <= 1.0) or math.isnan(r):
+        raise UserError(f"keep ratio must lie in (0, 1], got {r:g}{where}")
 
 
 def parse_gflops(text: str, full: float) -> float:
@@ -201,9 +213,11 @@ def run(args: argparse.Namespace) -> dict:
         check_writable(args.out, kind="file", what="--out")
     else:
         check_run_root("prune")
-    keep = parse_keep(args.keep) if args.keep is not None else None
+    keep = parse_keep(args.keep) if args.keep is not None else None  # ranges checked before the model loads
     if isinstance(keep, dict) and args.strategy == "global":
         raise UserError("--strategy global takes one keep share, not a file of per-group ratios")
+    if args.target_gflops is not None:
+        parse_gflops(args.target_gflops, 1.0)  # its syntax, before the model loads
     needs_data = args.criterion in DATA_CRITERIA or args.reconstruct
     data = None
     if needs_data:
