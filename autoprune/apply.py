@@ -138,12 +138,12 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
     from autoprune.data import load_data_config
     from autoprune.devices import resolve_device
     from autoprune.models import load_model
-    from autoprune.runs import new_run_dir, save_args
+    from autoprune.runs import new_run_dir, save_args, trial_run_name
 
     device = resolve_device(device)
     record = resolve_trial(study, number)
     name = study.study_name
-    run_path = output_dir(run_name or f"{name}-trial{number}")
+    run_path = output_dir(run_name or trial_run_name(name, number))
     sattrs = study.user_attrs
     data = load_data_config(data or sattrs.get(STUDY_DATA))
     loaded = load_model(model or sattrs.get(STUDY_MODEL))

@@ -14,6 +14,24 @@ from autoprune.errors import UserError
 RUNS_ROOT = Path("runs")
 
 
+def next_run_name(kind: str, prefix: str = "exp", *, root: Path | None = None) -> str:
+    """The first free `PREFIXN` (N = 1, 2, ...) under `runs/KIND/`: the default name of every command's run folder.
+
+    Nothing is created, so a caller may check its other inputs first. Example: `next_run_name("search")` is "exp1"
+    in a fresh working folder.
+    """
+    base = (root or RUNS_ROOT) / kind
+    n = 1
+    while (base / f"{prefix}{n}").exists():
+        n += 1
+    return f"{prefix}{n}"
+
+
+def trial_run_name(study: str, number: int) -> str:
+    """The default run folder name of `autoprune apply` for trial `number` of study `study`: "STUDY-trialN"."""
+    return f"{study}-trial{number}"
+
+
 def new_run_dir(kind: str, name: str | None = None, *, exist_ok: bool = False, root: Path | None = None) -> Path:
     """Create `runs/KIND/NAME` (or the next free `runs/KIND/expN` when no name is given) and return it.
 
@@ -21,10 +39,7 @@ def new_run_dir(kind: str, name: str | None = None, *, exist_ok: bool = False, r
     """
     base = (root or RUNS_ROOT) / kind
     if name is None:
-        n = 1
-        while (base / f"exp{n}").exists():
-            n += 1
-        name = f"exp{n}"
+        name = next_run_name(kind, root=root)
     if "/" in name or name in ("", ".", ".."):
         raise UserError(f"run name must be a plain folder name, got {name!r}")
     path = base / name

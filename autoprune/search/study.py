@@ -61,13 +61,10 @@ def heartbeat(study, trial, interval: float):
 
 
 def next_name() -> str:
-    """The first free `expN` under runs/search."""
-    from autoprune.runs import RUNS_ROOT
+    """The first free `expN` under runs/search (`runs.next_run_name`)."""
+    from autoprune.runs import next_run_name
 
-    n = 1
-    while (RUNS_ROOT / "search" / f"exp{n}").exists():
-        n += 1
-    return f"exp{n}"
+    return next_run_name("search")
 
 
 def version() -> str:
