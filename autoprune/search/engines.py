@@ -173,11 +173,12 @@ def _step_away(genome: dict, space, seen: set, names: list[str], rng) -> dict:
 
 def _fitness_class():
     """A DEAP fitness whose domination is Deb's constrained domination: feasible beats infeasible, then less
-    violation beats more, then Pareto dominance on (mAP up, GFLOPs down, latency down)."""
+    violation beats more, then Pareto dominance on (mAP up, GFLOPs down). Measured latency is left out (see
+    `DeapNSGA2Sampler`)."""
     from deap import base
 
     class ConstrainedFitness(base.Fitness):
-        weights = (1.0, -1.0, -1.0)
+        weights = (1.0, -1.0)
 
         def __init__(self, values=(), violation: float = 0.0):
             super().__init__(values)
@@ -199,10 +200,12 @@ class DeapNSGA2Sampler(BaseSampler):
     """NSGA-II with DEAP operators, proposing one child per trial from the population the study's trials form.
 
     Trials that finished (COMPLETE, or PRUNED for exceeding the latency budget) are the candidates; the population
-    is the best `population` of them by constrained non-dominated sorting and crowding distance (`selNSGA2`).
-    Until `population` trials have finished, genomes are drawn at random on the space's grid. A child's randomness
-    is seeded by the study seed and its trial number, so with one worker a run repeats itself as long as the
-    objectives do (measured latency varies, and with it the parents from the second generation on).
+    is the best `population` of them by constrained non-dominated sorting and crowding distance (`selNSGA2`) on
+    mAP50-95 and GFLOPs. Until `population` trials have finished, genomes are drawn at random on the space's grid.
+    A child's randomness is seeded by the study seed and its trial number, and selection reads only the proxy score
+    and GFLOPs, both repeatable on one machine: with one worker the same command proposes the same genomes.
+    Measured latency varies from run to run, so it never steers selection; it stays in the study as the third
+    objective the reports and the front show, and a latency budget still makes a candidate infeasible.
 
     Crossover is simulated binary (eta 15, probability 0.9) and mutation polynomial (eta 20, each gene with
     probability 1/genes), both bounded by the genes' ranges, then the child is snapped to the genes' grids.
@@ -296,7 +299,7 @@ class DeapNSGA2Sampler(BaseSampler):
             violation = sum(max(0.0, c) for c in a.get(records.CONSTRAINTS, [0.0]))
             if t.state == TrialState.PRUNED:
                 violation = max(violation, 1e-9)  # never scored: infeasible by construction
-            values = (a.get(records.MAP50_95) or 0.0, a.get(records.GFLOPS) or 0.0, a.get(records.LATENCY_MS) or 0.0)
+            values = (a.get(records.MAP50_95) or 0.0, a.get(records.GFLOPS) or 0.0)  # no latency: see the class
             ind = [t.params[n] for n in self._names]
             out.append((ind, self._fitness(values, violation)))
         return out
