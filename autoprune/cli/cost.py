@@ -1,7 +1,8 @@
 """Report what a model costs: GFLOPs, parameters and measured latency on a device.
 
     autoprune cost --model yolov8n.yaml --imgsz 640 --device cpu
-    autoprune cost --model runs/search/exp1/best.pt --backend onnxruntime --json
+    autoprune cost --model runs/search/exp1/best.pt --latency-backend onnxruntime --json
+    autoprune cost --model yolov8n.yaml --latency-backend openvino --latency-batch 8
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="a .pt checkpoint or a model YAML such as yolov8n.yaml (default: the embedded demo model)")
     parser.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32 (default 640)")
-    parser.add_argument("--batch", type=int, default=1, help="images per forward pass for the latency (default 1)")
+    parser.add_argument("--latency-batch", "--batch", dest="batch", type=int, default=1,
+                        help="images per forward pass for the latency (default 1)")
     parser.add_argument("--device", default="auto", help="auto (cuda:0 if available, else cpu), cpu or cuda:N")
-    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                        help="run the model with torch or export it to ONNX and run onnxruntime (default torch)")
+    parser.add_argument("--latency-backend", "--backend", dest="backend", default="torch", metavar="BACKEND",
+                        help="the runtime the latency is measured in: torch, onnxruntime, openvino (CPU) or tensorrt "
+                             "(CUDA); the model is exported as Ultralytics exports it for that runtime (default torch)")
+    parser.add_argument("--latency-precision", dest="precision", default=None, choices=["fp32", "fp16"],
+                        help="fp32 or fp16 (default: fp16 on a CUDA device, else fp32)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the latency (default: OMP_NUM_THREADS if set, else one per physical core; "
                              "the same in every command and with or without --json)")
@@ -35,7 +40,8 @@ def run(args: argparse.Namespace) -> dict:
 
     imgsz = cost.check_imgsz(args.imgsz)
     if args.batch < 1:
-        raise UserError(f"--batch must be a positive integer, got {args.batch}")
+        raise UserError(f"--latency-batch must be a positive integer, got {args.batch}")
+    cost.check_backend(args.backend)
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be a positive integer, got {args.threads}")
     if args.cache:
@@ -43,8 +49,7 @@ def run(args: argparse.Namespace) -> dict:
 
         check_writable(args.cache, kind="file", what="--cache")
     device = resolve_device(args.device)
-    if args.backend == "onnxruntime":
-        cost.check_onnxruntime(device)
+    precision = cost.check_runtime(args.backend, device, args.precision)
     cache = cost.LatencyCache(args.cache) if args.cache else False
 
     from autoprune.models import load_model
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     gflops = cost.count_gflops(model, imgsz)
     params = cost.count_params(model)
     lat = cost.measure_latency(model, imgsz=imgsz, batch=args.batch, device=device, backend=args.backend,
-                               cache=cache, threads=args.threads)
+                               precision=precision, cache=cache, threads=args.threads)
     result = {
         "model": loaded.source,
         "imgsz": imgsz,
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> dict:
         "device_name": lat.device_name,
         "backend": lat.backend,
         "precision": lat.precision,
+        "executed_precision": lat.executed_precision,
         "threads": lat.threads,
         "signature": lat.signature,
         "load": lat.load,
@@ -86,7 +92,9 @@ def run(args: argparse.Namespace) -> dict:
         print(f"params     {params:,}")
         print(f"latency    {lat.median_ms:.2f} ms median, p10-p90 {lat.p10_ms:.2f}-{lat.p90_ms:.2f} ms, "
               f"{lat.repeats} runs{' (cached)' if lat.cached else ''}{note}")
-        print(f"device     {where}, {lat.backend} {lat.precision}")
+        executed = (f" (computed in {lat.executed_precision})"
+                    if lat.executed_precision not in (None, lat.precision) else "")
+        print(f"device     {where}, {lat.backend} {lat.precision}{executed}")
         cores = os.cpu_count() or 1
         if lat.device == "cpu" and lat.load is not None and lat.load > cores and not lat.cached:
             print(f"note       load average {lat.load:.1f} on {cores} cores: other processes shared the CPU, "

@@ -7,13 +7,14 @@ Three numbers drive the search's cost objective:
   Ultralytics' own `model.info()` / `get_flops` uses, so the two agree on stock and pruned models alike.
 - `count_params(model)`: the parameter count, as Ultralytics reports it.
 - `measure_latency(model, ...)`: median wall time of one forward pass, measured, never estimated (see
-  `TimingProtocol` for how the number is made repeatable), with the torch or the onnxruntime backend, cached by the
-  model's `architecture_signature` so that a search never measures the same architecture twice.
+  `TimingProtocol` for how the number is made repeatable) in a runtime (torch, onnxruntime, openvino, tensorrt) at a
+  batch and precision, the model exported as Ultralytics exports it for that runtime, cached by the model's
+  `architecture_signature` so that a search never measures the same architecture twice.
 
 None of these change the caller's model: they work on a copy.
 
 Modules: `flops` (the per-operation FLOP model, GFLOPs and parameter counts), `signature` (the architecture hash),
-`timing` (the timing protocol and loop), `backends` (torch and onnxruntime runs, ONNX export), `cache` (the
+`timing` (the timing protocol and loop), `backends` (the runtimes and their exports), `cache` (the
 file-backed latency cache), `latency` (`measure_latency`), `_model` (how a model argument is read and copied).
 
 Example:
@@ -29,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from autoprune.cost._model import input_channels
-from autoprune.cost.backends import BACKENDS, check_onnxruntime
+from autoprune.cost.backends import BACKENDS, PRECISIONS, check_backend, check_onnxruntime, check_runtime
 from autoprune.cost.cache import CACHE_FORMAT, CACHE_VERSION, LatencyCache
 from autoprune.cost.flops import count_gflops, count_params
 from autoprune.cost.latency import LatencyResult, measure_latency
@@ -39,14 +40,17 @@ from autoprune.imgsz import check_imgsz
 
 __all__ = [
     "BACKENDS",
+    "PRECISIONS",
     "CACHE_FORMAT",
     "CACHE_VERSION",
     "LatencyCache",
     "LatencyResult",
     "TimingProtocol",
     "architecture_signature",
+    "check_backend",
     "check_imgsz",
     "check_onnxruntime",
+    "check_runtime",
     "count_gflops",
     "count_params",
     "input_channels",

@@ -23,7 +23,8 @@ CACHE_VERSION = 1  # bump when the timing protocol changes what a cached number 
 
 
 class LatencyCache:
-    """Latency results keyed by what determines them: the architecture signature, input, device, backend, threads.
+    """Latency results keyed by what determines them: the architecture signature, input (size and batch), device,
+    backend (its version and export), precision, threads and timing protocol (`cache_key`).
 
     Always an in-process dict; with `path`, also a JSON file that outlives the process and that several processes
     may share (a search's workers): every write merges the file's current entries with this cache's, writes a
@@ -130,8 +131,9 @@ def cache_key(signature, imgsz, batch, dev, device_name, backend, precision, thr
         "torch": torch.__version__,
         "protocol": asdict(protocol),
     }
-    if backend == "onnxruntime":
-        import onnxruntime
+    if backend != "torch":  # the runtime and how the model is exported for it determine the number too
+        from autoprune.cost.backends import EXPORTS, runtime_version
 
-        parts["onnxruntime"] = onnxruntime.__version__
+        parts[backend] = runtime_version(backend)
+        parts["export"] = EXPORTS[backend]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]

@@ -22,7 +22,7 @@ from autoprune.cost import backends, timing
 from autoprune.cost._model import input_channels
 from autoprune.cost.cache import LatencyCache, cache_key
 from autoprune.cost.signature import architecture_signature
-from autoprune.devices import resolve_device, torch_threads
+from autoprune.devices import default_threads, resolve_device, torch_threads
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
 from autoprune.wrappers import detection_model
@@ -30,7 +30,7 @@ from autoprune.wrappers import detection_model
 
 def _check_batch(batch) -> int:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise UserError(f"--batch must be a positive integer, got {batch!r}")
+        raise UserError(f"--latency-batch must be a positive integer, got {batch!r}")
     return batch
 
 
@@ -64,6 +64,7 @@ class LatencyResult:
     stable: bool
     load: float | None = None
     cached: bool = False
+    executed_precision: str | None = None  # what the runtime computed in (OpenVINO runs an fp16 IR in f32 or bf16)
 
     @property
     def spread_ms(self) -> float:
@@ -113,6 +114,7 @@ def measure_latency(
     batch: int = 1,
     device: str | torch.device = "cpu",
     backend: str = "torch",
+    precision: str | None = None,
     cache: LatencyCache | bool | None = None,
     threads: int | None = None,
     protocol: timing.TimingProtocol | None = None,
@@ -121,15 +123,19 @@ def measure_latency(
 
     The model is measured as it is deployed: a copy, conv+BN fused, eval mode, `torch.inference_mode()`, a fixed
     random input. On the CPU in float32, timed with wall clock; on CUDA in float16, timed with CUDA events (cuDNN
-    autotuning on). `backend="onnxruntime"` exports the copy to ONNX in a temporary folder (removed afterwards) and
-    times an onnxruntime session (CPU provider, or CUDA provider on a CUDA device) the same way. `threads` (default
-    torch's current setting) is the CPU thread count for either backend. See `TimingProtocol` for the stopping rule.
+    autotuning on). `backend` "onnxruntime", "openvino" (CPU) or "tensorrt" (CUDA) exports the copy the way
+    Ultralytics exports it for that runtime, in a temporary folder removed afterwards, and times the runtime's session
+    the same way (`autoprune.cost.backends`). `precision` is "fp32" or "fp16" (default: fp16 on CUDA, fp32
+    elsewhere); the result's `executed_precision` says what the runtime computed in. `threads` is the CPU thread
+    count for every backend; by default `devices.default_threads()`, the same whatever torch's current setting
+    (which depends on import order). See `TimingProtocol` for the stopping rule.
 
     `cache`: None uses the process-wide in-memory cache, a `LatencyCache` that one (give it a path to keep results
     across processes), False measures every time. A cached result comes back with `cached=True`.
 
-    Raises `UserError` for an `imgsz` that is not a multiple of 32, a device that does not exist here, or an
-    unknown backend.
+    Raises `UserError` for an `imgsz` that is not a multiple of 32, a device that does not exist here, an unknown
+    backend or precision, or a runtime that cannot run here (`backends.check_runtime`: its package missing, naming
+    the extra to install; tensorrt or fp16 without a CUDA device).
 
     Example:
         >>> r = measure_latency(model, imgsz=320, device="cpu", cache=LatencyCache("runs/latency.json"))
@@ -137,19 +143,17 @@ def measure_latency(
     """
     imgsz, batch, backend = check_imgsz(imgsz), _check_batch(batch), backends.check_backend(backend)
     dev = resolve_device(device)
-    threads = torch.get_num_threads() if threads is None else threads
+    threads = default_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UserError(f"--threads must be a positive integer, got {threads!r}")
     protocol = protocol or timing.DEFAULT_PROTOCOL
-    if backend == "onnxruntime":
-        backends.check_onnxruntime(dev)
+    precision = backends.check_runtime(backend, dev, precision)
     model = detection_model(model)
     if cache is None or cache is True:
         cache = _DEFAULT_CACHE
     elif cache is not False and not isinstance(cache, LatencyCache):
         raise TypeError(f"cache must be a LatencyCache, None or False, got {type(cache).__name__}")
     signature = architecture_signature(model)
-    precision = "fp16" if dev.type == "cuda" else "fp32"
     device_name = _device_name(dev)
     key = cache_key(signature, imgsz, batch, dev, device_name, backend, precision, threads, protocol)
     if cache is not False:  # (an empty LatencyCache is falsy: it has a length)
@@ -160,10 +164,10 @@ def measure_latency(
 
     ch = input_channels(model)
     with torch_threads(threads):
-        if backend == "torch":
-            samples, stable = backends.measure_torch(model, dev, ch, imgsz, batch, protocol)
-        else:
-            samples, stable = backends.measure_onnxruntime(model, dev, ch, imgsz, batch, threads, protocol)
+        session = backends.open_session(backend, model, dev, ch, imgsz, batch, precision, threads)
+        samples, stable = backends.time_session(session, dev, protocol)
+        executed = session.executed
+        del session
     s = sorted(samples)
     result = LatencyResult(
         median_ms=statistics.median(s),
@@ -181,6 +185,7 @@ def measure_latency(
         signature=signature,
         stable=stable,
         load=_load_average(),
+        executed_precision=executed,
     )
     if cache is not False:
         cache.put(key, {k: v for k, v in result.to_dict().items() if k not in ("cached", "spread_ms")})
