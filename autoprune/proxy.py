@@ -47,11 +47,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune import _ultralytics, batches  # noqa: F401  (offline, quiet Ultralytics before it is used)
+from autoprune import _ultralytics, batches, uncertainty  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.data import DataConfig, load_data_config
 from autoprune.devices import resolve_device, torch_threads
+from autoprune.distill import head_branches, head_term
 from autoprune.errors import UserError
-from autoprune.finetune import _branches, head_term
 from autoprune.imgsz import check_imgsz
 
 __all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn"]
@@ -152,6 +152,10 @@ class ProxyResult:
             steps): a sanity check that the finetune moved in the right direction. A finetune that diverges stops
             at the first non-finite loss, which then shows here as nan or inf.
         val_images: images scored.
+        map50_95_se: the standard error of `map50_95` over validation subsets of the same size, from a bootstrap
+            over the scored images (`autoprune.uncertainty`; no extra forward pass); None for fewer than two images.
+        map50_95_boot: mAP50-95 of each bootstrap resample; every candidate scored on the same images is resampled
+            alike, so two candidates' lists pair up (`uncertainty.difference_se`).
     """
 
     map50: float
@@ -165,6 +169,8 @@ class ProxyResult:
     recalibrated: bool = False
     train_loss: tuple = ()
     val_images: int = 0
+    map50_95_se: float | None = None
+    map50_95_boot: tuple = ()
 
     def as_dict(self) -> dict:
         """A JSON-friendly dictionary."""
@@ -375,6 +381,7 @@ class ProxyEvaluator:
         if not sum(len(it["cls"]) for it in val_items):
             raise UserError(f"{self.data.yaml}: the val images have no labels (labels/*.txt beside images/)")
         self.val_images = len(val_items)
+        self.val_boxes = sum(len(it["cls"]) for it in val_items)
         self.train_pool_images = len(self._pool)
         self._val_batches = [batches.collate(val_items[i : i + s.val_batch])
                              for i in range(0, len(val_items), s.val_batch)]
@@ -422,7 +429,7 @@ class ProxyEvaluator:
         if len(have) < steps:
             with torch.no_grad(), torch_threads(self.settings.threads):
                 for k in range(len(have), steps):
-                    raw = _branches(self._teacher(self._images(self._batch(order, k)["img"])))
+                    raw = head_branches(self._teacher(self._images(self._batch(order, k)["img"])))
                     have.append({br: {key: out[key].detach().to("cpu", torch.float16) for key in ("scores", "boxes")}
                                  for br, out in raw.items()})
             self._teacher_outputs = have
@@ -488,6 +495,8 @@ class ProxyEvaluator:
             recalibrated=recalibrate,
             train_loss=train_loss,
             val_images=self.val_images,
+            map50_95_se=uncertainty.standard_error(m["boot"]),
+            map50_95_boot=tuple(m["boot"]),
         )
 
     @contextlib.contextmanager
@@ -592,6 +601,10 @@ class ProxyEvaluator:
                          "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
                 v.update_metrics(preds, batch)
         with clock("metrics"):
+            images = uncertainty.per_image_stats(v.metrics.stats)  # get_stats clears them
             stats = v.get_stats()
-        return {k: float(stats.get(k, 0.0)) for k in ("metrics/precision(B)", "metrics/recall(B)",
-                                                        "metrics/mAP50(B)", "metrics/mAP50-95(B)")}
+        out = {k: float(stats.get(k, 0.0)) for k in ("metrics/precision(B)", "metrics/recall(B)",
+                                                     "metrics/mAP50(B)", "metrics/mAP50-95(B)")}
+        with clock("bootstrap"):
+            out["boot"] = uncertainty.bootstrap_scores(images)
+        return out

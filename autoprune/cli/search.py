@@ -17,7 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--data", default=None, help="data YAML (default: the embedded demo dataset)")
     parser.add_argument("--budget-gflops", type=float, required=True, help="GFLOPs budget at --imgsz")
-    parser.add_argument("--budget-latency-ms", type=float, default=None, help="latency budget on --device")
+    parser.add_argument("--budget-latency-ms", type=float, default=None,
+                        help="latency budget on --device, in --latency-backend at --latency-batch")
+    parser.add_argument("--latency-backend", default="torch", metavar="BACKEND",
+                        help="the runtime latency is measured in: torch (default), onnxruntime, openvino (CPU) or "
+                             "tensorrt (CUDA); each candidate is exported as Ultralytics exports it for that runtime")
+    parser.add_argument("--latency-batch", type=int, default=1, help="images per timed forward pass (default 1)")
+    parser.add_argument("--latency-precision", default=None, choices=["fp32", "fp16"],
+                        help="fp32 or fp16 (default: fp16 on a CUDA device, else fp32)")
     parser.add_argument("--budget-floor", type=float, default=0.8,
                         help="share of the GFLOPs budget under which a candidate is filled up toward the budget "
                              "before it is scored (default 0.8; 0 scores every candidate as proposed)")
@@ -40,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "more proxy seeds and recommend the best by their mean (default 0: off)")
     parser.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
                         help="with --confirm: how many more proxy seeds (default 2)")
+    parser.add_argument("--no-auto-confirm", dest="auto_confirm", action="store_false",
+                        help="without --confirm, a searched leader within noise of the one-shot plans is re-scored "
+                             "with them under 2 more proxy seeds (at most 6 scores); this turns that off")
     parser.add_argument("--proxy-imgsz", type=int, default=320, help="image size of the proxy (default 320)")
     parser.add_argument("--val-images", type=int, default=200, help="validation images the proxy scores on")
     parser.add_argument("--imgsz", type=int, default=640, help="image size of GFLOPs and latency (default 640)")
@@ -91,6 +101,9 @@ def run(args: argparse.Namespace) -> dict:
     settings = SearchSettings(
         budget_gflops=args.budget_gflops,
         budget_latency_ms=args.budget_latency_ms,
+        latency_backend=args.latency_backend,
+        latency_batch=args.latency_batch,
+        latency_precision=args.latency_precision,
         budget_floor=args.budget_floor,
         model=args.model,
         data=args.data,
@@ -117,6 +130,7 @@ def run(args: argparse.Namespace) -> dict:
         grace_period=grace,
         confirm=args.confirm,
         confirm_seeds=args.confirm_seeds,
+        auto_confirm=args.auto_confirm,
     )
     search = Search(settings)
     result = search.run()
@@ -124,5 +138,9 @@ def run(args: argparse.Namespace) -> dict:
     if not args.json:
         print()
         print(format_front_table(study_info(search.study)))
+        if result.recommended is not None:
+            cost = result.confirm_cost.get("evaluations") or 0
+            extra = f" (auto-confirmation: {cost} extra proxy scores, {result.confirm_cost['seconds']:.0f} s)" if cost else ""
+            print(f"\nrecommended: trial {result.recommended.number}: {result.recommendation_reason}{extra}")
         print(f"\nreports: {', '.join(str(p) for p in result.outputs.values())}")
     return result.as_dict()

@@ -48,7 +48,7 @@ class Search:
 
     def __init__(self, settings: SearchSettings, *, log=print):
         from autoprune.channels import analyze
-        from autoprune.cost import count_gflops, count_params
+        from autoprune.cost import check_runtime, count_gflops, count_params
         from autoprune.data import load_data_config
         from autoprune.devices import resolve_device
         from autoprune.importance import check_calibration, get_criterion
@@ -64,6 +64,7 @@ class Search:
             raise UserError("--reconstruct refits convs on the calibration batches, and --calib-batches 0 leaves none: "
                             "pass --calib-batches N")
         self.device = resolve_device(s.device)
+        self.latency_precision = check_runtime(s.latency_backend, self.device, s.latency_precision)
 
         # Where the study lives; a name that exists needs --resume. Checked before anything is written.
         self.name = s.name or next_name()
@@ -91,6 +92,11 @@ class Search:
             raise UserError(
                 f"--budget-gflops {s.budget_gflops:g} is below what the search space can reach: the smallest "
                 f"model it allows has {min_gflops:.2f} GFLOPs at {s.imgsz} (the unpruned one {base_gflops:.2f})"
+            )
+        if s.budget_gflops >= base_gflops and False:  # BREAK
+            raise UserError(
+                f"--budget-gflops {s.budget_gflops:g} is not below the unpruned model's {base_gflops:.2f} GFLOPs at "
+                f"{s.imgsz}: nothing to prune; give a budget below it"
             )
         self.uniform = self.space.uniform_for_budget(s.budget_gflops, s.imgsz, base_gflops=base_gflops)
         self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
@@ -124,6 +130,9 @@ class Search:
             records.STUDY_BUDGET_FLOOR: s.budget_floor,
             records.STUDY_IMGSZ: s.imgsz,
             records.STUDY_DEVICE: str(self.device),
+            records.STUDY_LATENCY_BACKEND: s.latency_backend,
+            records.STUDY_LATENCY_BATCH: s.latency_batch,
+            records.STUDY_LATENCY_PRECISION: self.latency_precision,
             records.STUDY_SPACE: self.space.source,
             records.STUDY_CRITERION: s.criterion,
             records.STUDY_ENGINE: s.engine,
@@ -339,13 +348,16 @@ class Search:
             pruned = self.prune_candidate(counts, self.evaluator)
             gflops, params = count_gflops(pruned, s.imgsz), count_params(pruned)
             lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache,
-                                  protocol=SEARCH_TIMING)
+                                  protocol=SEARCH_TIMING, backend=s.latency_backend, batch=s.latency_batch,
+                                  precision=self.latency_precision)
             constraints = [gflops - s.budget_gflops]
             if s.budget_latency_ms is not None:
                 constraints.append(lat.median_ms - s.budget_latency_ms)
             attrs.update({records.GFLOPS: gflops, records.PARAMS: params, records.LATENCY_MS: lat.median_ms,
                           records.LATENCY_SPREAD_MS: lat.p90_ms - lat.p10_ms, records.CONSTRAINTS: constraints,
                           records.LATENCY_LOAD: lat.load, records.LATENCY_UNDER_LOAD: under_load(lat.load, lat.device),
+                          records.LATENCY_SETUP: {k: getattr(lat, k) for k in (
+                              "backend", "precision", "executed_precision", "batch", "threads", "device_name")},
                           records.FEASIBLE: all(c <= 0 for c in constraints)})
             if s.budget_latency_ms is not None and lat.median_ms > s.budget_latency_ms:
                 attrs[records.REASON] = (f"over the latency budget ({lat.median_ms:.1f} > {s.budget_latency_ms:g} ms); "
@@ -368,7 +380,8 @@ class Search:
             self._failures.append(e)
             return "FAIL"
         attrs.update({records.MAP50: result.map50, records.MAP50_95: result.map50_95, records.PROXY_SECONDS: result.seconds,
-                      records.SECONDS: time.perf_counter() - t0})
+                      records.SECONDS: time.perf_counter() - t0, records.MAP50_95_SE: result.map50_95_se,
+                      records.MAP50_95_BOOT: [round(x, 6) for x in result.map50_95_boot]})
         _set_attrs(trial, attrs)
         self.study.tell(trial, values=[result.map50_95, gflops, lat.median_ms])
         return "COMPLETE"
@@ -404,6 +417,7 @@ class Search:
         target = s.target_trials
         self.latency_cache = LatencyCache(self.run_dir / "latency.json")
         self._failures: list[Exception] = []
+        self._warned = False
         successes = rejected_in_a_row = 0
         started = time.perf_counter()
         evaluated_here = 0
@@ -445,10 +459,34 @@ class Search:
             if outcome == "FAIL" and successes == 0 and len(self._failures) >= 3:
                 raise RuntimeError("the first candidates all failed; the last error follows") from self._failures[-1]
             self._report_progress(trial.number, outcome, done + 1, target, started, evaluated_here)
+            self._warn_small_data(trial.number)
 
+        self._confirm_cost = {"evaluations": 0, "seconds": 0.0}
         if s.confirm:
             self.confirm()
+        elif s.auto_confirm:
+            from autoprune.search.confirm import auto_confirm
+
+            self._confirm_cost = auto_confirm(self)
         return self.finish()
+
+    def _warn_small_data(self, number: int) -> None:
+        """One `warning:` line on stderr, once, when trial `number` (the first evaluated: the uniform genome) says
+        that the validation subset is too small to rank candidates (`uncertainty.too_small`)."""
+        import sys
+
+        from autoprune.uncertainty import too_small
+
+        if self._warned:
+            return
+        t = self.study.trials[number]
+        if t.user_attrs.get(records.KIND) != records.TrialKind.UNIFORM.value or t.state != TrialState.COMPLETE:
+            return
+        ev = self.evaluator
+        text = too_small(ev.val_images, ev.val_boxes, t.user_attrs.get(records.MAP50_95_SE))
+        if text:
+            self._warned = True
+            print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def confirm(self) -> dict[int, dict[int, float]]:
         """Re-score the best trials and the one-shot plans under more proxy seeds (`confirm.confirm_trials`)."""
@@ -504,6 +542,7 @@ class Search:
     def finish(self) -> SearchResult:
         """Summarize the study as it is now (the caller writes the reports: `report.write_reports`)."""
         recs = records.load_records(self.study)
+        recommendation = records.recommendation(self.study.user_attrs, recs)
         uniform = next((r for r in recs if r.kind == records.TrialKind.UNIFORM and r.state == "COMPLETE"), None)
         return SearchResult(
             name=self.name,
@@ -515,7 +554,9 @@ class Search:
             uniform=uniform,
             best=self._best(),
             confirmed={n: by_seed for n, by_seed, _ in records.ranked_confirmations(self.study.user_attrs, recs)},
-            recommended=records.recommended_trial(self.study.user_attrs, recs),
+            recommended=recommendation.trial,
+            recommendation_reason=recommendation.reason,
+            confirm_cost=getattr(self, "_confirm_cost", {"evaluations": 0, "seconds": 0.0}),
         )
 
 

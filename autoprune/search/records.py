@@ -47,9 +47,12 @@ PARAMS = "params"
 LATENCY_MS = "latency_ms"
 LATENCY_SPREAD_MS = "latency_spread_ms"  # p90 - p10 of the timed runs
 LATENCY_LOAD = "latency_load"  # the 1-minute load average when the latency was measured (None: unknown)
+LATENCY_SETUP = "latency_setup"  # what measured it: {backend, precision, executed_precision, batch, threads, device_name}
 LATENCY_UNDER_LOAD = "latency_under_load"  # True: measured under load (`cost.timing.under_load`), noisy
 MAP50 = "map50"
 MAP50_95 = "map50_95"
+MAP50_95_SE = "map50_95_se"  # the bootstrap standard error of MAP50_95 over val subsets (`autoprune.uncertainty`)
+MAP50_95_BOOT = "map50_95_boot"  # MAP50_95 per bootstrap resample; trials under one proxy seed pair up
 PROXY_SECONDS = "proxy_seconds"
 SECONDS = "seconds"  # wall time of the whole candidate
 MODEL_FINGERPRINT = "model_fingerprint"
@@ -71,6 +74,9 @@ STUDY_DATA = "data"
 STUDY_BUDGET_GFLOPS = "budget_gflops"
 STUDY_BUDGET_LATENCY_MS = "budget_latency_ms"
 STUDY_BUDGET_FLOOR = "budget_floor"
+STUDY_LATENCY_BACKEND = "latency_backend"  # the runtime latency is measured in (absent in older studies: torch)
+STUDY_LATENCY_BATCH = "latency_batch"  # (absent: 1)
+STUDY_LATENCY_PRECISION = "latency_precision"  # fp32 or fp16 (absent: fp16 on a CUDA device, else fp32)
 STUDY_GLOBAL = "global_genome"  # one-shot global pruning by the criterion, as a genome: trial 0 queues it
 STUDY_GLOBAL_PER_FLOP = "global_per_flop_genome"  # the same by importance per FLOP (`strategies.per_flop_scores`)
 STUDY_IMGSZ = "imgsz"
@@ -131,6 +137,7 @@ class TrialRecord:
     reason: str | None
     genome: dict = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
+    map50_95_se: float | None = None  # MAP50_95_SE: how far map50_95 would move with another val subset
 
     @classmethod
     def from_trial(cls, trial) -> TrialRecord:
@@ -149,6 +156,7 @@ class TrialRecord:
             reason=a.get(REASON),
             genome=dict(a.get(GENOME) or trial.params),
             attrs=dict(a),
+            map50_95_se=_num(a.get(MAP50_95_SE)),
         )
 
 
@@ -264,13 +272,103 @@ def ranked_confirmations(study_attrs: dict, records: list[TrialRecord]) -> list[
                   key=lambda c: (-len(c[1]), -c[2], c[0]))
 
 
-def recommended_trial(study_attrs: dict, records: list[TrialRecord]) -> TrialRecord | None:
-    """The trial to apply: the first of `ranked_confirmations` when the search confirmed its top trials, else
-    `best_trial`."""
+NOISE_FACTOR = 2.0  # a searched trial must lead the best one-shot plan by this many standard errors of the difference
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The trial to apply and why (`recommendation`).
+
+    Attributes:
+        trial: the recommended trial (None without a feasible, scored trial).
+        reason: one sentence a user reads: which trials were weighed and what decided.
+        leader: the trial ranked first by score (by mean over the confirming seeds when there are confirmations).
+        plan: the best one-shot plan (`ONE_SHOT_KINDS`), None when none was scored feasible.
+        lead: leader's score minus plan's (means over the shared seeds when both were confirmed).
+        se: the standard error of `lead` (None when the scores carry no uncertainty).
+        within_noise: a searched leader whose lead is at most `NOISE_FACTOR` x `se`: the plan is recommended, and a
+            search re-scores them under more proxy seeds (`search.confirm.auto_confirm`).
+    """
+
+    trial: TrialRecord | None
+    reason: str
+    leader: TrialRecord | None = None
+    plan: TrialRecord | None = None
+    lead: float | None = None
+    se: float | None = None
+    within_noise: bool = False
+
+
+def recommendation(study_attrs: dict, records: list[TrialRecord]) -> Recommendation:
+    """The one rule for the trial to apply: the leader (the first of `ranked_confirmations` when the search
+    confirmed trials, else `best_trial`) unless it is a searched trial whose lead over the best one-shot plan is
+    within noise (at most `NOISE_FACTOR` standard errors of the difference), in which case the plan.
+
+    The standard error of the difference is a paired bootstrap over the same validation images
+    (`uncertainty.difference_se` on the trials' `MAP50_95_BOOT`), or both trials' `MAP50_95_SE` combined. With the
+    two trials confirmed under k >= 2 proxy seeds, the lead is the mean of the per-seed differences and its standard
+    error the larger of that bootstrap error and the spread of the differences, divided by sqrt(k) (each seed draws
+    its own val subset and finetune order). Scores stored without an uncertainty (studies from before it was
+    kept) leave the leader recommended.
+
+    Example:
+        >>> def rec(n, kind, m, se):
+        ...     return TrialRecord(n, "COMPLETE", m, None, 4.0, None, None, True, kind, None, map50_95_se=se)
+        >>> r = recommendation({}, [rec(1, "global", 0.40, 0.01), rec(5, "search", 0.41, 0.01)])
+        >>> r.trial.number, r.within_noise
+        (1, True)
+    """
+    import statistics
+
+    from autoprune.uncertainty import difference_se
+
     confirmed = ranked_confirmations(study_attrs, records)
+    by_number = {r.number: r for r in records}
+    scores = {n: v for n, v, _ in confirmed}
     if confirmed:
-        return next(r for r in records if r.number == confirmed[0][0])
-    return best_trial(records)
+        leader = by_number[confirmed[0][0]]
+        means = {n: m for n, _, m in confirmed}
+    else:
+        leader = best_trial(records)
+        means = {}
+    if leader is None:
+        return Recommendation(None, "no feasible trial has a score")
+
+    def score(r):
+        return means.get(r.number, r.map50_95)
+
+    plans = [r for r in ranked_trials(records) if r.kind in ONE_SHOT_KINDS]
+    plan = max(plans, key=lambda r: (score(r), -r.number)) if plans else None
+    if leader.kind not in (TrialKind.SEARCH.value, TrialKind.REPAIRED.value, TrialKind.FILLED.value):
+        return Recommendation(leader, f"trial {leader.number} ({leader.kind}) has the best score", leader, plan)
+    if plan is None:
+        return Recommendation(leader, f"trial {leader.number} has the best score; no one-shot plan was scored "
+                                      "to compare it with", leader)
+    se = difference_se(leader.attrs.get(MAP50_95_BOOT), plan.attrs.get(MAP50_95_BOOT), leader.map50_95_se,
+                       plan.map50_95_se)
+    lead = leader.map50_95 - plan.map50_95
+    shared = sorted(set(scores.get(leader.number, {})) & set(scores.get(plan.number, {})))
+    over = ""
+    if len(shared) >= 2:
+        d = [scores[leader.number][k] - scores[plan.number][k] for k in shared]
+        lead = sum(d) / len(d)
+        se = max(se or 0.0, statistics.stdev(d)) / math.sqrt(len(d))
+        over = f" (mean over proxy seeds {', '.join(map(str, shared))})"
+    if se is None:
+        return Recommendation(leader, f"trial {leader.number} has the best score; its score carries no uncertainty "
+                                      "to weigh it against the one-shot plans", leader, plan, lead)
+    what = (f"searched trial {leader.number} leads the best one-shot plan, trial {plan.number} ({plan.kind}), by "
+            f"{lead:+.4f} mAP50-95{over}")
+    if lead > NOISE_FACTOR * se:
+        return Recommendation(leader, f"{what}, more than {NOISE_FACTOR:g} x the standard error of the difference "
+                                      f"({se:.4f})", leader, plan, lead, se)
+    return Recommendation(plan, f"{what}, within {NOISE_FACTOR:g} x the standard error of the difference "
+                                f"({se:.4f}): the one-shot plan is recommended", leader, plan, lead, se, True)
+
+
+def recommended_trial(study_attrs: dict, records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial to apply (`recommendation`)."""
+    return recommendation(study_attrs, records).trial
 
 
 def _non_dominated(records: list[TrialRecord], objectives: tuple[str, ...]) -> list[bool]:

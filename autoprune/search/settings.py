@@ -46,6 +46,9 @@ class SearchSettings:
     proxy_imgsz: int = 320
     val_images: int = 200
     imgsz: int = 640  # GFLOPs and latency are measured at the deployment size
+    latency_backend: str = "torch"  # the runtime latency is measured in (`autoprune.cost.BACKENDS`)
+    latency_batch: int = 1
+    latency_precision: str | None = None  # fp32 or fp16; None: fp16 on a CUDA device, else fp32
     criterion: str = "hessian"  # gradient criteria keep a pruned model working; docs/BENCHMARKS.md "Methods"
     space: str | None = "fine"  # one gene per group; None or "family": the model family's space (`load_space`)
     storage: str | None = None
@@ -57,6 +60,9 @@ class SearchSettings:
     grace_period: int = 40
     confirm: int = 0  # re-score the best N feasible trials under more proxy seeds once the trials are done
     confirm_seeds: int = 2  # how many more: seeds seed+1 .. seed+confirm_seeds
+    # without --confirm: re-score the leader and the one-shot plans under 2 more seeds when the leader's lead over
+    # the plans is within noise (`confirm.auto_confirm`, at most 6 scores)
+    auto_confirm: bool = True
 
     @property
     def target_trials(self) -> int:
@@ -78,7 +84,9 @@ class SearchResult:
     best: records.TrialRecord | None
     outputs: dict = field(default_factory=dict)
     confirmed: dict = field(default_factory=dict)  # {trial: {proxy seed: mAP50-95}} (`Search.confirm`)
-    recommended: records.TrialRecord | None = None  # the best by mean over the confirming seeds, else `best`
+    recommended: records.TrialRecord | None = None  # `records.recommendation`
+    recommendation_reason: str | None = None  # why that trial (`records.Recommendation.reason`)
+    confirm_cost: dict = field(default_factory=dict)  # auto-confirmation's extra cost: {evaluations, seconds}
 
     def as_dict(self) -> dict:
         def rec(r):
@@ -99,6 +107,8 @@ class SearchResult:
             "best_beats_uniform_by": beats,
             "confirmed": {str(n): {str(k): v for k, v in by_seed.items()} for n, by_seed in self.confirmed.items()},
             "recommended": rec(self.recommended),
+            "recommendation_reason": self.recommendation_reason,
+            "auto_confirm": dict(self.confirm_cost),
             "outputs": {k: str(v) for k, v in self.outputs.items()},
         }
 
@@ -116,13 +126,20 @@ def check_settings(s: SearchSettings) -> None:
     positive("budget_latency_ms", s.budget_latency_ms)
     if not 0 <= s.budget_floor < 1:
         raise UserError(f"--budget-floor must be in [0, 1), got {s.budget_floor}")
-    for name in ("trials", "generations", "population"):
+    for name in ("trials", "generations", "population", "latency_batch"):
         positive(name, getattr(s, name), integer=True)
+    from autoprune.cost.backends import PRECISIONS, check_backend
+
+    check_backend(s.latency_backend)
+    if s.latency_precision is not None and s.latency_precision not in PRECISIONS:
+        raise UserError(f"--latency-precision must be one of {', '.join(PRECISIONS)}, got {s.latency_precision!r}")
     if s.proxy_steps < 0:
         raise UserError(f"--proxy-steps must be 0 or more, got {s.proxy_steps}")
     if isinstance(s.confirm, bool) or not isinstance(s.confirm, int) or s.confirm < 0:
         raise UserError(f"--confirm must be an integer >= 0, got {s.confirm}")
     positive("confirm_seeds", s.confirm_seeds, integer=True)
+    if not isinstance(s.auto_confirm, bool):
+        raise UserError(f"auto_confirm must be true or false, got {s.auto_confirm!r}")
     if not (isinstance(s.proxy_distill, (int, float)) and math.isfinite(s.proxy_distill) and s.proxy_distill >= 0):
         raise UserError(f"--proxy-distill must be a number >= 0, got {s.proxy_distill}")
     for name in ("imgsz", "proxy_imgsz"):
@@ -152,6 +169,8 @@ def resume_flag(key: str, value, mine=None) -> str | None:
         return f"--budget-gflops {value:g}"
     if key == records.STUDY_SEED and isinstance(value, int):
         return f"--seed {value}"
+    if key in _LATENCY_FLAGS and value is not None:
+        return f"{_LATENCY_FLAGS[key]} {value}"
     if key == records.STUDY_PROXY and isinstance(value, dict):  # the proxy's seed is --seed's
         mine = mine if isinstance(mine, dict) else {}
         flags = [f"{flag} {value[k]}" for flag, k in (("--proxy-steps", "steps"), ("--proxy-imgsz", "imgsz"),
@@ -179,12 +198,27 @@ def short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_LATENCY_FLAGS = {records.STUDY_LATENCY_BACKEND: "--latency-backend", records.STUDY_LATENCY_BATCH: "--latency-batch",
+                  records.STUDY_LATENCY_PRECISION: "--latency-precision"}
+
+
+def _with_latency_defaults(stored: dict) -> dict:
+    """`stored` with the latency settings a study made before they were stored was measured with: torch, batch 1,
+    fp16 on a CUDA device, else fp32."""
+    device = str(stored.get(records.STUDY_DEVICE) or "cpu")
+    defaults = {records.STUDY_LATENCY_BACKEND: "torch", records.STUDY_LATENCY_BATCH: 1,
+                records.STUDY_LATENCY_PRECISION: "fp16" if device.startswith("cuda") else "fp32"}
+    return {**defaults, **stored}
+
+
 def check_resumable(name: str, stored: dict, attrs: dict) -> None:
     """A `UserError` naming every setting study `name` was made with (`stored`) that this run (`attrs`) changes,
     and the flags that ask for the stored ones."""
+    stored = _with_latency_defaults(stored)
     keys = (records.STUDY_MODEL_FINGERPRINT, records.STUDY_BUDGET_GFLOPS, records.STUDY_BUDGET_LATENCY_MS,
             records.STUDY_BUDGET_FLOOR, records.STUDY_IMGSZ, records.STUDY_SPACE, records.STUDY_CRITERION,
-            records.STUDY_ENGINE, records.STUDY_SAMPLER, records.STUDY_SEED, records.STUDY_PROXY, records.STUDY_POPULATION)
+            records.STUDY_ENGINE, records.STUDY_SAMPLER, records.STUDY_SEED, records.STUDY_PROXY, records.STUDY_POPULATION,
+            records.STUDY_LATENCY_BACKEND, records.STUDY_LATENCY_BATCH, records.STUDY_LATENCY_PRECISION)
     differ = [key for key in keys if stored.get(key) != attrs[key]]
     if differ:
         what = "; ".join(difference(key, stored.get(key), attrs[key]) for key in differ)
