@@ -139,7 +139,7 @@ def teacher_agreement(teacher, students: dict, data_yaml: str, imgsz: int, image
     from ultralytics.data import build_yolo_dataset
 
     from autoprune.data import load_data_config
-    from autoprune.finetune import _raw, head_distillation
+    from autoprune.distill import head_distillation, raw_head_outputs
 
     data = load_data_config(data_yaml)
     udata = data.ultralytics_dict()
@@ -151,10 +151,10 @@ def teacher_agreement(teacher, students: dict, data_yaml: str, imgsz: int, image
     students = {**students, **(extra or {})}
     out = {}
     with torch.no_grad():
-        t_raw = [_raw(teacher(x)) for x in batches]
+        t_raw = [raw_head_outputs(teacher(x)) for x in batches]
         for label, m in students.items():
             student = _model(m)
-            terms = [head_distillation(_raw(student(x)), t, temperature=1.0) for x, t in zip(batches, t_raw)]
+            terms = [head_distillation(raw_head_outputs(student(x)), t, temperature=1.0) for x, t in zip(batches, t_raw)]
             out[label] = {"cls": sum(float(c) for c, _ in terms) / len(terms),
                           "box": sum(float(b) for _, b in terms) / len(terms)}
     return out

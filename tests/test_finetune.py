@@ -192,4 +192,4 @@ def test_pickled_modules_sees_an_autoprune_object_in_a_checkpoint(tmp_path):
 
     torch.save({"model": torch.nn.Conv2d(1, 1, 1), "oops": DistillSettings()}, tmp_path / "bad.pt")
     modules = pickled_modules(tmp_path / "bad.pt")
-    assert "autoprune.finetune" in modules and "torch.nn.modules.conv" in modules
+    assert "autoprune.distill" in modules and "torch.nn.modules.conv" in modules

@@ -1,0 +1,245 @@
+"""Distillation from the unpruned teacher: the settings, the head and neck losses, and the training criterion.
+
+`DistillationLoss` is installed as the student's `criterion` (the hook Ultralytics' `DetectionModel.loss` calls) by
+`autoprune.finetune` for the length of the training only: detection loss + `weight` x head distillation
+(+ `neck_weight` x neck feature distillation). The proxy scores a finetune with the same head term (`head_term`).
+
+The head distillation (see `head_distillation`) works on what the Detect head emits in training, per anchor:
+
+- class logits: the binary KL divergence between teacher and student class probabilities at temperature T, per class
+  (YOLO's classes are independent sigmoids, not a softmax), weighted per anchor by max(teacher confidence, student
+  confidence): the teacher's detections must be reproduced and the student's own false positives suppressed, while
+  the thousands of background anchors where both are quiet cost nothing;
+- box distributions (DFL): the KL divergence of the reg_max-bin distribution of each box side at temperature T
+  (localization distillation, Zheng et al., CVPR 2022), weighted per anchor by the teacher's confidence: a box is only
+  worth copying where the teacher sees an object. Heads without DFL (reg_max 1) get an L1 on the side distances.
+
+Both are normalized by the sum of the teacher's per-anchor confidences (the role `target_scores_sum` plays in
+Ultralytics' loss) and scaled by the `cls` and `dfl` gains of the detection loss, so `weight=1` gives the teacher's
+soft targets the same standing as the ground truth. Both are exactly zero when student and teacher outputs agree.
+
+The optional neck distillation compares the Detect inputs. Pruned widths differ from the teacher's, so a 1x1 conv
+projector (training-only) maps the student's maps to the teacher's widths; both are standardized per sample and
+channel over space before an MSE (as PKD, Cao et al., NeurIPS 2022), so only the pattern is matched, not the scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune.errors import UserError
+
+__all__ = [
+    "DistillSettings",
+    "DistillationLoss",
+    "FeatureProjector",
+    "detect_input_channels",
+    "head_branches",
+    "head_distillation",
+    "head_term",
+    "neck_distillation",
+    "raw_head_outputs",
+]
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class DistillSettings:
+    """How the unpruned teacher guides the finetune. Validated on construction; a bad value is a `UserError`.
+
+    Attributes:
+        weight: weight of the head distillation (class logits + box distributions) against the detection loss
+            (1.0: the teacher's soft targets weigh as much as the ground truth). 0 turns it off.
+        temperature: softens both the teacher's and the student's distributions (class sigmoids and DFL softmaxes);
+            the loss is multiplied by T^2 so that its gradients keep their scale (Hinton et al.).
+        neck_weight: weight of the neck feature distillation on the Detect inputs (through a training-only 1x1
+            projector). 0 (default) turns it off.
+    """
+
+    weight: float = 1.0
+    temperature: float = 2.0
+    neck_weight: float = 0.0
+
+    def __post_init__(self):
+        for name, flag in (("weight", "--kd-weight"), ("neck_weight", "--kd-neck")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UserError(f"{flag} must be a number >= 0, got {v!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise UserError(f"--kd-temperature must be a number > 0, got {t!r}")
+        if self.weight == 0 and self.neck_weight == 0:
+            raise UserError("distillation with --kd-weight 0 and --kd-neck 0 does nothing; use --no-distill instead")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- the losses
+def raw_head_outputs(preds) -> dict:
+    """The head's raw training outputs: the dict Detect returns in training, or the second item of (y, raw) in eval."""
+    return preds[1] if isinstance(preds, (tuple, list)) else preds
+
+
+def head_branches(preds) -> dict[str, dict]:
+    """{branch name: raw outputs}: one2many and one2one for end-to-end heads, else the single branch."""
+    p = raw_head_outputs(preds)
+    if "one2many" in p:
+        return {k: p[k] for k in ("one2many", "one2one") if p.get(k)}
+    return {"one2many": p}
+
+
+def head_distillation(student: dict, teacher: dict, *, temperature: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class term, box term) of the head distillation between two raw Detect outputs of one branch.
+
+    `student` and `teacher` are dicts with "scores" (batch, nc, anchors) logits and "boxes" (batch, 4 * reg_max,
+    anchors) DFL logits, from the same images at the same size (so the anchors correspond). Both terms are sums over
+    anchors divided by the teacher's summed per-anchor confidence, like Ultralytics' detection loss divides by its
+    target scores; both are exactly 0 when the two outputs are equal. Gradients flow into `student` only.
+
+    Example:
+        >>> s = {"scores": torch.randn(2, 3, 10), "boxes": torch.randn(2, 64, 10)}
+        >>> [float(x) for x in head_distillation(s, s)]
+        [0.0, 0.0]
+    """
+    T = float(temperature)
+    s_cls, t_cls = student["scores"].float(), teacher["scores"].detach().float()
+    if s_cls.shape != t_cls.shape:
+        raise ValueError(f"class outputs differ in shape: student {tuple(s_cls.shape)}, teacher {tuple(t_cls.shape)}")
+    t_conf = t_cls.sigmoid().amax(1)  # (batch, anchors): the teacher's confidence per anchor, at T = 1
+    s_conf = s_cls.detach().sigmoid().amax(1)
+    norm = t_conf.sum().clamp(min=1.0)
+
+    # Binary KL(teacher || student) per class: YOLO's class scores are independent sigmoids.
+    st, tt = s_cls / T, t_cls / T
+    pt = tt.sigmoid()
+    kl = pt * (F.logsigmoid(tt) - F.logsigmoid(st)) + (1 - pt) * (F.logsigmoid(-tt) - F.logsigmoid(-st))
+    cls_term = (kl.sum(1) * torch.maximum(t_conf, s_conf)).sum() * (T * T) / norm
+
+    s_box, t_box = student["boxes"].float(), teacher["boxes"].detach().float()
+    if s_box.shape != t_box.shape:
+        raise ValueError(f"box outputs differ in shape: student {tuple(s_box.shape)}, teacher {tuple(t_box.shape)}")
+    b, c, a = s_box.shape
+    reg_max = c // 4
+    if reg_max > 1:
+        # Channels are side-major (side * reg_max + bin), as v8DetectionLoss.bbox_decode reads them.
+        ls = F.log_softmax(s_box.view(b, 4, reg_max, a) / T, dim=2)
+        lt = F.log_softmax(t_box.view(b, 4, reg_max, a) / T, dim=2)
+        per_anchor = (lt.exp() * (lt - ls)).sum(2).mean(1) * (T * T)  # KL per side, mean over the 4 sides
+    else:  # no DFL (e.g. YOLO26): the raw side distances
+        per_anchor = (s_box - t_box).abs().mean(1)
+    box_term = (per_anchor * t_conf).sum() / norm
+    return cls_term, box_term
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per sample and channel over space."""
+    x = x.float().flatten(2)
+    return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, unbiased=False) + 1e-6)
+
+
+class FeatureProjector(nn.Module):
+    """1x1 convolutions mapping the student's Detect inputs to the teacher's widths (training-only, never saved).
+
+    Where a level's widths are equal the projector starts as the identity, so identical models give zero loss.
+    """
+
+    def __init__(self, student_channels: list[int], teacher_channels: list[int]):
+        super().__init__()
+        self.proj = nn.ModuleList(nn.Conv2d(s, t, 1, bias=False) for s, t in zip(student_channels, teacher_channels))
+        for conv, s, t in zip(self.proj, student_channels, teacher_channels):
+            if s == t:
+                with torch.no_grad():
+                    conv.weight.copy_(torch.eye(t).view(t, t, 1, 1))
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [p(f) for p, f in zip(self.proj, feats)]
+
+
+def neck_distillation(student_feats, teacher_feats, projector: FeatureProjector) -> torch.Tensor:
+    """Mean over levels of the MSE between standardized projected student maps and standardized teacher maps."""
+    projected = projector(list(student_feats))
+    losses = [F.mse_loss(_standardize(s), _standardize(t.detach())) for s, t in zip(projected, teacher_feats)]
+    return torch.stack(losses).mean()
+
+
+def detect_input_channels(model: nn.Module) -> list[int]:
+    """Channels of each Detect input (the neck outputs), read from the head's first box conv per level."""
+    head = model.model[-1]
+    return [int(branch[0].conv.in_channels) for branch in head.cv2]
+
+
+class DistillationLoss:
+    """The student's training criterion: its own detection loss plus distillation from the frozen teacher.
+
+    Called like any Ultralytics criterion, `criterion(preds, batch) -> (loss * batch size per term, loss items)`;
+    the teacher sees `batch["img"]` (the images the student just saw) in eval mode under `torch.no_grad()`. The terms
+    are those of the detection loss followed by "kd_loss" (and "kd_neck" when the neck term is on), so Ultralytics'
+    progress display shows them. A plain object, never an `nn.Module` attribute of the student: nothing of it is
+    saved with the model. `update()` forwards to the detection loss (end-to-end heads decay a gain per epoch).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, settings: DistillSettings,
+                 projector: FeatureProjector | None = None):
+        self.base = student.init_criterion()
+        self.teacher = teacher
+        self.settings = settings
+        self.projector = projector
+        hyp = student.args
+        self.cls_gain = float(getattr(hyp, "cls", 0.5))
+        self.box_gain = float(getattr(hyp, "dfl", 1.5))
+        if settings.neck_weight > 0 and projector is None:
+            raise ValueError("neck distillation needs a projector")
+
+    def update(self) -> None:
+        if hasattr(self.base, "update"):
+            self.base.update()
+
+    def __call__(self, preds, batch: dict):
+        loss, items = self.base(preds, batch)
+        with torch.no_grad():
+            t_preds = self.teacher(batch["img"])  # eval mode: (decoded, raw)
+        kd, neck = self.terms(preds, t_preds)
+        bs = batch["img"].shape[0]
+        extra = [kd * bs]
+        items = {**items, "kd_loss": kd.detach()}
+        if self.settings.neck_weight > 0:
+            extra.append(neck * bs)
+            items["kd_neck"] = neck.detach()
+        return torch.cat([loss, torch.stack(extra).to(loss.dtype)]), items
+
+    def terms(self, s_preds, t_preds) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted head term, weighted neck term) for raw student and teacher outputs."""
+        s = self.settings
+        kd = _zero(s_preds)
+        if s.weight > 0:
+            kd = head_term(s_preds, t_preds, cls_gain=self.cls_gain, box_gain=self.box_gain,
+                           temperature=s.temperature) * s.weight
+        neck = _zero(s_preds)
+        if s.neck_weight > 0:
+            s_br, t_br = head_branches(s_preds), head_branches(t_preds)
+            first = next(iter(s_br.values()))
+            neck = neck_distillation(first["feats"], next(iter(t_br.values()))["feats"], self.projector) * s.neck_weight
+        return kd, neck
+
+
+def head_term(s_preds, t_preds, *, cls_gain: float, box_gain: float, temperature: float = 2.0) -> torch.Tensor:
+    """The unweighted head distillation between student and teacher predictions (raw, or eval-mode (y, raw)
+    tuples): `cls_gain` x class term + `box_gain` x box term (`head_distillation`), averaged over the branches both
+    have (one2many and one2one for end-to-end heads)."""
+    s_br, t_br = head_branches(s_preds), head_branches(t_preds)
+    heads = []
+    for name in s_br:
+        if name in t_br:
+            c, b = head_distillation(s_br[name], t_br[name], temperature=temperature)
+            heads.append(cls_gain * c + box_gain * b)
+    return torch.stack(heads).mean() if heads else _zero(s_preds)
+
+
+def _zero(preds) -> torch.Tensor:
+    return torch.zeros((), device=next(iter(head_branches(preds).values()))["scores"].device)
