@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 from autoprune import report
 from autoprune.cli import main
+from autoprune.report import plots
 from autoprune.search import records as R
 from autoprune.search.records import TrialRecord
 
@@ -133,7 +134,8 @@ def test_pareto_info_classifies_trials_and_finds_best_and_baseline():
     assert info.best.number == 1 and info.baseline.number == 0
     assert info.gain == pytest.approx(0.05)
     assert info.counts == {"trials": 8, "COMPLETE": 6, "PRUNED": 1, "FAIL": 1, "RUNNING": 0, "WAITING": 0,
-                           "feasible": 5, "feasible_incomplete": 0, "front": 3, "infeasible": 1}
+                           "feasible": 5, "feasible_incomplete": 0, "front": 3, "infeasible": 1,
+                           "latency_under_load": 0}
     assert info.budget_gflops == BUDGET and info.budget_latency_ms is None
     assert info.model == "yolov8n.pt" and info.study_name == "exp1"
     assert info.panels[0].attr == "gflops" and info.panels[0].budget == BUDGET and info.panels[1].budget is None
@@ -249,13 +251,18 @@ def assert_png_drawn(path):
     assert img[..., :3].std() > 0.05  # not a blank canvas
 
 
-def assert_html_self_contained(path, numbers):
+def assert_html_offline(path, numbers):
+    """pareto.html loads plotly.js from the one plotly.min.js beside it (no CDN) and labels every trial."""
     text = path.read_text()
-    assert len(text) > 1_000_000  # plotly.js is embedded
-    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.IGNORECASE)  # no external script (no CDN)
+    assert len(text) < 300_000  # plotly.js is not embedded ...
+    scripts = re.findall(r"<script[^>]*\bsrc\s*=\s*\"([^\"]*)\"", text, re.IGNORECASE)
+    assert scripts == ["plotly.min.js"]  # ... but loaded from beside the file, so it opens offline
+    js = path.parent / "plotly.min.js"
+    assert js.stat().st_size > 1_000_000 and "Plotly" in js.read_text()[:5000]
     assert "Plotly.newPlot" in text
+    labels = {t for group in re.findall(r'"text":\[([^\]]*)\]', text) for t in re.findall(r'"([^"]*)"', group)}
     for n in numbers:
-        assert f'"#{n}"' in text  # the front's labels
+        assert str(n) in labels  # every trial's label
         assert re.search(rf"\[{n},\"", text)  # the hover data of that trial
     assert "trial %{customdata[0]}" in text and "latency %{customdata[6]} ms" in text
 
@@ -266,12 +273,44 @@ def test_plots_are_written_and_non_trivial(tmp_path):
     png = report.plot_pareto_png(info, tmp_path / "sub" / "pareto.png")
     html = report.plot_pareto_html(info, tmp_path / "sub" / "pareto.html")
     assert_png_drawn(png)
-    assert_html_self_contained(html, [1, 2, 7, 0])
+    assert_html_offline(html, [0, 1, 2, 3, 4, 7])
     text = html.read_text()
     assert "budget 4.2 GFLOPs" in text and "budget 22 ms" in text
     assert "(in progress)" in text
     assert "6 complete (5 feasible), 1 pruned, 1 failed, 1 running, 1 waiting; 3 on the front" in text
     assert not list(tmp_path.glob("sub/.*tmp"))  # no temporary file left behind
+
+
+def test_every_point_is_labelled_dominated_ones_grey_and_labels_do_not_overlap():
+    info = mixed_info()
+    view = plots.panel_view(info, 0)
+    assert sorted(p.number for p in view.points) == [0, 1, 2, 3, 4, 7]  # every completed trial with a value
+    assert all(p.label == str(p.number) for p in view.points)
+    cats = {p.number: p.category for p in view.points}
+    assert cats == {1: "front", 2: "front", 7: "front3", 0: "dominated", 3: "dominated", 4: "infeasible"}
+    assert plots._LABEL_COLOUR["dominated"] == plots._LABEL_COLOUR["infeasible"] != plots._LABEL_COLOUR["front"]
+    # four labels on one spot go to four different sides, so none covers another
+    assert len(set(plots.place_labels([(1.0, 1.0)] * 4, ["10", "11", "12", "13"]))) == 4
+    xy = [(i % 5, i // 5) for i in range(25)] + [(2.02, 2.02)]
+    spots = plots.place_labels(xy, [str(i) for i in range(26)], size_pt=(300, 300))
+    assert spots[-1] != spots[12]  # the two labels of (2, 2) and (2.02, 2.02) went to different sides
+
+
+def test_latency_panel_has_its_own_front_and_a_robust_axis(tmp_path):
+    """A noisy 2,561 ms among 57-150 ms is drawn at the axis' edge with its value; the panel's front is its own."""
+    info = report.study_info(loaded_study())
+    gflops, latency = plots.panel_view(info, 0), plots.panel_view(info, 1)
+    assert {p.number: p.category for p in gflops.points}[3] == "front"
+    assert {p.number: p.category for p in latency.points}[3] == "front3"  # beaten by 1 on latency
+    assert gflops.hi is None and latency.hi is not None and 150.0 < latency.hi < 1000.0
+    outlier = next(p for p in latency.points if p.number == 0)
+    assert outlier.clipped and outlier.x == latency.hi and outlier.label == "0! (2561 ms)" and outlier.loaded
+    assert not any(p.clipped for p in latency.points if p.number != 0)
+    assert plots.robust_limit([57.0, 60.0, 88.0, 145.0]) is None  # nothing far out: the automatic range
+    png = report.plot_pareto_png(info, tmp_path / "p.png")
+    assert_png_drawn(png)
+    html = report.plot_pareto_html(info, tmp_path / "p.html").read_text()
+    assert "0! (2561 ms)" in html and "triangle-right" in html and "measured under load" in html
 
 
 def test_plots_of_an_empty_study_say_so(tmp_path):
@@ -444,7 +483,7 @@ def test_cli_plot_writes_into_the_run_folder_or_out(mixed, in_tmp, capsys):
     assert code == 0
     r = json.loads(out)
     assert r["png"] == str(in_tmp / "plots" / "pareto.png") and r["front"] == [1, 2, 7]
-    assert_html_self_contained(in_tmp / "plots" / "pareto.html", [1, 2, 7])
+    assert_html_offline(in_tmp / "plots" / "pareto.html", [1, 2, 7])
 
 
 def test_cli_reading_leaves_the_study_file_unchanged(mixed, in_tmp, capsys):
