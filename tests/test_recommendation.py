@@ -147,6 +147,7 @@ def test_a_searched_lead_within_noise_recommends_the_one_shot_plan():
     assert R.recommendation(attrs, [plan, other, clear]).trial.number == 1
 
 
+@pytest.mark.slow
 def test_a_tiny_validation_split_is_warned_about_once_at_the_start(env, capsys, tmp_path, monkeypatch, one_thread):
     from conftest import run_cli
 
