@@ -93,7 +93,7 @@ class Search:
                 f"--budget-gflops {s.budget_gflops:g} is below what the search space can reach: the smallest "
                 f"model it allows has {min_gflops:.2f} GFLOPs at {s.imgsz} (the unpruned one {base_gflops:.2f})"
             )
-        if s.budget_gflops >= base_gflops and False:  # BREAK
+        if s.budget_gflops >= base_gflops:
             raise UserError(
                 f"--budget-gflops {s.budget_gflops:g} is not below the unpruned model's {base_gflops:.2f} GFLOPs at "
                 f"{s.imgsz}: nothing to prune; give a budget below it"
