@@ -56,3 +56,37 @@ def test_prune_checks_keep_and_target_before_loading_the_model(capsys, monkeypat
                           (["--target-gflops", "half"], "--target-gflops must be a number")):
         code, _, err = run_cli(capsys, "prune", "--model", "yolov8n.yaml", *argv)
         assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
+
+
+FAST_PRUNE = ("--model", "yolov8n.yaml", "--imgsz", "64", "--strategy", "uniform", "--criterion", "l1")
+
+
+def test_prune_target_above_the_model_warns_and_says_the_size(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "prune", *FAST_PRUNE, "--target-gflops", "100", "--out", str(tmp_path / "p.pt"))
+    assert code == 0
+    assert err.strip().splitlines() == [next(ln for ln in err.splitlines() if ln.startswith("warning: "))]
+    assert "nothing to prune" in err and "unpruned copy" in err
+    assert "(100.0%)" in out  # the summary line gives the unpruned size
+
+
+def test_search_budget_above_the_model_is_one_error_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOPRUNE_DEMO_SIZE", "6,4")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "search", "--budget-gflops", "100", "--imgsz", "64", "--trials", "1")
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "nothing to prune" in err
+    assert not list(tmp_path.rglob("*.db"))
+
+
+def test_prune_says_what_was_reached_and_why(capsys, tmp_path):
+    """--keep 0.001 lands on the channel floor; a GFLOPs target lands under it by the rounding: one line says so."""
+    code, out, _ = run_cli(capsys, "prune", *FAST_PRUNE, "--keep", "0.001", "--out", str(tmp_path / "a.pt"))
+    assert code == 0
+    note = next(ln for ln in out.splitlines() if ln.startswith("note: "))
+    assert "for --keep 0.001" in note and "floor of --min-channels 8" in note and "--round-to 8" in note
+    code, out, _ = run_cli(capsys, "prune", *FAST_PRUNE, "--target-gflops", "50%", "--round-to", "32",
+                           "--out", str(tmp_path / "b.pt"), "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["after"]["gflops"] < 0.98 * r["target"]["gflops"]
+    assert r["note"].startswith("reached ") and "under the target" in r["note"] and "--round-to 32" in r["note"]

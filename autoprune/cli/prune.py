@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -229,9 +230,15 @@ def run(args: argparse.Namespace) -> dict:
     graph = analyze(loaded.model, imgsz=imgsz)
     full_gflops = count_gflops(loaded.model, imgsz)
     target_gflops = None
+    warnings = []
     if args.target_gflops is not None:
         target_gflops = parse_gflops(args.target_gflops, full_gflops)
         _check_reachable(loaded.model, graph, target_gflops, full_gflops, args)
+        if target_gflops >= full_gflops:
+            warnings.append(f"--target-gflops {args.target_gflops} ({target_gflops:.4g} GFLOPs) is not below the "
+                            f"unpruned model's {full_gflops:.4g} GFLOPs at --imgsz {imgsz}: nothing to prune, the "
+                            "checkpoint is an unpruned copy")
+            print(f"warning: {warnings[-1]}", file=sys.stderr)
     elif args.strategy == "global":
         check_keep_target(graph, keep, round_to=args.round_to, min_channels=args.min_channels)
     else:
@@ -299,6 +306,11 @@ def run(args: argparse.Namespace) -> dict:
     }
     if recon is not None:
         result["reconstruction"] = recon
+    note = _reached_note(graph, plan, keep, target_gflops, after["gflops"], full_gflops, args)
+    if note:
+        result["note"] = note
+    if warnings:
+        result["warnings"] = warnings
     if not args.json:
         how = f"{args.strategy}, {args.criterion}"
         how += f", ratio {plan.ratio:.4f}" if plan.ratio is not None and args.target_gflops else ""
@@ -311,8 +323,32 @@ def run(args: argparse.Namespace) -> dict:
         if recon is not None:
             print(f"reconstructed {recon['convs']} convs; Detect-input relative MSE on the calibration data "
                   f"{recon['detect_input_mse_before']:.4f} -> {recon['detect_input_mse_after']:.4f}")
+        if note:
+            print(f"note: {note}")
         print(f"saved {out}")
     return result
+
+
+def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, args) -> str | None:
+    """One sentence saying what was reached and why, when it is not what was asked: channel counts move in steps of
+    --round-to and never go below the --min-channels floor. None when the result is within 2% of the target."""
+    from autoprune.strategies import floor_counts
+
+    floors = floor_counts(graph, round_to=args.round_to, min_channels=args.min_channels)
+    at_floor = sum(1 for g in graph.groups if plan.counts[g.id] == floors[g.id] < g.size)
+    why = f"kept channel counts are multiples of --round-to {args.round_to}"
+    if at_floor:
+        why += (f", and {at_floor} of {len(graph.groups)} groups are at the floor of --min-channels "
+                f"{args.min_channels} (rounded up to --round-to)")
+    if target_gflops is not None:
+        if gflops >= 0.98 * target_gflops or target_gflops >= full_gflops:
+            return None
+        return (f"reached {gflops:.4g} GFLOPs ({100 * gflops / full_gflops:.1f}% of {full_gflops:.4g}), under the "
+                f"target {target_gflops:.4g} ({100 * target_gflops / full_gflops:.1f}%): the largest {args.strategy} "
+                f"plan within it, as {why}")
+    if isinstance(keep, dict) or abs(plan.keep_share - keep) <= 0.02:
+        return None
+    return (f"kept {100 * plan.keep_share:.1f}% of the prunable channels for --keep {keep:g}: {why}")
 
 
 def _calibration_batches(data, args: argparse.Namespace, model) -> list[dict]:
