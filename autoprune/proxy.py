@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,11 +47,14 @@ import torch
 from torch import nn
 
 from autoprune import _ultralytics, batches, uncertainty  # noqa: F401  (offline, quiet Ultralytics before it is used)
+from autoprune.batchnorm import recalibrate_bn
 from autoprune.data import DataConfig, load_data_config
 from autoprune.devices import resolve_device, torch_threads
 from autoprune.distill import head_branches, head_term
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
+from autoprune.precision import amp_dtype, float_preds, fp32_decode
+from autoprune.validator import make_validator
 
 __all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn"]
 
@@ -177,44 +179,6 @@ class ProxyResult:
         return asdict(self)
 
 
-def recalibrate_bn(model: nn.Module, batches: Iterable, *, device: torch.device | str | None = None) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics from `batches` (EagleEye's adaptive BN), in place.
-
-    Each BatchNorm's running mean and variance are reset and replaced by the cumulative average (momentum=None)
-    of the batch statistics seen in train mode under `torch.no_grad()`; no parameter changes. The model is left in
-    eval mode and the BatchNorms get their original momentum back. A batch is an image tensor (float, 0..1) or a
-    dict with one under "img" (uint8 images are scaled to 0..1).
-
-    Example:
-        >>> recalibrate_bn(model, [torch.rand(8, 3, 320, 320) for _ in range(4)])
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average: every batch weighs the same
-    seen = 0
-    try:
-        model.train()
-        with torch.no_grad():
-            for b in batches:
-                img = b["img"] if isinstance(b, dict) else b
-                if img.dtype == torch.uint8:
-                    img = img.float() / 255
-                model(img.to(device))
-                seen += 1
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        model.eval()
-    if bns and not seen:
-        raise ValueError("recalibrate_bn needs at least one batch")
-    return model
-
-
 class _Stopwatch:
     """Adds wall-clock seconds per stage; synchronises CUDA so that asynchronous kernels land in their stage."""
 
@@ -236,92 +200,6 @@ class _Stopwatch:
                 torch.cuda.synchronize(self.device)
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t
             self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + time.process_time() - c
-
-
-def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype `amp=True` means on `device`: bfloat16 where it is native, else None (float32)."""
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-            return None
-    return None
-
-
-@contextlib.contextmanager
-def _fp32_decode(model: nn.Module, dtype: torch.dtype | None):
-    """Under autocast, decode the head's boxes in float32 (bfloat16 would round 300 px coordinates to 2 px).
-
-    Patches the head instance's `_inference` for the duration and removes the patch afterwards, so the model stays
-    an ordinary, picklable Ultralytics model.
-    """
-    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-    if dtype is None or not hasattr(head, "_inference"):
-        yield
-        return
-    original = head._inference
-
-    def _inference(x):
-        with torch.autocast(next(model.parameters()).device.type, enabled=False):
-            return original({k: [t.float() for t in v] if isinstance(v, (list, tuple)) else v.float()
-                             for k, v in x.items()})
-
-    head._inference = _inference
-    try:
-        yield
-    finally:
-        head.__dict__.pop("_inference", None)
-
-
-def _float_preds(preds):
-    """Training outputs of the head (dicts of tensors, lists of feature maps) in float32, for a float32 loss."""
-    if isinstance(preds, torch.Tensor):
-        return preds.float()
-    if isinstance(preds, dict):
-        return {k: _float_preds(v) for k, v in preds.items()}
-    if isinstance(preds, (list, tuple)):
-        return type(preds)(_float_preds(v) for v in preds)
-    return preds
-
-
-def _make_validator(imgsz: int, device: torch.device):
-    """Ultralytics' DetectionValidator with its NMS time limit lifted (a time-dependent cut is not repeatable)."""
-    import tempfile
-
-    from ultralytics.models.yolo.detect import DetectionValidator
-    from ultralytics.utils import nms
-
-    class _ProxyValidator(DetectionValidator):
-        def postprocess(self, preds):
-            # DetectionValidator.postprocess, word for word, but with max_time_img=inf: Ultralytics stops NMS after
-            # 2 s + 50 ms per image, which a slow or loaded CPU can hit on a badly damaged candidate and would
-            # then score differently from run to run.
-            outputs = nms.non_max_suppression(
-                preds,
-                self.args.conf,
-                self.args.iou,
-                nc=0,
-                multi_label=True,
-                agnostic=self.args.single_cls or self.args.agnostic_nms,
-                max_det=self.args.max_det,
-                end2end=self.end2end,
-                rotated=False,
-                max_time_img=math.inf,
-            )
-            return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in outputs]
-
-    args = {"task": "detect", "mode": "val", "imgsz": imgsz, "conf": 0.001, "iou": 0.7, "max_det": 300,
-            "plots": False, "save_json": False, "save_txt": False, "verbose": False, "split": "val"}
-    # Ultralytics creates save_dir on construction and, with no plots, JSON or txt, never writes to it. A private
-    # folder removed at once: nothing is left behind even by a killed worker, and a write would fail, not litter /tmp.
-    with tempfile.TemporaryDirectory(prefix="autoprune-val-") as save_dir:
-        v = _ProxyValidator(save_dir=Path(save_dir), args=args)
-    v.device = device
-    return v
 
 
 class ProxyEvaluator:
@@ -391,7 +269,7 @@ class ProxyEvaluator:
                                                 batches.CALIB_ORDER)
         self._train_order = self._order(s.steps * s.batch)
 
-        self._validator = _make_validator(s.imgsz, self.device)
+        self._validator = make_validator(s.imgsz, self.device)
         self._validator.data = udata
         self._validator.names = dict(self.data.names)
         subset_labels = [val_ds.labels[i] for i in val_idx]
@@ -567,7 +445,7 @@ class ProxyEvaluator:
                      "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
             with self._autocast():
                 preds = model(batch["img"])
-            preds = _float_preds(preds)
+            preds = float_preds(preds)
             loss, _ = model.loss(batch, preds)  # float32; (box, cls, dfl) gains, times batch size
             loss = loss.sum() / batch["img"].shape[0]
             if targets is not None:
@@ -592,7 +470,7 @@ class ProxyEvaluator:
         model.eval()
         v.init_metrics(model)
         for b in self._val_batches:
-            with clock("val_forward"), _fp32_decode(model, self.amp_dtype), self._autocast():
+            with clock("val_forward"), fp32_decode(model, self.amp_dtype), self._autocast():
                 preds = model(self._images(b["img"]))
             with clock("nms"):
                 preds = v.postprocess(preds)

@@ -255,7 +255,7 @@ def test_datasets_and_validator_are_built_once_not_per_candidate(tiny_data, tiny
         return wrapper
 
     monkeypatch.setattr(ultralytics.data, "build_yolo_dataset", counting("dataset", ultralytics.data.build_yolo_dataset))
-    monkeypatch.setattr(proxy, "_make_validator", counting("validator", proxy._make_validator))
+    monkeypatch.setattr(proxy, "make_validator", counting("validator", proxy.make_validator))
     monkeypatch.setattr(batches, "load_items", counting("load", batches.load_items))
     ev = ProxyEvaluator(tiny_data, ProxySettings(**{**SMALL, "steps": 1}))
     built = dict(counts)
