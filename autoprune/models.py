@@ -182,11 +182,21 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | None = None, meta: dict | None = None):
+# What a derived checkpoint keeps of its parent's train_args: what describes the data, not how the parent was
+# trained (the keys Ultralytics itself keeps when it reloads a checkpoint, `Model._reset_ckpt_args`).
+DATA_ARGS = ("data", "imgsz", "task", "single_cls")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | None = None, meta: dict | None = None,
+                    derived: bool = False):
     """Save `model` the way Ultralytics saves its own final checkpoints (FP16, no optimizer), so sizes compare.
 
     The file loads with `ultralytics.YOLO(path)` in a process that never imports autoprune: it holds only stock
-    Ultralytics and torch classes and plain Python data. `meta` (plain types only) is stored under "autoprune".
+    Ultralytics and torch classes and plain Python data. `meta` (plain types only) is stored under "autoprune", a key
+    Ultralytics ignores.
+
+    `derived`: `model` was made from `base_ckpt`'s model without training (a prune): the parent's train_metrics and
+    train_results describe another model and are dropped, and of its train_args only `DATA_ARGS` are kept.
     """
     from ultralytics import __version__
     from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS
@@ -199,7 +209,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | Non
     for p in m.parameters():
         p.requires_grad = False
     base = dict(base_ckpt or {})
-    args = {**DEFAULT_CFG_DICT, **(base.get("train_args") or {})}
+    parent_args = base.get("train_args") or {}
+    if derived:
+        base = {k: v for k, v in base.items() if k not in ("train_metrics", "train_results")}
+        parent_args = {k: v for k, v in parent_args.items() if k in DATA_ARGS}
+    args = {**DEFAULT_CFG_DICT, **parent_args}
     ckpt = {
         **{k: v for k, v in base.items() if k not in ("model", "ema", "optimizer", "scaler", "stopper")},
         "date": datetime.now().astimezone().isoformat(),

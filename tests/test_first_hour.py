@@ -90,3 +90,29 @@ def test_prune_says_what_was_reached_and_why(capsys, tmp_path):
     r = json.loads(out)
     assert r["after"]["gflops"] < 0.98 * r["target"]["gflops"]
     assert r["note"].startswith("reached ") and "under the target" in r["note"] and "--round-to 32" in r["note"]
+
+
+def test_pruned_checkpoint_carries_its_own_record_not_the_parents_metrics(capsys, tmp_path):
+    """The parent's train_metrics/train_results describe another model; the pruned file records what autoprune did
+    under "autoprune" and still loads with plain ultralytics.YOLO."""
+    from autoprune.models import load_model, save_checkpoint
+
+    parent = tmp_path / "parent.pt"
+    loaded = load_model("yolov8n.yaml")
+    base = {"train_metrics": {"metrics/mAP50-95(B)": 0.548}, "train_results": {"epoch": [1]},
+            "train_args": {"data": "coco8.yaml", "imgsz": 320, "epochs": 300, "lr0": 0.01}}
+    save_checkpoint(loaded.model, parent, base_ckpt=base)
+    out = tmp_path / "pruned.pt"
+    code, _, _ = run_cli(capsys, "prune", *FAST_PRUNE[2:], "--model", str(parent), "--keep", "0.5",
+                         "--out", str(out))
+    assert code == 0
+    ckpt = torch.load(out, weights_only=False)
+    assert "train_metrics" not in ckpt and "train_results" not in ckpt
+    assert ckpt["train_args"]["data"] == "coco8.yaml" and ckpt["train_args"]["epochs"] != 300
+    meta = ckpt["autoprune"]
+    assert meta["source_fingerprint"] == load_model(str(parent)).fingerprint
+    assert meta["criterion"] == "l1" and meta["kept_channels"]
+    assert meta["gflops"]["after"] < meta["gflops"]["before"]
+    from ultralytics import YOLO
+
+    assert YOLO(str(out)).model.yaml is not None

@@ -279,8 +279,10 @@ def run(args: argparse.Namespace) -> dict:
         "round_to": args.round_to,
         "min_channels": args.min_channels,
         "reconstructed": bool(args.reconstruct),
+        "imgsz": imgsz,
+        "gflops": {"before": round(full_gflops, 4), "after": round(count_gflops(pruned, imgsz), 4)},
     }
-    save_checkpoint(pruned, out, base_ckpt=loaded.ckpt, meta=meta)
+    save_checkpoint(pruned, out, base_ckpt=loaded.ckpt, meta=meta, derived=True)
     if run_dir is not None:
         save_args(run_dir, args)
 
