@@ -124,14 +124,16 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
                       data: str | None = None, epochs: int = 20, imgsz: int | None = None, batch: int = 16,
                       distill=None, reconstruct: bool | None = None, amp: bool = True, export: str | None = None,
                       device="cpu", workers: int = 2, seed: int = 0, args: Mapping | None = None,
-                      extra: Mapping | None = None, verbose: bool = True, log: Callable = print) -> dict:
+                      extra: Mapping | None = None, latency: Mapping | None = None, verbose: bool = True,
+                      log: Callable = print) -> dict:
     """Apply trial `number` of `study` (see the module doc); returns what report.json holds.
 
     Everything a user can get wrong (the trial, the run name, the model's fingerprint, the data's classes) is
     checked before anything is created or trained. `model` and `data` default to the study's; `imgsz` (finetune
     and validation) to the proxy's image size; `reconstruct` to what the search did; `distill` is a
     `finetune.DistillSettings` or None (no distillation). `args` are saved to args.yaml with the resolved values;
-    `extra` fields join the report.
+    `extra` fields join the report. `latency` ({backend, batch, precision}, each None or absent for the study's)
+    says how the report's latencies are measured: by default as the search measured them.
     """
     from autoprune import _ultralytics
     from autoprune.imgsz import check_imgsz
@@ -141,6 +143,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
     from autoprune.runs import new_run_dir, save_args, trial_run_name
 
     device = resolve_device(device)
+    latency = study_latency(study.user_attrs, device, latency)
     record = resolve_trial(study, number)
     name = study.study_name
     run_path = output_dir(run_name or trial_run_name(name, number))
@@ -175,7 +178,8 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
             "distill": distill.as_dict() if distill else None, "epochs": epochs}
     result = apply_trial(loaded, pruned, data, run_dir=run_dir, record=record, meta=meta, distill=distill,
                          epochs=epochs, imgsz=imgsz, cost_imgsz=cost_imgsz, batch=batch, device=device,
-                         amp=amp, workers=workers, export=export, verbose=verbose, seed=seed, log=log)
+                         amp=amp, workers=workers, export=export, verbose=verbose, seed=seed, log=log,
+                         latency=latency)
     result.update(study=name, **(extra or {}))
     (run_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
     (run_dir / "report.md").write_text(format_report(result))
@@ -183,24 +187,45 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
     return result
 
 
+def study_latency(sattrs: Mapping, device, latency: Mapping | None = None) -> dict:
+    """The latency settings {backend, batch, precision} apply measures with: those given in `latency`, else the
+    study's (`sattrs`; torch, batch 1, the device's default precision for a study that stored none), checked to
+    run on `device` (`cost.check_runtime`: one error line where they cannot)."""
+    from autoprune.cost import check_backend, check_runtime
+    from autoprune.search.records import STUDY_LATENCY_BACKEND, STUDY_LATENCY_BATCH, STUDY_LATENCY_PRECISION
+
+    given = {k: v for k, v in (latency or {}).items() if v is not None}
+    backend = check_backend(given["backend"] if "backend" in given else sattrs.get(STUDY_LATENCY_BACKEND) or "torch")
+    batch = given["batch"] if "batch" in given else sattrs.get(STUDY_LATENCY_BATCH) or 1
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UserError(f"--latency-batch must be a positive integer, got {batch!r}")
+    precision = given.get("precision") or (sattrs.get(STUDY_LATENCY_PRECISION) if "backend" not in given else None)
+    return {"backend": backend, "batch": batch, "precision": check_runtime(backend, device, precision)}
+
+
 def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, distill, epochs: int, imgsz: int,
                 cost_imgsz: int, batch: int, device, amp: bool, workers: int, export: str | None, verbose: bool,
-                seed: int = 0, log=print) -> dict:
-    """Measure the unpruned and the pruned model, finetune the pruned one, save, check and measure the result."""
+                seed: int = 0, log=print, latency: Mapping | None = None) -> dict:
+    """Measure the unpruned and the pruned model, finetune the pruned one, save, check and measure the result.
+    `latency` ({backend, batch, precision}) is how latency is measured (default: torch, batch 1)."""
     from autoprune.cost import count_gflops, count_params, measure_latency
     from autoprune.finetune import finetune, pickled_modules, validate_checkpoint
     from autoprune.models import save_checkpoint
 
     t_start = time.perf_counter()
     say = log if verbose else (lambda *a, **k: None)
+    latency = dict(latency or {})
 
     def measure(path: Path, model, lat=None) -> dict:
         say(f"validating {path.name} at {imgsz} on {data.yaml.name} (val split)...")
         v = validate_checkpoint(path, data, imgsz=imgsz, batch=batch, device=device)
-        lat = lat or measure_latency(model, imgsz=cost_imgsz, device=device)
+        lat = lat or measure_latency(model, imgsz=cost_imgsz, device=device, **latency)
         return {"map50": round(v["map50"], 5), "map50_95": round(v["map50_95"], 5), "params": count_params(model),
                 "gflops": round(count_gflops(model, cost_imgsz), 6), "latency_ms": round(lat.median_ms, 3),
                 "latency_spread_ms": round(lat.spread_ms, 3), "latency_device": lat.device_name,
+                "latency_backend": lat.backend, "latency_precision": lat.precision,
+                "latency_executed_precision": lat.executed_precision, "latency_batch": lat.batch,
+                "latency_threads": lat.threads,
                 "file_bytes": path.stat().st_size, "val_seconds": v["seconds"]}
 
     with tempfile.TemporaryDirectory(prefix="autoprune-apply-") as tmp:
@@ -208,7 +233,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         ref = save_checkpoint(loaded.model, Path(tmp) / "unpruned.pt", base_ckpt=loaded.ckpt)
         before = measure(ref, loaded.model)
         untrained = save_checkpoint(pruned, Path(tmp) / "pruned-untrained.pt", base_ckpt=loaded.ckpt, meta=meta)
-        pruned_lat = measure_latency(pruned, imgsz=cost_imgsz, device=device)
+        pruned_lat = measure_latency(pruned, imgsz=cost_imgsz, device=device, **latency)
         pruned_m = measure(untrained, pruned, pruned_lat)
 
     say(f"finetuning the pruned model ({pruned_m['gflops']:.3f} GFLOPs at {cost_imgsz}, {pruned_m['params']:,} "
@@ -327,8 +352,12 @@ def format_report(r: dict) -> str:
         *(["- pruned, then the convs that lost inputs refit by least squares on the search's calibration images "
             "(`--reconstruct`), then finetuned"] if r.get("reconstructed") else []),
         f"- mAP: Ultralytics validation of each checkpoint on the val split at {r['imgsz']} px (same protocol for all)",
-        f"- GFLOPs and latency at {r['cost_imgsz']} px, batch 1; latency measured on {a['latency_device']} "
-        "(`autoprune.cost.measure_latency`, median)",
+        f"- GFLOPs at {r['cost_imgsz']} px, batch 1; latency at {r['cost_imgsz']} px, batch "
+        f"{a.get('latency_batch', 1)}, measured in {a.get('latency_backend', 'torch')} "
+        f"{a.get('latency_precision', '')} on {a['latency_device']}"
+        + (f", {a['latency_threads']} CPU thread{'s' if a['latency_threads'] != 1 else ''}"
+           if a.get("latency_threads") and "cuda" not in str(t.get("device")) else "")
+        + " (`autoprune.cost.measure_latency`, median)",
         "- file size: each model saved the same way (`autoprune.models.save_checkpoint`: FP16, no optimizer)",
     ]
     if proxy:
@@ -338,4 +367,4 @@ def format_report(r: dict) -> str:
 
 
 __all__ = ["EXPORT_FORMATS", "apply_study_trial", "apply_trial", "export_onnx", "format_numbers", "format_report",
-           "output_dir", "rebuild", "resolve_trial", "search_calibration_batches"]
+           "output_dir", "rebuild", "resolve_trial", "search_calibration_batches", "study_latency"]

@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mixed precision on CUDA (default on; the CPU always trains in float32)")
     parser.add_argument("--export", choices=EXPORT_FORMATS, default=None, help="also export pruned.pt to this format")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--latency-backend", default=None, metavar="BACKEND",
+                        help="the runtime the report's latencies are measured in: torch, onnxruntime, openvino (CPU) "
+                             "or tensorrt (CUDA) (default: the one the search used)")
+    parser.add_argument("--latency-batch", type=int, default=None,
+                        help="images per timed forward pass (default: the search's)")
+    parser.add_argument("--latency-precision", default=None, choices=["fp32", "fp16"],
+                        help="fp32 or fp16 (default: the search's; with --latency-backend, the device's default)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers on CUDA (the CPU uses 0)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (data order, augmentation) (default 0)")
     parser.add_argument("--out", default=None,
@@ -86,7 +93,9 @@ def run(args: argparse.Namespace) -> dict:
                                epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, distill=distill,
                                reconstruct=args.reconstruct, amp=args.amp, export=args.export, device=device,
                                workers=args.workers, seed=args.seed, args=vars(args),
-                               extra={"storage_given": args.storage is not None}, verbose=verbose, log=print)
+                               extra={"storage_given": args.storage is not None}, verbose=verbose, log=print,
+                               latency={"backend": args.latency_backend, "batch": args.latency_batch,
+                                        "precision": args.latency_precision})
     if verbose:
         print()
         print(format_report(result))
