@@ -52,10 +52,10 @@ import torch
 from torch import nn
 
 from autoprune.channels import ChannelGraph
-from autoprune.pruner import apply_indices, conv_masks, select_indices
+from autoprune.pruner import conv_masks
 from autoprune.wrappers import detection_model
 
-__all__ = ["LayerFit", "Reconstruction", "feature_errors", "prune_reconstructed", "reconstruct"]
+__all__ = ["LayerFit", "Reconstruction", "feature_errors", "reconstruct"]
 
 
 class _Stop(Exception):
@@ -315,29 +315,6 @@ def reconstruct(
         orig.train(modes[0])
         model.train(modes[1])
     return result
-
-
-def prune_reconstructed(
-    original: nn.Module,
-    counts: Mapping[str, int],
-    graph: ChannelGraph,
-    ranking: Mapping[str, list[torch.Tensor]],
-    batches: Iterable,
-    *,
-    ridge: float = 1e-3,
-    max_samples: int = 8192,
-    seed: int = 0,
-) -> nn.Module:
-    """`prune_to_counts(original, counts, graph=graph, ranking=ranking)`, then refit by `reconstruct` on `batches`.
-
-    The architecture is the one `prune_to_counts` gives (same GFLOPs); only the weights of convs that lost inputs
-    and their BatchNorms differ. What a search with `--reconstruct` scores, and `apply` rebuilds. It runs on
-    `original`'s device.
-    """
-    indices = select_indices(graph, counts, ranking)
-    pruned = apply_indices(original, graph, indices)
-    return reconstruct(original, pruned, graph, indices, batches, ridge=ridge, max_samples=max_samples,
-                       seed=seed).model
 
 
 def _restate_bn(bn: nn.BatchNorm2d, *, mean: torch.Tensor, stats: _Stats, w: torch.Tensor, bias: torch.Tensor):

@@ -414,11 +414,12 @@ def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny
     assert ranked == [("hessian", True)]  # the search's default ranking, on the proxy's calibration batches
     assert cli(*common, "--keep", 0.5, "--criterion", "l1") == 0
     assert json.loads(capsys.readouterr().out)["gflops"] == by_keep["gflops"] and ranked[-1] == ("l1", False)
-    import autoprune.reconstruct as rec
+    import autoprune.candidate as candidate
 
     refits = []  # calibration batches handed to each refit
-    real_refit = rec.prune_reconstructed
-    monkeypatch.setattr(rec, "prune_reconstructed", lambda *a, **k: refits.append(len(a[4])) or real_refit(*a, **k))
+    real_build = candidate.build
+    monkeypatch.setattr(candidate, "build", lambda *a, **k: (k.get("batches") is not None
+                                                             and refits.append(len(k["batches"]))) or real_build(*a, **k))
     assert cli(*common, "--keep", 0.5, "--reconstruct") == 0
     refit = json.loads(capsys.readouterr().out)
     assert refit["reconstruct"] is True and refit["gflops"] == by_keep["gflops"] and refits == [1]

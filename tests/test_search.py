@@ -54,14 +54,6 @@ def _evaluated(study):
     return [t for t in study.trials if t.state.is_finished() and R.SECONDS in t.user_attrs]
 
 
-def _spawn(env, cwd, *extra, heartbeat="1,3"):
-    return subprocess.Popen(
-        [sys.executable, "-m", "autoprune", "search", *env["flags"], *extra],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "YOLO_OFFLINE": "1", "AUTOPRUNE_HEARTBEAT": heartbeat},
-    )
-
-
 @pytest.mark.slow
 def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -163,9 +155,12 @@ def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env,
     from autoprune.pruner import select_indices
 
     monkeypatch.chdir(tmp_path)
-    calls = []
-    real = rec.prune_reconstructed
-    monkeypatch.setattr(rec, "prune_reconstructed", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    import autoprune.candidate as candidate
+
+    calls = []  # the kept counts of every candidate built with calibration batches (refit)
+    real = candidate.build
+    monkeypatch.setattr(candidate, "build",
+                        lambda *a, **k: (k.get("batches") is not None and calls.append(a[1])) or real(*a, **k))
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "2", "--reconstruct", "--name", "rc")
     assert code == 0, err
     study = _study(tmp_path / "runs/search/rc/study.db", "rc")
@@ -337,48 +332,172 @@ def test_optuna_tpe_engine_and_a_failing_candidate(env, tmp_path, monkeypatch):
     assert result.evaluated == 4 and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
 
 
+# Flags that make a candidate cost only its pruning, GFLOPs, latency and a validation: no gradient ranking, no BN
+# recalibration, no finetune. For tests of how the search treats candidates, not of what the proxy scores.
+CHEAP = ["--criterion", "l1", "--calib-batches", "0", "--proxy-steps", "0"]
+
+
+def _check_latency_marks(study, budget: float) -> list:
+    """Every evaluated trial is marked over the latency budget (PRUNED, unscored, infeasible, with the reason)
+    exactly when its measured latency is over it; returns the evaluated trials."""
+    evaluated = _evaluated(study)
+    for t in evaluated:
+        a = t.user_attrs
+        over = a[R.LATENCY_MS] > budget
+        assert a[R.CONSTRAINTS] == [pytest.approx(a[R.GFLOPS] - float(BUDGET)), pytest.approx(a[R.LATENCY_MS] - budget)]
+        assert (t.state.name == "PRUNED") is over and (R.MAP50_95 not in a) is over, (t.number, a[R.LATENCY_MS])
+        assert ("over the latency budget" in a.get(R.REASON, "")) is over and a[R.FEASIBLE] is not over
+    return evaluated
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_loses_and_repeats_nothing(env, tmp_path):
-    name = "killed"
-    db = tmp_path / f"runs/search/{name}/study.db"
-    proc = _spawn(env, tmp_path, "--trials", "6", "--name", name)
-    deadline = time.time() + 240
-    done_before = []
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
-        if db.exists():
-            try:
-                done_before = [t for t in _study(db, name).trials if t.state.name == "COMPLETE"]
-            except Exception:
-                continue
-            if len(done_before) >= 2:
-                break
-    assert len(done_before) >= 2, proc.communicate(timeout=5)
+def test_a_latency_budget_marks_exactly_the_trials_over_it(env, capsys, tmp_path, monkeypatch):
+    """First a budget no model meets (a microsecond): every candidate is marked over it and none reaches the proxy.
+    Then the median of the latencies measured there, for a search of the same genomes: whichever side of it each
+    new measurement lands on, however loaded the machine, a trial is marked exactly when it is over."""
+    from autoprune.proxy import ProxyEvaluator
+
+    monkeypatch.chdir(tmp_path)
+    scored = []
+    real = ProxyEvaluator.evaluate
+    monkeypatch.setattr(ProxyEvaluator, "evaluate", lambda self, m, **kw: scored.append(1) or real(self, m, **kw))
+    code, out, err = _cli(capsys, "search", *env["flags"], *CHEAP, "--trials", "3", "--budget-latency-ms", "0.001",
+                          "--name", "lat0", "--json")
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
+    study = _study(tmp_path / "runs/search/lat0/study.db", "lat0")
+    assert study.user_attrs[R.STUDY_BUDGET_LATENCY_MS] == 0.001
+    evaluated = _check_latency_marks(study, 0.001)
+    assert len(evaluated) == 3 and all(t.state.name == "PRUNED" for t in evaluated)
+    assert scored == [] and summary["feasible"] == 0 and summary["front"] == []
+
+    latencies = sorted(t.user_attrs[R.LATENCY_MS] for t in evaluated)
+    budget = latencies[1]
+    code, out, err = _cli(capsys, "search", *env["flags"], *CHEAP, "--trials", "3", "--budget-latency-ms",
+                          str(budget), "--name", "lat1", "--json")
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
+    evaluated = _check_latency_marks(_study(tmp_path / "runs/search/lat1/study.db", "lat1"), budget)
+    within = {t.number for t in evaluated if t.user_attrs[R.LATENCY_MS] <= budget}
+    assert len(evaluated) == 3 and len(scored) == len(within) and summary["feasible"] == len(within)
+    assert {r["number"] for r in summary["front"]} <= within
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler, size, inner", [("nsga2", ["--generations", "1"], "NSGAIISampler"),
+                                                  ("tpe", ["--trials", "4"], "TPESampler"),
+                                                  ("random", ["--trials", "4"], "RandomSampler")])
+def test_each_optuna_sampler_proposes_trials_of_a_search(env, capsys, tmp_path, monkeypatch, sampler, size, inner):
+    """`--engine optuna --sampler S` makes S the study's sampler, and S proposes genomes: trials 0-2 are fixed (the
+    uniform genome and the one-shot plans), so a fourth trial is the first S can propose. `--generations 1` with
+    `--population 4` is those 4 trials."""
+    monkeypatch.chdir(tmp_path)
+    made = []
+    real = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda *a, **k: made.append(k.get("sampler")) or real(*a, **k))
+    code, out, err = _cli(capsys, "search", *env["flags"], *CHEAP, "--engine", "optuna", "--sampler", sampler, *size,
+                          "--name", sampler, "--json")
+    assert code == 0, err[-3000:]
+    assert json.loads(out)["evaluated"] == 4
+    assert len(made) == 1 and type(getattr(made[0], "_inner", made[0])).__name__ == inner
+    study = _study(tmp_path / f"runs/search/{sampler}/study.db", sampler)
+    assert study.user_attrs[R.STUDY_ENGINE] == "optuna" and study.user_attrs[R.STUDY_SAMPLER] == sampler
+    # trial 0 and queued genomes (one-shot plans, repaired or filled proposals) have fixed parameters; the rest are
+    # the sampler's own proposals
+    assert [t for t in study.trials if t.number > 0 and "fixed_params" not in t.system_attrs]
+    args = yaml.safe_load((tmp_path / f"runs/search/{sampler}/args.yaml").read_text())
+    assert (args["generations"], args["trials"]) == ((1, None) if sampler == "nsga2" else (None, 4))
+
+
+# A search worker for the tests that kill or coordinate workers: `autoprune search` with two hooks, set by
+# environment variables, that make the timing of a multi-process test a matter of files, not of sleeps:
+# - every proxy evaluation first touches CTL/WORKER.KIND.N (KIND "search" under the study's proxy seed 0, "confirm"
+#   under another seed; N counts from 1), so a test knows where each worker is;
+# - WORKER_HANG=KIND:N hangs in that evaluation (the test then SIGKILLs the worker mid-trial or mid-confirmation);
+# - WORKER_WAIT=F1,F2,... holds the worker's first search evaluation until those files exist in CTL.
+# Every trial a worker tells is marked with the user attribute `test_worker` = WORKER, so the study itself says which
+# worker evaluated what.
+_WORKER = r"""
+import os, sys, time
+from pathlib import Path
+
+import optuna
+from autoprune.proxy import ProxyEvaluator
+
+ctl, me = Path(os.environ["WORKER_CTL"]), os.environ["WORKER"]
+calls = {"search": 0, "confirm": 0}
+evaluate, tell = ProxyEvaluator.evaluate, optuna.study.Study.tell
+
+
+def hooked_evaluate(self, model, **kw):
+    kind = "search" if self.settings.seed == 0 else "confirm"
+    calls[kind] += 1
+    (ctl / f"{me}.{kind}.{calls[kind]}").touch()
+    if os.environ.get("WORKER_HANG") == f"{kind}:{calls[kind]}":
+        while True:
+            time.sleep(60)
+    wait = [f for f in os.environ.get("WORKER_WAIT", "").split(",") if f]
+    deadline = time.time() + 600
+    while kind == "search" and calls[kind] == 1 and not all((ctl / f).exists() for f in wait):
+        assert time.time() < deadline, f"{me}: waited 600 s for {wait}"
+        time.sleep(0.2)
+    return evaluate(self, model, **kw)
+
+
+def marked_tell(self, trial, *args, **kwargs):
+    if isinstance(trial, optuna.trial.Trial):
+        trial.set_user_attr("test_worker", me)
+    return tell(self, trial, *args, **kwargs)
+
+
+ProxyEvaluator.evaluate, optuna.study.Study.tell = hooked_evaluate, marked_tell
+from autoprune.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+# AUTOPRUNE_HEARTBEAT ("interval,grace" seconds) for workers that must never take a live trial for a dead one, however
+# loaded the machine: no trial goes 10 minutes without a heartbeat.
+NO_STALE = "5,600"
+
+
+def _spawn(env, cwd, worker, *extra, heartbeat=NO_STALE, hang="", wait=()):
+    """A search worker process (`_WORKER`) named `worker`, controlled through the folder cwd/ctl."""
+    (cwd / "ctl").mkdir(exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _WORKER, "search", *env["flags"], *extra],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "YOLO_OFFLINE": "1", "AUTOPRUNE_HEARTBEAT": heartbeat, "WORKER_CTL": str(cwd / "ctl"),
+             "WORKER": worker, "WORKER_HANG": hang, "WORKER_WAIT": ",".join(wait)},
+    )
+
+
+def _wait_for(path: Path, proc, timeout: float = 300.0) -> None:
+    """Wait until `path` exists; fail with the worker's output if it ends first or the time runs out."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"{path.name} never appeared (exit {proc.returncode}):\n{out[-1500:]}\n{err[-3000:]}")
+        time.sleep(0.2)
+
+
+def _kill(proc) -> None:
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    snapshot = {t.number: (t.values, t.params) for t in _study(db, name).trials if t.state.name == "COMPLETE"}
-    last_number = max(t.number for t in _study(db, name).trials)
-
-    resumed = _spawn(env, tmp_path, "--trials", "6", "--name", name, "--resume")
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
-
-    study = _study(db, name)
-    complete = {t.number: (t.values, t.params) for t in study.trials if t.state.name == "COMPLETE"}
-    assert all(complete[n] == v for n, v in snapshot.items())  # nothing completed was lost or changed
-    assert len(_evaluated(study)) == 6
-    assert max(study.trials, key=lambda t: t.number).number > last_number  # numbering continues
-    genomes = [tuple(sorted(p.items())) for _, p in complete.values()]
-    assert len(genomes) == len(set(genomes))  # no completed genome evaluated twice
-    assert sum(1 for t in study.trials if t.user_attrs.get(R.KIND) == "uniform" and t.state.name == "COMPLETE") == 1
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
 
-def _workers(env, cwd, storage_args, name, n_trials=6):
-    procs = [_spawn(env, cwd, "--trials", str(n_trials), "--name", name, "--resume", *storage_args) for _ in range(2)]
-    outs = [p.communicate(timeout=400) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-2000:]
-    return procs
+def _finish(proc, timeout: float = 400.0) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def _retries(study) -> dict[int, optuna.trial.FrozenTrial]:
+    """{number of a trial failed for a stale heartbeat: the trial that re-ran its genome}."""
+    return {t.system_attrs["failed_trial"]: t for t in study.trials if "failed_trial" in t.system_attrs}
 
 
 def _check_shared(study, n_trials):
@@ -386,21 +505,129 @@ def _check_shared(study, n_trials):
     assert len(evaluated) == n_trials  # no trial lost, none run beyond the budget
     assert len({t.number for t in evaluated}) == n_trials
     assert [t.number for t in study.trials if t.user_attrs.get(R.KIND) == "uniform"] == [0]
-    assert not [t for t in study.trials if t.state.name in ("RUNNING",)]
+    assert not [t.number for t in study.trials if t.state.name == "RUNNING"]  # queued genomes may wait for a resume
+    kept = [json.dumps(t.user_attrs[R.KEPT_CHANNELS], sort_keys=True) for t in evaluated]
+    assert len(set(kept)) == len(kept)  # no model evaluated twice
+
+
+def _by_worker(study) -> dict[str, set[int]]:
+    """{worker: numbers of the trials it evaluated}."""
+    out: dict[str, set[int]] = {}
+    for t in _evaluated(study):
+        out.setdefault(t.user_attrs.get("test_worker"), set()).add(t.number)
+    return out
 
 
 @pytest.mark.slow
-def test_two_local_workers_share_one_sqlite_study(env, tmp_path):
-    _workers(env, tmp_path, [], "pair")
-    _check_shared(_study(tmp_path / "runs/search/pair/study.db", "pair"), 6)
+def test_killed_mid_trial_then_mid_confirmation_a_search_resumes_losing_and_repeating_nothing(
+        env, capsys, tmp_path, monkeypatch):
+    """One worker at a time, so a short heartbeat grace cannot fail a live trial: only the worker's own trials run, and
+    it looks for stale trials only between them. Killed in its third proxy evaluation; resumed with more --trials,
+    killed again in its second confirming evaluation; resumed once more, in-process, to finish the confirmation."""
+    from autoprune.proxy import ProxyEvaluator
+
+    name, cheap = "killed", ["--confirm", "1", "--confirm-seeds", "1"]
+    db, ctl = tmp_path / f"runs/search/{name}/study.db", tmp_path / "ctl"
+    first = _spawn(env, tmp_path, "w1", "--trials", "3", "--name", name, *cheap, heartbeat="1,3", hang="search:3")
+    _wait_for(ctl / "w1.search.3", first)
+    _kill(first)
+    killed_at = time.time()
+    before = _study(db, name)
+    (hung,) = [t.number for t in before.trials if t.state.name == "RUNNING"]
+    snapshot = {t.number: (t.values, t.params, t.user_attrs) for t in before.trials if t.state.name == "COMPLETE"}
+    assert len(snapshot) == 2
+    last_number = max(t.number for t in before.trials)
+
+    # resumed with more trials: the dead worker's trial is failed once its heartbeat is 3 s old and its genome re-run
+    time.sleep(max(0.0, killed_at + 4 - time.time()))
+    second = _spawn(env, tmp_path, "w2", "--trials", "5", "--name", name, "--resume", *cheap, heartbeat="1,3",
+                    hang="confirm:2")
+    _wait_for(ctl / "w2.confirm.2", second)
+    _kill(second)
+    study = _study(db, name)
+    complete = {t.number: (t.values, t.params, t.user_attrs) for t in study.trials if t.state.name == "COMPLETE"}
+    assert all(complete[n] == v for n, v in snapshot.items())  # nothing completed was lost or changed
+    _check_shared(study, 5)
+    assert min(n for n in complete if n not in snapshot) > last_number  # numbering continues
+    assert study.trials[hung].state.name == "FAIL" and R.SECONDS not in study.trials[hung].user_attrs
+    retry = _retries(study)[hung]
+    assert retry.state.name == "COMPLETE" and retry.params == study.trials[hung].params
+    assert _by_worker(study) == {"w1": set(snapshot), "w2": set(complete) - set(snapshot)}
+    stored = {k: v for k, v in study.user_attrs.items() if k.startswith(R.STUDY_CONFIRM_PREFIX)}
+    assert len(stored) == 1  # one confirming score was stored before the kill
+    trials = {t.number: (t.state, t.values, t.params) for t in study.trials}
+
+    # the confirmation resumes: only the missing scores are computed, the stored one is kept, no trial runs again
+    seeds = []
+    real = ProxyEvaluator.evaluate
+    monkeypatch.setattr(ProxyEvaluator, "evaluate", lambda self, m, **kw: seeds.append(self.settings.seed) or
+                        real(self, m, **kw))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOPRUNE_HEARTBEAT", "1,3")
+    code, out, err = _cli(capsys, "search", *env["flags"], "--trials", "5", "--name", name, "--resume", *cheap,
+                          "--json")
+    assert code == 0, err[-3000:]
+    study = _study(db, name)
+    records = [R.TrialRecord.from_trial(t) for t in study.trials]
+    ranked = sorted((r for r in records if r.feasible), key=lambda r: (-r.map50_95, r.gflops, r.number))
+    top = ranked[:1] + [r for r in ranked[1:] if r.kind in R.ONE_SHOT_KINDS]
+    keys = {k for k in study.user_attrs if k.startswith(R.STUDY_CONFIRM_PREFIX)}
+    assert keys == {R.confirm_key(r.number, 1) for r in top}
+    assert all(study.user_attrs[k] == v for k, v in stored.items())
+    assert seeds == [1] * (len(keys) - 1)  # the missing confirmations, and no search evaluation
+    assert {t.number: (t.state, t.values, t.params) for t in study.trials} == trials
+    assert json.loads(out)["confirmed"].keys() == {str(r.number) for r in top}
 
 
-def _postgres_url():
-    url = os.environ.get("AUTOPRUNE_TEST_POSTGRES")
-    if not url:
-        if os.environ.get("AUTOPRUNE_REQUIRE_POSTGRES"):
-            pytest.fail("AUTOPRUNE_REQUIRE_POSTGRES is set but AUTOPRUNE_TEST_POSTGRES is not")
-        pytest.skip("no PostgreSQL server (set AUTOPRUNE_TEST_POSTGRES; .ci/run starts one)")
+@pytest.mark.slow
+def test_three_workers_one_killed_mid_trial_the_others_rerun_its_trial(env, tmp_path):
+    """Workers a and b hold their first evaluation until both are in one and c is dead (`_WORKER`), so each of them
+    evaluates trials whatever the machine's load; c hangs in its first evaluation and is SIGKILLed there. Its trial
+    is failed by a survivor once its heartbeat is 30 s old (a grace no live worker's heartbeat thread misses,
+    however loaded the machine) and its genome re-run; until then the survivors wait for it, as the study's
+    4 trials count it as running."""
+    name, ctl = "trio", tmp_path / "ctl"
+    args = ["--trials", "4", "--name", name, "--resume"]
+    a, b = (_spawn(env, tmp_path, w, *args, heartbeat="2,30", wait=("a.search.1", "b.search.1", "c.killed"))
+            for w in "ab")
+    c = _spawn(env, tmp_path, "c", *args, heartbeat="2,30", hang="search:1")
+    _wait_for(ctl / "c.search.1", c)
+    _kill(c)
+    (ctl / "c.killed").touch()
+    for p in (a, b):
+        _finish(p)
+    study = _study(tmp_path / f"runs/search/{name}/study.db", name)
+    _check_shared(study, 4)
+    (dead,) = [t for t in study.trials if t.state.name == "FAIL"]  # c's: failed for its heartbeat, never told
+    assert R.SECONDS not in dead.user_attrs and "test_worker" not in dead.user_attrs
+    retry = _retries(study)[dead.number]
+    assert retry.state.name == "COMPLETE" and retry.params == dead.params and retry.number > dead.number, [
+        (t.number, t.state.name, t.user_attrs.get(R.KIND), t.user_attrs.get("test_worker"), t.user_attrs.get(R.REASON))
+        for t in study.trials]
+    workers = _by_worker(study)
+    assert set(workers) == {"a", "b"} and all(workers.values()), workers  # each survivor evaluated trials
+    assert retry.number in workers["a"] | workers["b"]
+
+
+def _postgres_url() -> str:
+    """The PostgreSQL server of AUTOPRUNE_TEST_POSTGRES, reachable; with AUTOPRUNE_REQUIRE_POSTGRES=1 (CI) a missing
+    or unreachable server fails the test instead of skipping it."""
+    url = os.environ.get("AUTOPRUNE_TEST_POSTGRES", "")
+    problem = None if url else "AUTOPRUNE_TEST_POSTGRES is not set"
+    if url:
+        try:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url)
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as e:  # no driver, a bad URL, no server: all mean the same here
+            problem = f"cannot connect to AUTOPRUNE_TEST_POSTGRES: {type(e).__name__}: {str(e).strip()[:300]}"
+    if problem:
+        if os.environ.get("AUTOPRUNE_REQUIRE_POSTGRES", "") not in ("", "0"):
+            pytest.fail(f"AUTOPRUNE_REQUIRE_POSTGRES is set but {problem}")
+        pytest.skip(f"no PostgreSQL server ({problem}; .ci/run starts one)")
     return url
 
 
@@ -408,10 +635,17 @@ def _postgres_url():
 def test_two_workers_share_one_postgresql_study(env, tmp_path):
     url = _postgres_url()
     name = f"pg-{os.getpid()}-{int(time.time())}"
-    _workers(env, tmp_path, ["--storage", url], name)
+    args = ["--trials", "4", "--name", name, "--resume", "--storage", url]
+    procs = [_spawn(env, tmp_path, w, *args, wait=("a.search.1", "b.search.1")) for w in "ab"]
+    for p in procs:
+        _finish(p)
     study = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat=None, read_only=True))
-    _check_shared(study, 6)
-    optuna.delete_study(study_name=name, storage=make_storage(url, heartbeat=None, read_only=True))
+    try:
+        _check_shared(study, 4)
+        workers = _by_worker(study)
+        assert set(workers) == {"a", "b"} and all(workers.values()), workers  # each worker evaluated trials
+    finally:
+        optuna.delete_study(study_name=name, storage=make_storage(url, heartbeat=None, read_only=True))
 
 
 @pytest.mark.parametrize(
@@ -423,6 +657,9 @@ def test_two_workers_share_one_postgresql_study(env, tmp_path):
         (["--storage", "sqlite:relative.db"], "a SQLite --storage URL starts with sqlite:///"),
         (["--space", "missing-space.yaml"], "missing-space.yaml"),
         (["--engine", "cma"], "--engine must be one of"),
+        (["--engine", "optuna", "--sampler", "grid"], "--sampler must be one of"),
+        (["--sampler", "tpe"], "--engine deap runs NSGA-II; --sampler tpe needs --engine optuna"),
+        (["--generations", "2"], "give --trials or --generations"),
         (["--budget-floor", "1"], "--budget-floor must be in [0, 1)"),
         (["--proxy-distill", "-1"], "--proxy-distill must be a number >= 0"),
         (["--confirm", "-1"], "--confirm must be an integer >= 0"),
