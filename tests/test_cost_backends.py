@@ -147,12 +147,14 @@ def test_search_measures_in_openvino_and_resumes_only_with_it(search_env, capsys
     study = optuna.load_study(study_name="ov", storage=make_storage(
         f"sqlite:///{tmp_path / 'runs/search/ov/study.db'}", heartbeat=None, read_only=True))
     assert study.user_attrs[records.STUDY_LATENCY_BACKEND] == "openvino"
-    assert (study.user_attrs[records.STUDY_LATENCY_BATCH], study.user_attrs[records.STUDY_LATENCY_PRECISION]) == (1, "fp32")
+    stored = study.user_attrs
+    assert (stored[records.STUDY_LATENCY_BATCH], stored[records.STUDY_LATENCY_PRECISION]) == (1, "fp32")
     timed = [t for t in study.trials if records.LATENCY_SETUP in t.user_attrs]
     assert len(timed) >= 2
     assert all(t.user_attrs[records.LATENCY_SETUP]["backend"] == "openvino" for t in timed)
 
-    for argv, pattern in ((["--latency-backend", "onnxruntime"], "latency_backend 'openvino' (this run: 'onnxruntime')"),
+    for argv, pattern in ((["--latency-backend", "onnxruntime"],
+                           "latency_backend 'openvino' (this run: 'onnxruntime')"),
                           (["--latency-backend", "openvino", "--latency-batch", 2],
                            "latency_batch 1 (this run: 2)")):
         code, out, err = run_cli(capsys, "search", *flags, "--trials", 3, "--resume", *argv)

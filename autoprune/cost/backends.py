@@ -92,8 +92,8 @@ def check_runtime(backend: str, dev: torch.device, precision: str | None = None)
                             "is missing): pip install 'autoprune[tensorrt]', or use --device cpu")
         if precision == "fp16" and not cuda:
             raise UserError("--latency-precision fp16 with --latency-backend onnxruntime needs a CUDA device "
-                            "(its CPU provider runs most fp16 operators through casts to fp32); on the CPU use fp32, or fp16 "
-                            "with --latency-backend openvino")
+                            "(its CPU provider runs most fp16 operators through casts to fp32); on the CPU use fp32, "
+                            "or fp16 with --latency-backend openvino")
     elif backend == "openvino":
         if cuda:
             raise UserError("--latency-backend openvino runs on the CPU (its GPU plugin is for Intel GPUs): use "
