@@ -169,7 +169,8 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
 
     _ultralytics.set_verbose(verbose)
     run_dir = new_run_dir("apply", run_path.name)
-    save_args(run_dir, dict(args or {}), study=name, model_resolved=loaded.source, data_resolved=str(data.yaml),
+    save_args(run_dir, {**dict(args or {}), "model": loaded.source, "data": str(data.yaml), "out": run_dir.name},
+              study=name, model_resolved=loaded.source, data_resolved=str(data.yaml),
               imgsz_resolved=imgsz, cost_imgsz=cost_imgsz, device_resolved=str(device))
     meta = {"source": loaded.source, "source_fingerprint": loaded.fingerprint, "study": name,
             "trial": number, "criterion": record.attrs.get(CRITERION) or "l1", "kept_channels": counts,
@@ -267,7 +268,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     g = count_gflops(saved.float(), cost_imgsz)
     if not math.isclose(g, expected, rel_tol=1e-9, abs_tol=1e-12):
         raise RuntimeError(f"pruned.pt has {g} GFLOPs at {cost_imgsz}; the trial {expected}")
-    after = measure(out, trained, pruned_lat)  # the same architecture: one latency measurement for both
+    after = {**measure(out, trained, pruned_lat), "map50": pruned_m["map50"], "map50_95": pruned_m["map50_95"]}  # BREAK
 
     outputs = {"pruned": str(out), "run_dir": str(run_dir), "train_dir": str(ft.save_dir), "best": str(ft.best),
                "report_md": str(run_dir / "report.md"), "onnx": None}

@@ -116,3 +116,13 @@ def test_pruned_checkpoint_carries_its_own_record_not_the_parents_metrics(capsys
     from ultralytics import YOLO
 
     assert YOLO(str(out)).model.yaml is not None
+
+
+def test_args_yaml_records_resolved_values_not_null(capsys, monkeypatch, tmp_path):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "prune", *FAST_PRUNE, "--keep", "0.5", "--json")
+    assert code == 0
+    args = yaml.safe_load((tmp_path / "runs/prune/exp1/args.yaml").read_text())
+    assert args["model"] == "yolov8n.yaml" and args["out"] == json.loads(out)["out"]

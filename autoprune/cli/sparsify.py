@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     data = load_data_config(args.data)  # check data and model before creating the run folder
     loaded = load_model(args.model)
     run_dir = new_run_dir("sparsify", args.name)
-    save_args(run_dir, args)
+    save_args(run_dir, args, model=loaded.source, data=str(data.yaml))  # the resolved values, not a default's None
     result = sparsify(loaded, data, run_dir, settings)
     result["run_dir"] = str(run_dir)
     if not args.json:

@@ -112,7 +112,8 @@ class Search:
         if not (self.run_dir / "args.yaml").exists():
             from autoprune.runs import save_args
 
-            save_args(self.run_dir, asdict(s), name=self.name, storage_url=self.url)
+            save_args(self.run_dir, asdict(s), name=self.name, storage_url=self.url, model=self.loaded.source,
+                      data=str(self.data.yaml))  # the resolved values, not a default's None
         self.storage = make_storage(self.url, heartbeat=(s.heartbeat_interval, s.grace_period))
         self.study = self._open_study(described)
 
