@@ -111,7 +111,7 @@ def save_args(run_dir: Path, args: argparse.Namespace | dict, **extra) -> Path:
     data = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
     data = {k: _plain(v) for k, v in data.items() if not k.startswith("_")}
     data.update({k: _plain(v) for k, v in extra.items()})
-    from autoprune.search.storage import mask_url  # a storage URL's password never reaches a file
+    from autoprune.urls import mask_url  # a storage URL's password never reaches a file
 
     data = {k: mask_url(v) if isinstance(v, str) else v for k, v in data.items()}
     path = Path(run_dir) / "args.yaml"

@@ -10,41 +10,11 @@ import re
 from pathlib import Path
 
 from autoprune.errors import UserError
+from autoprune.urls import mask_url  # noqa: F401  (storages and their callers mask every URL they show)
 from autoprune.runs import RUNS_ROOT
 
 STUDY_FILE = "study.db"
 _URL = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+[a-z0-9_]+)?://", re.IGNORECASE)
-
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """`url` with its password replaced by `***`, for every place a storage URL is shown or written.
-
-    The password is a `password=` query parameter, and everything between the first ':' after the user name and
-    the last '@' before the host, as SQLAlchemy reads it (an '@' or '/' in a password that is not percent-encoded is
-    masked too). A string that is not a URL with a password comes back unchanged; the unmasked URL is what connects.
-
-    Example:
-        >>> mask_url("postgresql://user:secret@db.example:5432/studies")
-        'postgresql://user:***@db.example:5432/studies'
-        >>> mask_url("sqlite:///runs/search/exp1/study.db")
-        'sqlite:///runs/search/exp1/study.db'
-    """
-    m = _SCHEME.match(url)
-    if not m:
-        return url
-    url = _QUERY_PASSWORD.sub(r"\1***", url)
-    rest = url[m.end():]
-    at = rest.split("?", 1)[0].rfind("@")
-    if at < 0:
-        return url
-    user, colon, _ = rest[:at].partition(":")
-    if not colon or "/" in user:
-        return url
-    return f"{url[:m.end()]}{user}:***{rest[at:]}"
 
 
 def run_dir_for(name: str) -> Path:
