@@ -126,3 +126,21 @@ def test_args_yaml_records_resolved_values_not_null(capsys, monkeypatch, tmp_pat
     assert code == 0
     args = yaml.safe_load((tmp_path / "runs/prune/exp1/args.yaml").read_text())
     assert args["model"] == "yolov8n.yaml" and args["out"] == json.loads(out)["out"]
+
+
+def test_version_seed_help_and_the_space_error(capsys):
+    import pytest
+
+    from autoprune import __version__
+    from autoprune.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"autoprune {__version__}"
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if "--seed" in action.option_strings:
+                assert action.help, f"{name} --seed has no help text"
+    code, _, err = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--imgsz", "64", "--space", "fne")
+    assert code == 2 and "family" in err and "fine" in err

@@ -46,6 +46,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """Build the full parser with one sub-parser per registered command."""
     parser = _Parser(prog="autoprune", description="Search-based automatic pruning for Ultralytics YOLO detectors.")
+    from autoprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)

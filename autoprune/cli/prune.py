@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> dict:
     save_checkpoint(pruned, out, base_ckpt=loaded.ckpt, meta=meta, derived=True)
     if run_dir is not None:
         # the resolved values, as Ultralytics records them, not the None of a default
-        save_args(run_dir, args, model=loaded.source, data=str(data.yaml) if data is not None else None, out=str(out))
+        save_args(run_dir, args, model=loaded.source, data=None if data is None else str(data.yaml), out=str(out))
 
     before = {"gflops": full_gflops, "params": count_params(loaded.model)}
     after = {"gflops": count_gflops(pruned, imgsz), "params": count_params(pruned)}

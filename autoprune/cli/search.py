@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: runs/search/NAME/study.db)")
     parser.add_argument("--name", default=None, help="study and run folder name (default: expN)")
     parser.add_argument("--resume", action="store_true", help="continue (or join) the study --name")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the sampler, the proxy's image subsets and batch order (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (latency and proxy)")
 
 

@@ -71,7 +71,7 @@ def load_space(spec: str | Path | dict | None, graph, model) -> SearchSpace:
         hint = difflib.get_close_matches(text, shipped_spaces(), n=1)
         more = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise UserError(
-            f"unknown search space {text!r}{more}; give a YAML file or one of: {', '.join(shipped_spaces())}"
+            f"unknown search space {text!r}{more}; give a YAML file or one of: {', '.join(['family', *shipped_spaces()])}"
         )
     raise TypeError(f"spec must be None, a name, a path or a dict, got {type(spec).__name__}")
 
