@@ -1,0 +1,182 @@
+"""The channel rules of Ultralytics' own blocks: how channels couple through each of them.
+
+Conv (plain, depthwise; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f, C3, SPP, SPPF, A2C2f and
+Detect, with C2PSA/PSA's attention kept whole. Each rule is called as `rule(tracer, path, module, x)` on the symbolic
+input `x` and returns the symbolic output; `builtin_handlers` lists them for `autoprune.channels.trace.analyze`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from autoprune.channels.symbolic import Handler, Opaque, Sym, Tracer, handler_for
+
+def _conv_parts(tr: Tracer, path: str, m: nn.Module) -> tuple[str, str | None, str | None, nn.Conv2d]:
+    """(conv path, bn path or None, act path or None, the nn.Conv2d) of an Ultralytics Conv block."""
+    bn = f"{path}.bn" if isinstance(getattr(m, "bn", None), nn.BatchNorm2d) else None
+    act = f"{path}.act" if isinstance(getattr(m, "act", None), nn.Module) else None
+    return f"{path}.conv", bn, act, m.conv
+
+
+def _width(x: Sym) -> int:
+    return sum(s.size for s in x)
+
+
+def _conv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    conv_path, bn, act, conv = _conv_parts(tr, path, m)
+    if _width(x) != conv.in_channels:
+        return tr.boundary(path, m, x)
+    if conv.groups == 1:
+        tr.consume(conv_path, x)
+        return tr.produce(conv_path, bn, act, conv.out_channels)
+    if conv.groups == conv.in_channels == conv.out_channels:
+        return tr.depthwise(conv_path, bn, act, x)
+    return tr.boundary(path, m, x)  # grouped, not depthwise: keep it whole
+
+
+def _plain_conv(tr: Tracer, path: str, m: nn.Conv2d, x: Sym) -> Sym:
+    if _width(x) != m.in_channels or m.groups != 1:
+        return tr.boundary(path, m, x)
+    tr.consume(path, x)
+    return tr.produce(path, None, None, m.out_channels)
+
+
+def _passthrough(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    return x  # channel-wise ops: a constant channel stays constant
+
+
+def _sequential(tr: Tracer, path: str, m: nn.Sequential, x):
+    for name, child in m.named_children():
+        x = tr(f"{path}.{name}", child, x)
+    return x
+
+
+def _concat(tr: Tracer, path: str, m: nn.Module, x):
+    if m.d != 1 or not isinstance(x, list) or not all(isinstance(t, list) for t in x):
+        return tr.boundary(path, m, x)
+    return [s for t in x for s in t]
+
+
+def _bottleneck(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    y = tr.child(path, m, "cv2", tr.child(path, m, "cv1", x))
+    return tr.add(x, y, f"{path} (residual)") if m.add else y
+
+
+def _split_conv(tr: Tracer, path: str, m: nn.Module, x: Sym, name: str, half: int) -> tuple[Sym, Sym] | None:
+    """Trace `m.<name>` (a Conv) whose output is split into two equal halves; the halves' counts are tied."""
+    cv = getattr(m, name)
+    if handler_for(cv) is not _conv or cv.conv.groups != 1 or cv.conv.out_channels != 2 * half:
+        return None
+    if _width(x) != cv.conv.in_channels:
+        return None
+    conv_path, bn, act, conv = _conv_parts(tr, f"{path}.{name}", cv)
+    tr.consume(conv_path, x)
+    a = tr.produce(conv_path, bn, act, half, offset=0)
+    b = tr.produce(conv_path, bn, act, half, offset=half)
+    tr.ties.append((a[0].part, b[0].part))
+    return a, b
+
+
+def _c2f(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    halves = _split_conv(tr, path, m, x, "cv1", m.c)
+    if halves is None:
+        return tr.boundary(path, m, x)
+    y = list(halves)
+    for i, block in enumerate(m.m):
+        y.append(tr(f"{path}.m.{i}", block, y[-1]))
+    return tr.child(path, m, "cv2", [s for t in y for s in t])
+
+
+def _c2(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    halves = _split_conv(tr, path, m, x, "cv1", m.c)
+    if halves is None:
+        return tr.boundary(path, m, x)
+    a, b = halves
+    return tr.child(path, m, "cv2", tr.child(path, m, "m", a) + b)
+
+
+def _c3(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    a = tr.child(path, m, "m", tr.child(path, m, "cv1", x))
+    b = tr.child(path, m, "cv2", x)
+    return tr.child(path, m, "cv3", a + b)
+
+
+def _c1(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    y = tr.child(path, m, "cv1", x)
+    return tr.add(tr.child(path, m, "m", y), y, f"{path} (residual)")
+
+
+def _spp(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    y = tr.child(path, m, "cv1", x)
+    return tr.child(path, m, "cv2", y * (len(m.m) + 1))  # max-pooling keeps channels
+
+
+def _sppf(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    y = tr.child(path, m, "cv1", x)
+    out = tr.child(path, m, "cv2", y * (getattr(m, "n", 3) + 1))
+    return tr.add(out, x, f"{path} (residual)") if getattr(m, "add", False) else out
+
+
+def _split_attention(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """C2PSA / PSA: cv1 is split in two; one half runs through attention (kept whole), cv2 reads both halves.
+
+    Attention reshapes channels by heads with sizes fixed at construction, so the hidden halves are kept; the
+    block's input (read by cv1) and output (written by cv2) stay prunable.
+    """
+    halves = _split_conv(tr, path, m, x, "cv1", m.c)
+    if halves is None:
+        return tr.boundary(path, m, x)
+    a, b = halves
+    tr.fix(a + b, f"{path} (attention)")
+    tr.fixed_blocks[f"{path}.attention"] = type(m).__name__
+    return tr.child(path, m, "cv2", a + b)
+
+
+def _a2c2f(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    if getattr(m, "gamma", None) is not None:  # a learned per-channel scale on the residual: keep the block whole
+        return tr.boundary(path, m, x)
+    y = [tr.child(path, m, "cv1", x)]
+    for i, block in enumerate(m.m):
+        y.append(tr(f"{path}.m.{i}", block, y[-1]))
+    return tr.child(path, m, "cv2", [s for t in y for s in t])
+
+
+def _detect(tr: Tracer, path: str, m: nn.Module, x) -> Opaque:
+    """Detect: per level, a box branch (cv2) and a class branch (cv3), and their one-to-one copies if any."""
+    if not isinstance(x, list) or len(x) != m.nl:
+        return tr.boundary(path, m, x)
+    for name in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+        branches = getattr(m, name, None)
+        if branches is None:
+            continue
+        for i, branch in enumerate(branches):
+            out = tr(f"{path}.{name}.{i}", branch, x[i])
+            tr.fix(out, f"{path} (outputs)")
+    return Opaque()
+
+
+def builtin_handlers() -> list[tuple[type, Handler]]:
+    """(class, rule) for every Ultralytics and torch block the analysis knows."""
+    from ultralytics.nn.modules import block, conv, head
+
+    return [
+        (nn.Sequential, _sequential),
+        (nn.Conv2d, _plain_conv),
+        (nn.Upsample, _passthrough),
+        (nn.MaxPool2d, _passthrough),
+        (nn.Identity, _passthrough),
+        (nn.Dropout, _passthrough),
+        (conv.Conv, _conv),
+        (conv.Concat, _concat),
+        (block.Bottleneck, _bottleneck),
+        (block.C1, _c1),
+        (block.C2, _c2),
+        (block.C2f, _c2f),
+        (block.C3, _c3),
+        (block.SPP, _spp),
+        (block.SPPF, _sppf),
+        (block.C2PSA, _split_attention),
+        (block.PSA, _split_attention),
+        (block.A2C2f, _a2c2f),
+        (head.Detect, _detect),
+    ]

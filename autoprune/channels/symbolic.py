@@ -1,0 +1,195 @@
+"""Symbolic channel tensors and the tracer's state: parts, their coupling, and the registry of per-block rules.
+
+A symbolic tensor is a list of `Segment`s, runs of channels that belong to one part. `Tracer` holds one analysis's
+producers, parts (a union-find: parts added together become one), ties between parts whose kept counts must be equal,
+and the blocks kept whole. Calling a tracer on a block hands it to the rule registered for the block's `forward`
+(`register_handler`); a block without a rule becomes a fixed boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from autoprune.channels.graph import Consumer, Part, Producer
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Symbolic tensors
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of channels of a symbolic tensor: all of part `part`, summed from producers `sources`."""
+
+    part: int
+    size: int
+    sources: tuple[int, ...]
+
+
+Sym = list  # a symbolic tensor: list[Segment]; a block's input may also be a list of them (Concat, Detect)
+
+
+class Opaque:
+    """A value the tracer cannot follow (a list output of an unknown block); whatever reads it is a boundary."""
+
+
+class Tracer:
+    """Mutable state of one analysis: producers, parts (a union-find), ties between parts, recorded shapes."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], modules: dict[str, nn.Module]):
+        self.shapes = shapes  # module path -> output shape (tensors only), from one real forward pass
+        self.modules = modules
+        self.producers: list[Producer] = []
+        self.parts: list[Part] = []
+        self.parent: list[int] = []  # union-find over parts
+        self.ties: list[tuple[int, int]] = []  # parts whose kept counts must be equal
+        self.fixed_blocks: dict[str, str] = {}
+
+    # -- parts ----------------------------------------------------------------------------------------------------
+
+    def find(self, p: int) -> int:
+        while self.parent[p] != p:
+            self.parent[p] = self.parent[self.parent[p]]
+            p = self.parent[p]
+        return p
+
+    def new_part(self, size: int, *, fixed_by: str | None = None) -> int:
+        self.parts.append(Part(size=size, fixed=fixed_by is not None, fixed_by=fixed_by))
+        self.parent.append(len(self.parts) - 1)
+        return len(self.parts) - 1
+
+    def union(self, a: int, b: int, why: str) -> int:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return a
+        pa, pb = self.parts[a], self.parts[b]
+        if pa.size != pb.size:  # cannot share an index; keep both whole
+            self.fix_part(a, why)
+            self.fix_part(b, why)
+            return a
+        self.parent[b] = a
+        pa.producers += pb.producers
+        pa.consumers += pb.consumers
+        if pb.fixed and not pa.fixed:
+            pa.fixed, pa.fixed_by = True, pb.fixed_by
+        return a
+
+    def fix_part(self, p: int, why: str) -> None:
+        part = self.parts[self.find(p)]
+        if not part.fixed:
+            part.fixed, part.fixed_by = True, why
+
+    def fix(self, x, why: str) -> None:
+        """Mark every part reachable in `x` (a symbolic tensor, a list of them, or Opaque) fixed."""
+        if isinstance(x, Opaque):
+            return
+        for item in x:
+            if isinstance(item, Segment):
+                self.fix_part(item.part, why)
+            else:
+                self.fix(item, why)
+
+    # -- producers and consumers ------------------------------------------------------------------------------------
+
+    def produce(self, conv: str, bn: str | None, act: str | None, size: int, offset: int = 0) -> Sym:
+        part = self.new_part(size)
+        self.producers.append(Producer(conv=conv, bn=bn, act=act, offset=offset))
+        idx = len(self.producers) - 1
+        self.parts[part].producers.append(idx)
+        return [Segment(part, size, (idx,))]
+
+    def consume(self, conv: str, x: Sym) -> None:
+        offset = 0
+        for s in x:
+            self.parts[self.find(s.part)].consumers.append(Consumer(conv=conv, offset=offset, sources=s.sources))
+            offset += s.size
+
+    def depthwise(self, conv: str, bn: str | None, act: str | None, x: Sym) -> Sym:
+        out, offset = [], 0
+        for s in x:
+            self.producers.append(Producer(conv=conv, bn=bn, act=act, offset=offset, depthwise=True))
+            idx = len(self.producers) - 1
+            self.parts[self.find(s.part)].producers.append(idx)
+            out.append(Segment(s.part, s.size, (idx,)))
+            offset += s.size
+        return out
+
+    def add(self, a: Sym, b: Sym, why: str) -> Sym:
+        """Elementwise sum of two symbolic tensors: aligned segments become one part (a residual coupling)."""
+        if [s.size for s in a] != [s.size for s in b]:
+            self.fix(a, why)
+            self.fix(b, why)
+            return a
+        out = []
+        for sa, sb in zip(a, b):
+            root = self.union(sa.part, sb.part, why)
+            out.append(Segment(root, sa.size, tuple(sorted(set(sa.sources) | set(sb.sources)))))
+        return out
+
+    def boundary(self, path: str, module: nn.Module, x) -> Sym | Opaque:
+        """An unknown block: keep its input channels, and make its output a new fixed part."""
+        self.fixed_blocks[path] = type(module).__name__
+        self.fix(x, path)
+        shape = self.shapes.get(path)
+        if shape is None or len(shape) != 4:
+            return Opaque()
+        return [Segment(self.new_part(shape[1], fixed_by=path), shape[1], ())]
+
+    # -- dispatch --------------------------------------------------------------------------------------------------
+
+    def __call__(self, path: str, module: nn.Module, x):
+        if isinstance(x, Opaque) or (isinstance(x, list) and any(isinstance(i, Opaque) for i in x)):
+            return self.boundary(path, module, x)
+        handler = handler_for(module)
+        if handler is None:
+            return self.boundary(path, module, x)
+        return handler(self, path, module, x)
+
+    def child(self, path: str, module: nn.Module, name: str, x):
+        return self(f"{path}.{name}", getattr(module, name), x)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rules registry: how channels flow through each known block
+
+Handler = Callable[[Tracer, str, nn.Module, object], object]
+_HANDLERS: list[tuple[type, Callable, Handler]] = []  # (base class, its forward, handler)
+
+
+def register_handler(cls: type, handler: Handler | None = None):
+    """Teach the analysis how channels flow through `cls` (and any subclass that keeps `cls.forward`).
+
+    A handler is called as `handler(tracer, path, module, x)` with `x` the symbolic input and returns the symbolic
+    output. Usable as a decorator: `@register_handler(MyBlock)`.
+    """
+
+    def deco(fn: Handler) -> Handler:
+        _HANDLERS.insert(0, (cls, cls.forward, fn))
+        return fn
+
+    return deco(handler) if handler is not None else deco
+
+
+def handler_for(module: nn.Module) -> Handler | None:
+    if "forward" in vars(module):  # an instance-level forward (a fused Conv) must be one we know
+        fwd = getattr(module.forward, "__func__", None)
+    else:
+        fwd = type(module).forward
+    for cls, cls_forward, handler in _HANDLERS:
+        if isinstance(module, cls) and (fwd is cls_forward or _is_fused_conv(module, cls, fwd)):
+            return handler
+    return None
+
+
+def _is_fused_conv(module, cls, fwd) -> bool:
+    from ultralytics.nn.modules import Conv
+
+    return cls is Conv and fwd is Conv.forward_fuse and isinstance(module, Conv)
+
+
+def install_builtin_handlers(pairs: list[tuple[type, Handler]]) -> None:
+    """Register `(class, rule)` pairs (the built-in rules) at the end of the registry, if the registry is empty."""
+    if not _HANDLERS:
+        _HANDLERS.extend((cls, cls.forward, fn) for cls, fn in pairs)
