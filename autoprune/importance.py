@@ -54,6 +54,7 @@ from torch import nn
 
 from autoprune.channels import ChannelGraph, ChannelGroup
 from autoprune.errors import UserError
+from autoprune.progress import progress
 from autoprune.wrappers import detection_model
 
 
@@ -382,7 +383,7 @@ def accumulate_gradients(
     def batch_gradients():
         """Each batch's gradients, summed into `total` and `square` on the way."""
         nonlocal count
-        for b in batches:
+        for b in progress(batches, "gradients for the channel ranking", unit="batches"):
             batch = _loss_batch(b, device)
             if batch["cls"].numel():
                 data_nc = int(batch["cls"].max()) + 1

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from autoprune.channels import ChannelGraph
+from autoprune.progress import Progress
 from autoprune.pruner import conv_masks
 from autoprune.wrappers import detection_model
 
@@ -272,9 +273,11 @@ def reconstruct(
     modes = (orig.training, model.training)
     orig.eval()
     model.eval()
+    bar = None
     try:
         with torch.no_grad():
             order = _execution_order(model, imgs[0], targets)
+            bar = Progress("refitting the convs that lost inputs", total=len(order), unit="convs")
             by_layer: dict[int, list[str]] = {}
             for path in order:
                 by_layer.setdefault(int(path.split(".")[1]), []).append(path)
@@ -309,9 +312,13 @@ def reconstruct(
                 for c in convs:
                     result.layers.append(_refit(c, pm, om, bn_of.get(c), masks[c][0], pruned_runs, i, wanted[c], ridge))
                     del wanted[c]
+                    bar.update()
                 for r in pruned_runs:
                     r.step(i)
+        bar.close()
     finally:
+        if bar is not None:
+            bar.close(ok=False)  # still open: the refit raised, and leaves no line
         orig.train(modes[0])
         model.train(modes[1])
     return result
