@@ -112,6 +112,24 @@ def test_unknown_block_is_a_fixed_boundary():
     assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
 
 
+def test_a_rule_registered_before_the_first_analysis_keeps_the_builtin_rules(c2f_model, monkeypatch):
+    from torch import nn
+
+    from autoprune.channels import register_handler, symbolic
+
+    expected = [g.id for g in analyze(c2f_model).groups]
+    monkeypatch.setattr(symbolic, "_HANDLERS", [])  # as in a fresh process: nothing analysed yet
+    monkeypatch.setattr(symbolic, "_BUILTINS_INSTALLED", False)
+
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x
+
+    register_handler(Custom, lambda tr, path, m, x: x)
+    assert [g.id for g in analyze(c2f_model).groups] == expected
+    assert symbolic._HANDLERS[0][0] is Custom  # the custom rule stays in front of the built-in ones
+
+
 def test_analysis_does_not_change_the_model(c3k2_model):
     before = {k: v.clone() for k, v in c3k2_model.state_dict().items()}
     training = c3k2_model.training

@@ -156,6 +156,7 @@ class Tracer:
 
 Handler = Callable[[Tracer, str, nn.Module, object], object]
 _HANDLERS: list[tuple[type, Callable, Handler]] = []  # (base class, its forward, handler)
+_BUILTINS_INSTALLED = False  # the built-in rules are added on the first analysis, behind custom ones
 
 
 def register_handler(cls: type, handler: Handler | None = None):
@@ -190,6 +191,8 @@ def _is_fused_conv(module, cls, fwd) -> bool:
 
 
 def install_builtin_handlers(pairs: list[tuple[type, Handler]]) -> None:
-    """Register `(class, rule)` pairs (the built-in rules) at the end of the registry, if the registry is empty."""
-    if not _HANDLERS:
+    """Register `(class, rule)` pairs, the built-in rules, once, behind every custom rule (a custom rule wins)."""
+    global _BUILTINS_INSTALLED
+    if not _BUILTINS_INSTALLED:
         _HANDLERS.extend((cls, cls.forward, fn) for cls, fn in pairs)
+        _BUILTINS_INSTALLED = True
