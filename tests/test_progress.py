@@ -111,3 +111,12 @@ def test_an_error_inside_a_bar_is_still_one_line(capsys, monkeypatch, tmp_path, 
     assert "gradients for the channel ranking" in opened  # the error came from inside the bar
     assert_user_error(code, err, "class 7")
     assert out == "" and not (tmp_path / "p.pt").exists()
+
+
+def test_the_demo_dataset_generation_counts_its_images(capsys, monkeypatch, tmp_path):
+    from autoprune.demo.dataset import generate
+
+    monkeypatch.setenv(pg.ENV, "1")
+    generate(tmp_path / "shapes", n_train=2, n_val=1, imgsz=64)
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"generating the demo dataset in {re.escape(str(tmp_path))}: 3/3 images in \d+\.\ds\n", err)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.errors import UserError
+from autoprune.progress import stage
 
 DEMO_IMGSZ = 320  # the image size the baseline was trained at (and the demo data is drawn at)
 
@@ -252,7 +253,8 @@ def demo_metrics(model_path: str | Path | None = None, *, val_images: int | None
     cache = _read_json(cache_file)
     if not refresh and key in cache:
         return {**cache[key], "cached": True}
-    result = validate(model_path, data_yaml, imgsz=DEMO_IMGSZ, val_images=val_images)
+    with stage(f"validating {model_path.name} on the demo val split"):
+        result = validate(model_path, data_yaml, imgsz=DEMO_IMGSZ, val_images=val_images)
     cache = _read_json(cache_file)  # re-read: another process may have added entries meanwhile
     cache[key] = result
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")

@@ -39,6 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from autoprune.progress import Progress
+
 CLASS_NAMES = ("ellipse", "triangle", "rectangle", "hexagon", "star", "cross", "ring", "arrow")
 GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are regenerated
 MIN_VISIBLE = 0.5  # smallest visible fraction of an object's drawn area for it to be placed (and labelled)
@@ -69,17 +71,19 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
         raise ValueError(f"imgsz must be >= 64, got {imgsz}")
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty")
-    for split, n in (("train", n_train), ("val", n_val)):
-        img_dir, lbl_dir = root / "images" / split, root / "labels" / split
-        img_dir.mkdir(parents=True, exist_ok=True)
-        lbl_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            img, quality, labels = render_image(seed, split, i, imgsz)
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            assert ok
-            (img_dir / f"{i:05d}.jpg").write_bytes(buf.tobytes())
-            lines = [f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h in labels]
-            (lbl_dir / f"{i:05d}.txt").write_text("".join(line + "\n" for line in lines))
+    with Progress(f"generating the demo dataset in {root.parent}", total=n_train + n_val, unit="images") as bar:
+        for split, n in (("train", n_train), ("val", n_val)):
+            img_dir, lbl_dir = root / "images" / split, root / "labels" / split
+            img_dir.mkdir(parents=True, exist_ok=True)
+            lbl_dir.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img, quality, labels = render_image(seed, split, i, imgsz)
+                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+                assert ok
+                (img_dir / f"{i:05d}.jpg").write_bytes(buf.tobytes())
+                lines = [f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h in labels]
+                (lbl_dir / f"{i:05d}.txt").write_text("".join(line + "\n" for line in lines))
+                bar.update()
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES))
     yaml_path = root / "data.yaml"
     yaml_path.write_text(
