@@ -120,3 +120,17 @@ def test_the_demo_dataset_generation_counts_its_images(capsys, monkeypatch, tmp_
     generate(tmp_path / "shapes", n_train=2, n_val=1, imgsz=64)
     err = capsys.readouterr().err
     assert re.fullmatch(rf"generating the demo dataset in {re.escape(str(tmp_path))}: 3/3 images in \d+\.\ds\n", err)
+
+
+def test_groups_and_cost_report_their_long_steps_under_json(capsys, monkeypatch):
+    from autoprune.cost import timing
+
+    monkeypatch.setenv(pg.ENV, "1")
+    monkeypatch.setattr(timing, "DEFAULT_PROTOCOL", timing.TimingProtocol(warmup_runs=1, warmup_s=0, min_repeats=3,
+                                                                           min_time_s=0, max_time_s=1))
+    code, out, err = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--imgsz", "64", "--json")
+    assert code == 0 and json.loads(out)["groups"]
+    assert re.fullmatch(r"loading yolov8n.yaml and tracing its channel groups: done in \d+\.\ds", err.strip()), err
+    code, out, err = run_cli(capsys, "cost", "--model", "yolov8n.yaml", "--imgsz", "64", "--threads", "1", "--json")
+    assert code == 0 and json.loads(out)["latency_ms"] > 0
+    assert re.search(r"^measuring latency \(torch fp32 on cpu\): done in \d+\.\ds$", err, re.M), err

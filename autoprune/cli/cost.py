@@ -53,13 +53,15 @@ def run(args: argparse.Namespace) -> dict:
     cache = cost.LatencyCache(args.cache) if args.cache else False
 
     from autoprune.models import load_model
+    from autoprune.progress import stage
 
     loaded = load_model(args.model)
     model = loaded.model
     gflops = cost.count_gflops(model, imgsz)
     params = cost.count_params(model)
-    lat = cost.measure_latency(model, imgsz=imgsz, batch=args.batch, device=device, backend=args.backend,
-                               precision=precision, cache=cache, threads=args.threads)
+    with stage(f"measuring latency ({args.backend} {precision} on {device})"):
+        lat = cost.measure_latency(model, imgsz=imgsz, batch=args.batch, device=device, backend=args.backend,
+                                   precision=precision, cache=cache, threads=args.threads)
     result = {
         "model": loaded.source,
         "imgsz": imgsz,

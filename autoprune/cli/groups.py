@@ -29,10 +29,12 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune.channels import analyze
     from autoprune.cost import count_gflops
     from autoprune.models import load_model
+    from autoprune.progress import stage
 
     imgsz = check_imgsz(args.imgsz)
-    loaded = load_model(args.model)
-    graph = analyze(loaded.model, imgsz=imgsz)
+    with stage(f"loading {args.model or 'the demo model'} and tracing its channel groups"):
+        loaded = load_model(args.model)
+        graph = analyze(loaded.model, imgsz=imgsz)
     shares = graph.flops_shares()
     result = {
         "model": loaded.source,
