@@ -212,6 +212,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     from autoprune.cost import count_gflops, count_params, measure_latency
     from autoprune.finetune import finetune, pickled_modules, validate_checkpoint
     from autoprune.models import save_checkpoint
+    from autoprune.progress import stage
 
     t_start = time.perf_counter()
     say = log if verbose else (lambda *a, **k: None)
@@ -219,8 +220,9 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
 
     def measure(path: Path, model, lat=None) -> dict:
         say(f"validating {path.name} at {imgsz} on {data.yaml.name} (val split)...")
-        v = validate_checkpoint(path, data, imgsz=imgsz, batch=batch, device=device)
-        lat = lat or measure_latency(model, imgsz=cost_imgsz, device=device, **latency)
+        with stage(f"validating {path.name}" + ("" if lat else " and timing it"), live=not verbose):
+            v = validate_checkpoint(path, data, imgsz=imgsz, batch=batch, device=device)
+            lat = lat or measure_latency(model, imgsz=cost_imgsz, device=device, **latency)
         return {"map50": round(v["map50"], 5), "map50_95": round(v["map50_95"], 5), "params": count_params(model),
                 "gflops": round(count_gflops(model, cost_imgsz), 6), "latency_ms": round(lat.median_ms, 3),
                 "latency_spread_ms": round(lat.spread_ms, 3), "latency_device": lat.device_name,
@@ -234,7 +236,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         ref = save_checkpoint(loaded.model, Path(tmp) / "unpruned.pt", base_ckpt=loaded.ckpt)
         before = measure(ref, loaded.model)
         untrained = save_checkpoint(pruned, Path(tmp) / "pruned-untrained.pt", base_ckpt=loaded.ckpt, meta=meta)
-        pruned_lat = measure_latency(pruned, imgsz=cost_imgsz, device=device, **latency)
+        with stage("timing the pruned model", live=not verbose):
+            pruned_lat = measure_latency(pruned, imgsz=cost_imgsz, device=device, **latency)
         pruned_m = measure(untrained, pruned, pruned_lat)
 
     say(f"finetuning the pruned model ({pruned_m['gflops']:.3f} GFLOPs at {cost_imgsz}, {pruned_m['params']:,} "
@@ -242,9 +245,10 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
                                                        "without distillation") + "...")
     student_params = count_params(pruned)
     teacher = loaded.model if distill else None
-    ft = finetune(pruned, data, save_dir=run_dir / "train", teacher=teacher, distill=distill, epochs=epochs,
-                  imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed, verbose=verbose,
-                  label=str(run_dir / "pruned.pt"))
+    with stage(f"finetuning for {epochs} epoch{'s' if epochs != 1 else ''}", live=not verbose):  # verbose: the trainer shows its own bars
+        ft = finetune(pruned, data, save_dir=run_dir / "train", teacher=teacher, distill=distill, epochs=epochs,
+                      imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
+                      verbose=verbose, label=str(run_dir / "pruned.pt"))
 
     # What was saved must be the pruned architecture, trained: same GFLOPs as the trial, same parameter count.
     from ultralytics.nn.tasks import load_checkpoint
@@ -268,12 +272,13 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     g = count_gflops(saved.float(), cost_imgsz)
     if not math.isclose(g, expected, rel_tol=1e-9, abs_tol=1e-12):
         raise RuntimeError(f"pruned.pt has {g} GFLOPs at {cost_imgsz}; the trial {expected}")
-    after = {**measure(out, trained, pruned_lat), "map50": pruned_m["map50"], "map50_95": pruned_m["map50_95"]}  # BREAK
+    after = measure(out, trained, pruned_lat)  # the same architecture: one latency measurement for both
 
     outputs = {"pruned": str(out), "run_dir": str(run_dir), "train_dir": str(ft.save_dir), "best": str(ft.best),
                "report_md": str(run_dir / "report.md"), "onnx": None}
     if export == "onnx":
-        outputs["onnx"] = export_onnx(out, imgsz=cost_imgsz, verbose=verbose)
+        with stage("exporting pruned.onnx", live=not verbose):
+            outputs["onnx"] = export_onnx(out, imgsz=cost_imgsz, verbose=verbose)
 
     proxy = {"map50": record.map50, "map50_95": record.map50_95, "gflops": record.gflops,
              "latency_ms": record.latency_ms, "kind": record.kind}

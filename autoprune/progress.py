@@ -71,9 +71,11 @@ class Progress:
 
     `update(n)` advances it; leaving the `with` block without an exception writes the line that stays. The line
     says `n/total unit` for a bar, `n unit` when it counted without a total, `done` for a stage that never counted.
+    `live=False` draws nothing while the work runs (for work that shows its own progress, such as Ultralytics'
+    trainer), only the line that stays.
     """
 
-    def __init__(self, desc: str, total: int | None = None, unit: str = "it"):
+    def __init__(self, desc: str, total: int | None = None, unit: str = "it", *, live: bool = True):
         global _open
         self.desc, self.total, self.unit, self.n = desc, total, unit, 0
         self.mode = mode()
@@ -82,7 +84,7 @@ class Progress:
         self._closed = False
         self._t0 = time.perf_counter()
         _open += 1
-        if self.mode == "live":
+        if self.mode == "live" and live:
             from tqdm import tqdm
 
             fmt = None if total else "{desc}..."
@@ -139,14 +141,15 @@ def progress(iterable: Iterable[T], desc: str, *, total: int | None = None, unit
 
 
 @contextlib.contextmanager
-def stage(desc: str) -> Iterator[Progress]:
-    """A status line on stderr while the block runs, then `desc: done in 4.1s` (see the module doc for when).
+def stage(desc: str, *, live: bool = True) -> Iterator[Progress]:
+    """A status line on stderr while the block runs, then `desc: done in 4.1s` (see the module doc for when);
+    `live=False`: only the line at the end, for work that prints its own progress.
 
     Example:
         >>> with stage("measuring latency"):
         ...     result = measure_latency(model)
     """
-    with Progress(desc) as p:
+    with Progress(desc, live=live) as p:
         yield p
 
 
