@@ -316,6 +316,8 @@ class Search:
         genome = self.space.check_genome(self._genome(trial))
         count_in_generation(self.study.sampler, self.study, trial)  # trial 0 and queued replacements count too
         if trial.number == 0:  # trial 0 is the uniform genome; the global plans follow it, so the front starts from
+            if genome == self.uniform:  # its kind is stored now: a retry of it (its worker died) inherits it
+                trial.set_user_attr(records.KIND, records.TrialKind.UNIFORM.value)
             queued = [genome]  # the classic answers (queued here: exactly once)
             for key, kind in zip((records.STUDY_GLOBAL, records.STUDY_GLOBAL_PER_FLOP), records.ONE_SHOT_KINDS):
                 plan = self.study.user_attrs.get(key)  # absent in a study made before it existed
