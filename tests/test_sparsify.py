@@ -23,6 +23,7 @@ from autoprune.sparsify import (
     share_below,
     sparsify,
 )
+from conftest import run_cli
 
 TINY = {"nc": 2, "depth_multiple": 0.33, "width_multiple": 0.125, "max_channels": 1024}
 # A few plain SGD steps: one optimizer step per batch of 4 (nbs=4), no warmup, no validation until the end.
@@ -132,6 +133,41 @@ def test_growing_regularisation_shrinks_the_chosen_channels_most(small_gamma_ckp
     others = {k: m & ~chosen.get(k, torch.zeros_like(m)) for k, m in all_masks.items()}
     shrink_chosen = prunable_gammas(trained, chosen).mean() / prunable_gammas(base, chosen).mean()
     shrink_others = prunable_gammas(trained, others).mean() / prunable_gammas(base, others).mean()
+    assert shrink_chosen < 0.8 * shrink_others
+
+
+@pytest.mark.slow
+def test_cli_sparsify_growing_reg_shrinks_the_channels_a_prune_would_remove(small_gamma_ckpt, tiny_data, tmp_path,
+                                                                           monkeypatch, capsys):
+    """`autoprune sparsify --growing-reg --reg-keep 0.5`: the BN gammas of the channels a bn_scale prune at keep 0.5
+    removes shrink well below the input's, while the other prunable gammas keep most of theirs."""
+    import yaml
+    from ultralytics.utils import DEFAULT_CFG
+
+    from autoprune.channels import analyze
+    from autoprune.models import load_model
+    from autoprune.sparsify import _growing_masks
+
+    for k, v in FAST.items():  # the trainer's defaults, which the command leaves in place: a few plain SGD steps
+        monkeypatch.setattr(DEFAULT_CFG, k, v)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "sparsify", "--model", small_gamma_ckpt, "--data", tiny_data, "--epochs", "2",
+                             "--growing-reg", "--reg-keep", "0.5", "--l1", "20", "--imgsz", "64", "--batch", "4",
+                             "--workers", "0", "--no-val", "--name", "greg", "--json")
+    assert code == 0, err[-3000:]
+    r = json.loads(out)
+    assert r["mode"] == "growing_reg" and [x["gamma"] for x in r["lambdas"]] == pytest.approx([20.0, 40.0])
+    run_dir = tmp_path / "runs" / "sparsify" / "greg"
+    assert yaml.safe_load((run_dir / "args.yaml").read_text())["growing_reg"] is True
+    stored = torch.load(run_dir / "sparse.pt", weights_only=False)
+    assert stored["autoprune"]["sparsify"]["growing_reg"] is True and stored["autoprune"]["sparsify"]["reg_keep"] == 0.5
+
+    base = load_model(str(small_gamma_ckpt)).model
+    chosen = _growing_masks(base, analyze(base), 0.5)
+    others = {k: m & ~chosen.get(k, torch.zeros_like(m)) for k, m in prunable_bn_masks(base).items()}
+    trained = stored["model"].float()
+    shrink_chosen = float(prunable_gammas(trained, chosen).abs().mean() / prunable_gammas(base, chosen).abs().mean())
+    shrink_others = float(prunable_gammas(trained, others).abs().mean() / prunable_gammas(base, others).abs().mean())
     assert shrink_chosen < 0.8 * shrink_others
 
 
