@@ -40,6 +40,23 @@ def _tiny_model(seed: int):
     return m
 
 
+def _create_study(root: Path, attrs: dict) -> optuna.Study:
+    """An empty study named STUDY in `root`'s runs/search, as `autoprune search` makes it, with the study `attrs`."""
+    from autoprune.search.storage import make_storage, run_dir_for, storage_url
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        run_dir_for(STUDY).mkdir(parents=True)
+        study = optuna.create_study(study_name=STUDY, storage=make_storage(storage_url(None, STUDY), heartbeat=None),
+                                    directions=list(R.DIRECTIONS))
+    finally:
+        os.chdir(cwd)
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    return study
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_data):
     """A folder with a model checkpoint and a study made with the trial schema: trial 0 feasible, 1 failed,
@@ -48,7 +65,6 @@ def env(tmp_path_factory, tiny_data):
     from autoprune.cost import count_gflops, count_params
     from autoprune.models import load_model, save_checkpoint
     from autoprune.pruner import keep_counts, prune_to_counts, rank_channels
-    from autoprune.search.storage import make_storage, run_dir_for, storage_url
 
     root = tmp_path_factory.mktemp("apply")
     model_path = save_checkpoint(_tiny_model(0), root / "model.pt")
@@ -63,19 +79,10 @@ def env(tmp_path_factory, tiny_data):
     pruned = prune_to_counts(loaded.model, counts, graph=graph, ranking=ranking)
     gflops = count_gflops(pruned, IMGSZ)
 
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        run_dir_for(STUDY).mkdir(parents=True)
-        study = optuna.create_study(study_name=STUDY, storage=make_storage(storage_url(None, STUDY), heartbeat=None),
-                                    directions=list(R.DIRECTIONS))
-    finally:
-        os.chdir(cwd)
-    for k, v in {R.STUDY_MODEL: str(model_path), R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint,
-                 R.STUDY_DATA: str(tiny_data), R.STUDY_IMGSZ: IMGSZ, R.STUDY_PROXY: {"imgsz": IMGSZ},
-                 R.STUDY_CRITERION: "l1",
-                 R.STUDY_RANKING: {g: [o.tolist() for o in orders] for g, orders in ranking.items()}}.items():
-        study.set_user_attr(k, v)
+    study = _create_study(root, {
+        R.STUDY_MODEL: str(model_path), R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint, R.STUDY_DATA: str(tiny_data),
+        R.STUDY_IMGSZ: IMGSZ, R.STUDY_PROXY: {"imgsz": IMGSZ}, R.STUDY_CRITERION: "l1",
+        R.STUDY_RANKING: {g: [o.tolist() for o in orders] for g, orders in ranking.items()}})
     common = {R.MODEL_FINGERPRINT: loaded.fingerprint, R.IMGSZ: IMGSZ, R.CRITERION: "l1"}
     T = optuna.trial.TrialState
     study.add_trial(optuna.trial.create_trial(
@@ -222,6 +229,63 @@ def test_pruned_checkpoint_loads_validates_and_runs_without_autoprune(env, appli
     y, ref = np.load(tmp_path / "val" / "onnx.npy"), np.load(tmp_path / "val" / "torch.npy")
     assert y.shape == ref.shape == (1, 4 + 2, 8 * 8 + 4 * 4 + 2 * 2)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+DEMO_VAL_IMGSZ = 160  # apply's finetune and validation size; the trial's GFLOPs are at the demo's 320
+
+
+@pytest.fixture(scope="module")
+def demo_applied(tmp_path_factory):
+    """`autoprune apply` (1 epoch at 160 px) of a uniform keep-0.875 trial of the shipped demo baseline, on the first
+    4 train and 8 val images of the demo dataset (the baseline's own val images: it detects them, mAP50-95 ~0.3)."""
+    import autoprune
+    from autoprune import cost
+    from autoprune.channels import analyze
+    from autoprune.cost import count_gflops
+    from autoprune.demo import DEMO_DATA, demo_model_path
+    from autoprune.demo.dataset import generate
+    from autoprune.models import load_model
+    from autoprune.pruner import keep_counts, prune_to_counts
+
+    root = tmp_path_factory.mktemp("apply_demo")
+    data = generate(root / "demo", n_train=4, n_val=8, seed=DEMO_DATA.seed, imgsz=DEMO_DATA.imgsz)
+    loaded = load_model(str(demo_model_path()))
+    graph = analyze(loaded.model, imgsz=DEMO_DATA.imgsz)
+    counts = keep_counts(graph, 0.875)
+    gflops = count_gflops(prune_to_counts(loaded.model, counts, graph=graph), DEMO_DATA.imgsz)
+    study = _create_study(root, {
+        R.STUDY_MODEL: str(demo_model_path()), R.STUDY_MODEL_FINGERPRINT: loaded.fingerprint, R.STUDY_DATA: str(data),
+        R.STUDY_IMGSZ: DEMO_DATA.imgsz, R.STUDY_PROXY: {"imgsz": DEMO_VAL_IMGSZ}, R.STUDY_CRITERION: "l1"})
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE, values=[0.2, gflops, 1.0],
+        user_attrs={R.MODEL_FINGERPRINT: loaded.fingerprint, R.IMGSZ: DEMO_DATA.imgsz, R.CRITERION: "l1",
+                    R.KEPT_CHANNELS: counts, R.GFLOPS: gflops, R.FEASIBLE: True, R.MAP50_95: 0.2, R.MAP50: 0.3,
+                    R.LATENCY_MS: 1.0}))
+    with pytest.MonkeyPatch.context() as mp:  # latency is not what is tested here: few runs, one thread
+        mp.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))
+        mp.setattr(autoprune, "ENV_OMP_NUM_THREADS", "1")
+        code, out, err = _cli(root, "apply", "--trial", "0", "--epochs", "1", "--batch", "4", "--device", "cpu",
+                              "--workers", "0", "--out", "demo", "--json")
+    assert code == 0, err[-3000:]
+    return {**json.loads(out), "root": root, "data": data}
+
+
+@pytest.mark.slow
+def test_apply_reports_the_map_plain_ultralytics_val_measures(demo_applied, tmp_path):
+    """The report's mAP after finetuning is what plain Ultralytics `val` measures on the saved pruned.pt, with
+    `finetune.validate_checkpoint`'s settings (val split, apply's image size and batch, default conf and IoU), on a
+    model that detects something, so a wrong file or image size changes the number."""
+    from ultralytics import YOLO
+
+    r = demo_applied
+    assert r["imgsz"] == DEMO_VAL_IMGSZ and r["cost_imgsz"] == 320
+    m = YOLO(str(r["root"] / r["outputs"]["pruned"])).val(
+        data=str(r["data"]), imgsz=DEMO_VAL_IMGSZ, batch=4, device="cpu", plots=False, workers=0, verbose=False,
+        project=str(tmp_path), name="val", save_json=False, split="val")
+    plain = {"map50_95": round(float(m.box.map), 5), "map50": round(float(m.box.map50), 5)}
+    assert {k: r["after"][k] for k in plain} == plain
+    assert plain["map50_95"] > 0.1 and r["before"]["map50_95"] > 0.2  # it detects: the comparison means something
+    assert r["after"]["map50_95"] != r["pruned"]["map50_95"]  # finetuning changed the model that was validated
 
 
 def test_rebuild_raises_on_a_gflops_mismatch(env):
