@@ -21,6 +21,7 @@ import torch
 from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.search import records as R
+from conftest import run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 STUDY = "tinystudy"
@@ -229,6 +230,35 @@ def test_pruned_checkpoint_loads_validates_and_runs_without_autoprune(env, appli
     y, ref = np.load(tmp_path / "val" / "onnx.npy"), np.load(tmp_path / "val" / "torch.npy")
     assert y.shape == ref.shape == (1, 4 + 2, 8 * 8 + 4 * 4 + 2 * 2)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_apply_no_distill_finetunes_without_the_teacher(env, monkeypatch, capsys):
+    """`apply --no-distill`: the report and args.yaml say distillation was off, training had no distillation loss,
+    and pruned.pt is still the trial's pruned model (its kept channels and GFLOPs)."""
+    import yaml
+
+    import autoprune
+    from autoprune import cost
+    from autoprune.cost import count_gflops
+
+    monkeypatch.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))
+    monkeypatch.setattr(autoprune, "ENV_OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(env["root"])
+    code, out, err = run_cli(capsys, "apply", "--name", STUDY, "--trial", "0", "--epochs", "1", "--batch", "4",
+                             "--device", "cpu", "--no-distill", "--out", "nodistill", "--json")
+    assert code == 0, err[-3000:]
+    run_dir = env["root"] / "runs" / "apply" / "nodistill"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["distill"] is None and json.loads(out)["distill"] is None
+    assert report["train"]["loss_names"] == ["box_loss", "cls_loss", "dfl_loss"]  # no kd_loss: no teacher
+    assert yaml.safe_load((run_dir / "args.yaml").read_text())["distill"] is False
+    assert "without distillation" in (run_dir / "report.md").read_text()
+    ckpt = torch.load(run_dir / "pruned.pt", weights_only=False)
+    assert ckpt["autoprune"]["kept_channels"] == env["counts"]
+    assert count_gflops(ckpt["model"].float(), IMGSZ) == env["gflops"]
+    assert report["after"]["gflops"] == round(env["gflops"], 6)
+    assert _sha(env["model"]) == env["model_sha"]
 
 
 DEMO_VAL_IMGSZ = 160  # apply's finetune and validation size; the trial's GFLOPs are at the demo's 320
