@@ -134,3 +134,13 @@ def test_groups_and_cost_report_their_long_steps_under_json(capsys, monkeypatch)
     code, out, err = run_cli(capsys, "cost", "--model", "yolov8n.yaml", "--imgsz", "64", "--threads", "1", "--json")
     assert code == 0 and json.loads(out)["latency_ms"] > 0
     assert re.search(r"^measuring latency \(torch fp32 on cpu\): done in \d+\.\ds$", err, re.M), err
+
+
+def test_a_stage_not_live_draws_nothing_until_its_line(monkeypatch):
+    """stage(live=False), for work that shows its own progress (Ultralytics' trainer): only the line at the end."""
+    monkeypatch.delenv(pg.ENV, raising=False)
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    with pg.stage("finetuning", live=False):
+        assert terminal.getvalue() == ""
+    assert re.fullmatch(r"finetuning: done in \d+\.\ds\n", terminal.getvalue())
