@@ -13,6 +13,8 @@ import torch
 
 from autoprune.cli import main
 
+OLD_DEFAULTS = ("--strategy", "uniform", "--criterion", "l1", "--no-val")  # no data read: these test the pruning
+
 
 def test_groups_json_lists_groups_and_summary(capsys):
     code, out, _ = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--imgsz", "320", "--json")
@@ -36,7 +38,8 @@ def test_groups_human_output_ends_with_summary(capsys):
 def test_prune_writes_a_smaller_checkpoint_and_reports_before_after(capsys, tmp_path):
     out_path = tmp_path / "p.pt"
     code, out, _ = run_cli(
-        capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--imgsz", "320", "--out", str(out_path), "--json"
+        capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--imgsz", "320", "--out", str(out_path), "--json",
+        *OLD_DEFAULTS,
     )
     assert code == 0
     r = json.loads(out)
@@ -51,7 +54,8 @@ def test_prune_with_a_per_group_keep_file(capsys, tmp_path):
     keep = tmp_path / "keep.yaml"
     keep.write_text("'2.cv1': 0.5\n'9.cv1': 0.25\n")
     code, out, _ = run_cli(
-        capsys, "prune", "--model", "yolov8n.yaml", "--keep", str(keep), "--out", str(tmp_path / "p.pt"), "--json"
+        capsys, "prune", "--model", "yolov8n.yaml", "--keep", str(keep), "--out", str(tmp_path / "p.pt"), "--json",
+        "--criterion", "l1", "--no-val",  # a file of per-group ratios is uniform's without --strategy
     )
     assert code == 0
     kept = json.loads(out)["kept_channels"]
@@ -60,7 +64,8 @@ def test_prune_with_a_per_group_keep_file(capsys, tmp_path):
 
 def test_prune_default_output_goes_to_a_run_folder_with_args(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run_cli(capsys, "prune", "--model", "yolov3-tinyu.yaml", "--keep", "0.5", "--json")
+    code, out, _ = run_cli(capsys, "prune", "--model", "yolov3-tinyu.yaml", "--keep", "0.5", "--json",
+                           *OLD_DEFAULTS)
     assert code == 0
     r = json.loads(out)
     assert r["out"] == os.path.join("runs", "prune", "exp1", "pruned.pt")
@@ -110,7 +115,8 @@ def test_prune_bad_input_is_one_error_line(capsys, tmp_path, monkeypatch, args, 
 
 def test_prune_global_to_a_share_of_the_gflops(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--target-gflops", "50%", "--strategy", "global",
-                           "--criterion", "lamp", "--imgsz", "320", "--out", str(tmp_path / "g.pt"), "--json")
+                           "--criterion", "lamp", "--imgsz", "320", "--out", str(tmp_path / "g.pt"), "--json",
+                           "--no-val")
     assert code == 0
     r = json.loads(out)
     assert r["strategy"] == "global" and r["threshold"] is not None and r["uniform_ratio"] is None
@@ -123,7 +129,7 @@ def test_prune_global_to_a_share_of_the_gflops(capsys, tmp_path):
 
 def test_prune_uniform_to_an_absolute_gflops_target(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--target-gflops", "4.0",
-                           "--out", str(tmp_path / "u.pt"), "--json")
+                           "--out", str(tmp_path / "u.pt"), "--json", *OLD_DEFAULTS)
     assert code == 0
     r = json.loads(out)
     assert 3.8 <= r["after"]["gflops"] <= 4.0 and 0 < r["uniform_ratio"] < 1
@@ -135,7 +141,7 @@ def test_prune_taylor_with_reconstruction_on_data(capsys, tmp_path, tiny_data):
     code, out, _ = run_cli(
         capsys, "prune", "--model", "yolov3-tinyu.yaml", "--keep", "0.5", "--criterion", "taylor", "--reconstruct",
         "--data", str(tiny_data), "--calib-imgsz", "64", "--calib-batches", "2", "--batch", "4", "--imgsz", "64",
-        "--max-samples", "512", "--out", str(tmp_path / "t.pt"), "--json",
+        "--max-samples", "512", "--out", str(tmp_path / "t.pt"), "--json", "--strategy", "uniform", "--no-val",
     )
     assert code == 0
     r = json.loads(out)["reconstruction"]
@@ -148,7 +154,8 @@ def test_prune_taylor_with_reconstruction_on_data(capsys, tmp_path, tiny_data):
 @pytest.mark.slow
 def test_prune_yolov3_global_at_half_the_gflops(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prune", "--model", "yolov3u.yaml", "--target-gflops", "50%", "--strategy", "global",
-                           "--imgsz", "320", "--out", str(tmp_path / "v3.pt"), "--json")
+                           "--imgsz", "320", "--out", str(tmp_path / "v3.pt"), "--json", "--criterion", "l1",
+                           "--no-val")
     assert code == 0
     r = json.loads(out)
     assert 0.47 <= r["after"]["gflops"] / r["before"]["gflops"] <= 0.5
@@ -179,15 +186,18 @@ def test_prune_refuses_to_overwrite_unless_forced(capsys, tmp_path):
     code, _, err = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--out", str(out_path))
     assert_user_error(code, err, "already exists; pass --force")
     assert out_path.read_bytes() == b"user data"
-    code, _, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--out", str(out_path), "--force")
+    code, _, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.5", "--out", str(out_path), "--force",
+                         *OLD_DEFAULTS)
     assert code == 0 and out_path.read_bytes() != b"user data"
 
 
 def test_prune_never_modifies_the_input_checkpoint(capsys, tmp_path):
     src = tmp_path / "src.pt"
-    assert run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.75", "--out", str(src))[0] == 0
+    code, _, _ = run_cli(capsys, "prune", "--model", "yolov8n.yaml", "--keep", "0.75", "--out", str(src), *OLD_DEFAULTS)
+    assert code == 0
     before = src.read_bytes()
-    code, _, _ = run_cli(capsys, "prune", "--model", str(src), "--keep", "0.5", "--out", str(tmp_path / "b.pt"))
+    code, _, _ = run_cli(capsys, "prune", "--model", str(src), "--keep", "0.5", "--out", str(tmp_path / "b.pt"),
+                         *OLD_DEFAULTS)
     assert code == 0 and src.read_bytes() == before
     code, _, err = run_cli(capsys, "prune", "--model", str(src), "--keep", "0.5", "--out", str(src), "--force")
     assert_user_error(code, err, "must not be the input model")

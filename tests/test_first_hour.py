@@ -6,6 +6,7 @@ import json
 import os
 
 import psutil
+import pytest
 import torch
 from conftest import run_cli
 
@@ -58,7 +59,7 @@ def test_prune_checks_keep_and_target_before_loading_the_model(capsys, monkeypat
         assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
 
 
-FAST_PRUNE = ("--model", "yolov8n.yaml", "--imgsz", "64", "--strategy", "uniform", "--criterion", "l1")
+FAST_PRUNE = ("--model", "yolov8n.yaml", "--imgsz", "64", "--strategy", "uniform", "--criterion", "l1", "--no-val")
 
 
 def test_prune_target_above_the_model_warns_and_says_the_size(capsys, tmp_path):
@@ -144,3 +145,45 @@ def test_version_seed_help_and_the_space_error(capsys):
                 assert action.help, f"{name} --seed has no help text"
     code, _, err = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--imgsz", "64", "--space", "fne")
     assert code == 2 and "family" in err and "fine" in err
+
+
+@pytest.mark.slow
+def test_prune_defaults_are_the_best_measured_and_report_the_map(capsys, monkeypatch, tmp_path):
+    """`prune --keep 0.5` with nothing else: global hessian (uniform l1 left the demo model finding no box), ranked and
+    BN-recalibrated on the demo data, which it names; the saved model's mAP on the val split; finetuning advised."""
+    monkeypatch.setenv("AUTOPRUNE_DEMO_SIZE", "16,8")
+    small = ("--keep", "0.5", "--calib-batches", "2", "--batch", "4")
+    code, out, _ = run_cli(capsys, "prune", *small, "--out", str(tmp_path / "a.pt"))
+    assert code == 0
+    assert "(global, hessian" in out.splitlines()[0]
+    data_line = next(ln for ln in out.splitlines() if ln.startswith("data: "))
+    assert "(the demo data)" in data_line and "ranking and BatchNorm recalibration" in data_line
+    val_line = next(ln for ln in out.splitlines() if ln.startswith("val: mAP50-95 "))
+    assert "on 8 val images at 320" in val_line
+    assert out.strip().splitlines()[-1].startswith("note: a pruned model needs finetuning before use")
+    code, out, _ = run_cli(capsys, "prune", *small, "--out", str(tmp_path / "b.pt"), "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert (r["strategy"], r["criterion"], r["bn_recalibrated"], r["needs_finetune"]) == ("global", "hessian", True,
+                                                                                          True)
+    assert r["val"]["images"] == 8 and r["map50_95"] == r["val"]["map50_95"] > 0.2  # it finds boxes
+    assert f"{r['map50_95']:.4f}" in val_line  # the same model, the same score
+    meta = torch.load(tmp_path / "b.pt", weights_only=False)["autoprune"]
+    assert meta["bn_recalibrated"] is True and meta["val"]["map50_95"] == r["map50_95"]
+    assert meta["calibration_data"] == r["calibration"]["data"]
+
+
+@pytest.mark.slow
+def test_prune_val_needs_the_models_classes(capsys, monkeypatch, tmp_path):
+    """The default --val is skipped with a note when the model's classes are not the data's; an explicit --val is one
+    error line before any work."""
+    monkeypatch.setenv("AUTOPRUNE_DEMO_SIZE", "6,4")
+    argv = ("prune", "--model", "yolov8n.yaml", "--imgsz", "64", "--calib-imgsz", "64", "--keep", "0.5",
+            "--criterion", "l1", "--calib-batches", "1", "--batch", "2")
+    code, _, err = run_cli(capsys, *argv, "--val", "--out", str(tmp_path / "a.pt"))
+    assert code == 2 and err.startswith("error: --val needs data with the model's classes") and "--no-val" in err
+    assert not (tmp_path / "a.pt").exists()
+    code, out, _ = run_cli(capsys, *argv, "--out", str(tmp_path / "b.pt"), "--json")
+    r = json.loads(out)
+    assert code == 0 and r["val"] is None and r["val_note"].startswith("no mAP: the model predicts 80 classes")
+    assert r["bn_recalibrated"] is True  # the data still recalibrates BatchNorm

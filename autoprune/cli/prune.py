@@ -1,20 +1,28 @@
 """Prune a model (a keep share or a GFLOPs target, uniform or global) and save it as a stock Ultralytics checkpoint.
 
-    autoprune prune --keep 0.5                                  # today's uniform prune, l1 criterion
-    autoprune prune --target-gflops 50% --strategy global --criterion lamp
-    autoprune prune --keep 0.5 --criterion taylor --data data.yaml --reconstruct
+    autoprune prune --keep 0.5                                  # global, hessian, on the demo data; its mAP
+    autoprune prune --model best.pt --data data.yaml --target-gflops 50%
+    autoprune prune --keep 0.5 --strategy uniform --criterion l1 --no-val    # no data read at all
 
 Targets (exactly one):
 
-- `--keep R`: with `--strategy uniform` (default), keep ratio R of every group (or per-group ratios from a YAML/JSON
-  file); with `--strategy global`, keep at most R of all prunable channels, the lowest-scored first.
+- `--keep R`: with `--strategy global` (default), keep at most R of all prunable channels, the lowest-scored first;
+  with `--strategy uniform`, keep ratio R of every group; a YAML/JSON file of per-group ratios is uniform's.
 - `--target-gflops G`: the largest model whose GFLOPs at `--imgsz` are at most G (a number, or a share of the
   unpruned model such as `50%`), counted as `autoprune cost` and `autoprune search --budget-gflops` count them (the
   whole model, fvcore); uniform finds the largest uniform ratio, global the lowest score threshold.
 
-Data: `--criterion taylor|hessian` (gradients of the detection loss) and `--reconstruct` (least-squares refit of the
-convs that lost inputs, see `autoprune.reconstruct`) read `--calib-batches` batches of `--batch` images at
-`--calib-imgsz` from `--data` (default: the demo dataset).
+The defaults, `--strategy global --criterion hessian`, are the one-shot method measured best (docs/BENCHMARKS.md
+"Methods", and the search's own defaults); uniform l1 pruning at 0.5 leaves the demo model finding no box at all.
+
+Data: `--criterion taylor|hessian` (gradients of the detection loss), `--reconstruct` (least-squares refit of the
+convs that lost inputs, see `autoprune.reconstruct`) and `--val` read `--calib-batches` batches of `--batch` train
+images at `--calib-imgsz` from `--data` (default: the demo dataset), the proxy's calibration batches. Whenever data is
+read, the pruned model's BatchNorm statistics are recalibrated on those batches (as the search does before it scores
+a candidate; it only improves an unfinetuned model) and the saved checkpoint has them. `--val` (on by default)
+then scores the saved model on `--val-images` images of the val split at `--calib-imgsz` with the proxy's validation
+(no finetuning), skipped with a note when the model's classes are not the data's. The pruned model still needs
+finetuning before use.
 
 The checkpoint loads with `ultralytics.YOLO(path)` in a process that never imports autoprune.
 """
@@ -47,17 +55,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the largest model with at most this many GFLOPs at --imgsz (the whole model, as autoprune cost "
         "and search count them), or this share of the unpruned model's (e.g. 50%%)",
     )
-    parser.add_argument("--strategy", default="uniform",
-                        help="uniform (the same ratio in every group, default) or global (one score threshold)")
-    parser.add_argument("--criterion", default="l1",
-                        help="channel importance: l1 (default), l2, bn_scale, lamp, fpgm, random, taylor, hessian "
-                             "(taylor/hessian use --data)")
+    parser.add_argument("--strategy", default=None,
+                        help="global (one score threshold; the default) or uniform (the same ratio in every group; "
+                             "the default for a --keep file of per-group ratios)")
+    parser.add_argument("--criterion", default="hessian",
+                        help="channel importance: hessian (default), taylor, l1, l2, bn_scale, lamp, fpgm, random "
+                             "(hessian/taylor rank on --data)")
     parser.add_argument("--round-to", type=int, default=8, help="round kept channel counts to multiples of this")
     parser.add_argument("--min-channels", type=int, default=8, help="never keep fewer channels in a group")
     parser.add_argument("--reconstruct", action="store_true",
                         help="refit the convs that lost input channels by least squares on --data (ThiNet-style)")
-    parser.add_argument("--data", default=None, help="detection data YAML for taylor/hessian and --reconstruct "
+    parser.add_argument("--data", default=None, help="detection data YAML for hessian/taylor, --reconstruct and --val "
                                                      "(default: the demo dataset)")
+    parser.add_argument("--val", action=argparse.BooleanOptionalAction, default=None,
+                        help="score the pruned model's mAP on --data's val split (default: on, skipped with a note "
+                             "when the model's classes are not the data's)")
+    parser.add_argument("--val-images", type=int, default=200,
+                        help="val images scored by --val (a fixed seeded subset; default 200)")
     parser.add_argument("--calib-batches", type=int, default=8, help="calibration batches from --data (default 8)")
     parser.add_argument("--batch", type=int, default=8, help="images per calibration batch (default 8)")
     parser.add_argument("--calib-imgsz", type=int, default=320, help="calibration image size (default 320)")
@@ -175,7 +189,8 @@ def _check_args(args: argparse.Namespace) -> None:
     from autoprune.importance import DATA_CRITERIA, get_criterion
     from autoprune.strategies import check_strategy
 
-    check_strategy(args.strategy)
+    if args.strategy is not None:
+        check_strategy(args.strategy)
     get_criterion(args.criterion)
     if args.round_to < 1 or args.min_channels < 1:
         raise UserError(
@@ -186,10 +201,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--ridge must be a number >= 0, got {args.ridge:g}")
     if args.max_samples < 1:
         raise UserError(f"--max-samples must be at least 1, got {args.max_samples}")
+    if args.val_images < 1:
+        raise UserError(f"--val-images must be at least 1, got {args.val_images}")
     check_imgsz(args.calib_imgsz, "--calib-imgsz")
     if args.out is not None:
         _check_out(args)
-    if args.criterion in DATA_CRITERIA or args.reconstruct:
+    if args.criterion in DATA_CRITERIA or args.reconstruct or args.val is not False:
         from autoprune.devices import resolve_device
 
         resolve_device(args.device)
@@ -215,16 +232,18 @@ def run(args: argparse.Namespace) -> dict:
     else:
         check_run_root("prune")
     keep = parse_keep(args.keep) if args.keep is not None else None  # ranges checked before the model loads
+    if args.strategy is None:
+        args.strategy = "uniform" if isinstance(keep, dict) else "global"
     if isinstance(keep, dict) and args.strategy == "global":
         raise UserError("--strategy global takes one keep share, not a file of per-group ratios")
     if args.target_gflops is not None:
         parse_gflops(args.target_gflops, 1.0)  # its syntax, before the model loads
-    needs_data = args.criterion in DATA_CRITERIA or args.reconstruct
-    data = None
-    if needs_data:
-        from autoprune.data import load_data_config
+    from autoprune.data import load_data_config
 
-        data = load_data_config(args.data)  # a missing or broken data YAML fails here, before any work
+    wants_data = args.criterion in DATA_CRITERIA or args.reconstruct or args.val is not False
+    data = None
+    if wants_data and args.data is not None:
+        data = load_data_config(args.data)  # a missing or broken data YAML fails here, before the model loads
     loaded = load_model(args.model)
     t0 = time.perf_counter()
     graph = analyze(loaded.model, imgsz=imgsz)
@@ -244,9 +263,11 @@ def run(args: argparse.Namespace) -> dict:
     else:
         keep_counts(graph, keep, round_to=args.round_to, min_channels=args.min_channels)  # validates the ratios
 
-    batches = None
-    if needs_data:
-        batches = _calibration_batches(data, args, loaded.model)
+    if wants_data and data is None:
+        data = load_data_config(None)  # the demo data (generated on first use), once the target is known good
+    val_note = _check_data(data, loaded.model, args) if data is not None else None
+    do_val = data is not None and args.val is not False and val_note is None
+    batches, evaluator = (None, None) if data is None else _calibration(data, args, do_val)
     data_batches = batches if args.criterion in DATA_CRITERIA else None
     ctx = score_context(loaded.model, graph, args.criterion, batches=data_batches, seed=args.seed,
                         device=resolve_device(args.device) if data_batches else None)
@@ -264,7 +285,14 @@ def run(args: argparse.Namespace) -> dict:
         pruned = recon.pop("model")
     else:
         pruned = build(loaded.model, plan.counts, graph=graph, ranking=ranking).model
+    if batches is not None:
+        _recalibrate(pruned, batches, args)
     seconds = time.perf_counter() - t0
+    val = _validate(evaluator, pruned, data, args) if evaluator is not None else None
+    calibration = None if data is None else {
+        "data": str(data.yaml), "demo": args.data is None, "batches": args.calib_batches, "batch": args.batch,
+        "imgsz": args.calib_imgsz, "criterion": args.criterion in DATA_CRITERIA, "bn_recalibrated": True,
+    }
 
     meta = {
         "source": loaded.source,
@@ -281,6 +309,9 @@ def run(args: argparse.Namespace) -> dict:
         "reconstructed": bool(args.reconstruct),
         "imgsz": imgsz,
         "gflops": {"before": round(full_gflops, 4), "after": round(count_gflops(pruned, imgsz), 4)},
+        "bn_recalibrated": batches is not None,
+        "calibration_data": None if data is None else str(data.yaml),
+        "val": None if val is None else {k: v for k, v in val.items() if k != "seconds"},
     }
     save_checkpoint(pruned, out, base_ckpt=loaded.ckpt, meta=meta, derived=True)
     if run_dir is not None:
@@ -306,7 +337,15 @@ def run(args: argparse.Namespace) -> dict:
         "params_ratio": round(after["params"] / before["params"], 4),
         "seconds": round(seconds, 3),
         "kept_channels": plan.counts,
+        "calibration": calibration,
+        "bn_recalibrated": batches is not None,
+        "val": val,
+        "map50": None if val is None else val["map50"],
+        "map50_95": None if val is None else val["map50_95"],
+        "needs_finetune": True,
     }
+    if val_note:
+        result["val_note"] = val_note
     if recon is not None:
         result["reconstruction"] = recon
     note = _reached_note(graph, plan, keep, target_gflops, after["gflops"], full_gflops, args)
@@ -328,7 +367,11 @@ def run(args: argparse.Namespace) -> dict:
                   f"{recon['detect_input_mse_before']:.4f} -> {recon['detect_input_mse_after']:.4f}")
         if note:
             print(f"note: {note}")
+        for line in _data_lines(calibration, val, val_note, args):
+            print(line)
         print(f"saved {out}")
+        print("note: a pruned model needs finetuning before use (as `autoprune apply` finetunes a search's trial; "
+              "README: 'Training a pruned checkpoint in plain Ultralytics')")
     return result
 
 
@@ -354,16 +397,78 @@ def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, args) -
     return (f"kept {100 * plan.keep_share:.1f}% of the prunable channels for --keep {keep:g}: {why}")
 
 
-def _calibration_batches(data, args: argparse.Namespace, model) -> list[dict]:
-    """The fixed calibration batches of the proxy's loader (seeded subset of the train split, letterboxed)."""
-    from autoprune.batches import calibration_batches
+def _check_data(data, model, args: argparse.Namespace) -> str | None:
+    """Whether `data` fits the model, before any work: a `UserError` where the ranking's labels or an explicit --val
+    cannot use it; the note that says why the mAP is skipped where only the default --val cannot."""
+    from autoprune.importance import DATA_CRITERIA
 
     head = model.model[-1]
-    if data.nc > head.nc:
-        raise UserError(f"{data.yaml.name} has {data.nc} classes but the model predicts {head.nc}; "
-                        "use data with the model's classes")
-    return calibration_batches(data, imgsz=args.calib_imgsz, calib_batches=args.calib_batches, batch=args.batch,
-                               seed=args.seed, train_images=args.calib_batches * args.batch)
+    what = "the demo data" if args.data is None else data.yaml.name
+    if data.nc > head.nc and (args.criterion in DATA_CRITERIA or args.reconstruct):
+        raise UserError(f"{what} has {data.nc} classes but the model predicts {head.nc}; "
+                        "use data with the model's classes (--data)")
+    if args.val is not False and data.nc != head.nc:
+        why = f"the model predicts {head.nc} classes and {what} has {data.nc}"
+        if args.val:
+            raise UserError(f"--val needs data with the model's classes: {why} (pass --data, or --no-val)")
+        return f"no mAP: {why} (pass --data with the model's classes for one)"
+    return None
+
+
+def _calibration(data, args: argparse.Namespace, val: bool) -> tuple[list[dict], object | None]:
+    """The fixed calibration batches (seeded subset of the train split, letterboxed: the proxy's), and with `val`
+    the proxy evaluator that drew them and scores the val split (`ProxyEvaluator`, no finetune steps)."""
+    train_images = args.calib_batches * args.batch
+    if not val:
+        from autoprune.batches import calibration_batches
+
+        return calibration_batches(data, imgsz=args.calib_imgsz, calib_batches=args.calib_batches, batch=args.batch,
+                                   seed=args.seed, train_images=train_images), None
+    from autoprune.proxy import ProxyEvaluator, ProxySettings
+
+    ev = ProxyEvaluator(data, ProxySettings(steps=0, imgsz=args.calib_imgsz, calib_batches=args.calib_batches,
+                                            batch=args.batch, seed=args.seed, device=args.device,
+                                            val_images=args.val_images, train_images=train_images))
+    return ev.calibration_batches(), ev
+
+
+def _recalibrate(model, batches: list[dict], args: argparse.Namespace) -> None:
+    """Recalibrate `model`'s BatchNorm statistics on the calibration batches (in float32 on --device), in place."""
+    from autoprune.batchnorm import recalibrate_bn
+    from autoprune.devices import resolve_device
+
+    device = resolve_device(args.device)
+    recalibrate_bn(model.to(device), batches, device=device)
+    model.cpu()
+
+
+def _validate(evaluator, model, data, args: argparse.Namespace) -> dict:
+    """The proxy's validation of a copy of `model` as saved (already recalibrated; no finetune)."""
+    import copy
+
+    r = evaluator.evaluate(copy.deepcopy(model), recalibrate=False, steps=0)
+    return {"map50": round(r.map50, 4), "map50_95": round(r.map50_95, 4),
+            "map50_95_se": None if r.map50_95_se is None else round(r.map50_95_se, 4),
+            "images": r.val_images, "imgsz": args.calib_imgsz, "data": str(data.yaml),
+            "seconds": round(r.seconds, 3)}
+
+
+def _data_lines(calibration: dict | None, val: dict | None, val_note: str | None, args) -> list[str]:
+    """What the data did: which data ranked the channels and recalibrated BatchNorm, and the mAP of the saved model."""
+    if calibration is None:
+        return []
+    where = f"{calibration['data']}{' (the demo data)' if calibration['demo'] else ''}"
+    used = (["ranking"] if calibration["criterion"] else []) + (["reconstruction"] if args.reconstruct else [])
+    lines = [f"data: {where}: {args.calib_batches} x {args.batch} train images at {args.calib_imgsz} for the "
+             f"{' and '.join(used + ['BatchNorm recalibration'])}; the saved checkpoint has the recalibrated "
+             "BatchNorm statistics"]
+    if val is not None:
+        se = f" ± {val['map50_95_se']:.3f}" if val["map50_95_se"] is not None else ""
+        lines.append(f"val: mAP50-95 {val['map50_95']:.4f}{se}, mAP50 {val['map50']:.4f} on {val['images']} val "
+                     f"images at {val['imgsz']} (the saved model, before any finetuning)")
+    elif val_note:
+        lines.append(f"note: {val_note}")
+    return lines
 
 
 def _reconstruct(model, counts, graph, ranking, batches, args) -> dict:
