@@ -56,14 +56,14 @@ def _study(sampler):
 
 def test_constrained_domination_ranks_feasible_first():
     F = _fitness_class()
-    good_but_infeasible = F((0.9, 1.0, 1.0), violation=0.5)
-    poor_but_feasible = F((0.1, 9.0, 9.0), violation=0.0)
-    less_violation = F((0.0, 9.0, 9.0), violation=0.1)
+    good_but_infeasible = F((0.9, 1.0), violation=0.5)  # (mAP50-95, GFLOPs): the objectives parents are chosen on
+    poor_but_feasible = F((0.1, 9.0), violation=0.0)
+    less_violation = F((0.0, 9.0), violation=0.1)
     assert poor_but_feasible.dominates(good_but_infeasible)
     assert not good_but_infeasible.dominates(poor_but_feasible)
     assert less_violation.dominates(good_but_infeasible)
-    assert F((0.5, 2.0, 2.0)).dominates(F((0.4, 2.0, 3.0)))
-    assert not F((0.5, 2.0, 2.0)).dominates(F((0.6, 3.0, 1.0)))  # a trade-off: neither dominates
+    assert F((0.5, 2.0)).dominates(F((0.4, 2.0)))
+    assert not F((0.5, 2.0)).dominates(F((0.6, 3.0)))  # a trade-off: neither dominates
 
 
 def test_deap_sampler_draws_on_the_grid_then_breeds_from_the_best():
