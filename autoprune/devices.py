@@ -1,45 +1,80 @@
-"""Where torch runs: device names as users write them (`auto`, `cpu`, `cuda`, `cuda:N`, `N`), checked against this
-machine, and the CPU thread count a block of work runs with."""
+"""Where torch runs: device names as users write them, with Ultralytics' spellings (`auto`, `cpu`, `mps`, `0`,
+`0,1`, `cuda`, `cuda:N`), checked against this machine, and the CPU thread count a block of work runs with."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 
 from autoprune.errors import UserError
 
+ACCEPTED = "auto, cpu, cuda or cuda:N, mps, or a CUDA index (0) or list (0,1) as Ultralytics writes them"
+DEVICE_HELP = (f"where to run: {ACCEPTED} (default auto: the first CUDA GPU, else the CPU); a list is for "
+               "multi-GPU training, other work runs on its first device")
+_SPEC = re.compile(r"(?:cuda:)?(\d+)(?:\s*,\s*(?:cuda:)?\d+)*|cuda")
+
+
+def _cuda_indices(text: str) -> list[int]:
+    return [int(i) for i in re.findall(r"\d+", text)] if text != "cuda" else [0]
+
+
+def resolve_devices(spec: str | torch.device) -> list[torch.device]:
+    """Every device `spec` names, each one that exists on this machine, or a one-line `UserError`.
+
+    `auto` (or empty) is cuda:0 when CUDA is available, else cpu; `0` and `cuda:0` are the first CUDA GPU; `0,1` two
+    of them (Ultralytics' multi-GPU training); `mps` the Apple GPU.
+
+    Example:
+        >>> resolve_devices("cpu")
+        [device(type='cpu')]
+    """
+    text = str(spec).strip().lower()
+    if text in ("auto", ""):
+        return [torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")]
+    if text == "cpu":
+        return [torch.device("cpu")]
+    if text in ("mps", "mps:0"):
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"device {str(spec)!r} does not exist: MPS (an Apple GPU) is not available here "
+                            "(use --device cpu or auto)")
+        return [torch.device("mps")]
+    if not _SPEC.fullmatch(text):
+        raise UserError(f"device must be {ACCEPTED}; got {str(spec)!r}")
+    indices = _cuda_indices(text)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(set(indices)) != len(indices):
+        raise UserError(f"device {str(spec)!r} names a GPU twice")
+    missing = [i for i in indices if i >= count]
+    if missing:
+        have = f"this machine has {count} CUDA device(s)" if count else "no CUDA GPU is available here"
+        raise UserError(f"device {str(spec)!r} does not exist: {have} (use --device cpu or auto)")
+    return [torch.device("cuda", i) for i in indices]
+
 
 def resolve_device(spec: str | torch.device) -> torch.device:
-    """Turn a device name into a `torch.device` that exists on this machine, or raise `UserError`.
-
-    Accepts `auto` (cuda:0 when CUDA is available, else cpu), `cpu`, `cuda`, `cuda:N`, or a bare index `N`
-    (Ultralytics' spelling of cuda:N).
+    """The device work on one device runs on: the first of `resolve_devices(spec)` (checked the same way).
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
-    text = str(spec).strip().lower()
-    if text in ("auto", ""):
-        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
-    if text.isdigit():
-        text = f"cuda:{text}"
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {str(spec)!r}") from None
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if dev.type != "cuda":
-        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {str(spec)!r}")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = 0 if dev.index is None else dev.index
-    if index >= count:
-        have = f"this machine has {count} CUDA device(s)" if count else "no CUDA GPU is available here"
-        raise UserError(f"device {str(spec)!r} does not exist: {have} (use --device cpu or auto)")
-    return torch.device("cuda", index)
+    return resolve_devices(spec)[0]
+
+
+def ultralytics_device(spec: str | torch.device) -> str:
+    """Ultralytics' spelling of the checked device(s), for its trainer: 'cpu', 'mps', '0' or '0,1'.
+
+    Example:
+        >>> ultralytics_device("auto")  # on a machine without CUDA
+        'cpu'
+    """
+    devices = resolve_devices(spec)
+    if devices[0].type != "cuda":
+        return devices[0].type
+    return ",".join(str(d.index) for d in devices)
 
 
 def default_threads() -> int:

@@ -214,7 +214,7 @@ def test_cli_demo_json(home, monkeypatch, capsys):
         (["demo", "--epochs", "3"], "--epochs only applies with --train"),
         (["demo", "--train", "--val-images", "3"], "--val-images does not apply with --train"),
         (["demo", "--train", "--imgsz", "100"], "--imgsz must be a multiple of 32"),
-        (["demo", "--train", "--device", "gpu"], "--device must be"),
+        (["demo", "--train", "--device", "gpu"], "device must be auto, cpu, cuda"),
         (["demo", "--train", "--name", "a/b"], "run name must be a plain folder name"),
     ],
 )

@@ -187,3 +187,23 @@ def test_prune_val_needs_the_models_classes(capsys, monkeypatch, tmp_path):
     r = json.loads(out)
     assert code == 0 and r["val"] is None and r["val_note"].startswith("no mAP: the model predicts 80 classes")
     assert r["bn_recalibrated"] is True  # the data still recalibrates BatchNorm
+
+
+def test_every_command_defaults_device_to_auto_with_one_help(capsys, monkeypatch):
+    """--device: one default (auto) and one help text, with Ultralytics' spellings, in every command that has it."""
+    from autoprune.cli import COMMANDS, build_parser
+    from autoprune.devices import DEVICE_HELP
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    with_device = {}
+    for name in COMMANDS:
+        for action in commands[name]._actions:
+            if "--device" in action.option_strings:
+                with_device[name] = action
+    assert {"search", "apply", "prune", "sparsify", "proxy", "demo", "cost"} <= set(with_device)
+    for name, action in with_device.items():
+        assert action.default == "auto", name
+        assert action.help.endswith(DEVICE_HELP) and "mps" in action.help and "0,1" in action.help, name
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # demo's help names mps; it is checked
+    code, _, err = run_cli(capsys, "demo", "--train", "--device", "mps", "--epochs", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "device 'mps' does not exist: MPS" in err

@@ -13,6 +13,13 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """`--device`, the same default (auto) and spellings in every command (`autoprune.devices.resolve_devices`)."""
+    from autoprune.devices import DEVICE_HELP
+
+    parser.add_argument("--device", default="auto", help=f"{what}{': ' if what else ''}{DEVICE_HELP}")
+
+
 def add_imgsz_argument(parser: argparse.ArgumentParser, default: int = 640, what: str = "costs") -> None:
     parser.add_argument("--imgsz", type=int, default=default, help=f"image size for {what} (default {default})")
 

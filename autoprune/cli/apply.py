@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="mixed precision on CUDA (default on; the CPU always trains in float32)")
     parser.add_argument("--export", choices=EXPORT_FORMATS, default=None, help="also export pruned.pt to this format")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    from autoprune.cli._common import add_device_argument
+
+    add_device_argument(parser, "device of the finetune and the measurements")
     parser.add_argument("--latency-backend", default=None, metavar="BACKEND",
                         help="the runtime the report's latencies are measured in: torch, onnxruntime, openvino (CPU) "
                              "or tensorrt (CUDA) (default: the one the search used)")

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32 (default 640)")
     parser.add_argument("--latency-batch", "--batch", dest="batch", type=int, default=1,
                         help="images per forward pass for the latency (default 1)")
-    parser.add_argument("--device", default="auto", help="auto (cuda:0 if available, else cpu), cpu or cuda:N")
+    from autoprune.cli._common import add_device_argument
+
+    add_device_argument(parser, "device to time on")
     parser.add_argument("--latency-backend", "--backend", dest="backend", default="torch", metavar="BACKEND",
                         help="the runtime the latency is measured in: torch, onnxruntime, openvino (CPU) or tensorrt "
                              "(CUDA); the model is exported as Ultralytics exports it for that runtime (default torch)")

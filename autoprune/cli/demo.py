@@ -1,7 +1,7 @@
 """Show the built-in demo (generated dataset and shipped baseline, with its measured val mAP), or retrain the baseline.
 
     autoprune demo [--val-images N] [--refresh] [--json]
-    autoprune demo --train [--epochs N] [--imgsz 320] [--device cpu] [--batch 16] [--patience 30] [--name NAME]
+    autoprune demo --train [--epochs N] [--imgsz 320] [--device auto] [--batch 16] [--patience 30] [--name NAME]
 
 Without `--train` it generates the demo dataset if needed, then prints where the data and the model are and the
 baseline's mAP50 / mAP50-95 on the val split, measured with Ultralytics' validator (cached by the model file's hash).
@@ -12,7 +12,6 @@ With `--train` it reproduces the baseline into `runs/demo/NAME/` and prints wher
 from __future__ import annotations
 
 import argparse
-import re
 
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
@@ -26,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", action="store_true", help="retrain the baseline into runs/demo/NAME/")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the shipped recipe's)")
     parser.add_argument("--imgsz", type=int, default=None, help="training image size (default: the demo's, 320)")
-    parser.add_argument("--device", default=None, help="training device: cpu, 0, cuda:0, mps (default: cpu)")
+    from autoprune.cli._common import add_device_argument
+
+    add_device_argument(parser, "training device")
     parser.add_argument("--batch", type=int, default=None, help="training batch size (default: 16)")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: 30)")
     parser.add_argument("--name", default=None, help="run folder name under runs/demo/ (default: next expN)")
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
         if misplaced:
             raise UserError(f"--{misplaced[0].replace('_', '-')} does not apply with --train")
         return _train(args)
-    misplaced = [f for f in _TRAIN_ONLY if getattr(args, f) is not None]
+    misplaced = [f for f in _TRAIN_ONLY if getattr(args, f) not in (None, "auto" if f == "device" else None)]
     if misplaced:
         raise UserError(f"--{misplaced[0]} only applies with --train")
     return _show(args)
@@ -109,7 +110,8 @@ def _train(args) -> dict:
 
     epochs = recipe.DEFAULT_EPOCHS if args.epochs is None else args.epochs
     imgsz = DEMO_IMGSZ if args.imgsz is None else args.imgsz
-    device = "cpu" if args.device is None else str(args.device).strip()
+    from autoprune.devices import ultralytics_device
+
     batch = recipe.DEFAULT_BATCH if args.batch is None else args.batch
     patience = recipe.DEFAULT_PATIENCE if args.patience is None else args.patience
     if epochs < 1:
@@ -119,8 +121,7 @@ def _train(args) -> dict:
         raise UserError(f"--batch must be >= 1, got {batch}")
     if patience < 1:
         raise UserError(f"--patience must be >= 1, got {patience}")
-    if not re.fullmatch(r"cpu|mps|\d+(,\d+)*|cuda(:\d+)?", device):
-        raise UserError(f"--device must be cpu, mps, a GPU index like 0, or cuda:N, got {device!r}")
+    device = ultralytics_device(args.device)  # checked against this machine; Ultralytics' spelling
     run_dir = new_run_dir("demo", args.name)
     save_args(
         run_dir, args, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience,

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads during the evaluation (default 1, see ProxySettings.threads; 0: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subsets and batch order")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    from autoprune.cli._common import add_device_argument
+
+    add_device_argument(parser, "device of the proxy and the latency")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement (GFLOPs only)")
 
 

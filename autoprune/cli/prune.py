@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from autoprune.cli._common import add_imgsz_argument, add_model_argument
+from autoprune.cli._common import add_device_argument, add_imgsz_argument, add_model_argument
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
 
@@ -80,8 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-samples", type=int, default=8192,
                         help="output positions sampled per refit conv (memory cap, default 8192)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the sampling")
-    parser.add_argument("--device", default="cpu",
-                        help="device for the gradients and the reconstruction: cpu, cuda or cuda:N (default cpu)")
+    add_device_argument(parser, "device of the gradients, the reconstruction, the recalibration and --val")
     parser.add_argument("--out", default=None, help="output .pt path (default: runs/prune/expN/pruned.pt)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_imgsz_argument(parser)

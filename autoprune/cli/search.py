@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from autoprune.cli._common import add_model_argument
+from autoprune.cli._common import add_device_argument, add_model_argument
 from autoprune.errors import UserError
 
 
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue (or join) the study --name")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the sampler, the proxy's image subsets and batch order (default 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (latency and proxy)")
+    add_device_argument(parser, "device of the proxy and the latency")
 
 
 def _heartbeat() -> tuple[int, int]:

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reg-keep", type=float, default=0.5, help="keep ratio that --growing-reg targets (0.5)")
     parser.add_argument("--imgsz", type=int, default=320, help="training image size (default 320)")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    parser.add_argument("--device", default="cpu", help="Ultralytics device: cpu, 0, 0,1 ... (default cpu)")
+    from autoprune.cli._common import add_device_argument
+
+    add_device_argument(parser, "training device")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     parser.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: Ultralytics')")
     parser.add_argument("--no-val", action="store_true", help="validate only after the last epoch")
@@ -41,25 +43,26 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune.sparsify import SparsifySettings, sparsify
 
     check_run_root("sparsify")
+    from autoprune.devices import ultralytics_device
+
     extra = {}
     if args.lr0 is not None:
         if not 0 < args.lr0 < 1:
             raise UserError(f"--lr0 must lie in (0, 1), got {args.lr0:g}")
         extra["lr0"] = args.lr0
     settings = SparsifySettings(epochs=args.epochs, l1=args.l1, l1_beta=args.l1_beta, growing_reg=args.growing_reg,
-                                reg_keep=args.reg_keep, imgsz=args.imgsz, batch=args.batch, device=args.device,
+                                reg_keep=args.reg_keep, imgsz=args.imgsz, batch=args.batch,
+                                device=ultralytics_device(args.device),  # checked: one error line, before any work
                                 workers=args.workers, val=not args.no_val, train_args=extra)
     from autoprune.data import load_data_config
     from autoprune.models import load_model
-    from autoprune.devices import resolve_device
     from autoprune.runs import new_run_dir, save_args
 
-    if str(args.device) != "cpu" and "," not in str(args.device):
-        resolve_device(args.device)  # a device this machine lacks is a UserError before any work
     data = load_data_config(args.data)  # check data and model before creating the run folder
     loaded = load_model(args.model)
     run_dir = new_run_dir("sparsify", args.name)
-    save_args(run_dir, args, model=loaded.source, data=str(data.yaml))  # the resolved values, not a default's None
+    # the resolved values, not a default's None or auto
+    save_args(run_dir, args, model=loaded.source, data=str(data.yaml), device=settings.device)
     result = sparsify(loaded, data, run_dir, settings)
     result["run_dir"] = str(run_dir)
     if not args.json:
