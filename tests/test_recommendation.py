@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -43,13 +42,18 @@ def _study(run: Path, name: str):
 
 def _noisy_latency(monkeypatch, seed: int) -> None:
     """Every latency measurement returns a random number, as a busy machine's would (differently in each run)."""
+    import dataclasses
+
     import autoprune.cost
 
     rng = np.random.default_rng(seed)
+    real, measured = autoprune.cost.measure_latency, []
 
     def measure(model, **kw):
+        if not measured:  # one real measurement gives the record's other fields (device, backend, ...)
+            measured.append(real(model, **kw))
         ms = float(rng.uniform(1.0, 100.0))
-        return SimpleNamespace(median_ms=ms, p10_ms=ms * 0.9, p90_ms=ms * 1.1, load=None, device="cpu")
+        return dataclasses.replace(measured[0], median_ms=ms, p10_ms=ms * 0.9, p90_ms=ms * 1.1, min_ms=ms * 0.8)
 
     monkeypatch.setattr(autoprune.cost, "measure_latency", measure)
 
