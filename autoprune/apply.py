@@ -159,6 +159,8 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
         raise UserError(f"the model predicts {head.nc} classes but {data.yaml} has {data.nc}")
     cost_imgsz = int(record.attrs.get(IMGSZ) or sattrs.get(STUDY_IMGSZ) or 640)
     proxy = sattrs.get(STUDY_PROXY) or {}
+    imgsz_from = ("--imgsz" if imgsz else "the search's proxy size" if proxy.get("imgsz")
+                  else "the size the study's GFLOPs were counted at")
     imgsz = check_imgsz(int(imgsz or proxy.get("imgsz") or cost_imgsz))
     reconstruct = proxy.get("reconstruct", False) if reconstruct is None else reconstruct
     batches = search_calibration_batches(data, proxy) if reconstruct else None
@@ -169,9 +171,10 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
 
     _ultralytics.set_verbose(verbose)
     run_dir = new_run_dir("apply", run_path.name)
-    save_args(run_dir, {**dict(args or {}), "model": loaded.source, "data": str(data.yaml), "out": run_dir.name},
+    save_args(run_dir, {**dict(args or {}), "model": loaded.source, "data": str(data.yaml), "out": run_dir.name,
+                        "imgsz": imgsz},
               study=name, model_resolved=loaded.source, data_resolved=str(data.yaml),
-              imgsz_resolved=imgsz, cost_imgsz=cost_imgsz, device_resolved=str(device))
+              imgsz_resolved=imgsz, imgsz_from=imgsz_from, cost_imgsz=cost_imgsz, device_resolved=str(device))
     meta = {"source": loaded.source, "source_fingerprint": loaded.fingerprint, "study": name,
             "trial": number, "criterion": record.attrs.get(CRITERION) or "l1", "kept_channels": counts,
             "channel_order": "the study's stored ranking" if sattrs.get(STUDY_RANKING) else "recomputed",
@@ -181,7 +184,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
                          epochs=epochs, imgsz=imgsz, cost_imgsz=cost_imgsz, batch=batch, device=device,
                          amp=amp, workers=workers, export=export, verbose=verbose, seed=seed, log=log,
                          latency=latency)
-    result.update(study=name, **(extra or {}))
+    result.update(study=name, imgsz_from=imgsz_from, **(extra or {}))
     (run_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
     (run_dir / "report.md").write_text(format_report(result))
     result["outputs"]["report_json"] = str(run_dir / "report.json")
@@ -327,19 +330,21 @@ def format_report(r: dict) -> str:
     def pct(x, y):
         return f"{100 * x / y:.1f}%" if y else "-"
 
+    # Each figure's image size: mAP at the finetune and validation size, GFLOPs and latency at the budget's.
+    val_px, cost_px = f"{r['imgsz']} px", f"{r['cost_imgsz']} px"
     rows = [
-        ("mAP50", f"{b['map50']:.4f}", f"{p['map50']:.4f}", f"{a['map50']:.4f}", pct(a["map50"], b["map50"])),
-        ("mAP50-95", f"{b['map50_95']:.4f}", f"{p['map50_95']:.4f}", f"{a['map50_95']:.4f}",
+        ("mAP50", val_px, f"{b['map50']:.4f}", f"{p['map50']:.4f}", f"{a['map50']:.4f}", pct(a["map50"], b["map50"])),
+        ("mAP50-95", val_px, f"{b['map50_95']:.4f}", f"{p['map50_95']:.4f}", f"{a['map50_95']:.4f}",
          pct(a["map50_95"], b["map50_95"])),
-        ("params", f"{b['params']:,}", f"{p['params']:,}", f"{a['params']:,}", pct(a["params"], b["params"])),
-        (f"GFLOPs @{r['cost_imgsz']}", f"{b['gflops']:.3f}", f"{p['gflops']:.3f}", f"{a['gflops']:.3f}",
+        ("params", "", f"{b['params']:,}", f"{p['params']:,}", f"{a['params']:,}", pct(a["params"], b["params"])),
+        ("GFLOPs", cost_px, f"{b['gflops']:.3f}", f"{p['gflops']:.3f}", f"{a['gflops']:.3f}",
          pct(a["gflops"], b["gflops"])),
-        ("latency (ms)", f"{b['latency_ms']:.2f}", f"{p['latency_ms']:.2f}", f"{a['latency_ms']:.2f}",
+        ("latency (ms)", cost_px, f"{b['latency_ms']:.2f}", f"{p['latency_ms']:.2f}", f"{a['latency_ms']:.2f}",
          pct(a["latency_ms"], b["latency_ms"])),
-        ("file size", mb(b["file_bytes"]), mb(p["file_bytes"]), mb(a["file_bytes"]),
+        ("file size", "", mb(b["file_bytes"]), mb(p["file_bytes"]), mb(a["file_bytes"]),
          pct(a["file_bytes"], b["file_bytes"])),
     ]
-    head = ("", "unpruned", "pruned, not finetuned", "pruned + finetuned", "after / before")
+    head = ("", "image size", "unpruned", "pruned, not finetuned", "pruned + finetuned", "after / before")
     lines = [f"# autoprune apply: study {r.get('study')!r}, trial {r['trial']}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -353,7 +358,8 @@ def format_report(r: dict) -> str:
     lines += [
         "",
         f"- model: `{r['model']}`; data: `{r['data']}`",
-        f"- finetune: {r['epochs']} epochs at {r['imgsz']} px, batch {t['batch']}, {how}; {t['seconds']:.0f} s on "
+        f"- finetune: {r['epochs']} epochs at {r['imgsz']} px ({r.get('imgsz_from') or 'apply --imgsz'}), batch "
+        f"{t['batch']}, {how}; {t['seconds']:.0f} s on "
         f"{t['device']} (AMP {'on' if t['amp'] else 'off'})",
         *(["- pruned, then the convs that lost inputs refit by least squares on the search's calibration images "
             "(`--reconstruct`), then finetuned"] if r.get("reconstructed") else []),

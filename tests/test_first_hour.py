@@ -207,3 +207,24 @@ def test_every_command_defaults_device_to_auto_with_one_help(capsys, monkeypatch
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # demo's help names mps; it is checked
     code, _, err = run_cli(capsys, "demo", "--train", "--device", "mps", "--epochs", "1")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "device 'mps' does not exist: MPS" in err
+
+
+def test_apply_report_says_the_image_size_of_each_figure():
+    """apply finetunes and validates at the search's proxy size (320 here) while the budget is at 640: each row of
+    report.md says its size, and the finetune line says where the size came from."""
+    from autoprune.apply import format_report
+
+    side = {"map50": 0.5, "map50_95": 0.3, "params": 1000, "gflops": 4.0, "latency_ms": 10.0, "file_bytes": 2e6,
+            "latency_device": "cpu", "latency_threads": 2}
+    r = {"study": "s", "trial": 3, "model": "m.pt", "data": "d.yaml", "epochs": 2, "imgsz": 320, "cost_imgsz": 640,
+         "imgsz_from": "the search's proxy size", "reconstructed": False, "distill": None,
+         "before": side, "pruned": side, "after": side, "trial_record": {},
+         "train": {"batch": 16, "seconds": 5.0, "device": "cpu", "amp": False}}
+    md = format_report(r)
+    rows = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "---" not in ln}
+    for name in ("mAP50", "mAP50-95"):
+        assert "| 320 px |" in rows[name], rows[name]
+    for name in ("GFLOPs", "latency (ms)"):
+        assert "| 640 px |" in rows[name], rows[name]
+    assert "epochs at 320 px (the search's proxy size)" in md
+

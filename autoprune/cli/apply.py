@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="data YAML to finetune and validate on (default: the study's)")
     parser.add_argument("--epochs", type=int, default=20, help="finetune epochs (default 20)")
     parser.add_argument("--imgsz", type=int, default=None,
-                        help="training and validation image size (default: the study's proxy image size)")
+                        help="finetune and mAP image size (default: the study's proxy image size); GFLOPs and "
+                             "latency stay at the study's budget size")
     parser.add_argument("--batch", type=int, default=16, help="training batch size (default 16)")
     parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
                         help="distil from the unpruned model (default on)")
