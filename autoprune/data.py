@@ -5,7 +5,10 @@ must say "your images are missing" instead. `load_data_config` parses the YAML, 
 Ultralytics does, checks that the train and val images exist, and returns a frozen `DataConfig`. Every problem a
 user can cause is a `UserError` with one clear line.
 
-`data=None` means the embedded demo dataset (`autoprune.demo.ensure_demo_data()`, generated on first use).
+`data=None` means the embedded demo dataset (`autoprune.demo.ensure_demo_data()`, generated on first use). A bare
+name that is no file here but one of Ultralytics' dataset YAMLs (`coco8.yaml`) resolves to the installed
+`ultralytics/cfg/datasets/` copy, as `--model yolov8n.yaml` does for models; its images must already be on this
+machine (where Ultralytics would have downloaded them), or it is one error line.
 """
 
 from __future__ import annotations
@@ -78,7 +81,10 @@ def load_data_config(path: str | Path | None) -> DataConfig:
             path = path / "data.yaml"
     spec = str(path)
     file = Path(spec).expanduser()
-    if not file.is_file():
+    packaged = None if file.is_file() else ultralytics_dataset(spec)
+    if packaged is not None:
+        file = packaged
+    elif not file.is_file():
         what = "is a folder, not a file" if file.is_dir() else "not found"
         raise UserError(f"data YAML {what}: {spec}")
     try:
@@ -105,9 +111,17 @@ def load_data_config(path: str | Path | None) -> DataConfig:
         raise UserError(f"data YAML {spec}: 'channels' must be 1 or 3, got {channels!r}")
 
     file = file.resolve()
-    root = _root(data.get("path"), file)
-    train = _sources(data["train"], root, "train", spec)
-    val = _sources(data["val"], root, "val", spec)
+    root = _root(data.get("path"), file, packaged=packaged is not None)
+    try:
+        train = _sources(data["train"], root, "train", spec)
+        val = _sources(data["val"], root, "val", spec)
+    except UserError:
+        if packaged is None:
+            raise
+        raise UserError(f"{spec} is Ultralytics' dataset YAML {file}, and its images are not on this machine "
+                        f"({root}); they would have to be downloaded and autoprune never downloads data: fetch them "
+                        f"once where a network is reachable (e.g. `yolo val data={spec}`) or pass a local data YAML"
+                        ) from None
     return DataConfig(yaml=file, root=root, train=train, val=val, names=names, nc=nc, channels=channels)
 
 
@@ -125,8 +139,28 @@ def _names(raw, spec: str) -> dict[int, str]:
     raise UserError(f"data YAML {spec}: 'names' must be a list or an index -> name mapping, got {type(raw).__name__}")
 
 
-def _root(path_value, yaml_file: Path) -> Path:
-    """The dataset root, resolved like Ultralytics (cwd, then its datasets folder) but also beside the YAML."""
+def ultralytics_dataset(spec: str) -> Path | None:
+    """Ultralytics' own dataset YAML named `spec` (a bare name such as "coco8.yaml"), found in the installed package
+    without importing it, or None.
+
+    Example:
+        >>> ultralytics_dataset("coco8.yaml").name
+        'coco8.yaml'
+    """
+    if Path(spec).name != spec or not spec.endswith((".yaml", ".yml")):
+        return None
+    import importlib.util
+
+    found = importlib.util.find_spec("ultralytics")
+    if found is None or not found.origin:
+        return None
+    path = Path(found.origin).parent / "cfg" / "datasets" / spec
+    return path if path.is_file() else None
+
+
+def _root(path_value, yaml_file: Path, packaged: bool = False) -> Path:
+    """The dataset root, resolved like Ultralytics (cwd, then its datasets folder) but also beside the YAML. For one
+    of Ultralytics' own dataset YAMLs (`packaged`), a relative root is under its datasets folder, as it resolves it."""
     if not path_value:
         return yaml_file.parent
     p = Path(str(path_value)).expanduser()
@@ -139,9 +173,13 @@ def _root(path_value, yaml_file: Path) -> Path:
         candidates.append(Path(DATASETS_DIR) / p)
     except Exception:  # pragma: no cover - Ultralytics is a dependency; never fail on its settings file
         pass
+    if packaged:
+        candidates.remove(yaml_file.parent / p)  # never inside the installed package
     for c in candidates:
         if c.exists():
             return c.resolve()
+    if packaged and len(candidates) > 1:
+        return candidates[-1]  # Ultralytics' datasets folder, where it would download to
     return (yaml_file.parent / p).resolve()  # does not exist: the image check below names it
 
 

@@ -228,3 +228,26 @@ def test_apply_report_says_the_image_size_of_each_figure():
         assert "| 640 px |" in rows[name], rows[name]
     assert "epochs at 320 px (the search's proxy size)" in md
 
+
+def test_data_names_an_ultralytics_dataset_as_model_names_a_model(monkeypatch, tmp_path):
+    """`--data coco8.yaml` is Ultralytics' own YAML, as `--model yolov8n.yaml` is; its images are looked for where
+    Ultralytics would have downloaded them, and their absence is one error line, never a download."""
+    import ultralytics.utils
+
+    from autoprune.data import load_data_config
+    from autoprune.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    datasets = tmp_path / "datasets"
+    monkeypatch.setattr(ultralytics.utils, "DATASETS_DIR", datasets)
+    with pytest.raises(UserError) as e:
+        load_data_config("coco8.yaml")
+    line = str(e.value)
+    assert "\n" not in line and "Ultralytics' dataset YAML" in line and "would have to be downloaded" in line
+    assert str(datasets / "coco8") in line and not datasets.exists()
+    for split in ("train", "val"):
+        (datasets / "coco8" / "images" / split).mkdir(parents=True)
+        (datasets / "coco8" / "images" / split / "a.jpg").write_bytes(b"")
+    cfg = load_data_config("coco8.yaml")
+    assert cfg.yaml.parts[-4:] == ("ultralytics", "cfg", "datasets", "coco8.yaml") and cfg.nc == 80
+    assert cfg.train == (str((datasets / "coco8" / "images" / "train").resolve()),)
