@@ -241,10 +241,17 @@ def test_exactly_one_target_is_one_error_line(capsys, argv, message):
 
 
 def test_groups_shows_the_genes_of_the_default_space(capsys):
+    """`--space` alone shows search's default space (fine: one gene per group); `--space family` the family's."""
     code, out, _ = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--space", "--json")
+    assert code == 0
+    space = json.loads(out)["space"]
+    groups = [g["id"] for g in json.loads(out)["groups"]]
+    assert space["name"] == "fine"
+    assert sorted([gid for g in space["genes"] for gid in g["groups"]] + space["never"]) == sorted(groups)
+    assert all(len(g["groups"]) == 1 for g in space["genes"])  # one gene per channel group
+    code, out, _ = run_cli(capsys, "groups", "--model", "yolov8n.yaml", "--space", "family", "--json")
     assert code == 0
     space = json.loads(out)["space"]
     assert space["name"] == "yolov8"
     covered = [gid for g in space["genes"] for gid in g["groups"]]
-    groups = [g["id"] for g in json.loads(out)["groups"]]
     assert sorted(covered + space["never"]) == sorted(groups)  # every group in exactly one gene or never pruned

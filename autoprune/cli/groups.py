@@ -19,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--space",
         nargs="?",
-        const="default",
+        const="fine",
         default=None,
-        help="also show the genes of a search space YAML (no value: the model's default space)",
+        help="also show the genes of a search space: fine (no value: search's default, one gene per channel group), "
+             "family (the model family's tied genes), a shipped space's name or a YAML path",
     )
 
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.space is not None:
         from autoprune.space import load_space
 
-        space = load_space(None if args.space == "default" else args.space, graph, loaded.model)
+        space = load_space(args.space, graph, loaded.model)
         result["space"] = {"name": space.name, "round_to": space.round_to, "min_channels": space.min_channels,
                            "never": list(space.never), "genes": space.describe(imgsz)}
     if not args.json:
