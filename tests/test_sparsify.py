@@ -136,7 +136,6 @@ def test_growing_regularisation_shrinks_the_chosen_channels_most(small_gamma_ckp
     assert shrink_chosen < 0.8 * shrink_others
 
 
-@pytest.mark.slow
 def test_cli_sparsify_growing_reg_shrinks_the_channels_a_prune_would_remove(small_gamma_ckpt, tiny_data, tmp_path,
                                                                            monkeypatch, capsys):
     """`autoprune sparsify --growing-reg --reg-keep 0.5`: the BN gammas of the channels a bn_scale prune at keep 0.5
