@@ -1,0 +1,370 @@
+"""A latency model: measured latencies per layer configuration, summed to predict a pruned candidate in microseconds.
+
+NetAdapt (Yang et al. 2018) and HALP (Shen et al. 2022) predict a pruned network's latency as the sum of per-layer
+latencies looked up in a table measured once on the target runtime. `LatencyTable` does that for the convolutions
+of an Ultralytics model, each measured alone (conv + bias + its activation, conv+BN folded as the deployed model
+has it) in the chosen runtime, backend, precision, batch and thread count, the same way `measure_latency` times a
+whole model (`autoprune.cost.backends`), and filed in a `LatencyCache` under a key that says all of that
+(`cache_key` with the layer's configuration as its signature), so that a table survives the process and a second
+build measures nothing.
+
+An entry is one distinct layer configuration (`LayerConfig`: operator, input shape, in/out channels, kernel, stride,
+padding, groups, activation). A candidate's convs can take thousands of channel combinations, too many to measure,
+so every conv of the model is measured at `ANCHORS` points between its smallest prunable shape (every group at its
+floor) and its full shape, and a candidate's conv is priced by linear interpolation in its multiply-accumulates
+between its own anchors (never below the smallest anchor, never above the largest; anchors made non-decreasing).
+The prediction is then a deterministic, non-decreasing function of the kept channels, which `autoprune.budget`
+can bisect on. What the convs do not account for (concats, splits, upsampling, pooling, the Detect head's decoding,
+runtime overhead) is one constant, `rest_ms`: the unpruned model measured end to end minus the sum of its convs.
+
+Example:
+    >>> table = LatencyTable(model, graph, imgsz=320, backend="onnxruntime", path="runs/latency_lut.json")
+    >>> table.build()               # measures what the file does not hold yet
+    >>> table.predict(counts)       # milliseconds, in microseconds
+"""
+
+from __future__ import annotations
+
+import bisect as _bisect
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.cost import backends, timing
+from autoprune.cost._model import input_channels
+from autoprune.cost.cache import LatencyCache, cache_key
+from autoprune.devices import default_threads, resolve_device, torch_threads
+from autoprune.wrappers import detection_model
+
+ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)  # where each conv is measured, from its floor (0) to its full shape (1)
+
+# A layer alone runs in well under a millisecond: many short runs, and the minimum, which a loaded machine only
+# ever raises (the table must not carry the machine's mood of the moment into every prediction).
+LAYER_TIMING = timing.TimingProtocol(warmup_runs=5, warmup_s=0.05, min_repeats=20, min_time_s=0.15, max_time_s=2.0)
+# The whole model, for `rest_ms`: the same statistic (the minimum) over a longer run.
+MODEL_TIMING = timing.TimingProtocol(warmup_runs=3, warmup_s=0.3, min_repeats=15, min_time_s=1.0, max_time_s=10.0)
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """One distinct layer configuration: what an entry of the table is measured for."""
+
+    op: str  # "conv"
+    in_hw: tuple[int, int]
+    cin: int
+    cout: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    act: str  # the activation's class name ("Identity" for none)
+
+    def key(self) -> str:
+        """A stable text key (also the signature its latency is cached under)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image."""
+        oh = (self.in_hw[0] + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
+        ow = (self.in_hw[1] + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+        return self.cout * (self.cin // self.groups) * self.kernel[0] * self.kernel[1] * oh * ow
+
+    def module(self) -> nn.Module:
+        """The layer alone, as the deployed model runs it: conv with bias (BN folded) then the activation."""
+        conv = nn.Conv2d(self.cin, self.cout, self.kernel, self.stride, self.padding, self.dilation, self.groups)
+        act = getattr(nn, self.act)() if self.act != "Identity" else nn.Identity()
+        return nn.Sequential(conv, act).eval()
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One conv of the model: its fixed settings, full and floor channels, and its anchor configurations."""
+
+    name: str
+    full: LayerConfig
+    floor: tuple[int, int]
+    depthwise: bool
+
+    def config(self, cin: int, cout: int) -> LayerConfig:
+        groups = cin if self.depthwise else self.full.groups
+        return LayerConfig(self.full.op, self.full.in_hw, cin, cout, self.full.kernel, self.full.stride,
+                           self.full.padding, self.full.dilation, groups, self.full.act)
+
+    def anchors(self) -> list[LayerConfig]:
+        (c0, o0), c1, o1 = self.floor, self.full.cin, self.full.cout
+        out = []
+        for t in ANCHORS:
+            cin = c0 + int(round(t * (c1 - c0)))
+            cout = o0 + int(round(t * (o1 - o0)))
+            if self.depthwise:
+                cin = cout
+            cfg = self.config(cin, cout)
+            if cfg not in out:
+                out.append(cfg)
+        return out
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _sites(model: nn.Module, graph, imgsz: int, round_to: int, min_channels: int) -> list[_Site]:
+    """Every conv of `model` that `graph` knows, with its input size at `imgsz` (one forward pass records it)."""
+    from autoprune.strategies import floor_counts
+
+    model = detection_model(model)
+    modules = dict(model.named_modules())
+    in_hw: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: in_hw.__setitem__(n, tuple(inp[0].shape[-2:])))
+             for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, input_channels(model), imgsz, imgsz, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(training)
+    floors = graph.conv_channels(floor_counts(graph, round_to=round_to, min_channels=min_channels))
+    sites = []
+    for name, info in graph.convs.items():
+        conv = modules[name]
+        if floors[name] == (conv.in_channels, conv.out_channels):
+            continue  # pruning never changes it: its time is part of `rest_ms`
+        parent = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
+        act = getattr(parent, "act", None) if parent is not None and getattr(parent, "conv", None) is conv else None
+        act_name = type(act).__name__ if isinstance(act, nn.Module) and hasattr(nn, type(act).__name__) else "Identity"
+        full = LayerConfig("conv", in_hw[name], conv.in_channels, conv.out_channels, _pair(conv.kernel_size),
+                           _pair(conv.stride), _pair(conv.padding), _pair(conv.dilation), conv.groups, act_name)
+        sites.append(_Site(name, full, floors[name], info.depthwise))
+    return sites
+
+
+class LatencyTable:
+    """Per-layer measured latencies of `model`'s convs in one runtime setting; `predict(counts)` sums them.
+
+    `model` is the unpruned model and `graph` its channel analysis (`autoprune.channels.analyze`); `imgsz`, `batch`,
+    `device`, `backend`, `precision` and `threads` are what `measure_latency` takes. `path`: the JSON file the
+    entries are kept in (a `LatencyCache`; None keeps them in memory only). `measure` replaces how one module is
+    timed (tests): `measure(module, in_channels, in_hw) -> ms`.
+    """
+
+    def __init__(self, model: nn.Module, graph, *, imgsz: int = 640, batch: int = 1, device="cpu",
+                 backend: str = "onnxruntime", precision: str | None = None, threads: int | None = None,
+                 path: str | Path | None = None, round_to: int = 8, min_channels: int = 8, measure=None):
+        self.model = detection_model(model)
+        self.graph = graph
+        self.imgsz, self.batch, self.backend = imgsz, batch, backends.check_backend(backend)
+        self.device = resolve_device(device)
+        self.precision = backends.check_runtime(backend, self.device, precision)
+        self.threads = default_threads() if threads is None else threads
+        self.cache = LatencyCache(path)
+        self._measure = measure
+        self.sites = _sites(self.model, graph, imgsz, round_to, min_channels)
+        self.measured = 0  # entries measured by this object (0 when the file held them all)
+        self._curves: dict[str, tuple[list[int], list[float]]] | None = None
+        self.rest_ms: float | None = None
+
+    # -- the entries ---------------------------------------------------------------------------------------------
+
+    def _key(self, signature: str, imgsz: int, protocol) -> str:
+        from autoprune.cost.latency import _device_name
+
+        return cache_key(signature, imgsz, self.batch, self.device, _device_name(self.device), self.backend,
+                         self.precision, self.threads, protocol)
+
+    def _time(self, module: nn.Module, ch: int, hw: int, protocol) -> float:
+        if self._measure is not None:
+            return float(self._measure(module, ch, hw))
+        with torch_threads(self.threads):
+            session = _layer_session(self.backend, module, self.device, ch, hw, self.batch, self.precision,
+                                     self.threads)
+            if session.cuda_events:
+                samples, _ = backends.time_session(session, self.device, protocol)
+            else:
+                samples = _min_loop(session.forward)
+            del session
+        return min(samples)
+
+    def entry(self, cfg: LayerConfig) -> float:
+        """The measured latency (ms) of `cfg` alone: from the table, or measured now and filed."""
+        if cfg.in_hw[0] != cfg.in_hw[1]:
+            raise ValueError(f"only square inputs are measured, got {cfg.in_hw}")
+        key = self._key("layer:" + cfg.key(), cfg.in_hw[0], LAYER_TIMING)
+        hit = self.cache.get(key)
+        if hit is not None and isinstance(hit.get("ms"), (int, float)):
+            return float(hit["ms"])
+        ms = self._time(cfg.module(), cfg.cin, cfg.in_hw[0], LAYER_TIMING)
+        self.measured += 1
+        self.cache.put(key, {"ms": ms, "layer": asdict(cfg)})
+        return ms
+
+    def _model_ms(self) -> float:
+        """The unpruned model measured end to end (min over `MODEL_TIMING`), from the table when it holds it."""
+        from autoprune.cost.signature import architecture_signature
+
+        key = self._key("model:" + architecture_signature(self.model), self.imgsz, MODEL_TIMING)
+        hit = self.cache.get(key)
+        if hit is not None and isinstance(hit.get("ms"), (int, float)):
+            return float(hit["ms"])
+        if self._measure is not None:
+            ms = float(self._measure(self.model, None, self.imgsz))
+        else:
+            ms = measure_model_ms(self.model, imgsz=self.imgsz, batch=self.batch, device=self.device,
+                                  backend=self.backend, precision=self.precision, threads=self.threads,
+                                  protocol=MODEL_TIMING)
+        self.measured += 1
+        self.cache.put(key, {"ms": ms})
+        return ms
+
+    def build(self) -> LatencyTable:
+        """Measure every anchor and the unpruned model that the table does not hold yet; returns self."""
+        curves = {}
+        for site in self.sites:
+            cfgs = sorted(site.anchors(), key=LayerConfig.macs)
+            macs, ms = [], []
+            for cfg in cfgs:
+                value = self.entry(cfg)
+                macs.append(cfg.macs())
+                ms.append(max(value, ms[-1]) if ms else value)  # non-decreasing in MACs
+            curves[site.name] = (macs, ms)
+        self._curves = curves
+        full_sum = sum(self._layer_ms(s.name, s.full.macs()) for s in self.sites)
+        self.rest_ms = self._model_ms() - full_sum
+        return self
+
+    # -- predictions ---------------------------------------------------------------------------------------------
+
+    def _layer_ms(self, name: str, macs: int) -> float:
+        xs, ys = self._curves[name]
+        if macs <= xs[0]:
+            return ys[0]
+        if macs >= xs[-1]:
+            return ys[-1]
+        i = _bisect.bisect_right(xs, macs)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (macs - x0) / (x1 - x0) if x1 > x0 else y1
+
+    def layer_latencies(self, counts: dict | None = None) -> dict[str, float]:
+        """Each conv's predicted latency (ms) with `counts` kept channels per group (None: unpruned)."""
+        if self._curves is None:
+            self.build()
+        channels = self.graph.conv_channels(counts)
+        return {s.name: self._layer_ms(s.name, s.config(*channels[s.name]).macs()) for s in self.sites}
+
+    def predict(self, counts: dict | None = None) -> float:
+        """The predicted latency (ms) of the model keeping `counts` channels per group: the sum of its convs'
+        entries plus `rest_ms`. Microseconds; deterministic; never falls when a count rises."""
+        return sum(self.layer_latencies(counts).values()) + self.rest_ms
+
+    def setup(self) -> dict:
+        """What the table's numbers were measured with (backend, precision, batch, threads, device, image size)."""
+        from autoprune.cost.latency import _device_name
+
+        return {"backend": self.backend, "precision": self.precision, "batch": self.batch, "threads": self.threads,
+                "device": str(self.device), "device_name": _device_name(self.device), "imgsz": self.imgsz}
+
+    def fingerprint(self) -> str:
+        """A short hash of the table's entries (which anchors, which values): two tables that predict alike."""
+        if self._curves is None:
+            self.build()
+        text = json.dumps({"curves": self._curves, "rest": self.rest_ms}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _min_loop(forward, runs: int = 50, warmup: int = 3, max_s: float = 1.0) -> list[float]:
+    """Milliseconds of `runs` runs after `warmup` (fewer when they pass `max_s`): the table keeps their minimum."""
+    import time
+
+    for _ in range(warmup):
+        forward()
+    samples, start = [], time.perf_counter()
+    while len(samples) < runs and (len(samples) < 5 or time.perf_counter() - start < max_s):
+        t = time.perf_counter()
+        forward()
+        samples.append((time.perf_counter() - t) * 1e3)
+    return samples
+
+
+def _openvino_layer(module: nn.Sequential, x: torch.Tensor):
+    """The layer as the OpenVINO graph its converter makes of a conv + bias + activation (Convolution or
+    GroupConvolution, Add, the activation op), built with its opset directly: converting a traced module takes
+    seconds, this milliseconds."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    conv, act = module[0], module[1]
+    w = conv.weight.detach().numpy()
+    param = ops.parameter(list(x.shape), np.float32)
+    args = (list(conv.stride), list(conv.padding), list(conv.padding), list(conv.dilation))
+    if conv.groups == 1:
+        y = ops.convolution(param, ops.constant(w), *args)
+    else:
+        g = conv.groups
+        y = ops.group_convolution(param, ops.constant(w.reshape(g, w.shape[0] // g, *w.shape[1:])), *args)
+    y = ops.add(y, ops.constant(conv.bias.detach().numpy().reshape(1, -1, 1, 1)))
+    acts = {"SiLU": ops.swish, "ReLU": ops.relu, "Sigmoid": ops.sigmoid, "Hardswish": ops.hswish}
+    if type(act).__name__ in acts:
+        y = acts[type(act).__name__](y)
+    elif not isinstance(act, nn.Identity):
+        raise ValueError(f"no OpenVINO op for activation {type(act).__name__}")
+    return ov.Model([y], [param])
+
+
+def _layer_session(backend, module, dev, ch, hw, batch, precision, threads) -> backends.Session:
+    """One layer ready to run in `backend`, as `backends.open_session` prepares a model but without its files: a
+    single conv needs no slimming, and the runtime's kernel for it is the same."""
+    import contextlib
+    import io
+    import warnings
+
+    x = backends.fixed_input(batch, ch, hw)
+    if backend == "onnxruntime" and dev.type == "cpu":
+        import onnxruntime as ort
+
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), buf, opset_version=17, input_names=["images"], dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+        feed = {"images": x.numpy()}
+        return backends.Session(forward=lambda: session.run(None, feed), outputs=lambda: session.run(None, feed),
+                                executed=precision, keep=session)
+    if backend == "openvino":
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        if precision == "fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        core = ov.Core()
+        compiled = core.compile_model(_openvino_layer(module, x), "CPU", config)
+        request = compiled.create_infer_request()
+        x_np = x.numpy()
+        return backends.Session(forward=lambda: request.infer({0: x_np}), outputs=lambda: request.infer({0: x_np}),
+                                executed=precision, keep=(core, compiled))
+    return backends.open_session(backend, module, dev, ch, hw, batch, precision, threads)
+
+
+def measure_model_ms(model: nn.Module, *, imgsz: int, batch: int = 1, device="cpu", backend: str = "onnxruntime",
+                     precision: str | None = None, threads: int | None = None, protocol=MODEL_TIMING) -> float:
+    """A whole model's latency as the table's entries are measured: the minimum over a timing run (not cached)."""
+    from autoprune.cost.latency import measure_latency
+
+    return measure_latency(model, imgsz=imgsz, batch=batch, device=device, backend=backend, precision=precision,
+                           threads=threads, protocol=protocol, cache=False).min_ms
+
+
+__all__ = ["ANCHORS", "LAYER_TIMING", "MODEL_TIMING", "LatencyTable", "LayerConfig", "measure_model_ms"]

@@ -1,0 +1,77 @@
+"""The latency model (`autoprune.cost.lut`): a prediction is the sum of the table's entries, the table is kept on
+disk, and a second build measures nothing. Timing is replaced by a deterministic function of the layer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoprune.channels import analyze
+from autoprune.cost.lut import LatencyTable, LayerConfig
+from autoprune.demo import demo_model_path
+from autoprune.models import load_model
+from autoprune.strategies import floor_counts
+
+IMGSZ = 64
+
+
+def fake_measure(module, ch, hw):
+    """Milliseconds as a function of what is measured: a layer by its MACs, the whole model a constant."""
+    if ch is None:
+        return 50.0
+    conv = module[0]
+    return 1e-3 + conv.in_channels * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] * hw * hw * 1e-9
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model = load_model(str(demo_model_path())).model
+    return model, analyze(model, imgsz=IMGSZ)
+
+
+def test_prediction_is_the_sum_of_the_entries(demo):
+    model, graph = demo
+    table = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, measure=fake_measure).build()
+    assert table.sites and table.measured > len(table.sites)
+    full = table.layer_latencies()
+    for site in table.sites:  # an unpruned conv is priced by its own measured entry
+        assert full[site.name] == pytest.approx(table.entry(site.full))
+    assert table.rest_ms == pytest.approx(50.0 - sum(full.values()))
+    assert table.predict() == pytest.approx(50.0)  # unpruned: what the model measured end to end
+    small = floor_counts(graph)
+    layers = table.layer_latencies(small)
+    assert table.predict(small) == pytest.approx(sum(layers.values()) + table.rest_ms)
+    assert table.predict(small) < table.predict()
+    channels = graph.conv_channels(small)
+    for site in table.sites:  # at the floor every conv sits on an anchor: its measured entry, no interpolation
+        assert layers[site.name] == pytest.approx(table.entry(site.config(*channels[site.name])))
+
+
+def test_table_is_cached_on_disk(demo, tmp_path):
+    model, graph = demo
+    path = tmp_path / "lut.json"
+    first = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, path=path,
+                         measure=fake_measure).build()
+    assert first.measured > 0 and path.exists()
+    assert len(json.loads(path.read_text())["entries"]) == first.measured
+
+    def never(*_):
+        raise AssertionError("the second build measured something")
+
+    second = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, path=path,
+                          measure=never).build()
+    assert second.measured == 0
+    assert second.predict(floor_counts(graph)) == pytest.approx(first.predict(floor_counts(graph)))
+    assert second.fingerprint() == first.fingerprint()
+
+
+def test_a_real_layer_is_measured_in_each_cpu_runtime(demo, one_thread):
+    pytest.importorskip("openvino")
+    model, graph = demo
+    cfg = LayerConfig("conv", (16, 16), 8, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, "SiLU")
+    for backend in ("onnxruntime", "openvino"):
+        table = LatencyTable(model, graph, imgsz=IMGSZ, backend=backend, threads=1)
+        ms = table.entry(cfg)
+        assert 0 < ms < 1000 and table.measured == 1
+        assert table.entry(cfg) == ms and table.measured == 1  # filed: not measured again
