@@ -16,9 +16,12 @@ from autoprune.errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--data", default=None, help="data YAML (default: the embedded demo dataset)")
-    parser.add_argument("--budget-gflops", type=float, required=True, help="GFLOPs budget at --imgsz")
+    parser.add_argument("--budget-gflops", type=float, default=None,
+                        help="GFLOPs budget at --imgsz (this, --budget-latency-ms, or both)")
     parser.add_argument("--budget-latency-ms", type=float, default=None,
-                        help="latency budget on --device, in --latency-backend at --latency-batch")
+                        help="latency budget on --device, in --latency-backend at --latency-batch; alone, candidates "
+                             "are repaired, filled and planned toward it by the latency model (cost.lut), and each "
+                             "evaluated one is measured end to end")
     parser.add_argument("--latency-backend", default="torch", metavar="BACKEND",
                         help="the runtime latency is measured in: torch (default), onnxruntime, openvino (CPU) or "
                              "tensorrt (CUDA); each candidate is exported as Ultralytics exports it for that runtime")

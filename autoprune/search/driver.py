@@ -52,6 +52,7 @@ class Search:
         from autoprune.data import load_data_config
         from autoprune.devices import resolve_device
         from autoprune.importance import check_calibration, get_criterion
+        from autoprune.budget import largest_uniform
         from autoprune.models import load_model
         from autoprune.space import load_space
 
@@ -88,17 +89,18 @@ class Search:
         # the channel counts, given the unpruned model's full count measured once.
         base_gflops = self.base_gflops = count_gflops(self.loaded.model, s.imgsz)
         min_gflops = self.space.min_gflops(s.imgsz, base_gflops=base_gflops)
-        if s.budget_gflops < min_gflops:
+        if s.budget_gflops is not None and s.budget_gflops < min_gflops:
             raise UserError(
                 f"--budget-gflops {s.budget_gflops:g} is below what the search space can reach: the smallest "
                 f"model it allows has {min_gflops:.2f} GFLOPs at {s.imgsz} (the unpruned one {base_gflops:.2f})"
             )
-        if s.budget_gflops >= base_gflops:
+        if s.budget_gflops is not None and s.budget_gflops >= base_gflops:
             raise UserError(
                 f"--budget-gflops {s.budget_gflops:g} is not below the unpruned model's {base_gflops:.2f} GFLOPs at "
                 f"{s.imgsz}: nothing to prune; give a budget below it"
             )
-        self.uniform = self.space.uniform_for_budget(s.budget_gflops, s.imgsz, base_gflops=base_gflops)
+        self.budget = self._make_budget()
+        self.uniform = largest_uniform(self.space, self.budget)
         self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
 
         self._evaluator = None
@@ -145,6 +147,46 @@ class Search:
             records.STUDY_VERSION: version(),
         }
 
+    def _make_budget(self):
+        """The one budget repair, fill and the one-shot plans work toward: a genome's cost is the largest share it
+        uses of the GFLOPs budget (the space's prediction) and of the latency budget (the latency model,
+        `cost.lut.LatencyTable`, built once per runtime setting and kept in runs/latency_lut.json); it fits at 1."""
+        from autoprune.budget import Budget
+
+        s = self.settings
+        costs = []
+        if s.budget_gflops is not None:
+            costs.append(lambda g: self.space.gflops(g, s.imgsz, base_gflops=self.base_gflops) / s.budget_gflops)
+        if s.budget_latency_ms is not None:
+            table = self.latency_table = self._latency_table()
+            lows = table.predict(self.space.counts(self.space.lows()))
+            if lows > s.budget_latency_ms:
+                raise UserError(
+                    f"--budget-latency-ms {s.budget_latency_ms:g} is below what the search space can reach: the "
+                    f"smallest model it allows runs in {lows:.2f} ms (predicted by the latency model; {s.latency_backend}, "
+                    f"{self.latency_precision}, batch {s.latency_batch}, {table.threads} thread(s), at {s.imgsz}; "
+                    f"the unpruned one {table.predict():.2f} ms)")
+            costs.append(lambda g: table.predict(self.space.counts(g)) / s.budget_latency_ms)
+        return Budget(1.0, lambda g: max(c(g) for c in costs), unit="x the budget")
+
+    def _budget_text(self) -> str:
+        s = self.settings
+        parts = ([f"{s.budget_gflops:g} GFLOPs"] if s.budget_gflops is not None else []) + (
+            [f"{s.budget_latency_ms:g} ms ({s.latency_backend})"] if s.budget_latency_ms is not None else [])
+        return " and ".join(parts)
+
+    def _latency_table(self):
+        """The latency model of this model in the search's runtime setting (measured once; kept on disk)."""
+        from autoprune.cost.lut import LatencyTable
+        from autoprune.runs import RUNS_ROOT
+
+        s = self.settings
+        self.log(f"latency model: {s.latency_backend} at {s.imgsz}, batch {s.latency_batch} (measured once, cached)...")
+        return LatencyTable(self.loaded.model, self.graph, imgsz=s.imgsz, batch=s.latency_batch, device=self.device,
+                            backend=s.latency_backend, precision=self.latency_precision,
+                            path=RUNS_ROOT / "latency_lut.json", round_to=self.space.round_to,
+                            min_channels=self.space.min_channels).build()
+
     def _proxy_settings_dict(self) -> dict:
         s = self.settings
         out = {"imgsz": s.proxy_imgsz, "steps": s.proxy_steps, "calib_batches": s.calib_batches,
@@ -175,7 +217,7 @@ class Search:
         """Create or load the study; a new one gets `described` (computed now when None: another worker's study
         vanished, or none existed when this one looked), an existing one must have been made with these settings."""
         s = self.settings
-        init = InitialPopulation(center=self.uniform, fit=self.fit_to_gflops, budget=s.budget_gflops)
+        init = InitialPopulation(center=self.uniform, fit=self.fit_to_share, budget=1.0)
         sampler = make_sampler(s.engine, s.sampler, self.space, seed=s.seed, population=s.population,
                                first_params=self.uniform, init=init)
         study = optuna.create_study(
@@ -234,13 +276,13 @@ class Search:
 
         s = self.settings
 
-        def cost(counts):
-            return self.space.gflops(self.space.from_counts(counts), s.imgsz, base_gflops=self.base_gflops)
+        def cost(counts):  # the share of the budget used (GFLOPs and/or latency: `_make_budget`)
+            return self.budget.cost(self.space.from_counts(counts))
 
-        plan, fits = plan_within(self.graph, "global", s.budget_gflops, cost, full_cost=self.base_gflops,
+        plan, fits = plan_within(self.graph, "global", 1.0, cost, full_cost=self.budget.cost(self.space.highs()),
                                  scores=scores, round_to=self.space.round_to, min_channels=self.space.min_channels)
         genome = self.space.from_counts(plan.counts)
-        return genome if fits else self.fit_to_gflops(genome, s.budget_gflops)
+        return genome if fits else self.fit_to_share(genome, 1.0)
 
     @property
     def ranking(self):
@@ -259,6 +301,13 @@ class Search:
 
         budget = gflops_budget(self.space, target, self.settings.imgsz, base_gflops=self.base_gflops)
         return fit(self.space, genome, budget)
+
+    def fit_to_share(self, genome: dict, share: float) -> dict:
+        """The genome moved toward the space's highs (or repaired down) to use close to `share` of the budget
+        (`_make_budget`: GFLOPs, latency or both; `autoprune.budget.fit`)."""
+        from autoprune.budget import Budget, fit
+
+        return fit(self.space, genome, Budget(share, self.budget.cost, unit=self.budget.unit))
 
     def _genome(self, trial) -> dict:
         return {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in self.space.genes}
@@ -287,9 +336,11 @@ class Search:
 
     def _reject_over_budget(self, trial, genome: dict, estimate: float) -> None:
         s = self.settings
-        repaired = self.space.repair(genome, s.budget_gflops, s.imgsz, base_gflops=self.base_gflops)
-        self._replace(trial, genome, repaired, records.TrialKind.REPAIRED.value, f"over the GFLOPs budget ({estimate:.2f} > "
-                      f"{s.budget_gflops:g}); a repaired genome was queued instead")
+        from autoprune.budget import repair
+
+        repaired = repair(self.space, genome, self.budget)
+        self._replace(trial, genome, repaired, records.TrialKind.REPAIRED.value, f"over the budget ({self._budget_text()}"
+                      f" at {estimate:.2f} x); a repaired genome was queued instead")
 
     def _reject_under_floor(self, trial, genome: dict, estimate: float) -> bool:
         """Queue `genome` filled up toward the budget (`fit_to_gflops`) instead of spending a proxy on it.
@@ -299,11 +350,11 @@ class Search:
         factor) and spends the evaluation at the budget. False (evaluate it as it is) when filling changes nothing.
         """
         s = self.settings
-        filled = self.fit_to_gflops(genome, s.budget_gflops)
+        filled = self.fit_to_share(genome, 1.0)
         if self.space.counts(filled) == self.space.counts(genome):
             return False
         self._replace(trial, genome, filled, records.TrialKind.FILLED.value, f"under the budget floor ({estimate:.2f} < "
-                      f"{s.budget_floor:g} x {s.budget_gflops:g} GFLOPs); a genome filled up to the budget was queued")
+                      f"{s.budget_floor:g} x {self._budget_text()}); a genome filled up to the budget was queued")
         return True
 
     def evaluate(self, trial) -> str:
@@ -331,11 +382,11 @@ class Search:
             trial.set_user_attr(records.REASON, f"duplicate of trial {twin}; not evaluated again")
             self.study.tell(trial, state=TrialState.PRUNED)
             return "rejected"
-        estimate = self.space.gflops(genome, s.imgsz, base_gflops=self.base_gflops)
-        if estimate > s.budget_gflops * (1 + 1e-6):
+        estimate = self.budget.cost(genome)  # the share of the budget it uses (predicted)
+        if estimate > 1 + 1e-6:
             self._reject_over_budget(trial, genome, estimate)
             return "rejected"
-        if estimate < s.budget_floor * s.budget_gflops and self._reject_under_floor(trial, genome, estimate):
+        if estimate < s.budget_floor and self._reject_under_floor(trial, genome, estimate):
             return "rejected"
 
         kind = trial.user_attrs.get(records.KIND) or (
@@ -353,7 +404,7 @@ class Search:
             lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache,
                                   protocol=SEARCH_TIMING, backend=s.latency_backend, batch=s.latency_batch,
                                   precision=self.latency_precision)
-            constraints = [gflops - s.budget_gflops]
+            constraints = [gflops - s.budget_gflops if s.budget_gflops is not None else 0.0]
             if s.budget_latency_ms is not None:
                 constraints.append(lat.median_ms - s.budget_latency_ms)
             attrs.update({records.GFLOPS: gflops, records.PARAMS: params, records.LATENCY_MS: lat.median_ms,
@@ -424,8 +475,7 @@ class Search:
         successes = rejected_in_a_row = 0
         started = time.perf_counter()
         evaluated_here = 0
-        self.log(f"search {self.name!r}: {target} candidates, budget {s.budget_gflops:g} GFLOPs at {s.imgsz}"
-                 + (f" and {s.budget_latency_ms:g} ms" if s.budget_latency_ms else "")
+        self.log(f"search {self.name!r}: {target} candidates, budget {self._budget_text()} at {s.imgsz}"
                  + f", engine {s.engine}" + (f"/{s.sampler}" if s.sampler else "")
                  + f", {len(self.space.genes)} genes; storage {mask_url(self.url)}")
         while True:

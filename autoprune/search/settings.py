@@ -29,9 +29,9 @@ MAX_REJECTED_IN_A_ROW = 200  # proposals in a row that were duplicates or over b
 class SearchSettings:
     """Everything a search needs; validated by `Search` before anything is created or written."""
 
-    budget_gflops: float
+    budget_gflops: float | None = None  # one of the two budgets at least
     budget_latency_ms: float | None = None
-    budget_floor: float = 0.8  # candidates under this share of the GFLOPs budget are filled up to it first
+    budget_floor: float = 0.8  # candidates under this share of the budget are filled up to it first
     model: str | None = None  # None: the embedded demo model
     data: str | None = None  # None: the embedded demo dataset
     engine: str = "deap"
@@ -122,6 +122,8 @@ def check_settings(s: SearchSettings) -> None:
         if bad or (isinstance(value, float) and not math.isfinite(value)):
             raise UserError(f"--{name.replace('_', '-')} must be a positive {'integer' if integer else 'number'}, got {value}")
 
+    if s.budget_gflops is None and s.budget_latency_ms is None:
+        raise UserError("give a budget: --budget-gflops G, --budget-latency-ms L, or both")
     positive("budget_gflops", s.budget_gflops)
     positive("budget_latency_ms", s.budget_latency_ms)
     if not 0 <= s.budget_floor < 1:

@@ -1,0 +1,112 @@
+"""Latency budgets (issue 18): a search with --budget-latency-ms alone, an unreachable one, prune
+--target-latency-ms. Latency is a deterministic function of the architecture here (10 ms per GFLOP, layers and whole
+models alike): these tests are about the budget logic, not about timing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from autoprune.cost import LatencyResult
+from conftest import assert_user_error, run_cli
+
+IMGSZ = 64
+MS_PER_GFLOP = 10.0
+
+
+def _gflops(model, ch, hw) -> float:
+    from autoprune.cost import count_gflops
+
+    if ch is None:
+        return count_gflops(model, hw)
+    conv = model[0]
+    with torch.no_grad():
+        out = conv(torch.zeros(1, ch, hw, hw))
+    return 2 * conv.weight.numel() * out.shape[-1] * out.shape[-2] / 1e9
+
+
+def fake_layer(module, ch, hw) -> float:
+    return MS_PER_GFLOP * _gflops(module, ch, hw)
+
+
+def fake_latency(model, *, imgsz=640, batch=1, device="cpu", backend="torch", precision=None, **_):
+    ms = MS_PER_GFLOP * _gflops(model, None, imgsz)
+    return LatencyResult(median_ms=ms, p10_ms=ms, p90_ms=ms, min_ms=ms, repeats=1, device="cpu",
+                         device_name="fake", backend=backend, precision=precision or "fp32", threads=1, imgsz=imgsz,
+                         batch=batch, signature="fake", stable=True)
+
+
+@pytest.fixture
+def fake_timing(monkeypatch, tmp_path):
+    import autoprune.cost
+    import autoprune.cost.lut as lut
+
+    monkeypatch.setenv("AUTOPRUNE_DEMO_SIZE", "6,4")
+    monkeypatch.chdir(tmp_path)
+    original = lut.LatencyTable.__init__
+
+    def init(self, *a, **kw):
+        original(self, *a, **{**kw, "measure": fake_layer})
+
+    monkeypatch.setattr(lut.LatencyTable, "__init__", init)
+    monkeypatch.setattr(autoprune.cost, "measure_latency", fake_latency)
+    return tmp_path
+
+
+def _unpruned_ms() -> float:
+    from autoprune.demo import demo_model_path
+    from autoprune.models import load_model
+
+    return fake_latency(load_model(str(demo_model_path())).model, imgsz=IMGSZ).median_ms
+
+
+FAST_SEARCH = ("--imgsz", IMGSZ, "--proxy-imgsz", IMGSZ, "--proxy-steps", 1, "--val-images", 4, "--calib-batches", 1,
+               "--criterion", "l1", "--no-auto-confirm", "--latency-backend", "onnxruntime")
+
+
+@pytest.mark.slow
+def test_latency_only_search_keeps_every_trial_within_the_budget(capsys, fake_timing):
+    budget = 0.6 * _unpruned_ms()
+    code, out, err = run_cli(capsys, "search", *map(str, FAST_SEARCH), "--budget-latency-ms", f"{budget:.4f}",
+                             "--trials", "4", "--population", "4", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    import optuna
+
+    study = optuna.load_study(study_name=r["name"], storage=r["storage"])
+    evaluated = [t for t in study.trials if "latency_ms" in t.user_attrs]
+    assert len(evaluated) >= 3  # the uniform genome and the two one-shot plans at least
+    kinds = {t.user_attrs.get("kind") for t in evaluated}
+    assert {"uniform", "global"} <= kinds
+    for t in evaluated:
+        ms = t.user_attrs["latency_ms"]
+        assert ms <= budget * 1.02 or t.user_attrs.get("feasible") is False, (t.number, ms, budget)
+    for t in evaluated:  # the planned trials (uniform, one-shot global) are planned within the latency budget
+        if t.user_attrs.get("kind") in ("uniform", "global", "global-per-flop"):
+            assert t.user_attrs["feasible"] and t.user_attrs["latency_ms"] <= budget * 1.02, t.number
+    # planned to the budget, not far under it: the trials use most of it
+    assert max(t.user_attrs["latency_ms"] for t in evaluated) > 0.8 * budget
+
+
+def test_unreachable_latency_budget_is_one_error_line(capsys, fake_timing):
+    code, _, err = run_cli(capsys, "search", *map(str, FAST_SEARCH), "--budget-latency-ms", "0.0001",
+                           "--trials", "1")
+    line = assert_user_error(code, err, "--budget-latency-ms 0.0001 is below what the search space can reach")
+    assert "smallest model it allows runs in" in line and " ms" in line
+    assert not list(fake_timing.rglob("*.db"))
+
+
+def test_prune_target_latency_lands_within_it(capsys, fake_timing):
+    target = 0.5 * _unpruned_ms()
+    out_pt = fake_timing / "p.pt"
+    code, out, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}",
+                             "--latency-backend", "onnxruntime", "--out", str(out_pt), "--json")
+    assert code == 0, err
+    from autoprune.models import load_model
+
+    ms = fake_latency(load_model(str(out_pt)).model, imgsz=IMGSZ).median_ms
+    assert 0.7 * target < ms <= target * 1.02
+    r = json.loads(out)
+    assert r["target"]["latency_ms"] == pytest.approx(target, rel=1e-3)
