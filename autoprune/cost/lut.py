@@ -16,6 +16,8 @@ between its own anchors (never below the smallest anchor, never above the larges
 The prediction is then a deterministic, non-decreasing function of the kept channels, which `autoprune.budget`
 can bisect on. What the convs do not account for (concats, splits, upsampling, pooling, the Detect head's decoding,
 runtime overhead) is one constant, `rest_ms`: the unpruned model measured end to end minus the sum of its convs.
+Each entry is the layer's time less the runtime's call overhead (`OVERHEAD`, measured the same way), which a layer
+timed alone pays and a layer inside the model does not.
 
 Example:
     >>> table = LatencyTable(model, graph, imgsz=320, backend="onnxruntime", path="runs/latency_lut.json")
@@ -40,7 +42,11 @@ from autoprune.cost.cache import LatencyCache, cache_key
 from autoprune.devices import default_threads, resolve_device, torch_threads
 from autoprune.wrappers import detection_model
 
-ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)  # where each conv is measured, from its floor (0) to its full shape (1)
+ANCHORS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# The call overhead of the runtime (one inference request on a trivial layer): every layer measured alone pays it,
+# the whole model pays it once, so it is taken off each entry (OpenVINO's is ~0.2 ms a call, 63 convs' worth of it
+# would exceed what fusion inside the model saves).
+OVERHEAD = ("conv", (8, 8), 1, 1, (1, 1), (1, 1), (0, 0), (1, 1), 1, "Identity")  # where each conv is measured, from its floor (0) to its full shape (1)
 
 # A layer alone runs in well under a millisecond: many short runs, and the minimum, which a loaded machine only
 # ever raises (the table must not carry the machine's mood of the moment into every prediction).
@@ -171,6 +177,7 @@ class LatencyTable:
         self.measured = 0  # entries measured by this object (0 when the file held them all)
         self._curves: dict[str, tuple[list[int], list[float]]] | None = None
         self.rest_ms: float | None = None
+        self.overhead_ms: float | None = None
 
     # -- the entries ---------------------------------------------------------------------------------------------
 
@@ -227,11 +234,12 @@ class LatencyTable:
     def build(self) -> LatencyTable:
         """Measure every anchor and the unpruned model that the table does not hold yet; returns self."""
         curves = {}
+        self.overhead_ms = self.entry(LayerConfig(*OVERHEAD))
         for site in self.sites:
             cfgs = sorted(site.anchors(), key=LayerConfig.macs)
             macs, ms = [], []
             for cfg in cfgs:
-                value = self.entry(cfg)
+                value = max(self.entry(cfg) - self.overhead_ms, 0.0)
                 macs.append(cfg.macs())
                 ms.append(max(value, ms[-1]) if ms else value)  # non-decreasing in MACs
             curves[site.name] = (macs, ms)
