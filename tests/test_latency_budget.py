@@ -110,3 +110,7 @@ def test_prune_target_latency_lands_within_it(capsys, fake_timing):
     assert 0.7 * target < ms <= target * 1.02
     r = json.loads(out)
     assert r["target"]["latency_ms"] == pytest.approx(target, rel=1e-3)
+    code, _, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", "0.0001",
+                           "--latency-backend", "onnxruntime", "--out", str(fake_timing / "q.pt"))
+    assert "below the smallest latency reachable" in assert_user_error(code, err, "--target-latency-ms 0.0001")
+    assert not (fake_timing / "q.pt").exists()

@@ -55,6 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the largest model with at most this many GFLOPs at --imgsz (the whole model, as autoprune cost "
         "and search count them), or this share of the unpruned model's (e.g. 50%%)",
     )
+    target.add_argument(
+        "--target-latency-ms",
+        type=float,
+        help="keep the largest model whose latency in --latency-backend at --imgsz is at most this many ms, as the "
+        "latency model predicts it (autoprune.cost.lut: per-layer latencies measured once, cached in "
+        "runs/latency_lut.json)",
+    )
+    parser.add_argument("--latency-backend", default="onnxruntime", metavar="BACKEND",
+                        help="with --target-latency-ms: torch, onnxruntime (default), openvino (CPU) or tensorrt (CUDA)")
+    parser.add_argument("--latency-batch", type=int, default=1, help="with --target-latency-ms: images per forward pass")
+    parser.add_argument("--latency-precision", default=None, choices=["fp32", "fp16"],
+                        help="with --target-latency-ms: fp32 or fp16 (default: fp16 on a CUDA device, else fp32)")
     parser.add_argument("--strategy", default=None,
                         help="global (one score threshold; the default) or uniform (the same ratio in every group; "
                              "the default for a --keep file of per-group ratios)")
@@ -163,6 +175,45 @@ def _plan_within(model, graph, target: float, full: float, scores, args: argpars
     return plan
 
 
+def _check_latency_target(args: argparse.Namespace) -> None:
+    """--target-latency-ms and its runtime, before the model loads."""
+    from autoprune.cost.backends import check_runtime
+    from autoprune.devices import resolve_device
+
+    if not (math.isfinite(args.target_latency_ms) and args.target_latency_ms > 0):
+        raise UserError(f"--target-latency-ms must be a positive number, got {args.target_latency_ms:g}")
+    if isinstance(args.latency_batch, bool) or args.latency_batch < 1:
+        raise UserError(f"--latency-batch must be a positive integer, got {args.latency_batch}")
+    check_runtime(args.latency_backend, resolve_device(args.device), args.latency_precision)
+
+
+def _plan_within_latency(model, graph, imgsz: int, scores, args: argparse.Namespace):
+    """(plan, latency summary): the largest plan of `--strategy` whose predicted latency is at most
+    --target-latency-ms (`strategies.plan_within` bisecting on the latency model, `cost.lut.LatencyTable`)."""
+    from autoprune.cost.lut import LatencyTable
+    from autoprune.runs import RUNS_ROOT
+    from autoprune.strategies import floor_counts, plan_within
+
+    target = args.target_latency_ms
+    table = LatencyTable(model, graph, imgsz=imgsz, batch=args.latency_batch, device=args.device,
+                         backend=args.latency_backend, precision=args.latency_precision,
+                         path=RUNS_ROOT / "latency_lut.json", round_to=args.round_to,
+                         min_channels=args.min_channels).build()
+    full = table.predict()
+    lowest = table.predict(floor_counts(graph, round_to=args.round_to, min_channels=args.min_channels))
+    if target < lowest:
+        raise UserError(
+            f"--target-latency-ms {target:g} is below the smallest latency reachable: {lowest:.3f} ms "
+            f"({args.latency_backend}, at --imgsz {imgsz}, predicted by the latency model; the unpruned model "
+            f"{full:.3f} ms) with --min-channels {args.min_channels} and --round-to {args.round_to}")
+    plan, fits = plan_within(graph, args.strategy, target, table.predict, full_cost=full, scores=scores,
+                             round_to=args.round_to, min_channels=args.min_channels)
+    if not fits:
+        raise RuntimeError(f"no {args.strategy} plan within {target} ms although the floor fits")
+    return plan, {"target_ms": target, "before_ms": round(full, 4), "after_ms": round(table.predict(plan.counts), 4),
+                  "predicted": True, "setup": table.setup()}
+
+
 def _out_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(checkpoint path, run folder or None). Checked before any work, so nothing is written on a bad --out."""
     from autoprune.runs import new_run_dir
@@ -237,6 +288,8 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError("--strategy global takes one keep share, not a file of per-group ratios")
     if args.target_gflops is not None:
         parse_gflops(args.target_gflops, 1.0)  # its syntax, before the model loads
+    if args.target_latency_ms is not None:
+        _check_latency_target(args)
     from autoprune.data import load_data_config
 
     wants_data = args.criterion in DATA_CRITERIA or args.reconstruct or args.val is not False
@@ -257,6 +310,8 @@ def run(args: argparse.Namespace) -> dict:
                             f"unpruned model's {full_gflops:.4g} GFLOPs at --imgsz {imgsz}: nothing to prune, the "
                             "checkpoint is an unpruned copy")
             print(f"warning: {warnings[-1]}", file=sys.stderr)
+    elif args.target_latency_ms is not None:
+        pass  # checked against the latency model once the channel ranking is known (`_plan_within_latency`)
     elif args.strategy == "global":
         check_keep_target(graph, keep, round_to=args.round_to, min_channels=args.min_channels)
     else:
@@ -271,7 +326,10 @@ def run(args: argparse.Namespace) -> dict:
     ctx = score_context(loaded.model, graph, args.criterion, batches=data_batches, seed=args.seed,
                         device=resolve_device(args.device) if data_batches else None)
     scores = channel_scores(loaded.model, graph, args.criterion, ctx) if args.strategy == "global" else None
-    if target_gflops is None:
+    latency = None
+    if args.target_latency_ms is not None:
+        plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, args)
+    elif target_gflops is None:
         plan = plan_counts(graph, args.strategy, keep=keep, scores=scores, round_to=args.round_to,
                            min_channels=args.min_channels)
     else:
@@ -325,7 +383,8 @@ def run(args: argparse.Namespace) -> dict:
         "imgsz": imgsz,
         "criterion": args.criterion,
         "strategy": args.strategy,
-        "target": plan.target if target_gflops is None else {"gflops": round(target_gflops, 4)},
+        "target": ({"latency_ms": args.target_latency_ms} if latency is not None else plan.target
+                   if target_gflops is None else {"gflops": round(target_gflops, 4)}),
         "uniform_ratio": plan.ratio,
         "threshold": plan.threshold,
         "conv_gflops": {"before": round(graph.conv_gflops(), 4), "after": round(plan.gflops, 4)},
@@ -347,7 +406,9 @@ def run(args: argparse.Namespace) -> dict:
         result["val_note"] = val_note
     if recon is not None:
         result["reconstruction"] = recon
-    note = _reached_note(graph, plan, keep, target_gflops, after["gflops"], full_gflops, args)
+    if latency is not None:
+        result["latency"] = latency
+    note = None if latency is not None else _reached_note(graph, plan, keep, target_gflops, after["gflops"], full_gflops, args)
     if note:
         result["note"] = note
     if warnings:
@@ -366,6 +427,11 @@ def run(args: argparse.Namespace) -> dict:
                   f"{recon['detect_input_mse_before']:.4f} -> {recon['detect_input_mse_after']:.4f}")
         if note:
             print(f"note: {note}")
+        if latency is not None:
+            print(f"latency: {latency['before_ms']:.2f} -> {latency['after_ms']:.2f} ms for a target of "
+                  f"{args.target_latency_ms:g} ms, as the latency model predicts it ({latency['setup']['backend']}, "
+                  f"{latency['setup']['precision']}, batch {latency['setup']['batch']}, "
+                  f"{latency['setup']['threads']} thread(s); `autoprune cost --latency-backend` measures it)")
         for line in _data_lines(calibration, val, val_note, args):
             print(line)
         print(f"saved {out}")
