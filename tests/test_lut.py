@@ -42,11 +42,21 @@ def test_prediction_is_the_sum_of_the_entries(demo):
     assert table.predict() == pytest.approx(50.0)  # unpruned: what the model measured end to end
     small = floor_counts(graph)
     layers = table.layer_latencies(small)
+    assert table.scale == 1.0  # the fake model costs more than its convs: a positive rest, nothing scaled
     assert table.predict(small) == pytest.approx(sum(layers.values()) + table.rest_ms)
     assert table.predict(small) < table.predict()
     channels = graph.conv_channels(small)
     for site in table.sites:  # at the floor every conv sits on an anchor: its measured entry, no interpolation
         assert layers[site.name] == pytest.approx(table.entry(site.config(*channels[site.name])) - table.overhead_ms)
+
+
+def test_layers_summing_to_more_than_the_model_are_scaled_down(demo):
+    model, graph = demo
+    table = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1,
+                         measure=lambda m, ch, hw: 0.001 if ch is None else fake_measure(m, ch, hw)).build()
+    assert table.rest_ms == pytest.approx(0.0) and 0 < table.scale < 1
+    assert table.predict() == pytest.approx(0.001)
+    assert 0 < table.predict(floor_counts(graph)) < table.predict()
 
 
 def test_table_is_cached_on_disk(demo, tmp_path):

@@ -13,7 +13,8 @@ padding, groups, activation). A candidate's convs can take thousands of channel 
 so every conv of the model is measured at `ANCHORS` points between its smallest prunable shape (every group at its
 floor) and its full shape, and a candidate's conv is priced by linear interpolation in its multiply-accumulates
 between its own anchors (never below the smallest anchor, never above the largest; anchors made non-decreasing).
-The prediction is then a deterministic, non-decreasing function of the kept channels, which `autoprune.budget`
+Where the convs alone sum to more than the whole model (OpenVINO), every conv is scaled by the model's time over
+that sum (`scale`) and `rest_ms` is 0. The prediction is then a deterministic, non-decreasing function of the kept channels, which `autoprune.budget`
 can bisect on. What the convs do not account for (concats, splits, upsampling, pooling, the Detect head's decoding,
 runtime overhead) is one constant, `rest_ms`: the unpruned model measured end to end minus the sum of its convs.
 Each entry is the layer's time less the runtime's call overhead (`OVERHEAD`, measured the same way), which a layer
@@ -178,6 +179,7 @@ class LatencyTable:
         self._curves: dict[str, tuple[list[int], list[float]]] | None = None
         self.rest_ms: float | None = None
         self.overhead_ms: float | None = None
+        self.scale = 1.0  # < 1 where the convs alone sum to more than the model measured end to end
 
     # -- the entries ---------------------------------------------------------------------------------------------
 
@@ -245,7 +247,11 @@ class LatencyTable:
             curves[site.name] = (macs, ms)
         self._curves = curves
         full_sum = sum(self._layer_ms(s.name, s.full.macs()) for s in self.sites)
-        self.rest_ms = self._model_ms() - full_sum
+        model_ms = self._model_ms()
+        # Layers alone can sum to more than the model (OpenVINO fuses and schedules inside a compiled model): then
+        # the entries are scaled down to the model instead of adding a negative rest.
+        self.scale = min(1.0, model_ms / full_sum) if full_sum > 0 else 1.0
+        self.rest_ms = model_ms - self.scale * full_sum
         return self
 
     # -- predictions ---------------------------------------------------------------------------------------------
@@ -270,7 +276,7 @@ class LatencyTable:
     def predict(self, counts: dict | None = None) -> float:
         """The predicted latency (ms) of the model keeping `counts` channels per group: the sum of its convs'
         entries plus `rest_ms`. Microseconds; deterministic; never falls when a count rises."""
-        return sum(self.layer_latencies(counts).values()) + self.rest_ms
+        return self.scale * sum(self.layer_latencies(counts).values()) + self.rest_ms
 
     def setup(self) -> dict:
         """What the table's numbers were measured with (backend, precision, batch, threads, device, image size)."""
@@ -283,7 +289,7 @@ class LatencyTable:
         """A short hash of the table's entries (which anchors, which values): two tables that predict alike."""
         if self._curves is None:
             self.build()
-        text = json.dumps({"curves": self._curves, "rest": self.rest_ms}, sort_keys=True)
+        text = json.dumps({"curves": self._curves, "rest": self.rest_ms, "scale": self.scale}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
