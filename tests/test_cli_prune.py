@@ -229,7 +229,7 @@ def test_unknown_flag_is_one_error_line(capsys):
     "argv, message",
     [
         (["--keep", "0.5", "--target-gflops", "50%"], "not allowed with argument --keep"),
-        ([], "one of the arguments --keep --target-gflops is required"),
+        ([], "one of the arguments --keep --target-gflops --target-latency-ms is required"),
     ],
 )
 def test_exactly_one_target_is_one_error_line(capsys, argv, message):

@@ -96,7 +96,7 @@ def test_missing_runtime_names_the_extra(monkeypatch, capsys):
     (["--backend", "tensorrt"], "--latency-backend tensorrt needs a CUDA device"),
     (["--latency-precision", "fp16"], "fp16 with --latency-backend torch needs a CUDA device"),
     (["--latency-backend", "tflite"], "--latency-backend must be one of torch, onnxruntime, openvino, tensorrt"),
-    (["--latency-backend", "openvino", "--latency-batch", "0"], "--latency-batch must be a positive integer"),
+    (["--latency-backend", "openvino", "--latency-batch", "0"], "--latency-batch (--batch) must be a positive integer"),
 ])
 def test_cost_refuses_what_cannot_run_here(capsys, monkeypatch, argv, pattern):
     import autoprune.models
@@ -174,5 +174,5 @@ def test_apply_measures_as_the_search_did_unless_told():
         "backend": "onnxruntime", "batch": 2, "precision": "fp32"}
     with pytest.raises(UserError, match="tensorrt needs a CUDA device"):
         study_latency(ov, CPU, {"backend": "tensorrt"})
-    with pytest.raises(UserError, match="--latency-batch must be a positive integer"):
+    with pytest.raises(UserError, match="--latency-batch (--batch) must be a positive integer"):
         study_latency(ov, CPU, {"batch": 0})

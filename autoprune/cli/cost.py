@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
 
     imgsz = cost.check_imgsz(args.imgsz)
     if args.batch < 1:
-        raise UserError(f"--latency-batch must be a positive integer, got {args.batch}")
+        raise UserError(f"--latency-batch (--batch) must be a positive integer, got {args.batch}")
     cost.check_backend(args.backend)
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be a positive integer, got {args.threads}")

@@ -34,6 +34,7 @@ from autoprune.search.records import (
     load_records,
     pareto_front,
     ranked_confirmations,
+    recommendation,
 )
 
 UNFINISHED_STATES = ("RUNNING", "WAITING")
@@ -95,14 +96,8 @@ class ParetoInfo:
     # trials re-scored under other proxy seeds (`Search.confirm`): (number, {seed: mAP50-95}, mean), the most
     # seeds first, then by mean; the first is the recommended trial
     confirmed: tuple[tuple[int, dict, float], ...] = ()
-
-    @property
-    def recommended(self) -> TrialRecord | None:
-        """The trial to apply: the best by mean score over the confirming proxy seeds when the search confirmed
-        its top trials, else `best`."""
-        if self.confirmed:
-            return next(r for r in self.records if r.number == self.confirmed[0][0])
-        return self.best
+    recommended: TrialRecord | None = None  # the trial to apply, by the search's one rule (`records.recommendation`)
+    recommendation_reason: str | None = None
 
     @property
     def front_numbers(self) -> frozenset[int]:
@@ -198,6 +193,7 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
         )
     )
     confirmed = ranked_confirmations(study_attrs, records)
+    advice = recommendation(study_attrs, list(records))
     return ParetoInfo(
         study_name=study_name,
         model=_str(study_attrs.get(STUDY_MODEL)),
@@ -219,6 +215,8 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
         counts=counts,
         reasons=tuple(reasons.most_common(3)),
         confirmed=tuple(confirmed),
+        recommended=advice.trial,
+        recommendation_reason=advice.reason,
     )
 
 

@@ -18,6 +18,7 @@ atomically, heartbeats reveal a dead worker's trial, which is then failed and qu
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import math
 import time
 import warnings
@@ -29,11 +30,12 @@ from optuna.trial import TrialState
 from autoprune.errors import UserError
 from autoprune.search import records
 from autoprune.search.engines import InitialPopulation, count_in_generation, make_sampler
-from autoprune.search.progress import duration_text, progress_line
+from autoprune.search import plan
+from autoprune.search.progress import progress_line
 from autoprune.search.settings import (MAX_REJECTED_IN_A_ROW, SEARCH_TIMING, SearchResult, SearchSettings,
                                        check_resumable, check_settings)
 from autoprune.search.storage import make_storage, mask_url, run_dir_for, storage_url
-from autoprune.search.study import heartbeat, next_name, settled_attrs, study_exists, version
+from autoprune.search.study import heartbeat, next_name, settled_attrs, study_exists
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -99,7 +101,7 @@ class Search:
                 f"--budget-gflops {s.budget_gflops:g} is not below the unpruned model's {base_gflops:.2f} GFLOPs at "
                 f"{s.imgsz}: nothing to prune; give a budget below it"
             )
-        self.budget = self._make_budget()
+        self.budget = plan.make_budget(self)
         self.uniform = largest_uniform(self.space, self.budget)
         self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
 
@@ -122,94 +124,19 @@ class Search:
     # ------------------------------------------------------------------------------------------------------------
     # The study
 
-    def _study_attrs(self) -> dict:
-        s = self.settings
-        return {
-            records.STUDY_MODEL: self.loaded.source,
-            records.STUDY_MODEL_FINGERPRINT: self.loaded.fingerprint,
-            records.STUDY_DATA: str(self.data.yaml),
-            records.STUDY_BUDGET_GFLOPS: s.budget_gflops,
-            records.STUDY_BUDGET_LATENCY_MS: s.budget_latency_ms,
-            records.STUDY_BUDGET_FLOOR: s.budget_floor,
-            records.STUDY_IMGSZ: s.imgsz,
-            records.STUDY_DEVICE: str(self.device),
-            records.STUDY_LATENCY_BACKEND: s.latency_backend,
-            records.STUDY_LATENCY_BATCH: s.latency_batch,
-            records.STUDY_LATENCY_PRECISION: self.latency_precision,
-            records.STUDY_SPACE: self.space.source,
-            records.STUDY_CRITERION: s.criterion,
-            records.STUDY_ENGINE: s.engine,
-            records.STUDY_SAMPLER: s.sampler or "nsga2",
-            records.STUDY_SEED: s.seed,
-            records.STUDY_PROXY: self._proxy_settings_dict(),
-            records.STUDY_POPULATION: s.population,
-            records.STUDY_BASE: self.base,
-            records.STUDY_VERSION: version(),
-        }
-
-    def _make_budget(self):
-        """The one budget repair, fill and the one-shot plans work toward: a genome's cost is the largest share it
-        uses of the GFLOPs budget (the space's prediction) and of the latency budget (the latency model,
-        `cost.lut.LatencyTable`, built once per runtime setting and kept in runs/latency_lut.json); it fits at 1."""
-        from autoprune.budget import Budget
-
-        s = self.settings
-        costs = []
-        if s.budget_gflops is not None:
-            costs.append(lambda g: self.space.gflops(g, s.imgsz, base_gflops=self.base_gflops) / s.budget_gflops)
-        if s.budget_latency_ms is not None:
-            table = self.latency_table = self._latency_table()
-            lows = table.predict(self.space.counts(self.space.lows()))
-            if lows > s.budget_latency_ms:
-                raise UserError(
-                    f"--budget-latency-ms {s.budget_latency_ms:g} is below what the search space can reach: the "
-                    f"smallest model it allows runs in {lows:.2f} ms (predicted by the latency model; {s.latency_backend}, "
-                    f"{self.latency_precision}, batch {s.latency_batch}, {table.threads} thread(s), at {s.imgsz}; "
-                    f"the unpruned one {table.predict():.2f} ms)")
-            costs.append(lambda g: table.predict(self.space.counts(g)) / s.budget_latency_ms)
-        return Budget(1.0, lambda g: max(c(g) for c in costs), unit="x the budget")
-
-    def _budget_text(self) -> str:
-        s = self.settings
-        parts = ([f"{s.budget_gflops:g} GFLOPs"] if s.budget_gflops is not None else []) + (
-            [f"{s.budget_latency_ms:g} ms ({s.latency_backend})"] if s.budget_latency_ms is not None else [])
-        return " and ".join(parts)
-
-    def _latency_table(self):
-        """The latency model of this model in the search's runtime setting (measured once; kept on disk)."""
-        from autoprune.cost.lut import LatencyTable
-        from autoprune.runs import RUNS_ROOT
-
-        s = self.settings
-        self.log(f"latency model: {s.latency_backend} at {s.imgsz}, batch {s.latency_batch} (measured once, cached)...")
-        return LatencyTable(self.loaded.model, self.graph, imgsz=s.imgsz, batch=s.latency_batch, device=self.device,
-                            backend=s.latency_backend, precision=self.latency_precision,
-                            path=RUNS_ROOT / "latency_lut.json", round_to=self.space.round_to,
-                            min_channels=self.space.min_channels).build()
-
-    def _proxy_settings_dict(self) -> dict:
-        s = self.settings
-        out = {"imgsz": s.proxy_imgsz, "steps": s.proxy_steps, "calib_batches": s.calib_batches,
-               "val_images": s.val_images, "seed": s.seed}
-        if s.proxy_distill:  # only when on: studies made before the option resume unchanged
-            out["distill"] = float(s.proxy_distill)
-        if s.reconstruct:  # likewise
-            out["reconstruct"] = True
-        return out
-
     def _describe_new_study(self) -> dict:
         """The user attributes a new study gets: the settings, the channel ranking and the one-shot global genomes."""
         from autoprune.strategies import per_flop_scores
 
-        scores = self._channel_scores()  # scored once: the ranking and the global plans all come from them
-        attrs = self._study_attrs()
+        scores = plan.channel_scores(self)  # scored once: the ranking and the global plans all come from them
+        attrs = plan.study_attrs(self)
         return {
             **{k: v for k, v in attrs.items() if k != records.STUDY_VERSION},
-            records.STUDY_RANKING: self._compute_ranking(scores),
+            records.STUDY_RANKING: plan.compute_ranking(self, scores),
             # one-shot global pruning by the criterion, as close as the space can express it, and the same by
             # importance per FLOP: trial 0 queues both
-            records.STUDY_GLOBAL: self._global_genome(scores),
-            records.STUDY_GLOBAL_PER_FLOP: self._global_genome(per_flop_scores(self.graph, scores)),
+            records.STUDY_GLOBAL: plan.global_genome(self, scores),
+            records.STUDY_GLOBAL_PER_FLOP: plan.global_genome(self, per_flop_scores(self.graph, scores)),
             records.STUDY_VERSION: attrs[records.STUDY_VERSION],  # last: it marks a study completely described
         }
 
@@ -217,7 +144,7 @@ class Search:
         """Create or load the study; a new one gets `described` (computed now when None: another worker's study
         vanished, or none existed when this one looked), an existing one must have been made with these settings."""
         s = self.settings
-        init = InitialPopulation(center=self.uniform, fit=self.fit_to_share, budget=1.0)
+        init = InitialPopulation(center=self.uniform, fit=partial(plan.fit_to_share, self), budget=1.0)
         sampler = make_sampler(s.engine, s.sampler, self.space, seed=s.seed, population=s.population,
                                first_params=self.uniform, init=init)
         study = optuna.create_study(
@@ -227,7 +154,7 @@ class Search:
             sampler=sampler,
             load_if_exists=True,
         )
-        attrs = self._study_attrs()
+        attrs = plan.study_attrs(self)
         stored = settled_attrs(study)
         if records.STUDY_VERSION not in stored:  # a new study: describe it
             study.set_metric_names(list(records.OBJECTIVES))
@@ -252,45 +179,13 @@ class Search:
                 self._evaluator.set_teacher(self.loaded.model)
         return self._evaluator
 
-    def _channel_scores(self) -> dict:
-        """Every group's channel scores by the criterion (data criteria use the proxy's calibration batches)."""
-        from autoprune.importance import DATA_CRITERIA
-        from autoprune.pruner import channel_scores
-
-        c = self.settings.criterion
-        batches = self.evaluator.calibration_batches() if c in DATA_CRITERIA else None
-        return channel_scores(self.loaded.model, self.graph, c, batches=batches)
-
-    def _compute_ranking(self, scores: dict | None = None) -> dict:
-        """Every group's channel order by the criterion (`candidate.rank`'s order), as plain lists."""
-        from autoprune.candidate import order_of, ranking_as_lists
-
-        return ranking_as_lists(order_of(scores if scores is not None else self._channel_scores()))
-
-    def _global_genome(self, scores: dict) -> dict:
-        """The genome of one-shot global pruning (one threshold over the criterion's normalized `scores`): the
-        largest such plan whose predicted full GFLOPs fit the budget (`strategies.plan_within`), projected onto the
-        space's genes (`SearchSpace.from_counts`; channel for channel in `fine`); a space too coarse to get within
-        is repaired into it."""
-        from autoprune.strategies import plan_within
-
-        s = self.settings
-
-        def cost(counts):  # the share of the budget used (GFLOPs and/or latency: `_make_budget`)
-            return self.budget.cost(self.space.from_counts(counts))
-
-        plan, fits = plan_within(self.graph, "global", 1.0, cost, full_cost=self.budget.cost(self.space.highs()),
-                                 scores=scores, round_to=self.space.round_to, min_channels=self.space.min_channels)
-        genome = self.space.from_counts(plan.counts)
-        return genome if fits else self.fit_to_share(genome, 1.0)
-
     @property
     def ranking(self):
         """The channel order every trial slices, as stored in the study (the same for every worker and resume)."""
         if self._ranking is None:
             from autoprune.candidate import ranking_from_lists
 
-            stored = self.study.user_attrs.get(records.STUDY_RANKING) or self._compute_ranking()
+            stored = self.study.user_attrs.get(records.STUDY_RANKING) or plan.compute_ranking(self)
             self._ranking = ranking_from_lists(stored, self.graph)
         return self._ranking
 
@@ -301,13 +196,6 @@ class Search:
 
         budget = gflops_budget(self.space, target, self.settings.imgsz, base_gflops=self.base_gflops)
         return fit(self.space, genome, budget)
-
-    def fit_to_share(self, genome: dict, share: float) -> dict:
-        """The genome moved toward the space's highs (or repaired down) to use close to `share` of the budget
-        (`_make_budget`: GFLOPs, latency or both; `autoprune.budget.fit`)."""
-        from autoprune.budget import Budget, fit
-
-        return fit(self.space, genome, Budget(share, self.budget.cost, unit=self.budget.unit))
 
     def _genome(self, trial) -> dict:
         return {g.name: trial.suggest_float(g.name, g.low, g.high, step=g.step) for g in self.space.genes}
@@ -335,12 +223,12 @@ class Search:
         self.study.tell(trial, state=TrialState.PRUNED)
 
     def _reject_over_budget(self, trial, genome: dict, estimate: float) -> None:
-        s = self.settings
         from autoprune.budget import repair
 
         repaired = repair(self.space, genome, self.budget)
-        self._replace(trial, genome, repaired, records.TrialKind.REPAIRED.value, f"over the budget ({self._budget_text()}"
-                      f" at {estimate:.2f} x); a repaired genome was queued instead")
+        self._replace(trial, genome, repaired, records.TrialKind.REPAIRED.value,
+                      f"over the budget ({plan.budget_text(self)} at {estimate:.2f} x); a repaired genome was queued "
+                      "instead")
 
     def _reject_under_floor(self, trial, genome: dict, estimate: float) -> bool:
         """Queue `genome` filled up toward the budget (`fit_to_gflops`) instead of spending a proxy on it.
@@ -350,11 +238,11 @@ class Search:
         factor) and spends the evaluation at the budget. False (evaluate it as it is) when filling changes nothing.
         """
         s = self.settings
-        filled = self.fit_to_share(genome, 1.0)
+        filled = plan.fit_to_share(self, genome, 1.0)
         if self.space.counts(filled) == self.space.counts(genome):
             return False
         self._replace(trial, genome, filled, records.TrialKind.FILLED.value, f"under the budget floor ({estimate:.2f} < "
-                      f"{s.budget_floor:g} x {self._budget_text()}); a genome filled up to the budget was queued")
+                      f"{s.budget_floor:g} x {plan.budget_text(self)}); a genome filled up to the budget was queued")
         return True
 
     def evaluate(self, trial) -> str:
@@ -475,7 +363,7 @@ class Search:
         successes = rejected_in_a_row = 0
         started = time.perf_counter()
         evaluated_here = 0
-        self.log(f"search {self.name!r}: {target} candidates, budget {self._budget_text()} at {s.imgsz}"
+        self.log(f"search {self.name!r}: {target} candidates, budget {plan.budget_text(self)} at {s.imgsz}"
                  + f", engine {s.engine}" + (f"/{s.sampler}" if s.sampler else "")
                  + f", {len(self.space.genes)} genes; storage {mask_url(self.url)}")
         while True:
@@ -494,6 +382,11 @@ class Search:
                     continue
                 try:
                     outcome = self.evaluate(trial)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # Another worker was handed the same queued trial and told it first (SQLite takes no row lock
+                    # when Optuna pops a waiting trial): its result stands; this worker moves on.
+                    self.log(f"trial #{trial.number} was finished by another worker; moving on")
+                    continue
                 except BaseException:
                     with contextlib.suppress(Exception):
                         trial.set_user_attr(records.REASON, "interrupted")

@@ -1,0 +1,125 @@
+"""What a search plans with before its first trial: its budget (a share of the GFLOPs and/or latency budget, the
+latency model behind the latter), the channel ranking every trial slices, and the one-shot global genomes trial 0
+queues. Functions of a `driver.Search` (its settings, model, graph, space and evaluator)."""
+
+from __future__ import annotations
+
+from autoprune.errors import UserError
+from autoprune.search import records
+from autoprune.search.study import version
+
+
+def make_budget(search):
+    """The one budget repair, fill and the one-shot plans work toward: a genome's cost is the largest share it
+    uses of the GFLOPs budget (the space's prediction) and of the latency budget (the latency model,
+    `cost.lut.LatencyTable`, built once per runtime setting and kept in runs/latency_lut.json); it fits at 1."""
+    from autoprune.budget import Budget
+
+    s = search.settings
+    costs = []
+    if s.budget_gflops is not None:
+        costs.append(lambda g: search.space.gflops(g, s.imgsz, base_gflops=search.base_gflops) / s.budget_gflops)
+    if s.budget_latency_ms is not None:
+        table = search.latency_table = latency_table(search)
+        lows = table.predict(search.space.counts(search.space.lows()))
+        if lows > s.budget_latency_ms:
+            raise UserError(
+                f"--budget-latency-ms {s.budget_latency_ms:g} is below what the search space can reach: the "
+                f"smallest model it allows runs in {lows:.2f} ms (predicted by the latency model; {s.latency_backend}, "
+                f"{search.latency_precision}, batch {s.latency_batch}, {table.threads} thread(s), at {s.imgsz}; "
+                f"the unpruned one {table.predict():.2f} ms)")
+        costs.append(lambda g: table.predict(search.space.counts(g)) / s.budget_latency_ms)
+    return Budget(1.0, lambda g: max(c(g) for c in costs), unit="x the budget")
+
+def budget_text(search) -> str:
+    s = search.settings
+    parts = ([f"{s.budget_gflops:g} GFLOPs"] if s.budget_gflops is not None else []) + (
+        [f"{s.budget_latency_ms:g} ms ({s.latency_backend})"] if s.budget_latency_ms is not None else [])
+    return " and ".join(parts)
+
+def latency_table(search):
+    """The latency model of this model in the search's runtime setting (measured once; kept on disk)."""
+    from autoprune.cost.lut import LatencyTable
+    from autoprune.runs import RUNS_ROOT
+
+    s = search.settings
+    search.log(f"latency model: {s.latency_backend} at {s.imgsz}, batch {s.latency_batch} (measured once, cached)...")
+    return LatencyTable(search.loaded.model, search.graph, imgsz=s.imgsz, batch=s.latency_batch, device=search.device,
+                        backend=s.latency_backend, precision=search.latency_precision,
+                        path=RUNS_ROOT / "latency_lut.json", round_to=search.space.round_to,
+                        min_channels=search.space.min_channels).build()
+
+def channel_scores(search) -> dict:
+    """Every group's channel scores by the criterion (data criteria use the proxy's calibration batches)."""
+    from autoprune.importance import DATA_CRITERIA
+    from autoprune.pruner import channel_scores as score_channels
+
+    c = search.settings.criterion
+    batches = search.evaluator.calibration_batches() if c in DATA_CRITERIA else None
+    return score_channels(search.loaded.model, search.graph, c, batches=batches)
+
+def compute_ranking(search, scores: dict | None = None) -> dict:
+    """Every group's channel order by the criterion (`candidate.rank`'s order), as plain lists."""
+    from autoprune.candidate import order_of, ranking_as_lists
+
+    return ranking_as_lists(order_of(scores if scores is not None else channel_scores(search)))
+
+def global_genome(search, scores: dict) -> dict:
+    """The genome of one-shot global pruning (one threshold over the criterion's normalized `scores`): the
+    largest such plan whose predicted full GFLOPs fit the budget (`strategies.plan_within`), projected onto the
+    space's genes (`SearchSpace.from_counts`; channel for channel in `fine`); a space too coarse to get within
+    is repaired into it."""
+    from autoprune.strategies import plan_within
+
+    def cost(counts):  # the share of the budget used (GFLOPs and/or latency: `make_budget`)
+        return search.budget.cost(search.space.from_counts(counts))
+
+    plan, fits = plan_within(search.graph, "global", 1.0, cost, full_cost=search.budget.cost(search.space.highs()),
+                             scores=scores, round_to=search.space.round_to, min_channels=search.space.min_channels)
+    genome = search.space.from_counts(plan.counts)
+    return genome if fits else fit_to_share(search, genome, 1.0)
+
+def fit_to_share(search, genome: dict, share: float) -> dict:
+    """The genome moved toward the space's highs (or repaired down) to use close to `share` of the budget
+    (`make_budget`: GFLOPs, latency or both; `autoprune.budget.fit`)."""
+    from autoprune.budget import Budget, fit
+
+    return fit(search.space, genome, Budget(share, search.budget.cost, unit=search.budget.unit))
+
+
+def study_attrs(search) -> dict:
+    """What a study records of the settings it was made with (and `check_resumable` compares on --resume)."""
+    s = search.settings
+    return {
+        records.STUDY_MODEL: search.loaded.source,
+        records.STUDY_MODEL_FINGERPRINT: search.loaded.fingerprint,
+        records.STUDY_DATA: str(search.data.yaml),
+        records.STUDY_BUDGET_GFLOPS: s.budget_gflops,
+        records.STUDY_BUDGET_LATENCY_MS: s.budget_latency_ms,
+        records.STUDY_BUDGET_FLOOR: s.budget_floor,
+        records.STUDY_IMGSZ: s.imgsz,
+        records.STUDY_DEVICE: str(search.device),
+        records.STUDY_LATENCY_BACKEND: s.latency_backend,
+        records.STUDY_LATENCY_BATCH: s.latency_batch,
+        records.STUDY_LATENCY_PRECISION: search.latency_precision,
+        records.STUDY_SPACE: search.space.source,
+        records.STUDY_CRITERION: s.criterion,
+        records.STUDY_ENGINE: s.engine,
+        records.STUDY_SAMPLER: s.sampler or "nsga2",
+        records.STUDY_SEED: s.seed,
+        records.STUDY_PROXY: proxy_settings_dict(search),
+        records.STUDY_POPULATION: s.population,
+        records.STUDY_BASE: search.base,
+        records.STUDY_VERSION: version(),
+    }
+
+def proxy_settings_dict(search) -> dict:
+    """The proxy settings a study records (`records.STUDY_PROXY`)."""
+    s = search.settings
+    out = {"imgsz": s.proxy_imgsz, "steps": s.proxy_steps, "calib_batches": s.calib_batches,
+           "val_images": s.val_images, "seed": s.seed}
+    if s.proxy_distill:  # only when on: studies made before the option resume unchanged
+        out["distill"] = float(s.proxy_distill)
+    if s.reconstruct:  # likewise
+        out["reconstruct"] = True
+    return out
