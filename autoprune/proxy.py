@@ -179,7 +179,7 @@ class ProxyResult:
         return asdict(self)
 
 
-class _Stopwatch:
+class Stopwatch:
     """Adds wall-clock seconds per stage; synchronises CUDA so that asynchronous kernels land in their stage."""
 
     def __init__(self, device: torch.device):
@@ -344,7 +344,7 @@ class ProxyEvaluator:
             raise UserError(f"steps must be an integer >= 0, got {steps}")
         if recalibrate and s.calib_batches == 0:
             raise UserError("recalibrate needs calib_batches >= 1")
-        clock = _Stopwatch(self.device)
+        clock = Stopwatch(self.device)
         t0 = time.perf_counter()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self._deterministic(), torch_threads(s.threads):
@@ -465,7 +465,7 @@ class ProxyEvaluator:
         return losses
 
     @torch.no_grad()
-    def _validate(self, model: nn.Module, clock: _Stopwatch) -> dict:
+    def _validate(self, model: nn.Module, clock: Stopwatch) -> dict:
         v = self._validator
         model.eval()
         v.init_metrics(model)

@@ -162,7 +162,7 @@ def _positions(shape, cap: int, gen: torch.Generator) -> tuple[torch.Tensor, tor
     return idx // (h * w), (idx % (h * w)) // w, idx % w
 
 
-def _patches(x: torch.Tensor, conv: nn.Conv2d, pos) -> torch.Tensor:
+def conv_patches(x: torch.Tensor, conv: nn.Conv2d, pos) -> torch.Tensor:
     """The input patches of `conv` at output positions `pos`: (P, C * kh * kw), in the weight's flattening order."""
     n, oy, ox = (t.to(x.device) for t in pos)
     kh, kw = conv.kernel_size
@@ -370,7 +370,7 @@ def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> Layer
             pass
         finally:
             h.remove()
-        stats.add(_patches(seen["x"], conv, pos), y)
+        stats.add(conv_patches(seen["x"], conv, pos), y)
 
     # The pruned layer in the original conv's output space: W0 x + b0 (see the module docstring).
     w0 = conv.weight.detach().double().cpu().reshape(conv.out_channels, -1).T

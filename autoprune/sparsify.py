@@ -223,7 +223,7 @@ def _trainer_class(model: nn.Module):
     return SparsifyTrainer
 
 
-def _growing_masks(model: nn.Module, graph, keep: float) -> dict[str, torch.Tensor]:
+def growing_masks(model: nn.Module, graph, keep: float) -> dict[str, torch.Tensor]:
     """BN channel masks of the channels a uniform bn_scale prune at `keep` would remove (coupled parts together)."""
     from autoprune.pruner import conv_masks, keep_counts, rank_channels, select_indices
 
@@ -289,7 +289,7 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
     run_dir = Path(run_dir).resolve()
     graph = analyze(model)
     all_masks = prunable_bn_masks(model, graph)
-    penalised = _growing_masks(model, graph, settings.reg_keep) if settings.growing_reg else all_masks
+    penalised = growing_masks(model, graph, settings.reg_keep) if settings.growing_reg else all_masks
     before = prunable_gammas(model, all_masks)
     penalty = SparsityPenalty(settings, penalised)
 

@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.proxy import ProxyEvaluator, ProxyResult, ProxySettings, _Stopwatch, recalibrate_bn
+from autoprune.proxy import ProxyEvaluator, ProxyResult, ProxySettings, Stopwatch, recalibrate_bn
 
 SMALL = dict(imgsz=64, calib_batches=2, steps=2, batch=4, val_images=4, train_images=8, device="cpu", threads=1)
 
@@ -341,7 +341,7 @@ class _Oracle(nn.Module):
 
 def test_perfect_predictions_score_map_one(evaluator):
     oracle = _Oracle(evaluator._val_batches, nc=2, imgsz=64)
-    m = evaluator._validate(oracle, _Stopwatch(torch.device("cpu")))
+    m = evaluator._validate(oracle, Stopwatch(torch.device("cpu")))
     # 0.995 is a perfect score under Ultralytics' 101-point interpolated AP
     assert m["metrics/mAP50(B)"] == pytest.approx(0.995, abs=1e-6)
     assert m["metrics/mAP50-95(B)"] == pytest.approx(0.995, abs=1e-6)

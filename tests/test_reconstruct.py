@@ -11,7 +11,7 @@ from torch import nn
 
 from autoprune.channels import analyze
 from autoprune.pruner import apply_indices, conv_masks, keep_counts, rank_channels, select_indices
-from autoprune.reconstruct import _patches, feature_errors, reconstruct
+from autoprune.reconstruct import conv_patches, feature_errors, reconstruct
 
 GEN = torch.Generator().manual_seed(0)
 CALIB = [torch.rand(4, 3, 64, 64, generator=GEN) for _ in range(3)]
@@ -141,7 +141,7 @@ def test_patches_match_unfold(stride, padding, dilation):
     n = torch.tensor([0, 1, 1, 0])
     oy = torch.tensor([0, y.shape[2] - 1, 1, y.shape[2] // 2])
     ox = torch.tensor([0, y.shape[3] - 1, 2, 0])
-    got = _patches(x, conv, (n, oy, ox))
+    got = conv_patches(x, conv, (n, oy, ox))
     want = cols[n, :, oy * y.shape[3] + ox]
     assert torch.allclose(got, want)
     assert torch.allclose(got @ conv.weight.reshape(7, -1).T, y[n, :, oy, ox], atol=1e-5)

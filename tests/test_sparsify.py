@@ -124,11 +124,11 @@ def test_growing_regularisation_shrinks_the_chosen_channels_most(small_gamma_ckp
     assert [x["gamma"] for x in r["lambdas"]] == pytest.approx([20.0, 40.0])
     assert r["penalised_channels"] > 0.3 * r["prunable_gammas"]
     trained = torch.load(r["checkpoint"], weights_only=False)["model"].float()
-    from autoprune.sparsify import _growing_masks
+    from autoprune.sparsify import growing_masks
 
     from autoprune.channels import analyze
 
-    chosen = _growing_masks(base, analyze(base), 0.5)
+    chosen = growing_masks(base, analyze(base), 0.5)
     all_masks = prunable_bn_masks(base)
     others = {k: m & ~chosen.get(k, torch.zeros_like(m)) for k, m in all_masks.items()}
     shrink_chosen = prunable_gammas(trained, chosen).mean() / prunable_gammas(base, chosen).mean()
@@ -145,7 +145,7 @@ def test_cli_sparsify_growing_reg_shrinks_the_channels_a_prune_would_remove(smal
 
     from autoprune.channels import analyze
     from autoprune.models import load_model
-    from autoprune.sparsify import _growing_masks
+    from autoprune.sparsify import growing_masks
 
     for k, v in FAST.items():  # the trainer's defaults, which the command leaves in place: a few plain SGD steps
         monkeypatch.setattr(DEFAULT_CFG, k, v)
@@ -162,7 +162,7 @@ def test_cli_sparsify_growing_reg_shrinks_the_channels_a_prune_would_remove(smal
     assert stored["autoprune"]["sparsify"]["growing_reg"] is True and stored["autoprune"]["sparsify"]["reg_keep"] == 0.5
 
     base = load_model(str(small_gamma_ckpt)).model
-    chosen = _growing_masks(base, analyze(base), 0.5)
+    chosen = growing_masks(base, analyze(base), 0.5)
     others = {k: m & ~chosen.get(k, torch.zeros_like(m)) for k, m in prunable_bn_masks(base).items()}
     trained = stored["model"].float()
     shrink_chosen = float(prunable_gammas(trained, chosen).abs().mean() / prunable_gammas(base, chosen).abs().mean())

@@ -9,7 +9,7 @@ The FLOP model (Ultralytics' convention: 2 x multiply-accumulates, the thop rule
 
 `count_gflops` applies it to a traced model with fvcore; the channel graph's conv GFLOPs
 (`ChannelGraph.conv_gflops`) and the search space's prediction for a genome use `conv_flops` and `norm_flops`, so
-that a predicted count and the count of the pruned model agree (tests/test_flop_model.py checks it).
+that a predicted count and the count of the pruned model agree (tests/cost/test_flops.py checks it).
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ def _step_away(genome: dict, space, seen: set, names: list[str], rng) -> dict:
     return genome
 
 
-def _fitness_class():
+def fitness_class():
     """A DEAP fitness whose domination is Deb's constrained domination: feasible beats infeasible, then less
     violation beats more, then Pareto dominance on (mAP up, GFLOPs down). Measured latency is left out (see
     `DeapNSGA2Sampler`)."""
@@ -222,7 +222,7 @@ class DeapNSGA2Sampler(BaseSampler):
         self.eta_cx = eta_cx
         self.eta_mut = eta_mut
         self.init = init
-        self._fitness = _fitness_class()
+        self._fitness = fitness_class()
         self._names = [g.name for g in space.genes]
         # DEAP's bounded operators divide by high - low: they see only the genes that vary, and a fixed gene
         # (low == high) keeps its value

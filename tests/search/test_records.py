@@ -19,7 +19,7 @@ from autoprune.search.storage import make_storage
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """The tiny model, data and flags of tests/test_search.py's env: a second or two per candidate."""
+    """The tiny model, data and flags of tests/search/test_driver.py's env: a second or two per candidate."""
     import ultralytics
     from conftest import make_tiny_dataset
 

@@ -12,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 
 from autoprune.errors import UserError
 from autoprune.search import records as R
-from autoprune.search.engines import DeapNSGA2Sampler, FirstTrialSampler, _fitness_class, make_sampler
+from autoprune.search.engines import DeapNSGA2Sampler, FirstTrialSampler, fitness_class, make_sampler
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _study(sampler):
 
 
 def test_constrained_domination_ranks_feasible_first():
-    F = _fitness_class()
+    F = fitness_class()
     good_but_infeasible = F((0.9, 1.0), violation=0.5)  # (mAP50-95, GFLOPs): the objectives parents are chosen on
     poor_but_feasible = F((0.1, 9.0), violation=0.0)
     less_violation = F((0.0, 9.0), violation=0.1)

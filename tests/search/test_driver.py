@@ -358,7 +358,7 @@ def test_a_latency_budget_marks_exactly_the_trials_over_it(env, capsys, tmp_path
     """First a budget every model meets: no candidate is marked and every one reaches the proxy. Then the median of
     the latencies measured there, for a search of the same genomes: whichever side of it each new measurement lands
     on, however loaded the machine, a trial is marked exactly when it is over. (A budget below the smallest model the
-    space allows is one error line: tests/test_latency_budget.py.)"""
+    space allows is one error line: tests/search/test_plan.py.)"""
     from autoprune.proxy import ProxyEvaluator
 
     monkeypatch.chdir(tmp_path)

@@ -25,7 +25,7 @@ from autoprune.space import (
     space_from_source,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 FAMILY = {
     "yolov8n.yaml": "yolov8",

@@ -117,7 +117,7 @@ def test_cost_cli_openvino_json(capsys):
 
 @pytest.fixture(scope="module")
 def search_env(tmp_path_factory):
-    """tests/test_search.py's tiny search: a 2-class yolov8n YAML, a small dataset, flags for second-long trials."""
+    """tests/search/test_driver.py's tiny search: a 2-class yolov8n YAML, a small dataset, flags for second-long trials."""
     import ultralytics
     from conftest import make_tiny_dataset
 

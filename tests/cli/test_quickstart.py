@@ -60,7 +60,7 @@ def _table_numbers(out: str) -> list[int]:
 def test_the_readme_quick_start_then_apply_a_trial_it_printed(tmp_path, monkeypatch, capsys):
     from autoprune.demo import demo_data_spec, demo_model_path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"autoprune {' '.join(README_SEARCH)}\n" in readme  # the command below is still the README's
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOPRUNE_DEMO_SIZE", "16,8")  # a tiny demo dataset, generated in the session's home
