@@ -66,6 +66,26 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
 
 
+TINY_SEARCH_BUDGET = "0.2"  # GFLOPs at 128 px; the unpruned 2-class yolov8n has 0.33
+
+
+def tiny_search(root: Path) -> dict:
+    """A 2-class yolov8n YAML, a small dataset under `root` and the `autoprune search` flags that keep each candidate
+    to a second or two: {"root": root, "flags": [...]}."""
+    import ultralytics
+    import yaml
+
+    data = make_tiny_dataset(root / "data", n_train=16, n_val=8)
+    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8.yaml").read_text())
+    cfg.update(nc=2, scale="n")
+    model = root / "yolov8n-2cls.yaml"
+    model.write_text(yaml.safe_dump(cfg))
+    flags = ["--model", str(model), "--data", str(data), "--budget-gflops", TINY_SEARCH_BUDGET, "--imgsz", "128",
+             "--proxy-imgsz", "64", "--proxy-steps", "2", "--calib-batches", "2", "--val-images", "8",
+             "--population", "4", "--device", "cpu"]
+    return {"root": root, "flags": flags}
+
+
 # Small synthetic detectors for the hard cases of the channel analysis. Stock Ultralytics modules, tiny widths.
 SYNTH_C2F = {
     "nc": 2,

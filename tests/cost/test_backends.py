@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import builtins
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from autoprune.cost import LatencyCache, TimingProtocol, backends, measure_latency
 from autoprune.cost.cache import cache_key
@@ -117,20 +115,11 @@ def test_cost_cli_openvino_json(capsys):
 
 @pytest.fixture(scope="module")
 def search_env(tmp_path_factory):
-    """tests/search/test_driver.py's tiny search: a 2-class yolov8n YAML, a small dataset, flags for second-long trials."""
-    import ultralytics
-    from conftest import make_tiny_dataset
+    """tests/search/test_driver.py's tiny search: a 2-class yolov8n YAML, a small dataset, flags for second-long
+    trials."""
+    from conftest import tiny_search
 
-    root = tmp_path_factory.mktemp("search-runtime")
-    data = make_tiny_dataset(root / "data", n_train=16, n_val=8)
-    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8.yaml").read_text())
-    cfg.update(nc=2, scale="n")
-    model = root / "yolov8n-2cls.yaml"
-    model.write_text(yaml.safe_dump(cfg))
-    flags = ["--model", model, "--data", data, "--budget-gflops", "0.2", "--imgsz", "128", "--proxy-imgsz", "64",
-             "--proxy-steps", "2", "--calib-batches", "2", "--val-images", "8", "--population", "4",
-             "--device", "cpu"]
-    return {"root": root, "flags": flags}
+    return tiny_search(tmp_path_factory.mktemp("search-runtime"))
 
 
 @pytest.mark.slow
@@ -174,5 +163,5 @@ def test_apply_measures_as_the_search_did_unless_told():
         "backend": "onnxruntime", "batch": 2, "precision": "fp32"}
     with pytest.raises(UserError, match="tensorrt needs a CUDA device"):
         study_latency(ov, CPU, {"backend": "tensorrt"})
-    with pytest.raises(UserError, match="--latency-batch (--batch) must be a positive integer"):
+    with pytest.raises(UserError, match="--latency-batch must be a positive integer"):
         study_latency(ov, CPU, {"batch": 0})

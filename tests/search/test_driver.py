@@ -20,25 +20,15 @@ from autoprune.cli import main
 from autoprune.search import records as R
 from autoprune.search.storage import make_storage
 
-BUDGET = "0.2"  # GFLOPs at 128 px; the unpruned 2-class yolov8n has 0.33
+from conftest import TINY_SEARCH_BUDGET as BUDGET  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A 2-class yolov8n YAML, a small dataset and the flags that keep each candidate to a second or two."""
-    import ultralytics
-    from conftest import make_tiny_dataset
+    from conftest import tiny_search
 
-    root = tmp_path_factory.mktemp("search")
-    data = make_tiny_dataset(root / "data", n_train=16, n_val=8)
-    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8.yaml").read_text())
-    cfg.update(nc=2, scale="n")
-    model = root / "yolov8n-2cls.yaml"
-    model.write_text(yaml.safe_dump(cfg))
-    flags = ["--model", str(model), "--data", str(data), "--budget-gflops", BUDGET, "--imgsz", "128",
-             "--proxy-imgsz", "64", "--proxy-steps", "2", "--calib-batches", "2", "--val-images", "8",
-             "--population", "4", "--device", "cpu"]
-    return {"root": root, "flags": flags}
+    return tiny_search(tmp_path_factory.mktemp("search"))
 
 
 def _cli(capsys, *argv):

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-import yaml
 
 from autoprune import uncertainty
 from autoprune.search import records as R
@@ -20,19 +19,9 @@ from autoprune.search.storage import make_storage
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """The tiny model, data and flags of tests/search/test_driver.py's env: a second or two per candidate."""
-    import ultralytics
-    from conftest import make_tiny_dataset
+    from conftest import tiny_search
 
-    root = tmp_path_factory.mktemp("recommend")
-    data = make_tiny_dataset(root / "data", n_train=16, n_val=8)
-    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg/models/v8/yolov8.yaml").read_text())
-    cfg.update(nc=2, scale="n")
-    model = root / "yolov8n-2cls.yaml"
-    model.write_text(yaml.safe_dump(cfg))
-    flags = ["--model", str(model), "--data", str(data), "--budget-gflops", "0.2", "--imgsz", "128",
-             "--proxy-imgsz", "64", "--proxy-steps", "2", "--calib-batches", "2", "--val-images", "8",
-             "--population", "4", "--device", "cpu"]
-    return {"flags": flags}
+    return tiny_search(tmp_path_factory.mktemp("recommend"))
 
 
 def _study(run: Path, name: str):
