@@ -4,7 +4,7 @@ What `autoprune prune` does, as a library: `prune_once(loaded, settings, imgsz=.
 resolves and checks the target against the smallest model `round_to`/`min_channels` allow, reads the calibration
 batches when the criterion, the reconstruction or the validation needs data (the demo data when none is given),
 ranks the channels, plans the kept channel counts (`strategies.plan_counts`, or `strategies.plan_within` bisecting
-on whole-model GFLOPs or on the latency model `cost.lut.LatencyTable`), builds the pruned model (`candidate.build`,
+on whole-model GFLOPs or on the latency model `latency_model.LatencyTable`), builds the pruned model (`candidate.build`,
 refit by least squares with `reconstruct`), recalibrates its BatchNorm statistics on the calibration batches,
 scores it with the proxy's validation (no finetune) and saves it as a stock Ultralytics checkpoint. It returns a
 `OneShot`: the summary `autoprune prune --json` prints, the pruned model, and where it was saved.
@@ -276,8 +276,8 @@ def _plan_within(model, graph, target: float, full: float, scores, s: OneShotSet
 
 def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings):
     """(plan, latency summary): the largest plan of the strategy whose predicted latency is at most the target
-    (`strategies.plan_within` bisecting on the latency model, `cost.lut.LatencyTable`)."""
-    from autoprune.cost.lut import LatencyTable
+    (`strategies.plan_within` bisecting on the latency model, `latency_model.LatencyTable`)."""
+    from autoprune.latency_model import LatencyTable
     from autoprune.runs import RUNS_ROOT
     from autoprune.strategies import floor_counts, plan_within
 

@@ -1,4 +1,4 @@
-"""Validate the latency model (`autoprune.cost.lut.LatencyTable`): predicted against measured end-to-end latency.
+"""Validate the latency model (`autoprune.latency_model.LatencyTable`): predicted against measured end-to-end latency.
 
     .venv/bin/python benchmarks/bench_latency_model.py                          # demo model and yolov8n at 320
     .venv/bin/python benchmarks/bench_latency_model.py --models demo --backends onnxruntime --candidates 10
@@ -79,7 +79,7 @@ def main() -> None:
     from autoprune.candidate import order_of
     from autoprune.channels import analyze
     from autoprune.cost import count_gflops
-    from autoprune.cost.lut import LatencyTable, measure_model_ms
+    from autoprune.latency_model import LatencyTable, measure_model_ms
     from autoprune.demo import demo_model_path
     from autoprune.models import load_model
     from autoprune.pruner import channel_scores, prune_to_counts

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target-latency-ms",
         type=float,
         help="keep the largest model whose latency in --latency-backend at --imgsz is at most this many ms, as the "
-        "latency model predicts it (autoprune.cost.lut: per-layer latencies measured once, cached in "
+        "latency model predicts it (autoprune.latency_model: per-layer latencies measured once, cached in "
         "runs/latency_lut.json)",
     )
     parser.add_argument("--latency-backend", default="onnxruntime", metavar="BACKEND",

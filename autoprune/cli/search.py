@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GFLOPs budget at --imgsz (this, --budget-latency-ms, or both)")
     parser.add_argument("--budget-latency-ms", type=float, default=None,
                         help="latency budget on --device, in --latency-backend at --latency-batch; alone, candidates "
-                             "are repaired, filled and planned toward it by the latency model (cost.lut), and each "
+                             "are repaired, filled and planned toward it by the latency model (latency_model), and each "
                              "evaluated one is measured end to end")
     parser.add_argument("--latency-backend", default="torch", metavar="BACKEND",
                         help="the runtime latency is measured in: torch (default), onnxruntime, openvino (CPU) or "

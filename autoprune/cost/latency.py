@@ -101,7 +101,7 @@ def _load_average() -> float | None:
         return None
 
 
-def _device_name(device: torch.device) -> str:
+def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return _cpu_name()
@@ -154,7 +154,7 @@ def measure_latency(
     elif cache is not False and not isinstance(cache, LatencyCache):
         raise TypeError(f"cache must be a LatencyCache, None or False, got {type(cache).__name__}")
     signature = architecture_signature(model)
-    device_name = _device_name(dev)
+    device_name = device_label(dev)
     key = cache_key(signature, imgsz, batch, dev, device_name, backend, precision, threads, protocol)
     if cache is not False:  # (an empty LatencyCache is falsy: it has a length)
         hit = cache.get(key)

@@ -12,7 +12,7 @@ from autoprune.search.study import version
 def make_budget(search):
     """The one budget repair, fill and the one-shot plans work toward: a genome's cost is the largest share it
     uses of the GFLOPs budget (the space's prediction) and of the latency budget (the latency model,
-    `cost.lut.LatencyTable`, built once per runtime setting and kept in runs/latency_lut.json); it fits at 1."""
+    `latency_model.LatencyTable`, built once per runtime setting and kept in runs/latency_lut.json); it fits at 1."""
     from autoprune.budget import Budget
 
     s = search.settings
@@ -39,7 +39,7 @@ def budget_text(search) -> str:
 
 def latency_table(search):
     """The latency model of this model in the search's runtime setting (measured once; kept on disk)."""
-    from autoprune.cost.lut import LatencyTable
+    from autoprune.latency_model import LatencyTable
     from autoprune.runs import RUNS_ROOT
 
     s = search.settings

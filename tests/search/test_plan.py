@@ -41,7 +41,7 @@ def fake_latency(model, *, imgsz=640, batch=1, device="cpu", backend="torch", pr
 @pytest.fixture
 def fake_timing(monkeypatch, tmp_path):
     import autoprune.cost
-    import autoprune.cost.lut as lut
+    import autoprune.latency_model as lut
 
     monkeypatch.setenv("AUTOPRUNE_DEMO_SIZE", "6,4")
     monkeypatch.chdir(tmp_path)

@@ -184,9 +184,9 @@ class LatencyTable:
     # -- the entries ---------------------------------------------------------------------------------------------
 
     def _key(self, signature: str, imgsz: int, protocol) -> str:
-        from autoprune.cost.latency import _device_name
+        from autoprune.cost.latency import device_label
 
-        return cache_key(signature, imgsz, self.batch, self.device, _device_name(self.device), self.backend,
+        return cache_key(signature, imgsz, self.batch, self.device, device_label(self.device), self.backend,
                          self.precision, self.threads, protocol)
 
     def _time(self, module: nn.Module, ch: int, hw: int, protocol) -> float:
@@ -280,10 +280,10 @@ class LatencyTable:
 
     def setup(self) -> dict:
         """What the table's numbers were measured with (backend, precision, batch, threads, device, image size)."""
-        from autoprune.cost.latency import _device_name
+        from autoprune.cost.latency import device_label
 
         return {"backend": self.backend, "precision": self.precision, "batch": self.batch, "threads": self.threads,
-                "device": str(self.device), "device_name": _device_name(self.device), "imgsz": self.imgsz}
+                "device": str(self.device), "device_name": device_label(self.device), "imgsz": self.imgsz}
 
     def fingerprint(self) -> str:
         """A short hash of the table's entries (which anchors, which values): two tables that predict alike."""

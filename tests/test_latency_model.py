@@ -1,4 +1,4 @@
-"""The latency model (`autoprune.cost.lut`): a prediction is the sum of the table's entries, the table is kept on
+"""The latency model (`autoprune.latency_model`): a prediction is the sum of the table's entries, the table is kept on
 disk, and a second build measures nothing. Timing is replaced by a deterministic function of the layer."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from autoprune.channels import analyze
-from autoprune.cost.lut import LatencyTable, LayerConfig
+from autoprune.latency_model import LatencyTable, LayerConfig
 from autoprune.demo import demo_model_path
 from autoprune.models import load_model
 from autoprune.strategies import floor_counts
