@@ -67,7 +67,11 @@ def main() -> int:
     base, data = loaded.model, load_data_config(args.data)
     graph = analyze(base, imgsz=640)
     budget = args.share * count_gflops(base, 640)
-    calib = ProxyEvaluator(data, ProxySettings(imgsz=imgsz, device=str(device))).calibration_batches()
+    from autoprune.batches import calibration_batches
+
+    proxy = ProxySettings(imgsz=imgsz, device=str(device))
+    calib = calibration_batches(data, imgsz=imgsz, calib_batches=proxy.calib_batches, batch=proxy.batch, seed=proxy.seed,
+                                train_images=proxy.train_images)
     scores = channel_scores(base, graph, args.criterion,
                             batches=calib if args.criterion in DATA_CRITERIA else None)
     ranking = {g: [s.argsort(descending=True, stable=True) for s in per] for g, per in scores.items()}

@@ -70,10 +70,12 @@ def main() -> None:
     settings = ProxySettings(imgsz=args.imgsz, calib_batches=args.bn_batches, steps=0, batch=args.batch,
                              val_images=args.val_images, device="cpu", threads=args.threads)
     ev = ProxyEvaluator(data, settings)
-    calib = ProxyEvaluator(data, dataclasses.replace(settings, calib_batches=args.calib_batches, seed=1,
-                                                     val_images=8)).calibration_batches()
-    held = ProxyEvaluator(dataclasses.replace(data, train=data.val),
-                          dataclasses.replace(settings, calib_batches=4, seed=2, val_images=8)).calibration_batches()
+    from autoprune.batches import calibration_batches
+
+    calib = calibration_batches(data, imgsz=args.imgsz, calib_batches=args.calib_batches, batch=args.batch, seed=1,
+                                train_images=settings.train_images)
+    held = calibration_batches(dataclasses.replace(data, train=data.val), imgsz=args.imgsz, calib_batches=4,
+                               batch=args.batch, seed=2, train_images=settings.train_images)
     print(f"calibration: {len(calib)} x {args.batch} train images at {args.imgsz} (seed 1); held out: {len(held)} x "
           f"{args.batch} val images; proxy: {ev.val_images} val images, BN recalibration on {args.bn_batches} x "
           f"{args.batch} train images (seed 0)\n")

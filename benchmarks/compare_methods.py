@@ -90,7 +90,11 @@ def main() -> int:
     graph = analyze(base, imgsz=640)
     budget = args.share * count_gflops(base, 640)
     seeds = [int(x) for x in args.seeds.split(",")]
-    calib = ProxyEvaluator(data, ProxySettings(imgsz=imgsz, steps=0, device=str(device))).calibration_batches()
+    from autoprune.batches import calibration_batches
+
+    proxy = ProxySettings(imgsz=imgsz, steps=0, device=str(device))
+    calib = calibration_batches(data, imgsz=imgsz, calib_batches=proxy.calib_batches, batch=proxy.batch, seed=proxy.seed,
+                                train_images=proxy.train_images)
     print(f"model {loaded.source}, {count_gflops(base, 640):.2f} GFLOPs at 640; budget {args.share:.0%} = "
           f"{budget:.4f} GFLOPs; finetune {args.epochs} epochs at {imgsz}, distill={args.distill}, seeds {seeds}\n",
           flush=True)
