@@ -77,7 +77,7 @@ def main() -> int:
     from autoprune.finetune import validate_checkpoint
     from autoprune.models import load_model, save_checkpoint
     from autoprune.pruner import channel_scores
-    from autoprune.proxy import ProxyEvaluator, ProxySettings
+    from autoprune.proxy import ProxySettings
 
     out = Path("runs/compare_methods") / args.name
     out.mkdir(parents=True, exist_ok=True)
