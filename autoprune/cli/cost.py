@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Check the inputs, load the model, count GFLOPs and parameters, measure latency; print and return them."""
     from autoprune import cost
+    from autoprune.cost.timing import under_load
     from autoprune.devices import resolve_device
 
     imgsz = cost.check_imgsz(args.imgsz)
@@ -99,8 +100,7 @@ def run(args: argparse.Namespace) -> dict:
         executed = (f" (computed in {lat.executed_precision})"
                     if lat.executed_precision not in (None, lat.precision) else "")
         print(f"device     {where}, {lat.backend} {lat.precision}{executed}")
-        cores = os.cpu_count() or 1
-        if lat.device == "cpu" and lat.load is not None and lat.load > cores and not lat.cached:
-            print(f"note       load average {lat.load:.1f} on {cores} cores: other processes shared the CPU, "
-                  "so this latency is noisy")
+        if under_load(lat.load, lat.device) and not lat.cached:
+            print(f"note       load average {lat.load:.1f} on {os.cpu_count() or 1} cores: other processes shared "
+                  "the CPU, so this latency is noisy")
     return result

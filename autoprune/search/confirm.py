@@ -50,11 +50,11 @@ def _confirm(search, best: int, n_seeds: int, why: str = "") -> tuple[dict[int, 
     s = search.settings
     done = [records.TrialRecord.from_trial(t)
             for t in search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    ranked = sorted((r for r in done if r.feasible and r.map50_95 is not None),
-                    key=lambda r: (-r.map50_95, r.gflops, r.number))
+    ranked = records.ranked_trials(done)  # the one order: the first is best_trial
     top = ranked[:best] + [r for r in ranked[best:] if r.kind in records.ONE_SHOT_KINDS]
     seeds = [s.seed + k for k in range(1, n_seeds + 1)]
-    todo = [(seed, r) for seed in seeds for r in top if records.confirm_key(r.number, seed) not in search.study.user_attrs]
+    stored = search.study.user_attrs
+    todo = [(seed, r) for seed in seeds for r in top if records.confirm_key(r.number, seed) not in stored]
     if todo:
         search.log(f"confirming {len(top)} trials (the best {min(best, len(ranked))} and the one-shot plans) "
                    f"under proxy seeds {', '.join(map(str, seeds))} ({len(todo)} evaluations)"

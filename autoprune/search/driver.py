@@ -241,8 +241,9 @@ class Search:
         filled = plan.fit_to_share(self, genome, 1.0)
         if self.space.counts(filled) == self.space.counts(genome):
             return False
-        self._replace(trial, genome, filled, records.TrialKind.FILLED.value, f"under the budget floor ({estimate:.2f} < "
-                      f"{s.budget_floor:g} x {plan.budget_text(self)}); a genome filled up to the budget was queued")
+        self._replace(trial, genome, filled, records.TrialKind.FILLED.value,
+                      f"under the budget floor ({estimate:.2f} < {s.budget_floor:g} x {plan.budget_text(self)}); a "
+                      "genome filled up to the budget was queued")
         return True
 
     def evaluate(self, trial) -> str:
@@ -282,9 +283,10 @@ class Search:
             else records.TrialKind.SEARCH.value)
         counts = self.space.counts(genome)
         attrs = {
-            records.GENOME: genome, records.KEEP: self.space.keep(genome), records.KEPT_CHANNELS: counts, records.KIND: kind,
-            records.MODEL_FINGERPRINT: self.loaded.fingerprint, records.IMGSZ: s.imgsz, records.CRITERION: s.criterion,
-            records.SEED: s.seed, records.ROUND_TO: self.space.round_to, records.MIN_CHANNELS: self.space.min_channels,
+            records.GENOME: genome, records.KEEP: self.space.keep(genome), records.KEPT_CHANNELS: counts,
+            records.KIND: kind, records.MODEL_FINGERPRINT: self.loaded.fingerprint, records.IMGSZ: s.imgsz,
+            records.CRITERION: s.criterion, records.SEED: s.seed, records.ROUND_TO: self.space.round_to,
+            records.MIN_CHANNELS: self.space.min_channels,
         }
         try:
             pruned = self.prune_candidate(counts, self.evaluator)
@@ -315,14 +317,15 @@ class Search:
         except (Exception, FloatingPointError) as e:  # a failed candidate is recorded; the search goes on
             if isinstance(e, UserError):
                 raise
-            attrs[records.REASON] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            attrs[records.REASON] = f"{type(e).__name__}: {first}"[:500]
             attrs[records.SECONDS] = time.perf_counter() - t0
             _set_attrs(trial, attrs)
             self.study.tell(trial, state=TrialState.FAIL)
             self._failures.append(e)
             return "FAIL"
-        attrs.update({records.MAP50: result.map50, records.MAP50_95: result.map50_95, records.PROXY_SECONDS: result.seconds,
-                      records.SECONDS: time.perf_counter() - t0, records.MAP50_95_SE: result.map50_95_se,
+        attrs.update({records.MAP50: result.map50, records.MAP50_95: result.map50_95,
+                      records.PROXY_SECONDS: result.seconds, records.SECONDS: time.perf_counter() - t0, records.MAP50_95_SE: result.map50_95_se,
                       records.MAP50_95_BOOT: [round(x, 6) for x in result.map50_95_boot]})
         _set_attrs(trial, attrs)
         self.study.tell(trial, values=[result.map50_95, gflops, lat.median_ms])

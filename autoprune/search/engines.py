@@ -264,15 +264,15 @@ class DeapNSGA2Sampler(BaseSampler):
         return self.space.snap(self.init.fit(self.space.snap(genome), target))
 
     def _good_one_shot(self, study) -> dict | None:
-        """The genome of the best-scored seeded trial (`records.ONE_SHOT_KINDS`), once one has scored at least as well as the
-        uniform genome."""
+        """The genome of the best-scored one-shot trial (`records.ONE_SHOT_KINDS`), once one has scored at least as
+        well as the uniform genome."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
         def score(t):
             return t.user_attrs.get(records.MAP50_95) or 0.0
 
-        seeds = [t for t in done
-                 if t.user_attrs.get(records.KIND) in records.ONE_SHOT_KINDS and all(n in t.params for n in self._names)]
+        seeds = [t for t in done if t.user_attrs.get(records.KIND) in records.ONE_SHOT_KINDS
+                 and all(n in t.params for n in self._names)]
         if not seeds:
             return None
         best = max(seeds, key=lambda t: (score(t), -t.number))

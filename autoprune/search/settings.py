@@ -120,7 +120,8 @@ def check_settings(s: SearchSettings) -> None:
             return
         bad = isinstance(value, bool) or (integer and not isinstance(value, int)) or not value > 0
         if bad or (isinstance(value, float) and not math.isfinite(value)):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive {'integer' if integer else 'number'}, got {value}")
+            what = "integer" if integer else "number"
+            raise UserError(f"--{name.replace('_', '-')} must be a positive {what}, got {value}")
 
     if s.budget_gflops is None and s.budget_latency_ms is None:
         raise UserError("give a budget: --budget-gflops G, --budget-latency-ms L, or both")
@@ -219,8 +220,8 @@ def check_resumable(name: str, stored: dict, attrs: dict) -> None:
     stored = _with_latency_defaults(stored)
     keys = (records.STUDY_MODEL_FINGERPRINT, records.STUDY_BUDGET_GFLOPS, records.STUDY_BUDGET_LATENCY_MS,
             records.STUDY_BUDGET_FLOOR, records.STUDY_IMGSZ, records.STUDY_SPACE, records.STUDY_CRITERION,
-            records.STUDY_ENGINE, records.STUDY_SAMPLER, records.STUDY_SEED, records.STUDY_PROXY, records.STUDY_POPULATION,
-            records.STUDY_LATENCY_BACKEND, records.STUDY_LATENCY_BATCH, records.STUDY_LATENCY_PRECISION)
+            records.STUDY_ENGINE, records.STUDY_SAMPLER, records.STUDY_SEED, records.STUDY_PROXY,
+            records.STUDY_POPULATION, records.STUDY_LATENCY_BACKEND, records.STUDY_LATENCY_BATCH, records.STUDY_LATENCY_PRECISION)
     differ = [key for key in keys if stored.get(key) != attrs[key]]
     if differ:
         what = "; ".join(difference(key, stored.get(key), attrs[key]) for key in differ)
