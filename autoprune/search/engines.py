@@ -1,6 +1,7 @@
 """Search engines, all as Optuna samplers, so one ask/tell driver and one study serve every engine.
 
-- `optuna`: Optuna's own samplers: `nsga2` (NSGAIISampler), `tpe` (multi-objective TPESampler), `random`.
+- `optuna`: Optuna's own samplers: `nsga2` (NSGAIISampler), `tpe` (multi-objective TPESampler), `random`,
+  each behind `LatencyBlindSampler`, so that they select on mAP50-95 and GFLOPs only, as the DEAP engine does.
 - `deap`: NSGA-II with DEAP's operators (`selNSGA2`, simulated binary crossover, polynomial mutation) and
   constrained domination, run inside Optuna's ask/tell: each new trial's genome is bred from the population that
   the study's finished trials form at that moment. The population state therefore lives in the storage, so a
@@ -63,6 +64,7 @@ def make_sampler(
             inner = optuna.samplers.RandomSampler(seed=seed)
         else:
             raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        inner = LatencyBlindSampler(inner)
     return FirstTrialSampler(inner, first_params, space.distributions()) if first_params else inner
 
 
@@ -101,6 +103,7 @@ def count_in_generation(sampler: BaseSampler, study, trial) -> None:
     from optuna.samplers._ga import BaseGASampler
 
     inner = sampler._inner if isinstance(sampler, FirstTrialSampler) else sampler
+    inner = inner.inner if isinstance(inner, LatencyBlindSampler) else inner
     if isinstance(inner, BaseGASampler):
         inner.get_trial_generation(study, study._storage.get_trial(trial._trial_id))
 
@@ -136,6 +139,84 @@ class FirstTrialSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         self._inner.reseed_rng()
+
+
+class _LatencyBlindStudy:
+    """A study as `LatencyBlindSampler`'s inner sampler reads it: the same study, except that every trial it lists
+    carries 0.0 as its latency value (`records.OBJECTIVES`' third). Everything else (directions, storage, system
+    attributes, constraints, trial numbers and ids) is the study's own."""
+
+    def __init__(self, study):
+        self._study = study
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False):
+        return [_without_latency(t) for t in self._study._get_trials(deepcopy=deepcopy, states=states,
+                                                                     use_cache=use_cache)]
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return [_without_latency(t) for t in self._study.get_trials(deepcopy=deepcopy, states=states)]
+
+    @property
+    def trials(self):
+        return self.get_trials()
+
+    @property
+    def best_trials(self):
+        raise NotImplementedError("a latency-blind sampler has no use for the study's best trials")
+
+
+_LATENCY_INDEX = records.OBJECTIVES.index("latency_ms")
+
+
+def _without_latency(trial):
+    """`trial` with its latency value set to 0.0 (a shallow copy; the stored trial is untouched)."""
+    values = trial.values
+    if values is None or len(values) <= _LATENCY_INDEX:
+        return trial
+    import copy
+
+    out = copy.copy(trial)
+    out._values = [0.0 if i == _LATENCY_INDEX else v for i, v in enumerate(values)]
+    return out
+
+
+class LatencyBlindSampler(BaseSampler):
+    """An Optuna sampler that selects on mAP50-95 and GFLOPs only: `inner` reads every trial with its latency value
+    set to 0.0 (a constant objective ranks no trial above another, and Optuna's crowding distance and hypervolume
+    skip it).
+
+    Measured latency varies from run to run (the machine's load), and NSGA-II's and TPE's selection on it made the
+    same seed propose different genomes; the proxy score and GFLOPs are repeatable on one machine, so with one
+    worker the same command proposes the same genomes, as the DEAP engine does (`DeapNSGA2Sampler`). The study
+    keeps the measured latency as its third objective value and attribute: the reports, the front and a latency
+    budget (a constraint, which the inner sampler still reads) use it.
+    """
+
+    def __init__(self, inner: BaseSampler):
+        self.inner = inner
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(_LatencyBlindStudy(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner.sample_relative(_LatencyBlindStudy(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(_LatencyBlindStudy(study), trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self.inner.before_trial(_LatencyBlindStudy(study), trial)
+
+    def after_trial(self, study, trial, state, values):
+        if values is not None and len(values) > _LATENCY_INDEX:
+            values = [0.0 if i == _LATENCY_INDEX else v for i, v in enumerate(values)]
+        self.inner.after_trial(_LatencyBlindStudy(study), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -361,3 +361,30 @@ def test_deap_first_generation_explores_around_the_better_of_two_seeded_trials()
         return [g for g in genomes if np.abs(g - np.array(list(seed.values()))).max() <= 0.1]
 
     assert near(better) and not near(worse)
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe"])
+def test_optuna_engine_proposes_the_same_genomes_for_a_seed_whatever_the_latencies(sampler):
+    """Optuna's NSGA-II and TPE select on mAP50-95 and GFLOPs only (`LatencyBlindSampler`): two runs with the same
+    seed whose measured latencies differ at random propose the same genomes, and the study keeps each run's own
+    latency as its third value."""
+    space = GridSpace()
+
+    def run(latency_seed):
+        study = _study(make_sampler("optuna", sampler, space, seed=5, population=4))
+        rng = np.random.default_rng(latency_seed)
+        proposals = []
+        for _ in range(16):  # four generations of NSGA-II; TPE past its 4 startup trials
+            t = study.ask()
+            p = tuple(t.suggest_float(g.name, g.low, g.high, step=g.step) for g in space.genes)
+            proposals.append(p)
+            quality = float(np.mean(p) - np.std(p))  # deterministic trade-offs: larger and more even scores better
+            gflops = float(np.sum(np.square(p)))
+            t.set_constraint("gflops", gflops - 3.0)
+            study.tell(t, [quality, gflops, float(rng.uniform(1.0, 100.0))])
+        return proposals, [t.values[2] for t in study.trials]
+
+    (a, lat_a), (b, lat_b) = run(1), run(2)
+    assert lat_a != lat_b  # the latencies really differed
+    assert a == b
+    assert len(set(a)) > 8  # and the sampler explored
