@@ -9,6 +9,10 @@ Every command that makes a pruned model goes through here, so a search's trial, 
 3. replay: a stored trial's counts and the study's ranking give back exactly the model the trial scored (`replay`),
    checked against the GFLOPs the trial recorded.
 
+Kept counts may also hold a depth plan, `{"depth:<unit id>": kept elements}` (`autoprune.depth`): build prunes the
+widths first, then removes the elements the plan drops from the width-pruned model (the unit's order from the
+ranking's entry under the same key, else the first elements stay), so replay rebuilds the same model.
+
 A ranking travels through a study as plain lists (`ranking_as_lists`) and comes back checked against the model
 (`ranking_from_lists`).
 
@@ -60,16 +64,21 @@ def order_of(scores: Mapping[str, list[torch.Tensor]]) -> dict[str, list[torch.T
 
 def ranking_as_lists(ranking: Ranking) -> dict[str, list[list[int]]]:
     """A ranking as plain lists, as a study stores it."""
-    return {gid: [o.tolist() for o in orders] for gid, orders in ranking.items()}
+    return {gid: list(orders) if gid.startswith("depth:") else [o.tolist() for o in orders]
+            for gid, orders in ranking.items()}
 
 
 def ranking_from_lists(stored: Mapping, graph: ChannelGraph, counts: Mapping[str, int] | None = None) -> dict:
     """A stored ranking as tensors. With `counts`, every group they prune must have one permutation per part of
     this model (a `UserError` otherwise: the study was made with another model)."""
+    depth_orders = {k: list(v) for k, v in stored.items() if k.startswith("depth:")}
     if counts is None:
-        return {gid: [torch.tensor(o, dtype=torch.long) for o in orders] for gid, orders in stored.items()}
-    out = {}
+        return {**{gid: [torch.tensor(o, dtype=torch.long) for o in orders] for gid, orders in stored.items()
+                   if not gid.startswith("depth:")}, **depth_orders}
+    out = dict(depth_orders)
     for gid, n in counts.items():
+        if gid.startswith("depth:"):
+            continue
         g = graph.group(gid)
         orders = stored.get(gid)
         if n == g.size:
@@ -91,16 +100,18 @@ def build(model: nn.Module, counts: Mapping[str, int], *, graph: ChannelGraph, r
     (`reconstruct.reconstruct`, sampling positions with `seed`): the architecture is the same, the weights of those
     convs and their BatchNorms differ. `model` is never changed; the refit runs on `model`'s device.
     """
+    from autoprune.depth import apply_depth, split_counts
     from autoprune.pruner import apply_indices, select_indices
 
+    counts, depth = split_counts(counts)
     indices = select_indices(graph, counts, ranking)
     pruned = apply_indices(model, graph, indices)
     if batches is None:
-        return Candidate(pruned, indices)
+        return Candidate(apply_depth(pruned, depth, ranking, inplace=True), indices)
     from autoprune.reconstruct import reconstruct
 
     fit = reconstruct(model, pruned, graph, indices, batches, ridge=ridge, max_samples=max_samples, seed=seed)
-    return Candidate(fit.model, indices, fit)
+    return Candidate(apply_depth(fit.model, depth, ranking, inplace=True), indices, fit)
 
 
 def replay(model: nn.Module, counts: Mapping[str, int], *, criterion: str, imgsz: int, expected_gflops: float,
@@ -118,13 +129,16 @@ def replay(model: nn.Module, counts: Mapping[str, int], *, criterion: str, imgsz
     from autoprune.cost import count_gflops
     from autoprune.importance import DATA_CRITERIA, get_criterion
 
+    from autoprune.depth import check_plan, find_units, split_counts
+
     counts = {str(k): int(v) for k, v in counts.items()}
     get_criterion(criterion)
+    check_plan(find_units(model), split_counts(counts)[1], ranking, what=what)
     if ranking is None and criterion in DATA_CRITERIA:  # its order depends on calibration batches
         raise UserError(f"{what} ranked channels by the data criterion {criterion!r} and the study stores no channel "
                         "ranking (made by an older autoprune); apply cannot replay it")
     graph = analyze(model, imgsz=imgsz)
-    unknown = sorted(set(counts) - set(graph.ids))
+    unknown = sorted(set(split_counts(counts)[0]) - set(graph.ids))
     if unknown:
         raise UserError(f"{what} keeps channels of groups this model does not have ({unknown[0]!r}, "
                         f"{len(unknown)} in all); it was made with another model")

@@ -41,7 +41,7 @@ ONE_SHOT_KINDS = (TrialKind.GLOBAL.value, TrialKind.GLOBAL_PER_FLOP.value)  # th
 # Trial user attributes
 GENOME = "genome"  # {gene name: keep ratio}
 KEEP = "keep"  # {group id: keep ratio}, the genome expanded by the search space
-KEPT_CHANNELS = "kept_channels"  # {group id: channels kept per part}
+KEPT_CHANNELS = "kept_channels"  # {group id: channels kept per part}; depth genes add {"depth:<unit id>": kept}
 GFLOPS = "gflops"
 PARAMS = "params"
 LATENCY_MS = "latency_ms"
@@ -49,6 +49,8 @@ LATENCY_SPREAD_MS = "latency_spread_ms"  # p90 - p10 of the timed runs
 LATENCY_LOAD = "latency_load"  # the 1-minute load average when the latency was measured (None: unknown)
 LATENCY_SETUP = "latency_setup"  # what measured it: {backend, precision, executed_precision, batch, threads, device_name}
 LATENCY_UNDER_LOAD = "latency_under_load"  # True: measured under load (`cost.timing.under_load`), noisy
+LATENCY_PREDICTED_MS = "latency_predicted_ms"  # --latency-model predicted: the latency model's figure
+LATENCY_SOURCE = "latency_source"  # "predicted" (LATENCY_MS is the prediction) or "measured"; absent: measured
 MAP50 = "map50"
 MAP50_95 = "map50_95"
 MAP50_95_SE = "map50_95_se"  # the bootstrap standard error of MAP50_95 over val subsets (`autoprune.uncertainty`)
@@ -92,6 +94,52 @@ STUDY_BASE = "base"  # the unpruned model: {gflops, params, latency_ms}
 STUDY_RANKING = "ranking"  # {group id: [channel order per part]}: what every trial of the study slices
 STUDY_VERSION = "autoprune_version"
 STUDY_CONFIRM_PREFIX = "confirm:"  # "confirm:<trial>:<proxy seed>" -> mAP50-95 of the trial under that proxy seed
+STUDY_LATENCY_MODEL = "latency_model"  # how candidates' latency was priced: measured or predicted (absent: measured)
+# "measured_latency:<trial>" -> {ms, spread_ms, load, under_load, setup}: a predicted trial timed end to end after
+# the search (`search.latency.remeasure_front`; a finished trial takes no new attribute)
+STUDY_MEASURED_LATENCY_PREFIX = "measured_latency:"
+
+
+def measured_latency_key(number: int) -> str:
+    """The study attribute holding trial `number`'s latency measured end to end after a predicted search."""
+    return f"{STUDY_MEASURED_LATENCY_PREFIX}{int(number)}"
+
+
+def with_measured_latency(study_attrs: dict, recs: list) -> list:
+    """`recs` with each re-measured latency (`measured_latency_key`) in place of its prediction: `latency_ms`, the
+    attributes `LATENCY_MS`, spread, load and setup measured, `LATENCY_SOURCE` "measured", `LATENCY_PREDICTED_MS`
+    kept; a trial the measurement puts over the study's latency budget becomes infeasible, with its reason.
+
+    Example:
+        >>> r = TrialRecord(3, "COMPLETE", 0.41, 0.6, 4.1, 11.0, 1000, True, "search", None,
+        ...                 attrs={"latency_source": "predicted", "latency_predicted_ms": 11.0})
+        >>> [(x.latency_ms, x.feasible) for x in with_measured_latency(
+        ...     {"budget_latency_ms": 12.0, "measured_latency:3": {"ms": 12.5}}, [r])]
+        [(12.5, False)]
+    """
+    import dataclasses
+
+    budget = study_attrs.get(STUDY_BUDGET_LATENCY_MS)
+    out = []
+    for r in recs:
+        m = study_attrs.get(measured_latency_key(r.number))
+        if not isinstance(m, dict) or not isinstance(m.get("ms"), (int, float)):
+            out.append(r)
+            continue
+        ms = float(m["ms"])
+        attrs = {**r.attrs, LATENCY_MS: ms, LATENCY_SPREAD_MS: m.get("spread_ms"), LATENCY_LOAD: m.get("load"),
+                 LATENCY_UNDER_LOAD: bool(m.get("under_load")), LATENCY_SOURCE: "measured"}
+        if m.get("setup"):
+            attrs[LATENCY_SETUP] = m["setup"]
+        feasible, reason = r.feasible, r.reason
+        if budget is not None and ms > budget:
+            constraints = list(attrs.get(CONSTRAINTS) or [0.0])
+            attrs[CONSTRAINTS] = [constraints[0], ms - budget]
+            attrs[FEASIBLE] = feasible = False
+            reason = attrs[REASON] = (f"over the latency budget measured end to end after the search ({ms:.1f} > "
+                                      f"{budget:g} ms; predicted {r.latency_ms:.1f})")
+        out.append(dataclasses.replace(r, latency_ms=ms, feasible=feasible, reason=reason, attrs=attrs))
+    return out
 
 
 def confirm_key(number: int, seed: int) -> str:
@@ -173,7 +221,10 @@ def load_records(study) -> list[TrialRecord]:
         []
     """
     trials = study.get_trials(deepcopy=False)
-    return sorted((TrialRecord.from_trial(t) for t in trials), key=lambda r: r.number)
+    recs = sorted((TrialRecord.from_trial(t) for t in trials), key=lambda r: r.number)
+    if any(t.user_attrs.get(LATENCY_SOURCE) == "predicted" for t in trials):  # a --latency-model predicted study
+        recs = with_measured_latency(study.user_attrs, recs)
+    return recs
 
 
 def _objectives(r: TrialRecord) -> tuple[float, float, float]:

@@ -12,6 +12,8 @@ from autoprune.errors import UserError
 from autoprune.space.gene import Gene
 from autoprune.space.schema import (
     DEFAULT_MIN_CHANNELS,
+    DEPTH_KEYS,
+    DEPTH_SPLITS,
     DEFAULT_RANGE,
     DEFAULT_ROUND_TO,
     FORMAT_VERSION,
@@ -29,7 +31,7 @@ from autoprune.space.schema import (
     show,
 )
 from autoprune.space.search_space import SearchSpace
-from autoprune.space.select import Selection, parse_selection, select_groups
+from autoprune.space.select import Selection, _layer_set, parse_selection, select_groups
 from autoprune.space.view import default_space_name, model_view
 
 SPACES_DIR = Path(__file__).parent.parent / "search_spaces"
@@ -190,6 +192,10 @@ def _build(src: dict, graph, model, *, label: str, default_name: str) -> SearchS
             )
     if not genes:
         raise UserError(f"search space {label}: no gene selects any channel group of this model; nothing to search")
+    units = []
+    if src.get("depth") not in (None, False):
+        units, depth_genes = _depth_genes(ctx, src["depth"], view, model, {g.name for g in genes})
+        genes += depth_genes
 
     order = {gid: i for i, gid in enumerate(ids)}
     return SearchSpace(
@@ -200,5 +206,89 @@ def _build(src: dict, graph, model, *, label: str, default_name: str) -> SearchS
         never=tuple(sorted(never, key=order.__getitem__)),
         source=source,
         graph=graph,
+        units=tuple(units),
     )
+
+
+def _depth_genes(ctx: Checker, spec, view, model, taken: set[str]):
+    """(the model's depth units, the depth genes of the space's `depth:` key): `true` is one gene per unit; a
+    mapping gives gene name -> {units, exclude, stage, layers, modules, low, split, optional}."""
+    import fnmatch
+
+    from autoprune.depth import find_units
+    from autoprune.space.schema import STAGES
+
+    units = find_units(model)
+    listing = ", ".join(f"{u.id} ({u.block}, {u.n})" for u in units) or "none"
+    if spec is True:
+        spec = {"depth": {}}
+    if not isinstance(spec, Mapping):
+        ctx.fail("depth", f"must be true, false or a mapping of depth gene name to its selection, got {show(spec)}")
+    if not units:
+        ctx.fail("depth", "this model has no repeated blocks (C2f, C3k2, or C3/C3k of residual bottlenecks) to "
+                          "take depth genes")
+    owner: dict[str, str] = {}
+    genes = []
+    for gname, gspec in spec.items():
+        field = f"depth.{gname}"
+        ctx.name(field, gname)
+        gspec = {} if gspec is None else gspec
+        ctx.mapping(field, gspec)
+        ctx.keys(field, gspec, DEPTH_KEYS)
+        optional = parse_bool(ctx, f"{field}.optional", gspec.get("optional", False))
+        chosen = list(units)
+        named = []
+        if "stage" in gspec:
+            stages = gspec["stage"] if isinstance(gspec["stage"], list) else [gspec["stage"]]
+            layers = set().union(*(view.stages[ctx.choice(f"{field}.stage", x, STAGES)] for x in stages))
+            chosen = [u for u in chosen if u.layer in layers]
+            named.append(f"stage {'/'.join(stages)}")
+        if "layers" in gspec:
+            items = gspec["layers"] if isinstance(gspec["layers"], list) else [gspec["layers"]]
+            sel = parse_selection(ctx, field, {"layers": items})
+            layers = set()
+            for it in sel.layers:
+                layers |= _layer_set(ctx, field, it, view, optional)
+            chosen = [u for u in chosen if u.layer in layers]
+            named.append("layers " + ", ".join(
+                f"{i} ({view.layer_types[i]})" for i in sorted(layers)))
+        if "modules" in gspec:
+            mods = ctx.strings(f"{field}.modules", gspec["modules"], "a layer class name (e.g. C2f)")
+            chosen = [u for u in chosen if view.layer_types[u.layer] in mods]
+            named.append(f"modules {', '.join(mods)}")
+        if "units" in gspec:
+            pats = ctx.strings(f"{field}.units", gspec["units"], "a depth unit id pattern (fnmatch, e.g. '4.m')")
+            for p in pats:
+                if not optional and not any(fnmatch.fnmatchcase(u.id, p) for u in units):
+                    ctx.fail(f"{field}.units", f"pattern {p!r} matches no depth unit; this model's units: {listing}")
+            chosen = [u for u in chosen if any(fnmatch.fnmatchcase(u.id, p) for p in pats)]
+            named.append(f"units {', '.join(pats)}")
+        if "exclude" in gspec:
+            pats = ctx.strings(f"{field}.exclude", gspec["exclude"], "a depth unit id pattern (fnmatch)")
+            chosen = [u for u in chosen if not any(fnmatch.fnmatchcase(u.id, p) for p in pats)]
+        if not chosen:
+            if optional:
+                continue
+            what = "; ".join(named) or "its selection"
+            ctx.fail(field, f"selects no repeated block ({what} has no repeated elements); depth genes need the "
+                            f"bottlenecks of C2f, C3k2, C3 or C3k; this model's depth units: {listing}")
+        low = gspec.get("low", 0)
+        if isinstance(low, bool) or not isinstance(low, int) or low < 0:
+            ctx.fail(f"{field}.low", f"must be a whole number of elements kept, 0 or more, got {show(low)}")
+        split = ctx.choice(f"{field}.split", gspec.get("split", "unit"), DEPTH_SPLITS)
+        parts = [(f"{gname}.{u.id}", [u]) for u in chosen] if split == "unit" else [(gname, chosen)]
+        for n, us in parts:
+            for u in us:
+                if u.id in owner:
+                    ctx.fail(field, f"depth unit {u.id!r} is selected by both depth gene {owner[u.id]!r} and "
+                                    f"{n!r}; each unit may be in one depth gene only")
+                owner[u.id] = n
+            if n in taken:
+                ctx.fail(field, f"gene name {n!r} is used twice")
+            taken.add(n)
+            high = max(u.n for u in us)
+            if low > high:
+                ctx.fail(f"{field}.low", f"{low} is above the {high} element(s) of {', '.join(u.id for u in us)}")
+            genes.append(Gene(n, (), float(low), float(high), 1.0, kind="depth", units=tuple(u.id for u in us)))
+    return units, genes
 

@@ -1,4 +1,5 @@
-"""A gene: one searched keep ratio, the channel groups it drives, and the grid of values it may take."""
+"""A gene: one searched keep ratio (or, for a depth gene, a number of kept elements), what it drives, and the grid
+of values it may take."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ class Gene:
 
     Its values are the grid `low, low + step, ..., high`; a gene with `low == high` is fixed at that ratio.
 
+    A depth gene (`kind="depth"`) drives depth units (`autoprune.depth`) instead of channel groups: its value is
+    the number of elements each of its `units` keeps (capped at the unit's own count), a whole number from `low`
+    (0 or more) to `high`, step 1.
+
     Example:
         >>> g = Gene("neck.out", ("12.cv2", "15.cv2"), 0.25, 1.0, 0.05)
         >>> g.n, g.snap(0.512), g.snap(2.0)
@@ -25,8 +30,18 @@ class Gene:
     low: float
     high: float
     step: float
+    kind: str = "width"
+    units: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if self.kind == "depth":
+            ok = all(float(x).is_integer() for x in (self.low, self.high)) and self.step == 1
+            if not (ok and 0 <= self.low <= self.high) or self.groups or not self.units:
+                raise ValueError(f"depth gene {self.name!r}: need whole 0 <= low <= high, step 1, units and no "
+                                 f"groups, got {self}")
+            return
+        if self.kind != "width":
+            raise ValueError(f"gene {self.name!r}: kind must be width or depth, got {self.kind!r}")
         if not (0 < self.low <= self.high + GRID_TOL <= 1 + 2 * GRID_TOL) or not self.step > 0:
             raise ValueError(f"gene {self.name!r}: need 0 < low <= high <= 1 and step > 0, got {self}")
         if self.high - self.low > GRID_TOL:

@@ -31,6 +31,11 @@ class SearchSpace:
         source: the space as loaded (plain YAML types); `space_from_source(source, graph, model)` rebuilds it.
         graph: the `ChannelGraph` the space is bound to.
 
+    Depth genes (the space's `depth:` key) drive depth units (`autoprune.depth`): their value is a number of kept
+    elements, and `counts` gives it as `{"depth:<unit id>": kept}` entries next to the channel groups' counts;
+    `gflops` prices both exactly (`autoprune.depth.conv_channels`). Uniform genomes and one-shot plans
+    (`uniform`, `from_counts`) keep every element.
+
     Genomes are `{gene name: ratio}` dicts. Every method that takes one validates it (`check_genome`): unknown or
     missing genes and values outside a gene's range are `UserError`s; values between grid points are snapped to the
     nearest one.
@@ -43,7 +48,7 @@ class SearchSpace:
     """
 
     def __init__(self, *, name: str, genes: tuple[Gene, ...], round_to: int, min_channels: int,
-                 never: tuple[str, ...], source: dict, graph):
+                 never: tuple[str, ...], source: dict, graph, units: tuple = ()):
         self.name = name
         self.genes = genes
         self.round_to = round_to
@@ -54,6 +59,10 @@ class SearchSpace:
         self._by_name = {g.name: g for g in genes}
         self._gene_of = {gid: g.name for g in genes for gid in g.groups}
         self._norm_convs = tuple(sorted({p.conv for p in graph.producers if p.bn is not None}))
+        # depth units (`autoprune.depth.find_units`) of the model, and those a depth gene drives
+        self.units = units
+        self._unit_n = {u.id: u.n for u in units}
+        self.depth_genes = tuple(g for g in genes if g.kind == "depth")
 
     def __repr__(self) -> str:
         return f"SearchSpace({self.name!r}, {len(self.genes)} genes, {len(self.never)} never pruned)"
@@ -127,6 +136,9 @@ class SearchSpace:
         share of the channels of its groups, snapped to its grid and clipped to its range."""
         genome = {}
         for g in self.genes:
+            if g.kind == "depth":
+                genome[g.name] = max(int(counts.get(f"depth:{u}", self._unit_n[u])) for u in g.units)
+                continue
             sizes = [self.graph.group(gid).size for gid in g.groups]
             kept = [min(int(counts.get(gid, size)), size) for gid, size in zip(g.groups, sizes)]
             genome[g.name] = sum(kept) / sum(sizes) if sum(sizes) else 1.0
@@ -138,11 +150,14 @@ class SearchSpace:
         return {gid: genome[self._gene_of[gid]] if gid in self._gene_of else 1.0 for gid in self.graph.ids}
 
     def counts(self, genome) -> dict[str, int]:
-        """Kept channels per part of every group (`rounded_count` with the space's `round_to`, `min_channels`)."""
+        """Kept channels per part of every group (`rounded_count` with the space's `round_to`, `min_channels`), and
+        with depth genes the kept elements of their units (`{"depth:<unit id>": kept}`, after the groups)."""
         genome = self.check_genome(genome)
         found = {}
         cache = self.__dict__.setdefault("_count_cache", {})  # (gene, grid index) -> {group id: count}
         for g in self.genes:
+            if g.kind == "depth":
+                continue
             key = (g.name, g.index(genome[g.name]))
             part = cache.get(key)
             if part is None:
@@ -152,21 +167,36 @@ class SearchSpace:
                     for gid in g.groups
                 }
             found.update(part)
-        return {g.id: found.get(g.id, g.size) for g in self.graph.groups}
+        out = {g.id: found.get(g.id, g.size) for g in self.graph.groups}
+        for g in self.depth_genes:
+            k = int(round(genome[g.name]))
+            out.update({f"depth:{u}": min(k, self._unit_n[u]) for u in g.units})
+        return out
 
     # -- costs ------------------------------------------------------------------------------------------------------
 
-    def _norm_gflops(self, counts: dict[str, int] | None, imgsz: int) -> float:
-        channels = self.graph.conv_channels(counts)
+    def _channels(self, counts: dict[str, int] | None) -> dict[str, tuple[int, int]]:
+        """(in, out) channels of every conv left by `counts` (convs of removed depth elements absent)."""
+        if counts and any(k.startswith("depth:") for k in counts):
+            from autoprune.depth import conv_channels
+
+            return conv_channels(self.graph, list(self.units), counts)
+        return self.graph.conv_channels(counts)
+
+    def _norm_gflops(self, counts: dict[str, int] | None, imgsz: int, channels=None) -> float:
+        channels = self._channels(counts) if channels is None else channels
         scale = (imgsz / self.graph.imgsz) ** 2
-        elements = sum(channels[c][1] * self.graph.convs[c].out_pixels for c in self._norm_convs)
+        elements = sum(channels[c][1] * self.graph.convs[c].out_pixels for c in self._norm_convs if c in channels)
         return NORM_FLOPS_PER_ELEMENT * elements * scale / 1e9
 
     def _cost_of_counts(self, counts: dict[str, int] | None, imgsz: int, base_gflops: float | None) -> float:
-        conv = self.graph.conv_gflops(counts, imgsz)
+        from autoprune.depth import conv_gflops
+
+        channels = self._channels(counts)
+        conv = conv_gflops(self.graph, channels, imgsz) if self.units else self.graph.conv_gflops(counts, imgsz)
         if base_gflops is None:
             return conv
-        return conv + self._norm_gflops(counts, imgsz) + self._remainder(imgsz, base_gflops)
+        return conv + self._norm_gflops(counts, imgsz, channels) + self._remainder(imgsz, base_gflops)
 
     def _remainder(self, imgsz: int, base_gflops: float) -> float:
         """Full GFLOPs of the unpruned model that neither convs nor the norms after them account for."""
@@ -209,12 +239,13 @@ class SearchSpace:
     # -- special genomes --------------------------------------------------------------------------------------------
 
     def uniform(self, ratio: float) -> dict[str, float]:
-        """Every gene at `ratio`, snapped to its grid and clipped to its range."""
-        return {g.name: g.snap(min(max(float(ratio), g.low), g.high)) for g in self.genes}
+        """Every gene at `ratio`, snapped to its grid and clipped to its range; depth genes at their high."""
+        return {g.name: g.high if g.kind == "depth" else g.snap(min(max(float(ratio), g.low), g.high))
+                for g in self.genes}
 
     def uniform_ratios(self) -> list[float]:
         """The ratios at which `uniform` is evaluated by `uniform_for_budget`: every grid value of every gene."""
-        return sorted({v for g in self.genes for v in g.grid()})
+        return sorted({v for g in self.genes if g.kind != "depth" for v in g.grid()})
 
     def uniform_for_budget(self, budget_gflops: float, imgsz: int, *,
                            base_gflops: float | None = None) -> dict[str, float] | None:
@@ -268,6 +299,7 @@ class SearchSpace:
             lowered = {**self.highs(), g.name: g.low}
             rows.append({
                 "gene": g.name, "low": g.low, "high": g.high, "step": g.step, "groups": list(g.groups),
+                **({"kind": "depth", "units": list(g.units)} if g.kind == "depth" else {}),
                 "saves_at_low_gflops": round(full - self.gflops(lowered, imgsz), 6),
             })
         return rows
