@@ -18,6 +18,12 @@ Both are normalized by the sum of the teacher's per-anchor confidences (the role
 Ultralytics' loss) and scaled by the `cls` and `dfl` gains of the detection loss, so `weight=1` gives the teacher's
 soft targets the same standing as the ground truth. Both are exactly zero when student and teacher outputs agree.
 
+The channel-matched feature distillation (`FeatureMatch`) compares feature maps of chosen layers (by default the
+Detect inputs) channel for channel: the student's kept channels are a subset of the teacher's, known from the
+pruning (`pruner.select_indices`), so each student map is matched to the same channels of the teacher's, with no
+learned projector. Per level, the mean squared difference divided by the mean square of the teacher's selected
+channels (scale-free, zero when they agree), weighted per level.
+
 The optional neck distillation compares the Detect inputs. Pruned widths differ from the teacher's, so a 1x1 conv
 projector (training-only) maps the student's maps to the teacher's widths; both are standardized per sample and
 channel over space before an MSE (as PKD, Cao et al., NeurIPS 2022), so only the pattern is matched, not the scale.
@@ -37,7 +43,10 @@ from autoprune.errors import UserError
 __all__ = [
     "DistillSettings",
     "DistillationLoss",
+    "FeatureMatch",
     "FeatureProjector",
+    "feature_distillation",
+    "parse_levels",
     "detect_input_channels",
     "head_branches",
     "head_distillation",
@@ -59,22 +68,35 @@ class DistillSettings:
             the loss is multiplied by T^2 so that its gradients keep their scale (Hinton et al.).
         neck_weight: weight of the neck feature distillation on the Detect inputs (through a training-only 1x1
             projector). 0 (default) turns it off.
+        feature_weight: weight of the channel-matched feature distillation (`FeatureMatch`). 0 (default) turns it
+            off.
+        feature_levels: ((layer index, weight), ...) of the feature distillation; empty: the Detect inputs, weight 1
+            each.
     """
 
     weight: float = 1.0
     temperature: float = 2.0
     neck_weight: float = 0.0
+    feature_weight: float = 0.0
+    feature_levels: tuple = ()
 
     def __post_init__(self):
-        for name, flag in (("weight", "--kd-weight"), ("neck_weight", "--kd-neck")):
+        object.__setattr__(self, "feature_levels", tuple(tuple(x) for x in self.feature_levels))
+        for name, flag in (("weight", "--kd-weight"), ("neck_weight", "--kd-neck"),
+                           ("feature_weight", "--kd-features")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"{flag} must be a number >= 0, got {v!r}")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise UserError(f"--kd-temperature must be a number > 0, got {t!r}")
-        if self.weight == 0 and self.neck_weight == 0:
-            raise UserError("distillation with --kd-weight 0 and --kd-neck 0 does nothing; use --no-distill instead")
+        if self.weight == 0 and self.neck_weight == 0 and self.feature_weight == 0:
+            raise UserError("distillation with --kd-weight 0, --kd-neck 0 and --kd-features 0 does nothing; use "
+                            "--no-distill instead")
+        for level in self.feature_levels:
+            if (len(level) != 2 or isinstance(level[0], bool) or not isinstance(level[0], int)
+                    or not isinstance(level[1], (int, float)) or not math.isfinite(level[1]) or level[1] <= 0):
+                raise UserError(f"--kd-levels takes layer indices with optional weights > 0 (15,18:2), got {level!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +190,129 @@ def neck_distillation(student_feats, teacher_feats, projector: FeatureProjector)
     return torch.stack(losses).mean()
 
 
+def parse_levels(text: str | None) -> tuple:
+    """'15,18,21:2' -> ((15, 1.0), (18, 1.0), (21, 2.0)): layer indices with optional weights; None or '' -> ()."""
+    if not text:
+        return ()
+    out = []
+    for item in text.split(","):
+        layer, _, weight = item.strip().partition(":")
+        try:
+            out.append((int(layer), float(weight) if weight else 1.0))
+        except ValueError:
+            raise UserError(f"--kd-levels takes layer indices with optional weights (15,18:2), got {text!r}") from None
+    return tuple(out)
+
+
+class FeatureMatch:
+    """Which channels of the teacher's feature maps each student map is compared with, per level.
+
+    `levels` are model layer indices, `masks` boolean masks over the teacher's channels at each (the channels the
+    student kept), `weights` the per-level weights. Made by `FeatureMatch.build` from the teacher, its channel
+    graph and the kept indices of the pruning (`pruner.select_indices`).
+    """
+
+    def __init__(self, levels: list[int], masks: list[torch.Tensor], weights: list[float]):
+        self.levels, self.masks, self.weights = list(levels), list(masks), list(weights)
+
+    def as_dict(self) -> dict:
+        return {"levels": self.levels, "weights": self.weights,
+                "channels": [[int(m.sum()), int(m.numel())] for m in self.masks]}
+
+    @classmethod
+    def build(cls, teacher: nn.Module, graph, indices, levels=()) -> "FeatureMatch":
+        """The match at `levels` ((layer, weight), ...; empty: the Detect inputs, weight 1) for the student that
+        keeps `indices` of the teacher's channels. A level that is not a layer of the model, is the head, or whose
+        output is not made by one conv (a Concat, an Upsample) is a `UserError`."""
+        from autoprune.pruner import conv_masks
+        from autoprune.wrappers import detection_model
+
+        model = detection_model(teacher)
+        layers = model.model
+        head = len(layers) - 1
+        levels = tuple(levels) or tuple((int(j), 1.0) for j in layers[-1].f)
+        for j, _ in levels:
+            if not 0 <= j < head:
+                raise UserError(f"--kd-levels: the model has no feature level {j} (its layers are 0-{head - 1}; "
+                                f"{head} is the head)")
+        producer = _level_producers(model, graph, [j for j, _ in levels])
+        masks = conv_masks(graph, indices)
+        out = []
+        for j, _ in levels:
+            path = producer.get(j)
+            if path is None:
+                raise UserError(f"--kd-levels: layer {j} ({type(layers[j]).__name__}) is not the output of one conv; "
+                                f"pick layers that end in a conv (the Detect inputs are {list(layers[-1].f)})")
+            n = graph.convs[path].out_channels
+            out.append(masks[path][0].clone() if path in masks else torch.ones(n, dtype=torch.bool))
+        return cls([j for j, _ in levels], out, [float(w) for _, w in levels])
+
+
+def _level_producers(model: nn.Module, graph, levels: list[int]) -> dict[int, str]:
+    """{layer index: the graph conv whose block output is that layer's output}, found by one small forward pass."""
+    modules = dict(model.named_modules())
+    outputs, hooks = {}, []
+
+    def note(path):
+        def hook(module, inputs, output):  # returns None: the output is left as it is
+            outputs.setdefault(id(output), (path, output))  # kept alive: a freed tensor's id is reused
+        return hook
+
+    for name in graph.convs:
+        block = name.rsplit(".", 1)[0]  # 'model.15.cv2.conv' -> the Conv block 'model.15.cv2'
+        if block in modules:
+            hooks.append(modules[block].register_forward_hook(note(name)))
+    layer_out = {}
+    for j in levels:
+        hooks.append(model.model[j].register_forward_hook(lambda m, i, o, j=j: layer_out.__setitem__(j, o)))
+    p = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return {j: outputs[id(o)][0] for j, o in layer_out.items() if isinstance(o, torch.Tensor) and id(o) in outputs}
+
+
+def feature_distillation(student_feats, teacher_feats, match: FeatureMatch) -> torch.Tensor:
+    """Weighted mean over levels of |student - teacher[kept channels]|^2 / |teacher[kept channels]|^2 (means over
+    all elements); 0 when every student map equals the teacher's kept channels."""
+    losses = []
+    for s, t, m in zip(student_feats, teacher_feats, match.masks):
+        t = t.detach().float()[:, m.to(t.device)]
+        if s.shape != t.shape:
+            raise ValueError(f"student map {tuple(s.shape)} against the teacher's kept channels {tuple(t.shape)}")
+        losses.append(F.mse_loss(s.float(), t) / t.pow(2).mean().clamp(min=1e-6))
+    w = torch.tensor(match.weights, device=losses[0].device)
+    return (torch.stack(losses) * w).sum() / w.sum()
+
+
+class _Recorder:
+    """Forward hooks keeping the last output of some layers of a model (removed by `close`)."""
+
+    def __init__(self, model: nn.Module, levels: list[int]):
+        self.outputs: dict[int, torch.Tensor] = {}
+        layers = model.model
+        self.hooks = [layers[j].register_forward_hook(lambda m, i, o, j=j: self.outputs.__setitem__(j, o))
+                      for j in levels]
+        self.levels = levels
+
+    def take(self) -> list[torch.Tensor]:
+        feats = [self.outputs[j] for j in self.levels]
+        self.outputs = {}
+        return feats
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+        self.outputs = {}
+
+
 def detect_input_channels(model: nn.Module) -> list[int]:
     """Channels of each Detect input (the neck outputs), read from the head's first box conv per level."""
     head = model.model[-1]
@@ -185,7 +330,7 @@ class DistillationLoss:
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, settings: DistillSettings,
-                 projector: FeatureProjector | None = None):
+                 projector: FeatureProjector | None = None, features: FeatureMatch | None = None):
         self.base = student.init_criterion()
         self.teacher = teacher
         self.settings = settings
@@ -195,6 +340,17 @@ class DistillationLoss:
         self.box_gain = float(getattr(hyp, "dfl", 1.5))
         if settings.neck_weight > 0 and projector is None:
             raise ValueError("neck distillation needs a projector")
+        if settings.feature_weight > 0 and features is None:
+            raise ValueError("feature distillation needs a FeatureMatch")
+        self.features = features if settings.feature_weight > 0 else None
+        self._recorders = []
+        if self.features is not None:  # hooks on the student from now on: after the trainer's EMA copy was made
+            self._recorders = [_Recorder(student, self.features.levels), _Recorder(teacher, self.features.levels)]
+
+    def close(self) -> None:
+        """Remove the feature hooks from the student and the teacher."""
+        for r in self._recorders:
+            r.close()
 
     def update(self) -> None:
         if hasattr(self.base, "update"):
@@ -211,6 +367,11 @@ class DistillationLoss:
         if self.settings.neck_weight > 0:
             extra.append(neck * bs)
             items["kd_neck"] = neck.detach()
+        if self.features is not None:
+            s_rec, t_rec = self._recorders
+            feat = feature_distillation(s_rec.take(), t_rec.take(), self.features) * self.settings.feature_weight
+            extra.append(feat * bs)
+            items["kd_feat"] = feat.detach()
         return torch.cat([loss, torch.stack(extra).to(loss.dtype)]), items
 
     def terms(self, s_preds, t_preds) -> tuple[torch.Tensor, torch.Tensor]:

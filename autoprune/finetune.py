@@ -33,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 import pickle
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics be
 from autoprune.distill import (  # noqa: F401  (re-exported: finetune's public names include the distillation)
     DistillationLoss,
     DistillSettings,
+    FeatureMatch,
     FeatureProjector,
     detect_input_channels,
     head_distillation,
@@ -57,8 +59,10 @@ from autoprune.distill import (  # noqa: F401  (re-exported: finetune's public n
 __all__ = [
     "DistillSettings",
     "DistillationLoss",
+    "FeatureMatch",
     "FeatureProjector",
     "FinetuneResult",
+    "FinetuneSchedule",
     "PrunedModelTrainer",
     "finetune",
     "head_distillation",
@@ -66,8 +70,89 @@ __all__ = [
     "neck_distillation",
     "offline_ultralytics",
     "pickled_modules",
+    "short_schedule",
     "validate_checkpoint",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------- the schedule
+ULTRALYTICS_SCHEDULE = {"name": "ultralytics", "optimizer": "auto", "warmup_epochs": 3.0, "lrf": 0.01,
+                        "cos_lr": False}  # Ultralytics' defaults, what apply used before short_schedule
+
+
+def ultralytics_adamw_lr(nc: int) -> float:
+    """The AdamW learning rate Ultralytics' `optimizer=auto` fits to the class count for short trainings."""
+    return round(0.002 * 5 / (4 + nc), 6)
+
+
+def warmup_for(epochs: int) -> float:
+    """Warm-up epochs for a finetune of `epochs`: a tenth of it, at least 0.1 epoch, at most Ultralytics' 3."""
+    return round(min(3.0, max(0.1, 0.1 * epochs)), 3)
+
+
+@dataclass(frozen=True)
+class FinetuneSchedule:
+    """The optimizer and learning-rate schedule of a short finetune of a pruned, already trained model.
+
+    Ultralytics' defaults are made for training from scratch: 3 warm-up epochs (capped at epochs - 1), which swallow
+    a 3-epoch finetune whole (the learning rate peaks at the start of its last epoch), then a linear decay. A pruned
+    model starts from trained weights and needs its few epochs at a useful rate, so this schedule warms up for a
+    tenth of the finetune (`warmup_for`, at least 0.1 epoch, at most 3) and decays along a cosine to `lrf` x `lr0`.
+    The optimizer is AdamW at the rate Ultralytics' `optimizer=auto` fits to the class count for short trainings
+    (`ultralytics_adamw_lr`), given explicitly so that `lr0` is the rate used. The weights saved are Ultralytics'
+    EMA (`ModelEMA`, decay 0.9999 x (1 - exp(-updates / 2000))), as Ultralytics uses it.
+
+    Attributes:
+        epochs: the finetune's length the schedule was made for.
+        lr0: starting learning rate (after the warm-up).
+        lrf: final learning rate as a share of lr0.
+        warmup_epochs: warm-up length in epochs (may be fractional; never capped at epochs - 1).
+        cos_lr: cosine decay (True) or linear (False).
+        optimizer: Ultralytics' optimizer name.
+    """
+
+    epochs: int
+    lr0: float
+    lrf: float = 0.01
+    warmup_epochs: float = 0.3
+    cos_lr: bool = True
+    optimizer: str = "AdamW"
+
+    def __post_init__(self):
+        from autoprune.errors import UserError
+
+        for name, flag, low in (("lr0", "--lr0", 0.0), ("lrf", "--lrf", 0.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= low:
+                raise UserError(f"{flag} must be a number > 0, got {v!r}")
+        if self.lrf > 1:
+            raise UserError(f"--lrf is the final learning rate as a share of --lr0, at most 1; got {self.lrf!r}")
+        w = self.warmup_epochs
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= self.epochs:
+            raise UserError(f"--warmup-epochs must be a number from 0 to --epochs ({self.epochs}), got {w!r}")
+
+    def overrides(self) -> dict:
+        """The Ultralytics trainer arguments this schedule sets."""
+        return {"optimizer": self.optimizer, "lr0": self.lr0, "lrf": self.lrf, "warmup_epochs": self.warmup_epochs,
+                "cos_lr": self.cos_lr, "warmup_bias_lr": 0.0}
+
+    def as_dict(self) -> dict:
+        return {"name": "short", **asdict(self), "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
+
+
+def short_schedule(epochs: int, *, nc: int = 80, lr0: float | None = None, lrf: float | None = None,
+                   warmup_epochs: float | None = None) -> FinetuneSchedule:
+    """The schedule of a finetune of `epochs` on `nc` classes (see `FinetuneSchedule`); any value given overrides
+    the one picked from `epochs`.
+
+    Example:
+        >>> s = short_schedule(3, nc=8)
+        >>> s.warmup_epochs, s.lr0, s.cos_lr
+        (0.3, 0.000833, True)
+    """
+    return FinetuneSchedule(epochs=epochs, lr0=ultralytics_adamw_lr(nc) if lr0 is None else lr0,
+                            lrf=0.01 if lrf is None else lrf,
+                            warmup_epochs=warmup_for(epochs) if warmup_epochs is None else warmup_epochs)
 
 
 # ---------------------------------------------------------------------------------------------------- offline
@@ -170,10 +255,13 @@ def _trainer_class():
         """
 
         def __init__(self, student: nn.Module, *, data, teacher: nn.Module | None = None,
-                     distill: DistillSettings | None = None, overrides: dict | None = None, _callbacks=None):
+                     distill: DistillSettings | None = None, overrides: dict | None = None, _callbacks=None,
+                     schedule: FinetuneSchedule | None = None, features: FeatureMatch | None = None):
             self._student = student
             self._teacher = teacher
             self._distill = distill if teacher is not None else None
+            self._schedule = schedule
+            self._features = features if self._distill is not None else None
             self._data_config = data
             self.projector: FeatureProjector | None = None
             self.distill_loss: DistillationLoss | None = None
@@ -190,6 +278,13 @@ def _trainer_class():
         def setup_model(self):
             self.model = self._student
             return None
+
+        def _get_warmup_iterations(self, num_batches):
+            # Ultralytics caps the warm-up at epochs - 1 (none at all in a 1-epoch run); a short schedule's
+            # warm-up is already a fraction of the finetune and is used as it is.
+            if self._schedule is None:
+                return super()._get_warmup_iterations(num_batches)
+            return round(min(self.args.warmup_epochs, self.epochs) * num_batches)
 
         def get_model(self, cfg=None, weights=None, verbose=True):
             raise RuntimeError("PrunedModelTrainer trains the model it was handed; it never builds one from a YAML")
@@ -216,7 +311,8 @@ def _trainer_class():
                 for p in teacher.parameters():
                     p.requires_grad_(False)
                 student = self.model
-                self.distill_loss = DistillationLoss(student, teacher, self._distill, self.projector)
+                self.distill_loss = DistillationLoss(student, teacher, self._distill, self.projector,
+                                                     features=self._features)
                 student.criterion = self.distill_loss
 
         def final_eval(self):
@@ -250,6 +346,8 @@ class FinetuneResult:
         device: the device it trained on.
         seconds: wall time of the training.
         metrics: the trainer's last validation metrics.
+        schedule: the optimizer and learning-rate settings the trainer used (Ultralytics' `optimizer=auto`
+            resolved to what it picked).
     """
 
     best: Path
@@ -260,6 +358,7 @@ class FinetuneResult:
     device: str
     seconds: float
     metrics: dict = field(default_factory=dict)
+    schedule: dict = field(default_factory=dict)
 
 
 def ultralytics_device(device: torch.device) -> str:
@@ -284,6 +383,8 @@ def finetune(
     verbose: bool = True,
     label: str = "pruned",
     extra: dict | None = None,
+    schedule: FinetuneSchedule | None = None,
+    features: FeatureMatch | None = None,
 ) -> FinetuneResult:
     """Finetune `model` (the object itself) on `data` with Ultralytics' trainer; distil from `teacher` if given.
 
@@ -292,7 +393,9 @@ def finetune(
     scaler, checked offline by `check_amp_offline`) and never on the CPU, where it does nothing. nbs equals `batch`:
     one optimizer step per batch, which a short finetune on a small dataset needs. Ultralytics' own progress display
     shows when `verbose`. Nothing is downloaded. `label` is what the trainer records as its `model` argument (it
-    never loads it); `extra` overrides any other trainer argument.
+    never loads it); `extra` overrides any other trainer argument. `schedule` (`short_schedule`) sets the optimizer,
+    learning rate and warm-up; without it, Ultralytics' defaults apply. `features` (`distill.FeatureMatch`) adds
+    channel-matched feature distillation at its levels (with a `teacher` and `distill` settings only).
     """
     from autoprune._ultralytics import set_verbose
     from autoprune.devices import resolve_device
@@ -305,22 +408,32 @@ def finetune(
         nbs=batch, device=ultralytics_device(dev), amp=use_amp, workers=workers, seed=seed, deterministic=True,
         plots=False, save_dir=str(save_dir), val=True, verbose=verbose, cache=False, exist_ok=False,
     )  # fmt: skip
+    overrides.update(schedule.overrides() if schedule is not None else {})
     overrides.update(extra or {})
     Trainer = _trainer_class()
     set_verbose(verbose)
     t0 = time.perf_counter()
     with offline_ultralytics():
-        trainer = Trainer(model, data=data, teacher=teacher, distill=distill, overrides=overrides)
+        trainer = Trainer(model, data=data, teacher=teacher, distill=distill, overrides=overrides,
+                          schedule=schedule, features=features)
         try:
             trainer.train()
         finally:
             model.criterion = None  # never leave the teacher hanging off the model
+            if trainer.distill_loss is not None:
+                trainer.distill_loss.close()  # the feature hooks leave the student
     seconds = time.perf_counter() - t0
+    a = trainer.args
+    used = {"name": "short" if schedule is not None else "ultralytics", "optimizer": a.optimizer,
+            "lr0": float(a.lr0), "lrf": float(a.lrf), "cos_lr": bool(a.cos_lr),
+            "warmup_epochs": float(a.warmup_epochs) if schedule is not None
+            else float(min(a.warmup_epochs, max(epochs - 1, 0))),
+            "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
     best = trainer.best if trainer.best.exists() else trainer.last
     return FinetuneResult(
         best=Path(best), last=Path(trainer.last), save_dir=Path(trainer.save_dir), loss_names=tuple(trainer.loss_names),
         amp=bool(trainer.amp), device=str(dev), seconds=seconds,
-        metrics={k: float(v) for k, v in (trainer.metrics or {}).items()},
+        metrics={k: float(v) for k, v in (trainer.metrics or {}).items()}, schedule=used,
     )
 
 

@@ -12,6 +12,7 @@ from autoprune.data import load_data_config
 from autoprune.finetune import (
     DistillationLoss,
     DistillSettings,
+    FeatureMatch,
     FeatureProjector,
     check_amp_offline,
     detect_input_channels,
@@ -19,6 +20,7 @@ from autoprune.finetune import (
     head_distillation,
     neck_distillation,
     offline_ultralytics,
+    short_schedule,
 )
 from autoprune.errors import UserError
 from autoprune.pruner import prune
@@ -163,6 +165,54 @@ def test_distilled_finetune_leaves_the_callers_teacher_as_it_was(tmp_path, tiny_
     assert teacher.training  # the trainer froze and evaluated its own copy
     assert [p.requires_grad for p in teacher.parameters()] == grads
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("epochs, warmup", [(1, 0.1), (3, 0.3), (10, 1.0), (20, 2.0), (30, 3.0), (100, 3.0)])
+def test_short_schedule_scales_the_warmup_to_the_finetune(epochs, warmup):
+    s = short_schedule(epochs, nc=8)
+    assert s.warmup_epochs == warmup
+    assert s.lr0 == 0.000833 and s.optimizer == "AdamW" and s.cos_lr and s.lrf == 0.01  # Ultralytics' fit for 8
+    assert short_schedule(epochs, nc=80).lr0 == 0.000119
+    o = short_schedule(epochs, nc=8, lr0=0.002, lrf=0.1, warmup_epochs=0).overrides()
+    assert (o["lr0"], o["lrf"], o["warmup_epochs"], o["optimizer"]) == (0.002, 0.1, 0, "AdamW")
+
+
+@pytest.mark.parametrize("kw, flag", [({"lr0": 0}, "--lr0"), ({"lrf": 2.0}, "--lrf"), ({"lrf": -1}, "--lrf"),
+                                      ({"warmup_epochs": 4}, "--warmup-epochs"),
+                                      ({"warmup_epochs": float("nan")}, "--warmup-epochs")])
+def test_short_schedule_values_are_checked(kw, flag):
+    with pytest.raises(UserError, match=flag):
+        short_schedule(3, nc=8, **kw)
+
+
+def test_finetune_with_the_short_schedule_and_feature_distillation(tmp_path, tiny_data):
+    """The schedule reaches the trainer (a warm-up of the whole single epoch: Ultralytics would cap it at
+    epochs - 1 = 0 and end the epoch at lr0), the feature term is trained and its hooks leave the student."""
+    import csv
+
+    from autoprune.candidate import rank
+    from autoprune.channels import analyze
+    from autoprune.pruner import apply_indices, keep_counts, select_indices
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    teacher = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    graph = analyze(teacher, imgsz=64)
+    indices = select_indices(graph, keep_counts(graph, 0.5), rank(teacher, graph, "l1"))
+    student = apply_indices(teacher, graph, indices)
+    settings = DistillSettings(weight=1.0, feature_weight=1.0)
+    match = FeatureMatch.build(teacher, graph, indices, settings.feature_levels)
+    schedule = short_schedule(1, nc=2, warmup_epochs=1.0)
+    r = finetune(student, load_data_config(tiny_data), save_dir=tmp_path / "train", teacher=teacher,
+                 distill=settings, features=match, schedule=schedule, epochs=1, imgsz=64, batch=4, device="cpu",
+                 verbose=False)
+    assert r.loss_names[-2:] == ("kd_loss", "kd_feat")
+    assert r.schedule == {"name": "short", "optimizer": "AdamW", "lr0": schedule.lr0, "lrf": 0.01, "cos_lr": True,
+                          "warmup_epochs": 1.0, "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
+    with open(r.save_dir / "results.csv") as f:
+        row = next(csv.DictReader(f, skipinitialspace=True))
+    assert float(row["lr/pg1"]) == pytest.approx(schedule.lr0 / 2, rel=1e-3)  # 1 of 2 warm-up batches done
+    assert all(not m._forward_hooks for m in student.modules())
 
 
 def test_offline_ultralytics_replaces_the_downloading_checks_and_restores_them():

@@ -1,0 +1,152 @@
+"""Does the short-finetune schedule, and channel-matched feature distillation, recover more mAP after pruning?
+
+    .venv/bin/python benchmarks/bench_finetune.py --configs today --seeds 0,1,2 --epochs 3
+    .venv/bin/python benchmarks/bench_finetune.py --configs schedule,schedule+features --seeds 0,1,2 --epochs 3
+
+The demo baseline pruned once by global hessian to 50% of its GFLOPs (4.0996 at 640, fvcore's full count; the plan
+of `compare_methods.py`'s global-hessian row), then finetuned by `autoprune.finetune.finetune` with head
+distillation from the unpruned model (apply's default), `--epochs` at 320, batch 16, on the whole demo train split,
+and validated by Ultralytics on the whole val split. Configurations:
+
+- today: Ultralytics' own schedule as apply used it before the short schedule (optimizer auto -> AdamW at its
+  fitted lr, 3 warm-up epochs capped at epochs - 1, linear decay to lrf 0.01);
+- schedule: `finetune.short_schedule(epochs)` (warm-up scaled to the finetune's length, cosine decay);
+- schedule+features: the same plus channel-matched feature distillation on the Detect inputs (weight 1).
+
+Results (best.pt's mAP, the per-epoch validation curve, wall time) are cached per configuration and seed in
+runs/bench_finetune/NAME/results.json, so an interrupted run continues. Prints a table with the paired difference
+to `today` over the seeds both have. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+from _common import header, load, plan_within, results_cache
+
+CONFIGS = ("today", "schedule", "schedule+features", "features")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="today")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--share", type=float, default=0.5)
+    parser.add_argument("--feature-weight", type=float, default=1.0)
+    parser.add_argument("--name", default="e3")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    header()
+    out = Path("runs/bench_finetune") / args.name
+    results, save = results_cache(out)
+    configs = [c for c in args.configs.split(",") if c]
+    for c in configs:
+        if c not in CONFIGS:
+            raise SystemExit(f"error: unknown config {c!r}; one of {CONFIGS}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.table_only:
+        run(args, configs, seeds, out, results, save)
+    table(results)
+    return 0
+
+
+def run(args, configs, seeds, out: Path, results: dict, save) -> None:
+    import copy
+
+    import torch
+
+    from autoprune.batches import calibration_batches
+    from autoprune.channels import analyze
+    from autoprune.cost import count_gflops
+    from autoprune.data import load_data_config
+    from autoprune.finetune import DistillSettings, finetune, validate_checkpoint
+    from autoprune.models import load_model
+    from autoprune.pruner import channel_scores, select_indices
+    from autoprune.proxy import ProxySettings
+
+    loaded = load_model(None)
+    data = load_data_config(None)
+    base = loaded.model
+    graph = analyze(base, imgsz=640)
+    budget = args.share * count_gflops(base, 640)
+    proxy = ProxySettings(imgsz=args.imgsz, steps=0, device="cpu")
+    calib = calibration_batches(data, imgsz=args.imgsz, calib_batches=proxy.calib_batches, batch=proxy.batch,
+                                seed=proxy.seed, train_images=proxy.train_images)
+    scores = channel_scores(base, graph, "hessian", batches=calib)
+    pruned, plan = plan_within(graph, base, "global", budget, scores=scores)
+    ranking = {g: [x.argsort(descending=True, stable=True) for x in per] for g, per in scores.items()}
+    indices = select_indices(graph, plan.counts, ranking)
+    print(f"global hessian at {args.share:.0%}: {count_gflops(pruned, 640):.4f} GFLOPs at 640 (budget {budget:.4f})",
+          flush=True)
+    for seed in seeds:
+        for config in configs:
+            key = f"{config}#s{seed}"
+            if key in results:
+                continue
+            extra, feature = {}, {}
+            if config.startswith("schedule"):
+                from autoprune.finetune import short_schedule
+
+                extra = short_schedule(args.epochs).overrides()
+            if "features" in config:
+                feature = {"feature_weight": args.feature_weight}
+            t0 = time.perf_counter()
+            distill = DistillSettings(**feature)
+            match = None
+            if feature:
+                from autoprune.distill import FeatureMatch
+
+                match = FeatureMatch.build(base, graph, indices, distill.feature_levels)
+            ft = finetune(copy.deepcopy(pruned), data, save_dir=out / key.replace("#", "-"), teacher=base,
+                          distill=distill, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+                          device="cpu", seed=seed, verbose=False, label=config,
+                          **({"schedule": short_schedule(args.epochs)} if extra else {}),
+                          **({"features": match} if match is not None else {}))
+            v = validate_checkpoint(ft.best, data, imgsz=args.imgsz, device="cpu")
+            with open(ft.save_dir / "results.csv") as f:
+                curve = [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f, skipinitialspace=True)]
+            results[key] = {"config": config, "seed": seed, "map50_95": v["map50_95"], "map50": v["map50"],
+                            "curve": curve, "minutes": round((time.perf_counter() - t0) / 60, 2),
+                            "schedule": extra, "distill": distill.as_dict(), "threads": torch.get_num_threads()}
+            save()
+            print(f"  {key}: mAP50-95 {v['map50_95']:.4f} (curve {curve}); {results[key]['minutes']} min; {load()}",
+                  flush=True)
+
+
+def table(results: dict) -> None:
+    by = {}
+    for r in results.values():
+        by.setdefault(r["config"], {})[r["seed"]] = r
+    print("\n| configuration | mAP50-95, mean ± sd (per seed) | paired difference to today | minutes per run |")
+    print("|---|---|---|---|")
+    for config in CONFIGS:
+        rows = by.get(config)
+        if not rows:
+            continue
+        vals = [rows[s]["map50_95"] for s in sorted(rows)]
+        sd = f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else ""
+        paired = ""
+        if config != "today" and by.get("today"):
+            common = sorted(set(rows) & set(by["today"]))
+            diffs = [rows[s]["map50_95"] - by["today"][s]["map50_95"] for s in common]
+            if diffs:
+                paired = f"{statistics.mean(diffs):+.4f} over seeds {common}" + (
+                    f" (sd {statistics.stdev(diffs):.4f})" if len(diffs) > 1 else "")
+        mins = statistics.mean(rows[s]["minutes"] for s in rows)
+        per = ", ".join(f"{v:.4f}" for v in vals)
+        print(f"| {config} | {statistics.mean(vals):.4f}{sd} ({per}) | {paired} | {mins:.1f} |")
+    for config, rows in by.items():
+        for s in sorted(rows):
+            print(f"curve {config} seed {s}: {', '.join(f'{x:.4f}' for x in rows[s]['curve'])}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
