@@ -1,7 +1,9 @@
-"""Load detection models from what a user names, fingerprint them, and save checkpoints Ultralytics can read.
+"""Load YOLO models from what a user names, fingerprint them, and save checkpoints Ultralytics can read.
 
 `--model` accepts a `.pt` checkpoint, an Ultralytics model YAML (a file, or a name such as `yolov8n.yaml` that
-Ultralytics ships, built with random weights from a fixed seed), or nothing for the embedded demo model.
+Ultralytics ships, built with random weights from a fixed seed), or nothing for the embedded demo model. The tasks
+autoprune handles are in `TASKS`: detection, instance segmentation, pose, oriented boxes and classification, each
+with its stock head (`HEADS`); other models (RT-DETR, World, YOLOE, depth, semantic segmentation) are refused.
 """
 
 from __future__ import annotations
@@ -21,12 +23,23 @@ from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics be
 from autoprune.errors import UserError
 
 
+# task -> (the Ultralytics model class's name, the head classes' names it may end in)
+TASKS = {
+    "detect": ("DetectionModel", ("Detect", "v10Detect")),
+    "segment": ("SegmentationModel", ("Segment", "Segment26")),
+    "pose": ("PoseModel", ("Pose", "Pose26")),
+    "obb": ("OBBModel", ("OBB", "OBB26")),
+    "classify": ("ClassificationModel", ("Classify",)),
+}
+
+
 @dataclass
 class LoadedModel:
-    """A detection model and where it came from.
+    """A YOLO model and where it came from.
 
     Attributes:
-        model: the Ultralytics `DetectionModel`, in float32 and eval mode.
+        model: the Ultralytics model (`DetectionModel`, `SegmentationModel`, `PoseModel`, `OBBModel` or
+            `ClassificationModel`), in float32 and eval mode.
         source: what the user named (path or YAML name), as a string.
         ckpt: the checkpoint dictionary it was loaded from, or an empty dict for a YAML model.
         fingerprint: a hash of the weights and architecture (see `fingerprint`).
@@ -42,11 +55,34 @@ class LoadedModel:
         """Class names by index."""
         return dict(getattr(self.model, "names", {}) or {})
 
+    @property
+    def task(self) -> str:
+        """The model's task: one of `TASKS`."""
+        return model_task(self.model)
+
+
+def model_task(model: nn.Module) -> str:
+    """The task of an Ultralytics model of a class autoprune handles (`TASKS`), by its class.
+
+    Example:
+        >>> from ultralytics.nn.tasks import PoseModel
+        >>> model_task(PoseModel("yolov8n-pose.yaml", verbose=False))
+        'pose'
+    """
+    from autoprune.wrappers import detection_model
+
+    kind = type(detection_model(model)).__name__
+    for task, (cls_name, _) in TASKS.items():
+        if kind == cls_name:
+            return task
+    raise ValueError(f"{kind} is not a model class autoprune handles")
+
 
 def load_model(spec: str | Path | None, *, seed: int = 0) -> LoadedModel:
-    """Load a detection model from a checkpoint path, a model YAML, or (spec None) the embedded demo.
+    """Load a YOLO model from a checkpoint path, a model YAML, or (spec None) the embedded demo.
 
-    Raises `UserError` for a missing file, a file that is not a checkpoint, or a model that is not a detector.
+    Raises `UserError` for a missing file, a file that is not a checkpoint, or a model of a task or head autoprune
+    does not handle (`TASKS`).
 
     Example:
         >>> lm = load_model("yolov8n.yaml")
@@ -67,7 +103,7 @@ def load_model(spec: str | Path | None, *, seed: int = 0) -> LoadedModel:
         model, ckpt = _load_checkpoint(path)
     else:
         raise UserError(f"--model must be a .pt checkpoint or a model .yaml, got {spec!r}")
-    _check_detector(model, spec)
+    _check_task(model, spec)
     model = model.float().eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -86,14 +122,14 @@ def _build_from_yaml(spec: str, seed: int) -> nn.Module:
     if not isinstance(cfg, dict) or "backbone" not in cfg or "head" not in cfg:
         raise UserError(f"{spec} is not an Ultralytics model YAML (it needs 'backbone' and 'head')")
     task = guess_model_task(cfg)
-    if task != "detect":
-        raise UserError(f"{spec} is a {task} model; autoprune prunes detection models")
-    from ultralytics.nn.tasks import DetectionModel
+    if task not in TASKS:
+        raise UserError(f"{spec} is a {task} model; autoprune handles {_task_list()} models")
+    from ultralytics.nn import tasks
 
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # a YAML model's random weights are part of its identity: make them reproducible
     try:
-        model = DetectionModel(cfg, verbose=False)
+        model = getattr(tasks, TASKS[task][0])(cfg, verbose=False)
     except Exception as e:
         raise UserError(f"cannot build a model from {spec}: {type(e).__name__}: {e}") from e
     finally:
@@ -151,19 +187,20 @@ def _why_not_loadable(e: BaseException, path: Path) -> str:
     return text or type(root).__name__
 
 
-def _check_detector(model: nn.Module, spec: str) -> None:
-    from ultralytics.nn.modules import Detect
-    from ultralytics.nn.tasks import DetectionModel
+def _task_list() -> str:
+    return ", ".join(TASKS)
 
-    head = getattr(model, "model", [None])[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-    if not isinstance(model, DetectionModel) or not isinstance(head, Detect):
-        kind = type(model).__name__
-        raise UserError(f"{spec} is a {kind}, not a detection model; autoprune prunes detection models")
-    if type(model) is not DetectionModel or type(head).__name__ not in ("Detect", "v10Detect"):
-        raise UserError(
-            f"{spec} is a {type(model).__name__} with a {type(head).__name__} head; "
-            "autoprune prunes plain detection models (Detect / v10Detect heads)"
-        )
+
+def _check_task(model: nn.Module, spec: str) -> None:
+    """A `UserError` unless `model` is one of `TASKS`' model classes ending in one of that task's heads."""
+    kind = type(model).__name__
+    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    heads = next((h for cls_name, h in TASKS.values() if cls_name == kind), None)
+    if heads is None:
+        raise UserError(f"{spec} is a {kind}, not a model of a task autoprune handles ({_task_list()})")
+    if type(head).__name__ not in heads:
+        raise UserError(f"{spec} is a {kind} with a {type(head).__name__} head; autoprune handles the stock heads "
+                        f"of its task ({' / '.join(heads)})")
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -214,6 +251,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, base_ckpt: dict | Non
         base = {k: v for k, v in base.items() if k not in ("train_metrics", "train_results")}
         parent_args = {k: v for k, v in parent_args.items() if k in DATA_ARGS}
     args = {**DEFAULT_CFG_DICT, **parent_args}
+    task = next((t for t, (cls_name, _) in TASKS.items() if type(m).__name__ == cls_name), None)
+    if task is not None:  # Ultralytics takes a loaded model's task from here before its architecture
+        args["task"] = task
     ckpt = {
         **{k: v for k, v in base.items() if k not in ("model", "ema", "optimizer", "scaler", "stopper")},
         "date": datetime.now().astimezone().isoformat(),

@@ -28,14 +28,19 @@ def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], d
     """One real forward pass: output shape of every module, and every conv's cost at `imgsz`.
 
     It runs on the model itself (a copy would cost more than the pass) in eval mode without gradients, and puts back
-    what the pass touches: the training flag and the anchors a Detect head caches for the last input shape.
+    what the pass touches: the training flag and the anchors a Detect head caches for the last input shape. Convs
+    that only training runs (Pose26's keypoint sigmas, Proto26's semantic branch) are recorded by a second pass in
+    training mode with every BatchNorm kept in eval mode, so no running statistic moves.
     """
     shapes: dict[str, tuple[int, ...]] = {}
     convs: dict[str, ConvInfo] = {}
     hooks = []
+    second_pass = False
 
     def hook(name, module):
         def fn(_, __, out):
+            if second_pass and name in shapes:
+                return
             if isinstance(out, torch.Tensor):
                 shapes[name] = tuple(out.shape)
                 if isinstance(module, nn.Conv2d):
@@ -46,6 +51,15 @@ def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], d
                         groups=module.groups,
                         kernel=k,
                         out_pixels=int(out.shape[-1] * out.shape[-2]),
+                        bias=module.bias is not None,
+                    )
+                elif isinstance(module, nn.Linear):  # Classify's: a 1x1 conv on one position
+                    convs[name] = ConvInfo(
+                        in_channels=module.in_features,
+                        out_channels=module.out_features,
+                        groups=1,
+                        kernel=1,
+                        out_pixels=int(out.numel() // (out.shape[0] * out.shape[-1])),
                         bias=module.bias is not None,
                     )
 
@@ -61,6 +75,13 @@ def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], d
             p = next(model.parameters())
             ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
             model(torch.zeros(1, ch, imgsz, imgsz, dtype=p.dtype, device=p.device))
+            if any(isinstance(m, nn.Conv2d) and n not in convs for n, m in model.named_modules()):
+                second_pass = True
+                model.train()
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+                model(torch.zeros(1, ch, imgsz, imgsz, dtype=p.dtype, device=p.device))
     finally:
         for h in hooks:
             h.remove()
@@ -97,11 +118,12 @@ def analyze(model: nn.Module, imgsz: int = 640) -> ChannelGraph:
     probe = max(2 * stride, 64)
     shapes, convs_small = _record(model, probe)
     scale = (imgsz / probe) ** 2
-    convs = {
-        name: ConvInfo(c.in_channels, c.out_channels, c.groups, c.kernel, round(c.out_pixels * scale), c.bias)
+    modules = dict(model.named_modules())
+    convs = {  # a linear layer reads pooled features: its positions do not grow with the image
+        name: ConvInfo(c.in_channels, c.out_channels, c.groups, c.kernel,
+                       round(c.out_pixels * scale) if isinstance(modules[name], nn.Conv2d) else c.out_pixels, c.bias)
         for name, c in convs_small.items()
     }
-    modules = dict(model.named_modules())
     tr = Tracer(shapes, modules)
 
     ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
@@ -114,6 +136,8 @@ def analyze(model: nn.Module, imgsz: int = 640) -> ChannelGraph:
         x = tr(f"model.{i}", m, x)
         outputs.append(x)
 
+    consumed = {c.conv for part in tr.parts for c in part.consumers}
+    convs = {name: c for name, c in convs.items() if isinstance(modules[name], nn.Conv2d) or name in consumed}
     return _build_graph(tr, convs, imgsz)
 
 

@@ -169,15 +169,15 @@ def test_prune_rejects_a_file_that_is_not_a_checkpoint_and_leaves_it_alone(capsy
     assert (not_a_checkpoint.read_bytes(), not_a_checkpoint.stat().st_mtime_ns) == before
 
 
-def test_prune_rejects_a_non_detector_checkpoint(capsys, tmp_path):
-    from ultralytics.nn.tasks import ClassificationModel
+def test_prune_rejects_a_checkpoint_of_a_task_it_does_not_handle(capsys, tmp_path):
+    from ultralytics.nn.tasks import DepthModel
 
     from autoprune.models import save_checkpoint
 
-    path = tmp_path / "cls.pt"
-    save_checkpoint(ClassificationModel("yolov8n-cls.yaml", verbose=False), path)
+    path = tmp_path / "depth.pt"
+    save_checkpoint(DepthModel("yolo26n-depth.yaml", verbose=False), path)
     code, _, err = run_cli(capsys, "prune", "--model", str(path), "--keep", "0.5")
-    assert_user_error(code, err, "not a detection model")
+    assert_user_error(code, err, "is a DepthModel, not a model of a task autoprune handles")
 
 
 def test_prune_refuses_to_overwrite_unless_forced(capsys, tmp_path):
