@@ -80,18 +80,6 @@ def resolve_trial(study, number: int):
     return r
 
 
-def output_dir(name: str) -> Path:
-    """runs/apply/NAME, which must not exist yet (checked, not created)."""
-    from autoprune.runs import RUNS_ROOT
-
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise UserError(f"--out must be a plain folder name, got {name!r}")
-    path = RUNS_ROOT / "apply" / name
-    if path.exists():
-        raise UserError(f"{path} already exists; pick another --out")
-    return path
-
-
 def rebuild(loaded, record: TrialRecord, *, imgsz: int, ranking: dict | None = None, batches: list | None = None,
             seed: int = 0):
     """(pruned model, kept counts, GFLOPs at `imgsz`) of a trial, rebuilt from its stored kept counts
@@ -120,7 +108,8 @@ def search_calibration_batches(data, proxy: Mapping) -> list:
                                batch=settings.batch, seed=settings.seed, train_images=settings.train_images)
 
 
-def apply_study_trial(study, number: int, *, run_name: str | None = None, model: str | None = None,
+def apply_study_trial(study, number: int, *, run_name: str | None = None, project=None, exist_ok: bool = False,
+                      model: str | None = None,
                       data: str | None = None, epochs: int = 20, imgsz: int | None = None, batch: int = 16,
                       distill=None, reconstruct: bool | None = None, amp: bool = True, export: str | None = None,
                       device="cpu", workers: int = 2, seed: int = 0, args: Mapping | None = None,
@@ -140,13 +129,14 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
     from autoprune.data import load_data_config
     from autoprune.devices import resolve_device
     from autoprune.models import load_model
-    from autoprune.runs import new_run_dir, save_args, trial_run_name
+    from autoprune.runs import run_dir_path, save_args, trial_run_name
 
     device = resolve_device(device)
     latency = study_latency(study.user_attrs, device, latency)
     record = resolve_trial(study, number)
     name = study.study_name
-    run_path = output_dir(run_name or trial_run_name(name, number))
+    # PROJECT/NAME (default runs/apply/STUDY-trialN, or -2, -3, ... when taken): a NAME given that exists needs exist_ok
+    run_path = run_dir_path("apply", project, run_name, exist_ok=exist_ok, default=trial_run_name(name, number))
     sattrs = study.user_attrs
     data = load_data_config(data or sattrs.get(STUDY_DATA))
     loaded = load_model(model or sattrs.get(STUDY_MODEL))
@@ -170,9 +160,10 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, model:
                                 batches=batches, seed=int(proxy.get("seed") or 0))
 
     _ultralytics.set_verbose(verbose)
-    run_dir = new_run_dir("apply", run_path.name)
-    save_args(run_dir, {**dict(args or {}), "model": loaded.source, "data": str(data.yaml), "out": run_dir.name,
-                        "imgsz": imgsz},
+    run_dir = run_path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_args(run_dir, {**dict(args or {}), "model": loaded.source, "data": str(data.yaml),
+                        "project": str(run_dir.parent), "name": run_dir.name, "imgsz": imgsz},
               study=name, model_resolved=loaded.source, data_resolved=str(data.yaml),
               imgsz_resolved=imgsz, imgsz_from=imgsz_from, cost_imgsz=cost_imgsz, device_resolved=str(device))
     meta = {"source": loaded.source, "source_fingerprint": loaded.fingerprint, "study": name,
@@ -379,4 +370,4 @@ def format_report(r: dict) -> str:
 
 
 __all__ = ["EXPORT_FORMATS", "apply_study_trial", "apply_trial", "export_onnx", "format_numbers", "format_report",
-           "output_dir", "rebuild", "resolve_trial", "search_calibration_batches", "study_latency"]
+           "rebuild", "resolve_trial", "search_calibration_batches", "study_latency"]

@@ -92,9 +92,10 @@ def parse_gflops(text: str, full: float) -> float:
 
 
 def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | Path | None = None,
-               warn: Callable[[str], None] | None = None) -> OneShot:
+               run_dir: str | Path | None = None, warn: Callable[[str], None] | None = None) -> OneShot:
     """Prune `loaded` (a `models.LoadedModel`) once as `s` says, costs counted at `imgsz`; save the checkpoint to
-    `out` (default: runs/prune/expN/pruned.pt, the folder made only once the target is known good). `data` is the
+    `out`, or else as pruned.pt in the run folder `run_dir` (a checked `runs.run_dir_path`; default: the next free
+    runs/prune/expN), the folder made only once the target is known good. `data` is the
     calibration/validation data (a `data.DataConfig`; default: the demo data, read only when `s.wants_data`).
     `warn` receives each warning (also listed in the summary's "warnings") as it happens."""
     from autoprune.candidate import build, rank
@@ -148,7 +149,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
                            min_channels=s.min_channels)
     else:
         plan = _plan_within(loaded.model, graph, target_gflops, full_gflops, scores, s)
-    out, run_dir = _out_path(out)
+    out, run_dir = _out_path(out, run_dir)
     ranking = rank(loaded.model, graph, s.criterion, ctx=ctx)
     recon = None
     if s.reconstruct:
@@ -229,13 +230,14 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
                    gflops_before=before["gflops"], gflops_after=after["gflops"], seconds=seconds)
 
 
-def _out_path(out: str | Path | None) -> tuple[Path, Path | None]:
-    """(checkpoint path, run folder or None): `out`, or pruned.pt in a new run folder under runs/prune/."""
+def _out_path(out: str | Path | None, run_dir: str | Path | None) -> tuple[Path, Path | None]:
+    """(checkpoint path, run folder or None): `out`, or pruned.pt in `run_dir` (default: a new runs/prune/expN)."""
     if out is not None:
         return Path(out), None
-    from autoprune.runs import new_run_dir
+    from autoprune.runs import run_dir_path
 
-    run_dir = new_run_dir("prune")
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_path("prune")
+    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir / "pruned.pt", run_dir
 
 

@@ -14,13 +14,14 @@ from autoprune.errors import UserError
 RUNS_ROOT = Path("runs")
 
 
-def next_run_name(kind: str, prefix: str = "exp", *, root: Path | None = None) -> str:
-    """The first free `PREFIXN` (N = 1, 2, ...) under `runs/KIND/`: the default name of every command's run folder.
+def next_run_name(kind: str, prefix: str = "exp", *, root: Path | None = None, project: str | Path | None = None) -> str:
+    """The first free `PREFIXN` (N = 1, 2, ...) in the project folder (default `runs/KIND/`): the default name of
+    every command's run folder.
 
     Nothing is created, so a caller may check its other inputs first. Example: `next_run_name("search")` is "exp1"
     in a fresh working folder.
     """
-    base = (root or RUNS_ROOT) / kind
+    base = project_dir(kind, project, root=root)
     n = 1
     while (base / f"{prefix}{n}").exists():
         n += 1
@@ -32,27 +33,71 @@ def trial_run_name(study: str, number: int) -> str:
     return f"{study}-trial{number}"
 
 
-def new_run_dir(kind: str, name: str | None = None, *, exist_ok: bool = False, root: Path | None = None) -> Path:
-    """Create `runs/KIND/NAME` (or the next free `runs/KIND/expN` when no name is given) and return it.
+def project_dir(kind: str, project: str | Path | None = None, *, root: Path | None = None) -> Path:
+    """`--project`, or `runs/KIND` when it is not given: the folder a command's run folders go into."""
+    return Path(project) if project is not None else (root or RUNS_ROOT) / kind
 
-    A named folder that already exists is a `UserError` unless `exist_ok` (resume, `--force`).
+
+def check_run_name(name: str, flag: str = "--name") -> str:
+    """A run name is one plain folder name: no path separator, not empty, not `.` or `..` (a `UserError` if not)."""
+    if not name or "/" in name or "\\" in name or os.sep in name or name in (".", ".."):
+        raise UserError(f"{flag} must be a plain folder name (the run folder inside --project), got {name!r}")
+    return name
+
+
+def run_dir_path(kind: str, project: str | Path | None = None, name: str | None = None, *, exist_ok: bool = False,
+                 default: str | None = None, root: Path | None = None) -> Path:
+    """The run folder `PROJECT/NAME` a command will write, checked and not created (`new_run_dir` creates it).
+
+    Ultralytics' vocabulary: `project` (default `runs/KIND`) holds the run folders, `name` is one of them. Without a
+    name the folder is a new one: `default` when given and free, else `default-2`, `default-3`, ...; without a
+    default, the next free `expN`. A name given that already exists is a `UserError` unless `exist_ok` (then its
+    files are written over). A project that is a file, a name with a path separator and a folder that cannot be
+    written are `UserError`s too; all of this is checked before any work.
+
+    Example:
+        >>> run_dir_path("prune")                                 # a fresh working folder
+        PosixPath('runs/prune/exp1')
+        >>> run_dir_path("apply", "out", "small")
+        PosixPath('out/small')
     """
-    base = (root or RUNS_ROOT) / kind
+    base = project_dir(kind, project, root=root)
+    if base.exists() and not base.is_dir():
+        raise UserError(f"--project must be a folder, but {base} is a file")
     if name is None:
-        name = next_run_name(kind, root=root)
-    if "/" in name or name in ("", ".", ".."):
-        raise UserError(f"run name must be a plain folder name, got {name!r}")
+        if default is None:
+            name = next_run_name(kind, project=base)
+        else:
+            check_run_name(default)
+            name, n = default, 1
+            while (base / name).exists():
+                n += 1
+                name = f"{default}-{n}"
+    else:
+        check_run_name(name)
+        if (base / name).exists() and not exist_ok:
+            raise UserError(f"{base / name} already exists; pass --exist-ok to write into it, or pick another --name")
     path = base / name
-    if path.exists() and not exist_ok:
-        raise UserError(f"{path} already exists; pick another --name (or --resume / --force where offered)")
     check_writable(path, kind="folder", what="run folder")
+    return path
+
+
+def new_run_dir(kind: str, name: str | None = None, *, project: str | Path | None = None, exist_ok: bool = False,
+                root: Path | None = None) -> Path:
+    """Create the run folder `PROJECT/NAME` (`run_dir_path`: project default `runs/KIND`, name default the next
+    free `expN`) and return it. A named folder that already exists is a `UserError` unless `exist_ok`."""
+    path = run_dir_path(kind, project, name, exist_ok=exist_ok, root=root)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def check_run_root(kind: str, *, root: Path | None = None) -> Path:
-    """Check, before any work, that `runs/KIND/` can take a new run folder (`check_writable`); return it."""
-    return check_writable((root or RUNS_ROOT) / kind, kind="folder", what="run folder")
+def check_run_root(kind: str, project: str | Path | None = None, *, root: Path | None = None) -> Path:
+    """Check, before any work, that the project folder (default `runs/KIND/`) can take a new run folder
+    (`check_writable`); return it."""
+    base = project_dir(kind, project, root=root)
+    if base.exists() and not base.is_dir():
+        raise UserError(f"--project must be a folder, but {base} is a file")
+    return check_writable(base, kind="folder", what="run folder")
 
 
 def check_writable(path: str | Path, *, kind: str = "file", what: str = "--out") -> Path:

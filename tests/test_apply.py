@@ -130,9 +130,9 @@ def applied(env):
         mp.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))  # latency is not what is tested here
         mp.setattr(socket, "getaddrinfo", no_network)
         mp.setattr(socket.socket, "connect", no_network)
-        # No --name: the latest (here the only) search in runs/search, as `autoprune apply --trial 17` after a search.
+        # No --study: the latest (here the only) search in runs/search, as `autoprune apply --trial 17` after a search.
         code, out, err = _cli(env["root"], "apply", "--trial", "0", "--epochs", "1", "--batch", "4",
-                              "--device", "cpu", "--export", "onnx", "--out", "done", "--json")
+                              "--device", "cpu", "--export", "onnx", "--name", "done", "--json")
     assert code == 0, err[-3000:]
     return {**json.loads(out), "network_attempts": attempts}
 
@@ -143,7 +143,7 @@ def test_apply_without_name_applies_the_latest_search(applied):
 
 def test_apply_without_name_and_no_search_is_one_line(tmp_path):
     code, out, err = _cli(tmp_path, "apply", "--trial", "0")
-    assert code == 2 and err.strip() == "error: --name is required: the study to read (no studies in runs/search)"
+    assert code == 2 and err.strip() == "error: --study is required: the study to read (no studies in runs/search)"
     assert not (tmp_path / "runs").exists()
 
 
@@ -245,8 +245,8 @@ def test_apply_no_distill_finetunes_without_the_teacher(env, monkeypatch, capsys
     monkeypatch.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))
     monkeypatch.setattr(autoprune, "ENV_OMP_NUM_THREADS", "1")
     monkeypatch.chdir(env["root"])
-    code, out, err = run_cli(capsys, "apply", "--name", STUDY, "--trial", "0", "--epochs", "1", "--batch", "4",
-                             "--device", "cpu", "--no-distill", "--out", "nodistill", "--json")
+    code, out, err = run_cli(capsys, "apply", "--study", STUDY, "--trial", "0", "--epochs", "1", "--batch", "4",
+                             "--device", "cpu", "--no-distill", "--name", "nodistill", "--json")
     assert code == 0, err[-3000:]
     run_dir = env["root"] / "runs" / "apply" / "nodistill"
     report = json.loads((run_dir / "report.json").read_text())
@@ -295,7 +295,7 @@ def demo_applied(tmp_path_factory):
         mp.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))
         mp.setattr(autoprune, "ENV_OMP_NUM_THREADS", "1")
         code, out, err = _cli(root, "apply", "--trial", "0", "--epochs", "1", "--batch", "4", "--device", "cpu",
-                              "--workers", "0", "--out", "demo", "--json")
+                              "--workers", "0", "--name", "demo", "--json")
     assert code == 0, err[-3000:]
     return {**json.loads(out), "root": root, "data": data}
 
@@ -346,7 +346,7 @@ def test_rebuild_raises_on_a_gflops_mismatch(env):
 
 
 def _assert_refused(env, out_name: str, *argv, pattern: str):
-    code, out, err = _cli(env["root"], "apply", *argv, "--epochs", "1", "--device", "cpu", "--out", out_name)
+    code, out, err = _cli(env["root"], "apply", *argv, "--epochs", "1", "--device", "cpu", "--name", out_name)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
@@ -357,32 +357,32 @@ def _assert_refused(env, out_name: str, *argv, pattern: str):
 
 
 def test_unknown_trial_lists_the_trials_that_exist(env):
-    line = _assert_refused(env, "x1", "--name", STUDY, "--trial", "99", pattern="no trial 99")
+    line = _assert_refused(env, "x1", "--study", STUDY, "--trial", "99", pattern="no trial 99")
     assert "trials 0-3" in line and "feasible trials: 0" in line
 
 
 @pytest.mark.parametrize(("trial", "pattern"), [("1", "failed (RuntimeError: boom)"), ("2", "infeasible"),
                                                 ("3", "was not scored")])
 def test_failed_infeasible_or_unscored_trials_are_refused(env, trial, pattern):
-    _assert_refused(env, "x2", "--name", STUDY, "--trial", trial, pattern=pattern)
+    _assert_refused(env, "x2", "--study", STUDY, "--trial", trial, pattern=pattern)
 
 
 def test_unknown_study_is_refused(env):
-    _assert_refused(env, "x3", "--name", "nosuchstudy", "--trial", "0", pattern="no study named 'nosuchstudy'")
+    _assert_refused(env, "x3", "--study", "nosuchstudy", "--trial", "0", pattern="no study named 'nosuchstudy'")
 
 
 def test_a_model_with_another_fingerprint_is_refused(env):
-    _assert_refused(env, "x4", "--name", STUDY, "--trial", "0", "--model", str(env["other"]), pattern="fingerprint")
+    _assert_refused(env, "x4", "--study", STUDY, "--trial", "0", "--model", str(env["other"]), pattern="fingerprint")
 
 
 def test_an_existing_output_folder_is_refused(env):
     existing = env["root"] / "runs" / "apply" / "taken"
     existing.mkdir(parents=True, exist_ok=True)
-    code, _, err = _cli(env["root"], "apply", "--name", STUDY, "--trial", "0", "--out", "taken", "--device", "cpu")
+    code, _, err = _cli(env["root"], "apply", "--study", STUDY, "--trial", "0", "--name", "taken", "--device", "cpu")
     assert code == 2 and err.strip().startswith("error: ") and "already exists" in err and len(err.splitlines()) == 1
     assert list(existing.iterdir()) == []  # nothing written into it
 
 
 def test_bad_numbers_are_refused_before_anything(env):
-    _assert_refused(env, "x5", "--name", STUDY, "--trial", "0", "--kd-temperature", "0", pattern="--kd-temperature")
-    _assert_refused(env, "x6", "--name", STUDY, "--trial", "0", "--imgsz", "50", pattern="--imgsz")
+    _assert_refused(env, "x5", "--study", STUDY, "--trial", "0", "--kd-temperature", "0", pattern="--kd-temperature")
+    _assert_refused(env, "x6", "--study", STUDY, "--trial", "0", "--imgsz", "50", pattern="--imgsz")

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        from autoprune.cli._common import handle_deprecation
+
+        handle_deprecation(args)  # old flag spellings: the new ones, and one warning line
         with _stdout_for_json(args.json):
             result = args._run(args)
     except UserError as e:

@@ -1,15 +1,15 @@
 """Rebuild a search trial's pruned model, finetune it (distilled from the unpruned model) and report before/after.
 
     autoprune apply --trial 7                                     # the latest search; runs/apply/exp1-trial7/
-    autoprune apply --name exp1 --trial 7                         # the same for the search named exp1
-    autoprune apply --name exp1 --trial 7 --epochs 30 --export onnx --out small
-    autoprune apply --storage postgresql://user@host/db --name exp1 --trial 7 --no-distill
+    autoprune apply --study exp1 --trial 7                        # the same for the search named exp1
+    autoprune apply --study exp1 --trial 7 --epochs 30 --export onnx --name small     # runs/apply/small/
+    autoprune apply --storage postgresql://user@host/db --study exp1 --trial 7 --no-distill
 
 The trial's stored kept channel counts and criterion rebuild exactly the model the search scored (same GFLOPs), from
 the model the study was made with (its fingerprint is checked). Ultralytics' trainer then finetunes that pruned
 object itself, with the unpruned model as the teacher (`autoprune.finetune`). A trial of a search made with
 --reconstruct is refit the same way (least squares on the search's calibration images) before the finetune. Outputs
-in runs/apply/NAME/:
+in PROJECT/NAME/ (default runs/apply/STUDY-trialN/, or STUDY-trialN-2, ... when that exists):
 pruned.pt (a stock Ultralytics checkpoint), report.md and report.json (mAP50, mAP50-95, params, GFLOPs, latency and
 file size, before and after), pruned.onnx with --export onnx, args.yaml, and the trainer's folder train/.
 """
@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 
 from autoprune.apply import EXPORT_FORMATS
-from autoprune.cli.trials import add_study_arguments, default_study
+from autoprune.cli._common import add_deprecated_out, add_run_arguments, add_study_argument
+from autoprune.cli.trials import default_study
 from autoprune.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trial", type=int, required=True, metavar="N", help="the trial to apply (`autoprune trials`)")
-    add_study_arguments(parser)
+    add_study_argument(parser)
     parser.add_argument("--model", default=None, help="the unpruned model (default: the one the study was made with; "
                                                       "its fingerprint must match either way)")
     parser.add_argument("--data", default=None, help="data YAML to finetune and validate on (default: the study's)")
@@ -59,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp32 or fp16 (default: the search's; with --latency-backend, the device's default)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers on CUDA (the CPU uses 0)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (data order, augmentation) (default 0)")
-    parser.add_argument("--out", default=None,
-                        help="output folder name under runs/apply/ (default: NAME-trialN); must not exist")
+    add_run_arguments(parser, "apply", name_default="STUDY-trialN, or STUDY-trialN-2, ... when that exists")
+    add_deprecated_out(parser)
 
 
 def _positive(flag: str, value: int, low: int = 1) -> int:
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune.imgsz import check_imgsz
     from autoprune.devices import resolve_device
     from autoprune.finetune import DistillSettings
-    from autoprune.runs import check_run_root
+    from autoprune.runs import check_run_root, run_dir_path
 
     # Every check first: nothing is created or trained before all of them pass.
     _positive("--trial", args.trial, 0)
@@ -86,13 +87,16 @@ def run(args: argparse.Namespace) -> dict:
     _positive("--seed", args.seed, 0)
     if args.imgsz is not None:
         check_imgsz(args.imgsz)
-    check_run_root("apply")
+    check_run_root("apply", args.project)
+    if args.name is not None:
+        run_dir_path("apply", args.project, args.name, exist_ok=args.exist_ok)
     distill = DistillSettings(args.kd_weight, args.kd_temperature, args.kd_neck) if args.distill else None
     device = resolve_device(args.device)
     default_study(args)
-    study = report.read_study(args.storage, args.name)  # never creates a database; no study: one line naming those
+    study = report.read_study(args.storage, args.study)  # never creates a database; no study: one line naming those
     verbose = not args.json
-    result = apply_study_trial(study, args.trial, run_name=args.out, model=args.model, data=args.data,
+    result = apply_study_trial(study, args.trial, run_name=args.name, project=args.project,
+                               exist_ok=args.exist_ok, model=args.model, data=args.data,
                                epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, distill=distill,
                                reconstruct=args.reconstruct, amp=args.amp, export=args.export, device=device,
                                workers=args.workers, seed=args.seed, args=vars(args),

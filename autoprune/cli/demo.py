@@ -1,11 +1,11 @@
 """Show the built-in demo (generated dataset and shipped baseline, with its measured val mAP), or retrain the baseline.
 
     autoprune demo [--val-images N] [--refresh] [--json]
-    autoprune demo --train [--epochs N] [--imgsz 320] [--device auto] [--batch 16] [--patience 30] [--name NAME]
+    autoprune demo --train [--epochs N] [--imgsz 320] [--device auto] [--batch 16] [--patience 30] [--project DIR] [--name NAME] [--exist-ok]
 
 Without `--train` it generates the demo dataset if needed, then prints where the data and the model are and the
 baseline's mAP50 / mAP50-95 on the val split, measured with Ultralytics' validator (cached by the model file's hash).
-With `--train` it reproduces the baseline into `runs/demo/NAME/` and prints where the new weights are; the shipped
+With `--train` it reproduces the baseline into `PROJECT/NAME/` (default `runs/demo/expN/`) and prints where the new weights are; the shipped
 `baseline.pt` is never overwritten.
 """
 
@@ -16,13 +16,13 @@ import argparse
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
 
-_TRAIN_ONLY = ("epochs", "imgsz", "device", "batch", "patience", "name")
+_TRAIN_ONLY = ("epochs", "imgsz", "device", "batch", "patience", "project", "name", "exist_ok")
 _SHOW_ONLY = ("val_images", "refresh")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the flags of `autoprune demo`."""
-    parser.add_argument("--train", action="store_true", help="retrain the baseline into runs/demo/NAME/")
+    parser.add_argument("--train", action="store_true", help="retrain the baseline into PROJECT/NAME/ (runs/demo/expN)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the shipped recipe's)")
     parser.add_argument("--imgsz", type=int, default=None, help="training image size (default: the demo's, 320)")
     from autoprune.cli._common import add_device_argument
@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser, "training device")
     parser.add_argument("--batch", type=int, default=None, help="training batch size (default: 16)")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: 30)")
-    parser.add_argument("--name", default=None, help="run folder name under runs/demo/ (default: next expN)")
+    from autoprune.cli._common import add_run_arguments
+
+    add_run_arguments(parser, "demo")
     parser.add_argument("--val-images", type=int, default=None, help="validate on the first N val images only")
     parser.add_argument("--refresh", action="store_true", help="measure the baseline again, ignoring the cache")
 
@@ -42,9 +44,10 @@ def run(args: argparse.Namespace) -> dict:
         if misplaced:
             raise UserError(f"--{misplaced[0].replace('_', '-')} does not apply with --train")
         return _train(args)
-    misplaced = [f for f in _TRAIN_ONLY if getattr(args, f) not in (None, "auto" if f == "device" else None)]
+    misplaced = [f for f in _TRAIN_ONLY
+                 if not (getattr(args, f) is None or getattr(args, f) is False or (f, getattr(args, f)) == ("device", "auto"))]
     if misplaced:
-        raise UserError(f"--{misplaced[0]} only applies with --train")
+        raise UserError(f"--{misplaced[0].replace('_', '-')} only applies with --train")
     return _show(args)
 
 
@@ -122,10 +125,10 @@ def _train(args) -> dict:
     if patience < 1:
         raise UserError(f"--patience must be >= 1, got {patience}")
     device = ultralytics_device(args.device)  # checked against this machine; Ultralytics' spelling
-    run_dir = new_run_dir("demo", args.name)
+    run_dir = new_run_dir("demo", args.name, project=args.project, exist_ok=args.exist_ok)
     save_args(
         run_dir, args, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience,
-        model=recipe.MODEL_YAML, fixed=recipe.FIXED_ARGS,
+        model=recipe.MODEL_YAML, fixed=recipe.FIXED_ARGS, project=str(run_dir.parent), name=run_dir.name,
     )  # fmt: skip
     result = recipe.train_baseline(run_dir, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience)
     if not args.json:

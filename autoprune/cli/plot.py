@@ -1,48 +1,51 @@
 """Draw a search's Pareto front, finished or still running: pareto.png and the interactive pareto.html.
 
-    autoprune plot --name exp1                      # into runs/search/exp1/
-    autoprune plot --storage postgresql://user@host/db --name exp1 --out plots/
+    autoprune plot --study exp1                     # into the search's run folder runs/search/exp1/
+    autoprune plot --storage postgresql://user@host/db --study exp1 --name team   # into runs/plot/team/
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from autoprune.cli.trials import add_study_arguments, default_study
+from autoprune.cli._common import add_deprecated_out, add_run_arguments, add_study_argument
+from autoprune.cli.trials import default_study
 from autoprune.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the `plot` command's flags."""
-    add_study_arguments(parser)
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="folder for pareto.png and pareto.html (default: the run folder runs/search/NAME)")
+    add_study_argument(parser)
+    add_run_arguments(parser, "plot", name_default="the next free expN; without --project and --name the plots "
+                                                  "go into the search's run folder runs/search/STUDY")
+    add_deprecated_out(parser)
+
+
+def _out_dir(args: argparse.Namespace):
+    """The folder for the plots: PROJECT/NAME when either is given, else the search's run folder (written into)."""
+    from autoprune.runs import check_writable, run_dir_path
+    from autoprune.search.storage import run_dir_for
+
+    if args.project is not None or args.name is not None:
+        return run_dir_path("plot", args.project, args.name, exist_ok=args.exist_ok)
+    if not args.study:
+        return None  # read_study says which study is missing
+    try:
+        out = run_dir_for(args.study)
+    except UserError:
+        if args.storage is None:
+            raise
+        raise UserError(f"study name {args.study!r} is no plain folder name; pass --name for the plots' folder") from None
+    return check_writable(out, kind="folder", what="run folder")
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Check --out, read the study, write both plots; print and return their paths."""
+    """Check the output folder, read the study, write both plots; print and return their paths."""
     from autoprune import report
-    from autoprune.search.storage import run_dir_for
 
     default_study(args)
-    out = None
-    if args.out is not None:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out must be a folder, but {out} is a file")
-    elif args.name:
-        try:
-            out = run_dir_for(args.name)
-        except UserError:
-            if args.storage is None:
-                raise
-            raise UserError(f"study name {args.name!r} is no plain folder name; pass --out DIR for the plots") from None
-    if out is not None:
-        from autoprune.runs import check_writable
-
-        check_writable(out, kind="folder", what="--out" if args.out is not None else "run folder")
-    study = report.read_study(args.storage, args.name)
+    out = _out_dir(args)
+    study = report.read_study(args.storage, args.study)
     info = report.study_info(study)
     png = report.plot_pareto_png(info, out / "pareto.png")
     html = report.plot_pareto_html(info, out / "pareto.html")
@@ -50,5 +53,5 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{info.headline()}: {info.counts_text()}")
         print(png)
         print(html)
-    return {"study": args.name, "png": png, "html": html, "front": sorted(info.front_numbers),
-            "counts": info.counts}
+    return {"study": args.study, "png": png, "html": html, "front": sorted(info.front_numbers),
+            "counts": info.counts, "run_dir": str(out)}

@@ -93,8 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output positions sampled per refit conv (memory cap, default 8192)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion and the sampling")
     add_device_argument(parser, "device of the gradients, the reconstruction, the recalibration and --val")
-    parser.add_argument("--out", default=None, help="output .pt path (default: runs/prune/expN/pruned.pt)")
+    parser.add_argument("--out", default=None,
+                        help="output .pt file, instead of pruned.pt in the run folder PROJECT/NAME")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    from autoprune.cli._common import add_run_arguments
+
+    add_run_arguments(parser, "prune")
     add_imgsz_argument(parser)
 
 
@@ -172,6 +176,10 @@ def _check_args(args: argparse.Namespace) -> None:
     check_imgsz(args.calib_imgsz, "--calib-imgsz")
     if args.out is not None:
         _check_out(args)
+        given = [f for f, v in (("--project", args.project), ("--name", args.name), ("--exist-ok", args.exist_ok)) if v]
+        if given:
+            raise UserError(f"--out names the checkpoint file itself; {'/'.join(given)} place pruned.pt in a run "
+                            "folder instead: give one or the other")
     if args.criterion in DATA_CRITERIA or args.reconstruct or args.val is not False:
         from autoprune.devices import resolve_device
 
@@ -181,14 +189,15 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> dict:
     from autoprune.models import load_model
     from autoprune.oneshot import OneShotSettings, prune_once
-    from autoprune.runs import check_run_root, check_writable, save_args
+    from autoprune.runs import check_writable, run_dir_path, save_args
 
     imgsz = check_imgsz(args.imgsz)
     _check_args(args)
+    run_dir = None
     if args.out is not None:
         check_writable(args.out, kind="file", what="--out")
     else:
-        check_run_root("prune")
+        run_dir = run_dir_path("prune", args.project, args.name, exist_ok=args.exist_ok)
     keep = parse_keep(args.keep) if args.keep is not None else None  # ranges checked before the model loads
     if args.strategy is None:
         args.strategy = "uniform" if isinstance(keep, dict) else "global"
@@ -211,12 +220,12 @@ def run(args: argparse.Namespace) -> dict:
 
         data = load_data_config(args.data)  # a missing or broken data YAML fails here, before the model loads
     loaded = load_model(args.model)
-    done = prune_once(loaded, settings, imgsz=imgsz, data=data, out=args.out,
+    done = prune_once(loaded, settings, imgsz=imgsz, data=data, out=args.out, run_dir=run_dir,
                       warn=lambda w: print(f"warning: {w}", file=sys.stderr))
     if done.run_dir is not None:
         # the resolved values, as Ultralytics records them, not the None of a default
         save_args(done.run_dir, args, model=loaded.source, data=None if done.data is None else str(done.data.yaml),
-                  out=str(done.out))
+                  out=str(done.out), project=str(done.run_dir.parent), name=done.run_dir.name)
     result = done.summary
     if not args.json:
         _print(done, args)

@@ -1,7 +1,8 @@
 """Search per-group keep ratios for the best accuracy within a compute budget (the main command).
 
-Every candidate is a trial in one Optuna study (a SQLite file in runs/search/NAME by default, or --storage URL for
-many workers). Start every extra worker, on this machine or another, with the same --storage, --name and --resume.
+Every candidate is a trial in one Optuna study (a SQLite file in the run folder PROJECT/NAME, default
+runs/search/expN, or --storage URL for many workers). Start every extra worker, on this machine or another, with the
+same --storage, --name (or --study) and --resume.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from autoprune.cli._common import add_device_argument, add_model_argument
+from autoprune.cli._common import add_device_argument, add_model_argument, add_run_arguments
 from autoprune.errors import UserError
 
 
@@ -63,9 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search space: fine (default: one gene per channel group), family (the model "
                              "family's space of tied genes), a shipped space's name (yolov8, yolo11, yolov5, generic) "
                              "or a YAML path")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: runs/search/NAME/study.db)")
-    parser.add_argument("--name", default=None, help="study and run folder name (default: expN)")
-    parser.add_argument("--resume", action="store_true", help="continue (or join) the study --name")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="Optuna storage URL (default: the run folder's SQLite file PROJECT/NAME/study.db)")
+    add_run_arguments(parser, "search", name_default="--study, else the next free expN")
+    parser.add_argument("--study", default=None, metavar="NAME",
+                        help="the Optuna study's name (default: the run folder's name, as trials, plot and apply "
+                             "find it in runs/search/NAME)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue (or join) the search --name (or --study): its folder and study exist")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the sampler, the proxy's image subsets and batch order (default 0)")
     add_device_argument(parser, "device of the proxy and the latency")
@@ -84,16 +90,32 @@ def _heartbeat() -> tuple[int, int]:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """The run folder (and a SQLite --storage file) must be writable: checked before the model loads."""
-    from autoprune.runs import check_run_root, check_writable
-    from autoprune.search.storage import run_dir_for, sqlite_file
+    from autoprune.runs import check_run_root, check_writable, run_dir_path
+    from autoprune.search.storage import sqlite_file
 
-    if args.name:
-        check_writable(run_dir_for(args.name), kind="folder", what="run folder")
+    if args.name or args.study:  # an existing folder is the driver's to judge (--resume, --exist-ok)
+        run_dir_path("search", args.project, args.name or args.study, exist_ok=True)
     else:
-        check_run_root("search")
+        check_run_root("search", args.project)
     db = sqlite_file(args.storage) if args.storage else None
     if db is not None:
         check_writable(db, kind="file", what="--storage")
+
+
+def _apply_hint(args: argparse.Namespace, result) -> str:
+    """The `autoprune apply` command for the recommended trial; a study that `--study` alone does not find (another
+    --project, or a study named unlike its folder) is named with its SQLite file."""
+    from pathlib import Path
+
+    from autoprune.cli.trials import apply_hint
+    from autoprune.runs import RUNS_ROOT
+    from autoprune.search.storage import STUDY_FILE
+
+    storage = args.storage
+    if storage is None and Path(result.run_dir) != RUNS_ROOT / "search" / result.name:
+        storage = f"sqlite:///{Path(result.run_dir) / STUDY_FILE}"
+    trial = result.recommended.number if result.recommended is not None else None
+    return apply_hint(storage, result.name, trial)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -127,6 +149,9 @@ def run(args: argparse.Namespace) -> dict:
         space=args.space,
         storage=args.storage,
         name=args.name,
+        project=args.project,
+        study=args.study,
+        exist_ok=args.exist_ok,
         resume=args.resume,
         seed=args.seed,
         device=args.device,
@@ -141,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
     result.outputs = write_reports(search.study, result.run_dir)
     if not args.json:
         print()
-        print(format_front_table(study_info(search.study)))
+        print(format_front_table(study_info(search.study), apply_hint=_apply_hint(args, result)))
         if result.recommended is not None:
             cost = result.confirm_cost.get("evaluations") or 0
             extra = f" (auto-confirmation: {cost} extra proxy scores, {result.confirm_cost['seconds']:.0f} s)" if cost else ""

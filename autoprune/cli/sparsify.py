@@ -3,7 +3,7 @@
     autoprune sparsify --epochs 50 --l1 1e-2                    # the demo model on the demo data
     autoprune sparsify --model best.pt --data data.yaml --epochs 30 --growing-reg --reg-keep 0.5
 
-Writes runs/sparsify/NAME/: sparse.pt (a stock Ultralytics checkpoint), gamma_hist.png (|gamma| before and after,
+Writes PROJECT/NAME/ (default runs/sparsify/expN/): sparse.pt (a stock Ultralytics checkpoint), gamma_hist.png (|gamma| before and after,
 with the share below 1e-2), args.yaml and Ultralytics' train/ folder. Prune the result with
 `autoprune prune --model runs/sparsify/NAME/sparse.pt --criterion bn_scale --strategy global ...`.
 See `autoprune.sparsify` for the exact penalty and its schedule.
@@ -35,14 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers (default 2)")
     parser.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: Ultralytics')")
     parser.add_argument("--no-val", action="store_true", help="validate only after the last epoch")
-    parser.add_argument("--name", default=None, help="run folder name under runs/sparsify (default expN)")
+    from autoprune.cli._common import add_run_arguments
+
+    add_run_arguments(parser, "sparsify")
 
 
 def run(args: argparse.Namespace) -> dict:
-    from autoprune.runs import check_run_root
+    from autoprune.runs import run_dir_path
     from autoprune.sparsify import SparsifySettings, sparsify
 
-    check_run_root("sparsify")
+    run_dir_path("sparsify", args.project, args.name, exist_ok=args.exist_ok)  # checked before any work
     from autoprune.devices import ultralytics_device
 
     extra = {}
@@ -60,9 +62,10 @@ def run(args: argparse.Namespace) -> dict:
 
     data = load_data_config(args.data)  # check data and model before creating the run folder
     loaded = load_model(args.model)
-    run_dir = new_run_dir("sparsify", args.name)
+    run_dir = new_run_dir("sparsify", args.name, project=args.project, exist_ok=args.exist_ok)
     # the resolved values, not a default's None or auto
-    save_args(run_dir, args, model=loaded.source, data=str(data.yaml), device=settings.device)
+    save_args(run_dir, args, model=loaded.source, data=str(data.yaml), device=settings.device,
+              project=str(run_dir.parent), name=run_dir.name)
     result = sparsify(loaded, data, run_dir, settings)
     result["run_dir"] = str(run_dir)
     if not args.json:

@@ -1,8 +1,8 @@
 """List the trials of a search, finished or still running, and its Pareto front.
 
-    autoprune trials --name exp1                    # every trial, then the front
-    autoprune trials --name exp1 --pareto           # the front only, ready for `autoprune apply --trial N`
-    autoprune trials --storage postgresql://user@host/db --name exp1 --json
+    autoprune trials --study exp1                   # every trial, then the front
+    autoprune trials --study exp1 --pareto          # the front only, ready for `autoprune apply --trial N`
+    autoprune trials --storage postgresql://user@host/db --study exp1 --json
 """
 
 from __future__ import annotations
@@ -10,39 +10,31 @@ from __future__ import annotations
 import argparse
 
 
-def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--name` and `--storage`, shared by the commands that read a study."""
-    parser.add_argument("--name", default=None,
-                        help="the search's name: its study, in runs/search/NAME/study.db unless --storage is given "
-                             "(default: the latest search there)")
-    parser.add_argument("--storage", default=None, metavar="URL",
-                        help="database URL of the study (e.g. postgresql://user:password@host/db or "
-                             "sqlite:///path/study.db); default: the run folder's SQLite file")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the `trials` command's flags."""
-    add_study_arguments(parser)
+    from autoprune.cli._common import add_study_argument
+
+    add_study_argument(parser, deprecated_name=True)
     parser.add_argument("--pareto", action="store_true", help="show (and with --json, return) the front only")
 
 
 def default_study(args: argparse.Namespace) -> None:
-    """Without `--name`, read the latest local search (`autoprune apply --trial 17` after `autoprune search`), or
+    """Without `--study`, read the latest local search (`autoprune apply --trial 17` after `autoprune search`), or
     with `--storage` the database's only study, and say which (on stdout, so that an error stays one line on
-    stderr; `--json` output names the study). A storage with several studies needs `--name` (the error lists them);
-    one with none says so."""
+    stderr; `--json` output names the study). A storage with several studies needs `--study` (the error lists
+    them); one with none says so."""
     from autoprune import report
 
-    if args.name:
+    if args.study:
         return
     if args.storage is not None:
-        args.name = report.only_study_name(args.storage)
+        args.study = report.only_study_name(args.storage)
         if not args.json:
-            print(f"study {args.name!r}: the only study in --storage")
+            print(f"study {args.study!r}: the only study in --storage")
         return
-    args.name = report.newest_local_study()
-    if args.name is not None and not args.json:
-        print(f"study {args.name!r}: the latest search in runs/search (pick another with --name)")
+    args.study = report.newest_local_study()
+    if args.study is not None and not args.json:
+        print(f"study {args.study!r}: the latest search in runs/search (pick another with --study)")
 
 
 def safe_url(storage: str | None, name: str) -> str:
@@ -60,7 +52,7 @@ def apply_hint(storage: str | None, name: str, trial: int | None) -> str:
 
     Example:
         >>> apply_hint("postgresql://u:pw@host/db", "exp1", 7)
-        "autoprune apply --storage 'postgresql://u:***@host/db' --name exp1 --trial 7  (password elided: put yours in place of ***)"
+        "autoprune apply --storage 'postgresql://u:***@host/db' --study exp1 --trial 7  (password elided: put yours in place of ***)"
     """
     import shlex
 
@@ -73,7 +65,7 @@ def apply_hint(storage: str | None, name: str, trial: int | None) -> str:
         where = f"--storage {shlex.quote(shown)} "
         if shown != storage:
             note = "  (password elided: put yours in place of ***)"
-    return f"autoprune apply {where}--name {shlex.quote(name)} --trial {'N' if trial is None else trial}{note}"
+    return f"autoprune apply {where}--study {shlex.quote(name)} --trial {'N' if trial is None else trial}{note}"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -81,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune import report
 
     default_study(args)
-    study = report.read_study(args.storage, args.name)
+    study = report.read_study(args.storage, args.study)
     info = report.study_info(study)
     front = info.front_numbers
     shown = info.front if args.pareto else info.records
@@ -90,10 +82,10 @@ def run(args: argparse.Namespace) -> dict:
             print(report.format_trials_table(info) if info.records else "no trials yet")
             print()
         recommended = info.recommended.number if info.recommended else None
-        print(report.format_front_table(info, apply_hint=apply_hint(args.storage, args.name, recommended)))
+        print(report.format_front_table(info, apply_hint=apply_hint(args.storage, args.study, recommended)))
     return {
-        "study": args.name,
-        "storage": safe_url(args.storage, args.name),
+        "study": args.study,
+        "storage": safe_url(args.storage, args.study),
         "model": info.model,
         "data": info.data,
         "budget_gflops": info.budget_gflops,

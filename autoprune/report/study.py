@@ -20,7 +20,7 @@ def read_study(storage: str | None, name: str | None):
     """Open an existing study for reading, as `autoprune trials` and `autoprune plot` do.
 
     `storage` None means the run folder's SQLite file `runs/search/NAME/study.db`. With `storage` and no `name`, the
-    database's only study is read (`only_study_name`). Every mistake is a `UserError`: no `--name` (naming the
+    database's only study is read (`only_study_name`). Every mistake is a `UserError`: no `--study` (naming the
     studies there are), a storage holding no study or several, a malformed URL, a SQLite path that is not there or is not an
     Optuna database (checked first, so that reading never creates or changes a file), an unknown study.
 
@@ -38,7 +38,7 @@ def read_study(storage: str | None, name: str | None):
     if not name:
         known = local_study_names()
         hint = f"studies in runs/search: {', '.join(known)}" if known else "no studies in runs/search"
-        raise UserError(f"--name is required: the study to read ({hint})")
+        raise UserError(f"--study is required: the study to read ({hint})")
     url = storage_url(None, name)
     if Path(_sqlite_path(url)).is_file():
         _check_sqlite_file(url)
@@ -46,9 +46,9 @@ def read_study(storage: str | None, name: str | None):
 
 
 def only_study_name(storage: str) -> str:
-    """The name of the one study in the database at `storage`, for reading it without `--name`.
+    """The name of the one study in the database at `storage`, for reading it without `--study`.
 
-    A `UserError` when the database holds no study (saying so), or several (naming them: `--name` picks one).
+    A `UserError` when the database holds no study (saying so), or several (naming them: `--study` picks one).
 
     Example:
         >>> only_study_name("sqlite:///runs/search/exp1/study.db")  # doctest: +SKIP
@@ -63,7 +63,7 @@ def only_study_name(storage: str) -> str:
     if not names:
         raise UserError(f"--storage {mask_url(url)!r} holds no study yet: nothing to read")
     if len(names) > 1:
-        raise UserError(f"--name is required: the study to read (studies there: {', '.join(names)})")
+        raise UserError(f"--study is required: the study to read (studies there: {', '.join(names)})")
     return names[0]
 
 

@@ -21,7 +21,7 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
 
     Rows are front members by increasing GFLOPs; `*` marks the best feasible trial. The uniform baseline follows
     as a reference row when it is not on the front. `apply_hint` is the command to print for the recommended trial
-    (default: `autoprune apply --name NAME --trial N`, N the recommended trial, `ParetoInfo.recommended`).
+    (default: `autoprune apply --study NAME --trial N`, N the recommended trial, `ParetoInfo.recommended`).
 
     Example:
         >>> from autoprune.report.front import pareto_info
@@ -32,7 +32,7 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
             trial  kind      mAP50-95   mAP50  GFLOPs   params  latency ms
           *     3  search      0.4100  0.6000    4.10    1.50M  12.0
         no uniform baseline trial in this study: nothing to compare against
-        apply the recommended trial:  autoprune apply --name exp1 --trial 3
+        apply the recommended trial:  autoprune apply --study exp1 --trial 3
     """
     lines = []
     if info.unfinished:
@@ -180,7 +180,7 @@ def _at(r: TrialRecord) -> str:
 
 def _apply_hint(info: ParetoInfo) -> str:
     trial = info.recommended.number if info.recommended else "N"
-    return f"autoprune apply --name {info.study_name or 'NAME'} --trial {trial}"
+    return f"autoprune apply --study {info.study_name or 'NAME'} --trial {trial}"
 
 
 def over_budget_text(r: TrialRecord, info: ParetoInfo) -> str:

@@ -34,7 +34,8 @@ from autoprune.search import plan
 from autoprune.search.progress import progress_line
 from autoprune.search.settings import (MAX_REJECTED_IN_A_ROW, SEARCH_TIMING, SearchResult, SearchSettings,
                                        check_resumable, check_settings)
-from autoprune.search.storage import make_storage, mask_url, run_dir_for, storage_url
+from autoprune.runs import run_dir_path
+from autoprune.search.storage import STUDY_FILE, make_storage, mask_url, storage_url
 from autoprune.search.study import heartbeat, next_name, settled_attrs, study_exists
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -69,11 +70,19 @@ class Search:
         self.device = resolve_device(s.device)
         self.latency_precision = check_runtime(s.latency_backend, self.device, s.latency_precision)
 
-        # Where the study lives; a name that exists needs --resume. Checked before anything is written.
-        self.name = s.name or next_name()
-        self.url = storage_url(s.storage, self.name)
-        self.run_dir = run_dir_for(self.name)
-        exists = study_exists(self.settings.storage, self.name, self.url, self.run_dir)
+        # Where the study lives: the run folder PROJECT/NAME (default runs/search/expN) and its study (default named
+        # as the folder, in the folder's study.db); a study that exists needs --resume. Checked before anything is
+        # written.
+        run_name = s.name or s.study or next_name(s.project)
+        self.name = s.study or run_name
+        self.run_dir = run_dir_path("search", s.project, run_name, exist_ok=True)
+        self.url = s.storage if s.storage is not None else f"sqlite:///{self.run_dir / STUDY_FILE}"
+        storage_url(s.storage, self.name)  # checks a --storage URL's form
+        if (s.storage is None and self.run_dir.exists() and not (self.run_dir / STUDY_FILE).exists()
+                and not (s.exist_ok or s.resume)):
+            raise UserError(f"{self.run_dir} already exists; pass --exist-ok to start the search in it, or pick "
+                            "another --name")
+        exists = study_exists(self.settings.storage, self.name, self.url, self.run_dir / STUDY_FILE)
         if exists and not s.resume:
             raise UserError(f"a study named {self.name!r} already exists ({mask_url(self.url)}); "
                             "pass --resume to continue it")
@@ -116,7 +125,8 @@ class Search:
         if not (self.run_dir / "args.yaml").exists():
             from autoprune.runs import save_args
 
-            save_args(self.run_dir, asdict(s), name=self.name, storage_url=self.url, model=self.loaded.source,
+            save_args(self.run_dir, asdict(s), project=str(self.run_dir.parent), name=self.run_dir.name,
+                      study=self.name, storage_url=self.url, model=self.loaded.source,
                       data=str(self.data.yaml))  # the resolved values, not a default's None
         self.storage = make_storage(self.url, heartbeat=(s.heartbeat_interval, s.grace_period))
         self.study = self._open_study(described)

@@ -52,8 +52,11 @@ class SearchSettings:
     criterion: str = "hessian"  # gradient criteria keep a pruned model working; docs/BENCHMARKS.md "Methods"
     space: str | None = "fine"  # one gene per group; None or "family": the model family's space (`load_space`)
     storage: str | None = None
-    name: str | None = None
+    name: str | None = None  # the run folder PROJECT/NAME (default: `study`, else the next free expN)
     resume: bool = False
+    project: str | None = None  # the folder of the run folders (default runs/search)
+    study: str | None = None  # the Optuna study's name (default: the run folder's name)
+    exist_ok: bool = False  # an existing run folder without a study may take the new one
     seed: int = 0
     device: str = "auto"
     heartbeat_interval: int = 10
@@ -155,8 +158,8 @@ def check_settings(s: SearchSettings) -> None:
         raise UserError(f"--engine deap runs NSGA-II; --sampler {s.sampler} needs --engine optuna")
     if s.trials is not None and s.generations is not None:
         raise UserError("give --trials or --generations (with --population), not both")
-    if s.resume and s.name is None:
-        raise UserError("--resume needs the --name of the study to continue")
+    if s.resume and s.name is None and s.study is None:
+        raise UserError("--resume needs the --name (or --study) of the search to continue")
 
 
 def resume_flag(key: str, value, mine=None) -> str | None:

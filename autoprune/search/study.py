@@ -60,11 +60,11 @@ def heartbeat(study, trial, interval: float):
         thread.join()
 
 
-def next_name() -> str:
-    """The first free `expN` under runs/search (`runs.next_run_name`)."""
+def next_name(project=None) -> str:
+    """The first free `expN` in `project` (default runs/search; `runs.next_run_name`)."""
     from autoprune.runs import next_run_name
 
-    return next_run_name("search")
+    return next_run_name("search", project=project)
 
 
 def version() -> str:

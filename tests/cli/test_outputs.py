@@ -123,7 +123,7 @@ def test_prune_out_in_a_read_only_folder(read_only, in_tmp, no_model_loads, caps
 def test_prune_from_inside_a_read_only_folder(read_only, monkeypatch, no_model_loads, capsys):
     monkeypatch.chdir(read_only)
     code, _, err = run_cli(capsys, "prune", "--keep", "0.5")
-    assert_user_error(code, err, f"cannot write run folder runs/prune: the folder {read_only} is not writable")
+    assert_user_error(code, err, f"cannot write run folder runs/prune/exp1: the folder {read_only} is not writable")
 
 
 def test_prune_out_under_an_existing_file(in_tmp, no_model_loads, capsys):
@@ -155,8 +155,9 @@ def test_plot_out(where, read_only, in_tmp, capsys):
     (in_tmp / "FILE").write_text("user's file")
     before = _listing(in_tmp)
     out = read_only / "plots" if where == "read-only" else Path("FILE/plots")
-    code, _, err = run_cli(capsys, "plot", "--name", "exp1", "--out", out)
-    assert_user_error(code, err, f"cannot write --out {out}")
+    code, _, err = run_cli(capsys, "plot", "--study", "exp1", "--project", out.parent, "--name", out.name)
+    assert_user_error(code, err, f"cannot write run folder {out}" if where == "read-only"
+                      else "--project must be a folder, but FILE is a file")
     assert _listing(in_tmp) == before
 
 
@@ -185,7 +186,7 @@ def test_search_sqlite_storage_in_a_read_only_folder(read_only, in_tmp, no_model
 
 def test_apply_from_inside_a_read_only_folder(read_only, monkeypatch, tmp_path, no_model_loads, capsys):
     monkeypatch.chdir(read_only)
-    code, _, err = run_cli(capsys, "apply", "--trial", "0", "--name", "exp1",
+    code, _, err = run_cli(capsys, "apply", "--trial", "0", "--study", "exp1",
                            "--storage", f"sqlite:///{tmp_path}/study.db")
     assert_user_error(code, err, "cannot write run folder runs/apply")
 
@@ -233,11 +234,12 @@ def test_mask_url(url, masked):
     assert mask_url(url) == masked
 
 
-@pytest.mark.parametrize("command", [["trials"], ["plot", "--out", "plots"], ["search", "--budget-gflops", "5"],
-                                     ["apply", "--trial", "0"]])
+@pytest.mark.parametrize("command", [["trials", "--study", "a"], ["plot", "--study", "a", "--name", "plots"],
+                                     ["search", "--budget-gflops", "5", "--name", "a"],
+                                     ["apply", "--trial", "0", "--study", "a"]])
 def test_storage_errors_never_show_the_password(command, in_tmp, no_model_loads, capsys):
     url = "postgresql://u:secret@127.0.0.1:1/db"
-    code, _, err = run_cli(capsys, *command, "--storage", url, "--name", "a")
+    code, _, err = run_cli(capsys, *command, "--storage", url)
     line = assert_user_error(code, err, "postgresql://u:***@127.0.0.1:1/db")
     assert "secret" not in line
 

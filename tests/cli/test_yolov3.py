@@ -68,13 +68,13 @@ def test_proxy_search_trials_plot_and_apply(capsys, tmp_path, monkeypatch, tiny_
                   "--population", 4, "--trials", 3, "--device", "cpu", "--name", "v3", "--json")
     front = result["front"]
     assert front and all(t["gflops"] <= budget + 1e-9 for t in front)
-    listed = _cli(capsys, "trials", "--name", "v3", "--json")
+    listed = _cli(capsys, "trials", "--study", "v3", "--json")
     assert set(listed["front"]) == {t["number"] for t in front}
-    plotted = _cli(capsys, "plot", "--name", "v3", "--json")
+    plotted = _cli(capsys, "plot", "--study", "v3", "--json")
     assert Path(plotted["png"]).is_file() and Path(plotted["html"]).is_file()
 
     trial = front[0]["number"]
-    applied = _cli(capsys, "apply", "--name", "v3", "--trial", trial, "--epochs", 1, "--batch", 4, "--device", "cpu",
+    applied = _cli(capsys, "apply", "--study", "v3", "--trial", trial, "--epochs", 1, "--batch", 4, "--device", "cpu",
                    "--json")
     assert applied["after"]["gflops"] == pytest.approx(front[0]["gflops"], abs=1e-5)
     assert applied["after"]["params"] < applied["before"]["params"]

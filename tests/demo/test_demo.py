@@ -215,7 +215,7 @@ def test_cli_demo_json(home, monkeypatch, capsys):
         (["demo", "--train", "--val-images", "3"], "--val-images does not apply with --train"),
         (["demo", "--train", "--imgsz", "100"], "--imgsz must be a multiple of 32"),
         (["demo", "--train", "--device", "gpu"], "device must be auto, cpu, cuda"),
-        (["demo", "--train", "--name", "a/b"], "run name must be a plain folder name"),
+        (["demo", "--train", "--name", "a/b"], "--name must be a plain folder name"),
     ],
 )
 def test_cli_demo_user_errors(argv, message, home, monkeypatch, capsys, tmp_path):

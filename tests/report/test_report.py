@@ -84,7 +84,7 @@ def mixed_db(tmp_path_factory):
 
 @pytest.fixture
 def mixed(in_tmp, mixed_db):
-    """The mixed study in its run folder's SQLite file, as `--name exp1` finds it."""
+    """The mixed study in its run folder's SQLite file, as `--study exp1` finds it."""
     import shutil
 
     run_dir = in_tmp / "runs" / "search" / "exp1"
@@ -341,7 +341,7 @@ def test_front_table_lists_the_front_and_the_gain_over_uniform():
     assert "3.80 (48%)" in text  # GFLOPs with the share of the unpruned model's
     assert ("best feasible trial 1 beats the uniform baseline (trial 0) by +0.0500 mAP50-95 (0.3500 vs 0.3000, "
             "+16.7%) at 3.8 GFLOPs and 19 ms, uniform at 4 GFLOPs and 20 ms") in text
-    assert text.splitlines()[-1] == "apply the recommended trial:  autoprune apply --name exp1 --trial 1"
+    assert text.splitlines()[-1] == "apply the recommended trial:  autoprune apply --study exp1 --trial 1"
     assert "     3  " not in text  # dominated trial 3 is no row
     assert "study still in progress" not in text
 
@@ -418,7 +418,7 @@ def test_each_panel_draws_its_own_front():
 
 
 def test_cli_trials_json_returns_records_and_front(mixed, capsys):
-    code, out, _ = run_cli(capsys, "trials", "--name", "exp1", "--json")
+    code, out, _ = run_cli(capsys, "trials", "--study", "exp1", "--json")
     assert code == 0
     r = json.loads(out)
     assert r["front"] == [1, 2, 7] and r["best"] == 1 and r["uniform"] == 0
@@ -428,18 +428,18 @@ def test_cli_trials_json_returns_records_and_front(mixed, capsys):
     assert r["trials"][5]["reason"].startswith("over the GFLOPs budget") and r["trials"][5]["state"] == "PRUNED"
     assert r["storage"].startswith("sqlite:///runs/search/exp1/study.db")
 
-    code, out, _ = run_cli(capsys, "trials", "--name", "exp1", "--pareto", "--json")
+    code, out, _ = run_cli(capsys, "trials", "--study", "exp1", "--pareto", "--json")
     assert code == 0 and [t["number"] for t in json.loads(out)["trials"]] == [1, 2, 7]
 
 
 def test_cli_trials_human_view_lists_trials_then_the_front(mixed, capsys):
-    code, out, _ = run_cli(capsys, "trials", "--name", "exp1")
+    code, out, _ = run_cli(capsys, "trials", "--study", "exp1")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["trial", "state", "kind", "feas"]
     assert re.search(r"^\s+6  FAIL +search .* RuntimeError: boom$", out, re.MULTILINE)
     assert "beats the uniform baseline (trial 0) by +0.0500" in out
-    code, out, _ = run_cli(capsys, "trials", "--name", "exp1", "--pareto")
+    code, out, _ = run_cli(capsys, "trials", "--study", "exp1", "--pareto")
     assert code == 0 and "FAIL" not in out and out.startswith("Pareto front of search 'exp1'")
 
 
@@ -447,13 +447,13 @@ def test_cli_trials_reads_a_study_through_storage_url_while_it_runs(in_tmp, caps
     url = f"sqlite:///{in_tmp / 'shared.db'}"
     fill_mixed(new_study(url, name="team"), running=True)
     new_study(url, name="other")
-    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--name", "team", "--json")
+    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--study", "team", "--json")
     assert code == 0
     r = json.loads(out)
     assert r["in_progress"] is True and r["counts"]["RUNNING"] == 1 and r["counts"]["WAITING"] == 1
-    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--name", "team", "--pareto")
+    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--study", "team", "--pareto")
     assert "this front is provisional" in out
-    assert out.splitlines()[-1] == f"apply the recommended trial:  autoprune apply --storage {url} --name team --trial 1"
+    assert out.splitlines()[-1] == f"apply the recommended trial:  autoprune apply --storage {url} --study team --trial 1"
 
 
 def test_cli_trials_prints_the_apply_command_with_the_password_masked(monkeypatch, in_tmp, capsys):
@@ -463,23 +463,23 @@ def test_cli_trials_prints_the_apply_command_with_the_password_masked(monkeypatc
     url = "postgresql://user:s3cret@db.example:5432/studies"
     study = fill_mixed(new_study(optuna.storages.InMemoryStorage(), name="team"))
     monkeypatch.setattr(report, "read_study", lambda storage, name: study)
-    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--name", "team", "--pareto")
+    code, out, _ = run_cli(capsys, "trials", "--storage", url, "--study", "team", "--pareto")
     assert code == 0 and "s3cret" not in out
     assert out.splitlines()[-1] == ("apply the recommended trial:  autoprune apply --storage "
-                                    "'postgresql://user:***@db.example:5432/studies' --name team --trial 1  "
+                                    "'postgresql://user:***@db.example:5432/studies' --study team --trial 1  "
                                     "(password elided: put yours in place of ***)")
-    assert trials.apply_hint(None, "my run", None) == "autoprune apply --name 'my run' --trial N"
+    assert trials.apply_hint(None, "my run", None) == "autoprune apply --study 'my run' --trial N"
 
 
 def test_cli_plot_writes_into_the_run_folder_or_out(mixed, in_tmp, capsys):
-    code, out, _ = run_cli(capsys, "plot", "--name", "exp1")
+    code, out, _ = run_cli(capsys, "plot", "--study", "exp1")
     assert code == 0
     run_dir = in_tmp / "runs" / "search" / "exp1"
     assert out.splitlines()[-2:] == [str(run_dir.relative_to(in_tmp) / "pareto.png"),
                                      str(run_dir.relative_to(in_tmp) / "pareto.html")]
     assert_png_drawn(run_dir / "pareto.png")
 
-    code, out, _ = run_cli(capsys, "plot", "--name", "exp1", "--out", str(in_tmp / "plots"), "--json")
+    code, out, _ = run_cli(capsys, "plot", "--study", "exp1", "--project", str(in_tmp), "--name", "plots", "--json")
     assert code == 0
     r = json.loads(out)
     assert r["png"] == str(in_tmp / "plots" / "pareto.png") and r["front"] == [1, 2, 7]
@@ -489,7 +489,7 @@ def test_cli_plot_writes_into_the_run_folder_or_out(mixed, in_tmp, capsys):
 def test_cli_reading_leaves_the_study_file_unchanged(mixed, in_tmp, capsys):
     db = in_tmp / "runs" / "search" / "exp1" / "study.db"
     before = db.read_bytes()
-    assert run_cli(capsys, "trials", "--name", "exp1", "--json")[0] == 0
+    assert run_cli(capsys, "trials", "--study", "exp1", "--json")[0] == 0
     assert db.read_bytes() == before
 
 
@@ -497,7 +497,7 @@ def test_cli_reading_leaves_the_study_file_unchanged(mixed, in_tmp, capsys):
 def test_cli_without_name_reads_the_latest_search(in_tmp, capsys, cmd):
     import os
 
-    assert_user_error(*run_cli(capsys, cmd)[::2], "--name is required: the study to read (no studies in runs/search)")
+    assert_user_error(*run_cli(capsys, cmd)[::2], "--study is required: the study to read (no studies in runs/search)")
     for age, name in ((100, "older"), (50, "newer"), (200, "oldest")):
         db = in_tmp / "runs" / "search" / name / "study.db"
         db.parent.mkdir(parents=True)
@@ -506,37 +506,37 @@ def test_cli_without_name_reads_the_latest_search(in_tmp, capsys, cmd):
     code, out, _ = run_cli(capsys, cmd, "--json")
     assert code == 0 and json.loads(out)["study"] == "newer"
     code, out, _ = run_cli(capsys, cmd)
-    assert code == 0 and out.splitlines()[0] == "study 'newer': the latest search in runs/search (pick another with --name)"
+    assert code == 0 and out.splitlines()[0] == "study 'newer': the latest search in runs/search (pick another with --study)"
     assert "search 'newer'" in out  # and what follows is that study's
-    code, out, _ = run_cli(capsys, cmd, "--name", "older")
+    code, out, _ = run_cli(capsys, cmd, "--study", "older")
     assert code == 0 and "latest search" not in out and "search 'older'" in out
 
 
 @pytest.mark.parametrize("cmd", ["trials", "plot"])
 def test_cli_errors_are_one_line(mixed, in_tmp, capsys, cmd):
-    assert_user_error(*run_cli(capsys, cmd, "--name", "nope")[::2], "no study named 'nope'")
-    assert_user_error(*run_cli(capsys, cmd, "--name", "nope")[::2], "studies here: exp1")
-    assert_user_error(*run_cli(capsys, cmd, "--storage", "nonsense", "--name", "exp1")[::2],
+    assert_user_error(*run_cli(capsys, cmd, "--study", "nope")[::2], "no study named 'nope'")
+    assert_user_error(*run_cli(capsys, cmd, "--study", "nope")[::2], "studies here: exp1")
+    assert_user_error(*run_cli(capsys, cmd, "--storage", "nonsense", "--study", "exp1")[::2],
                       "--storage must be a database URL")
-    assert_user_error(*run_cli(capsys, cmd, "--storage", "sqlite://relative.db", "--name", "exp1")[::2],
+    assert_user_error(*run_cli(capsys, cmd, "--storage", "sqlite://relative.db", "--study", "exp1")[::2],
                       "a SQLite --storage URL starts with sqlite:///")
     missing = in_tmp / "missing.db"
-    assert_user_error(*run_cli(capsys, cmd, "--storage", f"sqlite:///{missing}", "--name", "exp1")[::2],
+    assert_user_error(*run_cli(capsys, cmd, "--storage", f"sqlite:///{missing}", "--study", "exp1")[::2],
                       f"no SQLite study file at {missing}")
     assert not missing.exists()  # reading never creates a database
     (in_tmp / "notes.db").write_text("not a database")
-    assert_user_error(*run_cli(capsys, cmd, "--storage", "sqlite:///notes.db", "--name", "exp1")[::2],
+    assert_user_error(*run_cli(capsys, cmd, "--storage", "sqlite:///notes.db", "--study", "exp1")[::2],
                       "notes.db is not a SQLite database")
     url = "sqlite:///runs/search/exp1/study.db"
-    assert_user_error(*run_cli(capsys, cmd, "--storage", url, "--name", "x")[::2], "studies there: exp1")
+    assert_user_error(*run_cli(capsys, cmd, "--storage", url, "--study", "x")[::2], "studies there: exp1")
 
 
 @pytest.mark.parametrize("cmd", ["trials", "plot"])
 def test_cli_storage_without_name_reads_its_only_study(in_tmp, capsys, cmd):
-    """One study: read it. Several: --name is required, naming them. None: say so, and do not ask for --name."""
+    """One study: read it. Several: --study is required, naming them. None: say so, and do not ask for --study."""
     url = f"sqlite:///{in_tmp / 's.db'}"
     fill_mixed(new_study(url, name="only"))
-    out_args = ("--out", "plots") if cmd == "plot" else ()
+    out_args = ("--name", "plots", "--exist-ok") if cmd == "plot" else ()
     code, out, _ = run_cli(capsys, cmd, "--storage", url, *out_args)
     assert code == 0 and out.splitlines()[0] == "study 'only': the only study in --storage"
     assert "search 'only'" in out
@@ -544,12 +544,12 @@ def test_cli_storage_without_name_reads_its_only_study(in_tmp, capsys, cmd):
     assert code == 0 and json.loads(out)["study"] == "only"
     new_study(url, name="second")
     assert_user_error(*run_cli(capsys, cmd, "--storage", url)[::2],
-                      "--name is required: the study to read (studies there: only, second)")
+                      "--study is required: the study to read (studies there: only, second)")
     empty = f"sqlite:///{in_tmp / 'empty.db'}"
     optuna.storages.RDBStorage(empty)  # Optuna's tables, no study
     code, _, err = run_cli(capsys, cmd, "--storage", empty)
     assert_user_error(code, err, f"--storage '{empty}' holds no study yet: nothing to read")
-    assert "--name" not in err
+    assert "--study" not in err
 
 
 def test_cli_errors_for_a_sqlite_file_of_another_program_and_an_out_file(in_tmp, capsys):
@@ -560,9 +560,10 @@ def test_cli_errors_for_a_sqlite_file_of_another_program_and_an_out_file(in_tmp,
     con.commit()
     con.close()
     before = (in_tmp / "app.db").read_bytes()
-    assert_user_error(*run_cli(capsys, "trials", "--storage", "sqlite:///app.db", "--name", "a")[::2],
+    assert_user_error(*run_cli(capsys, "trials", "--storage", "sqlite:///app.db", "--study", "a")[::2],
                       "app.db is a SQLite database but holds no Optuna studies")
     assert (in_tmp / "app.db").read_bytes() == before  # untouched: no Optuna tables were created in it
     (in_tmp / "file").write_text("x")
-    assert_user_error(*run_cli(capsys, "plot", "--name", "exp1", "--out", "file")[::2], "--out must be a folder")
+    assert_user_error(*run_cli(capsys, "plot", "--study", "exp1", "--project", "file")[::2],
+                      "--project must be a folder, but file is a file")
     assert_user_error(*run_cli(capsys, "trials")[::2], "(no studies in runs/search)")

@@ -91,7 +91,7 @@ def test_search_end_to_end(env, capsys, tmp_path, monkeypatch):
     assert args["budget_gflops"] == float(BUDGET) and args["name"] == "e2e"
 
     # the study rereads: trials --json agrees with the search's summary
-    code, out, _ = _cli(capsys, "trials", "--name", "e2e", "--pareto", "--json")
+    code, out, _ = _cli(capsys, "trials", "--study", "e2e", "--pareto", "--json")
     assert code == 0
     assert set(json.loads(out)["front"]) == {r["number"] for r in summary["front"]}
 
@@ -177,7 +177,7 @@ def test_a_reconstructing_proxy_refits_every_candidate_and_apply_replays_it(env,
     before = rec.feature_errors(loaded.model, plain, graph, indices, batches)["detect_inputs_mean"]
     after = rec.feature_errors(loaded.model, refit, graph, indices, batches)["detect_inputs_mean"]
     assert after < 0.9 * before, (before, after)
-    code, out, err = _cli(capsys, "apply", "--name", "rc", "--trial", str(record.number), "--epochs", "1",
+    code, out, err = _cli(capsys, "apply", "--study", "rc", "--trial", str(record.number), "--epochs", "1",
                           "--batch", "4", "--device", "cpu", "--json")
     assert code == 0, err[-2000:]
     report = json.loads(out)
@@ -221,7 +221,7 @@ def test_confirm_rescores_the_best_trials_under_more_proxy_seeds(env, capsys, tm
     seen.clear()
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "4", "--name", "cf", "--resume", "--confirm", "2")
     assert code == 0 and seen == [], err
-    code, out, _ = _cli(capsys, "trials", "--name", "cf")
+    code, out, _ = _cli(capsys, "trials", "--study", "cf")
     assert code == 0 and "confirmed under proxy seeds 0, 1, 2" in out
     assert f"trial {summary['recommended']['number']}: " in out.split("apply this one")[0].splitlines()[-1]
 
