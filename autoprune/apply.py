@@ -21,6 +21,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.errors import UserError
@@ -114,8 +115,14 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
                       distill=None, reconstruct: bool | None = None, amp: bool = True, export: str | None = None,
                       device="cpu", workers: int = 2, seed: int = 0, args: Mapping | None = None,
                       extra: Mapping | None = None, latency: Mapping | None = None, verbose: bool = True,
-                      log: Callable = print) -> dict:
+                      log: Callable = print, schedule: Mapping | None = None, steps: int = 1) -> dict:
     """Apply trial `number` of `study` (see the module doc); returns what report.json holds.
+
+    `schedule` ({name: "short" or "ultralytics", lr0, lrf, warmup_epochs}, values None for the defaults) is the
+    finetune's optimizer schedule (`finetune.short_schedule`, picked from the epochs of each finetune; "ultralytics":
+    Ultralytics' defaults). `steps` K > 1 prunes in K steps from the unpruned model to the trial's channel counts,
+    finetuning after each (`--epochs` shared among them, the rest to the last); `distill.feature_weight` > 0 adds
+    the channel-matched feature distillation (`distill.FeatureMatch`) at every step.
 
     Everything a user can get wrong (the trial, the run name, the model's fingerprint, the data's classes) is
     checked before anything is created or trained. `model` and `data` default to the study's; `imgsz` (finetune
@@ -156,8 +163,13 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     batches = search_calibration_batches(data, proxy) if reconstruct else None
     if batches and verbose:
         log(f"refitting the convs that lost inputs on {len(batches)} calibration batches (--reconstruct)...")
+    if steps != 1 and reconstruct:
+        raise UserError("--steps prunes step by step with finetunes between; it does not combine with "
+                        "--reconstruct (pass --no-reconstruct)")
     pruned, counts, _ = rebuild(loaded, record, imgsz=cost_imgsz, ranking=sattrs.get(STUDY_RANKING),
                                 batches=batches, seed=int(proxy.get("seed") or 0))
+    plan = finetune_plan(loaded.model, record, counts, imgsz=cost_imgsz, stored_ranking=sattrs.get(STUDY_RANKING),
+                         epochs=epochs, steps=steps, nc=data.nc, schedule=schedule, distill=distill)
 
     _ultralytics.set_verbose(verbose)
     run_dir = run_path
@@ -165,7 +177,8 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     save_args(run_dir, {**dict(args or {}), "model": loaded.source, "data": str(data.yaml),
                         "project": str(run_dir.parent), "name": run_dir.name, "imgsz": imgsz},
               study=name, model_resolved=loaded.source, data_resolved=str(data.yaml),
-              imgsz_resolved=imgsz, imgsz_from=imgsz_from, cost_imgsz=cost_imgsz, device_resolved=str(device))
+              imgsz_resolved=imgsz, imgsz_from=imgsz_from, cost_imgsz=cost_imgsz, device_resolved=str(device),
+              finetune_steps=[step.as_dict() for step in plan])
     meta = {"source": loaded.source, "source_fingerprint": loaded.fingerprint, "study": name,
             "trial": number, "criterion": record.attrs.get(CRITERION) or "l1", "kept_channels": counts,
             "channel_order": "the study's stored ranking" if sattrs.get(STUDY_RANKING) else "recomputed",
@@ -174,12 +187,125 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     result = apply_trial(loaded, pruned, data, run_dir=run_dir, record=record, meta=meta, distill=distill,
                          epochs=epochs, imgsz=imgsz, cost_imgsz=cost_imgsz, batch=batch, device=device,
                          amp=amp, workers=workers, export=export, verbose=verbose, seed=seed, log=log,
-                         latency=latency)
+                         latency=latency, plan=plan)
     result.update(study=name, imgsz_from=imgsz_from, **(extra or {}))
     (run_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
     (run_dir / "report.md").write_text(format_report(result))
     result["outputs"]["report_json"] = str(run_dir / "report.json")
     return result
+
+
+DEFAULT_SCHEDULE = "ultralytics"  # the finetune schedule apply uses unless told (see docs/BENCHMARKS.md)
+
+
+@dataclass
+class FinetuneStep:
+    """One finetune of `apply`: its epochs, schedule and feature match, and the channel counts the model is pruned
+    to before it (`kept`: the teacher's kept indices per part of each pruned group)."""
+
+    counts: dict
+    kept: dict
+    epochs: int
+    schedule: object | None = None  # finetune.FinetuneSchedule, None: Ultralytics' defaults
+    features: object | None = None  # distill.FeatureMatch
+    ranking: dict | None = None  # the teacher's channel order the steps prune by
+
+    def as_dict(self) -> dict:
+        return {"epochs": self.epochs, "kept_channels": dict(self.counts),
+                "schedule": self.schedule.as_dict() if self.schedule is not None else {"name": "ultralytics"},
+                "features": self.features.as_dict() if self.features is not None else None}
+
+
+def step_counts(sizes: Mapping[str, int], counts: Mapping[str, int], steps: int) -> list[dict]:
+    """The kept counts after each of `steps` steps from `sizes` (unpruned) to `counts`: every group loses an equal
+    share of what it loses in all at each step (rounded), the last step lands on `counts` exactly.
+
+    Example:
+        >>> step_counts({"a": 64, "b": 32}, {"a": 16, "b": 32}, 3)
+        [{'a': 48, 'b': 32}, {'a': 32, 'b': 32}, {'a': 16, 'b': 32}]
+    """
+    return [{g: sizes[g] - round((sizes[g] - n) * k / steps) for g, n in counts.items()} for k in range(1, steps + 1)]
+
+
+def finetune_plan(teacher, record: TrialRecord, counts: Mapping[str, int], *, imgsz: int, stored_ranking, epochs: int,
+                  steps: int, nc: int, schedule: Mapping | None, distill) -> list[FinetuneStep]:
+    """The finetunes `apply` runs: one for the trial's model, or `steps` (pruning step by step), each with its
+    schedule (`finetune.short_schedule` from its epochs, or Ultralytics' defaults) and, with a feature weight, its
+    `distill.FeatureMatch`. Every bad value (`--steps`, the schedule's, a feature level) is a `UserError`, raised
+    before anything is written."""
+    from autoprune.candidate import rank, ranking_from_lists
+    from autoprune.channels import analyze
+    from autoprune.finetune import short_schedule
+    from autoprune.pruner import select_indices
+
+    schedule = dict(schedule or {})
+    name = schedule.pop("name", None) or DEFAULT_SCHEDULE
+    given = {k: v for k, v in schedule.items() if v is not None}
+    if name not in ("short", "ultralytics"):
+        raise UserError(f"--schedule must be short or ultralytics, got {name!r}")
+    if name == "ultralytics" and given:
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} set the short schedule; they do "
+                        "not combine with --schedule ultralytics")
+    from autoprune.depth import split_counts
+
+    counts, depth = split_counts(counts)
+    features = distill is not None and distill.feature_weight > 0
+    if depth and (steps != 1 or features):
+        raise UserError(f"trial {record.number} also removes blocks (depth genes); --steps and --kd-features match "
+                        "channels only and do not combine with it yet")
+    graph = analyze(teacher, imgsz=imgsz)
+    losses = {g: graph.group(g).size - n for g, n in counts.items()}
+    most = max(losses.values(), default=0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or steps > max(most, 1):
+        raise UserError(f"--steps must be an integer from 1 to {max(most, 1)} (the most channels a group of trial "
+                        f"{record.number} loses), got {steps!r}")
+    if steps > epochs:
+        raise UserError(f"--steps {steps} finetunes after every step and needs at least as many --epochs, got {epochs}")
+    ranking = None
+    if steps > 1 or features:
+        ranking = (rank(teacher, graph, record.attrs.get(CRITERION) or "l1") if stored_ranking is None
+                   else ranking_from_lists({k: v for k, v in stored_ranking.items() if not k.startswith("depth:")},
+                                           graph, counts))
+    per = [epochs // steps] * steps
+    per[-1] += epochs - sum(per)
+    plan = []
+    for c, e in zip(step_counts({g: graph.group(g).size for g in counts}, counts, steps), per):
+        kept = select_indices(graph, c, ranking) if ranking is not None else {}
+        match = None
+        if features:
+            from autoprune.distill import FeatureMatch
+
+            match = FeatureMatch.build(teacher, graph, kept, distill.feature_levels)
+        plan.append(FinetuneStep(counts=c, kept=kept, epochs=e,
+                                 schedule=short_schedule(e, nc=nc, **given) if name == "short" else None,
+                                 features=match, ranking=ranking))
+    return plan
+
+
+def prune_further(model, kept_now: Mapping, counts: Mapping[str, int], ranking: Mapping, *, imgsz: int):
+    """`model` (a finetuned student keeping `kept_now`, the teacher's indices per part of each pruned group) pruned
+    on to `counts`: the next channels to go are the next in the teacher's `ranking`, so the kept sets are nested
+    and the last step keeps what the one-shot trial keeps."""
+    import torch
+
+    from autoprune.channels import analyze
+    from autoprune.pruner import apply_indices, select_indices
+
+    graph = analyze(model, imgsz=imgsz)
+    local = {}
+    for gid, n in counts.items():
+        if n == graph.group(gid).size:
+            continue
+        now = kept_now.get(gid)
+        orders = []
+        for p, order in enumerate(ranking[gid]):
+            if now is None:  # still whole: the teacher's indices are this model's
+                orders.append(order)
+                continue
+            pos = {int(c): i for i, c in enumerate(now[p])}
+            orders.append(torch.tensor([pos[int(c)] for c in order[:len(now[p])]], dtype=torch.long))
+        local[gid] = orders
+    return apply_indices(model, graph, select_indices(graph, counts, local))
 
 
 def study_latency(sattrs: Mapping, device, latency: Mapping | None = None) -> dict:
@@ -200,9 +326,12 @@ def study_latency(sattrs: Mapping, device, latency: Mapping | None = None) -> di
 
 def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, distill, epochs: int, imgsz: int,
                 cost_imgsz: int, batch: int, device, amp: bool, workers: int, export: str | None, verbose: bool,
-                seed: int = 0, log=print, latency: Mapping | None = None) -> dict:
+                seed: int = 0, log=print, latency: Mapping | None = None, plan: list | None = None) -> dict:
     """Measure the unpruned and the pruned model, finetune the pruned one, save, check and measure the result.
-    `latency` ({backend, batch, precision}) is how latency is measured (default: torch, batch 1)."""
+    `latency` ({backend, batch, precision}) is how latency is measured (default: torch, batch 1). `plan`
+    (`finetune_plan`) says how the finetune runs: one finetune of `pruned` (the default), or several steps
+    pruning the teacher down to `pruned`'s channels. The validation mAP after every epoch is drawn in
+    finetune_curve.png beside report.md."""
     from autoprune.cost import count_gflops, count_params, measure_latency
     from autoprune.finetune import finetune, pickled_modules, validate_checkpoint
     from autoprune.models import save_checkpoint
@@ -239,13 +368,32 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
                                                        "without distillation") + "...")
     student_params = count_params(pruned)
     teacher = loaded.model if distill else None
-    with stage(f"finetuning for {epochs} epoch{'s' if epochs != 1 else ''}", live=not verbose):  # verbose: the trainer shows its own bars
-        ft = finetune(pruned, data, save_dir=run_dir / "train", teacher=teacher, distill=distill, epochs=epochs,
-                      imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
-                      verbose=verbose, label=str(run_dir / "pruned.pt"))
+    from ultralytics.nn.tasks import load_checkpoint
+
+    plan = plan or [FinetuneStep(counts=dict(meta.get("kept_channels") or {}), kept={}, epochs=epochs)]
+    curve, steps_done, ft = [], [], None
+    for k, step in enumerate(plan):
+        if len(plan) == 1:
+            student, save_dir = pruned, run_dir / "train"
+        else:  # the teacher (first step) or the last step's best checkpoint, pruned on to this step's counts
+            before_step = loaded.model if k == 0 else load_checkpoint(ft.best)[0].float()
+            student = prune_further(before_step, plan[k - 1].kept if k else {}, step.counts, step.ranking,
+                                    imgsz=cost_imgsz)
+            save_dir = run_dir / f"train-step{k + 1}"
+            say(f"step {k + 1} of {len(plan)}: {count_gflops(student, cost_imgsz):.3f} GFLOPs, "
+                f"{step.epochs} epoch{'s' if step.epochs != 1 else ''}")
+        label = f"finetuning for {step.epochs} epoch{'s' if step.epochs != 1 else ''}" + (
+            f" (step {k + 1} of {len(plan)})" if len(plan) > 1 else "")
+        with stage(label, live=not verbose):  # verbose: the trainer shows its own bars
+            ft = finetune(student, data, save_dir=save_dir, teacher=teacher, distill=distill, epochs=step.epochs,
+                          imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
+                          verbose=verbose, label=str(run_dir / "pruned.pt"), schedule=step.schedule,
+                          features=step.features if distill else None)
+        curve += epoch_curve(ft.save_dir, step=k + 1, first_epoch=len(curve) + 1)
+        steps_done.append({**step.as_dict(), "seconds": round(ft.seconds, 1), "schedule_used": ft.schedule,
+                           "train_dir": str(ft.save_dir), "loss_names": list(ft.loss_names)})
 
     # What was saved must be the pruned architecture, trained: same GFLOPs as the trial, same parameter count.
-    from ultralytics.nn.tasks import load_checkpoint
 
     trained, ckpt = load_checkpoint(ft.best)
     trained = trained.float().eval()
@@ -269,7 +417,9 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     after = measure(out, trained, pruned_lat)  # the same architecture: one latency measurement for both
 
     outputs = {"pruned": str(out), "run_dir": str(run_dir), "train_dir": str(ft.save_dir), "best": str(ft.best),
-               "report_md": str(run_dir / "report.md"), "onnx": None}
+               "report_md": str(run_dir / "report.md"), "onnx": None,
+               "curve_png": plot_curve(curve, run_dir / "finetune_curve.png", teacher=before["map50_95"],
+                                       untrained=pruned_m["map50_95"] if len(plan) == 1 else None)}
     if export == "onnx":
         with stage("exporting pruned.onnx", live=not verbose):
             outputs["onnx"] = export_onnx(out, imgsz=cost_imgsz, verbose=verbose)
@@ -292,11 +442,57 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         "ratios": {k: round(after[k] / before[k], 4) if before[k] else None
                    for k in ("map50", "map50_95", "params", "gflops", "latency_ms", "file_bytes")},
         "trial_record": proxy,
-        "train": {"seconds": round(ft.seconds, 1), "device": ft.device, "amp": ft.amp, "seed": seed,
-                  "loss_names": list(ft.loss_names), "batch": batch, "best": str(ft.best)},
+        "train": {"seconds": round(sum(x["seconds"] for x in steps_done), 1), "device": ft.device, "amp": ft.amp,
+                  "seed": seed, "loss_names": list(ft.loss_names), "batch": batch, "best": str(ft.best),
+                  "schedule": ft.schedule, "steps": steps_done},
+        "curve": curve,
         "seconds": round(time.perf_counter() - t_start, 1),
         "outputs": outputs,
     }
+
+
+def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1) -> list[dict]:
+    """The trainer's validation after every epoch (its results.csv): [{epoch, step, map50, map50_95}], epochs
+    counted from `first_epoch` (steps continue the count)."""
+    import csv
+
+    path = Path(train_dir) / "results.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        rows = list(csv.DictReader(f, skipinitialspace=True))
+    return [{"epoch": first_epoch + i, "step": step, "map50": round(float(r["metrics/mAP50(B)"]), 5),
+             "map50_95": round(float(r["metrics/mAP50-95(B)"]), 5)} for i, r in enumerate(rows)]
+
+
+def plot_curve(curve: list[dict], path: Path, *, teacher: float, untrained: float | None = None) -> str | None:
+    """finetune_curve.png: the student's validation mAP50-95 after every epoch, the unpruned teacher's level as a
+    line (and the pruned model before finetuning at epoch 0 when given). None when there is no curve."""
+    if not curve:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    xs = [p["epoch"] for p in curve]
+    ys = [p["map50_95"] for p in curve]
+    if untrained is not None:
+        xs, ys = [0, *xs], [untrained, *ys]
+    ax.plot(xs, ys, marker="o", label="pruned student (trainer's validation, EMA)")
+    ax.axhline(teacher, color="tab:gray", linestyle="--", label=f"unpruned teacher ({teacher:.4f})")
+    for prev, p in zip(curve, curve[1:]):
+        if p["step"] != prev["step"]:
+            ax.axvline(prev["epoch"] + 0.5, color="tab:orange", alpha=0.4, linewidth=1)
+    ax.set_xlabel("finetune epoch")
+    ax.set_ylabel("mAP50-95 (val)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
 
 
 def export_onnx(checkpoint: Path, *, imgsz: int, verbose: bool) -> str:
@@ -365,9 +561,28 @@ def format_report(r: dict) -> str:
     ]
     if proxy:
         lines.append(f"- {proxy}")
+    sched = t.get("schedule") or {}
+    if sched:
+        lines.append(f"- schedule: {sched.get('name')} ({sched.get('optimizer')}, lr0 {sched.get('lr0'):g}, "
+                     f"{'cosine' if sched.get('cos_lr') else 'linear'} decay to lrf {sched.get('lrf'):g}, warm-up "
+                     f"{sched.get('warmup_epochs'):g} epochs, {sched.get('ema')})"
+                     + (f"; pruned in {len(t['steps'])} steps, finetuned after each "
+                        f"({', '.join(str(x['epochs']) for x in t['steps'])} epochs)" if len(t.get("steps", [])) > 1
+                        else ""))
+    features = ((t.get("steps") or [{}])[-1]).get("features")
+    if features and d:
+        lines.append(f"- channel-matched feature distillation (weight {d.get('feature_weight'):g}) at layers "
+                     f"{features['levels']} (weights {features['weights']})")
+    if r.get("curve"):
+        last = r["curve"][-1]
+        lines += ["", f"mAP50-95 after every epoch (the trainer's validation; the dashed line is the unpruned "
+                      f"model's {b['map50_95']:.4f}; last epoch {last['map50_95']:.4f}):", "",
+                  "![finetune curve](finetune_curve.png)"]
     lines.append("")
     return "\n".join(lines)
 
 
-__all__ = ["EXPORT_FORMATS", "apply_study_trial", "apply_trial", "export_onnx", "format_numbers", "format_report",
+__all__ = ["DEFAULT_SCHEDULE", "EXPORT_FORMATS", "FinetuneStep", "apply_study_trial", "apply_trial", "epoch_curve",
+           "export_onnx", "finetune_plan", "format_numbers", "format_report", "plot_curve", "prune_further",
+           "step_counts",
            "rebuild", "resolve_trial", "search_calibration_batches", "study_latency"]

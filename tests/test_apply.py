@@ -386,3 +386,96 @@ def test_an_existing_output_folder_is_refused(env):
 def test_bad_numbers_are_refused_before_anything(env):
     _assert_refused(env, "x5", "--study", STUDY, "--trial", "0", "--kd-temperature", "0", pattern="--kd-temperature")
     _assert_refused(env, "x6", "--study", STUDY, "--trial", "0", "--imgsz", "50", pattern="--imgsz")
+
+
+def test_apply_draws_the_map_after_every_epoch_beside_the_report(env, applied):
+    import yaml
+
+    run_dir = env["root"] / "runs" / "apply" / "done"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [p["epoch"] for p in report["curve"]] == [1]  # one point per finetune epoch
+    assert report["curve"][-1]["map50_95"] >= 0
+    png = run_dir / "finetune_curve.png"
+    assert env["root"] / report["outputs"]["curve_png"] == png and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![finetune curve](finetune_curve.png)" in (run_dir / "report.md").read_text()
+    steps = yaml.safe_load((run_dir / "args.yaml").read_text())["finetune_steps"]
+    assert len(steps) == 1 and steps[0]["schedule"]["name"] == report["train"]["schedule"]["name"]
+
+
+def test_plot_curve_has_one_point_per_epoch(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from autoprune.apply import plot_curve
+
+    curve = [{"epoch": i, "step": 1 + (i > 2), "map50": 0.5, "map50_95": 0.1 * i} for i in range(1, 6)]
+    drawn = {}
+    real = plt.Axes.plot
+
+    def spy(ax, xs, ys, *a, **k):
+        drawn["xs"], drawn["ys"] = list(xs), list(ys)
+        return real(ax, xs, ys, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Axes, "plot", spy)
+        path = plot_curve(curve, tmp_path / "c.png", teacher=0.6, untrained=0.05)
+    assert drawn["xs"] == [0, 1, 2, 3, 4, 5] and drawn["ys"][0] == 0.05 and drawn["ys"][-1] == pytest.approx(0.5)
+    assert Path(path).stat().st_size > 1000
+    assert plot_curve([], tmp_path / "none.png", teacher=0.6) is None and not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.parametrize(("argv", "pattern"), [
+    (("--steps", "0"), "--steps must be an integer from 1 to"),
+    (("--steps", "100000"), "--steps must be an integer from 1 to"),
+    (("--steps", "2"), "needs at least as many --epochs"),  # --epochs 1
+    (("--device", "3"), "does not exist"),
+    (("--kd-features", "1", "--kd-levels", "40"), "no feature level 40"),
+    (("--kd-features", "1", "--kd-levels", "11"), "layer 11 (Concat) is not the output of one conv"),
+    (("--kd-levels", "15"), "--kd-features W"),
+    (("--lr0", "0"), "--lr0 must be a number > 0"),
+    (("--warmup-epochs", "3"), "--warmup-epochs must be a number from 0 to --epochs (1)"),
+    (("--schedule", "ultralytics", "--lrf", "0.1"), "--lrf set the short schedule"),
+])
+def test_bad_finetune_settings_are_one_line_and_write_nothing(env, argv, pattern):
+    runs = env["root"] / "runs" / "apply"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    code, _, err = _cli(env["root"], "apply", "--trial", "0", "--epochs", "1", *argv,
+                        *(() if "--device" in argv else ("--device", "cpu")))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert pattern in lines[0], lines[0]
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before  # nothing written
+    assert _sha(env["model"]) == env["model_sha"]
+
+
+@pytest.mark.slow
+def test_apply_steps_prunes_step_by_step_to_the_trials_model(env, monkeypatch, capsys):
+    """--steps 2: two finetunes, the first of a larger model, the second of the trial's channels exactly; the kept
+    counts shrink to the trial's; the curve runs through both; the short schedule and the feature term are used."""
+    import yaml
+
+    import autoprune
+    from autoprune import cost
+    from autoprune.cost import count_gflops
+
+    monkeypatch.setattr(cost.timing, "DEFAULT_PROTOCOL", cost.TimingProtocol(**QUICK))
+    monkeypatch.setattr(autoprune, "ENV_OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(env["root"])
+    code, out, err = run_cli(capsys, "apply", "--trial", "0", "--epochs", "2", "--batch", "4", "--device", "cpu",
+                             "--steps", "2", "--schedule", "short", "--kd-features", "1", "--json")
+    assert code == 0, err[-3000:]
+    run_dir = env["root"] / json.loads(out)["run_dir"]
+    report = json.loads((run_dir / "report.json").read_text())
+    steps = report["train"]["steps"]
+    assert [s["epochs"] for s in steps] == [1, 1]
+    assert steps[-1]["kept_channels"] == env["counts"]
+    first = steps[0]["kept_channels"]
+    assert all(env["counts"][g] <= first[g] for g in first) and any(env["counts"][g] < first[g] for g in first)
+    assert [(p["epoch"], p["step"]) for p in report["curve"]] == [(1, 1), (2, 2)]
+    assert steps[-1]["loss_names"][-1] == "kd_feat" and steps[-1]["schedule_used"]["name"] == "short"
+    ckpt = torch.load(run_dir / "pruned.pt", weights_only=False)
+    assert count_gflops(ckpt["model"].float(), IMGSZ) == env["gflops"]  # the trial's architecture
+    assert yaml.safe_load((run_dir / "args.yaml").read_text())["steps"] == 2
+    assert _sha(env["model"]) == env["model_sha"]

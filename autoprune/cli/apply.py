@@ -42,6 +42,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     parser.add_argument("--kd-neck", type=float, default=0.0,
                         help="weight of the neck feature distillation through a 1x1 projector (default 0: off)")
+    parser.add_argument("--kd-features", type=float, default=0.0, metavar="W",
+                        help="weight of the channel-matched feature distillation: the student's feature maps against "
+                             "the same channels of the teacher's, no projector (default 0: off)")
+    parser.add_argument("--kd-levels", default=None, metavar="L[:W],...",
+                        help="layers the feature distillation compares, each with an optional weight, e.g. 15,18,21:2 "
+                             "(default: the Detect head's inputs, weight 1 each)")
+    parser.add_argument("--schedule", choices=["short", "ultralytics"], default=None,
+                        help="finetune schedule: short (warm-up a tenth of --epochs, AdamW, cosine decay; picked "
+                             "from --epochs) or ultralytics (its defaults: 3 warm-up epochs, linear decay) "
+                             "(default ultralytics)")
+    parser.add_argument("--lr0", type=float, default=None, help="starting learning rate of the short schedule "
+                                                                "(default: Ultralytics' AdamW fit to the classes)")
+    parser.add_argument("--lrf", type=float, default=None,
+                        help="final learning rate of the short schedule, as a share of --lr0 (default 0.01)")
+    parser.add_argument("--warmup-epochs", type=float, default=None,
+                        help="warm-up of the short schedule in epochs (default: a tenth of --epochs, 0.1 to 3)")
+    parser.add_argument("--steps", type=int, default=1, metavar="K",
+                        help="prune in K steps from the unpruned model to the trial's channels, finetuning after "
+                             "each (--epochs shared among them) (default 1)")
     parser.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
                         help="refit the convs that lost inputs by least squares before finetuning, on the search's "
                              "calibration images (default: as the search did, i.e. on for a search with --reconstruct)")
@@ -90,7 +109,19 @@ def run(args: argparse.Namespace) -> dict:
     check_run_root("apply", args.project)
     if args.name is not None:
         run_dir_path("apply", args.project, args.name, exist_ok=args.exist_ok)
-    distill = DistillSettings(args.kd_weight, args.kd_temperature, args.kd_neck) if args.distill else None
+    from autoprune.distill import parse_levels
+
+    levels = parse_levels(args.kd_levels)
+    if (args.kd_features > 0 or levels) and not args.distill:
+        raise UserError("--kd-features and --kd-levels distil from the unpruned model; drop --no-distill")
+    if levels and args.kd_features == 0:
+        raise UserError("--kd-levels chooses the layers of the feature distillation; give it a weight with "
+                        "--kd-features W")
+    distill = DistillSettings(args.kd_weight, args.kd_temperature, args.kd_neck, args.kd_features,
+                              levels) if args.distill else None
+    tuned = {"lr0": args.lr0, "lrf": args.lrf, "warmup_epochs": args.warmup_epochs}
+    schedule = {"name": args.schedule or ("short" if any(v is not None for v in tuned.values()) else None),
+                **tuned}
     device = resolve_device(args.device)
     default_study(args)
     study = report.read_study(args.storage, args.study)  # never creates a database; no study: one line naming those
@@ -101,6 +132,7 @@ def run(args: argparse.Namespace) -> dict:
                                reconstruct=args.reconstruct, amp=args.amp, export=args.export, device=device,
                                workers=args.workers, seed=args.seed, args=vars(args),
                                extra={"storage_given": args.storage is not None}, verbose=verbose, log=print,
+                               schedule=schedule, steps=args.steps,
                                latency={"backend": args.latency_backend, "batch": args.latency_batch,
                                         "precision": args.latency_precision})
     if verbose:
