@@ -122,6 +122,11 @@ def run(args: argparse.Namespace) -> dict:
     tuned = {"lr0": args.lr0, "lrf": args.lrf, "warmup_epochs": args.warmup_epochs}
     schedule = {"name": args.schedule or ("short" if any(v is not None for v in tuned.values()) else None),
                 **tuned}
+    from autoprune.devices import resolve_devices
+
+    if len(resolve_devices(args.device)) > 1:  # checks that every GPU named exists first
+        raise UserError(f"--device {args.device}: apply finetunes on one device; multi-GPU (DDP) finetuning of a "
+                        "pruned model is not supported yet (pass one GPU, e.g. --device 0)")
     device = resolve_device(args.device)
     default_study(args)
     study = report.read_study(args.storage, args.study)  # never creates a database; no study: one line naming those
