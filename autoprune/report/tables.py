@@ -13,7 +13,7 @@ import math
 
 from autoprune.report.front import UNFINISHED_STATES, ParetoInfo, latency_spread, latency_under_load
 from autoprune.report.text import LOAD_NOTE, cost_text, fixed_text, latency_text, params_text, shorten
-from autoprune.search.records import TrialRecord
+from autoprune.search.records import LATENCY_PREDICTED_MS, LATENCY_SOURCE, TrialRecord
 
 
 def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
@@ -138,16 +138,29 @@ def format_trials_table(info: ParetoInfo) -> str:
     return "\n".join(lines)
 
 
+PREDICTED_MARK = "p"  # after a latency the latency model predicted and nothing timed (--latency-model predicted)
+
+
 def _latency(r: TrialRecord) -> str:
-    return latency_text(r.latency_ms, latency_spread(r), latency_under_load(r))
+    text = latency_text(r.latency_ms, latency_spread(r), latency_under_load(r))
+    return text + f" {PREDICTED_MARK}" if r.attrs.get(LATENCY_SOURCE) == "predicted" else text
 
 
 def _latency_notes(records) -> list[str]:
-    """What the latency column means: the spread, and the mark of a latency measured under load when one is."""
+    """What the latency column means: the spread, the mark of a latency measured under load when one is, and with
+    `--latency-model predicted` the mark of a predicted latency and each re-measured trial's prediction."""
     shown = [r for r in records if r.latency_ms is not None]
     if not shown:
         return []
     lines = []
+    if any(r.attrs.get(LATENCY_SOURCE) == "predicted" for r in shown):
+        lines.append(f"({PREDICTED_MARK}: latency predicted by the latency model, not timed end to end)")
+    pairs = [(r.number, r.attrs[LATENCY_PREDICTED_MS], r.latency_ms) for r in shown
+             if r.attrs.get(LATENCY_SOURCE) == "measured" and isinstance(r.attrs.get(LATENCY_PREDICTED_MS), (int, float))]
+    if pairs:
+        cells = ", ".join(f"trial {n} {p:.1f} -> {m:.1f} ms ({100 * (m - p) / p:+.0f}%)" for n, p, m in pairs[:8] if p)
+        lines.append(f"(latency predicted -> measured end to end after the search: {cells}"
+                     + (", ..." if len(pairs) > 8 else "") + ")")
     if any(latency_spread(r) is not None for r in shown):
         lines.append("(latency: median ms ± spread, p90 - p10 of the timed runs)")
     if any(latency_under_load(r) for r in shown):

@@ -102,6 +102,7 @@ def study_attrs(search) -> dict:
         records.STUDY_LATENCY_BACKEND: s.latency_backend,
         records.STUDY_LATENCY_BATCH: s.latency_batch,
         records.STUDY_LATENCY_PRECISION: search.latency_precision,
+        records.STUDY_LATENCY_MODEL: s.latency_model,
         records.STUDY_SPACE: search.space.source,
         records.STUDY_CRITERION: s.criterion,
         records.STUDY_ENGINE: s.engine,

@@ -49,6 +49,9 @@ class SearchSettings:
     latency_backend: str = "torch"  # the runtime latency is measured in (`autoprune.cost.BACKENDS`)
     latency_batch: int = 1
     latency_precision: str | None = None  # fp32 or fp16; None: fp16 on a CUDA device, else fp32
+    # how each candidate's latency is priced: measured end to end, or predicted by the latency model with the final
+    # front re-measured end to end (`autoprune.search.latency`)
+    latency_model: str = "measured"
     criterion: str = "hessian"  # gradient criteria keep a pruned model working; docs/BENCHMARKS.md "Methods"
     space: str | None = "fine"  # one gene per group; None or "family": the model family's space (`load_space`)
     storage: str | None = None
@@ -90,15 +93,22 @@ class SearchResult:
     recommended: records.TrialRecord | None = None  # `records.recommendation`
     recommendation_reason: str | None = None  # why that trial (`records.Recommendation.reason`)
     confirm_cost: dict = field(default_factory=dict)  # auto-confirmation's extra cost: {evaluations, seconds}
+    # --latency-model predicted: the front's end-to-end re-measurement, {measured, seconds} (empty: measured mode)
+    remeasure_cost: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         def rec(r):
-            return None if r is None else {k: v for k, v in asdict(r).items() if k != "attrs"}
+            if r is None:
+                return None
+            out = {k: v for k, v in asdict(r).items() if k != "attrs"}
+            if records.LATENCY_PREDICTED_MS in r.attrs:  # --latency-model predicted: the prediction beside it
+                out["latency_predicted_ms"] = r.attrs[records.LATENCY_PREDICTED_MS]
+            return out
 
         beats = None
         if self.best is not None and self.uniform is not None and self.uniform.feasible:
             beats = self.best.map50_95 - self.uniform.map50_95
-        return {
+        out = {
             "name": self.name,
             "run_dir": str(self.run_dir),
             "storage": self.storage,
@@ -114,6 +124,9 @@ class SearchResult:
             "auto_confirm": dict(self.confirm_cost),
             "outputs": {k: str(v) for k, v in self.outputs.items()},
         }
+        if self.remeasure_cost:
+            out["remeasured_latency"] = dict(self.remeasure_cost)
+        return out
 
 
 def check_settings(s: SearchSettings) -> None:
@@ -137,6 +150,10 @@ def check_settings(s: SearchSettings) -> None:
     from autoprune.cost.backends import PRECISIONS, check_backend
 
     check_backend(s.latency_backend)
+    from autoprune.search.latency import LATENCY_MODELS
+
+    if s.latency_model not in LATENCY_MODELS:
+        raise UserError(f"--latency-model must be one of {', '.join(LATENCY_MODELS)}, got {s.latency_model!r}")
     if s.latency_precision is not None and s.latency_precision not in PRECISIONS:
         raise UserError(f"--latency-precision must be one of {', '.join(PRECISIONS)}, got {s.latency_precision!r}")
     if s.proxy_steps < 0:
@@ -205,7 +222,7 @@ def short(value) -> str:
 
 
 _LATENCY_FLAGS = {records.STUDY_LATENCY_BACKEND: "--latency-backend", records.STUDY_LATENCY_BATCH: "--latency-batch",
-                  records.STUDY_LATENCY_PRECISION: "--latency-precision"}
+                  records.STUDY_LATENCY_PRECISION: "--latency-precision", records.STUDY_LATENCY_MODEL: "--latency-model"}
 
 
 def _with_latency_defaults(stored: dict) -> dict:
@@ -213,7 +230,8 @@ def _with_latency_defaults(stored: dict) -> dict:
     fp16 on a CUDA device, else fp32."""
     device = str(stored.get(records.STUDY_DEVICE) or "cpu")
     defaults = {records.STUDY_LATENCY_BACKEND: "torch", records.STUDY_LATENCY_BATCH: 1,
-                records.STUDY_LATENCY_PRECISION: "fp16" if device.startswith("cuda") else "fp32"}
+                records.STUDY_LATENCY_PRECISION: "fp16" if device.startswith("cuda") else "fp32",
+                records.STUDY_LATENCY_MODEL: "measured"}
     return {**defaults, **stored}
 
 
@@ -224,7 +242,8 @@ def check_resumable(name: str, stored: dict, attrs: dict) -> None:
     keys = (records.STUDY_MODEL_FINGERPRINT, records.STUDY_BUDGET_GFLOPS, records.STUDY_BUDGET_LATENCY_MS,
             records.STUDY_BUDGET_FLOOR, records.STUDY_IMGSZ, records.STUDY_SPACE, records.STUDY_CRITERION,
             records.STUDY_ENGINE, records.STUDY_SAMPLER, records.STUDY_SEED, records.STUDY_PROXY,
-            records.STUDY_POPULATION, records.STUDY_LATENCY_BACKEND, records.STUDY_LATENCY_BATCH, records.STUDY_LATENCY_PRECISION)
+            records.STUDY_POPULATION, records.STUDY_LATENCY_BACKEND, records.STUDY_LATENCY_BATCH, records.STUDY_LATENCY_PRECISION,
+            records.STUDY_LATENCY_MODEL)
     differ = [key for key in keys if stored.get(key) != attrs[key]]
     if differ:
         what = "; ".join(difference(key, stored.get(key), attrs[key]) for key in differ)
