@@ -217,8 +217,10 @@ class Search:
         and then prune to the same model, which the deterministic proxy would score the same again.
         """
         counts = self.space.counts(genome)
-        for t in self.study.get_trials(deepcopy=False):
-            if t.number != trial.number and records.SECONDS in t.user_attrs and (
+        trials = self.study.get_trials(deepcopy=False)
+        superseded = _retried(trials)
+        for t in trials:
+            if t.number != trial.number and t.number not in superseded and records.SECONDS in t.user_attrs and (
                     t.user_attrs.get(records.KEPT_CHANNELS) == counts or t.user_attrs.get(records.GENOME) == genome):
                 return t.number
         return None
@@ -347,10 +349,12 @@ class Search:
     def _progress(self) -> tuple[int, int]:
         """(evaluated trials, trials being evaluated now) in the whole study, all workers together."""
         done = running = 0
-        for t in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        superseded = _retried(trials)
+        for t in trials:
             if t.state == TrialState.RUNNING:
                 running += 1
-            elif t.state.is_finished() and records.SECONDS in t.user_attrs:
+            elif t.state.is_finished() and records.SECONDS in t.user_attrs and t.number not in superseded:
                 done += 1
         return done, running
 
@@ -396,8 +400,8 @@ class Search:
                 try:
                     outcome = self.evaluate(trial)
                 except optuna.exceptions.UpdateFinishedTrialError:
-                    # Another worker was handed the same queued trial and told it first (SQLite takes no row lock
-                    # when Optuna pops a waiting trial): its result stands; this worker moves on.
+                    # Another worker failed this trial for a stale heartbeat (this process stalled past the grace
+                    # period) and queued its retry, which stands for it: this worker moves on.
                     self.log(f"trial #{trial.number} was finished by another worker; moving on")
                     continue
                 except BaseException:
@@ -517,6 +521,14 @@ class Search:
             recommendation_reason=recommendation.reason,
             confirm_cost=getattr(self, "_confirm_cost", {"evaluations": 0, "seconds": 0.0}),
         )
+
+
+def _retried(trials) -> set[int]:
+    """The numbers of the trials failed for a stale heartbeat and queued again (the storage's
+    RetryHeartbeatStaleTrialCallback records each in its retry's `retry_history`). The retry stands for such a trial:
+    a worker failed while it was still writing its results (alive, but its heartbeat late) may have left some of them,
+    and neither the trial counts as evaluated nor is its retry a duplicate of it."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
 
 def _set_attrs(trial, attrs: dict) -> None:

@@ -73,7 +73,10 @@ def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40), read
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(8):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            if url.startswith("sqlite") and not read_only:
+                _serialize_sqlite_transactions(storage.engine)
+            return storage
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
             why = str(e).splitlines()[0].replace(url, mask_url(url))
             raise UserError(f"malformed --storage URL {mask_url(url)!r}: {why}") from e
@@ -92,6 +95,31 @@ def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40), read
 
 
 _CREATION_RACES = ("already exists", "duplicate", "database is locked", "unique")
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Make every transaction on `engine` start with BEGIN IMMEDIATE, so SQLite runs them one at a time.
+
+    Optuna moves a trial from one state to another by reading its state, checking it, then writing the new one, with a
+    row lock (SELECT ... FOR UPDATE) that SQLite ignores; and Python's sqlite3 begins a transaction only at the first
+    write, after the read. Two workers can then both see a trial WAITING and both pop it (and evaluate it twice), or
+    both see a dead worker's trial RUNNING and both fail it, each queueing a retry (its genome then runs twice or is
+    taken for a duplicate of itself). BEGIN IMMEDIATE takes the database's write lock before the read, so the second
+    worker reads the state the first one wrote. Other workers wait for the lock (sqlite3's `timeout`, 60 s), as they
+    already did for every write. SQLAlchemy's recipe: sqlite3 issues no BEGIN of its own, the "begin" event issues one.
+    Connections already open (creating the tables) are dropped, so every later connection gets the hook.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()
 
 
 def study_names(storage) -> list[str]:
