@@ -263,7 +263,8 @@ def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, l
         for c in part.consumers:
             const = sum(_constant(graph, modules, constants, s)[rm] for s in c.sources)
             if isinstance(const, torch.Tensor) and const.abs().max() > 0:
-                w = modules[c.conv].weight.detach().float()[:, c.offset + rm].sum((2, 3))  # (out, removed)
+                w = modules[c.conv].weight.detach().float()[:, c.offset + rm]
+                w = w.sum((2, 3)) if w.dim() == 4 else w  # (out, removed); Classify's nn.Linear is 2-D already
                 delta[c.conv] = delta[c.conv] + w @ const if c.conv in delta else w @ const
 
     masks = conv_masks(graph, indices)
@@ -288,7 +289,8 @@ def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, l
 
 
 def _constant(graph, modules, cache, prod_index: int) -> torch.Tensor:
-    """The value a removed channel of producer `prod_index` emits when its BN gamma is 0: `act(beta)`, per channel."""
+    """The value a removed channel of producer `prod_index` emits when its BN gamma is 0: `act(beta)`, per channel
+    (`act(beta + the summed branches' betas)` for a producer with `summed` branches)."""
     if prod_index not in cache:
         p = graph.producers[prod_index]
         conv = modules[p.conv]
@@ -298,6 +300,8 @@ def _constant(graph, modules, cache, prod_index: int) -> torch.Tensor:
             beta = conv.bias.detach().float()
         else:
             beta = torch.zeros(conv.out_channels)
+        for other in p.summed:  # parallel branches added before the activation (RepConv): their betas add
+            beta = beta + modules[other].bias.detach().float()
         act = modules[p.act] if p.act is not None else nn.Identity()
         with torch.no_grad():
             value = act(beta.view(1, -1, 1, 1)).flatten()
@@ -323,14 +327,17 @@ def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(t.contiguous(), requires_grad=like.requires_grad)
 
 
-def _slice_conv(conv: nn.Conv2d, out_mask: torch.Tensor, in_mask: torch.Tensor) -> None:
-    if conv.groups != 1:
+def _slice_conv(conv: nn.Conv2d | nn.Linear, out_mask: torch.Tensor, in_mask: torch.Tensor) -> None:
+    if getattr(conv, "groups", 1) != 1:
         raise AssertionError(f"grouped conv {conv} reached the dense slicer")
     w = conv.weight.data[out_mask][:, in_mask]
     conv.weight = _param(w, conv.weight)
     if conv.bias is not None:
         conv.bias = _param(conv.bias.data[out_mask], conv.bias)
-    conv.out_channels, conv.in_channels = int(out_mask.sum()), int(in_mask.sum())
+    if isinstance(conv, nn.Linear):  # Classify's classifier: its inputs are the pooled conv channels
+        conv.out_features, conv.in_features = int(out_mask.sum()), int(in_mask.sum())
+    else:
+        conv.out_channels, conv.in_channels = int(out_mask.sum()), int(in_mask.sum())
 
 
 def _slice_depthwise(conv: nn.Conv2d, keep: torch.Tensor) -> None:
@@ -353,14 +360,22 @@ def _slice_bn(bn: nn.BatchNorm2d, keep: torch.Tensor) -> None:
 
 def _fix_block_attributes(model: nn.Module) -> None:
     """Blocks that remember a channel count in an attribute read it in forward: bring it in line with the convs."""
-    from ultralytics.nn.modules import block
+    from ultralytics.nn.modules import block, conv
 
     for m in model.modules():
-        if isinstance(m, (block.C2f, block.C2, block.C2PSA, block.PSA)) and hasattr(m, "cv1"):
+        if isinstance(m, (block.C2f, block.C2, block.C2PSA, block.PSA, block.RepNCSPELAN4)) and hasattr(m, "cv1"):
             out = m.cv1.conv.out_channels
             if out % 2:
                 raise AssertionError(f"{type(m).__name__}.cv1 lost its equal halves ({out} channels)")
             m.c = out // 2
+        elif isinstance(m, block.ADown):
+            m.c = m.cv1.conv.out_channels
+        elif isinstance(m, block.SPPELAN):
+            m.c = m.cv1.conv.out_channels
+        elif isinstance(m, conv.RepConv) and hasattr(m, "conv1"):
+            m.c1, m.c2 = m.conv1.conv.in_channels, m.conv1.conv.out_channels
+        elif isinstance(m, block.RepVGGDW):
+            m.dim = m.conv.conv.out_channels
     layers = getattr(model, "model", None)
     if isinstance(layers, nn.Sequential):
         for m in layers:

@@ -28,9 +28,9 @@ SUPPORTED = [
     "yolov10n.yaml",
     "yolo12n.yaml",
     "yolo26n.yaml",
+    "yolov8n-ghost.yaml",
+    "yolov9t.yaml",
 ]
-# Families with blocks the pruner keeps whole (GhostConv, RepNCSPELAN4, ...): must work, prune less.
-PARTIAL = ["yolov8n-ghost.yaml", "yolov9t.yaml"]
 
 X = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -65,14 +65,6 @@ def test_keep_half_shrinks_flops_and_keeps_output_shapes(name, built):
     after = analyze(pruned).conv_gflops()
     assert after <= 0.6 * graph.conv_gflops(), f"GFLOPs fell only to {after / graph.conv_gflops():.0%}"
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
-
-
-@pytest.mark.parametrize("name", PARTIAL)
-def test_partially_understood_models_still_prune(name, built):
-    model, graph, pruned = built(name)
-    assert graph.fixed_blocks
-    assert _out(pruned).shape == _out(model).shape
-    assert analyze(pruned).conv_gflops() < graph.conv_gflops()
 
 
 def _detection_yamls() -> list[tuple[str, dict]]:
@@ -115,11 +107,77 @@ def _detection_yamls() -> list[tuple[str, dict]]:
 DETECTION_YAMLS = _detection_yamls()
 
 
+def _scaled(path: str, width: float = 0.25, depth: float = 0.33) -> dict:
+    """An installed YAML (`v9/yolov9c.yaml`) at a small width and depth."""
+    from pathlib import Path
+
+    import ultralytics
+    import yaml
+
+    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / "cfg" / "models" / path).read_text())
+    cfg["depth_multiple"], cfg["width_multiple"] = depth, width
+    return cfg
+
+
+# Larger members of a ladder whose blocks the smallest lacks: yolov9c's ADown and RepCSP inside RepNCSPELAN4.
+LADDER_EXTRAS = [("yolov9c", _scaled("v9/yolov9c.yaml"))]
+
+
 def test_every_claimed_family_is_among_the_generated_yamls():
     names = {name for name, _ in DETECTION_YAMLS}
-    claimed = {n.removesuffix(".yaml").replace("nu", "n").replace("-tinyu", "-tiny") for n in SUPPORTED + PARTIAL}
+    claimed = {n.removesuffix(".yaml").replace("nu", "n").replace("-tinyu", "-tiny") for n in SUPPORTED}
     assert claimed <= names, claimed - names
     assert {"yolov8n-p2", "yolov8n-ghost-p6", "yolo26n-p6", "yolov3", "yolov6n"} <= names
+
+
+# The conv GFLOPs a family keeps at keep 0.5 (uniform, l1): at most 35%, except as measured where a block is kept
+# whole or channels hit the floor (docs/BENCHMARKS.md, "Every detection family at keep 0.5", says why).
+FAMILY_CEILING = {
+    "yolov3-tiny": 0.39,  # built at width 0.25 here: its 8- and 16-channel layers are at the 8-channel floor
+    "yolo12n": 0.38,  # its area attention (ABlock) is kept whole
+}
+
+
+@pytest.mark.slow
+def test_every_family_keeps_at_most_a_third_of_its_flops_and_loads_without_autoprune(tmp_path):
+    """Every detection YAML the installed Ultralytics ships, pruned at keep 0.5: its conv GFLOPs fall to at most 35%
+    (or its measured ceiling), and every checkpoint loads and runs in one fresh process that never imports autoprune,
+    with the outputs of the in-memory pruned model (up to FP16 storage)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    expected, shares = {}, {}
+    for i, (name, cfg) in enumerate(DETECTION_YAMLS):
+        torch.manual_seed(0)
+        model = DetectionModel(copy.deepcopy(cfg), verbose=False).eval()
+        graph = analyze(model, imgsz=64)
+        pruned = prune(model, 0.5, graph=graph)
+        shares[name] = analyze(pruned, imgsz=64).conv_gflops() / graph.conv_gflops()
+        save_checkpoint(pruned, tmp_path / f"m{i}.pt")
+        expected[i] = _out(copy.deepcopy(pruned).half().float())
+    over = {n: round(v, 3) for n, v in shares.items() if v > FAMILY_CEILING.get(n, 0.35)}
+    assert not over, f"families above their GFLOPs ceiling at keep 0.5: {over}"
+    torch.save(X, tmp_path / "x.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, json, torch
+        from ultralytics import YOLO
+        x = torch.load({str(tmp_path / "x.pt")!r})
+        outs = {{}}
+        for i in range({len(DETECTION_YAMLS)}):
+            y = YOLO({str(tmp_path)!r} + f"/m{{i}}.pt").model.float().eval()(x)
+            outs[i] = y[0] if isinstance(y, (tuple, list)) else y
+        torch.save(outs, {str(tmp_path / "outs.pt")!r})
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith("autoprune"))))
+        """
+    )
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    outs = torch.load(tmp_path / "outs.pt")
+    for i, (name, _) in enumerate(DETECTION_YAMLS):
+        assert outs[i].shape == expected[i].shape, name
+        assert torch.allclose(outs[i], expected[i], rtol=1e-4, atol=1e-3), name  # the same FP16 weights
 
 
 def _raw_head_outputs(model, x) -> torch.Tensor:
@@ -147,13 +205,21 @@ def _raw_head_outputs(model, x) -> torch.Tensor:
 
 
 def _replicate_padding(model) -> None:
-    """Pad every conv by repeating its border instead of with zeros, so a constant channel stays constant."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d) and any(m.padding):
-            m.padding_mode = "replicate"
+    """Pad every conv (and every zero-padding layer) by repeating its border instead of with zeros, so a constant
+    channel stays constant."""
+    for parent in model.modules():
+        for name, m in parent.named_children():
+            if isinstance(m, torch.nn.Conv2d) and any(m.padding):
+                m.padding_mode = "replicate"
+            elif type(m) is torch.nn.ZeroPad2d:
+                pad = torch.nn.ReplicationPad2d(m.padding)
+                pad.f, pad.i = m.f, m.i  # the layer's place in the model's graph
+                setattr(parent, name, pad)
 
 
-@pytest.mark.parametrize("name,cfg", DETECTION_YAMLS, ids=[n for n, _ in DETECTION_YAMLS])
+@pytest.mark.parametrize(
+    "name,cfg", DETECTION_YAMLS + LADDER_EXTRAS, ids=[n for n, _ in DETECTION_YAMLS + LADDER_EXTRAS]
+)
 def test_removing_gamma_zero_channels_leaves_every_family_unchanged(name, cfg):
     """Half of every group's channels (random, per part), their BN gammas set to 0, are removed; the head's raw
     outputs stay the same.
@@ -195,7 +261,7 @@ def test_prune_never_modifies_its_input(built):
 def test_save_and_reload_without_autoprune_gives_the_same_outputs(built, tmp_path):
     """Each pruned checkpoint loads in a fresh process that never imports autoprune, and computes the same outputs
     as the in-memory pruned model within the precision the checkpoint is stored in (FP16)."""
-    names = SUPPORTED + PARTIAL
+    names = SUPPORTED
     expected = {}
     for i, name in enumerate(names):
         _, _, pruned = built(name)

@@ -1,8 +1,11 @@
 """The channel rules of Ultralytics' own blocks: how channels couple through each of them.
 
-Conv (plain, depthwise; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f, C3, SPP, SPPF, A2C2f and
-Detect, with C2PSA/PSA's attention kept whole. Each rule is called as `rule(tracer, path, module, x)` on the symbolic
-input `x` and returns the symbolic output; `builtin_handlers` lists them for `autoprune.channels.trace.analyze`.
+Here: Conv (plain, depthwise; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f, C3, SPP, SPPF, A2C2f
+and Detect, with C2PSA/PSA's attention kept whole, and the channel-wise torch layers (upsampling, max pooling, zero
+padding). The YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown, AConv, SPPELAN), YOLOv10 (SCDown, CIB, RepVGGDW) and
+Ghost (GhostConv, GhostBottleneck) rules are in `autoprune.channels.blocks_extra`. Each rule is called as
+`rule(tracer, path, module, x)` on the symbolic input `x` and returns the symbolic output; `builtin_handlers` lists
+them all for `autoprune.channels.trace.analyze`.
 """
 
 from __future__ import annotations
@@ -159,11 +162,16 @@ def builtin_handlers() -> list[tuple[type, Handler]]:
     """(class, rule) for every Ultralytics and torch block the analysis knows."""
     from ultralytics.nn.modules import block, conv, head
 
+    from autoprune.channels import blocks_extra
+
+    from autoprune.channels import heads
+
     return [
         (nn.Sequential, _sequential),
         (nn.Conv2d, _plain_conv),
         (nn.Upsample, _passthrough),
         (nn.MaxPool2d, _passthrough),
+        (nn.ZeroPad2d, _passthrough),  # a constant channel is folded exactly away from the border, as for convs
         (nn.Identity, _passthrough),
         (nn.Dropout, _passthrough),
         (conv.Conv, _conv),
@@ -178,5 +186,7 @@ def builtin_handlers() -> list[tuple[type, Handler]]:
         (block.C2PSA, _split_attention),
         (block.PSA, _split_attention),
         (block.A2C2f, _a2c2f),
+        *heads.handlers(),  # the task heads; Pose and OBB keep Detect's forward, so they come first
         (head.Detect, _detect),
+        *blocks_extra.handlers(),
     ]

@@ -28,7 +28,9 @@ class Producer:
     `bn` and `act` are the module paths of the BatchNorm and activation after it (None when absent). A removed
     channel of this producer emits the constant `act(bn.bias)` when its BN gamma is 0; that constant is what gets
     folded into consumers. `depthwise` marks a depthwise conv that only passes its input part through: it consumes
-    and produces the same channel indices.
+    and produces the same channel indices. `summed` lists the BatchNorms of branches whose outputs are added to
+    this one's before `act` (a `RepConv`'s 1x1 branch): the constant is then `act(beta + their betas)`, and those
+    branches' convs are producers of the part that no consumer counts as a source.
     """
 
     conv: str
@@ -36,6 +38,7 @@ class Producer:
     act: str | None
     offset: int
     depthwise: bool = False
+    summed: tuple[str, ...] = ()  # norms (or biased convs) of parallel branches added before `act` (RepConv)
 
     @property
     def block(self) -> str:

@@ -46,6 +46,7 @@ class Tracer:
         self.parent: list[int] = []  # union-find over parts
         self.ties: list[tuple[int, int]] = []  # parts whose kept counts must be equal
         self.fixed_blocks: dict[str, str] = {}
+        self.splits: dict[int, list[tuple[int, int, int, dict[int, int]]]] = {}  # see split_part
 
     # -- parts ----------------------------------------------------------------------------------------------------
 
@@ -93,9 +94,11 @@ class Tracer:
 
     # -- producers and consumers ------------------------------------------------------------------------------------
 
-    def produce(self, conv: str, bn: str | None, act: str | None, size: int, offset: int = 0) -> Sym:
+    def produce(
+        self, conv: str, bn: str | None, act: str | None, size: int, offset: int = 0, *, summed: tuple[str, ...] = ()
+    ) -> Sym:
         part = self.new_part(size)
-        self.producers.append(Producer(conv=conv, bn=bn, act=act, offset=offset))
+        self.producers.append(Producer(conv=conv, bn=bn, act=act, offset=offset, summed=summed))
         idx = len(self.producers) - 1
         self.parts[part].producers.append(idx)
         return [Segment(part, size, (idx,))]
@@ -106,10 +109,18 @@ class Tracer:
             self.parts[self.find(s.part)].consumers.append(Consumer(conv=conv, offset=offset, sources=s.sources))
             offset += s.size
 
-    def depthwise(self, conv: str, bn: str | None, act: str | None, x: Sym) -> Sym:
+    def silent_producer(self, part: int, conv: str, bn: str | None, offset: int = 0, depthwise: bool = False) -> None:
+        """A conv that writes `part`'s channels but is no source of their value on its own: a parallel branch summed
+        into another producer before its activation (listed in that producer's `summed`)."""
+        self.producers.append(Producer(conv=conv, bn=bn, act=None, offset=offset, depthwise=depthwise))
+        self.parts[self.find(part)].producers.append(len(self.producers) - 1)
+
+    def depthwise(
+        self, conv: str, bn: str | None, act: str | None, x: Sym, *, summed: tuple[str, ...] = ()
+    ) -> Sym:
         out, offset = [], 0
         for s in x:
-            self.producers.append(Producer(conv=conv, bn=bn, act=act, offset=offset, depthwise=True))
+            self.producers.append(Producer(conv=conv, bn=bn, act=act, offset=offset, depthwise=True, summed=summed))
             idx = len(self.producers) - 1
             self.parts[self.find(s.part)].producers.append(idx)
             out.append(Segment(s.part, s.size, (idx,)))
@@ -128,6 +139,56 @@ class Tracer:
             out.append(Segment(root, sa.size, tuple(sorted(set(sa.sources) | set(sb.sources)))))
         return out
 
+    def split_part(self, p: int, at: int) -> bool:
+        """Cut the part of `p` after its first `at` channels: it keeps `[0, at)`, a new part gets the rest.
+
+        For a tensor that is split after it was made (`chunk`, or a residual add against two concatenated halves):
+        every producer and consumer of the part is split the same way (a second entry at `offset + at`), and
+        segments made before the cut are cut too when a block next reads them (`refresh`). A part tied to another
+        cannot be cut (its count would no longer match); returns False then.
+        """
+        root = self.find(p)
+        part = self.parts[root]
+        if not 0 < at < part.size or any(root in (self.find(a), self.find(b)) for a, b in self.ties):
+            return False
+        new = self.new_part(part.size - at, fixed_by=part.fixed_by if part.fixed else None)
+        moved: dict[int, int] = {}
+        for idx in part.producers:
+            q = self.producers[idx]
+            self.producers.append(
+                Producer(q.conv, q.bn, q.act, q.offset + at, depthwise=q.depthwise, summed=q.summed)
+            )
+            moved[idx] = len(self.producers) - 1
+        self.parts[new].producers = sorted(moved.values())
+        self.parts[new].consumers = [
+            Consumer(c.conv, c.offset + at, tuple(moved.get(i, i) for i in c.sources)) for c in part.consumers
+        ]
+        record = (part.size, at, new, moved)
+        for member in range(len(self.parts) - 1):
+            if self.find(member) == root:
+                self.splits.setdefault(member, []).append(record)
+        part.size = at
+        return True
+
+    def refresh(self, x):
+        """`x` with every segment made before a `split_part` of its part replaced by the pieces it was cut into."""
+        if isinstance(x, Opaque):
+            return x
+        out = []
+        for item in x:
+            if not isinstance(item, Segment):
+                out.append(self.refresh(item))
+                continue
+            for full, at, new, moved in self.splits.get(item.part, ()):
+                if item.size == full:
+                    head = Segment(item.part, at, item.sources)
+                    tail = Segment(new, full - at, tuple(moved.get(i, i) for i in item.sources))
+                    out.extend(self.refresh([head, tail]))
+                    break
+            else:
+                out.append(item)
+        return out
+
     def boundary(self, path: str, module: nn.Module, x) -> Sym | Opaque:
         """An unknown block: keep its input channels, and make its output a new fixed part."""
         self.fixed_blocks[path] = type(module).__name__
@@ -140,6 +201,7 @@ class Tracer:
     # -- dispatch --------------------------------------------------------------------------------------------------
 
     def __call__(self, path: str, module: nn.Module, x):
+        x = self.refresh(x)
         if isinstance(x, Opaque) or (isinstance(x, list) and any(isinstance(i, Opaque) for i in x)):
             return self.boundary(path, module, x)
         handler = handler_for(module)

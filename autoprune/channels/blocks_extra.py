@@ -1,0 +1,204 @@
+"""The channel rules of the YOLOv9, YOLOv10 and Ghost blocks (the rules of the common blocks are in `blocks`).
+
+YOLOv9: RepConv (3x3 and 1x1 branches summed before the activation), RepNCSPELAN4 and ELAN1 (a C2f-like split
+with two stages), ADown (the input cut into two halves), AConv, SPPELAN; RepCSP and RepBottleneck keep C3's and
+Bottleneck's forward, so their rules apply. YOLOv10: SCDown, CIB (a residual through depthwise and 1x1 convs),
+RepVGGDW (two depthwise branches summed before the activation); C2fCIB is a C2f. Ghost: GhostConv (its depthwise
+half repeats the channels of its first half, so both halves share one index) and GhostBottleneck (a residual whose
+two sides may be cut differently: the side that is one part is cut to match).
+
+Each rule is `rule(tracer, path, module, x)`, as in `blocks`; `handlers` lists them for `blocks.builtin_handlers`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from autoprune.channels.blocks import _conv, _conv_parts, _split_conv, _width
+from autoprune.channels.symbolic import Handler, Sym, Tracer, handler_for
+
+
+def _is_plain_conv(m: nn.Module, depthwise: bool = False) -> bool:
+    """An Ultralytics Conv (traced by `_conv`) with a BatchNorm: dense, or depthwise when `depthwise`."""
+    if handler_for(m) is not _conv or not isinstance(getattr(m, "bn", None), nn.BatchNorm2d):
+        return False
+    c = m.conv
+    return c.groups == c.in_channels == c.out_channels if depthwise else c.groups == 1
+
+
+def cut(tr: Tracer, x: Sym, at: int) -> tuple[Sym, Sym] | None:
+    """`x` cut after its first `at` channels; a segment across the cut has its part split (`Tracer.split_part`).
+
+    None when that part cannot be split (it is tied to another part).
+    """
+    offset = 0
+    for s in x:
+        if offset < at < offset + s.size:
+            if not tr.split_part(s.part, at - offset):
+                return None
+            x = tr.refresh(x)
+            break
+        offset += s.size
+    head, width = [], 0
+    for s in x:
+        if width >= at:
+            break
+        head.append(s)
+        width += s.size
+    return head, x[len(head):]
+
+
+def chunk2(tr: Tracer, x: Sym) -> tuple[Sym, Sym] | None:
+    """`x.chunk(2, 1)`: the two halves, with their segments' counts tied pair by pair so the halves stay equal.
+
+    `chunk` cuts at half the pruned width, so a channel removed from one half must be matched by one removed from
+    the other: that holds when the halves are segments of equal sizes whose parts are tied in pairs. None when the
+    halves do not line up that way (the caller keeps the block whole).
+    """
+    width = _width(x)
+    if width % 2:
+        return None
+    halves = cut(tr, x, width // 2)
+    if halves is None:
+        return None
+    a, b = halves
+    if [s.size for s in a] != [s.size for s in b]:
+        return None
+    for sa, sb in zip(a, b):
+        if tr.find(sa.part) != tr.find(sb.part):
+            tr.ties.append((sa.part, sb.part))
+    return a, b
+
+
+def add_aligned(tr: Tracer, a: Sym, b: Sym, why: str) -> Sym:
+    """`a + b` where the two sides may be made of segments of different sizes: each is cut at the other's
+    segment boundaries first (splitting parts), so that aligned segments can be joined; else both are fixed."""
+    if _width(a) != _width(b):
+        return tr.add(a, b, why)
+    for _ in range(len(a) + len(b)):
+        if [s.size for s in a] == [s.size for s in b]:
+            break
+        bounds_a, bounds_b, o = set(), set(), 0
+        for s in a:
+            o += s.size
+            bounds_a.add(o)
+        o = 0
+        for s in b:
+            o += s.size
+            bounds_b.add(o)
+        at = min((bounds_a ^ bounds_b) - {_width(a)})
+        side = a if at not in bounds_a else b
+        pieces = cut(tr, side, at)
+        if pieces is None:
+            break
+        a, b = tr.refresh(a), tr.refresh(b)
+    return tr.add(a, b, why)
+
+
+def _repconv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """RepConv: `act(bn1(conv3x3(x)) + bn2(conv1x1(x)))`, both branches reading `x` and writing one part.
+
+    A removed output channel emits `act(beta1 + beta2)` when both gammas are 0: the 3x3 branch is the producer the
+    readers count, carrying the 1x1 branch's BatchNorm in `summed`; the 1x1 conv is sliced with it. The identity
+    BatchNorm branch (`bn=True`, RT-DETR's RepC3) would tie input and output channels: kept whole.
+    """
+    if getattr(m, "bn", None) is not None or m.g != 1:
+        return tr.boundary(path, m, x)
+    if not (_is_plain_conv(m.conv1) and _is_plain_conv(m.conv2)) or _width(x) != m.conv1.conv.in_channels:
+        return tr.boundary(path, m, x)
+    p1, bn1, _, c1 = _conv_parts(tr, f"{path}.conv1", m.conv1)
+    p2, bn2, _, _ = _conv_parts(tr, f"{path}.conv2", m.conv2)
+    tr.consume(p1, x)
+    tr.consume(p2, x)
+    out = tr.produce(p1, bn1, f"{path}.act", c1.out_channels, summed=(bn2,))
+    tr.silent_producer(out[0].part, p2, bn2)
+    return out
+
+
+def _repvggdw(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """RepVGGDW: `act(dw7x7(x) + dw3x3(x))`, two depthwise branches summed before the activation."""
+    if not (_is_plain_conv(m.conv, depthwise=True) and _is_plain_conv(m.conv1, depthwise=True)):
+        return tr.boundary(path, m, x)
+    if _width(x) != m.conv.conv.in_channels:
+        return tr.boundary(path, m, x)
+    p1, bn1, _, _ = _conv_parts(tr, f"{path}.conv", m.conv)
+    p2, bn2, _, _ = _conv_parts(tr, f"{path}.conv1", m.conv1)
+    out = tr.depthwise(p1, bn1, f"{path}.act", x, summed=(bn2,))
+    offset = 0
+    for s in out:
+        tr.silent_producer(s.part, p2, bn2, offset, depthwise=True)
+        offset += s.size
+    return out
+
+
+def _elan(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """RepNCSPELAN4 / ELAN1: cv1 split in two tied halves; cv2 reads the second, cv3 reads cv2; cv4 reads all four."""
+    halves = _split_conv(tr, path, m, x, "cv1", m.c)
+    if halves is None:
+        return tr.boundary(path, m, x)
+    y = list(halves)
+    for name in ("cv2", "cv3"):
+        y.append(tr.child(path, m, name, y[-1]))
+    return tr.child(path, m, "cv4", [s for t in y for s in t])
+
+
+def _adown(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """ADown: average pooling, the channels cut in two halves (`chunk`), cv1 on the first, max pooling and cv2 on
+    the second, the outputs concatenated. Pooling without zero padding keeps a constant channel constant."""
+    halves = chunk2(tr, x)
+    if halves is None:
+        return tr.boundary(path, m, x)
+    a, b = halves
+    return tr.child(path, m, "cv1", a) + tr.child(path, m, "cv2", b)
+
+
+def _aconv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    return tr.child(path, m, "cv1", x)  # average pooling without padding, then a conv
+
+
+def _sppelan(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    y = tr.child(path, m, "cv1", x)
+    return tr.child(path, m, "cv5", y * 4)  # three max-poolings of cv1's output, concatenated with it
+
+
+def _scdown(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    return tr.child(path, m, "cv2", tr.child(path, m, "cv1", x))  # a 1x1 conv, then a depthwise strided conv
+
+
+def _cib(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    y = tr.child(path, m, "cv1", x)
+    return add_aligned(tr, x, y, f"{path} (residual)") if m.add else y
+
+
+def _ghostconv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """GhostConv: `cat(y, dw(y))` with `y = cv1(x)`; the depthwise half writes the same channel indices as y."""
+    if not _is_plain_conv(m.cv2, depthwise=True):
+        return tr.boundary(path, m, x)
+    y = tr.child(path, m, "cv1", x)
+    return y + tr.child(path, m, "cv2", y)
+
+
+def _ghost_bottleneck(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """GhostBottleneck: `conv(x) + shortcut(x)`; the GhostConv side is two copies of one part, so the other side
+    is cut into halves that join it."""
+    a = tr.child(path, m, "conv", x)
+    b = tr.child(path, m, "shortcut", x)
+    return add_aligned(tr, tr.refresh(a), tr.refresh(b), f"{path} (residual)")
+
+
+def handlers() -> list[tuple[type, Handler]]:
+    """(class, rule) for the blocks of this module."""
+    from ultralytics.nn.modules import block, conv
+
+    return [
+        (conv.RepConv, _repconv),
+        (block.RepVGGDW, _repvggdw),
+        (block.RepNCSPELAN4, _elan),
+        (block.ADown, _adown),
+        (block.AConv, _aconv),
+        (block.SPPELAN, _sppelan),
+        (block.SCDown, _scdown),
+        (block.CIB, _cib),
+        (conv.GhostConv, _ghostconv),
+        (block.GhostBottleneck, _ghost_bottleneck),
+    ]
