@@ -78,6 +78,18 @@ def model_task(model: nn.Module) -> str:
     raise ValueError(f"{kind} is not a model class autoprune handles")
 
 
+def require_task(loaded: LoadedModel, command: str, tasks: tuple[str, ...] = ("detect",)) -> None:
+    """A `UserError` naming the model's task and `command` where `command` does not handle that task yet.
+
+    The stages that read labels and score a model (the proxy's loss and validator, sparse training, finetuning)
+    handle detection only; `groups`, `cost` and `prune` without data handle every task in `TASKS`.
+    """
+    task = loaded.task
+    if task not in tasks:
+        raise UserError(f"autoprune {command} handles {' and '.join(tasks)} models only so far, and {loaded.source} is "
+                        f"a {task} model (groups, cost and prune --criterion l1 --no-val handle it)")
+
+
 def load_model(spec: str | Path | None, *, seed: int = 0) -> LoadedModel:
     """Load a YOLO model from a checkpoint path, a model YAML, or (spec None) the embedded demo.
 
@@ -128,8 +140,11 @@ def _build_from_yaml(spec: str, seed: int) -> nn.Module:
 
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # a YAML model's random weights are part of its identity: make them reproducible
+    from autoprune._ultralytics import quiet
+
     try:
-        model = getattr(tasks, TASKS[task][0])(cfg, verbose=False)
+        with quiet():  # ClassificationModel prints its summary whatever `verbose` says
+            model = getattr(tasks, TASKS[task][0])(cfg, verbose=False)
     except Exception as e:
         raise UserError(f"cannot build a model from {spec}: {type(e).__name__}: {e}") from e
     finally:

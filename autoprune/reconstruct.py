@@ -264,8 +264,9 @@ def reconstruct(
     om = dict(orig.named_modules(remove_duplicate=False))
     pm = dict(model.named_modules(remove_duplicate=False))
     for path in list(targets):
-        if pm[path].padding_mode != "zeros" or isinstance(pm[path].padding, str) or pm[path].groups != 1:
-            targets.discard(path)  # not a plain dense conv with zero padding: leave it
+        m = pm[path]
+        if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros" or isinstance(m.padding, str) or m.groups != 1:
+            targets.discard(path)  # not a plain dense conv with zero padding (Classify's linear layer): leave it
     result = Reconstruction(model=model)
     if not targets:
         return result
@@ -401,10 +402,16 @@ def _refit(path, pm, om, bn_path, out_mask, runs, layer, wanted, ridge) -> Layer
 
 
 def _detect_io(model: nn.Module, img: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(Detect's input feature maps, its raw outputs: box and class maps per level) for one batch, in eval mode."""
+    """(The head's input feature maps, its raw outputs: box and class maps per level, or Classify's logits) for one
+    batch, in eval mode."""
     head = model.model[-1]
     seen: dict = {}
-    h = head.register_forward_pre_hook(lambda m, inp: seen.setdefault("x", [t.clone() for t in inp[0]]))
+
+    def grab(m, inp):
+        x = inp[0]
+        seen.setdefault("x", [t.clone() for t in x] if isinstance(x, (list, tuple)) else [x.clone()])
+
+    h = head.register_forward_pre_hook(grab)
     try:
         out = model(img)
     finally:
@@ -412,7 +419,7 @@ def _detect_io(model: nn.Module, img: torch.Tensor) -> tuple[list[torch.Tensor],
     preds = out[1] if isinstance(out, tuple) else out
     if isinstance(preds, dict) and "one2many" in preds:
         preds = preds["one2many"]
-    raw = [preds["boxes"], preds["scores"]] if isinstance(preds, dict) else []
+    raw = [preds["boxes"], preds["scores"]] if isinstance(preds, dict) else [preds] if torch.is_tensor(preds) else []
     return seen["x"], raw
 
 
@@ -433,7 +440,9 @@ def feature_errors(
     device = next(model.parameters()).device
     masks = conv_masks(graph, indices)
     head_path = f"model.{len(orig.model) - 1}"
-    first_box = [f"{head_path}.cv2.{k}.0.conv" for k in range(orig.model[-1].nl)]
+    head = orig.model[-1]  # the first conv reading each head input: its kept input channels are the input's
+    first_box = ([f"{head_path}.cv2.{k}.0.conv" for k in range(head.nl)] if hasattr(head, "nl")
+                 else [f"{head_path}.conv.conv"])
     modes = (orig.training, model.training)
     orig.eval()
     model.eval()

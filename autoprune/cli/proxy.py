@@ -139,12 +139,13 @@ def run(args: argparse.Namespace) -> dict:
     except UserError as e:
         raise UserError(f"{e} (see --help)") from None
     from autoprune.data import load_data_config
-    from autoprune.models import load_model
+    from autoprune.models import load_model, require_task
     from autoprune.proxy import ProxyEvaluator
 
     t0 = time.perf_counter()
     data = load_data_config(args.data)  # checks the YAML and its images before any heavy work
     loaded = load_model(args.model, seed=args.seed)
+    require_task(loaded, "proxy")
     evaluator = ProxyEvaluator(data, settings)
     if settings.distill:
         evaluator.set_teacher(loaded.model)  # a private copy: the candidate may be this very model

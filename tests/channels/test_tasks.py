@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import randomize_bn
+from conftest import assert_user_error, randomize_bn, run_cli
 
 from autoprune.channels import analyze
 from autoprune.models import save_checkpoint
@@ -197,3 +197,46 @@ def test_pruned_task_checkpoints_load_and_predict_without_autoprune(built, tmp_p
         got = _unpack(outs[i])
         for key, ref in expected[i].items():
             assert torch.allclose(got[key], ref, rtol=1e-3, atol=1e-3), (name, key)
+
+
+@pytest.fixture(scope="module")
+def seg_yaml(tmp_path_factory):
+    """yolov8n-seg at half its n width, as a model YAML file the commands can be given."""
+    import yaml
+
+    path = tmp_path_factory.mktemp("seg") / "yolov8n-seg.yaml"  # the name says its scale, or Ultralytics warns
+    path.write_text(yaml.safe_dump(_cfg("yolov8n-seg")))
+    return path
+
+
+def test_prune_command_prunes_a_segmentation_model_without_data(capsys, tmp_path, seg_yaml):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    out = tmp_path / "seg.pt"
+    code, stdout, err = run_cli(capsys, "prune", "--model", seg_yaml, "--keep", "0.5", "--criterion", "l1",
+                                "--no-val", "--imgsz", IMGSZ, "--out", out, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["gflops_ratio"] < 0.6
+    model, _ = load_checkpoint(out)
+    assert type(model).__name__ == "SegmentationModel" and model.args["task"] == "segment"
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["prune", "--keep", "0.5", "--no-val"], "--criterion hessian takes gradients of the loss on labelled data, "
+                                             "which autoprune reads for detect models only so far, and this is a "
+                                             "segment model"),
+    (["prune", "--keep", "0.5", "--criterion", "l1", "--val"], "--val scores detect models only so far, and this "
+                                                               "is a segment model"),
+    (["proxy"], "autoprune proxy handles detect models only so far"),
+    (["sparsify", "--epochs", "1"], "autoprune sparsify handles detect models only so far"),
+    (["search", "--budget-gflops", "0.01"], "autoprune search handles detect models only so far"),
+])
+def test_commands_that_read_labels_refuse_other_tasks_in_one_line(capsys, tmp_path, monkeypatch, seg_yaml, tiny_data,
+                                                                  argv, pattern):
+    """Without data, or with detection data (the tiny dataset, so no demo data is generated first)."""
+    monkeypatch.chdir(tmp_path)  # run folders would go under ./runs
+    data = [] if argv[0] == "prune" else ["--data", tiny_data]
+    code, _, err = run_cli(capsys, *argv, "--model", seg_yaml, *data)
+    line = assert_user_error(code, err, pattern)
+    assert "segment" in line
+    assert not any(tmp_path.iterdir()), "nothing is written before the error"
