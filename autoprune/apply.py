@@ -135,7 +135,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     from autoprune.imgsz import check_imgsz
     from autoprune.data import load_data_config
     from autoprune.devices import resolve_device
-    from autoprune.models import load_model
+    from autoprune.models import load_model, require_task
     from autoprune.runs import run_dir_path, save_args, trial_run_name
 
     device = resolve_device(device)
@@ -147,6 +147,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     sattrs = study.user_attrs
     data = load_data_config(data or sattrs.get(STUDY_DATA))
     loaded = load_model(model or sattrs.get(STUDY_MODEL))
+    require_task(loaded, "apply")
     expected_fp = record.attrs.get(MODEL_FINGERPRINT) or sattrs.get(STUDY_MODEL_FINGERPRINT)
     if expected_fp and loaded.fingerprint != expected_fp:
         raise UserError(f"{loaded.source} is not the model study {name!r} was made with (fingerprint "
