@@ -245,7 +245,7 @@ def parse_spec(spec: str, units: list[DepthUnit], flag: str = "--depth") -> dict
         try:
             share = float(text)
         except ValueError:
-            raise UserError(f"{flag} must be a share of elements kept in (0, 1] such as 0.5, or UNIT=K[,UNIT=K] "
+            raise UserError(f"{flag} must be a share of elements kept in [0, 1] such as 0.5, or UNIT=K[,UNIT=K] "
                             f"(units: {', '.join(by_id)}), got {spec!r}") from None
         if not 0 <= share <= 1 or math.isnan(share):
             raise UserError(f"{flag} share must be in [0, 1], got {spec!r}")

@@ -6,7 +6,10 @@ batches when the criterion, the reconstruction or the validation needs data (the
 ranks the channels, plans the kept channel counts (`strategies.plan_counts`, or `strategies.plan_within` bisecting
 on whole-model GFLOPs or on the latency model `latency_model.LatencyTable`), builds the pruned model (`candidate.build`,
 refit by least squares with `reconstruct`), recalibrates its BatchNorm statistics on the calibration batches,
-scores it with the proxy's validation (no finetune) and saves it as a stock Ultralytics checkpoint. It returns a
+scores it with the proxy's validation (no finetune) and saves it as a stock Ultralytics checkpoint. With `depth`,
+the depth units (`autoprune.depth`) also lose elements, after the widths: the residual ones those whose removal
+changes their block's output least on the calibration batches (`depth.rank_elements`; the last ones without data),
+and a GFLOPs target is met by the widths and the depth together. It returns a
 `OneShot`: the summary `autoprune prune --json` prints, the pruned model, and where it was saved.
 
 Example:
@@ -53,6 +56,7 @@ class OneShotSettings:
     max_samples: int = 8192
     seed: int = 0
     device: str = "auto"
+    depth: str | None = None  # `--depth`: a share of every depth unit's elements kept, or UNIT=K[,UNIT=K]
 
     @property
     def wants_data(self) -> bool:
@@ -109,9 +113,11 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
 
     keep = s.keep
     demo = data is None
+    _task_note(loaded.model, s)  # a label-reading step on a model of another task: one error line, before any work
     t0 = time.perf_counter()
     graph = analyze(loaded.model, imgsz=imgsz)
     full_gflops = count_gflops(loaded.model, imgsz)
+    depth = _depth_plan(loaded.model, s)
     target_gflops = None
     warnings = []
     if s.target_gflops is not None:
@@ -157,6 +163,15 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         pruned = recon.pop("model")
     else:
         pruned = build(loaded.model, plan.counts, graph=graph, ranking=ranking).model
+    depth_summary = None
+    if depth:
+        from autoprune.depth import apply_depth, find_units, rank_elements
+
+        orders = rank_elements(loaded.model, batches) if batches is not None else None
+        pruned = apply_depth(pruned, depth, orders, inplace=True)
+        depth_summary = {"kept": depth, "elements": {u.id: u.n for u in find_units(loaded.model)},
+                         "order": "measured" if orders is not None else "last first",
+                         "orders": {k.removeprefix("depth:"): v for k, v in (orders or {}).items()}}
     if batches is not None:
         _recalibrate(pruned, batches, s)
     seconds = time.perf_counter() - t0
@@ -176,6 +191,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         "threshold": plan.threshold,
         "uniform_ratio": plan.ratio,
         "kept_channels": plan.counts,
+        "depth": depth_summary,
         "round_to": s.round_to,
         "min_channels": s.min_channels,
         "reconstructed": bool(s.reconstruct),
@@ -207,6 +223,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         "params_ratio": round(after["params"] / before["params"], 4),
         "seconds": round(seconds, 3),
         "kept_channels": plan.counts,
+        "depth": depth_summary,
         "calibration": calibration,
         "bn_recalibrated": batches is not None,
         "val": val,
@@ -242,12 +259,26 @@ def _out_path(out: str | Path | None, run_dir: str | Path | None) -> tuple[Path,
 
 
 # ------------------------------------------------------------------------------------------------- the targets
-def _full_gflops(model, graph, counts: dict[str, int], imgsz: int) -> float:
-    """What `count_gflops` says of `model` pruned to `counts` (which channels go does not change the count)."""
+def _depth_plan(model, s: OneShotSettings) -> dict[str, int]:
+    """{depth unit id: elements kept} of `s.depth` (`depth.parse_spec`), {} without it."""
+    if s.depth is None:
+        return {}
+    if s.target_latency_ms is not None:
+        raise UserError("--depth does not combine with --target-latency-ms yet (the latency model prices widths "
+                        "only); use --keep or --target-gflops")
+    from autoprune.depth import find_units, parse_spec
+
+    return parse_spec(s.depth, find_units(model))
+
+
+def _full_gflops(model, graph, counts: dict[str, int], imgsz: int, depth: dict[str, int] | None = None) -> float:
+    """What `count_gflops` says of `model` pruned to `counts` and then to the `depth` plan (which channels or
+    elements go does not change the count)."""
     from autoprune.cost import count_gflops
+    from autoprune.depth import apply_depth
     from autoprune.pruner import prune_to_counts
 
-    return count_gflops(prune_to_counts(model, counts, graph=graph), imgsz)
+    return count_gflops(apply_depth(prune_to_counts(model, counts, graph=graph), depth or {}, inplace=True), imgsz)
 
 
 def _check_reachable(model, graph, target: float, full: float, s: OneShotSettings) -> None:
@@ -255,7 +286,7 @@ def _check_reachable(model, graph, target: float, full: float, s: OneShotSetting
     from autoprune.strategies import floor_counts
 
     lowest = _full_gflops(model, graph, floor_counts(graph, round_to=s.round_to, min_channels=s.min_channels),
-                          graph.imgsz)
+                          graph.imgsz, _depth_plan(model, s))
     if target < lowest:
         raise UserError(
             f"the GFLOPs target {target:.4g} is below the minimum {lowest:.4g} GFLOPs ({100 * lowest / full:.1f}% of "
@@ -269,7 +300,10 @@ def _plan_within(model, graph, target: float, full: float, scores, s: OneShotSet
     a search finds its one-shot trial), built and counted for each step."""
     from autoprune.strategies import plan_within
 
-    plan, fits = plan_within(graph, s.strategy, target, lambda c: _full_gflops(model, graph, c, graph.imgsz),
+    depth = _depth_plan(model, s)
+    if depth:  # the widths start from the model the depth plan leaves
+        full = _full_gflops(model, graph, {}, graph.imgsz, depth)
+    plan, fits = plan_within(graph, s.strategy, target, lambda c: _full_gflops(model, graph, c, graph.imgsz, depth),
                              full_cost=full, scores=scores, round_to=s.round_to, min_channels=s.min_channels)
     if not fits:  # _check_reachable let the target through: the floor plan itself fits
         raise RuntimeError(f"no {s.strategy} plan within {target} GFLOPs although the floor fits")
@@ -326,11 +360,34 @@ def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, s: OneS
 
 
 # ------------------------------------------------------------------------------------------------------ the data
+def _task_note(model, s: OneShotSettings) -> str | None:
+    """For a model of another task than detection, before any data is read: a `UserError` where the ranking or an
+    explicit --val needs its labels (autoprune reads detection labels only so far; the reconstruction and the BatchNorm
+    recalibration need images only), else the note saying why no mAP is given (None with --no-val or a detector)."""
+    from autoprune.importance import DATA_CRITERIA
+    from autoprune.models import model_task
+
+    task = model_task(model)
+    if task == "detect":
+        return None
+    if s.criterion in DATA_CRITERIA:
+        raise UserError(f"--criterion {s.criterion} takes gradients of the loss on labelled data, which autoprune "
+                        f"reads for detect models only so far, and this is a {task} model: pass a criterion "
+                        "that needs no data (l1, l2, lamp, bn_scale, fpgm, random)")
+    if s.val:
+        raise UserError(f"--val scores detect models only so far, and this is a {task} model (pass --no-val)")
+    if s.val is False:
+        return None
+    return f"no mAP: autoprune validates detect models only so far, and this is a {task} model"
+
+
 def _check_data(data, model, s: OneShotSettings, demo: bool) -> str | None:
     """Whether `data` fits the model, before any work: a `UserError` where the ranking's labels or an explicit --val
     cannot use it; the note that says why the mAP is skipped where only the default --val cannot."""
     from autoprune.importance import DATA_CRITERIA
 
+    if _task_note(model, s) is not None:
+        return _task_note(model, s)
     head = model.model[-1]
     what = "the demo data" if demo else data.yaml.name
     if data.nc > head.nc and (s.criterion in DATA_CRITERIA or s.reconstruct):

@@ -1,8 +1,10 @@
-"""List the prunable channel groups of a model.
+"""List the prunable channel groups of a model, and its depth units.
 
 Each group is a set of coupled channels that one keep ratio applies to: its id, the layers that produce and consume
 its channels, its channel count and the share of the model's conv FLOPs those channels drive. The summary gives the
-total GFLOPs, the prunable share of the conv FLOPs and the blocks kept whole as fixed boundaries.
+total GFLOPs, the prunable share of the conv FLOPs and the blocks kept whole as fixed boundaries. The depth units
+(`autoprune.depth`: the bottlenecks of a C2f/C3k2, the residual chain of a C3/C3k) are what a space's `depth:` key
+and `autoprune prune --depth` drive: their id, block, element count, and the GFLOPs removing all of them saves.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def run(args: argparse.Namespace) -> dict:
         loaded = load_model(args.model)
         graph = analyze(loaded.model, imgsz=imgsz)
     shares = graph.flops_shares()
+    from autoprune.depth import conv_channels, conv_gflops, depth_key, find_units
+
+    units = find_units(loaded.model)
+    conv_full = graph.conv_gflops()
     result = {
         "model": loaded.source,
         "imgsz": imgsz,
@@ -55,6 +61,19 @@ def run(args: argparse.Namespace) -> dict:
                 "flops_share": round(shares[g.id], 5),
             }
             for g in graph.groups
+        ],
+        "depth_units": [
+            {
+                "id": u.id,
+                "layer": u.layer,
+                "block": u.block,
+                "kind": u.kind,
+                "elements": u.n,
+                "residual": u.residual,
+                "saves_at_zero_gflops": round(conv_full - conv_gflops(
+                    graph, conv_channels(graph, units, {depth_key(u.id): 0})), 6),
+            }
+            for u in units
         ],
     }
     if args.space is not None:
@@ -86,6 +105,12 @@ def _print(r: dict) -> None:
         f"\n{len(r['groups'])} groups | {r['gflops']:.2f} GFLOPs at {r['imgsz']} | "
         f"prunable share of conv FLOPs {percent(r['prunable_conv_flops_share'])} | fixed boundaries: {fixed}"
     )
+    if r["depth_units"]:
+        print(f"\n{'depth unit':<16} {'layer':>5} {'block':<6} {'elements':>8}  {'removable':<22} {'saves at 0':>10}")
+        for u in r["depth_units"]:
+            which = "any (residual)" if u["residual"] else "the last ones first"
+            print(f"{u['id']:<16} {u['layer']:>5} {u['block']:<6} {u['elements']:>8}  {which:<22} "
+                  f"{u['saves_at_zero_gflops']:>7.3f} GF")
     space = r.get("space")
     if space:
         print(f"\nsearch space {space['name']!r}: {len(space['genes'])} genes, round_to {space['round_to']}, "
@@ -93,4 +118,4 @@ def _print(r: dict) -> None:
         print(f"{'gene':<22} {'range':>12} {'step':>5} {'saves at low':>12}  groups")
         for g in space["genes"]:
             print(f"{g['gene']:<22} {g['low']:>5.2f}-{g['high']:<5.2f} {g['step']:>6.2f} "
-                  f"{g['saves_at_low_gflops']:>9.2f} GF  {_short(g['groups'], 60)}")
+                  f"{g['saves_at_low_gflops']:>9.2f} GF  {_short(g['groups'] or g.get('units', []), 60)}")

@@ -75,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(hessian/taylor rank on --data)")
     parser.add_argument("--round-to", type=int, default=8, help="round kept channel counts to multiples of this")
     parser.add_argument("--min-channels", type=int, default=8, help="never keep fewer channels in a group")
+    parser.add_argument("--depth", default=None, metavar="SPEC",
+                        help="also remove repeated elements (the bottlenecks of C2f/C3k2, residual C3/C3k chains; "
+                             "`autoprune groups` lists the units): a share kept per unit such as 0.5 (floor of share "
+                             "x n), or UNIT=K[,UNIT=K...]; --keep 1 --depth 0.5 is depth alone")
     parser.add_argument("--reconstruct", action="store_true",
                         help="refit the convs that lost input channels by least squares on --data (ThiNet-style)")
     parser.add_argument("--data", default=None, help="detection data YAML for hessian/taylor, --reconstruct and --val "
@@ -213,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
         latency_batch=args.latency_batch, latency_precision=args.latency_precision, round_to=args.round_to,
         min_channels=args.min_channels, reconstruct=args.reconstruct, val=args.val, val_images=args.val_images,
         calib_batches=args.calib_batches, batch=args.batch, calib_imgsz=args.calib_imgsz, ridge=args.ridge,
-        max_samples=args.max_samples, seed=args.seed, device=args.device)
+        max_samples=args.max_samples, seed=args.seed, device=args.device, depth=args.depth)
     data = None
     if settings.wants_data and args.data is not None:
         from autoprune.data import load_data_config
