@@ -376,11 +376,29 @@ def _fix_block_attributes(model: nn.Module) -> None:
             m.c1, m.c2 = m.conv1.conv.in_channels, m.conv1.conv.out_channels
         elif isinstance(m, block.RepVGGDW):
             m.dim = m.conv.conv.out_channels
+        elif isinstance(m, block.AAttn):
+            _fix_area_attention(m)
     layers = getattr(model, "model", None)
     if isinstance(layers, nn.Sequential):
         for m in layers:
             if hasattr(m, "np"):
                 m.np = sum(p.numel() for p in m.parameters())
+
+
+def _fix_area_attention(m: nn.Module) -> None:
+    """An AAttn whose head dim was pruned: set `head_dim`, and scale the queries by `sqrt(new / old)` so that the
+    `head_dim ** -0.5` its forward applies gives the logits of the unpruned block (qkv has no activation, so
+    scaling its BatchNorm's weight and bias scales the queries)."""
+    all_head_dim = m.qkv.conv.out_channels // 3
+    head_dim = all_head_dim // m.num_heads
+    if head_dim == m.head_dim:
+        return
+    factor = math.sqrt(head_dim / m.head_dim)
+    rows = torch.cat([torch.arange(h * 3 * head_dim, h * 3 * head_dim + head_dim) for h in range(m.num_heads)])
+    with torch.no_grad():
+        m.qkv.bn.weight[rows] *= factor
+        m.qkv.bn.bias[rows] *= factor
+    m.head_dim, m.all_head_dim = head_dim, all_head_dim
 
 
 def group_summary(graph: ChannelGraph, counts: Mapping[str, int]) -> list[dict]:

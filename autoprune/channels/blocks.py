@@ -2,10 +2,10 @@
 
 Here: Conv (plain, depthwise; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f, C3, SPP, SPPF, A2C2f
 and Detect, with C2PSA/PSA's attention kept whole, and the channel-wise torch layers (upsampling, max pooling, zero
-padding). The YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown, AConv, SPPELAN), YOLOv10 (SCDown, CIB, RepVGGDW) and
-Ghost (GhostConv, GhostBottleneck) rules are in `autoprune.channels.blocks_extra`. Each rule is called as
-`rule(tracer, path, module, x)` on the symbolic input `x` and returns the symbolic output; `builtin_handlers` lists
-them all for `autoprune.channels.trace.analyze`.
+padding). The rules of YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown, AConv, SPPELAN), YOLOv10 (SCDown, CIB,
+RepVGGDW), Ghost (GhostConv, GhostBottleneck) and YOLO12's area attention (AAttn, ABlock) are in
+`autoprune.channels.blocks_extra`. Each rule is called as `rule(tracer, path, module, x)` on the symbolic input `x`
+and returns the symbolic output; `builtin_handlers` lists them all for `autoprune.channels.trace.analyze`.
 """
 
 from __future__ import annotations

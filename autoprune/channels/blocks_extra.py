@@ -1,11 +1,12 @@
-"""The channel rules of the YOLOv9, YOLOv10 and Ghost blocks (the rules of the common blocks are in `blocks`).
+"""Channel rules of the YOLOv9, YOLOv10, YOLO12 attention and Ghost blocks (the common blocks' are in `blocks`).
 
 YOLOv9: RepConv (3x3 and 1x1 branches summed before the activation), RepNCSPELAN4 and ELAN1 (a C2f-like split
 with two stages), ADown (the input cut into two halves), AConv, SPPELAN; RepCSP and RepBottleneck keep C3's and
 Bottleneck's forward, so their rules apply. YOLOv10: SCDown, CIB (a residual through depthwise and 1x1 convs),
 RepVGGDW (two depthwise branches summed before the activation); C2fCIB is a C2f. Ghost: GhostConv (its depthwise
 half repeats the channels of its first half, so both halves share one index) and GhostBottleneck (a residual whose
-two sides may be cut differently: the side that is one part is cut to match).
+two sides may be cut differently: the side that is one part is cut to match). YOLO12: AAttn's head dim (the
+number of heads stays) and ABlock's residuals.
 
 Each rule is `rule(tracer, path, module, x)`, as in `blocks`; `handlers` lists them for `blocks.builtin_handlers`.
 """
@@ -186,6 +187,42 @@ def _ghost_bottleneck(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     return add_aligned(tr, tr.refresh(a), tr.refresh(b), f"{path} (residual)")
 
 
+def _aattn(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """AAttn (YOLO12's area attention): qkv writes, per head, `head_dim` query, key and value channels; the heads
+    keep their number and all share one pruned head dim.
+
+    A head's query and key channels share one part (channel j of q meets channel j of k in the dot product; when
+    both are constant their product is the same for every key, which the softmax ignores); its value channels are
+    another part, which the depthwise `pe` conv, the attention output (a convex mix of values) and `proj` read at
+    the same index. All parts are tied, so every head keeps the same head dim; the pruner rescales the queries by
+    `sqrt(new / old head dim)` so that `head_dim ** -0.5` in forward gives the same logits.
+    """
+    hd, nh = m.head_dim, m.num_heads
+    ok = _is_plain_conv(m.qkv) and _is_plain_conv(m.proj) and _is_plain_conv(m.pe, depthwise=True)
+    if not ok or m.qkv.conv.out_channels != 3 * hd * nh or _width(x) != m.qkv.conv.in_channels:
+        return tr.boundary(path, m, x)
+    conv_path, bn, act, _ = _conv_parts(tr, f"{path}.qkv", m.qkv)
+    tr.consume(conv_path, x)
+    v: Sym = []
+    first = None
+    for h in range(nh):
+        o = 3 * hd * h
+        qk = tr.produce(conv_path, bn, act, hd, offset=o)
+        tr.silent_producer(qk[0].part, conv_path, bn, o + hd)
+        vh = tr.produce(conv_path, bn, act, hd, offset=o + 2 * hd)
+        first = first if first is not None else qk[0].part
+        tr.ties += [(first, qk[0].part), (first, vh[0].part)]
+        v += vh
+    out = tr.add(v, tr.child(path, m, "pe", v), f"{path} (positional encoding)")
+    return tr.child(path, m, "proj", out)
+
+
+def _ablock(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """ABlock: `x + attn(x)`, then `x + mlp(x)`."""
+    x = add_aligned(tr, x, tr.child(path, m, "attn", x), f"{path} (residual)")
+    return add_aligned(tr, tr.refresh(x), tr.child(path, m, "mlp", x), f"{path} (residual)")
+
+
 def handlers() -> list[tuple[type, Handler]]:
     """(class, rule) for the blocks of this module."""
     from ultralytics.nn.modules import block, conv
@@ -201,4 +238,6 @@ def handlers() -> list[tuple[type, Handler]]:
         (block.CIB, _cib),
         (conv.GhostConv, _ghostconv),
         (block.GhostBottleneck, _ghost_bottleneck),
+        (block.AAttn, _aattn),
+        (block.ABlock, _ablock),
     ]

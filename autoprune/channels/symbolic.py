@@ -2,7 +2,8 @@
 
 A symbolic tensor is a list of `Segment`s, runs of channels that belong to one part. `Tracer` holds one analysis's
 producers, parts (a union-find: parts added together become one), ties between parts whose kept counts must be equal,
-and the blocks kept whole. Calling a tracer on a block hands it to the rule registered for the block's `forward`
+and the blocks kept whole; a part can be cut in two after it was made (`split_part`, for a `chunk` or a residual
+against concatenated halves). Calling a tracer on a block hands it to the rule registered for the block's `forward`
 (`register_handler`); a block without a rule becomes a fixed boundary.
 """
 
