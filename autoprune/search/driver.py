@@ -30,9 +30,10 @@ from optuna.trial import TrialState
 from autoprune.errors import UserError
 from autoprune.search import records
 from autoprune.search.engines import InitialPopulation, count_in_generation, make_sampler
+from autoprune.search.latency import candidate_latency, latency_attrs, remeasure_front
 from autoprune.search import plan
 from autoprune.search.progress import progress_line
-from autoprune.search.settings import (MAX_REJECTED_IN_A_ROW, SEARCH_TIMING, SearchResult, SearchSettings,
+from autoprune.search.settings import (MAX_REJECTED_IN_A_ROW, SearchResult, SearchSettings,
                                        check_resumable, check_settings)
 from autoprune.runs import run_dir_path
 from autoprune.search.storage import STUDY_FILE, make_storage, mask_url, storage_url
@@ -56,7 +57,7 @@ class Search:
         from autoprune.devices import resolve_device
         from autoprune.importance import check_calibration, get_criterion
         from autoprune.budget import largest_uniform
-        from autoprune.models import load_model
+        from autoprune.models import load_model, require_task
         from autoprune.space import load_space
 
         s = self.settings = settings
@@ -88,6 +89,7 @@ class Search:
                             "pass --resume to continue it")
 
         self.loaded = load_model(s.model)
+        require_task(self.loaded, "search")
         self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
         self.space = load_space(s.space, self.graph, self.loaded.model)
         self.data = load_data_config(s.data)
@@ -260,7 +262,7 @@ class Search:
 
     def evaluate(self, trial) -> str:
         """Evaluate one asked trial and tell the study; returns the state it ended in (or "rejected")."""
-        from autoprune.cost import count_gflops, count_params, measure_latency
+        from autoprune.cost import count_gflops, count_params
         from autoprune.cost.timing import under_load
 
         s = self.settings
@@ -303,9 +305,7 @@ class Search:
         try:
             pruned = self.prune_candidate(counts, self.evaluator)
             gflops, params = count_gflops(pruned, s.imgsz), count_params(pruned)
-            lat = measure_latency(pruned, imgsz=s.imgsz, device=self.device, cache=self.latency_cache,
-                                  protocol=SEARCH_TIMING, backend=s.latency_backend, batch=s.latency_batch,
-                                  precision=self.latency_precision)
+            lat = candidate_latency(self, pruned, counts)  # measured, or predicted (--latency-model)
             constraints = [gflops - s.budget_gflops if s.budget_gflops is not None else 0.0]
             if s.budget_latency_ms is not None:
                 constraints.append(lat.median_ms - s.budget_latency_ms)
@@ -314,7 +314,7 @@ class Search:
                           records.LATENCY_LOAD: lat.load, records.LATENCY_UNDER_LOAD: under_load(lat.load, lat.device),
                           records.LATENCY_SETUP: {k: getattr(lat, k) for k in (
                               "backend", "precision", "executed_precision", "batch", "threads", "device_name")},
-                          records.FEASIBLE: all(c <= 0 for c in constraints)})
+                          records.FEASIBLE: all(c <= 0 for c in constraints), **latency_attrs(self, lat)})
             if s.budget_latency_ms is not None and lat.median_ms > s.budget_latency_ms:
                 attrs[records.REASON] = (f"over the latency budget ({lat.median_ms:.1f} > {s.budget_latency_ms:g} ms); "
                                    "not scored")
@@ -431,6 +431,7 @@ class Search:
             from autoprune.search.confirm import auto_confirm
 
             self._confirm_cost = auto_confirm(self)
+        self._remeasure_cost = remeasure_front(self)  # --latency-model predicted: the front timed end to end
         return self.finish()
 
     def _warn_small_data(self, number: int) -> None:
@@ -515,11 +516,12 @@ class Search:
             feasible=sum(1 for r in recs if r.feasible),
             front=records.pareto_front(recs),
             uniform=uniform,
-            best=self._best(),
+            best=records.best_trial(recs),
             confirmed={n: by_seed for n, by_seed, _ in records.ranked_confirmations(self.study.user_attrs, recs)},
             recommended=recommendation.trial,
             recommendation_reason=recommendation.reason,
             confirm_cost=getattr(self, "_confirm_cost", {"evaluations": 0, "seconds": 0.0}),
+            remeasure_cost=getattr(self, "_remeasure_cost", {}),
         )
 
 
