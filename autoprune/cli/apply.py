@@ -122,6 +122,13 @@ def run(args: argparse.Namespace) -> dict:
     tuned = {"lr0": args.lr0, "lrf": args.lrf, "warmup_epochs": args.warmup_epochs}
     schedule = {"name": args.schedule or ("short" if any(v is not None for v in tuned.values()) else None),
                 **tuned}
+    given = [f"--{k.replace('_', '-')}" for k, v in tuned.items() if v is not None]
+    if args.schedule == "ultralytics" and given:
+        raise UserError(f"{', '.join(given)} set the short schedule; they do not combine with --schedule ultralytics")
+    if given:  # the values alone, checked before the model loads (each step's schedule is checked again)
+        from autoprune.finetune import short_schedule
+
+        short_schedule(args.epochs, **{k: v for k, v in tuned.items() if v is not None})
     from autoprune.devices import resolve_devices
 
     if len(resolve_devices(args.device)) > 1:  # checks that every GPU named exists first
