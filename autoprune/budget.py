@@ -143,6 +143,7 @@ def repair(space, genome: Genome, budget: Budget) -> dict[str, float]:
     to its grid, with the largest `t` in [0, 1] that meets the budget (`bisect`, 20 halvings; the cost only grows
     with `t`). The budget left over by the snapping is then given back by `fill`. No gene ends above its value in
     `genome`, and the result is deterministic. `UserError` when the budget is below the space's smallest genome.
+    Depth genes (`_held`) keep their values while the other genes at their lows meet the budget.
 
     Example:
         >>> budget.fits(repair(space, space.highs(), budget))  # doctest: +SKIP
@@ -153,11 +154,22 @@ def repair(space, genome: Genome, budget: Budget) -> dict[str, float]:
         return genome
     check_reachable(space, budget)
 
-    def at(t: float) -> dict[str, float]:
-        return {g.name: g.snap_down(g.low + t * (genome[g.name] - g.low)) for g in space.genes}
+    held = _held(space)
 
-    t = bisect(lambda t: budget.fits(at(t)), 0.0, 1.0, tol=1e-6)
-    return fill(space, at(t), genome, budget)
+    def at(t: float, hold: frozenset = held) -> dict[str, float]:
+        return {g.name: genome[g.name] if g.name in hold else g.snap_down(g.low + t * (genome[g.name] - g.low))
+                for g in space.genes}
+
+    if not (held and budget.fits(at(0.0))):  # the widths alone cannot get there: every gene comes down
+        held = frozenset()
+    t = bisect(lambda t: budget.fits(at(t, held)), 0.0, 1.0, tol=1e-6)
+    return fill(space, at(t, held), genome, budget)
+
+
+def _held(space) -> frozenset:
+    """Names of the depth genes (`kind == "depth"`): a few whole numbers each, so one common factor would snap them
+    to their low or high at once; `repair` and `fit` move the widths and keep the proposed depth where they can."""
+    return frozenset(g.name for g in space.genes if getattr(g, "kind", "width") == "depth")
 
 
 def fill(space, current: Genome, ceiling: Genome, budget: Budget) -> dict[str, float]:
@@ -189,7 +201,8 @@ def fill(space, current: Genome, ceiling: Genome, budget: Budget) -> dict[str, f
 def fit(space, genome: Genome, budget: Budget) -> dict[str, float]:
     """`genome` brought close to the budget: `repair`ed down when it is over, else every gene moved toward its
     high by one common factor `t` (`value + t * (high - value)`, snapped), with the largest `t` in [0, 1] that
-    fits (`bisect`, 20 halvings). A search fills up a candidate that is far under its budget with it.
+    fits (`bisect`, 20 halvings). A search fills up a candidate that is far under its budget with it. Depth genes
+    (`_held`) keep their values when it fills up.
 
     Example:
         >>> budget.fits(fit(space, space.lows(), budget))  # doctest: +SKIP
@@ -200,8 +213,10 @@ def fit(space, genome: Genome, budget: Budget) -> dict[str, float]:
         return repair(space, genome, budget)
     highs = space.highs()
 
+    held = _held(space)
+
     def at(t: float) -> dict[str, float]:
-        return space.snap({k: v + t * (highs[k] - v) for k, v in genome.items()})
+        return space.snap({k: v if k in held else v + t * (highs[k] - v) for k, v in genome.items()})
 
     if budget.fits(at(1.0)):
         return at(1.0)

@@ -339,6 +339,9 @@ class DeapNSGA2Sampler(BaseSampler):
             center, sigma = plan, self.init.one_shot_sigma
         genome = {}
         for g in self.space.genes:
+            if getattr(g, "kind", "width") == "depth":  # a few whole numbers: noise around the center never moves it
+                genome[g.name] = g.value(int(rng.integers(0, g.n + 1)))
+                continue
             v = center[g.name] + rng.normal(0.0, sigma) * (g.high - g.low)
             genome[g.name] = min(max(v, g.low), g.high)
         target = self.init.budget * rng.uniform(self.init.low_share, 1.0)
