@@ -100,17 +100,17 @@ def _print(r: dict) -> None:
             f"{g['id']:<16} {g['layer']:>5} {ch:>8}  {_short(g['producers']):<34} {_short(g['consumers']):<34} "
             f"{percent(g['flops_share']):>6}"
         )
-    fixed = ", ".join(f"{cls} ({path.removeprefix('model.')})" for path, cls in r["fixed_blocks"].items()) or "none"
-    print(
-        f"\n{len(r['groups'])} groups | {r['gflops']:.2f} GFLOPs at {r['imgsz']} | "
-        f"prunable share of conv FLOPs {percent(r['prunable_conv_flops_share'])} | fixed boundaries: {fixed}"
-    )
     if r["depth_units"]:
         print(f"\n{'depth unit':<16} {'layer':>5} {'block':<6} {'elements':>8}  {'removable':<22} {'saves at 0':>10}")
         for u in r["depth_units"]:
             which = "any (residual)" if u["residual"] else "the last ones first"
             print(f"{u['id']:<16} {u['layer']:>5} {u['block']:<6} {u['elements']:>8}  {which:<22} "
                   f"{u['saves_at_zero_gflops']:>7.3f} GF")
+    fixed = ", ".join(f"{cls} ({path.removeprefix('model.')})" for path, cls in r["fixed_blocks"].items()) or "none"
+    print(
+        f"\n{len(r['groups'])} groups | {r['gflops']:.2f} GFLOPs at {r['imgsz']} | "
+        f"prunable share of conv FLOPs {percent(r['prunable_conv_flops_share'])} | fixed boundaries: {fixed}"
+    )
     space = r.get("space")
     if space:
         print(f"\nsearch space {space['name']!r}: {len(space['genes'])} genes, round_to {space['round_to']}, "
