@@ -1,6 +1,6 @@
 """The README's quick start as a user meets it: `autoprune search --budget-gflops 5` on the embedded demo (no
---model, no --data) from a fresh folder, then `autoprune apply --trial N` with no --name, and the saved model
-loading in plain Ultralytics."""
+--model, no --data) from a fresh folder, then `autoprune apply --trial N` with no --study or --name, and the saved
+model loading in plain Ultralytics."""
 
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ README_SEARCH = ["search", "--budget-gflops", "5"]
 
 # The README's command evaluates 24 candidates, each after a 50-step finetune at 320 px, once channels are ranked on
 # 20 calibration batches: about 5 minutes on an idle 2-core CPU (docs/BENCHMARKS.md), and nearly as long on a tiny
-# demo dataset, because none of that work depends on the number of images. These flags shrink only that work. Every
-# default that makes the command the quick start stays: the demo model and data, the budget at 640 px, the criterion,
-# the space, the engine, the device, the run folder and the study's name.
-SMALLER = ["--trials", "3", "--proxy-steps", "2", "--calib-batches", "2", "--proxy-imgsz", "64"]
+# demo dataset, because none of that work depends on the number of images; apply then finetunes 20 epochs. The test
+# shrinks only that work, as AUTOPRUNE_DEMO_SIZE shrinks the demo dataset: these defaults are set on the commands'
+# parsers (`_smaller_defaults`), so the command lines are the README's word for word (apply's with --json, to read its
+# report). Every other default that makes the command the quick start stays: the demo model and data, the budget at
+# 640 px, the criterion, the space, the engine, the device, the run folder and the study's name.
+SMALLER = {"search": {"trials": 3, "proxy_steps": 2, "calib_batches": 2, "proxy_imgsz": 64}, "apply": {"epochs": 1}}
 
 # Loads the saved model in a process that imports only Ultralytics, and reports what it found.
 PLAIN = """
@@ -40,6 +42,21 @@ print(json.dumps({"params": sum(p.numel() for p in model.parameters()), "type": 
                   "out": list((out[0] if isinstance(out, (list, tuple)) else out).shape),
                   "autoprune": sorted(k for k in sys.modules if k.split(".")[0] == "autoprune")}))
 """
+
+
+def _smaller_defaults(monkeypatch) -> None:
+    """Give `autoprune search` and `autoprune apply` the defaults of `SMALLER` for this test."""
+    import importlib
+
+    for command, defaults in SMALLER.items():
+        module = importlib.import_module(f"autoprune.cli.{command}")
+
+        def add_arguments(parser, real=module.add_arguments, defaults=defaults):
+            real(parser)
+            assert set(defaults) <= {a.dest for a in parser._actions}, defaults  # each names a flag of the command
+            parser.set_defaults(**defaults)
+
+        monkeypatch.setattr(module, "add_arguments", add_arguments)
 
 
 def _table_numbers(out: str) -> list[int]:
@@ -64,8 +81,9 @@ def test_the_readme_quick_start_then_apply_a_trial_it_printed(tmp_path, monkeypa
     assert f"autoprune {' '.join(README_SEARCH)}\n" in readme  # the command below is still the README's
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOPRUNE_DEMO_SIZE", "16,8")  # a tiny demo dataset, generated in the session's home
+    _smaller_defaults(monkeypatch)
 
-    code = main([*README_SEARCH, *SMALLER])
+    code = main(README_SEARCH)
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     run = tmp_path / "runs" / "search" / "exp1"  # the first unnamed search in this folder
@@ -74,6 +92,8 @@ def test_the_readme_quick_start_then_apply_a_trial_it_printed(tmp_path, monkeypa
                                                                       heartbeat=None, read_only=True))
     attrs = study.user_attrs
     assert attrs[R.STUDY_BUDGET_GFLOPS] == 5.0 and attrs[R.STUDY_IMGSZ] == 640
+    assert attrs[R.STUDY_PROXY]["steps"] == 2  # the smaller defaults took effect
+    assert sum(R.SECONDS in t.user_attrs for t in study.trials) == 3
     assert Path(attrs[R.STUDY_MODEL]).resolve() == demo_model_path()
     assert Path(attrs[R.STUDY_DATA]).parent.name == demo_data_spec().folder_name
     records = [R.TrialRecord.from_trial(t) for t in study.trials]
@@ -83,7 +103,7 @@ def test_the_readme_quick_start_then_apply_a_trial_it_printed(tmp_path, monkeypa
     assert set(printed) <= {r.number for r in records if r.feasible}
 
     n = printed[0]
-    code = main(["apply", "--trial", str(n), "--epochs", "1", "--json"])
+    code = main(["apply", "--trial", str(n), "--json"])  # no --study: the only study in runs/search
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     report = json.loads(out)
