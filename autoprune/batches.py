@@ -1,4 +1,4 @@
-"""Fixed, seeded image batches of a detection dataset: the calibration batches and the proxy's pools.
+"""Fixed, seeded image batches of a detection or segmentation dataset: the calibration batches and the proxy's pools.
 
 BN recalibration, data criteria (taylor, hessian) and least-squares reconstruction all read the same calibration
 batches, and `autoprune prune`, every proxy of a search and `autoprune apply` must draw them alike, whatever else
@@ -68,6 +68,8 @@ def collate(items: list[dict]) -> dict:
         "bboxes": torch.cat([it["bboxes"] for it in items]),
         "batch_idx": torch.cat([torch.full((len(it["cls"]),), float(i)) for i, it in enumerate(items)]),
     }
+    if "masks" in items[0]:  # a segment dataset: one mask per image (overlap_mask: label index per pixel)
+        batch["masks"] = torch.cat([it["masks"] for it in items])
     for k in ("im_file", "ori_shape", "resized_shape", "ratio_pad"):
         if k in items[0]:
             batch[k] = tuple(it[k] for it in items)
@@ -79,11 +81,13 @@ def batches_of(pool: list[dict], order: list[int], batch: int, count: int) -> li
     return [collate([pool[i] for i in order[k * batch : (k + 1) * batch]]) for k in range(count)]
 
 
-def dataset_cfg(imgsz: int):
-    """Ultralytics' configuration of the datasets: square letterbox at `imgsz`, no augmentation, no caching."""
+def dataset_cfg(imgsz: int, task: str = "detect"):
+    """Ultralytics' configuration of the datasets: square letterbox at `imgsz`, no augmentation, no caching. With
+    task 'segment' the dataset reads polygons and yields each image's masks (Ultralytics' overlap_mask form, at a
+    quarter of `imgsz`), what the segment loss and validator read."""
     from ultralytics.cfg import get_cfg
 
-    return get_cfg(overrides={"imgsz": imgsz, "task": "detect", "rect": False, "cache": False, "single_cls": False,
+    return get_cfg(overrides={"imgsz": imgsz, "task": task, "rect": False, "cache": False, "single_cls": False,
                               "fraction": 1.0, "split": "val"})
 
 
@@ -101,11 +105,11 @@ def build_dataset(cfg, data: DataConfig, split: str, batch: int):
 
 
 def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, calib_batches: int, batch: int = 8,
-                        seed: int = 0, train_images: int = 512) -> list[dict]:
+                        seed: int = 0, train_images: int = 512, task: str = "detect") -> list[dict]:
     """The fixed calibration batches (collated dicts, uint8 images on the CPU) of `data`'s train split.
 
     The same batches `ProxyEvaluator(data, ProxySettings(...)).calibration_batches()` gives for the same image size,
-    batch count, batch size, seed and `train_images`, without loading the val split or a finetune pool.
+    batch count, batch size, seed and `train_images`, without loading the val split or a finetune pool. `task` 'segment' adds each image's masks (`dataset_cfg`).
     """
     from autoprune._ultralytics import no_label_caches, quiet
 
@@ -113,7 +117,7 @@ def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, cal
         raise ValueError(f"calibration_batches needs calib_batches >= 1, got {calib_batches}")
     data = data if isinstance(data, DataConfig) else load_data_config(data)
     with quiet(), no_label_caches():
-        train = build_dataset(dataset_cfg(imgsz), data, "train", batch)
+        train = build_dataset(dataset_cfg(imgsz, task), data, "train", batch)
         pool = load_items(train, subset(len(train), calibration_size(calib_batches, batch, train_images), seed,
                                         TRAIN_SUBSET))
     order = batch_order(calib_batches * batch, len(pool), seed, CALIB_ORDER)

@@ -49,6 +49,13 @@ class DataConfig:
     nc: int
     channels: int = 3
 
+    @property
+    def task(self) -> str | None:
+        """What the labels support, as Ultralytics reads them: 'segment' where label lines hold polygons
+        (`cls x1 y1 x2 y2 ...`, more than 6 values), 'detect' where they hold boxes only (`cls cx cy w h`), None
+        where no label file was found (`label_task`)."""
+        return label_task(self.val + self.train)
+
     def ultralytics_dict(self) -> dict:
         """The data dictionary Ultralytics' datasets and validators expect (what `check_det_dataset` returns)."""
         return {
@@ -123,6 +130,77 @@ def load_data_config(path: str | Path | None) -> DataConfig:
                         f"once where a network is reachable (e.g. `yolo val data={spec}`) or pass a local data YAML"
                         ) from None
     return DataConfig(yaml=file, root=root, train=train, val=val, names=names, nc=nc, channels=channels)
+
+
+# How many label files `label_task` reads at most: enough to see polygons in any segment dataset, cheap on a large one.
+TASK_SAMPLE = 64
+
+
+def label_task(sources: tuple[str, ...] | list[str]) -> str | None:
+    """'segment' if any of the first `TASK_SAMPLE` label files of the image `sources` (folders or .txt lists, as in
+    a `DataConfig`) has a polygon line (more than 6 values, Ultralytics' own test), 'detect' if they hold box lines
+    only, None if none was found or all are empty. Labels sit where Ultralytics looks: `/images/` -> `/labels/`,
+    suffix `.txt`."""
+    seen_boxes = False
+    for label in _label_files(sources):
+        try:
+            text = label.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in text.splitlines():
+            n = len(line.split())
+            if n > 6:
+                return "segment"
+            seen_boxes = seen_boxes or n == 5
+    return "detect" if seen_boxes else None
+
+
+def _label_files(sources):
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    count = 0
+    for image in _images(sources):
+        label = Path(sb.join(image.rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt")
+        if label.is_file():
+            yield label
+            count += 1
+            if count >= TASK_SAMPLE:
+                return
+
+
+def _images(sources):
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            for dirpath, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files):
+                    if f.rpartition(".")[-1].lower() in IMG_FORMATS:
+                        yield os.path.join(dirpath, f)
+        elif p.is_file():
+            try:
+                lines = p.read_text(encoding="utf-8-sig").splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue
+            parent = str(p.parent) + os.sep
+            for line in lines:
+                line = line.strip()
+                if line:
+                    yield line.replace("./", parent, 1) if line.startswith("./") else line
+
+
+def check_task(data: DataConfig, task: str) -> None:
+    """A `UserError` naming both tasks where `data`'s labels cannot train or score a `task` model.
+
+    A segment model needs polygon labels; detect labels (boxes only) have no masks to score. A detect model reads
+    any label kind (Ultralytics takes a polygon's box), so only the segment case is refused; other tasks are
+    checked by the commands that refuse them.
+    """
+    if task != "segment":
+        return
+    found = data.task
+    if found == "detect":
+        raise UserError(f"the model is a segment model, and {data.yaml} holds detect labels (boxes only, no "
+                        "polygons): pass a data YAML with segment labels (`cls x1 y1 x2 y2 ...`)")
 
 
 def _names(raw, spec: str) -> dict[int, str]:

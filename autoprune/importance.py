@@ -338,8 +338,11 @@ def _loss_batch(b, device) -> dict:
         raise TypeError("a calibration batch is a dict with img, cls, bboxes and batch_idx (ProxyEvaluator's batches)")
     img = b["img"]
     img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-    return {"img": img.to(device), "cls": b["cls"].to(device), "bboxes": b["bboxes"].to(device),
-            "batch_idx": b["batch_idx"].to(device)}
+    out = {"img": img.to(device), "cls": b["cls"].to(device), "bboxes": b["bboxes"].to(device),
+           "batch_idx": b["batch_idx"].to(device)}
+    if "masks" in b:  # a segment dataset's batches: the segment loss reads the masks
+        out["masks"] = b["masks"].to(device)
+    return out
 
 
 def accumulate_gradients(

@@ -48,7 +48,7 @@ from torch import nn
 
 from autoprune import _ultralytics, batches, uncertainty  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.batchnorm import recalibrate_bn
-from autoprune.data import DataConfig, load_data_config
+from autoprune.data import DataConfig, check_task, load_data_config
 from autoprune.devices import resolve_device, torch_threads
 from autoprune.distill import head_branches, head_term
 from autoprune.errors import UserError
@@ -56,7 +56,11 @@ from autoprune.imgsz import check_imgsz
 from autoprune.precision import amp_dtype, float_preds, fp32_decode
 from autoprune.validator import make_validator
 
-__all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "recalibrate_bn"]
+__all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "TASK_METRICS", "recalibrate_bn"]
+
+# The metric the proxy scores each task by (Ultralytics' validator of the task): its name, and the suffix of
+# Ultralytics' metric keys it is read from ('metrics/mAP50-95(M)').
+TASK_METRICS = {"detect": ("box mAP50-95", "B"), "segment": ("mask mAP50-95", "M")}
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,11 @@ class ProxyResult:
             over the scored images (`autoprune.uncertainty`; no extra forward pass); None for fewer than two images.
         map50_95_boot: mAP50-95 of each bootstrap resample; every candidate scored on the same images is resampled
             alike, so two candidates' lists pair up (`uncertainty.difference_se`).
+        metric: what `map50_95` measures, the task's own metric from Ultralytics' validator: 'box mAP50-95' for a
+            detect model, 'mask mAP50-95' for a segment model (then map50, precision, recall and the bootstrap are
+            the mask figures too, matched by mask IoU).
+        box_map50, box_map50_95: a segment model's box figures beside its mask ones; None for a detect model
+            (whose map50 and map50_95 are the box figures).
     """
 
     map50: float
@@ -173,6 +182,9 @@ class ProxyResult:
     val_images: int = 0
     map50_95_se: float | None = None
     map50_95_boot: tuple = ()
+    metric: str = "box mAP50-95"
+    box_map50: float | None = None
+    box_map50_95: float | None = None
 
     def as_dict(self) -> dict:
         """A JSON-friendly dictionary."""
@@ -220,20 +232,25 @@ class ProxyEvaluator:
         >>> round(r.map50_95, 3), r.breakdown["train"]
     """
 
-    def __init__(self, data: str | Path | DataConfig | None, settings: ProxySettings | None = None):
+    def __init__(self, data: str | Path | DataConfig | None, settings: ProxySettings | None = None, *,
+                 task: str = "detect"):
         t0 = time.perf_counter()
+        if task not in TASK_METRICS:
+            raise ValueError(f"the proxy scores {' and '.join(TASK_METRICS)} models, got task {task!r}")
+        self.task = task
         self.settings = settings or ProxySettings()
         self.device = resolve_device(self.settings.device)
         self.amp_dtype = amp_dtype(self.device, self.settings.amp)
         self.precision = {None: "fp32", torch.bfloat16: "bf16"}[self.amp_dtype]
         self.data = data if isinstance(data, DataConfig) else load_data_config(data)
+        check_task(self.data, task)  # a segment model needs polygon labels: one error line before any loading
         s = self.settings
 
         udata = self.data.ultralytics_dict()
         from autoprune._ultralytics import no_label_caches, quiet
 
         with quiet(), no_label_caches():
-            cfg = batches.dataset_cfg(s.imgsz)
+            cfg = batches.dataset_cfg(s.imgsz, task)
             val_ds = batches.build_dataset(cfg, self.data, "val", s.val_batch)
             train_ds = batches.build_dataset(cfg, self.data, "train", s.batch)
 
@@ -269,7 +286,7 @@ class ProxyEvaluator:
                                                 batches.CALIB_ORDER)
         self._train_order = self._order(s.steps * s.batch)
 
-        self._validator = make_validator(s.imgsz, self.device)
+        self._validator = make_validator(s.imgsz, self.device, task)
         self._validator.data = udata
         self._validator.names = dict(self.data.names)
         subset_labels = [val_ds.labels[i] for i in val_idx]
@@ -361,11 +378,13 @@ class ProxyEvaluator:
             m = self._validate(model, clock)
         k = max(1, math.ceil(len(losses) / 10))
         train_loss = (sum(losses[:k]) / k, sum(losses[-k:]) / k) if losses else ()
+        metric, x = TASK_METRICS[self.task]
+        box = self.task != "detect"
         return ProxyResult(
-            map50=m["metrics/mAP50(B)"],
-            map50_95=m["metrics/mAP50-95(B)"],
-            precision=m["metrics/precision(B)"],
-            recall=m["metrics/recall(B)"],
+            map50=m[f"metrics/mAP50({x})"],
+            map50_95=m[f"metrics/mAP50-95({x})"],
+            precision=m[f"metrics/precision({x})"],
+            recall=m[f"metrics/recall({x})"],
             seconds=time.perf_counter() - t0,
             breakdown={k_: round(v, 4) for k_, v in clock.seconds.items()},
             cpu_seconds={k_: round(v, 4) for k_, v in clock.cpu_seconds.items()},
@@ -375,6 +394,9 @@ class ProxyEvaluator:
             val_images=self.val_images,
             map50_95_se=uncertainty.standard_error(m["boot"]),
             map50_95_boot=tuple(m["boot"]),
+            metric=metric,
+            box_map50=m["metrics/mAP50(B)"] if box else None,
+            box_map50_95=m["metrics/mAP50-95(B)"] if box else None,
         )
 
     @contextlib.contextmanager
@@ -443,6 +465,8 @@ class ProxyEvaluator:
             b = self._batch(order, k)
             batch = {"img": self._images(b["img"]), "batch_idx": b["batch_idx"].to(self.device),
                      "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
+            if "masks" in b:  # a segment model: v8SegmentationLoss reads the masks
+                batch["masks"] = b["masks"].to(self.device)
             with self._autocast():
                 preds = model(batch["img"])
             preds = float_preds(preds)
@@ -477,12 +501,15 @@ class ProxyEvaluator:
             with clock("metrics"):
                 batch = {**b, "img": b["img"], "batch_idx": b["batch_idx"].to(self.device),
                          "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
+                if "masks" in b:  # SegmentationValidator matches by mask IoU on these
+                    batch["masks"] = b["masks"].to(self.device).float()
                 v.update_metrics(preds, batch)
         with clock("metrics"):
-            images = uncertainty.per_image_stats(v.metrics.stats)  # get_stats clears them
+            # get_stats clears them; the bootstrap resamples the task's own matches (mask IoU for segment)
+            images = uncertainty.per_image_stats(v.metrics.stats, "tp_m" if self.task == "segment" else "tp")
             stats = v.get_stats()
-        out = {k: float(stats.get(k, 0.0)) for k in ("metrics/precision(B)", "metrics/recall(B)",
-                                                     "metrics/mAP50(B)", "metrics/mAP50-95(B)")}
+        out = {f"metrics/{k}({x})": float(stats.get(f"metrics/{k}({x})", 0.0))
+               for k in ("precision", "recall", "mAP50", "mAP50-95") for x in ("B", "M")}
         with clock("bootstrap"):
             out["boot"] = uncertainty.bootstrap_scores(images)
         return out

@@ -27,11 +27,14 @@ SEED = 0
 KEYS = ("tp", "conf", "pred_cls", "target_cls")
 
 
-def per_image_stats(stats: dict) -> list[dict]:
+def per_image_stats(stats: dict, tp_key: str = "tp") -> list[dict]:
     """The validator's accumulated statistics (`DetMetrics.stats`: one entry per image under each key) as one dict of
-    numpy arrays per image, copied (the validator clears its lists afterwards)."""
-    n = len(stats.get("tp", []))
-    return [{k: np.array(stats[k][i], copy=True) for k in KEYS} for i in range(n)]
+    numpy arrays per image, copied (the validator clears its lists afterwards).
+
+    `tp_key` names the true-positive matrix to resample: 'tp' (box IoU), or 'tp_m' (mask IoU, what
+    `SegmentationValidator` adds) to bootstrap mask mAP50-95; it is stored under 'tp' either way."""
+    n = len(stats.get(tp_key, []))
+    return [{k: np.array(stats[tp_key if k == "tp" else k][i], copy=True) for k in KEYS} for i in range(n)]
 
 
 def _tp(image: dict) -> np.ndarray:

@@ -145,8 +145,8 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     data = load_data_config(args.data)  # checks the YAML and its images before any heavy work
     loaded = load_model(args.model, seed=args.seed)
-    require_task(loaded, "proxy")
-    evaluator = ProxyEvaluator(data, settings)
+    require_task(loaded, "proxy", ("detect", "segment"))
+    evaluator = ProxyEvaluator(data, settings, task=loaded.task)
     if settings.distill:
         evaluator.set_teacher(loaded.model)  # a private copy: the candidate may be this very model
     model = _prepare_candidate(args, loaded, evaluator)
@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         "map50_95": result.map50_95,
         "precision": result.precision,
         "recall": result.recall,
+        **({"metric": result.metric, "box_map50": result.box_map50, "box_map50_95": result.box_map50_95}
+           if result.box_map50_95 is not None else {}),  # a segment model: the mask figures above, the box ones here
         "val_images": result.val_images,
         **cost,
         "seconds": round(result.seconds, 3),
@@ -177,8 +179,11 @@ def run(args: argparse.Namespace) -> dict:
     if not args.json:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.breakdown.items())
         print(f"proxy  {loaded.source}  on {data.yaml.name} ({result.val_images} val images, imgsz {args.imgsz})")
-        print(f"  mAP50 {result.map50:.4f}   mAP50-95 {result.map50_95:.4f}   "
+        what = result.metric.split()[0] + " " if result.box_map50_95 is not None else ""
+        print(f"  {what}mAP50 {result.map50:.4f}   {what}mAP50-95 {result.map50_95:.4f}   "
               f"(P {result.precision:.3f}, R {result.recall:.3f})")
+        if result.box_map50_95 is not None:
+            print(f"  box mAP50 {result.box_map50:.4f}   box mAP50-95 {result.box_map50_95:.4f}")
         if "gflops" in cost:
             lat = f", latency {cost['latency_ms']:.2f} ms ({cost['latency_device']})" if "latency_ms" in cost else ""
             print(f"  {cost['gflops']:.3f} GFLOPs at {args.imgsz}{lat}")

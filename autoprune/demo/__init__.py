@@ -96,8 +96,11 @@ def demo_data_spec() -> DemoDataSpec:
         raise UserError(f"{_SIZE_ENV} must be 'N_TRAIN,N_VAL' with two positive integers, got {env!r}") from e
 
 
-def ensure_demo_data() -> Path:
+def ensure_demo_data(task: str = "detect") -> Path:
     """Return the path of the demo dataset's data YAML, generating the dataset first if it is not there yet.
+
+    `task` 'segment' gives the same images with polygon labels (`autoprune.demo.dataset.generate`), in a folder of
+    its own (the detect folder's name plus '-segment').
 
     Safe when many processes start at once: each generates into its own temporary folder next to the final one and
     renames it into place atomically; a process that loses the race deletes its copy and uses the winner's. Every
@@ -111,7 +114,7 @@ def ensure_demo_data() -> Path:
 
     spec = demo_data_spec()
     home = demo_home()
-    final = home / spec.folder_name
+    final = home / (spec.folder_name + ("" if task == "detect" else f"-{task}"))
     yaml_path = final / "data.yaml"
     if yaml_path.is_file():
         return yaml_path
@@ -124,7 +127,7 @@ def ensure_demo_data() -> Path:
     _remove_stale_tmp(home, final.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=home))
     try:
-        generate(tmp, n_train=spec.n_train, n_val=spec.n_val, seed=spec.seed, imgsz=spec.imgsz)
+        generate(tmp, n_train=spec.n_train, n_val=spec.n_val, seed=spec.seed, imgsz=spec.imgsz, task=task)
         try:
             os.rename(tmp, final)  # atomic; fails if another process renamed its copy first
         except OSError:

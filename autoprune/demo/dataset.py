@@ -46,6 +46,7 @@ GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are r
 MIN_VISIBLE = 0.5  # smallest visible fraction of an object's drawn area for it to be placed (and labelled)
 MIN_BOX_PX = 4  # smallest visible box side in pixels
 _SPLITS = {"train": 0, "val": 1}
+TASKS = ("detect", "segment")  # the label kinds `generate` writes
 
 # Aspect (minor / major scale) range per class: a wide range where the class stays unambiguous.
 _ASPECT = {0: (0.5, 1.0), 1: (0.7, 1.0), 2: (0.45, 1.0), 3: (0.8, 1.0), 4: (0.8, 1.0), 5: (0.75, 1.0),
@@ -53,8 +54,12 @@ _ASPECT = {0: (0.5, 1.0), 1: (0.7, 1.0), 2: (0.45, 1.0), 3: (0.8, 1.0), 4: (0.8,
 _GLYPHS = "ABEFGHKLMNPRSUWYZ34569&%#?@"  # no O/0/Q/D (rings), X/+ (crosses), A-like triangles kept as clutter
 
 
-def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz: int = 320) -> Path:
+def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz: int = 320,
+             task: str = "detect") -> Path:
     """Write a dataset of `n_train` + `n_val` images of `imgsz` x `imgsz` into `root` and return its data YAML.
+
+    `task` 'detect' writes box labels (`cls cx cy w h`); 'segment' writes the same images with each object's
+    visible mask as one polygon (`cls x1 y1 x2 y2 ...`, `mask_polygon`), Ultralytics' segment label format.
 
     `root` must not exist or be empty. The layout is Ultralytics' (`images/{train,val}`, `labels/{train,val}`,
     `data.yaml`); the YAML has no `path:` key, so Ultralytics resolves the splits next to the YAML and the folder
@@ -69,6 +74,8 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
         raise ValueError(f"n_train and n_val must be >= 1, got {n_train}, {n_val}")
     if imgsz < 64:
         raise ValueError(f"imgsz must be >= 64, got {imgsz}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty")
     with Progress(f"generating the demo dataset in {root.parent}", total=n_train + n_val, unit="images") as bar:
@@ -77,25 +84,30 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
             img_dir.mkdir(parents=True, exist_ok=True)
             lbl_dir.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                img, quality, labels = render_image(seed, split, i, imgsz)
+                img, quality, labels, masks = render_image(seed, split, i, imgsz, masks=True)
                 ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
                 assert ok
                 (img_dir / f"{i:05d}.jpg").write_bytes(buf.tobytes())
-                lines = [f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h in labels]
+                if task == "segment":
+                    lines = [f"{c} " + " ".join(f"{v / imgsz:.6f}" for v in mask_polygon(m).ravel())
+                             for (c, *_), m in zip(labels, masks)]
+                else:
+                    lines = [f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h in labels]
                 (lbl_dir / f"{i:05d}.txt").write_text("".join(line + "\n" for line in lines))
                 bar.update()
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES))
     yaml_path = root / "data.yaml"
     yaml_path.write_text(
-        f"# autoprune demo dataset: generator v{GENERATOR_VERSION}, seed {seed}, {n_train} train / {n_val} val "
-        f"images of {imgsz}x{imgsz}\ntrain: images/train\nval: images/val\nnc: {len(CLASS_NAMES)}\nnames:\n{names}"
+        f"# autoprune demo dataset ({task} labels): generator v{GENERATOR_VERSION}, seed {seed}, {n_train} train / "
+        f"{n_val} val images of {imgsz}x{imgsz}\ntrain: images/train\nval: images/val\nnc: {len(CLASS_NAMES)}\nnames:\n{names}"
     )
     return yaml_path
 
 
 # ----------------------------------------------------------------------------------------------------------- images
-def render_image(seed: int, split: str, index: int, imgsz: int = 320):
-    """Draw one image; return (BGR uint8 image, JPEG quality, labels as [(cls, cx, cy, w, h) normalised])."""
+def render_image(seed: int, split: str, index: int, imgsz: int = 320, masks: bool = False):
+    """Draw one image; return (BGR uint8 image, JPEG quality, labels as [(cls, cx, cy, w, h) normalised]), and with
+    `masks` each label's visible mask too (bool HxW, the pixels its box is measured on)."""
     rng = np.random.default_rng([seed, _SPLITS[split], index, GENERATOR_VERSION])
     s = imgsz / 320  # sizes below are given for 320 px images
     img = _background(rng, imgsz)
@@ -138,7 +150,29 @@ def render_image(seed: int, split: str, index: int, imgsz: int = 320):
         ys, xs = np.nonzero(o["vis"])
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
         labels.append((o["cls"], (x0 + x1) / 2 / imgsz, (y0 + y1) / 2 / imgsz, (x1 - x0) / imgsz, (y1 - y0) / imgsz))
+    if masks:
+        return img, quality, labels, [o["vis"] for o in objects]
     return img, quality, labels
+
+
+def mask_polygon(mask: np.ndarray) -> np.ndarray:
+    """One polygon (N x 2 pixel coordinates, N >= 3) whose filling (`cv2.fillPoly`, what Ultralytics' polygon2mask
+    does) is `mask`: the outlines of its pieces and holes (`cv2.findContours`, pixel-centre vertices) joined into
+    one ring by zero-width bridges, each part entered and left at its point nearest to the ring built so far, as
+    Ultralytics joins the pieces of a COCO mask. The polygon's extent is the mask's pixel extent, so its box is the
+    object's box label less one pixel in width and height (boxes span pixel edges, vertices sit on pixel centres).
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    parts = sorted((c.reshape(-1, 2).astype(np.float64) for c in contours), key=len, reverse=True)
+    ring = parts[0]
+    for part in parts[1:]:
+        d = ((ring[:, None, :] - part[None, :, :]) ** 2).sum(-1)
+        a, b = np.unravel_index(int(d.argmin()), d.shape)
+        # out along the bridge at ring[a] -> part[b], once round the part, back to part[b] and ring[a]
+        ring = np.concatenate([ring[: a + 1], np.roll(part, -b, 0), part[b : b + 1], ring[a:]], 0)
+    while len(ring) < 3:  # a one- or two-pixel-wide sliver: Ultralytics needs three points to call it a polygon
+        ring = np.concatenate([ring, ring[-1:]], 0)
+    return ring
 
 
 def _box_ok(mask: np.ndarray) -> bool:
@@ -445,9 +479,10 @@ def _degrade(rng, img, s):
     return np.clip(f, 0, 255).astype(np.uint8), quality
 
 
-if __name__ == "__main__":  # python -m autoprune.demo.dataset OUT [N_TRAIN N_VAL]: write a dataset, for looking at
+if __name__ == "__main__":  # python -m autoprune.demo.dataset OUT [N_TRAIN N_VAL [TASK]]: write a dataset
     import sys
 
     out = Path(sys.argv[1])
     nt, nv = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (16, 8)
-    print(generate(out, n_train=nt, n_val=nv, seed=int(os.environ.get("SEED", 0))))
+    task = sys.argv[4] if len(sys.argv) > 4 else "detect"
+    print(generate(out, n_train=nt, n_val=nv, seed=int(os.environ.get("SEED", 0)), task=task))

@@ -53,7 +53,7 @@ class Search:
     def __init__(self, settings: SearchSettings, *, log=print):
         from autoprune.channels import analyze
         from autoprune.cost import check_runtime, count_gflops, count_params
-        from autoprune.data import load_data_config
+        from autoprune.data import check_task, load_data_config
         from autoprune.devices import resolve_device
         from autoprune.importance import check_calibration, get_criterion
         from autoprune.budget import largest_uniform
@@ -89,10 +89,11 @@ class Search:
                             "pass --resume to continue it")
 
         self.loaded = load_model(s.model)
-        require_task(self.loaded, "search")
+        require_task(self.loaded, "search", ("detect", "segment"))
         self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
         self.space = load_space(s.space, self.graph, self.loaded.model)
         self.data = load_data_config(s.data)
+        check_task(self.data, self.loaded.task)  # a segment model needs polygon labels
         nc = self.loaded.model.model[-1].nc
         if nc != self.data.nc:
             raise UserError(f"the model predicts {nc} classes but {self.data.yaml} has {self.data.nc}; "
@@ -186,7 +187,7 @@ class Search:
 
             s = self.settings
             self.log(f"building the proxy evaluator ({s.proxy_imgsz}px, {s.val_images} val images)...")
-            self._evaluator = ProxyEvaluator(self.data, self._proxy_settings(s.seed))
+            self._evaluator = ProxyEvaluator(self.data, self._proxy_settings(s.seed), task=self.loaded.task)
             if s.proxy_distill:
                 self._evaluator.set_teacher(self.loaded.model)
         return self._evaluator
@@ -486,7 +487,7 @@ class Search:
         """An evaluator like the search's own (`evaluator`) under another proxy seed."""
         from autoprune.proxy import ProxyEvaluator
 
-        ev = ProxyEvaluator(self.data, self._proxy_settings(seed))
+        ev = ProxyEvaluator(self.data, self._proxy_settings(seed), task=self.loaded.task)
         if self.settings.proxy_distill:
             ev.set_teacher(self.loaded.model)
         return ev
