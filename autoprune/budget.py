@@ -167,9 +167,10 @@ def repair(space, genome: Genome, budget: Budget) -> dict[str, float]:
 
 
 def _held(space) -> frozenset:
-    """Names of the depth genes (`kind == "depth"`): a few whole numbers each, so one common factor would snap them
-    to their low or high at once; `repair` and `fit` move the widths and keep the proposed depth where they can."""
-    return frozenset(g.name for g in space.genes if getattr(g, "kind", "width") == "depth")
+    """Names of the depth and swap genes (`kind` depth or swap): a few whole numbers each, so one common factor would
+    snap them to their low or high at once; `repair` and `fit` move the widths and keep the proposed depth and
+    swaps where they can."""
+    return frozenset(g.name for g in space.genes if getattr(g, "kind", "width") in ("depth", "swap"))
 
 
 def fill(space, current: Genome, ceiling: Genome, budget: Budget) -> dict[str, float]:

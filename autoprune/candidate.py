@@ -12,6 +12,9 @@ Every command that makes a pruned model goes through here, so a search's trial, 
 Kept counts may also hold a depth plan, `{"depth:<unit id>": kept elements}` (`autoprune.depth`): build prunes the
 widths first, then removes the elements the plan drops from the width-pruned model (the unit's order from the
 ranking's entry under the same key, else the first elements stay), so replay rebuilds the same model.
+They may also hold a swap plan, `{"swap:<conv id>": kind code}` (`autoprune.swap`): after widths and depth, each
+named k x k Conv becomes the cheaper operator, fitted to the pruned conv (by least squares on the calibration
+batches when build has them, else on the weights), so the architecture is replayed exactly.
 
 A ranking travels through a study as plain lists (`ranking_as_lists`) and comes back checked against the model
 (`ranking_from_lists`).
@@ -77,7 +80,7 @@ def ranking_from_lists(stored: Mapping, graph: ChannelGraph, counts: Mapping[str
                    if not gid.startswith("depth:")}, **depth_orders}
     out = dict(depth_orders)
     for gid, n in counts.items():
-        if gid.startswith("depth:"):
+        if gid.startswith(("depth:", "swap:")):
             continue
         g = graph.group(gid)
         orders = stored.get(gid)
@@ -102,16 +105,24 @@ def build(model: nn.Module, counts: Mapping[str, int], *, graph: ChannelGraph, r
     """
     from autoprune.depth import apply_depth, split_counts
     from autoprune.pruner import apply_indices, select_indices
+    from autoprune.swap import split_counts as split_swaps
+    from autoprune.swap import swap_convs
 
+    counts, swaps = split_swaps(counts)
     counts, depth = split_counts(counts)
     indices = select_indices(graph, counts, ranking)
     pruned = apply_indices(model, graph, indices)
     if batches is None:
-        return Candidate(apply_depth(pruned, depth, ranking, inplace=True), indices)
+        pruned = apply_depth(pruned, depth, ranking, inplace=True)
+        return Candidate(swap_convs(pruned, swaps, inplace=True, seed=seed)[0] if swaps else pruned, indices)
     from autoprune.reconstruct import reconstruct
 
+    batches = list(batches)
     fit = reconstruct(model, pruned, graph, indices, batches, ridge=ridge, max_samples=max_samples, seed=seed)
-    return Candidate(apply_depth(fit.model, depth, ranking, inplace=True), indices, fit)
+    pruned = apply_depth(fit.model, depth, ranking, inplace=True)
+    if swaps:
+        pruned = swap_convs(pruned, swaps, batches, inplace=True, max_samples=max_samples, seed=seed)[0]
+    return Candidate(pruned, indices, fit)
 
 
 def replay(model: nn.Module, counts: Mapping[str, int], *, criterion: str, imgsz: int, expected_gflops: float,
@@ -133,12 +144,17 @@ def replay(model: nn.Module, counts: Mapping[str, int], *, criterion: str, imgsz
 
     counts = {str(k): int(v) for k, v in counts.items()}
     get_criterion(criterion)
-    check_plan(find_units(model), split_counts(counts)[1], ranking, what=what)
+    from autoprune.swap import check_plan as check_swaps
+    from autoprune.swap import find_sites
+    from autoprune.swap import split_counts as split_swaps
+
+    check_swaps(find_sites(model), split_swaps(counts)[1], what=what)
+    check_plan(find_units(model), split_counts(split_swaps(counts)[0])[1], ranking, what=what)
     if ranking is None and criterion in DATA_CRITERIA:  # its order depends on calibration batches
         raise UserError(f"{what} ranked channels by the data criterion {criterion!r} and the study stores no channel "
                         "ranking (made by an older autoprune); apply cannot replay it")
     graph = analyze(model, imgsz=imgsz)
-    unknown = sorted(set(split_counts(counts)[0]) - set(graph.ids))
+    unknown = sorted(set(split_counts(split_swaps(counts)[0])[0]) - set(graph.ids))
     if unknown:
         raise UserError(f"{what} keeps channels of groups this model does not have ({unknown[0]!r}, "
                         f"{len(unknown)} in all); it was made with another model")

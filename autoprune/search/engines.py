@@ -339,7 +339,7 @@ class DeapNSGA2Sampler(BaseSampler):
             center, sigma = plan, self.init.one_shot_sigma
         genome = {}
         for g in self.space.genes:
-            if getattr(g, "kind", "width") == "depth":  # a few whole numbers: noise around the center never moves it
+            if getattr(g, "kind", "width") in ("depth", "swap"):  # a few whole numbers: noise never moves them
                 genome[g.name] = g.value(int(rng.integers(0, g.n + 1)))
                 continue
             v = center[g.name] + rng.normal(0.0, sigma) * (g.high - g.low)

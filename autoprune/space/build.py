@@ -196,6 +196,10 @@ def _build(src: dict, graph, model, *, label: str, default_name: str) -> SearchS
     if src.get("depth") not in (None, False):
         units, depth_genes = _depth_genes(ctx, src["depth"], view, model, {g.name for g in genes})
         genes += depth_genes
+    sites = []
+    if src.get("swap") not in (None, False):
+        sites, swap_genes = _swap_genes(ctx, src["swap"], view, model, {g.name for g in genes})
+        genes += swap_genes
 
     order = {gid: i for i, gid in enumerate(ids)}
     return SearchSpace(
@@ -207,6 +211,7 @@ def _build(src: dict, graph, model, *, label: str, default_name: str) -> SearchS
         source=source,
         graph=graph,
         units=tuple(units),
+        sites=tuple(sites),
     )
 
 
@@ -292,3 +297,92 @@ def _depth_genes(ctx: Checker, spec, view, model, taken: set[str]):
             genes.append(Gene(n, (), float(low), float(high), 1.0, kind="depth", units=tuple(u.id for u in us)))
     return units, genes
 
+
+def _swap_genes(ctx: Checker, spec, view, model, taken: set[str]):
+    """(the model's swap sites, the swap genes of the space's `swap:` key): `true` is one gene per k x k Conv
+    with every kind it can take; a mapping gives gene name -> {convs, exclude, stage, layers, modules, kinds, split,
+    optional}. Kinds named in `kinds:` must fit every selected conv (one error line naming the conv); without
+    `kinds:` each conv takes the kinds that fit it."""
+    import fnmatch
+
+    from autoprune.space.schema import STAGES, SWAP_KEYS, SWAP_SPLITS
+    from autoprune.swap import GENE_ORDER, KINDS, find_sites, not_a_site
+
+    sites = find_sites(model)
+    by_id = {s.id: s for s in sites}
+    if spec is True:
+        spec = {"swap": {}}
+    if not isinstance(spec, Mapping):
+        ctx.fail("swap", f"must be true, false or a mapping of swap gene name to its selection, got {show(spec)}")
+    if not sites:
+        ctx.fail("swap", "this model has no k x k Conv (k > 1, one group) to swap")
+    owner: dict[str, str] = {}
+    genes = []
+    for gname, gspec in spec.items():
+        field = f"swap.{gname}"
+        ctx.name(field, gname)
+        gspec = {} if gspec is None else gspec
+        ctx.mapping(field, gspec)
+        ctx.keys(field, gspec, SWAP_KEYS)
+        optional = parse_bool(ctx, f"{field}.optional", gspec.get("optional", False))
+        chosen = list(sites)
+        named = []
+        if "stage" in gspec:
+            stages = gspec["stage"] if isinstance(gspec["stage"], list) else [gspec["stage"]]
+            layers = set().union(*(view.stages[ctx.choice(f"{field}.stage", x, STAGES)] for x in stages))
+            chosen = [s for s in chosen if s.layer in layers]
+            named.append(f"stage {'/'.join(stages)}")
+        if "layers" in gspec:
+            items = gspec["layers"] if isinstance(gspec["layers"], list) else [gspec["layers"]]
+            sel = parse_selection(ctx, field, {"layers": items})
+            layers = set()
+            for it in sel.layers:
+                layers |= _layer_set(ctx, field, it, view, optional)
+            chosen = [s for s in chosen if s.layer in layers]
+            named.append("layers " + ", ".join(f"{i} ({view.layer_types[i]})" for i in sorted(layers)))
+        if "modules" in gspec:
+            mods = ctx.strings(f"{field}.modules", gspec["modules"], "a layer class name (e.g. C2f)")
+            chosen = [s for s in chosen if view.layer_types[s.layer] in mods]
+            named.append(f"modules {', '.join(mods)}")
+        if "convs" in gspec:
+            pats = ctx.strings(f"{field}.convs", gspec["convs"], "a conv id or pattern (fnmatch, e.g. '2.m.*')")
+            for p in pats:
+                if not optional and not any(fnmatch.fnmatchcase(s.id, p) for s in sites):
+                    ctx.fail(f"{field}.convs", not_a_site(model, p, by_id))
+            chosen = [s for s in chosen if any(fnmatch.fnmatchcase(s.id, p) for p in pats)]
+            named.append(f"convs {', '.join(pats)}")
+        if "exclude" in gspec:
+            pats = ctx.strings(f"{field}.exclude", gspec["exclude"], "a conv id pattern (fnmatch)")
+            chosen = [s for s in chosen if not any(fnmatch.fnmatchcase(s.id, p) for p in pats)]
+        kinds = None
+        if "kinds" in gspec:
+            kinds = [ctx.choice(f"{field}.kinds", k, KINDS[1:])
+                     for k in ctx.strings(f"{field}.kinds", gspec["kinds"], "a swap kind (dws, group4, factor, ...)")]
+            for s in chosen:
+                for k in kinds:
+                    why = s.reason(k)
+                    if why is not None:
+                        ctx.fail(f"{field}.kinds", f"conv {s.id!r} (layer {s.layer}) cannot take {k}: {why}; "
+                                                   f"leave it out with exclude: or drop {k}")
+        if not chosen:
+            if optional:
+                continue
+            what = "; ".join(named) or "its selection"
+            ctx.fail(field, f"selects no k x k Conv ({what} has none); swaps need a Conv with a k x k kernel, k > 1, "
+                            "one group; `autoprune groups MODEL` lists them")
+        split = ctx.choice(f"{field}.split", gspec.get("split", "conv"), SWAP_SPLITS)
+        parts = [(f"{gname}.{s.id}", [s]) for s in chosen] if split == "conv" else [(gname, chosen)]
+        for n, ss in parts:
+            for s in ss:
+                if s.id in owner:
+                    ctx.fail(field, f"conv {s.id!r} is selected by both swap gene {owner[s.id]!r} and {n!r}; each "
+                                    "conv may be in one swap gene only")
+                owner[s.id] = n
+            if n in taken:
+                ctx.fail(field, f"gene name {n!r} is used twice")
+            taken.add(n)
+            allowed = kinds if kinds is not None else [k for k in KINDS[1:] if all(s.fits(k) for s in ss)]
+            choices = tuple(k for k in GENE_ORDER if k in allowed or k == "keep")
+            genes.append(Gene(n, (), 0.0, float(len(choices) - 1), 1.0, kind="swap", units=tuple(s.id for s in ss),
+                              choices=choices))
+    return sites, genes

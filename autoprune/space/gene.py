@@ -19,6 +19,9 @@ class Gene:
     the number of elements each of its `units` keeps (capped at the unit's own count), a whole number from `low`
     (0 or more) to `high`, step 1.
 
+    A swap gene (`kind="swap"`) drives swap sites (`autoprune.swap`, their ids in `units`): its value is an index
+    into `choices` (swap kinds, cheapest first, `keep` last), a whole number from 0 to `len(choices) - 1`, step 1.
+
     Example:
         >>> g = Gene("neck.out", ("12.cv2", "15.cv2"), 0.25, 1.0, 0.05)
         >>> g.n, g.snap(0.512), g.snap(2.0)
@@ -32,8 +35,15 @@ class Gene:
     step: float
     kind: str = "width"
     units: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if self.kind == "swap":
+            if (self.low != 0 or self.high != len(self.choices) - 1 or self.step != 1 or self.groups
+                    or not self.units or len(self.choices) < 2 or self.choices[-1] != "keep"):
+                raise ValueError(f"swap gene {self.name!r}: need low 0, high len(choices) - 1, step 1, units, no "
+                                 f"groups and choices ending with keep, got {self}")
+            return
         if self.kind == "depth":
             ok = all(float(x).is_integer() for x in (self.low, self.high)) and self.step == 1
             if not (ok and 0 <= self.low <= self.high) or self.groups or not self.units:
@@ -41,7 +51,7 @@ class Gene:
                                  f"groups, got {self}")
             return
         if self.kind != "width":
-            raise ValueError(f"gene {self.name!r}: kind must be width or depth, got {self.kind!r}")
+            raise ValueError(f"gene {self.name!r}: kind must be width, depth or swap, got {self.kind!r}")
         if not (0 < self.low <= self.high + GRID_TOL <= 1 + 2 * GRID_TOL) or not self.step > 0:
             raise ValueError(f"gene {self.name!r}: need 0 < low <= high <= 1 and step > 0, got {self}")
         if self.high - self.low > GRID_TOL:

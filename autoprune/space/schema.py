@@ -20,7 +20,7 @@ SPLITS = ("none", "layer", "group")
 REST_MODES = ("error", "never")
 
 TOP_KEYS = ("name", "description", "version", "round_to", "min_channels", "defaults", "genes", "never", "rest",
-            "depth")
+            "depth", "swap")
 RANGE_KEYS = ("low", "high", "step")
 SELECT_KEYS = ("groups", "exclude", "stage", "layers", "modules", "role")
 GENE_KEYS = SELECT_KEYS + RANGE_KEYS + ("split", "optional")
@@ -28,6 +28,8 @@ NEVER_KEYS = SELECT_KEYS + ("optional",)
 REST_KEYS = ("name",) + RANGE_KEYS + ("split",)
 DEPTH_KEYS = ("units", "exclude", "stage", "layers", "modules", "low", "split", "optional")  # one depth gene
 DEPTH_SPLITS = ("unit", "none")
+SWAP_KEYS = ("convs", "exclude", "stage", "layers", "modules", "kinds", "split", "optional")  # one swap gene
+SWAP_SPLITS = ("conv", "none")
 
 DEFAULT_RANGE = {"low": 0.25, "high": 1.0, "step": 0.05}
 DEFAULT_ROUND_TO = 8

@@ -36,6 +36,11 @@ class SearchSpace:
     `gflops` prices both exactly (`autoprune.depth.conv_channels`). Uniform genomes and one-shot plans
     (`uniform`, `from_counts`) keep every element.
 
+    Swap genes (the space's `swap:` key) drive swap sites (`autoprune.swap`): their value indexes the gene's
+    `choices` (cheapest kind first, `keep` last, so a gene's high is the unpruned model as for the other genes), and
+    `counts` gives `{"swap:<site id>": kind code}` entries after the depth ones; `gflops` prices them exactly
+    (`autoprune.swap.cost_delta`, on the channels the widths and depth leave). Uniform genomes keep every conv.
+
     Genomes are `{gene name: ratio}` dicts. Every method that takes one validates it (`check_genome`): unknown or
     missing genes and values outside a gene's range are `UserError`s; values between grid points are snapped to the
     nearest one.
@@ -48,7 +53,7 @@ class SearchSpace:
     """
 
     def __init__(self, *, name: str, genes: tuple[Gene, ...], round_to: int, min_channels: int,
-                 never: tuple[str, ...], source: dict, graph, units: tuple = ()):
+                 never: tuple[str, ...], source: dict, graph, units: tuple = (), sites: tuple = ()):
         self.name = name
         self.genes = genes
         self.round_to = round_to
@@ -63,6 +68,9 @@ class SearchSpace:
         self.units = units
         self._unit_n = {u.id: u.n for u in units}
         self.depth_genes = tuple(g for g in genes if g.kind == "depth")
+        # swap sites (`autoprune.swap.find_sites`) of the model, and the swap genes
+        self.sites = sites
+        self.swap_genes = tuple(g for g in genes if g.kind == "swap")
 
     def __repr__(self) -> str:
         return f"SearchSpace({self.name!r}, {len(self.genes)} genes, {len(self.never)} never pruned)"
@@ -139,6 +147,12 @@ class SearchSpace:
             if g.kind == "depth":
                 genome[g.name] = max(int(counts.get(f"depth:{u}", self._unit_n[u])) for u in g.units)
                 continue
+            if g.kind == "swap":
+                from autoprune.swap import KINDS, swap_key
+
+                kind = KINDS[int(counts.get(swap_key(g.units[0]), 0))]
+                genome[g.name] = float(g.choices.index(kind) if kind in g.choices else len(g.choices) - 1)
+                continue
             sizes = [self.graph.group(gid).size for gid in g.groups]
             kept = [min(int(counts.get(gid, size)), size) for gid, size in zip(g.groups, sizes)]
             genome[g.name] = sum(kept) / sum(sizes) if sum(sizes) else 1.0
@@ -156,7 +170,7 @@ class SearchSpace:
         found = {}
         cache = self.__dict__.setdefault("_count_cache", {})  # (gene, grid index) -> {group id: count}
         for g in self.genes:
-            if g.kind == "depth":
+            if g.kind in ("depth", "swap"):
                 continue
             key = (g.name, g.index(genome[g.name]))
             part = cache.get(key)
@@ -171,16 +185,23 @@ class SearchSpace:
         for g in self.depth_genes:
             k = int(round(genome[g.name]))
             out.update({f"depth:{u}": min(k, self._unit_n[u]) for u in g.units})
+        if self.swap_genes:
+            from autoprune.swap import KINDS, swap_key
+
+            for g in self.swap_genes:
+                code = KINDS.index(g.choices[int(round(genome[g.name]))])
+                out.update({swap_key(u): code for u in g.units})
         return out
 
     # -- costs ------------------------------------------------------------------------------------------------------
 
     def _channels(self, counts: dict[str, int] | None) -> dict[str, tuple[int, int]]:
         """(in, out) channels of every conv left by `counts` (convs of removed depth elements absent)."""
-        if counts and any(k.startswith("depth:") for k in counts):
+        if counts and any(k.startswith(("depth:", "swap:")) for k in counts):
             from autoprune.depth import conv_channels
+            from autoprune.swap import split_counts
 
-            return conv_channels(self.graph, list(self.units), counts)
+            return conv_channels(self.graph, list(self.units), split_counts(counts)[0])
         return self.graph.conv_channels(counts)
 
     def _norm_gflops(self, counts: dict[str, int] | None, imgsz: int, channels=None) -> float:
@@ -193,10 +214,19 @@ class SearchSpace:
         from autoprune.depth import conv_gflops
 
         channels = self._channels(counts)
-        conv = conv_gflops(self.graph, channels, imgsz) if self.units else self.graph.conv_gflops(counts, imgsz)
+        conv = (conv_gflops(self.graph, channels, imgsz) if self.units or self.sites
+                else self.graph.conv_gflops(counts, imgsz))
+        norm = 0.0
+        if self.sites and counts:
+            from autoprune.swap import cost_delta, split_counts
+
+            swaps = split_counts(counts)[1]
+            if swaps:
+                extra_conv, extra_norm = cost_delta(self.graph, self.sites, swaps, channels, imgsz)
+                conv, norm = conv + extra_conv, NORM_FLOPS_PER_ELEMENT * extra_norm
         if base_gflops is None:
             return conv
-        return conv + self._norm_gflops(counts, imgsz, channels) + self._remainder(imgsz, base_gflops)
+        return conv + norm + self._norm_gflops(counts, imgsz, channels) + self._remainder(imgsz, base_gflops)
 
     def _remainder(self, imgsz: int, base_gflops: float) -> float:
         """Full GFLOPs of the unpruned model that neither convs nor the norms after them account for."""
@@ -240,12 +270,12 @@ class SearchSpace:
 
     def uniform(self, ratio: float) -> dict[str, float]:
         """Every gene at `ratio`, snapped to its grid and clipped to its range; depth genes at their high."""
-        return {g.name: g.high if g.kind == "depth" else g.snap(min(max(float(ratio), g.low), g.high))
+        return {g.name: g.high if g.kind in ("depth", "swap") else g.snap(min(max(float(ratio), g.low), g.high))
                 for g in self.genes}
 
     def uniform_ratios(self) -> list[float]:
         """The ratios at which `uniform` is evaluated by `uniform_for_budget`: every grid value of every gene."""
-        return sorted({v for g in self.genes if g.kind != "depth" for v in g.grid()})
+        return sorted({v for g in self.genes if g.kind == "width" for v in g.grid()})
 
     def uniform_for_budget(self, budget_gflops: float, imgsz: int, *,
                            base_gflops: float | None = None) -> dict[str, float] | None:
@@ -300,6 +330,7 @@ class SearchSpace:
             rows.append({
                 "gene": g.name, "low": g.low, "high": g.high, "step": g.step, "groups": list(g.groups),
                 **({"kind": "depth", "units": list(g.units)} if g.kind == "depth" else {}),
+                **({"kind": "swap", "convs": list(g.units), "choices": list(g.choices)} if g.kind == "swap" else {}),
                 "saves_at_low_gflops": round(full - self.gflops(lowered, imgsz), 6),
             })
         return rows
