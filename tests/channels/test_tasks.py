@@ -227,13 +227,14 @@ def test_prune_command_prunes_a_segmentation_model_without_data(capsys, tmp_path
                                              "segment model"),
     (["prune", "--keep", "0.5", "--criterion", "l1", "--val"], "--val scores detect models only so far, and this "
                                                                "is a segment model"),
-    (["proxy"], "autoprune proxy handles detect models only so far"),
+    (["proxy"], "the model is a segment model, and "),
     (["sparsify", "--epochs", "1"], "autoprune sparsify handles detect models only so far"),
-    (["search", "--budget-gflops", "0.01"], "autoprune search handles detect models only so far"),
+    (["search", "--budget-gflops", "0.01"], "the model is a segment model, and "),
 ])
 def test_commands_that_read_labels_refuse_other_tasks_in_one_line(capsys, tmp_path, monkeypatch, seg_yaml, tiny_data,
                                                                   argv, pattern):
-    """Without data, or with detection data (the tiny dataset, so no demo data is generated first)."""
+    """Without data, or with detection data (the tiny dataset, so no demo data is generated first): proxy and search
+    score segment models, and refuse detect labels for one."""
     monkeypatch.chdir(tmp_path)  # run folders would go under ./runs
     data = [] if argv[0] == "prune" else ["--data", tiny_data]
     code, _, err = run_cli(capsys, *argv, "--model", seg_yaml, *data)
