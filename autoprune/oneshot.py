@@ -9,7 +9,9 @@ refit by least squares with `reconstruct`), recalibrates its BatchNorm statistic
 scores it with the proxy's validation (no finetune) and saves it as a stock Ultralytics checkpoint. With `depth`,
 the depth units (`autoprune.depth`) also lose elements, after the widths: the residual ones those whose removal
 changes their block's output least on the calibration batches (`depth.rank_elements`; the last ones without data),
-and a GFLOPs target is met by the widths and the depth together. It returns a
+and a GFLOPs target is met by the widths and the depth together. With `swap`, the chosen k x k Convs then become
+cheaper operators (`autoprune.swap`), fitted to the pruned convs' output on the calibration batches, and the summary
+reports each swap's relative output error before finetuning; a GFLOPs target counts them too. It returns a
 `OneShot`: the summary `autoprune prune --json` prints, the pruned model, and where it was saved.
 
 Example:
@@ -57,6 +59,7 @@ class OneShotSettings:
     seed: int = 0
     device: str = "auto"
     depth: str | None = None  # `--depth`: a share of every depth unit's elements kept, or UNIT=K[,UNIT=K]
+    swap: tuple[str, ...] = ()  # `--swap KIND[:SELECTION]` values (`swap.parse_spec`)
 
     @property
     def wants_data(self) -> bool:
@@ -118,6 +121,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
     graph = analyze(loaded.model, imgsz=imgsz)
     full_gflops = count_gflops(loaded.model, imgsz)
     depth = _depth_plan(loaded.model, s)
+    swaps = _swap_plan(loaded.model, s)
     target_gflops = None
     warnings = []
     if s.target_gflops is not None:
@@ -172,6 +176,12 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         depth_summary = {"kept": depth, "elements": {u.id: u.n for u in find_units(loaded.model)},
                          "order": "measured" if orders is not None else "last first",
                          "orders": {k.removeprefix("depth:"): v for k, v in (orders or {}).items()}}
+    swap_summary = None
+    if swaps:
+        from autoprune.swap import swap_convs
+
+        pruned, swap_report = swap_convs(pruned, swaps, batches, inplace=True, max_samples=s.max_samples, seed=s.seed)
+        swap_summary = {"fit": "calibration output" if batches is not None else "weights", "convs": swap_report}
     if batches is not None:
         _recalibrate(pruned, batches, s)
     seconds = time.perf_counter() - t0
@@ -192,6 +202,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         "uniform_ratio": plan.ratio,
         "kept_channels": plan.counts,
         "depth": depth_summary,
+        "swaps": swap_summary,
         "round_to": s.round_to,
         "min_channels": s.min_channels,
         "reconstructed": bool(s.reconstruct),
@@ -224,6 +235,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         "seconds": round(seconds, 3),
         "kept_channels": plan.counts,
         "depth": depth_summary,
+        "swaps": swap_summary,
         "calibration": calibration,
         "bn_recalibrated": batches is not None,
         "val": val,
@@ -271,14 +283,31 @@ def _depth_plan(model, s: OneShotSettings) -> dict[str, int]:
     return parse_spec(s.depth, find_units(model))
 
 
-def _full_gflops(model, graph, counts: dict[str, int], imgsz: int, depth: dict[str, int] | None = None) -> float:
-    """What `count_gflops` says of `model` pruned to `counts` and then to the `depth` plan (which channels or
-    elements go does not change the count)."""
+def _swap_plan(model, s: OneShotSettings) -> dict[str, str]:
+    """{conv id: swap kind} of `s.swap` (`swap.parse_spec`), {} without it."""
+    if not s.swap:
+        return {}
+    if s.target_latency_ms is not None:
+        raise UserError("--swap does not combine with --target-latency-ms yet (the latency model prices widths "
+                        "only); use --keep or --target-gflops")
+    from autoprune.swap import parse_spec
+
+    return parse_spec(s.swap, model)
+
+
+def _full_gflops(model, graph, counts: dict[str, int], imgsz: int, depth: dict[str, int] | None = None,
+                 swaps: dict[str, str] | None = None) -> float:
+    """What `count_gflops` says of `model` pruned to `counts`, then to the `depth` plan, then swapped (which
+    channels or elements go does not change the count)."""
     from autoprune.cost import count_gflops
     from autoprune.depth import apply_depth
     from autoprune.pruner import prune_to_counts
+    from autoprune.swap import swap_convs
 
-    return count_gflops(apply_depth(prune_to_counts(model, counts, graph=graph), depth or {}, inplace=True), imgsz)
+    pruned = apply_depth(prune_to_counts(model, counts, graph=graph), depth or {}, inplace=True)
+    if swaps:
+        pruned = swap_convs(pruned, swaps, inplace=True)[0]
+    return count_gflops(pruned, imgsz)
 
 
 def _check_reachable(model, graph, target: float, full: float, s: OneShotSettings) -> None:
@@ -286,7 +315,7 @@ def _check_reachable(model, graph, target: float, full: float, s: OneShotSetting
     from autoprune.strategies import floor_counts
 
     lowest = _full_gflops(model, graph, floor_counts(graph, round_to=s.round_to, min_channels=s.min_channels),
-                          graph.imgsz, _depth_plan(model, s))
+                          graph.imgsz, _depth_plan(model, s), _swap_plan(model, s))
     if target < lowest:
         raise UserError(
             f"the GFLOPs target {target:.4g} is below the minimum {lowest:.4g} GFLOPs ({100 * lowest / full:.1f}% of "
@@ -300,10 +329,11 @@ def _plan_within(model, graph, target: float, full: float, scores, s: OneShotSet
     a search finds its one-shot trial), built and counted for each step."""
     from autoprune.strategies import plan_within
 
-    depth = _depth_plan(model, s)
-    if depth:  # the widths start from the model the depth plan leaves
-        full = _full_gflops(model, graph, {}, graph.imgsz, depth)
-    plan, fits = plan_within(graph, s.strategy, target, lambda c: _full_gflops(model, graph, c, graph.imgsz, depth),
+    depth, swaps = _depth_plan(model, s), _swap_plan(model, s)
+    if depth or swaps:  # the widths start from the model the depth plan and the swaps leave
+        full = _full_gflops(model, graph, {}, graph.imgsz, depth, swaps)
+    plan, fits = plan_within(graph, s.strategy, target,
+                             lambda c: _full_gflops(model, graph, c, graph.imgsz, depth, swaps),
                              full_cost=full, scores=scores, round_to=s.round_to, min_channels=s.min_channels)
     if not fits:  # _check_reachable let the target through: the floor plan itself fits
         raise RuntimeError(f"no {s.strategy} plan within {target} GFLOPs although the floor fits")

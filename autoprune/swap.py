@@ -503,7 +503,7 @@ def swap_convs(model: nn.Module, swaps: Mapping[str, str], batches: Iterable | N
             new.np = sum(p.numel() for p in new.parameters())
         parent._modules[name] = new
         report[sid] = rep
-    return out, report
+    return out, {sid: report[sid] for sid in todo if sid in report}
 
 
 def apply_swaps(model: nn.Module, swaps: Mapping[str, str], batches: Iterable | None = None, **kw):

@@ -1,10 +1,13 @@
-"""List the prunable channel groups of a model, and its depth units.
+"""List the prunable channel groups of a model, its depth units and its swappable convs.
 
 Each group is a set of coupled channels that one keep ratio applies to: its id, the layers that produce and consume
 its channels, its channel count and the share of the model's conv FLOPs those channels drive. The summary gives the
 total GFLOPs, the prunable share of the conv FLOPs and the blocks kept whole as fixed boundaries. The depth units
 (`autoprune.depth`: the bottlenecks of a C2f/C3k2, the residual chain of a C3/C3k) are what a space's `depth:` key
-and `autoprune prune --depth` drive: their id, block, element count, and the GFLOPs removing all of them saves.
+and `autoprune prune --depth` drive: their id, block, element count, and the GFLOPs removing all of them saves. The
+swappable convs (`autoprune.swap`: k x k Ultralytics Convs, k > 1, one group) are what a space's `swap:` key and
+`autoprune prune --swap` drive: their id, layer, kernel, stride, channels, the kinds they can take and the GFLOPs
+the cheapest saves.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> dict:
             }
             for u in units
         ],
+        "swap_convs": _swap_rows(loaded.model, graph, imgsz),
     }
     if args.space is not None:
         from autoprune.space import load_space
@@ -85,6 +89,20 @@ def run(args: argparse.Namespace) -> dict:
     if not args.json:
         _print(result)
     return result
+
+
+def _swap_rows(model, graph, imgsz: int) -> list[dict]:
+    from autoprune.swap import KINDS, cost_delta, find_sites
+
+    sites = find_sites(model)
+    channels = graph.conv_channels(None)
+    rows = []
+    for s in sites:
+        kinds = [k for k in KINDS[1:] if s.fits(k)]
+        saves = {k: -cost_delta(graph, sites, {s.id: k}, channels, imgsz)[0] for k in kinds}
+        rows.append({"id": s.id, "layer": s.layer, "kernel": s.k, "stride": s.s, "channels": [s.c1, s.c2],
+                     "kinds": kinds, "saves_gflops": {k: round(v, 6) for k, v in saves.items()}})
+    return rows
 
 
 def _short(paths: list[str], width: int = 34) -> str:
@@ -106,6 +124,14 @@ def _print(r: dict) -> None:
             which = "any (residual)" if u["residual"] else "the last ones first"
             print(f"{u['id']:<16} {u['layer']:>5} {u['block']:<6} {u['elements']:>8}  {which:<22} "
                   f"{u['saves_at_zero_gflops']:>7.3f} GF")
+    if r["swap_convs"]:
+        print(f"\n{'swappable conv':<16} {'layer':>5} {'k':>2} {'s':>2} {'channels':>10}  {'kinds':<40} "
+              f"{'best saves':>10}")
+        for c in r["swap_convs"]:
+            best = max(c["saves_gflops"].values(), default=0.0)
+            print(f"{c['id']:<16} {c['layer']:>5} {c['kernel']:>2} {c['stride']:>2} "
+                  f"{str(c['channels'][0]) + '->' + str(c['channels'][1]):>10}  {', '.join(c['kinds']):<40} "
+                  f"{best:>7.3f} GF")
     fixed = ", ".join(f"{cls} ({path.removeprefix('model.')})" for path, cls in r["fixed_blocks"].items()) or "none"
     print(
         f"\n{len(r['groups'])} groups | {r['gflops']:.2f} GFLOPs at {r['imgsz']} | "

@@ -79,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also remove repeated elements (the bottlenecks of C2f/C3k2, residual C3/C3k chains; "
                              "`autoprune groups` lists the units): a share kept per unit such as 0.5 (floor of share "
                              "x n), or UNIT=K[,UNIT=K...]; --keep 1 --depth 0.5 is depth alone")
+    parser.add_argument("--swap", action="append", default=None, metavar="KIND[:SELECTION]",
+                        help="also replace k x k Convs (k > 1) by a cheaper operator fitted to them by least squares "
+                             "on --data: KIND is dws (DWConv + 1x1 Conv), group2/group4/group8 (grouped Conv) or "
+                             "factor (k x 1 then 1 x k Conv); SELECTION is a comma list of conv ids or patterns "
+                             "(`autoprune groups` lists them), Lnn (a layer), backbone, neck, head or all (default: "
+                             "backbone,neck); after widths and --depth; repeatable")
     parser.add_argument("--reconstruct", action="store_true",
                         help="refit the convs that lost input channels by least squares on --data (ThiNet-style)")
     parser.add_argument("--data", default=None, help="detection data YAML for hessian/taylor, --reconstruct and --val "
@@ -217,7 +223,8 @@ def run(args: argparse.Namespace) -> dict:
         latency_batch=args.latency_batch, latency_precision=args.latency_precision, round_to=args.round_to,
         min_channels=args.min_channels, reconstruct=args.reconstruct, val=args.val, val_images=args.val_images,
         calib_batches=args.calib_batches, batch=args.batch, calib_imgsz=args.calib_imgsz, ridge=args.ridge,
-        max_samples=args.max_samples, seed=args.seed, device=args.device, depth=args.depth)
+        max_samples=args.max_samples, seed=args.seed, device=args.device, depth=args.depth,
+        swap=tuple(args.swap or ()))
     data = None
     if settings.wants_data and args.data is not None:
         from autoprune.data import load_data_config
@@ -251,6 +258,25 @@ def _print(done, args: argparse.Namespace) -> None:
     if recon is not None:
         print(f"reconstructed {recon['convs']} convs; Detect-input relative MSE on the calibration data "
               f"{recon['detect_input_mse_before']:.4f} -> {recon['detect_input_mse_after']:.4f}")
+    swaps = r.get("swaps")
+    if swaps:
+        done_ = {k: v for k, v in swaps["convs"].items() if "skipped" not in v}
+        errs = [v["rel_error"] for v in done_.values() if v.get("rel_error") is not None]
+        if errs:
+            fit = (f"relative output error before finetuning (fit on the calibration output) mean "
+                   f"{sum(errs) / len(errs):.4f}, max {max(errs):.4f}")
+        else:
+            mean = sum(v["weight_error"] for v in done_.values()) / max(len(done_), 1)
+            fit = f"fit on the weights (no calibration data): relative weight error mean {mean:.4f}"
+        print(f"swapped {len(done_)} convs; {fit}")
+        for cid, v in swaps["convs"].items():
+            if "skipped" in v:
+                what = f"skipped: {v['skipped']}"
+            elif v.get("rel_error") is not None:
+                what = f"error {v['rel_error']:.4f} (SVD init {v['init_error']:.4f})"
+            else:
+                what = f"weight error {v['weight_error']:.4f}"
+            print(f"  {cid:<14} {v['kind']:<7} {what}")
     if r.get("note"):
         print(f"note: {r['note']}")
     latency = r.get("latency")
