@@ -6,7 +6,8 @@ by least squares when the search ran with --reconstruct), finetunes that pruned 
 trainer and the unpruned model as the teacher (`finetune.finetune`), checks that what was saved is the trial's
 architecture, and measures the unpruned, the pruned and the finetuned model alike. The run folder
 (runs/apply/NAME/) gets pruned.pt (a stock Ultralytics checkpoint), report.md and report.json, args.yaml, the
-trainer's folder train/, and pruned.onnx with `export="onnx"`.
+trainer's folder train/ (train-step1/, ... when pruning in steps), finetune_curve.png (mAP after every epoch), and
+pruned.onnx with `export="onnx"`.
 
 Example:
     >>> from autoprune.apply import apply_study_trial

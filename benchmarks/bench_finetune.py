@@ -11,7 +11,8 @@ and validated by Ultralytics on the whole val split. Configurations:
 - today: Ultralytics' own schedule as apply used it before the short schedule (optimizer auto -> AdamW at its
   fitted lr, 3 warm-up epochs capped at epochs - 1, linear decay to lrf 0.01);
 - schedule: `finetune.short_schedule(epochs)` (warm-up scaled to the finetune's length, cosine decay);
-- schedule+features: the same plus channel-matched feature distillation on the Detect inputs (weight 1).
+- features: today's schedule plus channel-matched feature distillation on the Detect inputs (weight 1);
+- schedule+features: both.
 
 Results (best.pt's mAP, the per-epoch validation curve, wall time) are cached per configuration and seed in
 runs/bench_finetune/NAME/results.json, so an interrupted run continues. Prints a table with the paired difference

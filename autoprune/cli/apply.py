@@ -11,7 +11,8 @@ object itself, with the unpruned model as the teacher (`autoprune.finetune`). A 
 --reconstruct is refit the same way (least squares on the search's calibration images) before the finetune. Outputs
 in PROJECT/NAME/ (default runs/apply/STUDY-trialN/, or STUDY-trialN-2, ... when that exists):
 pruned.pt (a stock Ultralytics checkpoint), report.md and report.json (mAP50, mAP50-95, params, GFLOPs, latency and
-file size, before and after), pruned.onnx with --export onnx, args.yaml, and the trainer's folder train/.
+file size, before and after), finetune_curve.png (the validation mAP after every epoch against the unpruned model's),
+pruned.onnx with --export onnx, args.yaml, and the trainer's folder train/ (train-step1/, ... with --steps).
 """
 
 from __future__ import annotations
