@@ -164,6 +164,25 @@ def assert_user_error(code, err, pattern):
     return lines[0]
 
 
+# The timing protocol of the latencies tests measure in process without naming a protocol (`cost.timing.
+# DEFAULT_PROTOCOL`: cost, prune, apply) and of every search candidate (`search.settings.SEARCH_TIMING`): one warm-up
+# run, at least 3 timed runs, at most 0.5 s of sampling. The product's protocols (0.5 s of warm-up, then at least
+# 0.5-1 s of samples and up to 8-30 s while the median moves) cost every trial of every test search 1-8 s, for figures
+# no test reads beyond "positive" and "recorded". Tests about latency itself pass their own protocol or set these again.
+SUITE_PROTOCOL = dict(warmup_runs=1, warmup_s=0.0, min_repeats=3, min_time_s=0.0, max_time_s=0.5)
+
+
+@pytest.fixture(autouse=True)
+def quick_latency_protocols(monkeypatch):
+    """In-process latency measurements use SUITE_PROTOCOL unless a test says otherwise."""
+    from autoprune.cost import timing
+    from autoprune.search import settings
+
+    quick = timing.TimingProtocol(**SUITE_PROTOCOL)
+    monkeypatch.setattr(timing, "DEFAULT_PROTOCOL", quick)
+    monkeypatch.setattr(settings, "SEARCH_TIMING", quick)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One CPU thread for a module's tests: tiny tensors gain nothing from two, and a shared CPU makes two slower.

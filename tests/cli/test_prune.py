@@ -154,7 +154,7 @@ def test_prune_taylor_with_reconstruction_on_data(capsys, tmp_path, tiny_data):
 @pytest.mark.slow
 def test_prune_yolov3_global_at_half_the_gflops(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prune", "--model", "yolov3u.yaml", "--target-gflops", "50%", "--strategy", "global",
-                           "--imgsz", "320", "--out", str(tmp_path / "v3.pt"), "--json", "--criterion", "l1",
+                           "--imgsz", "64", "--out", str(tmp_path / "v3.pt"), "--json", "--criterion", "l1",
                            "--no-val")
     assert code == 0
     r = json.loads(out)
