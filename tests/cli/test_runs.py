@@ -83,7 +83,7 @@ def test_sparsify_and_demo_train_land_in_project_name(in_tmp, monkeypatch, capsy
     import autoprune.models
     import autoprune.sparsify
 
-    monkeypatch.setattr(autoprune.models, "load_model", lambda spec: SimpleNamespace(source="m.pt"))
+    monkeypatch.setattr(autoprune.models, "load_model", lambda spec: SimpleNamespace(source="m.pt", task="detect"))
     monkeypatch.setattr(autoprune.data, "load_data_config", lambda spec: SimpleNamespace(yaml="d.yaml"))
     seen = {}
     monkeypatch.setattr(autoprune.sparsify, "sparsify", lambda loaded, data, run_dir, s: seen.setdefault("s", run_dir)
