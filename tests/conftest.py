@@ -169,7 +169,8 @@ def assert_user_error(code, err, pattern):
 # run, at least 3 timed runs, at most 0.5 s of sampling. The product's protocols (0.5 s of warm-up, then at least
 # 0.5-1 s of samples and up to 8-30 s while the median moves) cost every trial of every test search 1-8 s, for figures
 # no test reads beyond "positive" and "recorded". Tests about latency itself pass their own protocol or set these again.
-SUITE_PROTOCOL = dict(warmup_runs=1, warmup_s=0.0, min_repeats=3, min_time_s=0.0, max_time_s=0.5)
+SUITE_PROTOCOL = dict(warmup_runs=1, warmup_s=0.0, min_repeats=3, min_time_s=0.0, max_time_s=0.5,
+                      collect_garbage=False)
 
 
 @pytest.fixture(autouse=True)

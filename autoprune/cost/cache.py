@@ -129,7 +129,8 @@ def cache_key(signature, imgsz, batch, dev, device_name, backend, precision, thr
         "precision": precision,
         "threads": threads,
         "torch": torch.__version__,
-        "protocol": asdict(protocol),
+        # what is measured, not how the process is tidied first: cached results stay valid across collect_garbage
+        "protocol": {k: v for k, v in asdict(protocol).items() if k != "collect_garbage"},
     }
     if backend != "torch":  # the runtime and how the model is exported for it determine the number too
         from autoprune.cost.backends import EXPORTS, runtime_version

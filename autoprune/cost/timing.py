@@ -41,10 +41,15 @@ class TimingProtocol:
     rel_tol: float = 0.02
     window_tol: float = 0.05
     growth: float = 1.5
+    collect_garbage: bool = True  # a full gc.collect() first (0.1-0.5 s in a large process)
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "collect_garbage":
+                if not isinstance(v, bool):
+                    raise ValueError(f"TimingProtocol.collect_garbage must be a bool, got {v!r}")
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"TimingProtocol.{f.name} must be a non-negative number, got {v!r}")
         if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
@@ -66,7 +71,8 @@ def time_loop(run_once: Callable[[], float], protocol: TimingProtocol) -> tuple[
 
     Returns the samples and whether the stopping rule was met (False: a time or repeat cap ended it).
     """
-    gc.collect()
+    if protocol.collect_garbage:
+        gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed run is noise the deployed model would not see
     try:

@@ -316,6 +316,26 @@ def test_timing_protocol_validates():
         TimingProtocol(rel_tol=0)
     with pytest.raises(ValueError, match="max_time_s"):
         TimingProtocol(min_time_s=5, max_time_s=1)
+    with pytest.raises(ValueError, match="collect_garbage must be a bool"):
+        TimingProtocol(collect_garbage=1)
+
+
+def test_collect_garbage_runs_one_full_collection_first_and_leaves_the_cache_key_alone(monkeypatch):
+    import gc
+
+    from autoprune.cost import timing
+    from autoprune.cost.cache import cache_key
+
+    calls = []
+    monkeypatch.setattr(timing.gc, "collect", lambda *a: calls.append(a) or 0)
+    quick = dict(warmup_runs=1, warmup_s=0.0, min_repeats=3, min_time_s=0.0, max_time_s=0.1)
+    for collect, expected in ((True, [()]), (False, [])):
+        calls.clear()
+        samples, _ = timing.time_loop(lambda: 1.0, TimingProtocol(**quick, collect_garbage=collect))
+        assert calls == expected and len(samples) >= 3 and gc.isenabled()
+    keys = {cache_key("sig", 64, 1, "cpu", "cpu", "torch", "fp32", 1, TimingProtocol(**quick, collect_garbage=c))
+            for c in (True, False)}
+    assert len(keys) == 1  # results cached with the collection stay valid without it
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
