@@ -83,16 +83,17 @@ def resolve_trial(study, number: int):
 
 
 def rebuild(loaded, record: TrialRecord, *, imgsz: int, ranking: dict | None = None, batches: list | None = None,
-            seed: int = 0):
+            swap_batches: list | None = None, seed: int = 0):
     """(pruned model, kept counts, GFLOPs at `imgsz`) of a trial, rebuilt from its stored kept counts
     (`candidate.replay`): the first `count` channels of each part in the study's stored `ranking`, recomputed by
-    the trial's criterion without one; refit on calibration `batches` when given (sampling positions with `seed`).
+    the trial's criterion without one; refit on calibration `batches` when given (sampling positions with `seed`),
+    or only its swaps fitted on `swap_batches`.
     """
     from autoprune.candidate import replay
 
     return replay(loaded.model, record.attrs[KEPT_CHANNELS], criterion=record.attrs.get(CRITERION) or "l1",
                   imgsz=imgsz, expected_gflops=float(record.attrs[GFLOPS]), ranking=ranking, batches=batches,
-                  seed=seed, what=f"trial {record.number}")
+                  swap_batches=swap_batches, seed=seed, what=f"trial {record.number}")
 
 
 def search_calibration_batches(data, proxy: Mapping) -> list:
@@ -168,8 +169,15 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     if steps != 1 and reconstruct:
         raise UserError("--steps prunes step by step with finetunes between; it does not combine with "
                         "--reconstruct (pass --no-reconstruct)")
+    from autoprune.swap import split_counts as split_swaps
+
+    swap_batches = None
+    if not reconstruct and split_swaps(record.attrs[KEPT_CHANNELS])[1] and proxy.get("calib_batches") != 0:
+        swap_batches = search_calibration_batches(data, proxy)  # the images the search fitted its swaps on
+        if verbose:
+            log(f"fitting the trial's swapped convolutions on {len(swap_batches)} calibration batches...")
     pruned, counts, _ = rebuild(loaded, record, imgsz=cost_imgsz, ranking=sattrs.get(STUDY_RANKING),
-                                batches=batches, seed=int(proxy.get("seed") or 0))
+                                batches=batches, swap_batches=swap_batches, seed=int(proxy.get("seed") or 0))
     plan = finetune_plan(loaded.model, record, counts, imgsz=cost_imgsz, stored_ranking=sattrs.get(STUDY_RANKING),
                          epochs=epochs, steps=steps, nc=data.nc, schedule=schedule, distill=distill)
 
@@ -249,9 +257,14 @@ def finetune_plan(teacher, record: TrialRecord, counts: Mapping[str, int], *, im
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} set the short schedule; they do "
                         "not combine with --schedule ultralytics")
     from autoprune.depth import split_counts
+    from autoprune.swap import split_counts as split_swaps
 
+    counts, swaps = split_swaps(counts)
     counts, depth = split_counts(counts)
     features = distill is not None and distill.feature_weight > 0
+    if swaps and steps != 1:
+        raise UserError(f"trial {record.number} also swaps convolutions (swap genes); --steps prunes channels only "
+                        "and does not combine with it yet")
     if depth and (steps != 1 or features):
         raise UserError(f"trial {record.number} also removes blocks (depth genes); --steps and --kd-features match "
                         "channels only and do not combine with it yet")

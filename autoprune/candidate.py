@@ -95,13 +95,15 @@ def ranking_from_lists(stored: Mapping, graph: ChannelGraph, counts: Mapping[str
 
 
 def build(model: nn.Module, counts: Mapping[str, int], *, graph: ChannelGraph, ranking: Ranking,
-          batches: Iterable[dict] | None = None, seed: int = 0, ridge: float = 1e-3,
-          max_samples: int = 8192) -> Candidate:
+          batches: Iterable[dict] | None = None, swap_batches: Iterable[dict] | None = None, seed: int = 0,
+          ridge: float = 1e-3, max_samples: int = 8192) -> Candidate:
     """The candidate keeping `counts[group id]` channels per part, the first of each part in `ranking`.
 
     With calibration `batches`, the convs that lost inputs are refit by least squares on them
     (`reconstruct.reconstruct`, sampling positions with `seed`): the architecture is the same, the weights of those
-    convs and their BatchNorms differ. `model` is never changed; the refit runs on `model`'s device.
+    convs and their BatchNorms differ. The swaps of `counts` are fitted on `batches`, or without them on
+    `swap_batches` (the swaps alone; nothing else is refit), or on the weights alone when neither is given.
+    `model` is never changed; the fits run on `model`'s device.
     """
     from autoprune.depth import apply_depth, split_counts
     from autoprune.pruner import apply_indices, select_indices
@@ -114,7 +116,10 @@ def build(model: nn.Module, counts: Mapping[str, int], *, graph: ChannelGraph, r
     pruned = apply_indices(model, graph, indices)
     if batches is None:
         pruned = apply_depth(pruned, depth, ranking, inplace=True)
-        return Candidate(swap_convs(pruned, swaps, inplace=True, seed=seed)[0] if swaps else pruned, indices)
+        if swaps:
+            fit_on = list(swap_batches) if swap_batches is not None else None
+            pruned = swap_convs(pruned, swaps, fit_on, inplace=True, max_samples=max_samples, seed=seed)[0]
+        return Candidate(pruned, indices)
     from autoprune.reconstruct import reconstruct
 
     batches = list(batches)
@@ -126,10 +131,12 @@ def build(model: nn.Module, counts: Mapping[str, int], *, graph: ChannelGraph, r
 
 
 def replay(model: nn.Module, counts: Mapping[str, int], *, criterion: str, imgsz: int, expected_gflops: float,
-           ranking: Mapping | None = None, batches: Iterable[dict] | None = None, seed: int = 0,
+           ranking: Mapping | None = None, batches: Iterable[dict] | None = None,
+           swap_batches: Iterable[dict] | None = None, seed: int = 0,
            what: str = "the trial") -> tuple[nn.Module, dict[str, int], float]:
     """(pruned model, kept counts, GFLOPs at `imgsz`) of a stored plan: `counts` and the study's stored `ranking`
-    (plain lists) give back the model a trial scored; with `batches`, refit as a `--reconstruct` search did.
+    (plain lists) give back the model a trial scored; with `batches`, refit as a `--reconstruct` search did; with
+    `swap_batches`, its swaps fitted as a search without --reconstruct fitted them (`build`).
 
     Without a stored ranking the order is recomputed with `criterion` (a data criterion cannot be: its calibration
     batches are not stored). Raises `UserError` when the counts or the ranking do not fit the model, and
@@ -159,7 +166,8 @@ def replay(model: nn.Module, counts: Mapping[str, int], *, criterion: str, imgsz
         raise UserError(f"{what} keeps channels of groups this model does not have ({unknown[0]!r}, "
                         f"{len(unknown)} in all); it was made with another model")
     order = rank(model, graph, criterion) if ranking is None else ranking_from_lists(ranking, graph, counts)
-    pruned = build(model, counts, graph=graph, ranking=order, batches=batches, seed=seed).model
+    pruned = build(model, counts, graph=graph, ranking=order, batches=batches, swap_batches=swap_batches,
+                   seed=seed).model
     gflops = count_gflops(pruned, imgsz)
     if not math.isclose(gflops, expected_gflops, rel_tol=1e-9, abs_tol=1e-12):
         raise RuntimeError(f"rebuilt {what} has {gflops!r} GFLOPs at {imgsz}, the trial {expected_gflops!r}")

@@ -237,3 +237,52 @@ def test_swapped_checkpoint_loads_fuses_predicts_and_exports_in_plain_ultralytic
                           env={**env, "ULTRALYTICS_SAFE_LOAD": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_a_search_fits_its_swaps_on_calibration_images_and_apply_rebuilds_them(tmp_path, monkeypatch, capsys):
+    """Without --reconstruct a search fits each candidate's swaps on its proxy's calibration images (not on the
+    weights alone), and `apply --trial N` fits them on the same images: the model it finetunes is the one scored."""
+    from conftest import tiny_search
+
+    import autoprune.candidate as candidate
+    from autoprune.swap import split_counts
+
+    env = tiny_search(tmp_path / "env")
+    monkeypatch.chdir(tmp_path)
+    built = []  # (kept counts, fitted on images, state dict) of every candidate with swaps
+    real = candidate.build
+
+    def spy(model, counts, **kw):
+        out = real(model, counts, **kw)
+        if split_counts(counts)[1]:
+            fitted = kw.get("swap_batches") is not None or kw.get("batches") is not None
+            built.append((json.dumps(counts, sort_keys=True), fitted, copy.deepcopy(out.model.state_dict())))
+        return out
+
+    monkeypatch.setattr(candidate, "build", spy)
+    code, out, err = run_cli(capsys, "search", *env["flags"], "--space", "yolov8-ops", "--trials", "5",
+                             "--no-auto-confirm", "--name", "ops", "--json")
+    assert code == 0, err[-3000:]
+    searched = list(built)
+    assert searched and all(fitted for _, fitted, _ in searched), [f for _, f, _ in searched]
+    counts, _, state = searched[0]
+    import optuna
+
+    from autoprune.search import records as R
+    from autoprune.search.storage import make_storage
+
+    study = optuna.load_study(study_name="ops", storage=make_storage("sqlite:///runs/search/ops/study.db",
+                                                                      heartbeat=None, read_only=True))
+    number = next(t.number for t in study.trials
+                  if json.dumps(t.user_attrs.get(R.KEPT_CHANNELS), sort_keys=True) == counts)
+    built.clear()
+    code, out, err = run_cli(capsys, "apply", "--study", "ops", "--trial", str(number), "--epochs", "1", "--batch", "4",
+                             "--device", "cpu", "--json")
+    assert code == 0, err[-3000:]
+    (again, fitted, state2), = built
+    assert again == counts and fitted and state.keys() == state2.keys()
+    assert all(torch.allclose(state[k].float(), state2[k].float(), atol=1e-6) for k in state)
+    assert json.loads(out)["after"]["gflops"] == pytest.approx(study.trials[number].user_attrs[R.GFLOPS], abs=1e-6)
+    assert_user_error(*run_cli(capsys, "apply", "--study", "ops", "--trial", str(number), "--epochs", "2", "--steps",
+                               "2", "--device", "cpu")[::2], f"trial {number} also swaps convolutions (swap genes)")

@@ -461,10 +461,13 @@ class Search:
 
     def prune_candidate(self, counts: dict, evaluator):
         """The candidate keeping `counts`, sliced by the study's ranking (`candidate.build`); with --reconstruct,
-        refit on `evaluator`'s calibration batches: each proxy seed refits on its own images."""
+        refit on `evaluator`'s calibration batches: each proxy seed refits on its own images. Swaps (`swap:` genes)
+        are fitted on those batches with or without --reconstruct, as `apply` fits them."""
         from autoprune.candidate import build
+        from autoprune.swap import split_counts as split_swaps
 
-        if not self.settings.reconstruct:
+        swaps = bool(split_swaps(counts)[1]) and self.settings.calib_batches > 0  # with no batches: on the weights
+        if not (self.settings.reconstruct or swaps):
             return build(self.loaded.model, counts, graph=self.graph, ranking=self.ranking).model
         from copy import deepcopy
 
@@ -472,8 +475,10 @@ class Search:
         if self._refit_source is None:  # refit where the proxy runs, from one copy there for the whole search
             self._refit_source = (self.loaded.model if evaluator.device == home
                                   else deepcopy(self.loaded.model).to(evaluator.device))
-        return build(self._refit_source, counts, graph=self.graph, ranking=self.ranking,
-                     batches=evaluator.calibration_batches(), seed=evaluator.settings.seed).model.to(home)
+        batches = evaluator.calibration_batches()
+        fit = {"batches": batches} if self.settings.reconstruct else {"swap_batches": batches}
+        return build(self._refit_source, counts, graph=self.graph, ranking=self.ranking, seed=evaluator.settings.seed,
+                     **fit).model.to(home)
 
     def _proxy_settings(self, seed: int):
         from autoprune.proxy import ProxySettings
