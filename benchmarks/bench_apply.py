@@ -200,7 +200,7 @@ def main() -> None:
     elif trial is None:
         trial = pick_trial(name, args.storage, args.target)
 
-    common = ["apply", "--name", name, "--trial", str(trial), "--epochs", str(args.epochs), "--batch",
+    common = ["apply", "--study", name, "--trial", str(trial), "--epochs", str(args.epochs), "--batch",
               str(args.batch), "--device", args.device, "--json"]
     for flag, value in (("--storage", args.storage), ("--data", args.data), ("--imgsz", args.imgsz),
                         ("--kd-weight", args.kd_weight), ("--kd-temperature", args.kd_temperature),
@@ -212,7 +212,7 @@ def main() -> None:
         for label, flag in (("distill", "--distill"), ("plain", "--no-distill")):
             prefix = "" if name.startswith("bench-") else "bench-"
             out = f"{prefix}{name}-t{trial}-{label}-s{seed}-{tag}"
-            argv = common + [flag, "--seed", str(seed), "--out", out]
+            argv = common + [flag, "--seed", str(seed), "--name", out, "--exist-ok"]
             t0 = time.perf_counter()
             print(f"autoprune {' '.join(argv)}", flush=True)
             captured = io.StringIO()
