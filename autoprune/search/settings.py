@@ -173,6 +173,8 @@ def check_settings(s: SearchSettings) -> None:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}")
     if s.engine == "deap" and s.sampler not in (None, "nsga2"):
         raise UserError(f"--engine deap runs NSGA-II; --sampler {s.sampler} needs --engine optuna")
+    if s.engine == "deap" and isinstance(s.population, int) and s.population < 4:  # before the model loads
+        raise UserError(f"--population must be at least 4 for NSGA-II, got {s.population}")
     if s.trials is not None and s.generations is not None:
         raise UserError("give --trials or --generations (with --population), not both")
     if s.resume and s.name is None and s.study is None:

@@ -728,6 +728,7 @@ def test_two_workers_share_one_postgresql_study(env, tmp_path):
         (["--engine", "optuna", "--sampler", "grid"], "--sampler must be one of"),
         (["--sampler", "tpe"], "--engine deap runs NSGA-II; --sampler tpe needs --engine optuna"),
         (["--generations", "2"], "give --trials or --generations"),
+        (["--population", "2"], "--population must be at least 4 for NSGA-II, got 2"),
         (["--budget-floor", "1"], "--budget-floor must be in [0, 1)"),
         (["--proxy-distill", "-1"], "--proxy-distill must be a number >= 0"),
         (["--confirm", "-1"], "--confirm must be an integer >= 0"),
@@ -749,6 +750,15 @@ def test_bad_input_is_one_error_line_and_writes_nothing(env, capsys, tmp_path, m
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_settings_are_checked_before_the_model_loads(env, capsys, tmp_path, monkeypatch):
+    import autoprune.models
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(autoprune.models, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "2", "--population", "3")
+    assert code == 2 and err.strip() == "error: --population must be at least 4 for NSGA-II, got 3", err
 
 
 def test_a_failure_while_ranking_channels_leaves_no_half_made_study(env, capsys, tmp_path, monkeypatch):
