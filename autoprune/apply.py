@@ -135,7 +135,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     """
     from autoprune import _ultralytics
     from autoprune.imgsz import check_imgsz
-    from autoprune.data import load_data_config
+    from autoprune.data import check_task, load_data_config
     from autoprune.devices import resolve_device
     from autoprune.models import load_model, require_task
     from autoprune.runs import run_dir_path, save_args, trial_run_name
@@ -149,7 +149,8 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     sattrs = study.user_attrs
     data = load_data_config(data or sattrs.get(STUDY_DATA))
     loaded = load_model(model or sattrs.get(STUDY_MODEL))
-    require_task(loaded, "apply")
+    require_task(loaded, "apply", ("detect", "segment"))
+    check_task(data, loaded.task)  # a segment model needs polygon labels
     expected_fp = record.attrs.get(MODEL_FINGERPRINT) or sattrs.get(STUDY_MODEL_FINGERPRINT)
     if expected_fp and loaded.fingerprint != expected_fp:
         raise UserError(f"{loaded.source} is not the model study {name!r} was made with (fingerprint "
@@ -361,7 +362,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         with stage(f"validating {path.name}" + ("" if lat else " and timing it"), live=not verbose):
             v = validate_checkpoint(path, data, imgsz=imgsz, batch=batch, device=device)
             lat = lat or measure_latency(model, imgsz=cost_imgsz, device=device, **latency)
-        return {"map50": round(v["map50"], 5), "map50_95": round(v["map50_95"], 5), "params": count_params(model),
+        box = {k: round(v[k], 5) for k in ("box_map50", "box_map50_95") if k in v}  # a segment model's boxes
+        return {"map50": round(v["map50"], 5), "map50_95": round(v["map50_95"], 5), **box, "params": count_params(model),
                 "gflops": round(count_gflops(model, cost_imgsz), 6), "latency_ms": round(lat.median_ms, 3),
                 "latency_spread_ms": round(lat.spread_ms, 3), "latency_device": lat.device_name,
                 "latency_backend": lat.backend, "latency_precision": lat.precision,
@@ -401,10 +403,11 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
             f" (step {k + 1} of {len(plan)})" if len(plan) > 1 else "")
         with stage(label, live=not verbose):  # verbose: the trainer shows its own bars
             ft = finetune(student, data, save_dir=save_dir, teacher=teacher, distill=distill, epochs=step.epochs,
+                          task=loaded.task,
                           imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
                           verbose=verbose, label=str(run_dir / "pruned.pt"), schedule=step.schedule,
                           features=step.features if distill else None)
-        curve += epoch_curve(ft.save_dir, step=k + 1, first_epoch=len(curve) + 1)
+        curve += epoch_curve(ft.save_dir, step=k + 1, first_epoch=len(curve) + 1, task=loaded.task)
         steps_done.append({**step.as_dict(), "seconds": round(ft.seconds, 1), "schedule_used": ft.schedule,
                            "train_dir": str(ft.save_dir), "loss_names": list(ft.loss_names)})
 
@@ -444,6 +447,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     return {
         "trial": record.number,
         "model": loaded.source,
+        "task": loaded.task,
+        "metric": "mask mAP50-95" if loaded.task == "segment" else "box mAP50-95",
         "data": str(data.yaml),
         "run_dir": str(run_dir),
         "imgsz": imgsz,
@@ -466,9 +471,9 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     }
 
 
-def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1) -> list[dict]:
+def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1, task: str = "detect") -> list[dict]:
     """The trainer's validation after every epoch (its results.csv): [{epoch, step, map50, map50_95}], epochs
-    counted from `first_epoch` (steps continue the count)."""
+    counted from `first_epoch` (steps continue the count); the task's own metric (mask mAP for segment)."""
     import csv
 
     path = Path(train_dir) / "results.csv"
@@ -476,8 +481,9 @@ def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1) -> list
         return []
     with open(path) as f:
         rows = list(csv.DictReader(f, skipinitialspace=True))
-    return [{"epoch": first_epoch + i, "step": step, "map50": round(float(r["metrics/mAP50(B)"]), 5),
-             "map50_95": round(float(r["metrics/mAP50-95(B)"]), 5)} for i, r in enumerate(rows)]
+    x = "M" if task == "segment" else "B"
+    return [{"epoch": first_epoch + i, "step": step, "map50": round(float(r[f"metrics/mAP50({x})"]), 5),
+             "map50_95": round(float(r[f"metrics/mAP50-95({x})"]), 5)} for i, r in enumerate(rows)]
 
 
 def plot_curve(curve: list[dict], path: Path, *, teacher: float, untrained: float | None = None) -> str | None:
@@ -534,10 +540,14 @@ def format_report(r: dict) -> str:
 
     # Each figure's image size: mAP at the finetune and validation size, GFLOPs and latency at the budget's.
     val_px, cost_px = f"{r['imgsz']} px", f"{r['cost_imgsz']} px"
+    kind = "mask " if r.get("task") == "segment" else ""
     rows = [
-        ("mAP50", val_px, f"{b['map50']:.4f}", f"{p['map50']:.4f}", f"{a['map50']:.4f}", pct(a["map50"], b["map50"])),
-        ("mAP50-95", val_px, f"{b['map50_95']:.4f}", f"{p['map50_95']:.4f}", f"{a['map50_95']:.4f}",
+        (f"{kind}mAP50", val_px, f"{b['map50']:.4f}", f"{p['map50']:.4f}", f"{a['map50']:.4f}",
+         pct(a["map50"], b["map50"])),
+        (f"{kind}mAP50-95", val_px, f"{b['map50_95']:.4f}", f"{p['map50_95']:.4f}", f"{a['map50_95']:.4f}",
          pct(a["map50_95"], b["map50_95"])),
+        *([("box mAP50-95", val_px, f"{b['box_map50_95']:.4f}", f"{p['box_map50_95']:.4f}",
+            f"{a['box_map50_95']:.4f}", pct(a["box_map50_95"], b["box_map50_95"]))] if "box_map50_95" in a else []),
         ("params", "", f"{b['params']:,}", f"{p['params']:,}", f"{a['params']:,}", pct(a["params"], b["params"])),
         ("GFLOPs", cost_px, f"{b['gflops']:.3f}", f"{p['gflops']:.3f}", f"{a['gflops']:.3f}",
          pct(a["gflops"], b["gflops"])),
@@ -555,7 +565,7 @@ def format_report(r: dict) -> str:
            f"neck weight {d['neck_weight']:g})") if d else "without distillation"
     t = r["train"]
     tr = r["trial_record"]
-    proxy = (f"The search's proxy scored this trial mAP50-95 {tr['map50_95']:.4f} (proxy protocol: short finetune, "
+    proxy = (f"The search's proxy scored this trial {kind}mAP50-95 {tr['map50_95']:.4f} (proxy protocol: short finetune, "
              "val subset).") if tr.get("map50_95") is not None else ""
     lines += [
         "",
@@ -590,7 +600,7 @@ def format_report(r: dict) -> str:
                      f"{features['levels']} (weights {features['weights']})")
     if r.get("curve"):
         last = r["curve"][-1]
-        lines += ["", f"mAP50-95 after every epoch (the trainer's validation; the dashed line is the unpruned "
+        lines += ["", f"{kind}mAP50-95 after every epoch (the trainer's validation; the dashed line is the unpruned "
                       f"model's {b['map50_95']:.4f}; last epoch {last['map50_95']:.4f}):", "",
                   "![finetune curve](finetune_curve.png)"]
     lines.append("")

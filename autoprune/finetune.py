@@ -242,12 +242,23 @@ def offline_ultralytics():
 
 
 # ---------------------------------------------------------------------------------------------------- the trainer
-@functools.lru_cache(maxsize=None)
-def _trainer_class():
-    from ultralytics.models.yolo.detect import DetectionTrainer
+# The Ultralytics trainer of each task `finetune` trains (module, class); the pruned model is handed to it.
+TRAINERS = {"detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
+            "segment": ("ultralytics.models.yolo.segment", "SegmentationTrainer")}
 
-    class PrunedModelTrainer(DetectionTrainer):
-        """A `DetectionTrainer` that trains the model object it is handed, never one rebuilt from a YAML.
+
+@functools.lru_cache(maxsize=None)
+def _trainer_class(task: str = "detect"):
+    import importlib
+
+    if task not in TRAINERS:
+        raise ValueError(f"finetune trains {' and '.join(TRAINERS)} models, got task {task!r}")
+    module, cls = TRAINERS[task]
+    Base = getattr(importlib.import_module(module), cls)
+
+    class PrunedModelTrainer(Base):
+        """A `DetectionTrainer` (`SegmentationTrainer` for a segment model) that trains the model object it is
+        handed, never one rebuilt from a YAML.
 
         `student` is installed by `setup_model`; `get_model` raises. With a `teacher` and `distill` settings, the
         student's criterion is a `DistillationLoss` from the end of setup (after the EMA copy is made, so the EMA
@@ -385,6 +396,7 @@ def finetune(
     extra: dict | None = None,
     schedule: FinetuneSchedule | None = None,
     features: FeatureMatch | None = None,
+    task: str = "detect",
 ) -> FinetuneResult:
     """Finetune `model` (the object itself) on `data` with Ultralytics' trainer; distil from `teacher` if given.
 
@@ -395,7 +407,8 @@ def finetune(
     shows when `verbose`. Nothing is downloaded. `label` is what the trainer records as its `model` argument (it
     never loads it); `extra` overrides any other trainer argument. `schedule` (`short_schedule`) sets the optimizer,
     learning rate and warm-up; without it, Ultralytics' defaults apply. `features` (`distill.FeatureMatch`) adds
-    channel-matched feature distillation at its levels (with a `teacher` and `distill` settings only).
+    channel-matched feature distillation at its levels (with a `teacher` and `distill` settings only). `task` picks
+    Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates by mask mAP too).
     """
     from autoprune._ultralytics import set_verbose
     from autoprune.devices import resolve_device
@@ -404,13 +417,13 @@ def finetune(
     use_amp = bool(amp and dev.type == "cuda")
     save_dir = Path(save_dir).resolve()
     overrides = dict(
-        task="detect", mode="train", model=label, data=str(data.yaml), epochs=epochs, imgsz=imgsz, batch=batch,
+        task=task, mode="train", model=label, data=str(data.yaml), epochs=epochs, imgsz=imgsz, batch=batch,
         nbs=batch, device=ultralytics_device(dev), amp=use_amp, workers=workers, seed=seed, deterministic=True,
         plots=False, save_dir=str(save_dir), val=True, verbose=verbose, cache=False, exist_ok=False,
     )  # fmt: skip
     overrides.update(schedule.overrides() if schedule is not None else {})
     overrides.update(extra or {})
-    Trainer = _trainer_class()
+    Trainer = _trainer_class(task)
     set_verbose(verbose)
     t0 = time.perf_counter()
     with offline_ultralytics():
@@ -443,7 +456,8 @@ def validate_checkpoint(path: str | Path, data, *, imgsz: int, batch: int = 16, 
     """mAP50 and mAP50-95 of a checkpoint on the data's val split, by Ultralytics' own validation (`YOLO.val`).
 
     The same protocol for every model: the checkpoint file as saved, Ultralytics' default conf 0.001 / IoU 0.7, at
-    `imgsz`; nothing downloaded, nothing written outside a temporary folder.
+    `imgsz`; nothing downloaded, nothing written outside a temporary folder. `metric` names what was measured: box
+    mAP for a detect model; for a segment model the mask mAP (its box figures in box_map50 and box_map50_95).
     """
     from ultralytics import YOLO
 
@@ -456,7 +470,11 @@ def validate_checkpoint(path: str | Path, data, *, imgsz: int, batch: int = 16, 
                                 plots=False, workers=0, project=tmp, name="val", verbose=verbose, save_json=False,
                                 split="val")
         seconds = time.perf_counter() - t0
-    return {"map50": float(m.box.map50), "map50_95": float(m.box.map), "seconds": round(seconds, 2)}
+    if getattr(m, "seg", None) is not None:  # SegmentMetrics: the task's own metric first
+        return {"map50": float(m.seg.map50), "map50_95": float(m.seg.map), "metric": "mask mAP50-95",
+                "box_map50": float(m.box.map50), "box_map50_95": float(m.box.map), "seconds": round(seconds, 2)}
+    return {"map50": float(m.box.map50), "map50_95": float(m.box.map), "metric": "box mAP50-95",
+            "seconds": round(seconds, 2)}
 
 
 def pickled_modules(path: str | Path) -> set[str]:

@@ -119,3 +119,42 @@ def test_tiny_segment_search_completes_two_trials(seg_root, capsys):
     result = json.loads(out)
     assert result["evaluated"] == 2 and result["feasible"] >= 1, result
     assert (root / "runs" / "s" / "study.db").is_file()
+    # apply finetunes it with the segment trainer (distilled from the unpruned model) and reports mask mAP
+    trial = result["recommended"]["number"]
+    code, out, err = run_cli(capsys, "apply", "--storage", f"sqlite:///{root / 'runs' / 's' / 'study.db'}", "--study",
+                             "s", "--trial", str(trial), "--epochs", "1", "--batch", "2", "--device", "cpu",
+                             "--project", root / "apply", "--name", "a", "--json")
+    assert code == 0, err[-3000:]
+    report = json.loads(out)
+    assert report["task"] == "segment" and report["metric"] == "mask mAP50-95"
+    assert "seg_loss" in report["train"]["loss_names"] and "kd_loss" in report["train"]["loss_names"]
+    for stage in ("before", "pruned", "after"):  # mask and box figures, each a real mAP
+        assert 0 <= report[stage]["map50_95"] <= 1 and 0 <= report[stage]["box_map50_95"] <= 1
+    assert report["after"]["gflops"] == pytest.approx(result["recommended"]["gflops"], abs=1e-6)
+    assert "| mask mAP50-95 |" in (root / "apply" / "a" / "report.md").read_text()
+    from ultralytics import YOLO
+
+    assert YOLO(report["outputs"]["pruned"]).task == "segment"
+
+
+def test_apply_reads_the_mask_metric_of_a_segment_model_and_the_box_metric_of_a_detector(tmp_path, monkeypatch):
+    """validate_checkpoint and the per-epoch curve take a segment model's mask figures (M), a detector's box (B)."""
+    from types import SimpleNamespace
+
+    import ultralytics
+
+    from autoprune.apply import epoch_curve
+    from autoprune.finetune import validate_checkpoint
+
+    box, seg = SimpleNamespace(map50=0.6, map=0.4), SimpleNamespace(map50=0.5, map=0.3)
+    for metrics, want in ((SimpleNamespace(box=box, seg=seg), (0.5, 0.3, "mask mAP50-95")),
+                          (SimpleNamespace(box=box), (0.6, 0.4, "box mAP50-95"))):
+        monkeypatch.setattr(ultralytics.YOLO, "__init__", lambda self, *a, **k: None)
+        monkeypatch.setattr(ultralytics.YOLO, "val", lambda self, metrics=metrics, **k: metrics)
+        v = validate_checkpoint(tmp_path / "m.pt", SimpleNamespace(yaml=tmp_path / "d.yaml"), imgsz=64)
+        assert (v["map50"], v["map50_95"], v["metric"]) == want
+        assert ("box_map50_95" in v) == (want[2] == "mask mAP50-95") and v.get("box_map50_95", 0.4) == 0.4
+    (tmp_path / "results.csv").write_text("epoch,metrics/mAP50(B),metrics/mAP50-95(B),metrics/mAP50(M),"
+                                          "metrics/mAP50-95(M)\n1,0.6,0.4,0.5,0.3\n")
+    assert epoch_curve(tmp_path, task="segment") == [{"epoch": 1, "step": 1, "map50": 0.5, "map50_95": 0.3}]
+    assert epoch_curve(tmp_path) == [{"epoch": 1, "step": 1, "map50": 0.6, "map50_95": 0.4}]
