@@ -23,6 +23,7 @@ from autoprune.space.schema import (
     REST_KEYS,
     REST_MODES,
     SPLITS,
+    STAGES,
     TOP_KEYS,
     Checker,
     parse_bool,
@@ -215,13 +216,36 @@ def _build(src: dict, graph, model, *, label: str, default_name: str) -> SearchS
     )
 
 
+def _by_layer(ctx: Checker, field: str, gspec, items, view, optional: bool) -> tuple[list, list[str]]:
+    """(the `items` (depth units or swap sites: each has a `.layer`) that a gene's `stage`, `layers` and `modules`
+    keys keep, the words naming that selection for error messages)."""
+    chosen, named = list(items), []
+    if "stage" in gspec:
+        stages = gspec["stage"] if isinstance(gspec["stage"], list) else [gspec["stage"]]
+        layers = set().union(*(view.stages[ctx.choice(f"{field}.stage", x, STAGES)] for x in stages))
+        chosen = [it for it in chosen if it.layer in layers]
+        named.append(f"stage {'/'.join(stages)}")
+    if "layers" in gspec:
+        sel = parse_selection(ctx, field, {"layers": gspec["layers"] if isinstance(gspec["layers"], list)
+                                           else [gspec["layers"]]})
+        layers = set()
+        for it in sel.layers:
+            layers |= _layer_set(ctx, field, it, view, optional)
+        chosen = [it for it in chosen if it.layer in layers]
+        named.append("layers " + ", ".join(f"{i} ({view.layer_types[i]})" for i in sorted(layers)))
+    if "modules" in gspec:
+        mods = ctx.strings(f"{field}.modules", gspec["modules"], "a layer class name (e.g. C2f)")
+        chosen = [it for it in chosen if view.layer_types[it.layer] in mods]
+        named.append(f"modules {', '.join(mods)}")
+    return chosen, named
+
+
 def _depth_genes(ctx: Checker, spec, view, model, taken: set[str]):
     """(the model's depth units, the depth genes of the space's `depth:` key): `true` is one gene per unit; a
     mapping gives gene name -> {units, exclude, stage, layers, modules, low, split, optional}."""
     import fnmatch
 
     from autoprune.depth import find_units
-    from autoprune.space.schema import STAGES
 
     units = find_units(model)
     listing = ", ".join(f"{u.id} ({u.block}, {u.n})" for u in units) or "none"
@@ -241,26 +265,7 @@ def _depth_genes(ctx: Checker, spec, view, model, taken: set[str]):
         ctx.mapping(field, gspec)
         ctx.keys(field, gspec, DEPTH_KEYS)
         optional = parse_bool(ctx, f"{field}.optional", gspec.get("optional", False))
-        chosen = list(units)
-        named = []
-        if "stage" in gspec:
-            stages = gspec["stage"] if isinstance(gspec["stage"], list) else [gspec["stage"]]
-            layers = set().union(*(view.stages[ctx.choice(f"{field}.stage", x, STAGES)] for x in stages))
-            chosen = [u for u in chosen if u.layer in layers]
-            named.append(f"stage {'/'.join(stages)}")
-        if "layers" in gspec:
-            items = gspec["layers"] if isinstance(gspec["layers"], list) else [gspec["layers"]]
-            sel = parse_selection(ctx, field, {"layers": items})
-            layers = set()
-            for it in sel.layers:
-                layers |= _layer_set(ctx, field, it, view, optional)
-            chosen = [u for u in chosen if u.layer in layers]
-            named.append("layers " + ", ".join(
-                f"{i} ({view.layer_types[i]})" for i in sorted(layers)))
-        if "modules" in gspec:
-            mods = ctx.strings(f"{field}.modules", gspec["modules"], "a layer class name (e.g. C2f)")
-            chosen = [u for u in chosen if view.layer_types[u.layer] in mods]
-            named.append(f"modules {', '.join(mods)}")
+        chosen, named = _by_layer(ctx, field, gspec, units, view, optional)
         if "units" in gspec:
             pats = ctx.strings(f"{field}.units", gspec["units"], "a depth unit id pattern (fnmatch, e.g. '4.m')")
             for p in pats:
@@ -305,7 +310,7 @@ def _swap_genes(ctx: Checker, spec, view, model, taken: set[str]):
     `kinds:` each conv takes the kinds that fit it."""
     import fnmatch
 
-    from autoprune.space.schema import STAGES, SWAP_KEYS, SWAP_SPLITS
+    from autoprune.space.schema import SWAP_KEYS, SWAP_SPLITS
     from autoprune.swap import GENE_ORDER, KINDS, find_sites, not_a_site
 
     sites = find_sites(model)
@@ -325,25 +330,7 @@ def _swap_genes(ctx: Checker, spec, view, model, taken: set[str]):
         ctx.mapping(field, gspec)
         ctx.keys(field, gspec, SWAP_KEYS)
         optional = parse_bool(ctx, f"{field}.optional", gspec.get("optional", False))
-        chosen = list(sites)
-        named = []
-        if "stage" in gspec:
-            stages = gspec["stage"] if isinstance(gspec["stage"], list) else [gspec["stage"]]
-            layers = set().union(*(view.stages[ctx.choice(f"{field}.stage", x, STAGES)] for x in stages))
-            chosen = [s for s in chosen if s.layer in layers]
-            named.append(f"stage {'/'.join(stages)}")
-        if "layers" in gspec:
-            items = gspec["layers"] if isinstance(gspec["layers"], list) else [gspec["layers"]]
-            sel = parse_selection(ctx, field, {"layers": items})
-            layers = set()
-            for it in sel.layers:
-                layers |= _layer_set(ctx, field, it, view, optional)
-            chosen = [s for s in chosen if s.layer in layers]
-            named.append("layers " + ", ".join(f"{i} ({view.layer_types[i]})" for i in sorted(layers)))
-        if "modules" in gspec:
-            mods = ctx.strings(f"{field}.modules", gspec["modules"], "a layer class name (e.g. C2f)")
-            chosen = [s for s in chosen if view.layer_types[s.layer] in mods]
-            named.append(f"modules {', '.join(mods)}")
+        chosen, named = _by_layer(ctx, field, gspec, sites, view, optional)
         if "convs" in gspec:
             pats = ctx.strings(f"{field}.convs", gspec["convs"], "a conv id or pattern (fnmatch, e.g. '2.m.*')")
             for p in pats:
