@@ -116,7 +116,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
 
     keep = s.keep
     demo = data is None
-    _task_note(loaded.model, s)  # a label-reading step on a model of another task: one error line, before any work
+    _task_note(loaded.model, s, demo)  # a label-reading step the model's task cannot take: one error line, first
     t0 = time.perf_counter()
     graph = analyze(loaded.model, imgsz=imgsz)
     full_gflops = count_gflops(loaded.model, imgsz)
@@ -146,7 +146,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         data = load_data_config(None)  # the demo data (generated on first use), once the target is known good
     val_note = _check_data(data, loaded.model, s, demo) if data is not None else None
     do_val = data is not None and s.val is not False and val_note is None
-    batches, evaluator = (None, None) if data is None else _calibration(data, s, do_val)
+    batches, evaluator = (None, None) if data is None else _calibration(data, s, do_val, loaded.task)
     data_batches = batches if s.criterion in DATA_CRITERIA else None
     ctx = score_context(loaded.model, graph, s.criterion, batches=data_batches, seed=s.seed,
                         device=resolve_device(s.device) if data_batches else None)
@@ -390,16 +390,30 @@ def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, s: OneS
 
 
 # ------------------------------------------------------------------------------------------------------ the data
-def _task_note(model, s: OneShotSettings) -> str | None:
+# The tasks whose labels prune reads (a data criterion's loss, --val); the reconstruction and the BatchNorm
+# recalibration need images only, so every task prunes with a criterion that needs no data.
+LABELLED_TASKS = ("detect", "segment")
+
+
+def _task_note(model, s: OneShotSettings, demo: bool = True) -> str | None:
     """For a model of another task than detection, before any data is read: a `UserError` where the ranking or an
-    explicit --val needs its labels (autoprune reads detection labels only so far; the reconstruction and the BatchNorm
-    recalibration need images only), else the note saying why no mAP is given (None with --no-val or a detector)."""
+    explicit --val needs labels that cannot be had (a task whose labels autoprune does not read yet, or a segment
+    model on the demo data, which has detect labels), else the note saying why no mAP is given (None with --no-val,
+    a detector, or a segment model given --data: `_check_data` checks its labels)."""
     from autoprune.importance import DATA_CRITERIA
     from autoprune.models import model_task
 
     task = model_task(model)
-    if task == "detect":
+    if task == "detect" or (task in LABELLED_TASKS and not demo):
         return None
+    if task in LABELLED_TASKS:  # the demo data: detect labels, no masks
+        if s.criterion in DATA_CRITERIA:
+            raise UserError(f"--criterion {s.criterion} takes gradients of the loss on labelled data, and this is a "
+                            f"{task} model: pass --data with {task} labels, or a criterion that needs no data (l1, "
+                            "l2, lamp, bn_scale, fpgm, random)")
+        if s.val:
+            raise UserError(f"--val scores a {task} model on {task} labels: pass --data with them (or --no-val)")
+        return None if s.val is False else f"no mAP: a {task} model needs --data with {task} labels for one"
     if s.criterion in DATA_CRITERIA:
         raise UserError(f"--criterion {s.criterion} takes gradients of the loss on labelled data, which autoprune "
                         f"reads for detect models only so far, and this is a {task} model: pass a criterion "
@@ -416,8 +430,13 @@ def _check_data(data, model, s: OneShotSettings, demo: bool) -> str | None:
     cannot use it; the note that says why the mAP is skipped where only the default --val cannot."""
     from autoprune.importance import DATA_CRITERIA
 
-    if _task_note(model, s) is not None:
-        return _task_note(model, s)
+    from autoprune.data import check_task
+    from autoprune.models import model_task
+
+    if _task_note(model, s, demo) is not None:
+        return _task_note(model, s, demo)
+    if not demo:
+        check_task(data, model_task(model))  # a segment model needs polygon labels
     head = model.model[-1]
     what = "the demo data" if demo else data.yaml.name
     if data.nc > head.nc and (s.criterion in DATA_CRITERIA or s.reconstruct):
@@ -431,7 +450,7 @@ def _check_data(data, model, s: OneShotSettings, demo: bool) -> str | None:
     return None
 
 
-def _calibration(data, s: OneShotSettings, val: bool) -> tuple[list[dict], object | None]:
+def _calibration(data, s: OneShotSettings, val: bool, task: str = "detect") -> tuple[list[dict], object | None]:
     """The fixed calibration batches (seeded subset of the train split, letterboxed: the proxy's), and with `val`
     the proxy evaluator that drew them and scores the val split (`ProxyEvaluator`, no finetune steps)."""
     train_images = s.calib_batches * s.batch
@@ -439,12 +458,12 @@ def _calibration(data, s: OneShotSettings, val: bool) -> tuple[list[dict], objec
         from autoprune.batches import calibration_batches
 
         return calibration_batches(data, imgsz=s.calib_imgsz, calib_batches=s.calib_batches, batch=s.batch,
-                                   seed=s.seed, train_images=train_images), None
+                                   seed=s.seed, train_images=train_images, task=task), None
     from autoprune.proxy import ProxyEvaluator, ProxySettings
 
     ev = ProxyEvaluator(data, ProxySettings(steps=0, imgsz=s.calib_imgsz, calib_batches=s.calib_batches,
                                             batch=s.batch, seed=s.seed, device=s.device,
-                                            val_images=s.val_images, train_images=train_images))
+                                            val_images=s.val_images, train_images=train_images), task=task)
     return ev.calibration_batches(), ev
 
 
@@ -463,7 +482,7 @@ def _validate(evaluator, model, data, s: OneShotSettings) -> dict:
     import copy
 
     r = evaluator.evaluate(copy.deepcopy(model), recalibrate=False, steps=0)
-    return {"map50": round(r.map50, 4), "map50_95": round(r.map50_95, 4),
+    return {"metric": r.metric, "map50": round(r.map50, 4), "map50_95": round(r.map50_95, 4),
             "map50_95_se": None if r.map50_95_se is None else round(r.map50_95_se, 4),
             "images": r.val_images, "imgsz": s.calib_imgsz, "data": str(data.yaml),
             "seconds": round(r.seconds, 3)}

@@ -158,3 +158,15 @@ def test_apply_reads_the_mask_metric_of_a_segment_model_and_the_box_metric_of_a_
                                           "metrics/mAP50-95(M)\n1,0.6,0.4,0.5,0.3\n")
     assert epoch_curve(tmp_path, task="segment") == [{"epoch": 1, "step": 1, "map50": 0.5, "map50_95": 0.3}]
     assert epoch_curve(tmp_path) == [{"epoch": 1, "step": 1, "map50": 0.6, "map50_95": 0.4}]
+
+
+def test_prune_ranks_and_scores_a_segment_model_on_segment_labels(seg_root, capsys, tmp_path):
+    """prune's defaults (hessian ranking on the loss, BN recalibration, --val) take a segment model's masks."""
+    out = tmp_path / "p.pt"
+    code, stdout, err = run_cli(capsys, "prune", "--model", seg_root["model"], "--data", seg_root["seg"], "--keep",
+                                "0.5", "--imgsz", "64", "--calib-imgsz", "64", "--calib-batches", "1", "--batch", "2",
+                                "--val-images", "3", "--out", out, "--json")
+    assert code == 0, err[-3000:]
+    r = json.loads(stdout)
+    assert r["criterion"] == "hessian" and r["val"]["metric"] == "mask mAP50-95" and 0 <= r["val"]["map50_95"] <= 1
+    assert r["gflops_ratio"] < 0.8 and out.is_file()

@@ -223,10 +223,10 @@ def test_prune_command_prunes_a_segmentation_model_without_data(capsys, tmp_path
 
 @pytest.mark.parametrize("argv,pattern", [
     (["prune", "--keep", "0.5", "--no-val"], "--criterion hessian takes gradients of the loss on labelled data, "
-                                             "which autoprune reads for detect models only so far, and this is a "
-                                             "segment model"),
-    (["prune", "--keep", "0.5", "--criterion", "l1", "--val"], "--val scores detect models only so far, and this "
-                                                               "is a segment model"),
+                                             "and this is a segment model: pass --data with segment labels"),
+    (["prune", "--keep", "0.5", "--criterion", "l1", "--val"], "--val scores a segment model on segment labels: "
+                                                               "pass --data with them"),
+    (["prune", "--keep", "0.5", "--data"], "the model is a segment model, and "),
     (["proxy"], "the model is a segment model, and "),
     (["sparsify", "--epochs", "1"], "autoprune sparsify handles detect models only so far"),
     (["search", "--budget-gflops", "0.01"], "the model is a segment model, and "),
@@ -236,7 +236,8 @@ def test_commands_that_read_labels_refuse_other_tasks_in_one_line(capsys, tmp_pa
     """Without data, or with detection data (the tiny dataset, so no demo data is generated first): proxy and search
     score segment models, and refuse detect labels for one."""
     monkeypatch.chdir(tmp_path)  # run folders would go under ./runs
-    data = [] if argv[0] == "prune" else ["--data", tiny_data]
+    data = [] if argv[0] == "prune" and argv[-1] != "--data" else ["--data", tiny_data]
+    argv = [a for a in argv if a != "--data"]
     code, _, err = run_cli(capsys, *argv, "--model", seg_yaml, *data)
     line = assert_user_error(code, err, pattern)
     assert "segment" in line
