@@ -212,11 +212,16 @@ class SparsityPenalty:
         self._hooks = []
 
 
-def _trainer_class(model: nn.Module):
-    """A DetectionTrainer that trains `model` itself instead of building one from its YAML."""
-    from ultralytics.models.yolo.detect import DetectionTrainer
+def _trainer_class(model: nn.Module, task: str = "detect"):
+    """The trainer of `task` (a DetectionTrainer, a SegmentationTrainer: `finetune.TRAINERS`) that trains `model`
+    itself instead of building one from its YAML."""
+    import importlib
 
-    class SparsifyTrainer(DetectionTrainer):
+    from autoprune.finetune import TRAINERS
+
+    module, cls = TRAINERS[task]
+
+    class SparsifyTrainer(getattr(importlib.import_module(module), cls)):
         def get_model(self, cfg=None, weights=None, verbose=True):
             return model
 
@@ -274,12 +279,13 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
         >>> sparsify("best.pt", "data.yaml", new_run_dir("sparsify"), SparsifySettings(epochs=30, l1=1e-2))
     """
     from autoprune.channels import analyze
-    from autoprune.data import DataConfig, load_data_config
+    from autoprune.data import DataConfig, check_task, load_data_config
     from autoprune.models import LoadedModel, load_model, save_checkpoint
 
     cfg = data if isinstance(data, DataConfig) else load_data_config(data)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     model = loaded.model
+    check_task(cfg, loaded.task)  # a segment model trains on polygon labels
     head = model.model[-1]
     if head.nc != cfg.nc:
         if loaded.ckpt:
@@ -311,8 +317,9 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
         "verbose": False,
         **settings.train_args,
         "amp": False,
+        "task": loaded.task,
     }
-    trainer = _trainer_class(model)(overrides=args)
+    trainer = _trainer_class(model, loaded.task)(overrides=args)
     penalty.attach(trainer)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     t0 = time.perf_counter()
@@ -358,13 +365,12 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
 
 
 def _from_yaml(model: nn.Module, nc: int) -> nn.Module:
-    """The model's YAML rebuilt with `nc` classes (reproducible random weights), for training on other data."""
-    from ultralytics.nn.tasks import DetectionModel
-
+    """The model's YAML rebuilt with `nc` classes (reproducible random weights, the same model class), for training
+    on other data."""
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
-        return DetectionModel(dict(model.yaml), nc=nc, verbose=False).float()
+        return type(model)(dict(model.yaml), nc=nc, verbose=False).float()
     finally:
         torch.random.set_rng_state(state)
 

@@ -170,3 +170,16 @@ def test_prune_ranks_and_scores_a_segment_model_on_segment_labels(seg_root, caps
     r = json.loads(stdout)
     assert r["criterion"] == "hessian" and r["val"]["metric"] == "mask mAP50-95" and 0 <= r["val"]["map50_95"] <= 1
     assert r["gflops_ratio"] < 0.8 and out.is_file()
+
+
+def test_sparsify_trains_a_segment_model_on_its_masks(seg_root, capsys, tmp_path):
+    code, stdout, err = run_cli(capsys, "sparsify", "--model", seg_root["model"], "--data", seg_root["seg"],
+                                "--epochs", "1", "--imgsz", "64", "--batch", "2", "--device", "cpu", "--project",
+                                tmp_path, "--name", "sp", "--json")
+    assert code == 0, err[-3000:]
+    r = json.loads(stdout)
+    from ultralytics.nn.tasks import load_checkpoint
+
+    model, ckpt = load_checkpoint(r["checkpoint"])
+    assert type(model).__name__ == "SegmentationModel" and ckpt["train_args"]["task"] == "segment"
+    assert "seg_loss" in (tmp_path / "sp" / "train" / "results.csv").read_text()  # the masks were in the loss

@@ -56,13 +56,14 @@ def run(args: argparse.Namespace) -> dict:
                                 reg_keep=args.reg_keep, imgsz=args.imgsz, batch=args.batch,
                                 device=ultralytics_device(args.device),  # checked: one error line, before any work
                                 workers=args.workers, val=not args.no_val, train_args=extra)
-    from autoprune.data import load_data_config
+    from autoprune.data import check_task, load_data_config
     from autoprune.models import load_model, require_task
     from autoprune.runs import new_run_dir, save_args
 
     data = load_data_config(args.data)  # check data and model before creating the run folder
     loaded = load_model(args.model)
-    require_task(loaded, "sparsify")
+    require_task(loaded, "sparsify", ("detect", "segment"))
+    check_task(data, loaded.task)  # before the run folder is made
     run_dir = new_run_dir("sparsify", args.name, project=args.project, exist_ok=args.exist_ok)
     # the resolved values, not a default's None or auto
     save_args(run_dir, args, model=loaded.source, data=str(data.yaml), device=settings.device,

@@ -228,7 +228,7 @@ def test_prune_command_prunes_a_segmentation_model_without_data(capsys, tmp_path
                                                                "pass --data with them"),
     (["prune", "--keep", "0.5", "--data"], "the model is a segment model, and "),
     (["proxy"], "the model is a segment model, and "),
-    (["sparsify", "--epochs", "1"], "autoprune sparsify handles detect models only so far"),
+    (["sparsify", "--epochs", "1"], "the model is a segment model, and "),
     (["search", "--budget-gflops", "0.01"], "the model is a segment model, and "),
 ])
 def test_commands_that_read_labels_refuse_other_tasks_in_one_line(capsys, tmp_path, monkeypatch, seg_yaml, tiny_data,
