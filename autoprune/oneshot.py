@@ -407,22 +407,20 @@ def _task_note(model, s: OneShotSettings, demo: bool = True) -> str | None:
     if task == "detect" or (task in LABELLED_TASKS and not demo):
         return None
     if task in LABELLED_TASKS:  # the demo data: detect labels, no masks
-        if s.criterion in DATA_CRITERIA:
-            raise UserError(f"--criterion {s.criterion} takes gradients of the loss on labelled data, and this is a "
-                            f"{task} model: pass --data with {task} labels, or a criterion that needs no data (l1, "
-                            "l2, lamp, bn_scale, fpgm, random)")
-        if s.val:
-            raise UserError(f"--val scores a {task} model on {task} labels: pass --data with them (or --no-val)")
-        return None if s.val is False else f"no mAP: a {task} model needs --data with {task} labels for one"
+        rank = f"and this is a {task} model: pass --data with {task} labels, or a criterion that needs no data"
+        val = f"--val scores a {task} model on {task} labels: pass --data with them (or --no-val)"
+        note = f"no mAP: a {task} model needs --data with {task} labels for one"
+    else:
+        rank = (f"which autoprune reads for detect models only so far, and this is a {task} model: pass a criterion "
+                "that needs no data")
+        val = f"--val scores detect models only so far, and this is a {task} model (pass --no-val)"
+        note = f"no mAP: autoprune validates detect models only so far, and this is a {task} model"
     if s.criterion in DATA_CRITERIA:
-        raise UserError(f"--criterion {s.criterion} takes gradients of the loss on labelled data, which autoprune "
-                        f"reads for detect models only so far, and this is a {task} model: pass a criterion "
-                        "that needs no data (l1, l2, lamp, bn_scale, fpgm, random)")
+        raise UserError(f"--criterion {s.criterion} takes gradients of the loss on labelled data, {rank} (l1, l2, "
+                        "lamp, bn_scale, fpgm, random)")
     if s.val:
-        raise UserError(f"--val scores detect models only so far, and this is a {task} model (pass --no-val)")
-    if s.val is False:
-        return None
-    return f"no mAP: autoprune validates detect models only so far, and this is a {task} model"
+        raise UserError(val)
+    return None if s.val is False else note
 
 
 def _check_data(data, model, s: OneShotSettings, demo: bool) -> str | None:
