@@ -1,10 +1,10 @@
 """Does the same seed give the same recommendation, and is the recommended trial ever worse than trial 1 (issue 24)?
 
-    python benchmarks/bench_recommend.py                                   # val 12 and the whole split, seeds 0 1 2
+    python benchmarks/bench_recommend.py                                   # val 12 and the default subset, seeds 0 1 2
     python benchmarks/bench_recommend.py --val-images 12 --seeds 0 1 --repeats 2 --apply-epochs 10
 
 (a) Runs the main command, `autoprune search --budget-gflops 5` on the demo, `--repeats` times for each seed in
-`--seeds` and each `--val-images` (0: the whole val split), each run in its own process and study (under
+`--seeds` and each `--val-images` (0: the command's default, 200 images), each run in its own process and study (under
 `--project`), with `--json`. Per run: the recommended trial, its genome (a hash of the trial's kept channels, so two
 runs recommending "trial 7" with different genomes do not count as the same), its proxy mAP50-95 and standard
 error, the reason the search gave, the extra proxy scores auto-confirm spent and the wall time. Per seed and
@@ -58,7 +58,7 @@ def genome_id(study_db: Path, study: str, number: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--val-images", type=int, nargs="+", default=[12, 0], help="0: the whole val split")
+    p.add_argument("--val-images", type=int, nargs="+", default=[12, 0], help="0: the command's default subset (200 images)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--repeats", type=int, default=2, help="runs per seed and val size")
     p.add_argument("--apply-epochs", type=int, default=0, help="0: no apply (part (a) only)")
