@@ -363,7 +363,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
             v = validate_checkpoint(path, data, imgsz=imgsz, batch=batch, device=device)
             lat = lat or measure_latency(model, imgsz=cost_imgsz, device=device, **latency)
         box = {k: round(v[k], 5) for k in ("box_map50", "box_map50_95") if k in v}  # a segment model's boxes
-        return {"map50": round(v["map50"], 5), "map50_95": round(v["map50_95"], 5), **box, "params": count_params(model),
+        return {"map50": round(v["map50"], 5), "map50_95": round(v["map50_95"], 5), **box,
+                "params": count_params(model),
                 "gflops": round(count_gflops(model, cost_imgsz), 6), "latency_ms": round(lat.median_ms, 3),
                 "latency_spread_ms": round(lat.spread_ms, 3), "latency_device": lat.device_name,
                 "latency_backend": lat.backend, "latency_precision": lat.precision,
@@ -565,8 +566,8 @@ def format_report(r: dict) -> str:
            f"neck weight {d['neck_weight']:g})") if d else "without distillation"
     t = r["train"]
     tr = r["trial_record"]
-    proxy = (f"The search's proxy scored this trial {kind}mAP50-95 {tr['map50_95']:.4f} (proxy protocol: short finetune, "
-             "val subset).") if tr.get("map50_95") is not None else ""
+    proxy = (f"The search's proxy scored this trial {kind}mAP50-95 {tr['map50_95']:.4f} (proxy protocol: short "
+             "finetune, val subset).") if tr.get("map50_95") is not None else ""
     lines += [
         "",
         f"- model: `{r['model']}`; data: `{r['data']}`",

@@ -58,7 +58,8 @@ def genome_id(study_db: Path, study: str, number: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--val-images", type=int, nargs="+", default=[12, 0], help="0: the command's default subset (200 images)")
+    p.add_argument("--val-images", type=int, nargs="+", default=[12, 0],
+                   help="0: the command's default subset (200 images)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--repeats", type=int, default=2, help="runs per seed and val size")
     p.add_argument("--apply-epochs", type=int, default=0, help="0: no apply (part (a) only)")
