@@ -13,6 +13,8 @@ The head distillation (see `head_distillation`) works on what the Detect head em
 - box distributions (DFL): the KL divergence of the reg_max-bin distribution of each box side at temperature T
   (localization distillation, Zheng et al., CVPR 2022), weighted per anchor by the teacher's confidence: a box is only
   worth copying where the teacher sees an object. Heads without DFL (reg_max 1) get an L1 on the side distances.
+- masks (Segment heads, `mask_distillation`, added to the box term): the squared difference of each anchor's mask
+  coefficients weighted by the teacher's confidence, and of the prototypes, each relative to the teacher's scale.
 
 Both are normalized by the sum of the teacher's per-anchor confidences (the role `target_scores_sum` plays in
 Ultralytics' loss) and scaled by the `cls` and `dfl` gains of the detection loss, so `weight=1` gives the teacher's
@@ -51,6 +53,7 @@ __all__ = [
     "head_branches",
     "head_distillation",
     "head_term",
+    "mask_distillation",
     "neck_distillation",
     "raw_head_outputs",
 ]
@@ -156,7 +159,28 @@ def head_distillation(student: dict, teacher: dict, *, temperature: float = 2.0)
     else:  # no DFL (e.g. YOLO26): the raw side distances
         per_anchor = (s_box - t_box).abs().mean(1)
     box_term = (per_anchor * t_conf).sum() / norm
+    if "mask_coefficient" in student and "mask_coefficient" in teacher:  # a Segment head: its masks are located too
+        box_term = box_term + mask_distillation(student, teacher, t_conf, norm)
     return cls_term, box_term
+
+
+def mask_distillation(student: dict, teacher: dict, t_conf: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The mask term of a Segment head, added to the box term: the squared difference of each anchor's mask
+    coefficients (batch, nm, anchors), weighted by the teacher's confidence there and divided by `norm` as the box
+    term is, plus the mean squared difference of the prototypes (batch, nm, h, w); each relative to the mean square of
+    the teacher's values, so the term is scale-free, and exactly 0 when the outputs agree. The student's kept channels
+    do not change either output's shape (the coefficient count and the prototypes' are fixed by the task)."""
+    s_mc, t_mc = student["mask_coefficient"].float(), teacher["mask_coefficient"].detach().float()
+    if s_mc.shape != t_mc.shape:
+        raise ValueError(f"mask coefficients differ in shape: student {tuple(s_mc.shape)}, teacher {tuple(t_mc.shape)}")
+    coef = ((s_mc - t_mc).pow(2).mean(1) * t_conf).sum() / norm / t_mc.pow(2).mean().clamp(min=1e-6)
+    s_p, t_p = student.get("proto"), teacher.get("proto")
+    if isinstance(s_p, (tuple, list)):  # heads that return (prototypes, semantic output): the prototypes
+        s_p, t_p = s_p[0], t_p[0]
+    if not (isinstance(s_p, torch.Tensor) and isinstance(t_p, torch.Tensor)) or s_p.shape != t_p.shape:
+        return coef
+    t_p = t_p.detach().float()
+    return coef + (s_p.float() - t_p).pow(2).mean() / t_p.pow(2).mean().clamp(min=1e-6)
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

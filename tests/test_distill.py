@@ -107,3 +107,38 @@ def test_levels_parse_with_optional_weights():
         DistillSettings(feature_weight=1.0, feature_levels=((15, 0.0),))
     with pytest.raises(UserError, match="--kd-features"):
         DistillSettings(feature_weight=-1.0)
+
+
+def test_a_segment_heads_masks_are_distilled_zero_when_equal_and_pulled_toward_the_teacher():
+    """The head term of a Segment head covers its mask coefficients and prototypes (mask_distillation): exactly 0 for
+    the teacher's own outputs, positive for a perturbed student, and its gradient reaches the mask branch and Proto."""
+    from ultralytics.nn.tasks import SegmentationModel
+
+    from autoprune.distill import head_term, mask_distillation
+
+    torch.manual_seed(0)
+    teacher = SegmentationModel("yolov8n-seg.yaml", nc=2, verbose=False)
+    student = copy.deepcopy(teacher)
+    x = torch.rand(2, 3, 64, 64)
+    teacher.eval()
+    with torch.no_grad():
+        t_preds = teacher(x)  # eval mode: ((decoded, proto), raw dict)
+    student.eval()  # the same BatchNorm statistics as the teacher; gradients still flow
+    same = head_term(student(x), t_preds, cls_gain=0.5, box_gain=1.5)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    raw = t_preds[1]
+    t_conf = raw["scores"].sigmoid().amax(1)
+    norm = t_conf.sum().clamp(min=1.0)
+    assert float(mask_distillation(raw, raw, t_conf, norm)) == 0.0
+    with torch.no_grad():
+        student.model[-1].cv4[0][2].weight.add_(0.5 * torch.randn_like(student.model[-1].cv4[0][2].weight))
+        student.model[-1].proto.cv3.conv.weight.mul_(1.5)
+    with torch.no_grad():  # boxes and classes unchanged: the head term is the mask term alone
+        assert float(head_term(student(x), t_preds, cls_gain=0.5, box_gain=1.5)) > 0
+    s_preds = student(x)[1]
+    term = mask_distillation(s_preds, raw, t_conf, norm)
+    assert float(term) > 0
+    term.backward()
+    head = student.model[-1]
+    assert head.cv4[0][2].weight.grad.abs().sum() > 0 and head.proto.cv3.conv.weight.grad.abs().sum() > 0
+    assert head.cv2[0][2].weight.grad is None  # the box branch's outputs did not enter the mask term
