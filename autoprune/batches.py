@@ -104,6 +104,39 @@ def build_dataset(cfg, data: DataConfig, split: str, batch: int):
         raise UserError(f"{data.yaml}: cannot load images from {img_path}: {first}") from e
 
 
+def module_inputs(net: torch.nn.Module, paths: list[str], batches, cap: int | None = None) -> dict[str, list]:
+    """{path: the first inputs of the module at `path`} over the calibration `batches` (dicts with "img", or image
+    tensors; uint8 scaled to [0, 1]), run through `net` in eval mode on its device; with `cap`, at most about `cap`
+    values per module (later batches are dropped past it). `net`'s mode is restored."""
+    from collections.abc import Mapping
+
+    inputs: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    sizes = dict.fromkeys(paths, 0)
+
+    def hook_for(path):
+        def hook(_mod, args):
+            x = args[0].detach()
+            if cap is None or sizes[path] < cap:
+                inputs[path].append(x)
+                sizes[path] += x.numel()
+        return hook
+
+    hooks = [net.get_submodule(p).register_forward_pre_hook(hook_for(p)) for p in paths]
+    was = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    try:
+        with torch.no_grad():
+            for b in batches:
+                img = (b["img"] if isinstance(b, Mapping) else b).to(device)
+                net(img.float() / 255 if img.dtype == torch.uint8 else img.float())
+    finally:
+        for h in hooks:
+            h.remove()
+        net.train(was)
+    return inputs
+
+
 def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, calib_batches: int, batch: int = 8,
                         seed: int = 0, train_images: int = 512, task: str = "detect") -> list[dict]:
     """The fixed calibration batches (collated dicts, uint8 images on the CPU) of `data`'s train split.

@@ -324,24 +324,10 @@ def rank_elements(model: nn.Module, batches: Iterable[dict], units: list[DepthUn
     orders = {depth_key(u.id): list(range(u.n)) for u in units}
     if not residual:
         return orders
-    inputs: dict[str, list[torch.Tensor]] = {u.id: [] for u in residual}
-    hooks = []
-    for u in residual:
-        def hook(_mod, args, uid=u.id):
-            inputs[uid].append(args[0].detach())
-        hooks.append(net.get_submodule(u.block_path).register_forward_pre_hook(hook))
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    try:
-        for b in batches:
-            img = b["img"] if isinstance(b, Mapping) else b
-            img = img.to(device)
-            net(img.float() / 255 if img.dtype == torch.uint8 else img.float())
-    finally:
-        for h in hooks:
-            h.remove()
-        net.train(was_training)
+    from autoprune.batches import module_inputs
+
+    captured = module_inputs(net, [u.block_path for u in residual], batches)
+    inputs = {u.id: captured[u.block_path] for u in residual}
     for u in residual:
         block = net.get_submodule(u.block_path)
         was = block.training

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -319,34 +318,6 @@ def weight_error(kind: str, w: torch.Tensor, stages: list[torch.Tensor]) -> floa
 
 
 @torch.no_grad()
-def _capture_inputs(net: nn.Module, paths: list[str], batches: Iterable, cap: int) -> dict[str, list[torch.Tensor]]:
-    """The inputs of the modules at `paths` over the calibration `batches` (eval mode), at most `cap` values
-    per module (later batches are dropped past it)."""
-    inputs: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    sizes = dict.fromkeys(paths, 0)
-    hooks = []
-    for p in paths:
-        def hook(_mod, args, p=p):
-            x = args[0].detach()
-            if sizes[p] < cap:
-                inputs[p].append(x)
-                sizes[p] += x.numel()
-        hooks.append(net.get_submodule(p).register_forward_pre_hook(hook))
-    was = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    try:
-        for b in batches:
-            img = b["img"] if isinstance(b, Mapping) else b
-            img = img.to(device)
-            net(img.float() / 255 if img.dtype == torch.uint8 else img.float())
-    finally:
-        for h in hooks:
-            h.remove()
-        net.train(was)
-    return inputs
-
-
 def _pre_act(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A Conv's (or a replacement's) output before its last activation, in eval mode."""
     if isinstance(m, nn.Sequential):
@@ -487,7 +458,9 @@ def swap_convs(model: nn.Module, swaps: Mapping[str, str], batches: Iterable | N
                                                     f"not divide by {GROUPS[kind]}"}
             continue
         present[sid] = mod
-    inputs = (_capture_inputs(net, [f"model.{sid}" for sid in present], batches, max_values)
+    from autoprune.batches import module_inputs
+
+    inputs = (module_inputs(net, [f"model.{sid}" for sid in present], batches, max_values)
               if batches is not None and present else {})
     for sid in sorted(present, key=lambda x: tuple(int(t) if t.isdigit() else -1 for t in x.split("."))):
         orig = present[sid]
