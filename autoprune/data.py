@@ -92,6 +92,11 @@ def load_data_config(path: str | Path | None) -> DataConfig:
     if packaged is not None:
         file = packaged
     elif not file.is_file():
+        train = file / "train"
+        if train.is_dir() and any(d.is_dir() and d.name not in ("images", "labels") for d in train.iterdir()):
+            raise UserError(f"{spec} is a classification dataset (a folder of class folders); autoprune reads labels "
+                            "of detect and segment models only so far, from a data YAML (groups, cost and prune "
+                            "--criterion l1 --no-val need no data)")
         what = "is a folder, not a file" if file.is_dir() else "not found"
         raise UserError(f"data YAML {what}: {spec}")
     try:

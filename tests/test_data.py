@@ -104,3 +104,16 @@ def test_none_means_the_demo_dataset_loaded_lazily(tiny_data, monkeypatch):
     monkeypatch.setattr(demo, "ensure_demo_data", lambda: calls.append(1) or Path(tiny_data))
     assert load_data_config(None).yaml == Path(tiny_data).resolve()
     assert calls == [1]
+
+
+def test_a_folder_is_one_error_line_that_says_what_it_is(tmp_path):
+    """A classification dataset (train/ of class folders) is named as one; a detection folder is asked for its YAML."""
+    (tmp_path / "cls" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "cls" / "val" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match="is a classification dataset .a folder of class folders.; autoprune reads "
+                                        "labels of detect and segment models only so far"):
+        load_data_config(tmp_path / "cls")
+    (tmp_path / "det" / "train" / "images").mkdir(parents=True)  # Roboflow's layout: train/images, train/labels
+    (tmp_path / "det" / "train" / "labels").mkdir(parents=True)
+    with pytest.raises(UserError, match="data YAML is a folder, not a file"):
+        load_data_config(tmp_path / "det")
