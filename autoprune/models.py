@@ -135,7 +135,9 @@ def _build_from_yaml(spec: str, seed: int) -> nn.Module:
         raise UserError(f"{spec} is not an Ultralytics model YAML (it needs 'backbone' and 'head')")
     task = guess_model_task(cfg)
     if task not in TASKS:
-        raise UserError(f"{spec} is a {task} model; autoprune handles {_task_list()} models")
+        head = cfg["head"][-1][2] if cfg["head"] and len(cfg["head"][-1]) > 2 else "its head"
+        what = f"a {task} model" if task else f"a model whose task Ultralytics cannot tell (head {head})"
+        raise UserError(f"{spec} is {what}; autoprune handles {_task_list()} models")
     from ultralytics.nn import tasks
 
     state = torch.random.get_rng_state()

@@ -255,3 +255,12 @@ def test_groups_shows_the_genes_of_the_default_space(capsys):
     assert space["name"] == "yolov8"
     covered = [gid for g in space["genes"] for gid in g["groups"]]
     assert sorted(covered + space["never"]) == sorted(groups)  # every group in exactly one gene or never pruned
+
+
+@pytest.mark.parametrize("yaml_name, pattern", [
+    ("rtdetr-l.yaml", "rtdetr-l.yaml is a model whose task Ultralytics cannot tell (head RTDETRDecoder); autoprune "
+                      "handles detect, segment, pose, obb, classify models"),
+    ("yolo26n-sem.yaml", "yolo26n-sem.yaml is a semantic model; autoprune handles detect"),
+])
+def test_a_model_yaml_of_a_task_it_does_not_handle_is_named(capsys, yaml_name, pattern):
+    assert_user_error(*run_cli(capsys, "groups", "--model", yaml_name)[::2], pattern)
