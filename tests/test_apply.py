@@ -408,7 +408,7 @@ def test_plot_curve_has_one_point_per_epoch(tmp_path):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from autoprune.apply import plot_curve
+    from autoprune.report.apply_report import plot_curve
 
     curve = [{"epoch": i, "step": 1 + (i > 2), "map50": 0.5, "map50_95": 0.1 * i} for i in range(1, 6)]
     drawn = {}

@@ -143,7 +143,7 @@ def test_apply_reads_the_mask_metric_of_a_segment_model_and_the_box_metric_of_a_
 
     import ultralytics
 
-    from autoprune.apply import epoch_curve
+    from autoprune.report.apply_report import epoch_curve
     from autoprune.finetune import validate_checkpoint
 
     box, seg = SimpleNamespace(map50=0.6, map=0.4), SimpleNamespace(map50=0.5, map=0.3)

@@ -93,7 +93,8 @@ def _positive(flag: str, value: int, low: int = 1) -> int:
 # ------------------------------------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace) -> dict:
     from autoprune import report
-    from autoprune.apply import apply_study_trial, format_report
+    from autoprune.apply import apply_study_trial
+    from autoprune.report.apply_report import format_report
     from autoprune.imgsz import check_imgsz
     from autoprune.devices import resolve_device
     from autoprune.finetune import DistillSettings

@@ -8,6 +8,7 @@ is still running or was finished long ago (`autoprune trials`, `autoprune plot`,
 
 Modules: `study` opens a stored study for reading; `front` computes `ParetoInfo`; `tables` writes text; `plots`
 draws; `files` writes `trials.csv` and all three report files; `text` and `atomic` are their shared helpers.
+`apply_report` writes `autoprune apply`'s report.md and its per-epoch finetune curve.
 
 Example:
     >>> info = pareto_info([], {"model": "yolov8n.pt", "budget_gflops": 4.0})
@@ -17,6 +18,7 @@ Example:
     Pareto front: no feasible trial yet (0 trials)
 """
 
+from autoprune.report.apply_report import epoch_curve, format_report, plot_curve
 from autoprune.report.files import CSV_COLUMNS, record_dict, write_reports, write_trials_csv
 from autoprune.report.front import Panel, ParetoInfo, pareto_info, study_info
 from autoprune.report.plots import plot_pareto_html, plot_pareto_png
@@ -36,7 +38,9 @@ __all__ = [
     "ParetoInfo",
     "comparison_line",
     "confirmed_lines",
+    "epoch_curve",
     "format_front_table",
+    "format_report",
     "format_trials_table",
     "load_records",
     "local_study_names",
@@ -45,6 +49,7 @@ __all__ = [
     "over_budget_text",
     "pareto_info",
     "plot_pareto_html",
+    "plot_curve",
     "plot_pareto_png",
     "read_study",
     "record_dict",

@@ -212,7 +212,7 @@ def test_every_command_defaults_device_to_auto_with_one_help(capsys, monkeypatch
 def test_apply_report_says_the_image_size_of_each_figure():
     """apply finetunes and validates at the search's proxy size (320 here) while the budget is at 640: each row of
     report.md says its size, and the finetune line says where the size came from."""
-    from autoprune.apply import format_report
+    from autoprune.report.apply_report import format_report
 
     side = {"map50": 0.5, "map50_95": 0.3, "params": 1000, "gflops": 4.0, "latency_ms": 10.0, "file_bytes": 2e6,
             "latency_device": "cpu", "latency_threads": 2}
