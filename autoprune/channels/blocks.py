@@ -5,7 +5,7 @@ and Detect, with C2PSA/PSA's attention kept whole, and the channel-wise torch la
 padding). The rules of YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown, AConv, SPPELAN), YOLOv10 (SCDown, CIB,
 RepVGGDW), Ghost (GhostConv, GhostBottleneck) and YOLO12's area attention (AAttn, ABlock) are in
 `autoprune.channels.blocks_extra`. Each rule is called as `rule(tracer, path, module, x)` on the symbolic input `x`
-and returns the symbolic output; `builtin_handlers` lists them all for `autoprune.channels.trace.analyze`.
+and returns the symbolic output; `handlers` lists them for `autoprune.channels.trace.builtin_handlers`.
 """
 
 from __future__ import annotations
@@ -158,13 +158,9 @@ def _detect(tr: Tracer, path: str, m: nn.Module, x) -> Opaque:
     return Opaque()
 
 
-def builtin_handlers() -> list[tuple[type, Handler]]:
-    """(class, rule) for every Ultralytics and torch block the analysis knows."""
+def handlers() -> list[tuple[type, Handler]]:
+    """(class, rule) for the blocks of this module (`trace.builtin_handlers` puts them with the others)."""
     from ultralytics.nn.modules import block, conv, head
-
-    from autoprune.channels import blocks_extra
-
-    from autoprune.channels import heads
 
     return [
         (nn.Sequential, _sequential),
@@ -186,7 +182,5 @@ def builtin_handlers() -> list[tuple[type, Handler]]:
         (block.C2PSA, _split_attention),
         (block.PSA, _split_attention),
         (block.A2C2f, _a2c2f),
-        *heads.handlers(),  # the task heads; Pose and OBB keep Detect's forward, so they come first
         (head.Detect, _detect),
-        *blocks_extra.handlers(),
     ]

@@ -8,7 +8,7 @@ half repeats the channels of its first half, so both halves share one index) and
 two sides may be cut differently: the side that is one part is cut to match). YOLO12: AAttn's head dim (the
 number of heads stays) and ABlock's residuals.
 
-Each rule is `rule(tracer, path, module, x)`, as in `blocks`; `handlers` lists them for `blocks.builtin_handlers`.
+Each rule is `rule(tracer, path, module, x)`, as in `blocks`; `handlers` lists them for `trace.builtin_handlers`.
 """
 
 from __future__ import annotations

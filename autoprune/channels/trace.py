@@ -16,12 +16,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoprune.channels.blocks import builtin_handlers
+from autoprune.channels import blocks, blocks_extra, heads
 from autoprune.channels.graph import ChannelGraph, ChannelGroup, ConvInfo
 from autoprune.channels.symbolic import Segment, Tracer, install_builtin_handlers, register_handler
 from autoprune.wrappers import detection_model
 
 __all__ = ["analyze", "register_handler"]
+
+
+def builtin_handlers() -> list:
+    """(class, rule) for every Ultralytics and torch block the analysis knows. A rule serves the instances of its
+    class that keep the class's forward, first match first: the task heads come before Detect (Pose and OBB keep
+    its forward), the extra blocks after the common ones (RepCSP and RepBottleneck keep C3's and Bottleneck's)."""
+    return [*heads.handlers(), *blocks.handlers(), *blocks_extra.handlers()]
 
 
 def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], dict[str, ConvInfo]]:

@@ -23,8 +23,7 @@ from __future__ import annotations
 import time
 
 from autoprune.search import records
-
-LATENCY_MODELS = ("measured", "predicted")
+from autoprune.search.settings import LATENCY_MODELS  # noqa: F401  (re-exported: the choices it serves)
 
 
 def latency_table(search):

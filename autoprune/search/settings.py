@@ -22,6 +22,8 @@ def _search_timing():
 
 
 SEARCH_TIMING = _search_timing()
+# --latency-model: every candidate timed end to end, or priced by the per-layer table (`search.latency`)
+LATENCY_MODELS = ("measured", "predicted")
 MAX_REJECTED_IN_A_ROW = 200  # proposals in a row that were duplicates or over budget: the space is exhausted
 
 
@@ -150,8 +152,6 @@ def check_settings(s: SearchSettings) -> None:
     from autoprune.cost.backends import PRECISIONS, check_backend
 
     check_backend(s.latency_backend)
-    from autoprune.search.latency import LATENCY_MODELS
-
     if s.latency_model not in LATENCY_MODELS:
         raise UserError(f"--latency-model must be one of {', '.join(LATENCY_MODELS)}, got {s.latency_model!r}")
     if s.latency_precision is not None and s.latency_precision not in PRECISIONS:
