@@ -426,9 +426,8 @@ def _task_note(model, s: OneShotSettings, demo: bool = True) -> str | None:
 def _check_data(data, model, s: OneShotSettings, demo: bool) -> str | None:
     """Whether `data` fits the model, before any work: a `UserError` where the ranking's labels or an explicit --val
     cannot use it; the note that says why the mAP is skipped where only the default --val cannot."""
-    from autoprune.importance import DATA_CRITERIA
-
     from autoprune.data import check_task
+    from autoprune.importance import DATA_CRITERIA
     from autoprune.models import model_task
 
     if _task_note(model, s, demo) is not None:
