@@ -273,10 +273,12 @@ def parse_spec(spec: str, units: list[DepthUnit], flag: str = "--depth") -> dict
 # ------------------------------------------------------------------------------------------------- costs
 
 
-def conv_channels(graph, units: list[DepthUnit], counts: Mapping) -> dict[str, tuple[int, int]]:
+def conv_channels(graph, units: list[DepthUnit], counts: Mapping,
+                  orders: Mapping | None = None) -> dict[str, tuple[int, int]]:
     """(in, out) channels of every conv that remains after the widths and the depth plan in `counts` (convs of
-    removed elements are absent; a concat reader loses the removed slots' channels). Which elements go does not
-    change the count, only how many: every slot of a residual unit is as wide."""
+    removed elements are absent; a concat reader loses the removed slots' channels). The elements that go are
+    those `check_plan` removes: the last ones, or the last of a unit's order in `orders` (`rank_elements`); which
+    ones matters when the elements' hidden widths differ."""
     width, depth = split_counts(counts)
     ch = dict(graph.conv_channels(width))
     by_id = {u.id: u for u in units}
@@ -284,7 +286,8 @@ def conv_channels(graph, units: list[DepthUnit], counts: Mapping) -> dict[str, t
         u = by_id[uid]
         if k >= u.n or u.elements[0] + ".cv1.conv" not in ch and u.out_convs[0] not in ch:
             continue  # nothing removed, or the unit sits inside an element removed already
-        for i in range(k, u.n):
+        order = (orders or {}).get(depth_key(uid)) or range(u.n)
+        for i in sorted(int(j) for j in list(order)[k:]):
             if u.reader is not None:
                 cin, cout = ch[u.reader]
                 ch[u.reader] = (cin - ch[u.out_convs[i]][1], cout)
@@ -332,14 +335,15 @@ def rank_elements(model: nn.Module, batches: Iterable[dict], units: list[DepthUn
         block = net.get_submodule(u.block_path)
         was = block.training
         block.eval()
-        base = [block(x) for x in inputs[u.id]]
-        norm = sum(float(y.pow(2).sum()) for y in base) or 1.0
-        costs = []
-        for i in range(u.n):
-            cut = copy.deepcopy(block)
-            _remove_in_block(cut, u, [j for j in range(u.n) if j != i])
-            err = sum(float((cut(x) - y).pow(2).sum()) for x, y in zip(inputs[u.id], base))
-            costs.append(err / norm)
+        with torch.no_grad():
+            base = [block(x) for x in inputs[u.id]]
+            norm = sum(float(y.pow(2).sum()) for y in base) or 1.0
+            costs = []
+            for i in range(u.n):
+                cut = copy.deepcopy(block)
+                _remove_in_block(cut, u, [j for j in range(u.n) if j != i])
+                err = sum(float((cut(x) - y).pow(2).sum()) for x, y in zip(inputs[u.id], base))
+                costs.append(err / norm)
         block.train(was)
         orders[depth_key(u.id)] = sorted(range(u.n), key=lambda i: (-costs[i], i))
     return orders

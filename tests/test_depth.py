@@ -154,6 +154,29 @@ def test_space_predicts_the_gflops_of_widths_and_depth_exactly(which, request):
     assert all(space.uniform(0.5)[g.name] == g.high for g in space.depth_genes)
 
 
+def test_space_predicts_the_gflops_when_measured_orders_remove_other_elements(v8):
+    """With an element order (what `rank_elements` measures) a depth gene removes other elements than the last; in
+    the `fine` space each bottleneck's hidden width is its own gene, so which one goes changes the GFLOPs, and the
+    space predicts the model `build` makes with that order."""
+    model, graph = v8
+    src = read_space_file(SPACES_DIR / "fine.yaml")
+    src["depth"] = True
+    space = load_space(src, graph, model)
+    orders = {depth_key(u.id): list(range(u.n))[::-1] for u in find_units(model)}
+    space.element_orders = orders
+    ranking = {**rank(model, graph, "l1"), **orders}
+    base = count_gflops(model, IMGSZ)
+    genome = {**space.uniform(1.0), "g.4.m.1.cv1": 0.25, "depth.4.m": 1.0, "depth.6.m": 1.0}
+    counts = space.counts(genome)
+    first = build(model, counts, graph=graph, ranking=ranking).model
+    assert math.isclose(space.gflops(genome, IMGSZ, base_gflops=base), count_gflops(first, IMGSZ), rel_tol=1e-9)
+    assert first.model[4].m[0].cv1.conv.out_channels < model.model[4].m[1].cv1.conv.out_channels  # m[1] stayed
+    space.element_orders = {}  # the last elements go: 4.m.1, the narrow one
+    natural = build(model, counts, graph=graph, ranking=rank(model, graph, "l1")).model
+    assert math.isclose(space.gflops(genome, IMGSZ, base_gflops=base), count_gflops(natural, IMGSZ), rel_tol=1e-9)
+    assert count_gflops(natural, IMGSZ) > count_gflops(first, IMGSZ) + 1e-6
+
+
 def test_replay_rebuilds_the_same_model(v8):
     model, graph = v8
     space = load_space("yolov8-depth", graph, model)

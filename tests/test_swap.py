@@ -276,6 +276,18 @@ def test_a_search_fits_its_swaps_on_calibration_images_and_apply_rebuilds_them(t
                                                                       heartbeat=None, read_only=True))
     number = next(t.number for t in study.trials
                   if json.dumps(t.user_attrs.get(R.KEPT_CHANNELS), sort_keys=True) == counts)
+    # the depth genes remove the elements that change their block least, measured on the proxy's calibration
+    # images and stored with the channel ranking (apply replays them from there)
+    from autoprune.apply import search_calibration_batches
+    from autoprune.data import load_data_config
+    from autoprune.depth import rank_elements
+    from autoprune.models import load_model
+
+    attrs = study.user_attrs
+    batches = search_calibration_batches(load_data_config(attrs[R.STUDY_DATA]), attrs[R.STUDY_PROXY])
+    measured = rank_elements(load_model(attrs[R.STUDY_MODEL]).model, batches)
+    stored = {k: v for k, v in attrs[R.STUDY_RANKING].items() if k.startswith("depth:")}
+    assert stored and stored == {k: measured[k] for k in stored}
     built.clear()
     code, out, err = run_cli(capsys, "apply", "--study", "ops", "--trial", str(number), "--epochs", "1", "--batch", "4",
                              "--device", "cpu", "--json")

@@ -113,12 +113,15 @@ class Search:
                 f"--budget-gflops {s.budget_gflops:g} is not below the unpruned model's {base_gflops:.2f} GFLOPs at "
                 f"{s.imgsz}: nothing to prune; give a budget below it"
             )
+        self._evaluator = None
+        self._ranking = None
+        # which elements a depth gene removes: those whose removal changes their block's output least on the
+        # calibration batches (stored with the channel ranking; a resumed study keeps the orders it stored)
+        self.space.element_orders = plan.element_orders(self) if self.space.depth_genes else {}
         self.budget = plan.make_budget(self)
         self.uniform = largest_uniform(self.space, self.budget)
         self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
 
-        self._evaluator = None
-        self._ranking = None
         self._refit_source = None  # the unpruned model on the proxy's device, for --reconstruct (made once)
         # What a new study stores, computed before anything is written: an error here (data the criterion cannot
         # use, say) leaves no half-made study behind that the same --name would then need --resume for.
@@ -175,6 +178,8 @@ class Search:
                 study.set_user_attr(k, v)
             stored = study.user_attrs
         check_resumable(self.name, stored, attrs)
+        self.space.element_orders = {k: v for k, v in (stored.get(records.STUDY_RANKING) or {}).items()
+                                     if k.startswith("depth:")}  # a study of an older version stored none
         return study
 
     # ------------------------------------------------------------------------------------------------------------

@@ -59,10 +59,25 @@ def channel_scores(search) -> dict:
     return score_channels(search.loaded.model, search.graph, c, batches=batches)
 
 def compute_ranking(search, scores: dict | None = None) -> dict:
-    """Every group's channel order by the criterion (`candidate.rank`'s order), as plain lists."""
+    """Every group's channel order by the criterion (`candidate.rank`'s order), as plain lists, and the element
+    order of every depth unit the space's depth genes drive (`element_orders`)."""
     from autoprune.candidate import order_of, ranking_as_lists
 
-    return ranking_as_lists(order_of(scores if scores is not None else channel_scores(search)))
+    channels = ranking_as_lists(order_of(scores if scores is not None else channel_scores(search)))
+    return {**channels, **search.space.element_orders}
+
+def element_orders(search) -> dict:
+    """{depth key: element order, most important first} of the units the space's depth genes drive, measured on
+    the proxy's calibration batches (`depth.rank_elements`: the change of the block's output when an element
+    goes; non-residual units keep the natural order, as only their last elements can go)."""
+    from autoprune.depth import rank_elements
+
+    driven = {u for g in search.space.depth_genes for u in g.units}
+    units = [u for u in search.space.units if u.id in driven]
+    if not units:
+        return {}
+    search.log("ranking the depth units' elements on the calibration batches...")
+    return rank_elements(search.loaded.model, search.evaluator.calibration_batches(), units)
 
 def global_genome(search, scores: dict) -> dict:
     """The genome of one-shot global pruning (one threshold over the criterion's normalized `scores`): the

@@ -68,6 +68,9 @@ class SearchSpace:
         self.units = units
         self._unit_n = {u.id: u.n for u in units}
         self.depth_genes = tuple(g for g in genes if g.kind == "depth")
+        # {depth key: element order, most important first} of the units whose removal order is measured
+        # (`depth.rank_elements`; a search sets it from its study's ranking); the last elements go otherwise
+        self.element_orders: dict[str, list[int]] = {}
         # swap sites (`autoprune.swap.find_sites`) of the model, and the swap genes
         self.sites = sites
         self.swap_genes = tuple(g for g in genes if g.kind == "swap")
@@ -201,7 +204,7 @@ class SearchSpace:
             from autoprune.depth import conv_channels
             from autoprune.swap import split_counts
 
-            return conv_channels(self.graph, list(self.units), split_counts(counts)[0])
+            return conv_channels(self.graph, list(self.units), split_counts(counts)[0], self.element_orders)
         return self.graph.conv_channels(counts)
 
     def _norm_gflops(self, counts: dict[str, int] | None, imgsz: int, channels=None) -> float:
