@@ -396,7 +396,8 @@ def test_load_by_name_file_and_dict_and_rebuild_from_source(tmp_path):
 
 
 def test_shipped_spaces_are_reachable_from_the_top_level_folder():
-    assert shipped_spaces() == ["fine", "generic", "yolo11", "yolov5", "yolov8", "yolov8-depth", "yolov8-ops"]
+    assert shipped_spaces() == ["fine", "fine-depth", "fine-ops", "generic", "yolo11", "yolov5", "yolov8",
+                                "yolov8-depth", "yolov8-ops"]
     top = REPO / "search_spaces"
     if top.exists():  # a source checkout: the top-level folder is a link to the packaged one
         assert top.is_symlink() and top.resolve() == SPACES_DIR.resolve()
