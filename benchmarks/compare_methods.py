@@ -14,6 +14,10 @@ val split:
 - global-<criterion>: one threshold over all groups' normalized scores, for every criterion
   (l1, l2, bn_scale, lamp, taylor, hessian, fpgm, random);
 - slimming: sparse training (L1 on BN gamma, `autoprune sparsify`), then global bn_scale;
+- prune-hessian, prune-depth, prune-dws: what `autoprune prune --target-gflops` makes (global hessian on its own
+  calibration images), alone, with `--depth 0.5` (every repeated block keeps half its elements, rounded down; the
+  measured order) and with `--swap dws` (every k x k Conv of backbone and neck depthwise-separable, fitted on the
+  data), the widths filling the rest of the budget: the one-shot baselines of the depth and operator genes;
 - searched: the trial an `autoprune search` at that budget recommends (the highest proxy mAP50-95, or the highest
   mean over the confirming proxy seeds of a search run with `--confirm`), with the channel ranking of
   `--search-criterion` (row `searched-C` for a criterion other than l1, or `--search-row`); `--search-name` names
@@ -38,6 +42,7 @@ from pathlib import Path
 from _common import finetune_and_validate, header, load, plan_within, results_cache
 
 CRITERIA = ("l1", "l2", "bn_scale", "lamp", "taylor", "hessian", "fpgm", "random")
+PRUNE_ROWS = {"prune-hessian": {}, "prune-depth": {"depth": "0.5"}, "prune-dws": {"swap": ("dws",)}}
 
 
 def main() -> int:
@@ -88,6 +93,7 @@ def main() -> int:
     data = load_data_config(args.data)
     base = loaded.model
     graph = analyze(base, imgsz=640)
+    groups = {g.id for g in graph.groups}  # kept counts of a plan of widths alone name only these
     budget = args.share * count_gflops(base, 640)
     seeds = [int(x) for x in args.seeds.split(",")]
     from autoprune.batches import calibration_batches
@@ -121,7 +127,8 @@ def main() -> int:
                                           seed=seed, label=name)
             results[key] = {
                 "method": name, "seed": seed, "gflops": gflops, "params": count_params(model),
-                "conv_gflops": graph.conv_gflops(counts), "map50_95_before": before["map50_95"],
+                "conv_gflops": graph.conv_gflops(counts) if counts and set(counts) <= groups else None,
+                "map50_95_before": before["map50_95"],
                 "map50_95": after["map50_95"], "map50": after["map50"], "minutes": (time.perf_counter() - t0) / 60,
                 **extra,
             }
@@ -165,6 +172,18 @@ def main() -> int:
         model, plan = within_budget(sgraph, sparse_model, "global", channel_scores(sparse_model, sgraph, "bn_scale"))
         evaluate("slimming", model, plan.counts, {"gamma_below_1e-2": sparse["gamma_share_below"]["after"]})
 
+    # `autoprune prune` at the same budget: widths alone, with depth, with swaps
+    for name, extra in PRUNE_ROWS.items():
+        if want(name):
+            from autoprune.oneshot import OneShotSettings, prune_once
+
+            path = out / name / "pruned.pt"  # pruned once per results folder (delete it to prune again)
+            if not path.exists():
+                prune_once(loaded, OneShotSettings(target_gflops=repr(budget), val=False, **extra), imgsz=640,
+                           data=data, out=path)
+            evaluate(name, load_model(str(path)).model, {}, {"prune": {k: list(v) if isinstance(v, tuple) else v
+                                                                       for k, v in extra.items()}})
+
     # the search at the same budget
     searched = args.search_row or ("searched" if args.search_criterion == "l1" else f"searched-{args.search_criterion}")
     if not searched.startswith("searched"):
@@ -205,7 +224,15 @@ def _searched(args, base, loaded, budget: float):
         raise SystemExit(f"error: study {name!r} has a budget of {attrs[records.STUDY_BUDGET_GFLOPS]} GFLOPs, over {budget}")
     info = study_info(study)
     best = info.recommended  # the best by proxy, or by its mean over the confirming seeds (`search --confirm`)
-    model, counts, _ = rebuild(loaded, best, imgsz=640, ranking=attrs.get(records.STUDY_RANKING))
+    from autoprune.apply import search_calibration_batches
+    from autoprune.data import load_data_config
+    from autoprune.swap import split_counts
+
+    swap_batches = None  # a trial's swaps are fitted on the search's calibration images, as apply does
+    if split_counts(best.attrs[records.KEPT_CHANNELS])[1]:
+        swap_batches = search_calibration_batches(load_data_config(args.data), attrs[records.STUDY_PROXY])
+    model, counts, _ = rebuild(loaded, best, imgsz=640, ranking=attrs.get(records.STUDY_RANKING),
+                               swap_batches=swap_batches, seed=int(attrs[records.STUDY_PROXY].get("seed") or 0))
     confirmed = {n: mean for n, _, mean in info.confirmed}
     return model, counts, {"trial": best.number, "study": name, "kind": best.attrs.get(records.KIND),
                            "proxy_map50_95": best.map50_95, "proxy": attrs.get(records.STUDY_PROXY),
