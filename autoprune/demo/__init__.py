@@ -99,8 +99,9 @@ def demo_data_spec() -> DemoDataSpec:
 def ensure_demo_data(task: str = "detect") -> Path:
     """Return the path of the demo dataset's data YAML, generating the dataset first if it is not there yet.
 
-    `task` 'segment' gives the same images with polygon labels (`autoprune.demo.dataset.generate`), in a folder of
-    its own (the detect folder's name plus '-segment').
+    `task` 'segment', 'pose' or 'obb' gives the same images with that task's labels (polygons, extreme points as
+    keypoints, rotated boxes: `autoprune.demo.dataset.generate`), in a folder of its own (the detect folder's name
+    plus '-segment', '-pose' or '-obb').
 
     Safe when many processes start at once: each generates into its own temporary folder next to the final one and
     renames it into place atomically; a process that loses the race deletes its copy and uses the winner's. Every

@@ -22,6 +22,9 @@ before blur. An object is only kept (and labelled) if at least `MIN_VISIBLE` of 
 placement that would hide more of an earlier object, or leave a new object more than that far outside the image, is
 rejected and redrawn elsewhere. So every visible object is labelled and no label points at a hidden one.
 
+The same scenes come with other tasks' labels too (`generate(task=...)`): each object's visible mask as a polygon
+(segment), its four extreme points as keypoints (pose) or its rotated box (obb); the images are the same bytes.
+
 Generation is a pure function of (seed, split, image index): each image has its own random generator, so a dataset
 is byte-identical for the same arguments, whatever the order or number of processes that write it.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -46,7 +50,11 @@ GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are r
 MIN_VISIBLE = 0.5  # smallest visible fraction of an object's drawn area for it to be placed (and labelled)
 MIN_BOX_PX = 4  # smallest visible box side in pixels
 _SPLITS = {"train": 0, "val": 1}
-TASKS = ("detect", "segment")  # the label kinds `generate` writes
+TASKS = ("detect", "segment", "pose", "obb")  # the label kinds `generate` writes
+# The pose labels' keypoints: each object's extreme visible points (`extreme_points`), clockwise from the top, and
+# the order a horizontal flip puts them in (left and right trade places), as Ultralytics' pose data YAML gives it.
+KEYPOINTS = ("top", "right", "bottom", "left")
+FLIP_IDX = (0, 3, 2, 1)
 
 # Aspect (minor / major scale) range per class: a wide range where the class stays unambiguous.
 _ASPECT = {0: (0.5, 1.0), 1: (0.7, 1.0), 2: (0.45, 1.0), 3: (0.8, 1.0), 4: (0.8, 1.0), 5: (0.75, 1.0),
@@ -58,8 +66,13 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
              task: str = "detect") -> Path:
     """Write a dataset of `n_train` + `n_val` images of `imgsz` x `imgsz` into `root` and return its data YAML.
 
-    `task` 'detect' writes box labels (`cls cx cy w h`); 'segment' writes the same images with each object's
-    visible mask as one polygon (`cls x1 y1 x2 y2 ...`, `mask_polygon`), Ultralytics' segment label format.
+    `task` 'detect' writes box labels (`cls cx cy w h`); the other tasks write the same images with Ultralytics'
+    labels of that task:
+
+    - 'segment': each object's visible mask as one polygon (`cls x1 y1 x2 y2 ...`, `mask_polygon`);
+    - 'pose': the box and the object's four extreme visible points (`cls cx cy w h x1 y1 v1 ... x4 y4 v4`,
+      `extreme_points`, all visible: v = 2), and `kpt_shape: [4, 3]` and `flip_idx` in the data YAML;
+    - 'obb': the object's rotated box, corner by corner (`cls x1 y1 x2 y2 x3 y3 x4 y4`, `rotated_box`).
 
     `root` must not exist or be empty. The layout is Ultralytics' (`images/{train,val}`, `labels/{train,val}`,
     `data.yaml`); the YAML has no `path:` key, so Ultralytics resolves the splits next to the YAML and the folder
@@ -84,30 +97,72 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
             img_dir.mkdir(parents=True, exist_ok=True)
             lbl_dir.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                img, quality, labels, masks = render_image(seed, split, i, imgsz, masks=True)
+                img, quality, labels, objects = render_objects(seed, split, i, imgsz)
                 ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
                 assert ok
                 (img_dir / f"{i:05d}.jpg").write_bytes(buf.tobytes())
-                if task == "segment":
-                    lines = [f"{c} " + " ".join(f"{v / imgsz:.6f}" for v in mask_polygon(m).ravel())
-                             for (c, *_), m in zip(labels, masks)]
-                else:
-                    lines = [f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h in labels]
+                lines = [_label_line(task, label, obj, imgsz) for label, obj in zip(labels, objects)]
                 (lbl_dir / f"{i:05d}.txt").write_text("".join(line + "\n" for line in lines))
                 bar.update()
     names = "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASS_NAMES))
+    keypoints = (f"kpt_shape: [{len(KEYPOINTS)}, 3]  # {', '.join(KEYPOINTS)}: the extreme visible points\n"
+                 f"flip_idx: [{', '.join(str(i) for i in FLIP_IDX)}]\n") if task == "pose" else ""
     yaml_path = root / "data.yaml"
     yaml_path.write_text(
         f"# autoprune demo dataset ({task} labels): generator v{GENERATOR_VERSION}, seed {seed}, {n_train} train / "
-        f"{n_val} val images of {imgsz}x{imgsz}\ntrain: images/train\nval: images/val\nnc: {len(CLASS_NAMES)}\nnames:\n{names}"
+        f"{n_val} val images of {imgsz}x{imgsz}\ntrain: images/train\nval: images/val\nnc: {len(CLASS_NAMES)}\n"
+        f"{keypoints}names:\n{names}"
     )
     return yaml_path
 
 
+def _label_line(task: str, label: tuple, obj: DemoObject, imgsz: int) -> str:
+    """One label line of an object in `task`'s format (see `generate`), coordinates normalised by `imgsz`."""
+    c, cx, cy, w, h = label
+    box = f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
+    if task == "detect":
+        return box
+    if task == "segment":
+        points = mask_polygon(obj.mask)
+    elif task == "obb":
+        points = rotated_box(obj.mask, obj.angle)
+    else:
+        return box + "".join(f" {x / imgsz:.6f} {y / imgsz:.6f} 2" for x, y in extreme_points(obj.mask))
+    return f"{c} " + " ".join(f"{v / imgsz:.6f}" for v in points.ravel())
+
+
 # ----------------------------------------------------------------------------------------------------------- images
+@dataclass(frozen=True)
+class DemoObject:
+    """A labelled object of a demo image.
+
+    Attributes:
+        cls: class index (`CLASS_NAMES`).
+        mask: its visible pixels (bool HxW), after occlusion by later objects and clipping at the image border: what
+            every label of it (box, polygon, keypoints, rotated box) is measured on.
+        angle: the rotation it was drawn at, radians, from the image's x axis towards its y axis (clockwise on
+            screen, y down): its own x axis points along (cos angle, sin angle). An arrow points along it, a
+            triangle has a vertex there, a rectangle's and a cross's sides and an ellipse's axes are parallel and
+            perpendicular to it.
+    """
+
+    cls: int
+    mask: np.ndarray
+    angle: float
+
+
 def render_image(seed: int, split: str, index: int, imgsz: int = 320, masks: bool = False):
     """Draw one image; return (BGR uint8 image, JPEG quality, labels as [(cls, cx, cy, w, h) normalised]), and with
     `masks` each label's visible mask too (bool HxW, the pixels its box is measured on)."""
+    img, quality, labels, objects = render_objects(seed, split, index, imgsz)
+    if masks:
+        return img, quality, labels, [o.mask for o in objects]
+    return img, quality, labels
+
+
+def render_objects(seed: int, split: str, index: int, imgsz: int = 320):
+    """Draw one image; return (BGR uint8 image, JPEG quality, labels as [(cls, cx, cy, w, h) normalised], the
+    labelled objects as `DemoObject`s, one per label)."""
     rng = np.random.default_rng([seed, _SPLITS[split], index, GENERATOR_VERSION])
     s = imgsz / 320  # sizes below are given for 320 px images
     img = _background(rng, imgsz)
@@ -121,9 +176,9 @@ def render_image(seed: int, split: str, index: int, imgsz: int = 320, masks: boo
         for _attempt in range(12):
             if is_obj:
                 cls = int(rng.integers(len(CLASS_NAMES)))
-                alpha, (x0, y0) = _object_alpha(rng, cls, s, imgsz)
+                alpha, (x0, y0), angle = _object_alpha(rng, cls, s, imgsz)
             else:
-                cls = -1
+                cls, angle = -1, 0.0
                 alpha, (x0, y0) = _distractor_alpha(rng, s, imgsz)
             placed = _place(alpha, x0, y0, imgsz)
             if placed is None:
@@ -141,7 +196,7 @@ def render_image(seed: int, split: str, index: int, imgsz: int = 320, masks: boo
                 o["vis"] &= ~full_mask
             _paint(rng, img, a_img, box, s)
             if cls >= 0:
-                objects.append({"cls": cls, "vis": full_mask, "area": full_area})
+                objects.append({"cls": cls, "vis": full_mask, "area": full_area, "angle": angle})
             break
 
     img, quality = _degrade(rng, img, s)
@@ -150,9 +205,40 @@ def render_image(seed: int, split: str, index: int, imgsz: int = 320, masks: boo
         ys, xs = np.nonzero(o["vis"])
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
         labels.append((o["cls"], (x0 + x1) / 2 / imgsz, (y0 + y1) / 2 / imgsz, (x1 - x0) / imgsz, (y1 - y0) / imgsz))
-    if masks:
-        return img, quality, labels, [o["vis"] for o in objects]
-    return img, quality, labels
+    return img, quality, labels, [DemoObject(o["cls"], o["vis"], o["angle"]) for o in objects]
+
+
+def extreme_points(mask: np.ndarray) -> np.ndarray:
+    """The four extreme points of a mask (4 x 2 pixel coordinates, pixel centres), in `KEYPOINTS` order: the middle
+    pixel of its top row, of its rightmost column, of its bottom row and of its leftmost column. Each is a pixel of
+    the mask, so it lies inside the object's box; they are what extreme clicking annotates (Papadopoulos et al.,
+    ICCV 2017), and well defined for every shape, whatever its symmetry."""
+    ys, xs = np.nonzero(mask)
+    points = []
+    for on, along, pick in ((ys, xs, ys.min()), (xs, ys, xs.max()), (ys, xs, ys.max()), (xs, ys, xs.min())):
+        run = np.sort(along[on == pick])
+        mid = run[(len(run) - 1) // 2]  # a pixel of the mask even where the row or column has gaps
+        points.append((mid, pick) if on is ys else (pick, mid))
+    return np.array(points, np.float64) + 0.5
+
+
+def rotated_box(mask: np.ndarray, angle: float) -> np.ndarray:
+    """The object's rotated box (4 x 2 pixel coordinates, corners in order round the rectangle): the smallest
+    rectangle with sides along the object's own axes (`DemoObject.angle`) that holds every visible pixel whole.
+    Where that rectangle would reach outside the image (an object cut by the border; Ultralytics reads OBB corners
+    inside the image only), the axis-aligned box instead, which is the same rectangle for an unrotated object: the
+    box label's corners."""
+    ys, xs = np.nonzero(mask)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]).astype(np.float64)
+    axes = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])  # rows: the object's x, y
+    proj = corners @ axes.T
+    (u0, v0), (u1, v1) = proj.min(0), proj.max(0)
+    box = np.array([(u0, v0), (u1, v0), (u1, v1), (u0, v1)]) @ axes
+    h, w = mask.shape
+    if (box >= -1e-9).all() and (box[:, 0] <= w + 1e-9).all() and (box[:, 1] <= h + 1e-9).all():
+        return np.clip(box, 0, [w, h])
+    (x0, y0), (x1, y1) = corners.min(0), corners.max(0)
+    return np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
 
 
 def mask_polygon(mask: np.ndarray) -> np.ndarray:
@@ -273,7 +359,8 @@ def _object_alpha(rng, cls, s, imgsz):
     c = _center(rng, imgsz, r)
     polys = [_transform(outer, r, aspect, angle) + c]
     holes = [_transform(hole, r, aspect, angle) + c] if hole is not None else []
-    return _rasterise(polys, holes)
+    alpha, origin = _rasterise(polys, holes)
+    return alpha, origin, float(angle)
 
 
 def _distractor_alpha(rng, s, imgsz):
