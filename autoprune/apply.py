@@ -137,7 +137,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     from autoprune.imgsz import check_imgsz
     from autoprune.data import check_task, load_data_config
     from autoprune.devices import resolve_device
-    from autoprune.models import load_model, require_task
+    from autoprune.models import keypoint_shape, load_model, require_task
     from autoprune.runs import run_dir_path, save_args, trial_run_name
     from autoprune.report.apply_report import format_report
 
@@ -150,8 +150,8 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     sattrs = study.user_attrs
     data = load_data_config(data or sattrs.get(STUDY_DATA))
     loaded = load_model(model or sattrs.get(STUDY_MODEL))
-    require_task(loaded, "apply", ("detect", "segment"))
-    check_task(data, loaded.task)  # a segment model needs polygon labels
+    require_task(loaded, "apply")
+    check_task(data, loaded.task, keypoint_shape(loaded.model))  # e.g. a segment model needs polygon labels
     expected_fp = record.attrs.get(MODEL_FINGERPRINT) or sattrs.get(STUDY_MODEL_FINGERPRINT)
     if expected_fp and loaded.fingerprint != expected_fp:
         raise UserError(f"{loaded.source} is not the model study {name!r} was made with (fingerprint "

@@ -1,4 +1,5 @@
-"""Fixed, seeded image batches of a detection or segmentation dataset: the calibration batches and the proxy's pools.
+"""Fixed, seeded image batches of a dataset (detect, segment, pose or OBB labels): the calibration batches and the
+proxy's pools.
 
 BN recalibration, data criteria (taylor, hessian) and least-squares reconstruction all read the same calibration
 batches, and `autoprune prune`, every proxy of a search and `autoprune apply` must draw them alike, whatever else
@@ -23,6 +24,11 @@ import torch
 from autoprune import _ultralytics  # noqa: F401  (offline, quiet Ultralytics before it is used)
 from autoprune.data import DataConfig, load_data_config
 from autoprune.errors import UserError
+
+# The targets a task's loss and validator read beside cls, bboxes and batch_idx, per image: a segment dataset's
+# masks (one per image, overlap_mask: label index per pixel) and a pose dataset's keypoints (objects x K x 2 or 3,
+# normalised). An OBB dataset's rotated boxes are its bboxes (x, y, w, h, angle).
+TARGETS = ("masks", "keypoints")
 
 # Salts of the seeded draws: each subset or order is its own stream, so changing one never moves another.
 VAL_SUBSET, TRAIN_SUBSET, CALIB_ORDER, TRAIN_ORDER = 1, 2, 3, 4
@@ -68,8 +74,9 @@ def collate(items: list[dict]) -> dict:
         "bboxes": torch.cat([it["bboxes"] for it in items]),
         "batch_idx": torch.cat([torch.full((len(it["cls"]),), float(i)) for i, it in enumerate(items)]),
     }
-    if "masks" in items[0]:  # a segment dataset: one mask per image (overlap_mask: label index per pixel)
-        batch["masks"] = torch.cat([it["masks"] for it in items])
+    for k in TARGETS:
+        if k in items[0]:
+            batch[k] = torch.cat([it[k] for it in items])
     for k in ("im_file", "ori_shape", "resized_shape", "ratio_pad"):
         if k in items[0]:
             batch[k] = tuple(it[k] for it in items)
@@ -82,9 +89,10 @@ def batches_of(pool: list[dict], order: list[int], batch: int, count: int) -> li
 
 
 def dataset_cfg(imgsz: int, task: str = "detect"):
-    """Ultralytics' configuration of the datasets: square letterbox at `imgsz`, no augmentation, no caching. With
-    task 'segment' the dataset reads polygons and yields each image's masks (Ultralytics' overlap_mask form, at a
-    quarter of `imgsz`), what the segment loss and validator read."""
+    """Ultralytics' configuration of the datasets: square letterbox at `imgsz`, no augmentation, no caching. The
+    task says what the dataset reads and yields: with 'segment' polygons and each image's masks (Ultralytics'
+    overlap_mask form, at a quarter of `imgsz`), with 'pose' each object's keypoints (the data's `kpt_shape`), with
+    'obb' rotated boxes (bboxes x, y, w, h, angle): what the task's loss and validator read."""
     from ultralytics.cfg import get_cfg
 
     return get_cfg(overrides={"imgsz": imgsz, "task": task, "rect": False, "cache": False, "single_cls": False,
@@ -142,7 +150,8 @@ def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, cal
     """The fixed calibration batches (collated dicts, uint8 images on the CPU) of `data`'s train split.
 
     The same batches `ProxyEvaluator(data, ProxySettings(...)).calibration_batches()` gives for the same image size,
-    batch count, batch size, seed and `train_images`, without loading the val split or a finetune pool. `task` 'segment' adds each image's masks (`dataset_cfg`).
+    batch count, batch size, seed and `train_images`, without loading the val split or a finetune pool. `task`
+    says which targets the batches carry besides the boxes (`dataset_cfg`: masks, keypoints, rotated boxes).
     """
     from autoprune._ultralytics import no_label_caches, quiet
 
@@ -157,5 +166,5 @@ def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, cal
     return batches_of(pool, order, batch, calib_batches)
 
 
-__all__ = ["batch_order", "batches_of", "build_dataset", "calibration_batches", "calibration_size", "collate",
-           "dataset_cfg", "load_items", "subset"]
+__all__ = ["TARGETS", "batch_order", "batches_of", "build_dataset", "calibration_batches", "calibration_size",
+           "collate", "dataset_cfg", "load_items", "subset"]

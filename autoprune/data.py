@@ -1,4 +1,4 @@
-"""Data YAMLs: read and check an Ultralytics detection data YAML without ever downloading anything.
+"""Data YAMLs: read and check an Ultralytics data YAML (detect, segment, pose, OBB) without ever downloading anything.
 
 Ultralytics' own `check_det_dataset` downloads a dataset when its images are missing; autoprune runs offline and
 must say "your images are missing" instead. `load_data_config` parses the YAML, resolves its paths the way
@@ -39,6 +39,8 @@ class DataConfig:
         names: class names by index.
         nc: number of classes.
         channels: image channels (3 unless the YAML says otherwise).
+        kpt_shape: (keypoints, values per keypoint: 2 or 3) of a pose dataset (its `kpt_shape`), else None.
+        flip_idx: the keypoint order after a horizontal flip (its `flip_idx`), or None.
     """
 
     yaml: Path
@@ -48,13 +50,16 @@ class DataConfig:
     names: dict[int, str]
     nc: int
     channels: int = 3
+    kpt_shape: tuple[int, int] | None = None
+    flip_idx: tuple[int, ...] | None = None
 
     @property
     def task(self) -> str | None:
-        """What the labels support, as Ultralytics reads them: 'segment' where label lines hold polygons
-        (`cls x1 y1 x2 y2 ...`, more than 6 values), 'detect' where they hold boxes only (`cls cx cy w h`), None
-        where no label file was found (`label_task`)."""
-        return label_task(self.val + self.train)
+        """What the labels support, as Ultralytics reads them (`label_task`): 'pose' where the YAML has a
+        `kpt_shape` and label lines hold a box and its keypoints, 'obb' where they hold rotated boxes (four corners,
+        9 values), 'segment' where they hold other polygons (`cls x1 y1 x2 y2 ...`, more than 6 values), 'detect'
+        where they hold boxes only (`cls cx cy w h`), None where no label file was found."""
+        return label_task(self.val + self.train, kpt_shape=self.kpt_shape)
 
     def ultralytics_dict(self) -> dict:
         """The data dictionary Ultralytics' datasets and validators expect (what `check_det_dataset` returns)."""
@@ -66,6 +71,8 @@ class DataConfig:
             "names": dict(self.names),
             "nc": self.nc,
             "channels": self.channels,
+            **({"kpt_shape": list(self.kpt_shape)} if self.kpt_shape else {}),
+            **({"flip_idx": list(self.flip_idx)} if self.flip_idx is not None else {}),
         }
 
 
@@ -95,8 +102,8 @@ def load_data_config(path: str | Path | None) -> DataConfig:
         train = file / "train"
         if train.is_dir() and any(d.is_dir() and d.name not in ("images", "labels") for d in train.iterdir()):
             raise UserError(f"{spec} is a classification dataset (a folder of class folders); autoprune reads labels "
-                            "of detect and segment models only so far, from a data YAML (groups, cost and prune "
-                            "--criterion l1 --no-val need no data)")
+                            "of detect, segment, pose and OBB models only so far, from a data YAML (groups, cost and "
+                            "prune --criterion l1 --no-val need no data)")
         what = "is a folder, not a file" if file.is_dir() else "not found"
         raise UserError(f"data YAML {what}: {spec}")
     try:
@@ -121,6 +128,7 @@ def load_data_config(path: str | Path | None) -> DataConfig:
     channels = data.get("channels", 3)
     if channels not in (1, 3):
         raise UserError(f"data YAML {spec}: 'channels' must be 1 or 3, got {channels!r}")
+    kpt_shape, flip_idx = _keypoints(data, spec)
 
     file = file.resolve()
     root = _root(data.get("path"), file, packaged=packaged is not None)
@@ -134,19 +142,40 @@ def load_data_config(path: str | Path | None) -> DataConfig:
                         f"({root}); they would have to be downloaded and autoprune never downloads data: fetch them "
                         f"once where a network is reachable (e.g. `yolo val data={spec}`) or pass a local data YAML"
                         ) from None
-    return DataConfig(yaml=file, root=root, train=train, val=val, names=names, nc=nc, channels=channels)
+    return DataConfig(yaml=file, root=root, train=train, val=val, names=names, nc=nc, channels=channels,
+                      kpt_shape=kpt_shape, flip_idx=flip_idx)
+
+
+def _keypoints(data: dict, spec: str) -> tuple[tuple[int, int] | None, tuple[int, ...] | None]:
+    """The YAML's (kpt_shape, flip_idx), checked as Ultralytics reads them; (None, None) without a kpt_shape."""
+    raw = data.get("kpt_shape")
+    if raw is None:
+        return None, None
+    if (not isinstance(raw, (list, tuple)) or len(raw) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
+                                                                   for v in raw) or raw[0] < 1 or raw[1] not in (2, 3)):
+        raise UserError(f"data YAML {spec}: 'kpt_shape' must be [keypoints, 2 or 3], got {raw!r}")
+    flip = data.get("flip_idx")
+    if flip is None:
+        return (raw[0], raw[1]), None
+    if (not isinstance(flip, (list, tuple)) or sorted(flip) != list(range(raw[0]))
+            or any(isinstance(v, bool) for v in flip)):
+        raise UserError(f"data YAML {spec}: 'flip_idx' must order the {raw[0]} keypoints 0..{raw[0] - 1}, got {flip!r}")
+    return (raw[0], raw[1]), tuple(flip)
 
 
 # How many label files `label_task` reads at most: enough to see polygons in any segment dataset, cheap on a large one.
 TASK_SAMPLE = 64
 
 
-def label_task(sources: tuple[str, ...] | list[str]) -> str | None:
-    """'segment' if any of the first `TASK_SAMPLE` label files of the image `sources` (folders or .txt lists, as in
-    a `DataConfig`) has a polygon line (more than 6 values, Ultralytics' own test), 'detect' if they hold box lines
-    only, None if none was found or all are empty. Labels sit where Ultralytics looks: `/images/` -> `/labels/`,
-    suffix `.txt`."""
-    seen_boxes = False
+def label_task(sources: tuple[str, ...] | list[str], kpt_shape: tuple[int, int] | None = None) -> str | None:
+    """The task the first `TASK_SAMPLE` label files of the image `sources` (folders or .txt lists, as in a
+    `DataConfig`) hold labels of, as Ultralytics reads them. With a `kpt_shape` (the YAML's), 'pose' if a line has
+    a box and that many keypoint values (5 + keypoints x values). Otherwise 'segment' if a line holds a polygon
+    (more than 6 values, Ultralytics' own test) of other than four corners, 'obb' if every polygon line has four
+    corners (9 values: Ultralytics' OBB labels), 'detect' if they hold box lines only; None if none was found or all
+    are empty. Labels sit where Ultralytics looks: `/images/` -> `/labels/`, suffix `.txt`."""
+    pose = 5 + kpt_shape[0] * kpt_shape[1] if kpt_shape else None
+    seen_boxes = seen_corners = False
     for label in _label_files(sources):
         try:
             text = label.read_text(encoding="utf-8-sig")
@@ -154,10 +183,13 @@ def label_task(sources: tuple[str, ...] | list[str]) -> str | None:
             continue
         for line in text.splitlines():
             n = len(line.split())
-            if n > 6:
+            if n == pose:
+                return "pose"
+            if n > 6 and n != 9:
                 return "segment"
+            seen_corners = seen_corners or n == 9
             seen_boxes = seen_boxes or n == 5
-    return "detect" if seen_boxes else None
+    return "obb" if seen_corners else "detect" if seen_boxes else None
 
 
 def _label_files(sources):
@@ -193,19 +225,37 @@ def _images(sources):
                     yield line.replace("./", parent, 1) if line.startswith("./") else line
 
 
-def check_task(data: DataConfig, task: str) -> None:
+# What each task's model needs of the labels: the label kinds it trains and is scored on (`label_task`'s answers),
+# what they are called in the error, and the label line it wants.
+_LABELS = {"detect": "boxes only", "segment": "polygons", "pose": "boxes and keypoints",
+           "obb": "rotated boxes: four corners"}
+_NEEDS = {"segment": (("segment", "obb"), "segment labels (`cls x1 y1 x2 y2 ...`)"),
+          "pose": (("pose",), "pose labels (`cls cx cy w h x1 y1 v1 ...`) and `kpt_shape` in the YAML"),
+          "obb": (("obb",), "OBB labels (`cls x1 y1 x2 y2 x3 y3 x4 y4`)")}
+
+
+def check_task(data: DataConfig, task: str, kpt_shape: tuple[int, ...] | list[int] | None = None) -> None:
     """A `UserError` naming both tasks where `data`'s labels cannot train or score a `task` model.
 
-    A segment model needs polygon labels; detect labels (boxes only) have no masks to score. A detect model reads
-    any label kind (Ultralytics takes a polygon's box), so only the segment case is refused; other tasks are
-    checked by the commands that refuse them.
+    A segment model needs polygons (an OBB dataset's four corners are polygons too); a pose model needs keypoints,
+    and with the model's `kpt_shape`, as many as it predicts; an OBB model needs rotated boxes. A detect model reads
+    any label kind (Ultralytics takes each label's box), so it is never refused. Data whose labels were not found
+    (`DataConfig.task` None) is left to the loaders.
     """
-    if task != "segment":
-        return
-    found = data.task
-    if found == "detect":
-        raise UserError(f"the model is a segment model, and {data.yaml} holds detect labels (boxes only, no "
-                        "polygons): pass a data YAML with segment labels (`cls x1 y1 x2 y2 ...`)")
+    if task in _NEEDS:
+        kinds, wanted = _NEEDS[task]
+        found = data.task
+        if found is not None and found not in kinds:
+            raise UserError(f"the model is {_a(task)} model, and {data.yaml} holds {found} labels ({_LABELS[found]}): "
+                            f"pass a data YAML with {wanted}")
+    if task == "pose" and kpt_shape is not None and data.kpt_shape is not None \
+            and tuple(kpt_shape) != tuple(data.kpt_shape):
+        raise UserError(f"the model predicts keypoints of shape {list(kpt_shape)}, and {data.yaml} has "
+                        f"kpt_shape {list(data.kpt_shape)}: use a model trained on this dataset")
+
+
+def _a(task: str) -> str:
+    return f"an {task.upper()}" if task == "obb" else f"a {task}"
 
 
 def _names(raw, spec: str) -> dict[int, str]:

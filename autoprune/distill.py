@@ -15,6 +15,11 @@ The head distillation (see `head_distillation`) works on what the Detect head em
   worth copying where the teacher sees an object. Heads without DFL (reg_max 1) get an L1 on the side distances.
 - masks (Segment heads, `mask_distillation`, added to the box term): the squared difference of each anchor's mask
   coefficients weighted by the teacher's confidence, and of the prototypes, each relative to the teacher's scale.
+- keypoints (Pose heads, `keypoint_distillation`, added to the box term): the squared difference of each anchor's
+  raw keypoint outputs (offsets and visibility logits), weighted by the teacher's confidence, relative to the
+  teacher's scale.
+- angles (OBB heads, `angle_distillation`, added to the box term): sin^2 of the difference of each anchor's box
+  angles (a rectangle turned by pi is the same rectangle), weighted by the teacher's confidence.
 
 Both are normalized by the sum of the teacher's per-anchor confidences (the role `target_scores_sum` plays in
 Ultralytics' loss) and scaled by the `cls` and `dfl` gains of the detection loss, so `weight=1` gives the teacher's
@@ -53,6 +58,8 @@ __all__ = [
     "head_branches",
     "head_distillation",
     "head_term",
+    "angle_distillation",
+    "keypoint_distillation",
     "mask_distillation",
     "neck_distillation",
     "raw_head_outputs",
@@ -161,7 +168,34 @@ def head_distillation(student: dict, teacher: dict, *, temperature: float = 2.0)
     box_term = (per_anchor * t_conf).sum() / norm
     if "mask_coefficient" in student and "mask_coefficient" in teacher:  # a Segment head: its masks are located too
         box_term = box_term + mask_distillation(student, teacher, t_conf, norm)
+    if "kpts" in student and "kpts" in teacher:  # a Pose head: its keypoints
+        box_term = box_term + keypoint_distillation(student, teacher, t_conf, norm)
+    if "angle" in student and "angle" in teacher:  # an OBB head: its boxes' angles
+        box_term = box_term + angle_distillation(student, teacher, t_conf, norm)
     return cls_term, box_term
+
+
+def keypoint_distillation(student: dict, teacher: dict, t_conf: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The keypoint term of a Pose head, added to the box term: the mean squared difference of each anchor's raw
+    keypoint outputs ("kpts", batch, keypoints x (2 or 3), anchors: x and y offsets from the anchor in grid cells,
+    and visibility logits), weighted by the teacher's confidence there and divided by `norm` as the box term is,
+    relative to the mean square of the teacher's outputs: scale-free, and exactly 0 when the outputs agree. The
+    keypoint count is fixed by the task, so pruning never changes the outputs' shape."""
+    s_k, t_k = student["kpts"].float(), teacher["kpts"].detach().float()
+    if s_k.shape != t_k.shape:
+        raise ValueError(f"keypoint outputs differ in shape: student {tuple(s_k.shape)}, teacher {tuple(t_k.shape)}")
+    return ((s_k - t_k).pow(2).mean(1) * t_conf).sum() / norm / t_k.pow(2).mean().clamp(min=1e-6)
+
+
+def angle_distillation(student: dict, teacher: dict, t_conf: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The angle term of an OBB head, added to the box term: sin^2 of the difference of each anchor's box angle
+    ("angle", batch, 1, anchors, radians), weighted by the teacher's confidence there and divided by `norm` as the
+    box term is. sin^2 is 0 when the angles agree or differ by pi (the same rectangle), at most 1, and smooth, so
+    the student is never pushed the long way round."""
+    s_a, t_a = student["angle"].float(), teacher["angle"].detach().float()
+    if s_a.shape != t_a.shape:
+        raise ValueError(f"angle outputs differ in shape: student {tuple(s_a.shape)}, teacher {tuple(t_a.shape)}")
+    return (torch.sin(s_a - t_a).pow(2).mean(1) * t_conf).sum() / norm
 
 
 def mask_distillation(student: dict, teacher: dict, t_conf: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:

@@ -244,7 +244,9 @@ def offline_ultralytics():
 # ---------------------------------------------------------------------------------------------------- the trainer
 # The Ultralytics trainer of each task `finetune` trains (module, class); the pruned model is handed to it.
 TRAINERS = {"detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
-            "segment": ("ultralytics.models.yolo.segment", "SegmentationTrainer")}
+            "segment": ("ultralytics.models.yolo.segment", "SegmentationTrainer"),
+            "pose": ("ultralytics.models.yolo.pose", "PoseTrainer"),
+            "obb": ("ultralytics.models.yolo.obb", "OBBTrainer")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -252,13 +254,13 @@ def _trainer_class(task: str = "detect"):
     import importlib
 
     if task not in TRAINERS:
-        raise ValueError(f"finetune trains {' and '.join(TRAINERS)} models, got task {task!r}")
+        raise ValueError(f"finetune trains {', '.join(TRAINERS)} models, got task {task!r}")
     module, cls = TRAINERS[task]
     Base = getattr(importlib.import_module(module), cls)
 
     class PrunedModelTrainer(Base):
-        """A `DetectionTrainer` (`SegmentationTrainer` for a segment model) that trains the model object it is
-        handed, never one rebuilt from a YAML.
+        """A `DetectionTrainer` (the task's trainer: `SegmentationTrainer`, `PoseTrainer`, `OBBTrainer`) that
+        trains the model object it is handed, never one rebuilt from a YAML.
 
         `student` is installed by `setup_model`; `get_model` raises. With a `teacher` and `distill` settings, the
         student's criterion is a `DistillationLoss` from the end of setup (after the EMA copy is made, so the EMA
@@ -408,7 +410,8 @@ def finetune(
     never loads it); `extra` overrides any other trainer argument. `schedule` (`short_schedule`) sets the optimizer,
     learning rate and warm-up; without it, Ultralytics' defaults apply. `features` (`distill.FeatureMatch`) adds
     channel-matched feature distillation at its levels (with a `teacher` and `distill` settings only). `task` picks
-    Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates by mask mAP too).
+    Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates by mask mAP too, a pose
+    model on its keypoints, an OBB model on its rotated boxes).
     """
     from autoprune._ultralytics import set_verbose
     from autoprune.devices import resolve_device
@@ -456,9 +459,15 @@ def validate_checkpoint(path: str | Path, data, *, imgsz: int, batch: int = 16, 
     """mAP50 and mAP50-95 of a checkpoint on the data's val split, by Ultralytics' own validation (`YOLO.val`).
 
     The same protocol for every model: the checkpoint file as saved, Ultralytics' default conf 0.001 / IoU 0.7, at
-    `imgsz`; nothing downloaded, nothing written outside a temporary folder. `metric` names what was measured: box
-    mAP for a detect model; for a segment model the mask mAP (its box figures in box_map50 and box_map50_95).
+    `imgsz`; nothing downloaded, nothing written outside a temporary folder. `metric` names what was measured, the
+    task's own metric (`proxy.TASK_METRICS`): box mAP for a detect model, rotated-box mAP for an OBB model; for a
+    segment model the mask mAP and for a pose model the keypoint mAP, their box figures in box_map50 and
+    box_map50_95.
     """
+    from ultralytics.utils.metrics import OBBMetrics
+
+    from autoprune.proxy import TASK_METRICS
+
     from ultralytics import YOLO
 
     from autoprune.devices import resolve_device
@@ -470,10 +479,12 @@ def validate_checkpoint(path: str | Path, data, *, imgsz: int, batch: int = 16, 
                                 plots=False, workers=0, project=tmp, name="val", verbose=verbose, save_json=False,
                                 split="val")
         seconds = time.perf_counter() - t0
-    if getattr(m, "seg", None) is not None:  # SegmentMetrics: the task's own metric first
-        return {"map50": float(m.seg.map50), "map50_95": float(m.seg.map), "metric": "mask mAP50-95",
-                "box_map50": float(m.box.map50), "box_map50_95": float(m.box.map), "seconds": round(seconds, 2)}
-    return {"map50": float(m.box.map50), "map50_95": float(m.box.map), "metric": "box mAP50-95",
+    # the task's own metric first (SegmentMetrics' seg, PoseMetrics' pose), then its boxes'
+    task = ("segment" if getattr(m, "seg", None) is not None else "pose" if getattr(m, "pose", None) is not None
+            else "obb" if isinstance(m, OBBMetrics) else "detect")
+    own = m.seg if task == "segment" else m.pose if task == "pose" else m.box
+    box = {"box_map50": float(m.box.map50), "box_map50_95": float(m.box.map)} if own is not m.box else {}
+    return {"map50": float(own.map50), "map50_95": float(own.map), "metric": TASK_METRICS[task][0], **box,
             "seconds": round(seconds, 2)}
 
 

@@ -340,8 +340,11 @@ def _loss_batch(b, device) -> dict:
     img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
     out = {"img": img.to(device), "cls": b["cls"].to(device), "bboxes": b["bboxes"].to(device),
            "batch_idx": b["batch_idx"].to(device)}
-    if "masks" in b:  # a segment dataset's batches: the segment loss reads the masks
-        out["masks"] = b["masks"].to(device)
+    from autoprune.batches import TARGETS
+
+    for k in TARGETS:  # a segment dataset's masks, a pose dataset's keypoints: the task's loss reads them
+        if k in b:
+            out[k] = b[k].to(device)
     return out
 
 

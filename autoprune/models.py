@@ -31,6 +31,9 @@ TASKS = {
     "obb": ("OBBModel", ("OBB", "OBB26")),
     "classify": ("ClassificationModel", ("Classify",)),
 }
+# The tasks whose labels autoprune reads: the proxy's loss and validator, sparse training, finetuning and a data
+# criterion's ranking handle them (`require_task`); every task in `TASKS` prunes without data.
+LABELLED_TASKS = ("detect", "segment", "pose", "obb")
 
 
 @dataclass
@@ -78,16 +81,31 @@ def model_task(model: nn.Module) -> str:
     raise ValueError(f"{kind} is not a model class autoprune handles")
 
 
-def require_task(loaded: LoadedModel, command: str, tasks: tuple[str, ...] = ("detect",)) -> None:
+def require_task(loaded: LoadedModel, command: str, tasks: tuple[str, ...] = LABELLED_TASKS) -> None:
     """A `UserError` naming the model's task and `command` where `command` does not handle that task yet.
 
     The stages that read labels and score a model (the proxy's loss and validator, sparse training, finetuning)
-    handle detection only; `groups`, `cost` and `prune` without data handle every task in `TASKS`.
+    handle the `LABELLED_TASKS`; `groups`, `cost` and `prune` without data handle every task in `TASKS`.
     """
     task = loaded.task
     if task not in tasks:
-        raise UserError(f"autoprune {command} handles {' and '.join(tasks)} models only so far, and {loaded.source} is "
+        names = " and ".join(tasks) if len(tasks) < 3 else f"{', '.join(tasks[:-1])} and {tasks[-1]}"
+        raise UserError(f"autoprune {command} handles {names} models only so far, and {loaded.source} is "
                         f"a {task} model (groups, cost and prune --criterion l1 --no-val handle it)")
+
+
+def keypoint_shape(model: nn.Module) -> tuple[int, int] | None:
+    """A pose model's `kpt_shape` (keypoints, values per keypoint), read from its head; None for other tasks.
+
+    Example:
+        >>> from ultralytics.nn.tasks import PoseModel
+        >>> keypoint_shape(PoseModel("yolov8n-pose.yaml", verbose=False))
+        (17, 3)
+    """
+    from autoprune.wrappers import detection_model
+
+    shape = getattr(detection_model(model).model[-1], "kpt_shape", None)
+    return tuple(int(v) for v in shape) if shape is not None else None
 
 
 def load_model(spec: str | Path | None, *, seed: int = 0) -> LoadedModel:

@@ -390,31 +390,30 @@ def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, s: OneS
 
 
 # ------------------------------------------------------------------------------------------------------ the data
-# The tasks whose labels prune reads (a data criterion's loss, --val); the reconstruction and the BatchNorm
-# recalibration need images only, so every task prunes with a criterion that needs no data.
-LABELLED_TASKS = ("detect", "segment")
-
-
 def _task_note(model, s: OneShotSettings, demo: bool = True) -> str | None:
     """For a model of another task than detection, before any data is read: a `UserError` where the ranking or an
-    explicit --val needs labels that cannot be had (a task whose labels autoprune does not read yet, or a segment
-    model on the demo data, which has detect labels), else the note saying why no mAP is given (None with --no-val,
-    a detector, or a segment model given --data: `_check_data` checks its labels)."""
+    explicit --val needs labels that cannot be had (a task whose labels autoprune does not read yet, or a segment,
+    pose or OBB model on the demo data, which has detect labels), else the note saying why no mAP is given (None
+    with --no-val, a detector, or a model of a `LABELLED_TASKS` task given --data: `_check_data` checks its labels).
+    The tasks whose labels prune reads are `models.LABELLED_TASKS` (a data criterion's loss, --val); the
+    reconstruction and the BatchNorm recalibration need images only, so every task prunes with a criterion that
+    needs no data."""
     from autoprune.importance import DATA_CRITERIA
-    from autoprune.models import model_task
+    from autoprune.models import LABELLED_TASKS, model_task
 
     task = model_task(model)
     if task == "detect" or (task in LABELLED_TASKS and not demo):
         return None
-    if task in LABELLED_TASKS:  # the demo data: detect labels, no masks
+    if task in LABELLED_TASKS:  # the demo data: detect labels, no masks, keypoints or angles
         rank = f"and this is a {task} model: pass --data with {task} labels, or a criterion that needs no data"
         val = f"--val scores a {task} model on {task} labels: pass --data with them (or --no-val)"
         note = f"no mAP: a {task} model needs --data with {task} labels for one"
     else:
-        rank = (f"which autoprune reads for detect models only so far, and this is a {task} model: pass a criterion "
-                "that needs no data")
-        val = f"--val scores detect models only so far, and this is a {task} model (pass --no-val)"
-        note = f"no mAP: autoprune validates detect models only so far, and this is a {task} model"
+        rank = (f"which autoprune reads for detect, segment, pose and OBB models only so far, and this is a {task} "
+                "model: pass a criterion that needs no data")
+        val = (f"--val scores detect, segment, pose and OBB models only so far, and this is a {task} model (pass "
+               "--no-val)")
+        note = f"no mAP: autoprune validates detect, segment, pose and OBB models only so far; this is a {task} model"
     if s.criterion in DATA_CRITERIA:
         raise UserError(f"--criterion {s.criterion} takes gradients of the loss on labelled data, {rank} (l1, l2, "
                         "lamp, bn_scale, fpgm, random)")
@@ -428,12 +427,12 @@ def _check_data(data, model, s: OneShotSettings, demo: bool) -> str | None:
     cannot use it; the note that says why the mAP is skipped where only the default --val cannot."""
     from autoprune.data import check_task
     from autoprune.importance import DATA_CRITERIA
-    from autoprune.models import model_task
+    from autoprune.models import keypoint_shape, model_task
 
     if _task_note(model, s, demo) is not None:
         return _task_note(model, s, demo)
     if not demo:
-        check_task(data, model_task(model))  # a segment model needs polygon labels
+        check_task(data, model_task(model), keypoint_shape(model))  # e.g. a segment model needs polygon labels
     head = model.model[-1]
     what = "the demo data" if demo else data.yaml.name
     if data.nc > head.nc and (s.criterion in DATA_CRITERIA or s.reconstruct):

@@ -6,7 +6,7 @@ uint8 tensors), the batch schedule and Ultralytics' validator. Scoring one candi
 
 1. recalibrate BatchNorm statistics on `calib_batches` train batches (EagleEye's adaptive BN, ECCV 2020: reset the
    running statistics, cumulative average (momentum=None) in train mode under no_grad, then eval);
-2. `steps` optimizer steps on the model's own detection loss (`model.loss(batch)`, Ultralytics' v8DetectionLoss),
+2. `steps` optimizer steps on the model's own detection loss (`model.loss(batch)`, Ultralytics' loss of the task),
    plus, with `distill` > 0 and a teacher (`set_teacher`), the head distillation `autoprune apply` finetunes with
    (`autoprune.finetune.head_term`); the teacher's outputs on the fixed batches are computed once and cached;
 3. validation on a fixed seeded subset of the val split with Ultralytics' NMS, matching and metrics
@@ -59,8 +59,14 @@ from autoprune.validator import make_validator
 __all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "TASK_METRICS", "recalibrate_bn"]
 
 # The metric the proxy scores each task by (Ultralytics' validator of the task): its name, and the suffix of
-# Ultralytics' metric keys it is read from ('metrics/mAP50-95(M)').
-TASK_METRICS = {"detect": ("box mAP50-95", "B"), "segment": ("mask mAP50-95", "M")}
+# Ultralytics' metric keys it is read from ('metrics/mAP50-95(M)'). OBBMetrics keeps DetMetrics' keys: its (B)
+# figures are the rotated boxes'.
+TASK_METRICS = {"detect": ("box mAP50-95", "B"), "segment": ("mask mAP50-95", "M"), "pose": ("pose mAP50-95", "P"),
+                "obb": ("OBB mAP50-95", "B")}
+# The validator's per-detection matches of each metric suffix (its stats key), which the bootstrap resamples.
+_MATCHES = {"B": "tp", "M": "tp_m", "P": "tp_p"}
+# The raw head outputs the proxy's distillation reads from the teacher (`_teacher_targets`), where the head has them.
+_TEACHER_KEYS = ("scores", "boxes", "kpts", "angle")
 
 
 @dataclass(frozen=True)
@@ -162,11 +168,12 @@ class ProxyResult:
             over the scored images (`autoprune.uncertainty`; no extra forward pass); None for fewer than two images.
         map50_95_boot: mAP50-95 of each bootstrap resample; every candidate scored on the same images is resampled
             alike, so two candidates' lists pair up (`uncertainty.difference_se`).
-        metric: what `map50_95` measures, the task's own metric from Ultralytics' validator: 'box mAP50-95' for a
-            detect model, 'mask mAP50-95' for a segment model (then map50, precision, recall and the bootstrap are
-            the mask figures too, matched by mask IoU).
-        box_map50, box_map50_95: a segment model's box figures beside its mask ones; None for a detect model
-            (whose map50 and map50_95 are the box figures).
+        metric: what `map50_95` measures, the task's own metric from Ultralytics' validator (`TASK_METRICS`):
+            'box mAP50-95' for a detect model, 'mask mAP50-95' for a segment model (then map50, precision, recall
+            and the bootstrap are the mask figures too, matched by mask IoU), 'pose mAP50-95' for a pose model
+            (matched by keypoint OKS), 'OBB mAP50-95' for an OBB model (rotated boxes, matched by probabilistic IoU).
+        box_map50, box_map50_95: a segment or pose model's box figures beside its mask or keypoint ones; None for
+            a detect or OBB model (whose map50 and map50_95 are the box figures).
     """
 
     map50: float
@@ -236,14 +243,14 @@ class ProxyEvaluator:
                  task: str = "detect"):
         t0 = time.perf_counter()
         if task not in TASK_METRICS:
-            raise ValueError(f"the proxy scores {' and '.join(TASK_METRICS)} models, got task {task!r}")
+            raise ValueError(f"the proxy scores {', '.join(TASK_METRICS)} models, got task {task!r}")
         self.task = task
         self.settings = settings or ProxySettings()
         self.device = resolve_device(self.settings.device)
         self.amp_dtype = amp_dtype(self.device, self.settings.amp)
         self.precision = {None: "fp32", torch.bfloat16: "bf16"}[self.amp_dtype]
         self.data = data if isinstance(data, DataConfig) else load_data_config(data)
-        check_task(self.data, task)  # a segment model needs polygon labels: one error line before any loading
+        check_task(self.data, task)  # e.g. a segment model needs polygon labels: one error line before any loading
         s = self.settings
 
         udata = self.data.ultralytics_dict()
@@ -325,8 +332,8 @@ class ProxyEvaluator:
             with torch.no_grad(), torch_threads(self.settings.threads):
                 for k in range(len(have), steps):
                     raw = head_branches(self._teacher(self._images(self._batch(order, k)["img"])))
-                    have.append({br: {key: out[key].detach().to("cpu", torch.float16) for key in ("scores", "boxes")}
-                                 for br, out in raw.items()})
+                    have.append({br: {key: out[key].detach().to("cpu", torch.float16) for key in _TEACHER_KEYS
+                                      if key in out} for br, out in raw.items()})
             self._teacher_outputs = have
         return have[:steps]
 
@@ -379,7 +386,7 @@ class ProxyEvaluator:
         k = max(1, math.ceil(len(losses) / 10))
         train_loss = (sum(losses[:k]) / k, sum(losses[-k:]) / k) if losses else ()
         metric, x = TASK_METRICS[self.task]
-        box = self.task != "detect"
+        box = x != "B"  # the task's own figures are not the boxes': give those too
         return ProxyResult(
             map50=m[f"metrics/mAP50({x})"],
             map50_95=m[f"metrics/mAP50-95({x})"],
@@ -418,6 +425,7 @@ class ProxyEvaluator:
         if head.nc != self.data.nc:
             raise UserError(f"the model predicts {head.nc} classes but {self.data.yaml.name} has {self.data.nc}; "
                             "use a model trained on this dataset")
+        check_task(self.data, self.task, kpt_shape=getattr(head, "kpt_shape", None))  # a pose model's keypoints
         stride = int(max(getattr(model, "stride", torch.tensor([32])).max().item(), 32))
         if self.settings.imgsz % stride:
             raise UserError(f"imgsz {self.settings.imgsz} is not a multiple of the model's largest stride {stride}")
@@ -465,8 +473,9 @@ class ProxyEvaluator:
             b = self._batch(order, k)
             batch = {"img": self._images(b["img"]), "batch_idx": b["batch_idx"].to(self.device),
                      "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
-            if "masks" in b:  # a segment model: v8SegmentationLoss reads the masks
-                batch["masks"] = b["masks"].to(self.device)
+            for key in batches.TARGETS:  # a segment model's loss reads the masks, a pose model's the keypoints
+                if key in b:
+                    batch[key] = b[key].to(self.device)
             with self._autocast():
                 preds = model(batch["img"])
             preds = float_preds(preds)
@@ -503,13 +512,15 @@ class ProxyEvaluator:
                          "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
                 if "masks" in b:  # SegmentationValidator matches by mask IoU on these
                     batch["masks"] = b["masks"].to(self.device).float()
+                if "keypoints" in b:  # PoseValidator matches by keypoint OKS on these
+                    batch["keypoints"] = b["keypoints"].to(self.device)
                 v.update_metrics(preds, batch)
         with clock("metrics"):
-            # get_stats clears them; the bootstrap resamples the task's own matches (mask IoU for segment)
-            images = uncertainty.per_image_stats(v.metrics.stats, "tp_m" if self.task == "segment" else "tp")
+            # get_stats clears them; the bootstrap resamples the task's own matches (mask IoU for segment, OKS for pose)
+            images = uncertainty.per_image_stats(v.metrics.stats, _MATCHES[TASK_METRICS[self.task][1]])
             stats = v.get_stats()
         out = {f"metrics/{k}({x})": float(stats.get(f"metrics/{k}({x})", 0.0))
-               for k in ("precision", "recall", "mAP50", "mAP50-95") for x in ("B", "M")}
+               for k in ("precision", "recall", "mAP50", "mAP50-95") for x in _MATCHES}
         with clock("bootstrap"):
             out["boot"] = uncertainty.bootstrap_scores(images)
         return out

@@ -280,12 +280,12 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
     """
     from autoprune.channels import analyze
     from autoprune.data import DataConfig, check_task, load_data_config
-    from autoprune.models import LoadedModel, load_model, save_checkpoint
+    from autoprune.models import LoadedModel, keypoint_shape, load_model, save_checkpoint
 
     cfg = data if isinstance(data, DataConfig) else load_data_config(data)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     model = loaded.model
-    check_task(cfg, loaded.task)  # a segment model trains on polygon labels
+    check_task(cfg, loaded.task, keypoint_shape(model))  # e.g. a segment model trains on polygon labels
     head = model.model[-1]
     if head.nc != cfg.nc:
         if loaded.ckpt:

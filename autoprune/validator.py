@@ -1,5 +1,5 @@
-"""The validator the proxy scores candidates with: Ultralytics' `DetectionValidator` (or `SegmentationValidator` for
-a segment model), made repeatable."""
+"""The validator the proxy scores candidates with: Ultralytics' validator of the model's task (`DetectionValidator`,
+`SegmentationValidator`, `PoseValidator`, `OBBValidator`), made repeatable."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ __all__ = ["make_validator"]
 
 
 def make_validator(imgsz: int, device: torch.device, task: str = "detect"):
-    """Ultralytics' DetectionValidator (task 'detect') or SegmentationValidator (task 'segment': box and mask
-    metrics, mask IoU matching) with its NMS time limit lifted (a time-dependent cut is not repeatable)."""
+    """Ultralytics' validator of `task` with its NMS time limit lifted (a time-dependent cut is not repeatable):
+    DetectionValidator ('detect'), SegmentationValidator ('segment': box and mask metrics, mask IoU matching),
+    PoseValidator ('pose': box and keypoint metrics, keypoint OKS matching) or OBBValidator ('obb': rotated boxes,
+    probabilistic IoU matching, rotated NMS)."""
     import tempfile
 
     from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.models.yolo.obb import OBBValidator
+    from ultralytics.models.yolo.pose import PoseValidator
     from ultralytics.models.yolo.segment import SegmentationValidator
     from ultralytics.utils import nms
 
@@ -33,7 +37,7 @@ def make_validator(imgsz: int, device: torch.device, task: str = "detect"):
             agnostic=v.args.single_cls or v.args.agnostic_nms,
             max_det=v.args.max_det,
             end2end=v.end2end,
-            rotated=False,
+            rotated=v.args.task == "obb",
             max_time_img=math.inf,
         )
         return [{"bboxes": x[:, :4], "conf": x[:, 4], "cls": x[:, 5], "extra": x[:, 6:]} for x in outputs]
@@ -54,9 +58,27 @@ def make_validator(imgsz: int, device: torch.device, task: str = "detect"):
                 pred["masks"] = self.process(proto[i], pred.pop("extra"), pred["bboxes"], shape=size)
             return out
 
-    if task not in ("detect", "segment"):
-        raise ValueError(f"make_validator handles detect and segment, got {task!r}")
-    cls = _ProxySegmentValidator if task == "segment" else _ProxyValidator
+    class _ProxyPoseValidator(PoseValidator):
+        def postprocess(self, preds):
+            # PoseValidator.postprocess with the NMS above: each detection's keypoints from its extra columns
+            out = _nms(self, preds)
+            for pred in out:
+                pred["keypoints"] = pred.pop("extra").view(-1, *self.kpt_shape)
+            return out
+
+    class _ProxyOBBValidator(OBBValidator):
+        def postprocess(self, preds):
+            # OBBValidator.postprocess with the NMS above (rotated): each box with its angle
+            out = _nms(self, preds)
+            for pred in out:
+                pred["bboxes"] = torch.cat([pred["bboxes"], pred.pop("extra")], dim=-1)
+            return out
+
+    classes = {"detect": _ProxyValidator, "segment": _ProxySegmentValidator, "pose": _ProxyPoseValidator,
+               "obb": _ProxyOBBValidator}
+    if task not in classes:
+        raise ValueError(f"make_validator handles {', '.join(classes)}, got {task!r}")
+    cls = classes[task]
     args = {"task": task, "mode": "val", "imgsz": imgsz, "conf": 0.001, "iou": 0.7, "max_det": 300,
             "plots": False, "save_json": False, "save_txt": False, "verbose": False, "split": "val"}
     # Ultralytics creates save_dir on construction and, with no plots, JSON or txt, never writes to it. A private

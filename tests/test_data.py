@@ -111,7 +111,7 @@ def test_a_folder_is_one_error_line_that_says_what_it_is(tmp_path):
     (tmp_path / "cls" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "cls" / "val" / "cat").mkdir(parents=True)
     with pytest.raises(UserError, match="is a classification dataset .a folder of class folders.; autoprune reads "
-                                        "labels of detect and segment models only so far"):
+                                        "labels of detect, segment, pose and OBB models only so far"):
         load_data_config(tmp_path / "cls")
     (tmp_path / "det" / "train" / "images").mkdir(parents=True)  # Roboflow's layout: train/images, train/labels
     (tmp_path / "det" / "train" / "labels").mkdir(parents=True)

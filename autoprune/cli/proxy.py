@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     data = load_data_config(args.data)  # checks the YAML and its images before any heavy work
     loaded = load_model(args.model, seed=args.seed)
-    require_task(loaded, "proxy", ("detect", "segment"))
+    require_task(loaded, "proxy")
     evaluator = ProxyEvaluator(data, settings, task=loaded.task)
     if settings.distill:
         evaluator.set_teacher(loaded.model)  # a private copy: the candidate may be this very model
@@ -162,8 +162,9 @@ def run(args: argparse.Namespace) -> dict:
         "map50_95": result.map50_95,
         "precision": result.precision,
         "recall": result.recall,
-        **({"metric": result.metric, "box_map50": result.box_map50, "box_map50_95": result.box_map50_95}
-           if result.box_map50_95 is not None else {}),  # a segment model: the mask figures above, the box ones here
+        **({"metric": result.metric} if loaded.task != "detect" else {}),  # what the figures above measure
+        **({"box_map50": result.box_map50, "box_map50_95": result.box_map50_95}
+           if result.box_map50_95 is not None else {}),  # segment, pose: the box figures beside their own
         "val_images": result.val_images,
         **cost,
         "seconds": round(result.seconds, 3),

@@ -57,13 +57,13 @@ def run(args: argparse.Namespace) -> dict:
                                 device=ultralytics_device(args.device),  # checked: one error line, before any work
                                 workers=args.workers, val=not args.no_val, train_args=extra)
     from autoprune.data import check_task, load_data_config
-    from autoprune.models import load_model, require_task
+    from autoprune.models import keypoint_shape, load_model, require_task
     from autoprune.runs import new_run_dir, save_args
 
     data = load_data_config(args.data)  # check data and model before creating the run folder
     loaded = load_model(args.model)
-    require_task(loaded, "sparsify", ("detect", "segment"))
-    check_task(data, loaded.task)  # before the run folder is made
+    require_task(loaded, "sparsify")
+    check_task(data, loaded.task, keypoint_shape(loaded.model))  # before the run folder is made
     run_dir = new_run_dir("sparsify", args.name, project=args.project, exist_ok=args.exist_ok)
     # the resolved values, not a default's None or auto
     save_args(run_dir, args, model=loaded.source, data=str(data.yaml), device=settings.device,

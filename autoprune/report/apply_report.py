@@ -9,7 +9,8 @@ from pathlib import Path
 
 def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1, task: str = "detect") -> list[dict]:
     """The trainer's validation after every epoch (its results.csv): [{epoch, step, map50, map50_95}], epochs
-    counted from `first_epoch` (steps continue the count); the task's own metric (mask mAP for segment)."""
+    counted from `first_epoch` (steps continue the count); the task's own metric (`proxy.TASK_METRICS`: mask mAP for
+    segment, keypoint mAP for pose, rotated-box mAP for OBB)."""
     import csv
 
     path = Path(train_dir) / "results.csv"
@@ -19,7 +20,7 @@ def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1, task: s
         rows = list(csv.DictReader(f, skipinitialspace=True))
     from autoprune.proxy import TASK_METRICS
 
-    x = TASK_METRICS[task][1]  # the results.csv suffix of the task's own metric: B (box), M (mask)
+    x = TASK_METRICS[task][1]  # the results.csv suffix of the task's own metric: B (box, OBB), M (mask), P (pose)
     return [{"epoch": first_epoch + i, "step": step, "map50": round(float(r[f"metrics/mAP50({x})"]), 5),
              "map50_95": round(float(r[f"metrics/mAP50-95({x})"]), 5)} for i, r in enumerate(rows)]
 
@@ -66,7 +67,11 @@ def format_report(r: dict) -> str:
 
     # Each figure's image size: mAP at the finetune and validation size, GFLOPs and latency at the budget's.
     val_px, cost_px = f"{r['imgsz']} px", f"{r['cost_imgsz']} px"
-    kind = "mask " if r.get("task") == "segment" else ""
+    from autoprune.proxy import TASK_METRICS
+
+    task = r.get("task") or "detect"
+    # the task's own metric by name ('mask mAP50', 'pose mAP50', 'OBB mAP50'); a detector's plain 'mAP50'
+    kind = "" if task == "detect" else TASK_METRICS[task][0].removesuffix("mAP50-95")
     rows = [
         (f"{kind}mAP50", val_px, f"{b['map50']:.4f}", f"{p['map50']:.4f}", f"{a['map50']:.4f}",
          pct(a["map50"], b["map50"])),

@@ -57,7 +57,7 @@ class Search:
         from autoprune.devices import resolve_device
         from autoprune.importance import check_calibration, get_criterion
         from autoprune.budget import largest_uniform
-        from autoprune.models import load_model, require_task
+        from autoprune.models import keypoint_shape, load_model, require_task
         from autoprune.space import load_space
 
         s = self.settings = settings
@@ -89,11 +89,11 @@ class Search:
                             "pass --resume to continue it")
 
         self.loaded = load_model(s.model)
-        require_task(self.loaded, "search", ("detect", "segment"))
+        require_task(self.loaded, "search")
         self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
         self.space = load_space(s.space, self.graph, self.loaded.model)
         self.data = load_data_config(s.data)
-        check_task(self.data, self.loaded.task)  # a segment model needs polygon labels
+        check_task(self.data, self.loaded.task, keypoint_shape(self.loaded.model))  # e.g. a segment model: polygons
         nc = self.loaded.model.model[-1].nc
         if nc != self.data.nc:
             raise UserError(f"the model predicts {nc} classes but {self.data.yaml} has {self.data.nc}; "
