@@ -87,9 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "backbone,neck); after widths and --depth; repeatable")
     parser.add_argument("--reconstruct", action="store_true",
                         help="refit the convs that lost input channels by least squares on --data (ThiNet-style)")
-    parser.add_argument("--data", default=None, help="data YAML (detect, or segment labels for a segment model) for "
-                                                     "hessian/taylor, --reconstruct and --val (default: the demo "
-                                                     "dataset)")
+    parser.add_argument("--data", default=None, help="data YAML (labels of the model's task: detect, segment, pose "
+                                                     "or OBB) for hessian/taylor, --reconstruct and --val (default: "
+                                                     "the demo dataset)")
     parser.add_argument("--val", action=argparse.BooleanOptionalAction, default=None,
                         help="score the pruned model's mAP on --data's val split (default: on, skipped with a note "
                              "when the model's classes are not the data's)")
