@@ -120,8 +120,11 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _sites(model: nn.Module, graph, imgsz: int, round_to: int, min_channels: int) -> list[_Site]:
-    """Every conv of `model` that `graph` knows, with its input size at `imgsz` (one forward pass records it)."""
+def _sites(model: nn.Module, graph, imgsz: int, round_to: int, min_channels: int, units=()) -> list[_Site]:
+    """Every conv of `model` that `graph` knows and pruning changes, with its input size at `imgsz` (one forward
+    pass records it). With depth `units` (`depth.find_units`), also every conv inside their elements (a depth plan
+    removes it), and a concat reader's floor is its input with every element gone."""
+    from autoprune.depth import conv_channels, depth_key
     from autoprune.strategies import floor_counts
 
     model = detection_model(model)
@@ -139,11 +142,18 @@ def _sites(model: nn.Module, graph, imgsz: int, round_to: int, min_channels: int
         for h in hooks:
             h.remove()
         model.train(training)
-    floors = graph.conv_channels(floor_counts(graph, round_to=round_to, min_channels=min_channels))
+    floor = floor_counts(graph, round_to=round_to, min_channels=min_channels)
+    floors = graph.conv_channels(floor)
+    in_elements = tuple(e + "." for u in units for e in u.elements)
+    if units:
+        emptied = conv_channels(graph, list(units), {**floor, **{depth_key(u.id): 0 for u in units}})
+        for u in units:
+            if u.reader is not None:
+                floors[u.reader] = (emptied[u.reader][0], floors[u.reader][1])
     sites = []
     for name, info in graph.convs.items():
         conv = modules[name]
-        if floors[name] == (conv.in_channels, conv.out_channels):
+        if floors[name] == (conv.in_channels, conv.out_channels) and not name.startswith(in_elements):
             continue  # pruning never changes it: its time is part of `rest_ms`
         parent = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
         act = getattr(parent, "act", None) if parent is not None and getattr(parent, "conv", None) is conv else None
@@ -161,6 +171,11 @@ class LatencyTable:
     `device`, `backend`, `precision` and `threads` are what `measure_latency` takes. `path`: the JSON file the
     entries are kept in (a `LatencyCache`; None keeps them in memory only). `measure` replaces how one module is
     timed (tests): `measure(module, in_channels, in_hw) -> ms`.
+
+    Kept counts may hold a depth plan (`{"depth:<unit id>": kept}`, `autoprune.depth`): the convs of the removed
+    elements cost nothing and a concat reader reads fewer channels (which elements go: `element_orders`, as
+    `SearchSpace.element_orders`). The adds and concat slots they leave out are not priced (a few microseconds).
+    Operator swaps are not priced: `predict` raises ValueError for counts that hold one.
     """
 
     def __init__(self, model: nn.Module, graph, *, imgsz: int = 640, batch: int = 1, device="cpu",
@@ -174,7 +189,11 @@ class LatencyTable:
         self.threads = default_threads() if threads is None else threads
         self.cache = LatencyCache(path)
         self._measure = measure
-        self.sites = _sites(self.model, graph, imgsz, round_to, min_channels)
+        from autoprune.depth import find_units
+
+        self.units = tuple(find_units(self.model))
+        self.element_orders: dict[str, list[int]] = {}  # {depth key: element order} (`depth.rank_elements`)
+        self.sites = _sites(self.model, graph, imgsz, round_to, min_channels, self.units)
         self.measured = 0  # entries measured by this object (0 when the file held them all)
         self._curves: dict[str, tuple[list[int], list[float]]] | None = None
         self.rest_ms: float | None = None
@@ -270,8 +289,18 @@ class LatencyTable:
         """Each conv's predicted latency (ms) with `counts` kept channels per group (None: unpruned)."""
         if self._curves is None:
             self.build()
-        channels = self.graph.conv_channels(counts)
-        return {s.name: self._layer_ms(s.name, s.config(*channels[s.name]).macs()) for s in self.sites}
+        if counts and any(isinstance(k, str) and k.startswith(("depth:", "swap:")) for k in counts):
+            from autoprune.depth import conv_channels
+            from autoprune.swap import split_counts
+
+            counts, swaps = split_counts(counts)
+            if swaps:
+                raise ValueError(f"the latency model does not price operator swaps ({len(swaps)} in these counts)")
+            channels = conv_channels(self.graph, list(self.units), counts, self.element_orders)
+        else:
+            channels = self.graph.conv_channels(counts)
+        return {s.name: self._layer_ms(s.name, s.config(*channels[s.name]).macs()) if s.name in channels else 0.0
+                for s in self.sites}
 
     def predict(self, counts: dict | None = None) -> float:
         """The predicted latency (ms) of the model keeping `counts` channels per group: the sum of its convs'

@@ -151,9 +151,14 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
     ctx = score_context(loaded.model, graph, s.criterion, batches=data_batches, seed=s.seed,
                         device=resolve_device(s.device) if data_batches else None)
     scores = channel_scores(loaded.model, graph, s.criterion, ctx) if s.strategy == "global" else None
+    orders = None  # which elements a depth plan removes: measured on the calibration batches when there are some
+    if depth and batches is not None:
+        from autoprune.depth import rank_elements
+
+        orders = rank_elements(loaded.model, batches)
     latency = None
     if s.target_latency_ms is not None:
-        plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, s)
+        plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, s, depth, orders)
     elif target_gflops is None:
         plan = plan_counts(graph, s.strategy, keep=keep, scores=scores, round_to=s.round_to,
                            min_channels=s.min_channels)
@@ -169,9 +174,8 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         pruned = build(loaded.model, plan.counts, graph=graph, ranking=ranking).model
     depth_summary = None
     if depth:
-        from autoprune.depth import apply_depth, find_units, rank_elements
+        from autoprune.depth import apply_depth, find_units
 
-        orders = rank_elements(loaded.model, batches) if batches is not None else None
         pruned = apply_depth(pruned, depth, orders, inplace=True)
         depth_summary = {"kept": depth, "elements": {u.id: u.n for u in find_units(loaded.model)},
                          "order": "measured" if orders is not None else "last first",
@@ -275,9 +279,6 @@ def _depth_plan(model, s: OneShotSettings) -> dict[str, int]:
     """{depth unit id: elements kept} of `s.depth` (`depth.parse_spec`), {} without it."""
     if s.depth is None:
         return {}
-    if s.target_latency_ms is not None:
-        raise UserError("--depth does not combine with --target-latency-ms yet (the latency model prices widths "
-                        "only); use --keep or --target-gflops")
     from autoprune.depth import find_units, parse_spec
 
     return parse_spec(s.depth, find_units(model))
@@ -289,7 +290,7 @@ def _swap_plan(model, s: OneShotSettings) -> dict[str, str]:
         return {}
     if s.target_latency_ms is not None:
         raise UserError("--swap does not combine with --target-latency-ms yet (the latency model prices widths "
-                        "only); use --keep or --target-gflops")
+                        "and depth, not swapped operators); use --keep or --target-gflops")
     from autoprune.swap import parse_spec
 
     return parse_spec(s.swap, model)
@@ -340,9 +341,12 @@ def _plan_within(model, graph, target: float, full: float, scores, s: OneShotSet
     return plan
 
 
-def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings):
-    """(plan, latency summary): the largest plan of the strategy whose predicted latency is at most the target
-    (`strategies.plan_within` bisecting on the latency model, `latency_model.LatencyTable`)."""
+def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, depth: dict | None = None,
+                         orders: dict | None = None):
+    """(plan, latency summary): the largest plan of the strategy whose predicted latency, with the `depth` plan
+    ({unit id: kept}, elements chosen by `orders`) applied too, is at most the target (`strategies.plan_within`
+    bisecting on the latency model, `latency_model.LatencyTable`)."""
+    from autoprune.depth import depth_key
     from autoprune.latency_model import LatencyTable
     from autoprune.runs import RUNS_ROOT
     from autoprune.strategies import floor_counts, plan_within
@@ -352,19 +356,25 @@ def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings):
                          backend=s.latency_backend, precision=s.latency_precision,
                          path=RUNS_ROOT / "latency_lut.json", round_to=s.round_to,
                          min_channels=s.min_channels).build()
-    full = table.predict()
-    lowest = table.predict(floor_counts(graph, round_to=s.round_to, min_channels=s.min_channels))
+    table.element_orders = dict(orders or {})
+    kept = {depth_key(u): k for u, k in (depth or {}).items()}
+
+    def predict(counts=None):
+        return table.predict({**(counts or {}), **kept})
+
+    full = predict()
+    lowest = predict(floor_counts(graph, round_to=s.round_to, min_channels=s.min_channels))
     if target < lowest:
         raise UserError(
             f"--target-latency-ms {target:g} is below the smallest latency reachable: {lowest:.3f} ms "
             f"({s.latency_backend}, at --imgsz {imgsz}, predicted by the latency model; the unpruned model "
-            f"{full:.3f} ms) with --min-channels {s.min_channels} and --round-to {s.round_to}")
-    plan, fits = plan_within(graph, s.strategy, target, table.predict, full_cost=full, scores=scores,
+            f"{table.predict():.3f} ms) with --min-channels {s.min_channels} and --round-to {s.round_to}")
+    plan, fits = plan_within(graph, s.strategy, target, predict, full_cost=full, scores=scores,
                              round_to=s.round_to, min_channels=s.min_channels)
     if not fits:
         raise RuntimeError(f"no {s.strategy} plan within {target} ms although the floor fits")
-    return plan, {"target_ms": target, "before_ms": round(full, 4), "after_ms": round(table.predict(plan.counts), 4),
-                  "predicted": True, "setup": table.setup()}
+    return plan, {"target_ms": target, "before_ms": round(table.predict(), 4),
+                  "after_ms": round(predict(plan.counts), 4), "predicted": True, "setup": table.setup()}
 
 
 def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, s: OneShotSettings) -> str | None:

@@ -50,6 +50,37 @@ def test_prediction_is_the_sum_of_the_entries(demo):
         assert layers[site.name] == pytest.approx(table.entry(site.config(*channels[site.name])) - table.overhead_ms)
 
 
+def test_depth_plans_remove_their_convs_from_the_prediction(demo):
+    """A depth plan's removed elements cost nothing and their concat reader reads fewer channels: the prediction
+    of widths + depth is the sum over the convs that remain, each at the channels it keeps; the order decides which
+    element goes. Swaps are not priced: an error, not a silent figure."""
+    from autoprune.depth import conv_channels, depth_key
+
+    model, graph = demo
+    table = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, measure=fake_measure).build()
+    small = floor_counts(graph)
+    small["4.m.1.cv1"] = graph.group("4.m.1.cv1").size  # element 1 of 4.m wider than element 0
+    plan = {**small, depth_key("4.m"): 1, depth_key("2.m"): 0}
+    layers = table.layer_latencies(plan)
+    channels = conv_channels(graph, list(table.units), plan)
+    assert "model.4.m.1.cv1.conv" not in channels and "model.2.m.0.cv1.conv" not in channels
+    for site in table.sites:
+        expected = 0.0 if site.name not in channels else table._layer_ms(
+            site.name, site.config(*channels[site.name]).macs())
+        assert layers[site.name] == pytest.approx(expected)
+    reader = next(u.reader for u in table.units if u.id == "2.m")
+    assert channels[reader][0] < graph.conv_channels(small)[reader][0]  # below its width floor: an anchor there
+    assert layers[reader] == pytest.approx(table.entry(next(s for s in table.sites if s.name == reader).config(
+        *channels[reader])) - table.overhead_ms)
+    assert table.predict(plan) < table.predict(small)
+    table.element_orders = {depth_key("4.m"): [1, 0]}  # the wide element 1 stays: more time than keeping element 0
+    wide = table.predict(plan)
+    table.element_orders = {}
+    assert wide > table.predict(plan)
+    with pytest.raises(ValueError, match="does not price operator swaps"):
+        table.predict({**small, "swap:3": 1})
+
+
 def test_layers_summing_to_more_than_the_model_are_scaled_down(demo):
     model, graph = demo
     table = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1,

@@ -92,6 +92,11 @@ class Search:
         require_task(self.loaded, "search")
         self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
         self.space = load_space(s.space, self.graph, self.loaded.model)
+        if self.space.swap_genes and (s.budget_latency_ms is not None or s.latency_model == "predicted"):
+            what = "--budget-latency-ms" if s.budget_latency_ms is not None else "--latency-model predicted"
+            raise UserError(f"search space {self.space.name!r} has swap genes, and {what} prices candidates with "
+                            "the latency model, which prices widths and depth but not swapped operators: use "
+                            "--budget-gflops with the default --latency-model measured, or a space without swaps")
         self.data = load_data_config(s.data)
         check_task(self.data, self.loaded.task, keypoint_shape(self.loaded.model))  # e.g. a segment model: polygons
         nc = self.loaded.model.model[-1].nc
@@ -178,8 +183,10 @@ class Search:
                 study.set_user_attr(k, v)
             stored = study.user_attrs
         check_resumable(self.name, stored, attrs)
-        self.space.element_orders = {k: v for k, v in (stored.get(records.STUDY_RANKING) or {}).items()
-                                     if k.startswith("depth:")}  # a study of an older version stored none
+        orders = self.space.element_orders  # updated in place: a latency model holds the same dict
+        orders.clear()
+        orders.update({k: v for k, v in (stored.get(records.STUDY_RANKING) or {}).items()
+                       if k.startswith("depth:")})  # a study of an older version stored none
         return study
 
     # ------------------------------------------------------------------------------------------------------------

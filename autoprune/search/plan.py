@@ -44,10 +44,12 @@ def latency_table(search):
 
     s = search.settings
     search.log(f"latency model: {s.latency_backend} at {s.imgsz}, batch {s.latency_batch} (measured once, cached)...")
-    return LatencyTable(search.loaded.model, search.graph, imgsz=s.imgsz, batch=s.latency_batch, device=search.device,
-                        backend=s.latency_backend, precision=search.latency_precision,
-                        path=RUNS_ROOT / "latency_lut.json", round_to=search.space.round_to,
-                        min_channels=search.space.min_channels).build()
+    table = LatencyTable(search.loaded.model, search.graph, imgsz=s.imgsz, batch=s.latency_batch,
+                         device=search.device, backend=s.latency_backend, precision=search.latency_precision,
+                         path=RUNS_ROOT / "latency_lut.json", round_to=search.space.round_to,
+                         min_channels=search.space.min_channels).build()
+    table.element_orders = search.space.element_orders  # the same dict: depth genes remove the same elements
+    return table
 
 def channel_scores(search) -> dict:
     """Every group's channel scores by the criterion (data criteria use the proxy's calibration batches)."""

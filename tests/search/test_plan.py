@@ -116,3 +116,31 @@ def test_prune_target_latency_lands_within_it(capsys, fake_timing):
                            "--latency-backend", "onnxruntime", "--out", str(fake_timing / "q.pt"), *FAST_PRUNE)
     assert "below the smallest latency reachable" in assert_user_error(code, err, "--target-latency-ms 0.0001")
     assert not (fake_timing / "q.pt").exists()
+
+
+def test_prune_target_latency_with_depth_prices_the_removed_elements(capsys, fake_timing):
+    """--depth with --target-latency-ms: the latency model prices the depth plan too, so the widths fill the budget
+    the removed bottlenecks left (the pruned model lands within the target, not far under it)."""
+    target = 0.5 * _unpruned_ms()
+    out_pt = fake_timing / "d.pt"
+    code, out, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}",
+                             "--depth", "0.5", "--latency-backend", "onnxruntime", "--out", str(out_pt), "--json",
+                             *FAST_PRUNE)
+    assert code == 0, err
+    from autoprune.models import load_model
+
+    model = load_model(str(out_pt)).model
+    assert len(model.model[4].m) == 1 and len(model.model[2].m) == 0  # 2 elements -> 1, 1 -> 0
+    ms = fake_latency(model, imgsz=IMGSZ).median_ms
+    assert 0.8 * target < ms <= target * 1.02
+    assert json.loads(out)["latency"]["after_ms"] == pytest.approx(ms, rel=0.05)
+
+
+def test_swap_genes_with_a_latency_budget_are_one_error_line(capsys, fake_timing):
+    """The latency model does not price swapped operators: a space with swap genes and a latency budget (or the
+    predicted latency objective) is refused before anything is written."""
+    for flags in (("--budget-latency-ms", "5"), ("--budget-gflops", "0.1", "--latency-model", "predicted")):
+        code, _, err = run_cli(capsys, "search", *map(str, FAST_SEARCH), *flags, "--space", "yolov8-ops",
+                               "--trials", "1")
+        assert_user_error(code, err, "search space 'yolov8-ops' has swap genes")
+    assert not list(fake_timing.rglob("*.db"))
