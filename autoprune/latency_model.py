@@ -18,7 +18,9 @@ that sum (`scale`) and `rest_ms` is 0. The prediction is then a deterministic, n
 can bisect on. What the convs do not account for (concats, splits, upsampling, pooling, the Detect head's decoding,
 runtime overhead) is one constant, `rest_ms`: the unpruned model measured end to end minus the sum of its convs.
 Each entry is the layer's time less the runtime's call overhead (`OVERHEAD`, measured the same way), which a layer
-timed alone pays and a layer inside the model does not.
+timed alone pays and a layer inside the model does not. An entry measured on a CPU under load (the load average
+above the core count, `timing.under_load`) is filed as such, counted in `entries_under_load`, and measured again by
+the next build that runs on a quiet machine, so a table built while the machine was busy does not stay wrong.
 
 Example:
     >>> table = LatencyTable(model, graph, imgsz=320, backend="onnxruntime", path="runs/latency_lut.json")
@@ -170,7 +172,8 @@ class LatencyTable:
     `model` is the unpruned model and `graph` its channel analysis (`autoprune.channels.analyze`); `imgsz`, `batch`,
     `device`, `backend`, `precision` and `threads` are what `measure_latency` takes. `path`: the JSON file the
     entries are kept in (a `LatencyCache`; None keeps them in memory only). `measure` replaces how one module is
-    timed (tests): `measure(module, in_channels, in_hw) -> ms`.
+    timed (tests): `measure(module, in_channels, in_hw) -> ms`, and `load_average` what the machine's load is
+    read from (default `os.getloadavg`'s first figure; with `measure`, no load).
 
     Kept counts may hold a depth plan (`{"depth:<unit id>": kept}`, `autoprune.depth`): the convs of the removed
     elements cost nothing and a concat reader reads fewer channels (which elements go: `element_orders`, as
@@ -180,7 +183,8 @@ class LatencyTable:
 
     def __init__(self, model: nn.Module, graph, *, imgsz: int = 640, batch: int = 1, device="cpu",
                  backend: str = "onnxruntime", precision: str | None = None, threads: int | None = None,
-                 path: str | Path | None = None, round_to: int = 8, min_channels: int = 8, measure=None):
+                 path: str | Path | None = None, round_to: int = 8, min_channels: int = 8, measure=None,
+                 load_average=None):
         self.model = detection_model(model)
         self.graph = graph
         self.imgsz, self.batch, self.backend = imgsz, batch, backends.check_backend(backend)
@@ -189,12 +193,19 @@ class LatencyTable:
         self.threads = default_threads() if threads is None else threads
         self.cache = LatencyCache(path)
         self._measure = measure
+        # the load average a measurement is filed with: the OS's; with `measure` (tests) none unless given
+        if load_average is None:
+            from autoprune.cost.latency import _load_average
+
+            load_average = _load_average if measure is None else (lambda: None)
+        self._load_average = load_average
         from autoprune.depth import find_units
 
         self.units = tuple(find_units(self.model))
         self.element_orders: dict[str, list[int]] = {}  # {depth key: element order} (`depth.rank_elements`)
         self.sites = _sites(self.model, graph, imgsz, round_to, min_channels, self.units)
         self.measured = 0  # entries measured by this object (0 when the file held them all)
+        self._loaded_keys: set[str] = set()  # entries in use that were measured under load (`timing.under_load`)
         self._curves: dict[str, tuple[list[int], list[float]]] | None = None
         self.rest_ms: float | None = None
         self.overhead_ms: float | None = None
@@ -221,17 +232,39 @@ class LatencyTable:
             del session
         return min(samples)
 
+    def _load(self) -> float | None:
+        """The 1-minute load average where it says something about the timing (a CPU device), else None."""
+        return self._load_average() if self.device.type == "cpu" else None
+
+    def _stored(self, key: str) -> float | None:
+        """The filed latency of `key`, or None when there is none or when it was measured under load and the
+        machine is quiet now (then it is measured again)."""
+        hit = self.cache.get(key)
+        if hit is None or not isinstance(hit.get("ms"), (int, float)):
+            return None
+        if hit.get("under_load"):
+            if not timing.under_load(self._load(), str(self.device)):
+                return None
+            self._loaded_keys.add(key)
+        return float(hit["ms"])
+
+    def _file(self, key: str, ms: float, **extra) -> None:
+        load = self._load()
+        loaded = timing.under_load(load, str(self.device))
+        if loaded:
+            self._loaded_keys.add(key)
+        self.measured += 1
+        self.cache.put(key, {"ms": ms, **extra, **({"load": load, "under_load": True} if loaded else {})})
+
     def entry(self, cfg: LayerConfig) -> float:
         """The measured latency (ms) of `cfg` alone: from the table, or measured now and filed."""
         if cfg.in_hw[0] != cfg.in_hw[1]:
             raise ValueError(f"only square inputs are measured, got {cfg.in_hw}")
         key = self._key("layer:" + cfg.key(), cfg.in_hw[0], LAYER_TIMING)
-        hit = self.cache.get(key)
-        if hit is not None and isinstance(hit.get("ms"), (int, float)):
-            return float(hit["ms"])
-        ms = self._time(cfg.module(), cfg.cin, cfg.in_hw[0], LAYER_TIMING)
-        self.measured += 1
-        self.cache.put(key, {"ms": ms, "layer": asdict(cfg)})
+        ms = self._stored(key)
+        if ms is None:
+            ms = self._time(cfg.module(), cfg.cin, cfg.in_hw[0], LAYER_TIMING)
+            self._file(key, ms, layer=asdict(cfg))
         return ms
 
     def _model_ms(self) -> float:
@@ -239,22 +272,23 @@ class LatencyTable:
         from autoprune.cost.signature import architecture_signature
 
         key = self._key("model:" + architecture_signature(self.model), self.imgsz, MODEL_TIMING)
-        hit = self.cache.get(key)
-        if hit is not None and isinstance(hit.get("ms"), (int, float)):
-            return float(hit["ms"])
+        ms = self._stored(key)
+        if ms is not None:
+            return ms
         if self._measure is not None:
             ms = float(self._measure(self.model, None, self.imgsz))
         else:
             ms = measure_model_ms(self.model, imgsz=self.imgsz, batch=self.batch, device=self.device,
                                   backend=self.backend, precision=self.precision, threads=self.threads,
                                   protocol=MODEL_TIMING)
-        self.measured += 1
-        self.cache.put(key, {"ms": ms})
+        self._file(key, ms)
         return ms
 
     def build(self) -> LatencyTable:
-        """Measure every anchor and the unpruned model that the table does not hold yet; returns self."""
+        """Measure every anchor and the unpruned model that the table does not hold yet (or holds as measured
+        under load, when the machine is quiet now); returns self."""
         curves = {}
+        self._loaded_keys.clear()
         self.overhead_ms = self.entry(LayerConfig(*OVERHEAD))
         for site in self.sites:
             cfgs = sorted(site.anchors(), key=LayerConfig.macs)
@@ -306,6 +340,20 @@ class LatencyTable:
         """The predicted latency (ms) of the model keeping `counts` channels per group: the sum of its convs'
         entries plus `rest_ms`. Microseconds; deterministic; never falls when a count rises."""
         return self.scale * sum(self.layer_latencies(counts).values()) + self.rest_ms
+
+    @property
+    def entries_under_load(self) -> int:
+        """How many of the entries the last build used were measured under load."""
+        return len(self._loaded_keys)
+
+    def load_note(self) -> str | None:
+        """One sentence when some of the table's entries were measured under load, else None."""
+        n = self.entries_under_load
+        if not n:
+            return None
+        return (f"{n} of the latency model's entries were measured while the CPU was under load (load average above "
+                "its core count), so its predictions may be high and uneven; they are measured again by the next "
+                "build on a quiet machine")
 
     def setup(self) -> dict:
         """What the table's numbers were measured with (backend, precision, batch, threads, device, image size)."""

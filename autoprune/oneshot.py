@@ -159,6 +159,10 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
     latency = None
     if s.target_latency_ms is not None:
         plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, s, depth, orders)
+        if latency.get("load_note"):
+            warnings.append(latency["load_note"])
+            if warn is not None:
+                warn(warnings[-1])
     elif target_gflops is None:
         plan = plan_counts(graph, s.strategy, keep=keep, scores=scores, round_to=s.round_to,
                            min_channels=s.min_channels)
@@ -374,7 +378,8 @@ def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, d
     if not fits:
         raise RuntimeError(f"no {s.strategy} plan within {target} ms although the floor fits")
     return plan, {"target_ms": target, "before_ms": round(table.predict(), 4),
-                  "after_ms": round(predict(plan.counts), 4), "predicted": True, "setup": table.setup()}
+                  "after_ms": round(predict(plan.counts), 4), "predicted": True, "setup": table.setup(),
+                  "entries_under_load": table.entries_under_load, "load_note": table.load_note()}
 
 
 def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, s: OneShotSettings) -> str | None:

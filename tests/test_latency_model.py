@@ -117,3 +117,34 @@ def test_a_real_layer_is_measured_in_each_cpu_runtime(demo, one_thread):
         ms = table.entry(cfg)
         assert 0 < ms < 1000 and table.measured == 1
         assert table.entry(cfg) == ms and table.measured == 1  # filed: not measured again
+
+
+def test_entries_measured_under_load_are_measured_again_on_a_quiet_machine(demo, tmp_path):
+    """A table built while the CPU was busy files its entries as measured under load and says so; a later build on
+    a quiet machine measures them again (and files quiet figures), a later busy one reuses them."""
+    import os
+
+    model, graph = demo
+    path = tmp_path / "lut.json"
+    busy, quiet = (lambda: 10.0 * (os.cpu_count() or 1)), (lambda: 0.0)
+    calls = []
+
+    def measure(module, ch, hw):
+        calls.append(ch)
+        return fake_measure(module, ch, hw)
+
+    first = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, path=path, measure=measure, load_average=busy).build()
+    assert first.entries_under_load == first.measured > 0 and "under load" in first.load_note()
+    entries = json.loads(path.read_text())["entries"]
+    assert all(e.get("under_load") for e in entries.values())
+    calls.clear()
+    again_busy = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, path=path, measure=measure,
+                              load_average=busy).build()
+    assert not calls and again_busy.entries_under_load == first.measured
+    quiet_table = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, path=path, measure=measure,
+                               load_average=quiet).build()
+    assert len(calls) == first.measured and quiet_table.entries_under_load == 0 and quiet_table.load_note() is None
+    assert not any(e.get("under_load") for e in json.loads(path.read_text())["entries"].values())
+    calls.clear()
+    LatencyTable(model, graph, imgsz=IMGSZ, threads=1, path=path, measure=measure, load_average=busy).build()
+    assert not calls  # quiet figures are kept whatever the load later

@@ -49,6 +49,11 @@ def latency_table(search):
                          path=RUNS_ROOT / "latency_lut.json", round_to=search.space.round_to,
                          min_channels=search.space.min_channels).build()
     table.element_orders = search.space.element_orders  # the same dict: depth genes remove the same elements
+    note = table.load_note()
+    if note:
+        import sys
+
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     return table
 
 def channel_scores(search) -> dict:

@@ -144,3 +144,24 @@ def test_swap_genes_with_a_latency_budget_are_one_error_line(capsys, fake_timing
                                "--trials", "1")
         assert_user_error(code, err, "search space 'yolov8-ops' has swap genes")
     assert not list(fake_timing.rglob("*.db"))
+
+
+def test_a_latency_model_measured_under_load_is_one_warning_line(capsys, fake_timing, monkeypatch):
+    import os
+
+    import autoprune.latency_model as lut
+
+    faked = lut.LatencyTable.__init__  # the fixture's: fake timing
+
+    def init(self, *a, **kw):
+        faked(self, *a, **{**kw, "load_average": lambda: 10.0 * (os.cpu_count() or 1)})
+
+    monkeypatch.setattr(lut.LatencyTable, "__init__", init)
+    code, out, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms",
+                             f"{0.5 * _unpruned_ms():.4f}", "--latency-backend", "onnxruntime", "--out",
+                             str(fake_timing / "p.pt"), "--json", *FAST_PRUNE)
+    assert code == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert len(lines) == 1 and "measured while the CPU was under load" in lines[0]
+    r = json.loads(out)
+    assert r["latency"]["entries_under_load"] > 0 and r["warnings"] == [lines[0].removeprefix("warning: ")]
