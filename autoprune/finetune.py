@@ -14,6 +14,10 @@ Two things a pruned model needs from its finetune, and how this module provides 
    state dict; the teacher and the neck projector live inside it. Everything written to disk is a stock Ultralytics
    checkpoint.
 
+3. **Reach DDP workers.** On several GPUs Ultralytics rebuilds the trainer in one process per GPU from its class and
+   arguments alone; the student and teacher go there as files, named by a per-run subclass's `WorkerState`
+   (`finetune_trainer`), and the workers' results come back as a summary file.
+
 The distillation losses and `DistillationLoss` live in `autoprune.distill` (re-exported here).
 
 Ultralytics 8.4 ships its own distillation (`ultralytics.nn.distill_model.DistillationModel`, `distill_model=`): a
@@ -33,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import math
 import pickle
 import re
@@ -64,7 +69,10 @@ __all__ = [
     "FinetuneResult",
     "FinetuneSchedule",
     "PrunedModelTrainer",
+    "WorkerState",
+    "check_multi_gpu",
     "finetune",
+    "finetune_trainer",
     "head_distillation",
     "head_term",
     "neck_distillation",
@@ -249,6 +257,97 @@ TRAINERS = {"detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
             "obb": ("ultralytics.models.yolo.obb", "OBBTrainer")}
 
 
+SUMMARY_ARGS = ("optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs")  # the schedule as the trainer resolved it
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What the trainer of a DDP worker needs beyond the `(cfg, overrides, _callbacks)` Ultralytics rebuilds it from.
+
+    Ultralytics trains on several GPUs by starting one process per GPU (`torch.distributed.run`); each unpickles the
+    trainer's class, arguments and callbacks (`ultralytics.utils.dist.generate_ddp_file`) and builds a new trainer
+    from them, so no object `finetune` was handed reaches it. The models travel as files: `student` and `teacher` are
+    `torch.save`s of the modules themselves (the pruned architecture, never a YAML). The rest rides on a per-run
+    subclass of the trainer as its `worker_state` (cloudpickle pickles a class made inside a function by value,
+    attributes included). Rank 0 writes the training's summary (`PrunedModelTrainer.summary`) to `summary` as JSON
+    for the parent, which gets nothing else back.
+
+    Attributes:
+        student: the file of the model to train.
+        teacher: the file of the teacher, or None (no distillation).
+        summary: where rank 0 writes the summary.
+        data: the `autoprune.data.DataConfig` to train on.
+        distill, schedule, features: as `finetune` takes them.
+    """
+
+    student: str
+    teacher: str | None
+    summary: str
+    data: object
+    distill: DistillSettings | None = None
+    schedule: FinetuneSchedule | None = None
+    features: FeatureMatch | None = None
+
+    @classmethod
+    def write(cls, folder: Path, student: nn.Module, teacher: nn.Module | None, **settings) -> "WorkerState":
+        """Save `student` (and `teacher`) into `folder`; the state that names them with `settings`."""
+        folder = Path(folder).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(student, folder / "student.pt")
+        if teacher is not None:
+            torch.save(teacher, folder / "teacher.pt")
+        return cls(student=str(folder / "student.pt"), teacher=str(folder / "teacher.pt") if teacher is not None
+                   else None, summary=str(folder / "summary.json"), **settings)
+
+    def load_models(self) -> tuple[nn.Module, nn.Module | None]:
+        """(student, teacher or None), loaded on the CPU."""
+        load = functools.partial(torch.load, map_location="cpu", weights_only=False)
+        return load(self.student), (load(self.teacher) if self.teacher else None)
+
+
+def check_multi_gpu(batch: int, gpus: int) -> None:
+    """One error line where a finetune on `gpus` GPUs (Ultralytics' DDP) cannot start: a batch that does not split
+    evenly among them (each worker trains batch / gpus images per step), or no cloudpickle (Ultralytics sends the
+    trainer to its workers with it, and would try to pip-install it at the first launch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from autoprune.errors import UserError
+
+    if batch % gpus:
+        raise UserError(f"--batch {batch} must be a multiple of the {gpus} GPUs of --device (each trains "
+                        f"batch / {gpus} images per step), e.g. --batch {gpus * max(1, round(batch / gpus))}")
+    try:
+        have = version("cloudpickle")
+    except PackageNotFoundError:
+        have = None
+    from ultralytics.utils.checks import check_version
+
+    if have is None or not check_version(have, ">=3.1.1"):
+        raise UserError(f"multi-GPU finetuning needs cloudpickle>=3.1.1 ({'found ' + have if have else 'not installed'}"
+                        "; Ultralytics sends the trainer to its DDP workers with it): pip install 'autoprune[ddp]'")
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _broadcast_parameters(module: nn.Module) -> None:
+    """Every DDP rank gets rank 0's values of `module`'s parameters (their random seeds differ)."""
+    if _distributed():
+        for p in module.parameters():
+            torch.distributed.broadcast(p.data, src=0)
+
+
+def _average_gradients(module: nn.Module, world_size: int) -> None:
+    """Average `module`'s gradients over the DDP ranks, as DDP does for the modules it wraps."""
+    if _distributed():
+        for p in module.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)  # every rank joins every all_reduce
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
+
 @functools.lru_cache(maxsize=None)
 def _trainer_class(task: str = "detect"):
     import importlib
@@ -265,11 +364,25 @@ def _trainer_class(task: str = "detect"):
         `student` is installed by `setup_model`; `get_model` raises. With a `teacher` and `distill` settings, the
         student's criterion is a `DistillationLoss` from the end of setup (after the EMA copy is made, so the EMA
         never holds the teacher) until training ends; the projector of the neck term joins the optimizer.
+
+        A DDP worker builds it from Ultralytics' `(cfg, overrides, _callbacks)` alone: then the models, data and
+        settings come from the class's `worker_state` (`WorkerState`, set on a per-run subclass by
+        `finetune_trainer`), and `_do_train` applies `offline_ultralytics` and writes the summary itself.
         """
 
-        def __init__(self, student: nn.Module, *, data, teacher: nn.Module | None = None,
+        worker_state: WorkerState | None = None
+
+        def __init__(self, student: nn.Module | None = None, *, data=None, teacher: nn.Module | None = None,
                      distill: DistillSettings | None = None, overrides: dict | None = None, _callbacks=None,
-                     schedule: FinetuneSchedule | None = None, features: FeatureMatch | None = None):
+                     schedule: FinetuneSchedule | None = None, features: FeatureMatch | None = None, cfg=None):
+            from ultralytics.utils import DEFAULT_CFG
+
+            if student is None:  # a DDP worker
+                state = self.worker_state
+                if state is None:
+                    raise TypeError("PrunedModelTrainer trains the model it is handed (or a worker_state's file)")
+                student, teacher = state.load_models()
+                data, distill, schedule, features = state.data, state.distill, state.schedule, state.features
             self._student = student
             self._teacher = teacher
             self._distill = distill if teacher is not None else None
@@ -278,7 +391,7 @@ def _trainer_class(task: str = "detect"):
             self._data_config = data
             self.projector: FeatureProjector | None = None
             self.distill_loss: DistillationLoss | None = None
-            super().__init__(overrides=overrides, _callbacks=_callbacks)
+            super().__init__(cfg=DEFAULT_CFG if cfg is None else cfg, overrides=overrides, _callbacks=_callbacks)
 
         def get_dataset(self):
             # Ultralytics' check_det_dataset would download a dataset whose images are missing; the data config was
@@ -303,18 +416,29 @@ def _trainer_class(task: str = "detect"):
             raise RuntimeError("PrunedModelTrainer trains the model it was handed; it never builds one from a YAML")
 
         def build_optimizer(self, model, *args, **kwargs):
+            from ultralytics.utils.torch_utils import unwrap_model
+
             optimizer = super().build_optimizer(model, *args, **kwargs)
             if self._distill is not None and self._distill.neck_weight > 0:
-                device = next(model.parameters()).device
-                self.projector = FeatureProjector(detect_input_channels(model),
+                student = unwrap_model(model)  # the module inside DDP's wrapper
+                device = next(student.parameters()).device
+                self.projector = FeatureProjector(detect_input_channels(student),
                                                   detect_input_channels(self._teacher)).to(device)
+                _broadcast_parameters(self.projector)  # outside DDP's wrapper: every rank starts from rank 0's
                 like = next((g for g in optimizer.param_groups if g.get("param_group") in ("weight", "muon")),
                             optimizer.param_groups[0])
                 optimizer.add_param_group({**{k: v for k, v in like.items() if k != "params"},
                                            "params": list(self.projector.parameters())})
             return optimizer
 
+        def optimizer_step(self):
+            if self.projector is not None and self.world_size > 1:
+                _average_gradients(self.projector, self.world_size)  # DDP averages those of the student only
+            super().optimizer_step()
+
         def _setup_train(self):
+            from ultralytics.utils.torch_utils import unwrap_model
+
             super()._setup_train()
             if self._distill is not None:
                 # A private frozen copy: the caller's teacher keeps its device, mode and requires_grad flags.
@@ -323,7 +447,7 @@ def _trainer_class(task: str = "detect"):
                     teacher = teacher.to(memory_format=torch.channels_last)
                 for p in teacher.parameters():
                     p.requires_grad_(False)
-                student = self.model
+                student = unwrap_model(self.model)  # under DDP, the module inside the wrapper
                 self.distill_loss = DistillationLoss(student, teacher, self._distill, self.projector,
                                                      features=self._features)
                 student.criterion = self.distill_loss
@@ -336,6 +460,28 @@ def _trainer_class(task: str = "detect"):
             ckpt = strip_optimizer(self.last) if self.last.exists() else {}
             if self.best.exists():
                 strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+
+        def _do_train(self):
+            # Runs where the training runs: in `finetune`'s process, or in a DDP worker, which `finetune`'s
+            # patches do not reach and which returns nothing to it.
+            if self.worker_state is None:
+                return super()._do_train()
+            from ultralytics.utils import RANK
+
+            from autoprune._ultralytics import set_verbose
+
+            set_verbose(bool(self.args.verbose))
+            with offline_ultralytics():
+                super()._do_train()
+            if RANK in {-1, 0}:
+                Path(self.worker_state.summary).write_text(json.dumps(self.summary()))
+
+        def summary(self) -> dict:
+            """What `finetune` reports of a finished training: AMP as used, the loss terms, the last validation's
+            metrics, and the schedule's arguments as resolved (`optimizer=auto` picks the optimizer and lr0)."""
+            return {"amp": bool(self.amp), "loss_names": list(self.loss_names),
+                    "metrics": {k: float(v) for k, v in (self.metrics or {}).items()},
+                    "args": {k: getattr(self.args, k) for k in SUMMARY_ARGS}}
 
     return PrunedModelTrainer
 
@@ -375,8 +521,71 @@ class FinetuneResult:
 
 
 def ultralytics_device(device: torch.device) -> str:
-    """Ultralytics' spelling of a device: 'cpu' or the CUDA index."""
-    return "cpu" if device.type == "cpu" else str(device.index or 0)
+    """Ultralytics' spelling of a device: 'cpu', 'mps' or the CUDA index."""
+    return device.type if device.type in ("cpu", "mps") else str(device.index or 0)
+
+
+def finetune_trainer(
+    model: nn.Module,
+    data,
+    *,
+    save_dir: Path,
+    teacher: nn.Module | None = None,
+    distill: DistillSettings | None = None,
+    epochs: int = 20,
+    imgsz: int = 320,
+    batch: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    workers: int = 2,
+    seed: int = 0,
+    verbose: bool = True,
+    label: str = "pruned",
+    extra: dict | None = None,
+    schedule: FinetuneSchedule | None = None,
+    features: FeatureMatch | None = None,
+    task: str = "detect",
+    workdir: Path | None = None,
+):
+    """The Ultralytics trainer `finetune` trains `model` with, built and not yet trained (the arguments are
+    `finetune`'s).
+
+    With several GPUs in `device` ("0,1", "cuda:0,1"), its `train()` is Ultralytics' DDP launch: one worker process
+    per GPU rebuilds the trainer from its class and arguments. The student and teacher are then saved into
+    `workdir` (required, and it must outlive the training) and named, with the other settings, by the per-run
+    subclass's `worker_state` (`WorkerState`).
+
+    Example:
+        >>> trainer = finetune_trainer(pruned, data, save_dir=Path("runs/x/train"), device="0,1", workdir=tmp)
+        >>> type(trainer).worker_state.student   # tmp/student.pt, what each DDP worker trains
+    """
+    from autoprune.devices import resolve_devices
+
+    devices = resolve_devices(device)
+    gpus = len(devices)
+    if gpus > 1:
+        check_multi_gpu(batch, gpus)
+    use_amp = bool(amp and devices[0].type == "cuda")
+    overrides = dict(
+        task=task, mode="train", model=label, data=str(data.yaml), epochs=epochs, imgsz=imgsz, batch=batch,
+        nbs=batch, device=",".join(ultralytics_device(d) for d in devices), amp=use_amp, workers=workers, seed=seed,
+        deterministic=True, plots=False, save_dir=str(Path(save_dir).resolve()), val=True, verbose=verbose,
+        cache=False, exist_ok=False,
+    )  # fmt: skip
+    overrides.update(schedule.overrides() if schedule is not None else {})
+    overrides.update(extra or {})
+    Trainer = _trainer_class(task)
+    if gpus > 1:
+        if workdir is None:
+            raise ValueError("a multi-GPU finetune needs a workdir for the files its DDP workers load")
+        distilled = teacher is not None and distill is not None
+        state = WorkerState.write(Path(workdir), model, teacher if distilled else None, data=data,
+                                  distill=distill if distilled else None, schedule=schedule,
+                                  features=features if distilled else None)
+        Trainer = type(Trainer.__name__, (Trainer,), {"worker_state": state, "__module__": Trainer.__module__,
+                                                       "__qualname__": Trainer.__qualname__})
+    return Trainer(model, data=data, teacher=teacher, distill=distill, overrides=overrides, schedule=schedule,
+                   features=features)
 
 
 def finetune(
@@ -412,44 +621,48 @@ def finetune(
     channel-matched feature distillation at its levels (with a `teacher` and `distill` settings only). `task` picks
     Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates by mask mAP too, a pose
     model on its keypoints, an OBB model on its rotated boxes).
+
+    A `device` naming several GPUs ("0,1") trains with Ultralytics' DDP (`finetune_trainer`): `batch` must be a
+    multiple of the GPU count and cloudpickle installed (`check_multi_gpu`); the workers train copies of `model`
+    loaded from a temporary file, so `model` itself is left as it was, and the result is read from what rank 0 wrote.
     """
     from autoprune._ultralytics import set_verbose
-    from autoprune.devices import resolve_device
+    from autoprune.devices import resolve_devices
 
-    dev = resolve_device(device)
-    use_amp = bool(amp and dev.type == "cuda")
-    save_dir = Path(save_dir).resolve()
-    overrides = dict(
-        task=task, mode="train", model=label, data=str(data.yaml), epochs=epochs, imgsz=imgsz, batch=batch,
-        nbs=batch, device=ultralytics_device(dev), amp=use_amp, workers=workers, seed=seed, deterministic=True,
-        plots=False, save_dir=str(save_dir), val=True, verbose=verbose, cache=False, exist_ok=False,
-    )  # fmt: skip
-    overrides.update(schedule.overrides() if schedule is not None else {})
-    overrides.update(extra or {})
-    Trainer = _trainer_class(task)
+    devices = resolve_devices(device)
     set_verbose(verbose)
     t0 = time.perf_counter()
-    with offline_ultralytics():
-        trainer = Trainer(model, data=data, teacher=teacher, distill=distill, overrides=overrides,
-                          schedule=schedule, features=features)
+    folder = tempfile.TemporaryDirectory(prefix="autoprune-ddp-") if len(devices) > 1 else contextlib.nullcontext()
+    with offline_ultralytics(), folder as workdir:
+        trainer = finetune_trainer(model, data, save_dir=save_dir, teacher=teacher, distill=distill, epochs=epochs,
+                                   imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
+                                   verbose=verbose, label=label, extra=extra, schedule=schedule, features=features,
+                                   task=task, workdir=workdir)
         try:
             trainer.train()
         finally:
             model.criterion = None  # never leave the teacher hanging off the model
             if trainer.distill_loss is not None:
                 trainer.distill_loss.close()  # the feature hooks leave the student
+        if trainer.worker_state is None:
+            summary = trainer.summary()
+        else:  # the DDP workers trained; rank 0 left its summary
+            path = Path(trainer.worker_state.summary)
+            if not path.exists():
+                raise RuntimeError(f"the DDP workers finished without writing {path}")
+            summary = json.loads(path.read_text())
     seconds = time.perf_counter() - t0
-    a = trainer.args
-    used = {"name": "short" if schedule is not None else "ultralytics", "optimizer": a.optimizer,
-            "lr0": float(a.lr0), "lrf": float(a.lrf), "cos_lr": bool(a.cos_lr),
-            "warmup_epochs": float(a.warmup_epochs) if schedule is not None
-            else float(min(a.warmup_epochs, max(epochs - 1, 0))),
+    a = summary["args"]
+    used = {"name": "short" if schedule is not None else "ultralytics", "optimizer": a["optimizer"],
+            "lr0": float(a["lr0"]), "lrf": float(a["lrf"]), "cos_lr": bool(a["cos_lr"]),
+            "warmup_epochs": float(a["warmup_epochs"]) if schedule is not None
+            else float(min(a["warmup_epochs"], max(epochs - 1, 0))),
             "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
     best = trainer.best if trainer.best.exists() else trainer.last
     return FinetuneResult(
-        best=Path(best), last=Path(trainer.last), save_dir=Path(trainer.save_dir), loss_names=tuple(trainer.loss_names),
-        amp=bool(trainer.amp), device=str(dev), seconds=seconds,
-        metrics={k: float(v) for k, v in (trainer.metrics or {}).items()}, schedule=used,
+        best=Path(best), last=Path(trainer.last), save_dir=Path(trainer.save_dir),
+        loss_names=tuple(summary["loss_names"]), amp=bool(summary["amp"]), device=",".join(str(d) for d in devices),
+        seconds=seconds, metrics={k: float(v) for k, v in summary["metrics"].items()}, schedule=used,
     )
 
 
