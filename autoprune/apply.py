@@ -131,17 +131,25 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     and validation) to the proxy's image size; `reconstruct` to what the search did; `distill` is a
     `finetune.DistillSettings` or None (no distillation). `args` are saved to args.yaml with the resolved values;
     `extra` fields join the report. `latency` ({backend, batch, precision}, each None or absent for the study's)
-    says how the report's latencies are measured: by default as the search measured them.
+    says how the report's latencies are measured: by default as the search measured them. A `device` naming
+    several GPUs ("0,1") finetunes on all of them (Ultralytics' DDP; `batch` a multiple of their count) and measures
+    on the first.
     """
     from autoprune import _ultralytics
     from autoprune.imgsz import check_imgsz
     from autoprune.data import check_task, load_data_config
-    from autoprune.devices import resolve_device
+    from autoprune.devices import resolve_devices, ultralytics_device
     from autoprune.models import keypoint_shape, load_model, require_task
     from autoprune.runs import run_dir_path, save_args, trial_run_name
     from autoprune.report.apply_report import format_report
 
-    device = resolve_device(device)
+    devices = resolve_devices(device)
+    if len(devices) > 1:  # a DDP finetune on all of them; the measurements run on the first
+        from autoprune.finetune import check_multi_gpu
+
+        check_multi_gpu(batch, len(devices))
+    train_device = ultralytics_device(device) if len(devices) > 1 else devices[0]
+    device = devices[0]
     latency = study_latency(study.user_attrs, device, latency)
     record = resolve_trial(study, number)
     name = study.study_name
@@ -190,6 +198,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
                         "project": str(run_dir.parent), "name": run_dir.name, "imgsz": imgsz},
               study=name, model_resolved=loaded.source, data_resolved=str(data.yaml),
               imgsz_resolved=imgsz, imgsz_from=imgsz_from, cost_imgsz=cost_imgsz, device_resolved=str(device),
+              train_device=str(train_device),
               finetune_steps=[step.as_dict() for step in plan])
     meta = {"source": loaded.source, "source_fingerprint": loaded.fingerprint, "study": name,
             "trial": number, "criterion": record.attrs.get(CRITERION) or "l1", "kept_channels": counts,
@@ -199,7 +208,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     result = apply_trial(loaded, pruned, data, run_dir=run_dir, record=record, meta=meta, distill=distill,
                          epochs=epochs, imgsz=imgsz, cost_imgsz=cost_imgsz, batch=batch, device=device,
                          amp=amp, workers=workers, export=export, verbose=verbose, seed=seed, log=log,
-                         latency=latency, plan=plan)
+                         latency=latency, plan=plan, train_device=train_device)
     result.update(study=name, imgsz_from=imgsz_from, **(extra or {}))
     (run_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
     (run_dir / "report.md").write_text(format_report(result))
@@ -343,8 +352,10 @@ def study_latency(sattrs: Mapping, device, latency: Mapping | None = None) -> di
 
 def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, distill, epochs: int, imgsz: int,
                 cost_imgsz: int, batch: int, device, amp: bool, workers: int, export: str | None, verbose: bool,
-                seed: int = 0, log=print, latency: Mapping | None = None, plan: list | None = None) -> dict:
+                seed: int = 0, log=print, latency: Mapping | None = None, plan: list | None = None,
+                train_device=None) -> dict:
     """Measure the unpruned and the pruned model, finetune the pruned one, save, check and measure the result.
+    `train_device` is where the finetune runs (default `device`; a GPU list such as "0,1": Ultralytics' DDP).
     `latency` ({backend, batch, precision}) is how latency is measured (default: torch, batch 1). `plan`
     (`finetune_plan`) says how the finetune runs: one finetune of `pruned` (the default), or several steps
     pruning the teacher down to `pruned`'s channels. The validation mAP after every epoch is drawn in
@@ -408,7 +419,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
         with stage(label, live=not verbose):  # verbose: the trainer shows its own bars
             ft = finetune(student, data, save_dir=save_dir, teacher=teacher, distill=distill, epochs=step.epochs,
                           task=loaded.task,
-                          imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
+                          imgsz=imgsz, batch=batch, device=device if train_device is None else train_device,
+                          amp=amp, workers=workers, seed=seed,
                           verbose=verbose, label=str(run_dir / "pruned.pt"), schedule=step.schedule,
                           features=step.features if distill else None)
         curve += epoch_curve(ft.save_dir, step=k + 1, first_epoch=len(curve) + 1, task=loaded.task)

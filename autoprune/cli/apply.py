@@ -96,7 +96,6 @@ def run(args: argparse.Namespace) -> dict:
     from autoprune.apply import apply_study_trial
     from autoprune.report.apply_report import format_report
     from autoprune.imgsz import check_imgsz
-    from autoprune.devices import resolve_device
     from autoprune.finetune import DistillSettings
     from autoprune.runs import check_run_root, run_dir_path
 
@@ -133,17 +132,18 @@ def run(args: argparse.Namespace) -> dict:
         short_schedule(args.epochs, **{k: v for k, v in tuned.items() if v is not None})
     from autoprune.devices import resolve_devices
 
-    if len(resolve_devices(args.device)) > 1:  # checks that every GPU named exists first
-        raise UserError(f"--device {args.device}: apply finetunes on one device; multi-GPU (DDP) finetuning of a "
-                        "pruned model is not supported yet (pass one GPU, e.g. --device 0)")
-    device = resolve_device(args.device)
+    gpus = len(resolve_devices(args.device))  # every GPU named exists
+    if gpus > 1:  # Ultralytics' DDP finetune: the batch splits evenly among them, cloudpickle is installed
+        from autoprune.finetune import check_multi_gpu
+
+        check_multi_gpu(args.batch, gpus)
     default_study(args)
     study = report.read_study(args.storage, args.study)  # never creates a database; no study: one line naming those
     verbose = not args.json
     result = apply_study_trial(study, args.trial, run_name=args.name, project=args.project,
                                exist_ok=args.exist_ok, model=args.model, data=args.data,
                                epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, distill=distill,
-                               reconstruct=args.reconstruct, amp=args.amp, export=args.export, device=device,
+                               reconstruct=args.reconstruct, amp=args.amp, export=args.export, device=args.device,
                                workers=args.workers, seed=args.seed, args=vars(args),
                                extra={"storage_given": args.storage is not None}, verbose=verbose, log=print,
                                schedule=schedule, steps=args.steps,
