@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--search-proxy-steps", type=int, default=50)
     parser.add_argument("--search-proxy-distill", type=float, default=0.0)
     parser.add_argument("--search-budget-floor", type=float, default=0.8)
+    parser.add_argument("--search-trial", type=int, default=None, help="that trial of the search instead of the one "
+                                                                         "it recommends")
     parser.add_argument("--search-row", default=None, help="the searched genome's row (default: searched, or "
                                                            "searched-C for --search-criterion C other than l1)")
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
@@ -224,6 +226,8 @@ def _searched(args, base, loaded, budget: float):
         raise SystemExit(f"error: study {name!r} has a budget of {attrs[records.STUDY_BUDGET_GFLOPS]} GFLOPs, over {budget}")
     info = study_info(study)
     best = info.recommended  # the best by proxy, or by its mean over the confirming seeds (`search --confirm`)
+    if args.search_trial is not None:
+        best = next(r for r in records.load_records(study) if r.number == args.search_trial)
     from autoprune.apply import search_calibration_batches
     from autoprune.data import load_data_config
     from autoprune.swap import split_counts
