@@ -101,6 +101,7 @@ def test_the_readme_quick_start_then_apply_a_trial_it_printed(tmp_path, monkeypa
     printed = _table_numbers(out)
     assert front and front <= set(printed), (front, printed, out[-2000:])
     assert set(printed) <= {r.number for r in records if r.feasible}
+    assert "latency model: predicted" not in out  # the default times every candidate; it says nothing else
 
     n = printed[0]
     code = main(["apply", "--trial", str(n), "--json"])  # no --study: the only study in runs/search

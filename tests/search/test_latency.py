@@ -145,3 +145,6 @@ def test_a_front_trial_measured_over_the_latency_budget_leaves_the_front_and_the
     assert all(recs[n].latency_ms == measured[n] and recs[n].attrs[R.LATENCY_PREDICTED_MS] != measured[n]
                for n in measured)
     assert latency.remeasure_front(_Search(study))["measured"] == 0  # nothing left to time
+    measured_search = _Search(study)
+    measured_search.settings.latency_model = "measured"
+    assert latency.remeasure_front(measured_search) == {}  # nothing to say: the search's summary prints no line
