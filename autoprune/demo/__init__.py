@@ -101,7 +101,8 @@ def ensure_demo_data(task: str = "detect") -> Path:
 
     `task` 'segment', 'pose' or 'obb' gives the same images with that task's labels (polygons, extreme points as
     keypoints, rotated boxes: `autoprune.demo.dataset.generate`), in a folder of its own (the detect folder's name
-    plus '-segment', '-pose' or '-obb').
+    plus '-segment', '-pose' or '-obb'); 'classify' gives the objects of the same scenes cropped into class folders
+    ('-classify'), and the path returned is that folder (a classification dataset has no YAML).
 
     Safe when many processes start at once: each generates into its own temporary folder next to the final one and
     renames it into place atomically; a process that loses the race deletes its copy and uses the winner's. Every
@@ -116,8 +117,8 @@ def ensure_demo_data(task: str = "detect") -> Path:
     spec = demo_data_spec()
     home = demo_home()
     final = home / (spec.folder_name + ("" if task == "detect" else f"-{task}"))
-    yaml_path = final / "data.yaml"
-    if yaml_path.is_file():
+    yaml_path = final if task == "classify" else final / "data.yaml"  # what `generate` returns
+    if yaml_path.exists():
         return yaml_path
     if final.exists():
         raise UserError(f"demo data folder {final} exists but has no data.yaml; delete it to regenerate")
@@ -132,7 +133,7 @@ def ensure_demo_data(task: str = "detect") -> Path:
         try:
             os.rename(tmp, final)  # atomic; fails if another process renamed its copy first
         except OSError:
-            if not yaml_path.is_file():
+            if not yaml_path.exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename won

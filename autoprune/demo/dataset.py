@@ -23,7 +23,8 @@ placement that would hide more of an earlier object, or leave a new object more 
 rejected and redrawn elsewhere. So every visible object is labelled and no label points at a hidden one.
 
 The same scenes come with other tasks' labels too (`generate(task=...)`): each object's visible mask as a polygon
-(segment), its four extreme points as keypoints (pose) or its rotated box (obb); the images are the same bytes.
+(segment), its four extreme points as keypoints (pose) or its rotated box (obb); the images are the same bytes. For
+classification (classify), each labelled object is cut out of its scene (`object_crop`) and filed under its class.
 
 Generation is a pure function of (seed, split, image index): each image has its own random generator, so a dataset
 is byte-identical for the same arguments, whatever the order or number of processes that write it.
@@ -49,8 +50,9 @@ CLASS_NAMES = ("ellipse", "triangle", "rectangle", "hexagon", "star", "cross", "
 GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are regenerated
 MIN_VISIBLE = 0.5  # smallest visible fraction of an object's drawn area for it to be placed (and labelled)
 MIN_BOX_PX = 4  # smallest visible box side in pixels
+MIN_CROP_PX = 24  # smallest classification crop side (Ultralytics drops images under 10 px as corrupt)
 _SPLITS = {"train": 0, "val": 1}
-TASKS = ("detect", "segment", "pose", "obb")  # the label kinds `generate` writes
+TASKS = ("detect", "segment", "pose", "obb", "classify")  # the label kinds `generate` writes
 # The pose labels' keypoints: each object's extreme visible points (`extreme_points`), clockwise from the top, and
 # the order a horizontal flip puts them in (left and right trade places), as Ultralytics' pose data YAML gives it.
 KEYPOINTS = ("top", "right", "bottom", "left")
@@ -78,6 +80,11 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
     `data.yaml`); the YAML has no `path:` key, so Ultralytics resolves the splits next to the YAML and the folder
     can be renamed after it is written (which `ensure_demo_data` relies on).
 
+    'classify' writes no labels and no YAML: each labelled object of each scene, cut out as `object_crop` does, is
+    an image of its class in Ultralytics' classification layout, `root/{train,val}/<class name>/<scene>_<k>.jpg`
+    (every class has its folder in both splits, even an empty one), and `root` itself is returned: the folder is
+    what Ultralytics' `data=` takes for a classification dataset.
+
     Example:
         >>> generate("/tmp/shapes", n_train=16, n_val=8, seed=0, imgsz=320).name
         'data.yaml'
@@ -91,6 +98,8 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty")
+    if task == "classify":
+        return _generate_crops(root, n_train=n_train, n_val=n_val, seed=seed, imgsz=imgsz)
     with Progress(f"generating the demo dataset in {root.parent}", total=n_train + n_val, unit="images") as bar:
         for split, n in (("train", n_train), ("val", n_val)):
             img_dir, lbl_dir = root / "images" / split, root / "labels" / split
@@ -114,6 +123,37 @@ def generate(root: str | Path, *, n_train: int, n_val: int, seed: int = 0, imgsz
         f"{keypoints}names:\n{names}"
     )
     return yaml_path
+
+
+def _generate_crops(root: Path, *, n_train: int, n_val: int, seed: int, imgsz: int) -> Path:
+    """`generate`'s classification dataset: the objects of the scenes, cropped (`object_crop`), one folder per
+    class and split; returns `root`."""
+    with Progress(f"generating the demo dataset in {root.parent}", total=n_train + n_val, unit="images") as bar:
+        for split, n in (("train", n_train), ("val", n_val)):
+            folders = [root / split / name for name in CLASS_NAMES]
+            for folder in folders:
+                folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img, quality, labels, _ = render_objects(seed, split, i, imgsz)
+                for k, label in enumerate(labels):
+                    ok, buf = cv2.imencode(".jpg", object_crop(img, label), [cv2.IMWRITE_JPEG_QUALITY, quality])
+                    assert ok
+                    (folders[label[0]] / f"{i:05d}_{k}.jpg").write_bytes(buf.tobytes())
+                bar.update()
+    return root
+
+
+def object_crop(img: np.ndarray, label: tuple, margin: float = 0.15) -> np.ndarray:
+    """The square cut of `img` around a labelled object (`label`: cls, cx, cy, w, h normalised): its box's longer
+    side plus `margin` of it on each side, at least `MIN_CROP_PX`, centred on the box, moved inside the image where
+    it would leave it (and no larger than the image), so that the object is whole and other objects and clutter may
+    show at the edges, as in a classification photo."""
+    n = img.shape[0]
+    _, cx, cy, w, h = label
+    side = min(n, max(MIN_CROP_PX, round(max(w, h) * n * (1 + 2 * margin))))
+    x0 = int(np.clip(round(cx * n - side / 2), 0, n - side))
+    y0 = int(np.clip(round(cy * n - side / 2), 0, n - side))
+    return img[y0 : y0 + side, x0 : x0 + side]
 
 
 def _label_line(task: str, label: tuple, obj: DemoObject, imgsz: int) -> str:
