@@ -139,7 +139,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     from autoprune.imgsz import check_imgsz
     from autoprune.data import check_task, load_data_config
     from autoprune.devices import resolve_devices, ultralytics_device
-    from autoprune.models import keypoint_shape, load_model, require_task
+    from autoprune.models import head_classes, keypoint_shape, load_model, require_task
     from autoprune.runs import run_dir_path, save_args, trial_run_name
     from autoprune.report.apply_report import format_report
 
@@ -164,9 +164,9 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     if expected_fp and loaded.fingerprint != expected_fp:
         raise UserError(f"{loaded.source} is not the model study {name!r} was made with (fingerprint "
                         f"{loaded.fingerprint}, the study's {expected_fp}); pass the original with --model")
-    head = loaded.model.model[-1]
-    if head.nc != data.nc:
-        raise UserError(f"the model predicts {head.nc} classes but {data.yaml} has {data.nc}")
+    nc = head_classes(loaded.model)
+    if nc != data.nc:
+        raise UserError(f"the model predicts {nc} classes but {data.yaml} has {data.nc}")
     cost_imgsz = int(record.attrs.get(IMGSZ) or sattrs.get(STUDY_IMGSZ) or 640)
     proxy = sattrs.get(STUDY_PROXY) or {}
     imgsz_from = ("--imgsz" if imgsz else "the search's proxy size" if proxy.get("imgsz")
@@ -453,7 +453,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     outputs = {"pruned": str(out), "run_dir": str(run_dir), "train_dir": str(ft.save_dir), "best": str(ft.best),
                "report_md": str(run_dir / "report.md"), "onnx": None,
                "curve_png": plot_curve(curve, run_dir / "finetune_curve.png", teacher=before["map50_95"],
-                                       untrained=pruned_m["map50_95"] if len(plan) == 1 else None)}
+                                       untrained=pruned_m["map50_95"] if len(plan) == 1 else None,
+                                       metric=TASK_METRICS[loaded.task][0])}
     if export == "onnx":
         with stage("exporting pruned.onnx", live=not verbose):
             outputs["onnx"] = export_onnx(out, imgsz=cost_imgsz, verbose=verbose)

@@ -1,10 +1,12 @@
-"""Fixed, seeded image batches of a dataset (detect, segment, pose or OBB labels): the calibration batches and the
-proxy's pools.
+"""Fixed, seeded image batches of a dataset (detect, segment, pose or OBB labels, or class folders): the calibration
+batches and the proxy's pools.
 
 BN recalibration, data criteria (taylor, hessian) and least-squares reconstruction all read the same calibration
 batches, and `autoprune prune`, every proxy of a search and `autoprune apply` must draw them alike, whatever else
 they load. The images are read, resized and letterboxed once by Ultralytics' dataset (val mode: no augmentation) and
-kept as uint8 tensors; subsets and batch orders depend only on a seed.
+kept as uint8 tensors; subsets and batch orders depend only on a seed. A classification dataset's images are
+Ultralytics' classification val transform's (shortest side resized to the image size, centre crop), and its batches
+hold the images and their classes only.
 
 Example:
     >>> from autoprune.batches import calibration_batches
@@ -68,12 +70,10 @@ def collate(items: list[dict]) -> dict:
     (Ultralytics' `YOLODataset.collate_fn` adds the image index to each item's `batch_idx` in place, which is fine
     for the fresh items a DataLoader yields but would corrupt items cached for reuse.)
     """
-    batch = {
-        "img": torch.stack([it["img"] for it in items]),
-        "cls": torch.cat([it["cls"] for it in items]),
-        "bboxes": torch.cat([it["bboxes"] for it in items]),
-        "batch_idx": torch.cat([torch.full((len(it["cls"]),), float(i)) for i, it in enumerate(items)]),
-    }
+    batch = {"img": torch.stack([it["img"] for it in items]), "cls": torch.cat([it["cls"] for it in items])}
+    if "bboxes" in items[0]:  # labels of objects (a classification dataset's items have their class only)
+        batch["bboxes"] = torch.cat([it["bboxes"] for it in items])
+        batch["batch_idx"] = torch.cat([torch.full((len(it["cls"]),), float(i)) for i, it in enumerate(items)])
     for k in TARGETS:
         if k in items[0]:
             batch[k] = torch.cat([it[k] for it in items])
@@ -92,7 +92,8 @@ def dataset_cfg(imgsz: int, task: str = "detect"):
     """Ultralytics' configuration of the datasets: square letterbox at `imgsz`, no augmentation, no caching. The
     task says what the dataset reads and yields: with 'segment' polygons and each image's masks (Ultralytics'
     overlap_mask form, at a quarter of `imgsz`), with 'pose' each object's keypoints (the data's `kpt_shape`), with
-    'obb' rotated boxes (bboxes x, y, w, h, angle): what the task's loss and validator read."""
+    'obb' rotated boxes (bboxes x, y, w, h, angle): what the task's loss and validator read; 'classify' is the
+    configuration of a classification dataset (`build_dataset`)."""
     from ultralytics.cfg import get_cfg
 
     return get_cfg(overrides={"imgsz": imgsz, "task": task, "rect": False, "cache": False, "single_cls": False,
@@ -100,16 +101,48 @@ def dataset_cfg(imgsz: int, task: str = "detect"):
 
 
 def build_dataset(cfg, data: DataConfig, split: str, batch: int):
-    """Ultralytics' YOLODataset of one split, in val mode; unreadable images are a `UserError` naming the data."""
-    from ultralytics.data import build_yolo_dataset
+    """Ultralytics' YOLODataset of one split, in val mode (for a classification dataset its ClassificationDataset,
+    items as `ClassFolderItems` gives them); unreadable images are a `UserError` naming the data."""
+    from ultralytics.data import ClassificationDataset, build_yolo_dataset
 
     udata = data.ultralytics_dict()
     img_path = udata[split]
     try:
+        if data.class_folders:
+            return ClassFolderItems(ClassificationDataset(img_path, cfg, augment=False, prefix=split,
+                                                          names=dict(data.names)))
         return build_yolo_dataset(cfg, img_path, batch, udata, mode="val", rect=False, stride=32)
     except (FileNotFoundError, RuntimeError) as e:  # no readable images / no valid images
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{data.yaml}: cannot load images from {img_path}: {first}") from e
+
+
+class ClassFolderItems:
+    """The items of Ultralytics' `ClassificationDataset` (val transform) in the form the batches keep: the image as
+    uint8 (its float tensor is the PIL image's bytes divided by 255, so this loses nothing) and the class as a
+    one-element tensor, as detection items hold one class per object."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        it = self.dataset[i]
+        return {"img": it["img"].mul(255).round_().to(torch.uint8), "cls": torch.tensor([it["cls"]]),
+                "im_file": self.dataset.samples[i][0]}
+
+
+def mean_loss(model: torch.nn.Module, batch: dict, preds=None) -> torch.Tensor:
+    """The model's own loss (Ultralytics' criterion of its task, `model.loss`) on `batch`, per image: the detection
+    criteria return per-term sums scaled by the batch size, the classification one (cross-entropy) its batch mean."""
+    from ultralytics.utils.loss import v8ClassificationLoss
+
+    loss, _ = model.loss(batch, preds)
+    if isinstance(model.criterion, v8ClassificationLoss):
+        return loss.sum()
+    return loss.sum() / batch["img"].shape[0]
 
 
 def module_inputs(net: torch.nn.Module, paths: list[str], batches, cap: int | None = None) -> dict[str, list]:
@@ -151,7 +184,8 @@ def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, cal
 
     The same batches `ProxyEvaluator(data, ProxySettings(...)).calibration_batches()` gives for the same image size,
     batch count, batch size, seed and `train_images`, without loading the val split or a finetune pool. `task`
-    says which targets the batches carry besides the boxes (`dataset_cfg`: masks, keypoints, rotated boxes).
+    says which targets the batches carry besides the boxes (`dataset_cfg`: masks, keypoints, rotated boxes; a
+    classification dataset's batches carry images and classes only).
     """
     from autoprune._ultralytics import no_label_caches, quiet
 
@@ -166,5 +200,5 @@ def calibration_batches(data: str | Path | DataConfig | None, *, imgsz: int, cal
     return batches_of(pool, order, batch, calib_batches)
 
 
-__all__ = ["TARGETS", "batch_order", "batches_of", "build_dataset", "calibration_batches", "calibration_size",
-           "collate", "dataset_cfg", "load_items", "subset"]
+__all__ = ["TARGETS", "ClassFolderItems", "batch_order", "batches_of", "build_dataset", "calibration_batches",
+           "calibration_size", "collate", "dataset_cfg", "load_items", "mean_loss", "module_inputs", "subset"]

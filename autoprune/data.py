@@ -1,9 +1,12 @@
-"""Data YAMLs: read and check an Ultralytics data YAML (detect, segment, pose, OBB) without ever downloading anything.
+"""Datasets: read and check an Ultralytics data YAML (detect, segment, pose, OBB) or classification folder without
+ever downloading anything.
 
 Ultralytics' own `check_det_dataset` downloads a dataset when its images are missing; autoprune runs offline and
 must say "your images are missing" instead. `load_data_config` parses the YAML, resolves its paths the way
-Ultralytics does, checks that the train and val images exist, and returns a frozen `DataConfig`. Every problem a
-user can cause is a `UserError` with one clear line.
+Ultralytics does, checks that the train and val images exist, and returns a frozen `DataConfig`. A classification
+dataset is a folder, as Ultralytics' `data=` takes it for classify models (`train/` and `val/` of class folders:
+`check_cls_dataset`'s layout); it loads into a `DataConfig` too, whose `task` is 'classify'. Which task's model can
+use which data is `check_task`'s answer. Every problem a user can cause is a `UserError` with one clear line.
 
 `data=None` means the embedded demo dataset (`autoprune.demo.ensure_demo_data()`, generated on first use). A bare
 name that is no file here but one of Ultralytics' dataset YAMLs (`coco8.yaml`) resolves to the installed
@@ -29,18 +32,21 @@ IMG_FORMATS = frozenset({"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "j
 
 @dataclass(frozen=True)
 class DataConfig:
-    """A checked detection data YAML.
+    """A checked data YAML, or a checked classification dataset folder.
 
     Attributes:
-        yaml: the data YAML file, absolute.
+        yaml: the data YAML file, absolute; for a classification dataset its folder (what Ultralytics' `data=` takes).
         root: the dataset root its relative paths resolve against (the YAML's `path`, else the YAML's folder).
-        train: the train image sources, absolute: image folders and/or `.txt` files listing images.
+        train: the train image sources, absolute: image folders and/or `.txt` files listing images; for a
+            classification dataset its train folder of class folders.
         val: the val image sources, absolute, same forms.
         names: class names by index.
         nc: number of classes.
         channels: image channels (3 unless the YAML says otherwise).
         kpt_shape: (keypoints, values per keypoint: 2 or 3) of a pose dataset (its `kpt_shape`), else None.
         flip_idx: the keypoint order after a horizontal flip (its `flip_idx`), or None.
+        class_folders: a classification dataset (images filed in one folder per class, named as the class; names
+            sorted as Ultralytics' `check_cls_dataset` sorts them), not a data YAML.
     """
 
     yaml: Path
@@ -52,17 +58,25 @@ class DataConfig:
     channels: int = 3
     kpt_shape: tuple[int, int] | None = None
     flip_idx: tuple[int, ...] | None = None
+    class_folders: bool = False
 
     @property
     def task(self) -> str | None:
-        """What the labels support, as Ultralytics reads them (`label_task`): 'pose' where the YAML has a
+        """What the labels support, as Ultralytics reads them (`label_task`): 'classify' for a classification
+        dataset (class folders), 'pose' where the YAML has a
         `kpt_shape` and label lines hold a box and its keypoints, 'obb' where they hold rotated boxes (four corners,
         9 values), 'segment' where they hold other polygons (`cls x1 y1 x2 y2 ...`, more than 6 values), 'detect'
         where they hold boxes only (`cls cx cy w h`), None where no label file was found."""
+        if self.class_folders:
+            return "classify"
         return label_task(self.val + self.train, kpt_shape=self.kpt_shape)
 
     def ultralytics_dict(self) -> dict:
-        """The data dictionary Ultralytics' datasets and validators expect (what `check_det_dataset` returns)."""
+        """The data dictionary Ultralytics' datasets and validators expect (what `check_det_dataset` returns, or
+        for a classification dataset `check_cls_dataset`)."""
+        if self.class_folders:
+            return {"path": self.root, "train": self.train[0], "val": self.val[0], "names": dict(self.names),
+                    "nc": self.nc, "channels": self.channels}
         return {
             "yaml_file": str(self.yaml),
             "path": self.root,
@@ -77,7 +91,8 @@ class DataConfig:
 
 
 def load_data_config(path: str | Path | None) -> DataConfig:
-    """Read and check a detection data YAML; `None` means the embedded demo dataset.
+    """Read and check a data YAML or a classification dataset folder (`classification_folder`); `None` means the
+    embedded demo dataset (detect labels).
 
     Raises `UserError` for a missing file, a YAML that does not parse, a YAML without `train`, `val` or `names`,
     and train or val images that are missing (a folder that does not exist or holds no images). Never downloads.
@@ -101,9 +116,7 @@ def load_data_config(path: str | Path | None) -> DataConfig:
     elif not file.is_file():
         train = file / "train"
         if train.is_dir() and any(d.is_dir() and d.name not in ("images", "labels") for d in train.iterdir()):
-            raise UserError(f"{spec} is a classification dataset (a folder of class folders); autoprune reads labels "
-                            "of detect, segment, pose and OBB models only so far, from a data YAML (groups, cost and "
-                            "prune --criterion l1 --no-val need no data)")
+            return classification_folder(file)
         what = "is a folder, not a file" if file.is_dir() else "not found"
         raise UserError(f"data YAML {what}: {spec}")
     try:
@@ -144,6 +157,32 @@ def load_data_config(path: str | Path | None) -> DataConfig:
                         ) from None
     return DataConfig(yaml=file, root=root, train=train, val=val, names=names, nc=nc, channels=channels,
                       kpt_shape=kpt_shape, flip_idx=flip_idx)
+
+
+def classification_folder(path: str | Path) -> DataConfig:
+    """A classification dataset folder, checked as Ultralytics' `check_cls_dataset` reads it (without its
+    download): `train/` of class folders, and `val/` (else `validation/`, its fallback) beside it; the class names
+    are the train folder's class folders, sorted. Each split must hold images. A `UserError` names what is missing.
+
+    Example:
+        >>> cfg = classification_folder("datasets/shapes-cls")   # train/ellipse/*.jpg, val/ellipse/*.jpg, ...
+        >>> cfg.task, cfg.names[0]
+        ('classify', 'arrow')
+    """
+    root = Path(path).expanduser().resolve()
+    what = f"classification dataset {path}"
+    train = root / "train"
+    names = sorted(d.name for d in train.iterdir() if d.is_dir()) if train.is_dir() else []
+    if not names:
+        raise UserError(f"{what} has no train/ folder of class folders (train/<class name>/*.jpg)")
+    val = next((root / v for v in ("val", "validation") if (root / v).is_dir()), None)
+    if val is None:
+        raise UserError(f"{what} has no val/ folder (val/<class name>/*.jpg): autoprune scores models on it")
+    for split, folder in (("train", train), ("val", val)):
+        if not any(f.rpartition(".")[-1].lower() in IMG_FORMATS for _, _, files in os.walk(folder) for f in files):
+            raise UserError(f"{what} has no {split} images in {folder}")
+    return DataConfig(yaml=root, root=root, train=(str(train),), val=(str(val),),
+                      names=dict(enumerate(names)), nc=len(names), class_folders=True)
 
 
 def _keypoints(data: dict, spec: str) -> tuple[tuple[int, int] | None, tuple[int, ...] | None]:
@@ -237,11 +276,19 @@ _NEEDS = {"segment": (("segment", "obb"), "segment labels (`cls x1 y1 x2 y2 ...`
 def check_task(data: DataConfig, task: str, kpt_shape: tuple[int, ...] | list[int] | None = None) -> None:
     """A `UserError` naming both tasks where `data`'s labels cannot train or score a `task` model.
 
-    A segment model needs polygons (an OBB dataset's four corners are polygons too); a pose model needs keypoints,
-    and with the model's `kpt_shape`, as many as it predicts; an OBB model needs rotated boxes. A detect model reads
-    any label kind (Ultralytics takes each label's box), so it is never refused. Data whose labels were not found
-    (`DataConfig.task` None) is left to the loaders.
+    A classify model needs a classification dataset (class folders), and no other model can use one. A segment
+    model needs polygons (an OBB dataset's four corners are polygons too); a pose model needs keypoints, and with
+    the model's `kpt_shape`, as many as it predicts; an OBB model needs rotated boxes. A detect model reads any label
+    kind of a data YAML (Ultralytics takes each label's box). Data YAMLs whose labels were not found
+    (`DataConfig.task` None) are left to the loaders.
     """
+    if (task == "classify") != data.class_folders:
+        if task == "classify":
+            held = f"holds {data.task} labels ({_LABELS[data.task]})" if data.task else "is a data YAML"
+            raise UserError(f"the model is a classify model, and {data.yaml} {held}: pass a classification dataset "
+                            "folder (train/ and val/ of class folders)")
+        raise UserError(f"the model is {_a(task)} model, and {data.yaml} is a classification dataset (a folder of "
+                        f"class folders): pass a data YAML with {task if task != 'obb' else 'OBB'} labels")
     if task in _NEEDS:
         kinds, wanted = _NEEDS[task]
         found = data.task

@@ -21,6 +21,10 @@ The head distillation (see `head_distillation`) works on what the Detect head em
 - angles (OBB heads, `angle_distillation`, added to the box term): sin^2 of the difference of each anchor's box
   angles (a rectangle turned by pi is the same rectangle), weighted by the teacher's confidence.
 
+A Classify head has one output per image, its class logits (softmax classes, not sigmoids): its head term is the KL
+divergence of the softmaxes at temperature T (`logit_distillation`, Hinton et al.), times T^2, averaged over the
+images, with no gain (its loss is the plain cross-entropy, the same scale).
+
 Both are normalized by the sum of the teacher's per-anchor confidences (the role `target_scores_sum` plays in
 Ultralytics' loss) and scaled by the `cls` and `dfl` gains of the detection loss, so `weight=1` gives the teacher's
 soft targets the same standing as the ground truth. Both are exactly zero when student and teacher outputs agree.
@@ -60,6 +64,7 @@ __all__ = [
     "head_term",
     "angle_distillation",
     "keypoint_distillation",
+    "logit_distillation",
     "mask_distillation",
     "neck_distillation",
     "raw_head_outputs",
@@ -113,14 +118,20 @@ class DistillSettings:
 
 
 # ---------------------------------------------------------------------------------------------------- the losses
-def raw_head_outputs(preds) -> dict:
-    """The head's raw training outputs: the dict Detect returns in training, or the second item of (y, raw) in eval."""
+def raw_head_outputs(preds) -> dict | torch.Tensor:
+    """The head's raw training outputs: the dict Detect returns in training (the logits Classify returns), or the
+    second item of (y, raw) in eval."""
     return preds[1] if isinstance(preds, (tuple, list)) else preds
 
 
 def head_branches(preds) -> dict[str, dict]:
-    """{branch name: raw outputs}: one2many and one2one for end-to-end heads, else the single branch."""
+    """{branch name: raw outputs}: one2many and one2one for end-to-end heads, else the single branch; a Classify
+    head's logits as {"classify": {"logits": logits}}."""
     p = raw_head_outputs(preds)
+    if isinstance(p, torch.Tensor):
+        return {"classify": {"logits": p}}
+    if "classify" in p:  # already by branch (the proxy's cached teacher outputs)
+        return p
     if "one2many" in p:
         return {k: p[k] for k in ("one2many", "one2one") if p.get(k)}
     return {"one2many": p}
@@ -173,6 +184,24 @@ def head_distillation(student: dict, teacher: dict, *, temperature: float = 2.0)
     if "angle" in student and "angle" in teacher:  # an OBB head: its boxes' angles
         box_term = box_term + angle_distillation(student, teacher, t_conf, norm)
     return cls_term, box_term
+
+
+def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 2.0) -> torch.Tensor:
+    """The head term of a Classify head: KL(teacher || student) of the class softmaxes at `temperature` T, times
+    T^2, averaged over the images; exactly 0 when the logits are equal. Gradients flow into `student` only.
+
+    Example:
+        >>> x = torch.randn(4, 8)
+        >>> float(logit_distillation(x, x))
+        0.0
+    """
+    T = float(temperature)
+    s, t = student.float(), teacher.detach().float()
+    if s.shape != t.shape:
+        raise ValueError(f"class logits differ in shape: student {tuple(s.shape)}, teacher {tuple(t.shape)}")
+    lt = F.log_softmax(t / T, dim=1)
+    kl = (lt.exp() * (lt - F.log_softmax(s / T, dim=1))).sum(1)
+    return kl.mean() * (T * T)
 
 
 def keypoint_distillation(student: dict, teacher: dict, t_conf: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
@@ -288,7 +317,9 @@ class FeatureMatch:
         model = detection_model(teacher)
         layers = model.model
         head = len(layers) - 1
-        levels = tuple(levels) or tuple((int(j), 1.0) for j in layers[-1].f)
+        inputs = [layers[-1].f] if isinstance(layers[-1].f, int) else layers[-1].f  # a Classify head's is -1
+        inputs = [int(j) if j >= 0 else head + int(j) for j in inputs]
+        levels = tuple(levels) or tuple((j, 1.0) for j in inputs)
         for j, _ in levels:
             if not 0 <= j < head:
                 raise UserError(f"--kd-levels: the model has no feature level {j} (its layers are 0-{head - 1}; "
@@ -300,7 +331,7 @@ class FeatureMatch:
             path = producer.get(j)
             if path is None:
                 raise UserError(f"--kd-levels: layer {j} ({type(layers[j]).__name__}) is not the output of one conv; "
-                                f"pick layers that end in a conv (the Detect inputs are {list(layers[-1].f)})")
+                                f"pick layers that end in a conv (the head's inputs are {inputs})")
             n = graph.convs[path].out_channels
             out.append(masks[path][0].clone() if path in masks else torch.ones(n, dtype=torch.bool))
         return cls([j for j, _ in levels], out, [float(w) for _, w in levels])
@@ -372,8 +403,12 @@ class _Recorder:
 
 
 def detect_input_channels(model: nn.Module) -> list[int]:
-    """Channels of each Detect input (the neck outputs), read from the head's first box conv per level."""
+    """Channels of each Detect input (the neck outputs), read from the head's first box conv per level. A head
+    without them (Classify) is a `UserError`: the neck term compares Detect inputs."""
     head = model.model[-1]
+    if not hasattr(head, "cv2"):
+        raise UserError(f"--kd-neck distils the Detect head's inputs, and this model's head is {type(head).__name__}: "
+                        "use --kd-weight (its outputs) or --kd-features (feature maps) instead")
     return [int(branch[0].conv.in_channels) for branch in head.cv2]
 
 
@@ -393,7 +428,7 @@ class DistillationLoss:
         self.teacher = teacher
         self.settings = settings
         self.projector = projector
-        hyp = student.args
+        hyp = getattr(student, "args", None)  # the detection trainers set it; the gains do not apply to Classify
         self.cls_gain = float(getattr(hyp, "cls", 0.5))
         self.box_gain = float(getattr(hyp, "dfl", 1.5))
         if settings.neck_weight > 0 and projector is None:
@@ -419,7 +454,9 @@ class DistillationLoss:
         with torch.no_grad():
             t_preds = self.teacher(batch["img"])  # eval mode: (decoded, raw)
         kd, neck = self.terms(preds, t_preds)
-        bs = batch["img"].shape[0]
+        # the detection criteria give per-term sums scaled by the batch size, the classification one its mean
+        bs = 1 if loss.dim() == 0 else batch["img"].shape[0]
+        loss = loss.reshape(-1)
         extra = [kd * bs]
         items = {**items, "kd_loss": kd.detach()}
         if self.settings.neck_weight > 0:
@@ -450,15 +487,18 @@ class DistillationLoss:
 def head_term(s_preds, t_preds, *, cls_gain: float, box_gain: float, temperature: float = 2.0) -> torch.Tensor:
     """The unweighted head distillation between student and teacher predictions (raw, or eval-mode (y, raw)
     tuples): `cls_gain` x class term + `box_gain` x box term (`head_distillation`), averaged over the branches both
-    have (one2many and one2one for end-to-end heads)."""
+    have (one2many and one2one for end-to-end heads); for a Classify head, `logit_distillation` (no gains)."""
     s_br, t_br = head_branches(s_preds), head_branches(t_preds)
     heads = []
     for name in s_br:
-        if name in t_br:
+        if name == "classify" and name in t_br:  # the Classify head's logits: a softmax KL, no gains
+            heads.append(logit_distillation(s_br[name]["logits"], t_br[name]["logits"], temperature=temperature))
+        elif name in t_br:
             c, b = head_distillation(s_br[name], t_br[name], temperature=temperature)
             heads.append(cls_gain * c + box_gain * b)
     return torch.stack(heads).mean() if heads else _zero(s_preds)
 
 
 def _zero(preds) -> torch.Tensor:
-    return torch.zeros((), device=next(iter(head_branches(preds).values()))["scores"].device)
+    out = next(iter(head_branches(preds).values()))
+    return torch.zeros((), device=out["logits" if "logits" in out else "scores"].device)

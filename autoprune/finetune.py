@@ -254,7 +254,8 @@ def offline_ultralytics():
 TRAINERS = {"detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
             "segment": ("ultralytics.models.yolo.segment", "SegmentationTrainer"),
             "pose": ("ultralytics.models.yolo.pose", "PoseTrainer"),
-            "obb": ("ultralytics.models.yolo.obb", "OBBTrainer")}
+            "obb": ("ultralytics.models.yolo.obb", "OBBTrainer"),
+            "classify": ("ultralytics.models.yolo.classify", "ClassificationTrainer")}
 
 
 SUMMARY_ARGS = ("optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs")  # the schedule as the trainer resolved it
@@ -675,9 +676,9 @@ def validate_checkpoint(path: str | Path, data, *, imgsz: int, batch: int = 16, 
     `imgsz`; nothing downloaded, nothing written outside a temporary folder. `metric` names what was measured, the
     task's own metric (`proxy.TASK_METRICS`): box mAP for a detect model, rotated-box mAP for an OBB model; for a
     segment model the mask mAP and for a pose model the keypoint mAP, their box figures in box_map50 and
-    box_map50_95.
+    box_map50_95; for a classify model top-1 accuracy as map50_95 and top-5 as map50 (`proxy.metric_keys`).
     """
-    from ultralytics.utils.metrics import OBBMetrics
+    from ultralytics.utils.metrics import ClassifyMetrics, OBBMetrics
 
     from autoprune.proxy import TASK_METRICS
 
@@ -692,6 +693,9 @@ def validate_checkpoint(path: str | Path, data, *, imgsz: int, batch: int = 16, 
                                 plots=False, workers=0, project=tmp, name="val", verbose=verbose, save_json=False,
                                 split="val")
         seconds = time.perf_counter() - t0
+    if isinstance(m, ClassifyMetrics):
+        return {"map50": float(m.top5), "map50_95": float(m.top1), "metric": TASK_METRICS["classify"][0],
+                "seconds": round(seconds, 2)}
     # the task's own metric first (SegmentMetrics' seg, PoseMetrics' pose), then its boxes'
     task = ("segment" if getattr(m, "seg", None) is not None else "pose" if getattr(m, "pose", None) is not None
             else "obb" if isinstance(m, OBBMetrics) else "detect")

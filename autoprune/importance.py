@@ -334,15 +334,16 @@ def loss_ready_copy(model: nn.Module, device: torch.device | str | None = None) 
 
 def _loss_batch(b, device) -> dict:
     """A calibration batch (collated dict with uint8 or float images) as the float batch `model.loss` reads."""
-    if not isinstance(b, dict) or not {"img", "cls", "bboxes", "batch_idx"} <= set(b):
-        raise TypeError("a calibration batch is a dict with img, cls, bboxes and batch_idx (ProxyEvaluator's batches)")
+    if not isinstance(b, dict) or not {"img", "cls"} <= set(b) or ("bboxes" in b) != ("batch_idx" in b):
+        raise TypeError("a calibration batch is a dict with img and cls, and bboxes and batch_idx for objects "
+                        "(ProxyEvaluator's batches)")
     img = b["img"]
     img = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-    out = {"img": img.to(device), "cls": b["cls"].to(device), "bboxes": b["bboxes"].to(device),
-           "batch_idx": b["batch_idx"].to(device)}
+    out = {"img": img.to(device)}
     from autoprune.batches import TARGETS
 
-    for k in TARGETS:  # a segment dataset's masks, a pose dataset's keypoints: the task's loss reads them
+    # a classification dataset's batches hold classes only; a segment dataset's masks, a pose dataset's keypoints
+    for k in ("cls", "bboxes", "batch_idx", *TARGETS):
         if k in b:
             out[k] = b[k].to(device)
     return out
@@ -355,13 +356,14 @@ def accumulate_gradients(
     *,
     device: torch.device | str | None = None,
 ) -> ScoringContext:
-    """Fill `ctx.grads` and `ctx.extra["fisher"]` from the detection loss of `model` on calibration `batches`.
+    """Fill `ctx.grads` and `ctx.extra["fisher"]` from the task's loss of `model` on calibration `batches`.
 
-    For every parameter: `grads[path]` is the mean over batches of the gradient of the per-image mean detection
-    loss (Ultralytics' `model.loss(batch)`, i.e. v8DetectionLoss with the model's box/cls/dfl gains), and
+    For every parameter: `grads[path]` is the mean over batches of the gradient of the per-image mean loss of the
+    model's task (Ultralytics' `model.loss(batch)`, e.g. v8DetectionLoss with the model's box/cls/dfl gains, a
+    classify model's cross-entropy; `batches.mean_loss`), and
     `extra["fisher"][path]` the mean of its square (the empirical Fisher at batch granularity, for `hessian`), and
     `extra["taylor_terms"]` each batch's sums of w * g over rows and columns (`taylor_terms`, for `taylor`).
-    BatchNorms use their running statistics (the function the pruned model keeps), Detect returns its training
+    BatchNorms use their running statistics (the function the pruned model keeps), the head returns its training
     outputs. Works on a copy: `model` (its weights, `.grad`, buffers and attributes) is not changed. Batches are
     the collated dicts `ProxyEvaluator.calibration_batches()` returns. Returns `ctx`.
 
@@ -373,8 +375,11 @@ def accumulate_gradients(
     if device is None:
         p = next(detection_model(model).parameters())
         device = p.device
+    from autoprune.batches import mean_loss
+    from autoprune.models import head_classes
+
     work = loss_ready_copy(model, device)
-    head = work.model[-1]
+    nc = head_classes(work)
     work.train()
     for m in work.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -393,11 +398,10 @@ def accumulate_gradients(
             batch = _loss_batch(b, device)
             if batch["cls"].numel():
                 data_nc = int(batch["cls"].max()) + 1
-                if data_nc > head.nc:
+                if data_nc > nc:
                     raise UserError(f"the calibration data has class {data_nc - 1} but the model predicts "
-                                    f"{head.nc} classes; use data with the model's classes")
-            loss, _ = work.loss(batch)
-            loss = loss.sum() / batch["img"].shape[0]  # the criterion returns per-term sums scaled by the batch size
+                                    f"{nc} classes; use data with the model's classes")
+            loss = mean_loss(work, batch)
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             got = {n: g.detach().cpu() for (n, _), g in zip(named, grads) if g is not None}
             for n, g in got.items():

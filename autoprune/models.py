@@ -33,7 +33,7 @@ TASKS = {
 }
 # The tasks whose labels autoprune reads: the proxy's loss and validator, sparse training, finetuning and a data
 # criterion's ranking handle them (`require_task`); every task in `TASKS` prunes without data.
-LABELLED_TASKS = ("detect", "segment", "pose", "obb")
+LABELLED_TASKS = ("detect", "segment", "pose", "obb", "classify")
 
 
 @dataclass
@@ -92,6 +92,21 @@ def require_task(loaded: LoadedModel, command: str, tasks: tuple[str, ...] = LAB
         names = " and ".join(tasks) if len(tasks) < 3 else f"{', '.join(tasks[:-1])} and {tasks[-1]}"
         raise UserError(f"autoprune {command} handles {names} models only so far, and {loaded.source} is "
                         f"a {task} model (groups, cost and prune --criterion l1 --no-val handle it)")
+
+
+def head_classes(model: nn.Module) -> int:
+    """How many classes the model's head predicts: a Detect head's `nc`, a Classify head's linear outputs.
+
+    Example:
+        >>> from ultralytics.nn.tasks import ClassificationModel
+        >>> head_classes(ClassificationModel("yolov8n-cls.yaml", nc=8, verbose=False))
+        8
+    """
+    from autoprune.wrappers import detection_model
+
+    head = detection_model(model).model[-1]
+    nc = getattr(head, "nc", None)
+    return int(nc) if nc is not None else int(head.linear.out_features)
 
 
 def keypoint_shape(model: nn.Module) -> tuple[int, int] | None:

@@ -419,10 +419,11 @@ def _task_note(model, s: OneShotSettings, demo: bool = True) -> str | None:
     task = model_task(model)
     if task == "detect" or (task in LABELLED_TASKS and not demo):
         return None
-    if task in LABELLED_TASKS:  # the demo data: detect labels, no masks, keypoints or angles
-        rank = f"and this is a {task} model: pass --data with {task} labels, or a criterion that needs no data"
-        val = f"--val scores a {task} model on {task} labels: pass --data with them (or --no-val)"
-        note = f"no mAP: a {task} model needs --data with {task} labels for one"
+    if task in LABELLED_TASKS:  # the demo data: detect labels, no masks, keypoints, angles or class folders
+        labels = "a classification dataset folder" if task == "classify" else f"{task} labels"
+        rank = f"and this is a {task} model: pass --data with {labels}, or a criterion that needs no data"
+        val = f"--val scores a {task} model on {labels}: pass --data with them (or --no-val)"
+        note = f"no mAP: a {task} model needs --data with {labels} for one"
     else:
         rank = (f"which autoprune reads for detect, segment, pose and OBB models only so far, and this is a {task} "
                 "model: pass a criterion that needs no data")
@@ -442,19 +443,19 @@ def _check_data(data, model, s: OneShotSettings, demo: bool) -> str | None:
     cannot use it; the note that says why the mAP is skipped where only the default --val cannot."""
     from autoprune.data import check_task
     from autoprune.importance import DATA_CRITERIA
-    from autoprune.models import keypoint_shape, model_task
+    from autoprune.models import head_classes, keypoint_shape, model_task
 
     if _task_note(model, s, demo) is not None:
         return _task_note(model, s, demo)
     if not demo:
         check_task(data, model_task(model), keypoint_shape(model))  # e.g. a segment model needs polygon labels
-    head = model.model[-1]
+    nc = head_classes(model)
     what = "the demo data" if demo else data.yaml.name
-    if data.nc > head.nc and (s.criterion in DATA_CRITERIA or s.reconstruct):
-        raise UserError(f"{what} has {data.nc} classes but the model predicts {head.nc}; "
+    if data.nc > nc and (s.criterion in DATA_CRITERIA or s.reconstruct):
+        raise UserError(f"{what} has {data.nc} classes but the model predicts {nc}; "
                         "use data with the model's classes (--data)")
-    if s.val is not False and data.nc != head.nc:
-        why = f"the model predicts {head.nc} classes and {what} has {data.nc}"
+    if s.val is not False and data.nc != nc:
+        why = f"the model predicts {nc} classes and {what} has {data.nc}"
         if s.val:
             raise UserError(f"--val needs data with the model's classes: {why} (pass --data, or --no-val)")
         return f"no mAP: {why} (pass --data with the model's classes for one)"

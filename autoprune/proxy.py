@@ -10,7 +10,8 @@ uint8 tensors), the batch schedule and Ultralytics' validator. Scoring one candi
    plus, with `distill` > 0 and a teacher (`set_teacher`), the head distillation `autoprune apply` finetunes with
    (`autoprune.finetune.head_term`); the teacher's outputs on the fixed batches are computed once and cached;
 3. validation on a fixed seeded subset of the val split with Ultralytics' NMS, matching and metrics
-   (`DetectionValidator.postprocess` / `update_metrics` / `DetMetrics`), giving mAP50 and mAP50-95.
+   (`DetectionValidator.postprocess` / `update_metrics` / `DetMetrics`), giving mAP50 and mAP50-95 (a classify
+   model: `ClassificationValidator`'s top-1 and top-5 accuracy, in map50_95 and map50).
 
 The score is repeatable: the image subsets and the batch order depend only on the settings' seed, are drawn once,
 and are the same for every candidate, however many candidates ran before; the same model and settings give the
@@ -56,17 +57,45 @@ from autoprune.imgsz import check_imgsz
 from autoprune.precision import amp_dtype, float_preds, fp32_decode
 from autoprune.validator import make_validator
 
-__all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "TASK_METRICS", "recalibrate_bn"]
+__all__ = ["ProxyEvaluator", "ProxyResult", "ProxySettings", "TASK_METRICS", "figure_names", "metric_keys",
+           "recalibrate_bn"]
 
 # The metric the proxy scores each task by (Ultralytics' validator of the task): its name, and the suffix of
 # Ultralytics' metric keys it is read from ('metrics/mAP50-95(M)'). OBBMetrics keeps DetMetrics' keys: its (B)
-# figures are the rotated boxes'.
+# figures are the rotated boxes'. ClassifyMetrics has no suffix: 'top1' stands for its accuracy keys (`metric_keys`).
 TASK_METRICS = {"detect": ("box mAP50-95", "B"), "segment": ("mask mAP50-95", "M"), "pose": ("pose mAP50-95", "P"),
-                "obb": ("OBB mAP50-95", "B")}
+                "obb": ("OBB mAP50-95", "B"), "classify": ("top-1 accuracy", "top1")}
 # The validator's per-detection matches of each metric suffix (its stats key), which the bootstrap resamples.
 _MATCHES = {"B": "tp", "M": "tp_m", "P": "tp_p"}
 # The raw head outputs the proxy's distillation reads from the teacher (`_teacher_targets`), where the head has them.
-_TEACHER_KEYS = ("scores", "boxes", "kpts", "angle")
+_TEACHER_KEYS = ("scores", "boxes", "kpts", "angle", "logits")
+
+
+def metric_keys(task: str) -> tuple[str, str]:
+    """Ultralytics' keys (its validators' results, its trainers' results.csv columns) of the two figures autoprune
+    reports as map50 and map50_95 for a `task` model: the task's mAP50 and mAP50-95, or a classify model's top-5 and
+    top-1 accuracy.
+
+    Example:
+        >>> metric_keys("segment")
+        ('metrics/mAP50(M)', 'metrics/mAP50-95(M)')
+        >>> metric_keys("classify")
+        ('metrics/accuracy_top5', 'metrics/accuracy_top1')
+    """
+    if task == "classify":
+        return "metrics/accuracy_top5", "metrics/accuracy_top1"
+    x = TASK_METRICS[task][1]
+    return f"metrics/mAP50({x})", f"metrics/mAP50-95({x})"
+
+
+def figure_names(task: str) -> tuple[str, str]:
+    """What a report calls the map50 and map50_95 figures of a `task` model: a detector's plain 'mAP50' and
+    'mAP50-95', another task's own ('mask mAP50', 'OBB mAP50-95'), a classify model's 'top-5 accuracy' and
+    'top-1 accuracy'."""
+    if task == "classify":
+        return "top-5 accuracy", TASK_METRICS[task][0]
+    kind = "" if task == "detect" else TASK_METRICS[task][0].removesuffix("mAP50-95")
+    return f"{kind}mAP50", f"{kind}mAP50-95"
 
 
 @dataclass(frozen=True)
@@ -149,10 +178,12 @@ class ProxyResult:
     """The proxy score of one candidate.
 
     Attributes:
-        map50: mAP at IoU 0.5 on the validation subset.
-        map50_95: mAP averaged over IoU 0.5:0.95 on the validation subset.
-        precision: mean precision at the F1-optimal confidence (Ultralytics' definition).
-        recall: mean recall at the same confidence.
+        map50: mAP at IoU 0.5 on the validation subset (a classify model: top-5 accuracy).
+        map50_95: mAP averaged over IoU 0.5:0.95 on the validation subset (a classify model: top-1 accuracy, what
+            a search ranks it by).
+        precision: mean precision at the F1-optimal confidence (Ultralytics' definition); a classify model's
+            micro-averaged precision, which for one label per image is its top-1 accuracy.
+        recall: mean recall at the same confidence (a classify model: micro-averaged, its top-1 accuracy too).
         seconds: wall-clock seconds the evaluation took (all stages).
         breakdown: wall-clock seconds per stage: setup (device, memory format, criterion), calibrate, train,
             val_forward, nms, metrics.
@@ -171,7 +202,8 @@ class ProxyResult:
         metric: what `map50_95` measures, the task's own metric from Ultralytics' validator (`TASK_METRICS`):
             'box mAP50-95' for a detect model, 'mask mAP50-95' for a segment model (then map50, precision, recall
             and the bootstrap are the mask figures too, matched by mask IoU), 'pose mAP50-95' for a pose model
-            (matched by keypoint OKS), 'OBB mAP50-95' for an OBB model (rotated boxes, matched by probabilistic IoU).
+            (matched by keypoint OKS), 'OBB mAP50-95' for an OBB model (rotated boxes, matched by probabilistic IoU),
+            'top-1 accuracy' for a classify model (its bootstrap resamples each image's hit or miss).
         box_map50, box_map50_95: a segment or pose model's box figures beside its mask or keypoint ones; None for
             a detect or OBB model (whose map50 and map50_95 are the box figures).
     """
@@ -280,7 +312,7 @@ class ProxyEvaluator:
             self._pool = [items[i] for i in pool_idx]  # per image: img (uint8 CHW), cls, bboxes
             self._calib_pool = [items[i] for i in calib_idx]
 
-        if not sum(len(it["cls"]) for it in val_items):
+        if not sum(len(it["cls"]) for it in val_items):  # a classification dataset's images all have their class
             raise UserError(f"{self.data.yaml}: the val images have no labels (labels/*.txt beside images/)")
         self.val_images = len(val_items)
         self.val_boxes = sum(len(it["cls"]) for it in val_items)
@@ -296,9 +328,10 @@ class ProxyEvaluator:
         self._validator = make_validator(s.imgsz, self.device, task)
         self._validator.data = udata
         self._validator.names = dict(self.data.names)
-        subset_labels = [val_ds.labels[i] for i in val_idx]
-        # init_metrics reads dataloader.dataset.labels (to raise max_det for crowded images); nothing else.
-        self._validator.dataloader = SimpleNamespace(dataset=SimpleNamespace(labels=subset_labels))
+        if task != "classify":  # ClassificationValidator.init_metrics reads the model's names only
+            subset_labels = [val_ds.labels[i] for i in val_idx]
+            # init_metrics reads dataloader.dataset.labels (to raise max_det for crowded images); nothing else.
+            self._validator.dataloader = SimpleNamespace(dataset=SimpleNamespace(labels=subset_labels))
         self._teacher: nn.Module | None = None
         self._teacher_outputs: list[dict] | None = None  # per finetune step, computed on first use
         self.setup_seconds = time.perf_counter() - t0
@@ -386,12 +419,13 @@ class ProxyEvaluator:
         k = max(1, math.ceil(len(losses) / 10))
         train_loss = (sum(losses[:k]) / k, sum(losses[-k:]) / k) if losses else ()
         metric, x = TASK_METRICS[self.task]
-        box = x != "B"  # the task's own figures are not the boxes': give those too
+        box = x in ("M", "P")  # the task's own figures are not the boxes': give those too
+        key50, key = metric_keys(self.task)
         return ProxyResult(
-            map50=m[f"metrics/mAP50({x})"],
-            map50_95=m[f"metrics/mAP50-95({x})"],
-            precision=m[f"metrics/precision({x})"],
-            recall=m[f"metrics/recall({x})"],
+            map50=m[key50],
+            map50_95=m[key],
+            precision=m[f"metrics/precision({x})"] if self.task != "classify" else m[key],
+            recall=m[f"metrics/recall({x})"] if self.task != "classify" else m[key],
             seconds=time.perf_counter() - t0,
             breakdown={k_: round(v, 4) for k_, v in clock.seconds.items()},
             cpu_seconds={k_: round(v, 4) for k_, v in clock.cpu_seconds.items()},
@@ -416,14 +450,17 @@ class ProxyEvaluator:
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         from ultralytics.cfg import DEFAULT_CFG_DICT
-        from ultralytics.nn.modules import Detect
+        from ultralytics.nn.modules import Classify, Detect
         from ultralytics.utils import IterableSimpleNamespace
 
+        from autoprune.models import head_classes
+
         head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-        if not isinstance(head, Detect):
-            raise UserError(f"the proxy scores Ultralytics detection models, got a {type(model).__name__}")
-        if head.nc != self.data.nc:
-            raise UserError(f"the model predicts {head.nc} classes but {self.data.yaml.name} has {self.data.nc}; "
+        if not isinstance(head, (Detect, Classify)):
+            raise UserError(f"the proxy scores Ultralytics YOLO models, got a {type(model).__name__}")
+        nc = head_classes(model)
+        if nc != self.data.nc:
+            raise UserError(f"the model predicts {nc} classes but {self.data.yaml.name} has {self.data.nc}; "
                             "use a model trained on this dataset")
         check_task(self.data, self.task, kpt_shape=getattr(head, "kpt_shape", None))  # a pose model's keypoints
         stride = int(max(getattr(model, "stride", torch.tensor([32])).max().item(), 32))
@@ -471,16 +508,15 @@ class ProxyEvaluator:
             for g in opt.param_groups:
                 g["lr"] = s.lr * min(1.0, (k + 1) / warmup)
             b = self._batch(order, k)
-            batch = {"img": self._images(b["img"]), "batch_idx": b["batch_idx"].to(self.device),
-                     "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
-            for key in batches.TARGETS:  # a segment model's loss reads the masks, a pose model's the keypoints
+            batch = {"img": self._images(b["img"])}
+            # a segment model's loss reads the masks, a pose model's the keypoints; a classify model's the classes
+            for key in ("cls", "bboxes", "batch_idx", *batches.TARGETS):
                 if key in b:
                     batch[key] = b[key].to(self.device)
             with self._autocast():
                 preds = model(batch["img"])
             preds = float_preds(preds)
-            loss, _ = model.loss(batch, preds)  # float32; (box, cls, dfl) gains, times batch size
-            loss = loss.sum() / batch["img"].shape[0]
+            loss = batches.mean_loss(model, batch, preds)  # float32, per image
             if targets is not None:
                 t = {br: {key: v.to(self.device, torch.float32) for key, v in out.items()}
                      for br, out in targets[k].items()}
@@ -508,6 +544,9 @@ class ProxyEvaluator:
             with clock("nms"):
                 preds = v.postprocess(preds)
             with clock("metrics"):
+                if self.task == "classify":
+                    v.update_metrics(preds, {"cls": b["cls"]})
+                    continue
                 batch = {**b, "img": b["img"], "batch_idx": b["batch_idx"].to(self.device),
                          "cls": b["cls"].to(self.device), "bboxes": b["bboxes"].to(self.device)}
                 if "masks" in b:  # SegmentationValidator matches by mask IoU on these
@@ -515,6 +554,8 @@ class ProxyEvaluator:
                 if "keypoints" in b:  # PoseValidator matches by keypoint OKS on these
                     batch["keypoints"] = b["keypoints"].to(self.device)
                 v.update_metrics(preds, batch)
+        if self.task == "classify":
+            return self._accuracy(v, clock)
         with clock("metrics"):
             # get_stats clears them; the bootstrap resamples the task's own matches (mask IoU for segment, OKS for pose)
             images = uncertainty.per_image_stats(v.metrics.stats, _MATCHES[TASK_METRICS[self.task][1]])
@@ -523,4 +564,16 @@ class ProxyEvaluator:
                for k in ("precision", "recall", "mAP50", "mAP50-95") for x in _MATCHES}
         with clock("bootstrap"):
             out["boot"] = uncertainty.bootstrap_scores(images)
+        return out
+
+    @staticmethod
+    def _accuracy(v, clock: Stopwatch) -> dict:
+        """A classify model's figures from the validator's top-5 lists: ClassifyMetrics' top-1 and top-5 accuracy,
+        and the bootstrap of top-1 over the images (each image a hit or a miss)."""
+        with clock("metrics"):
+            hits = (torch.cat(v.pred)[:, 0] == torch.cat(v.targets)).numpy()
+            stats = v.get_stats()
+        out = {k: float(stats[k]) for k in metric_keys("classify")}
+        with clock("bootstrap"):
+            out["boot"] = uncertainty.bootstrap_accuracy(hits)
         return out

@@ -280,16 +280,16 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
     """
     from autoprune.channels import analyze
     from autoprune.data import DataConfig, check_task, load_data_config
-    from autoprune.models import LoadedModel, keypoint_shape, load_model, save_checkpoint
+    from autoprune.models import LoadedModel, head_classes, keypoint_shape, load_model, save_checkpoint
 
     cfg = data if isinstance(data, DataConfig) else load_data_config(data)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     model = loaded.model
     check_task(cfg, loaded.task, keypoint_shape(model))  # e.g. a segment model trains on polygon labels
-    head = model.model[-1]
-    if head.nc != cfg.nc:
+    nc = head_classes(model)
+    if nc != cfg.nc:
         if loaded.ckpt:
-            raise UserError(f"the model predicts {head.nc} classes but {cfg.yaml.name} has {cfg.nc}; use a model "
+            raise UserError(f"the model predicts {nc} classes but {cfg.yaml.name} has {cfg.nc}; use a model "
                             "trained on this dataset, or a model YAML")
         model = _from_yaml(model, cfg.nc)
     run_dir = Path(run_dir).resolve()
@@ -326,8 +326,10 @@ def sparsify(model, data, run_dir: Path, settings: SparsifySettings) -> dict:
     try:
         with offline_ultralytics():
             trainer.train()
-    except (FileNotFoundError, RuntimeError) as e:
-        if "out of memory" in str(e).lower() or isinstance(e, FileNotFoundError):
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        # a missing file, memory, or Ultralytics' refusal of a last batch of one image at a small size (BatchNorm)
+        if ("out of memory" in str(e).lower() or isinstance(e, FileNotFoundError)
+                or "gives BatchNorm a single value" in str(e)):
             raise UserError(f"training failed: {str(e).splitlines()[0]}") from e
         raise
     finally:

@@ -5,6 +5,8 @@ another mAP50-95; how far is estimated without another forward pass by resamplin
 replacement and recomputing mAP50-95 from each image's matching statistics (what Ultralytics' `DetectionValidator`
 accumulates per image: `tp`, `conf`, `pred_cls`, `target_cls`) with Ultralytics' own `ap_per_class`.
 
+A classify model's top-1 accuracy is resampled the same way, each image a hit or a miss (`bootstrap_accuracy`).
+
 The resamples depend only on the number of images and `seed`, so every candidate scored on the same images is
 resampled the same way: the difference of two candidates' bootstrap scores, resample by resample, is a paired
 bootstrap of their difference (`difference_se`), much tighter than the two standard errors combined when both
@@ -137,6 +139,21 @@ def bootstrap_scores(images: list[dict], resamples: int = RESAMPLES, seed: int =
         return []
     score = WeightedMAP(images)
     return [score(w) for w in resample_counts(len(images), resamples, seed)]
+
+
+def bootstrap_accuracy(hits, resamples: int = RESAMPLES, seed: int = SEED) -> list[float]:
+    """Top-1 accuracy of each bootstrap resample of a classify model's images, `hits` one bool per image (its best
+    class is its label), resampled as `bootstrap_scores` resamples images; empty for fewer than two images.
+
+    Example:
+        >>> boot = bootstrap_accuracy([True, False, True, True])
+        >>> len(boot), all(0 <= a <= 1 for a in boot)
+        (200, True)
+    """
+    hits = np.asarray(hits, dtype=float)
+    if len(hits) < 2:
+        return []
+    return [float(w @ hits / w.sum()) for w in resample_counts(len(hits), resamples, seed)]
 
 
 def standard_error(boot: list[float]) -> float | None:

@@ -1,5 +1,5 @@
 """The validator the proxy scores candidates with: Ultralytics' validator of the model's task (`DetectionValidator`,
-`SegmentationValidator`, `PoseValidator`, `OBBValidator`), made repeatable."""
+`SegmentationValidator`, `PoseValidator`, `OBBValidator`, `ClassificationValidator`), made repeatable."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ __all__ = ["make_validator"]
 def make_validator(imgsz: int, device: torch.device, task: str = "detect"):
     """Ultralytics' validator of `task` with its NMS time limit lifted (a time-dependent cut is not repeatable):
     DetectionValidator ('detect'), SegmentationValidator ('segment': box and mask metrics, mask IoU matching),
-    PoseValidator ('pose': box and keypoint metrics, keypoint OKS matching) or OBBValidator ('obb': rotated boxes,
-    probabilistic IoU matching, rotated NMS)."""
+    PoseValidator ('pose': box and keypoint metrics, keypoint OKS matching), OBBValidator ('obb': rotated boxes,
+    probabilistic IoU matching, rotated NMS) or ClassificationValidator ('classify': top-1 and top-5 accuracy, no
+    NMS)."""
     import tempfile
 
+    from ultralytics.models.yolo.classify import ClassificationValidator
     from ultralytics.models.yolo.detect import DetectionValidator
     from ultralytics.models.yolo.obb import OBBValidator
     from ultralytics.models.yolo.pose import PoseValidator
@@ -74,8 +76,14 @@ def make_validator(imgsz: int, device: torch.device, task: str = "detect"):
                 pred["bboxes"] = torch.cat([pred["bboxes"], pred.pop("extra")], dim=-1)
             return out
 
+    class _ProxyClassificationValidator(ClassificationValidator):
+        def postprocess(self, preds):
+            # ClassificationValidator.postprocess (the probabilities of the (probabilities, logits) pair), in float32:
+            # under autocast they come out in bfloat16, whose ties would reorder the top-5
+            return super().postprocess(preds).float()
+
     classes = {"detect": _ProxyValidator, "segment": _ProxySegmentValidator, "pose": _ProxyPoseValidator,
-               "obb": _ProxyOBBValidator}
+               "obb": _ProxyOBBValidator, "classify": _ProxyClassificationValidator}
     if task not in classes:
         raise ValueError(f"make_validator handles {', '.join(classes)}, got {task!r}")
     cls = classes[task]

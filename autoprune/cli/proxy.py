@@ -180,8 +180,10 @@ def run(args: argparse.Namespace) -> dict:
     if not args.json:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.breakdown.items())
         print(f"proxy  {loaded.source}  on {data.yaml.name} ({result.val_images} val images, imgsz {args.imgsz})")
-        what = result.metric.split()[0] + " " if result.box_map50_95 is not None else ""
-        print(f"  {what}mAP50 {result.map50:.4f}   {what}mAP50-95 {result.map50_95:.4f}   "
+        from autoprune.proxy import figure_names
+
+        name50, name = figure_names(loaded.task)  # 'mAP50', 'mask mAP50-95', 'top-1 accuracy'...
+        print(f"  {name50} {result.map50:.4f}   {name} {result.map50_95:.4f}   "
               f"(P {result.precision:.3f}, R {result.recall:.3f})")
         if result.box_map50_95 is not None:
             print(f"  box mAP50 {result.box_map50:.4f}   box mAP50-95 {result.box_map50_95:.4f}")

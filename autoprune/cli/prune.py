@@ -303,8 +303,12 @@ def _data_lines(calibration: dict | None, val: dict | None, val_note: str | None
              f"{' and '.join(used + ['BatchNorm recalibration'])}; the saved checkpoint has the recalibrated "
              "BatchNorm statistics"]
     if val is not None:
+        from autoprune.proxy import TASK_METRICS, figure_names
+
         se = f" ± {val['map50_95_se']:.3f}" if val["map50_95_se"] is not None else ""
-        lines.append(f"val: mAP50-95 {val['map50_95']:.4f}{se}, mAP50 {val['map50']:.4f} on {val['images']} val "
+        task = next((t for t, (metric, _) in TASK_METRICS.items() if metric == val.get("metric")), "detect")
+        name50, name = figure_names(task)  # 'mAP50-95', 'mask mAP50-95', 'top-1 accuracy'...
+        lines.append(f"val: {name} {val['map50_95']:.4f}{se}, {name50} {val['map50']:.4f} on {val['images']} val "
                      f"images at {val['imgsz']} (the saved model, before any finetuning)")
     elif val_note:
         lines.append(f"note: {val_note}")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1, task: str = "detect") -> list[dict]:
     """The trainer's validation after every epoch (its results.csv): [{epoch, step, map50, map50_95}], epochs
-    counted from `first_epoch` (steps continue the count); the task's own metric (`proxy.TASK_METRICS`: mask mAP for
-    segment, keypoint mAP for pose, rotated-box mAP for OBB)."""
+    counted from `first_epoch` (steps continue the count); the task's own metric (`proxy.metric_keys`: mask mAP for
+    segment, keypoint mAP for pose, rotated-box mAP for OBB, top-1 and top-5 accuracy for classify)."""
     import csv
 
     path = Path(train_dir) / "results.csv"
@@ -18,16 +18,18 @@ def epoch_curve(train_dir: Path, *, step: int = 1, first_epoch: int = 1, task: s
         return []
     with open(path) as f:
         rows = list(csv.DictReader(f, skipinitialspace=True))
-    from autoprune.proxy import TASK_METRICS
+    from autoprune.proxy import metric_keys
 
-    x = TASK_METRICS[task][1]  # the results.csv suffix of the task's own metric: B (box, OBB), M (mask), P (pose)
-    return [{"epoch": first_epoch + i, "step": step, "map50": round(float(r[f"metrics/mAP50({x})"]), 5),
-             "map50_95": round(float(r[f"metrics/mAP50-95({x})"]), 5)} for i, r in enumerate(rows)]
+    key50, key = metric_keys(task)  # the results.csv columns of the task's own metric
+    return [{"epoch": first_epoch + i, "step": step, "map50": round(float(r[key50]), 5),
+             "map50_95": round(float(r[key]), 5)} for i, r in enumerate(rows)]
 
 
-def plot_curve(curve: list[dict], path: Path, *, teacher: float, untrained: float | None = None) -> str | None:
-    """finetune_curve.png: the student's validation mAP50-95 after every epoch, the unpruned teacher's level as a
-    line (and the pruned model before finetuning at epoch 0 when given). None when there is no curve."""
+def plot_curve(curve: list[dict], path: Path, *, teacher: float, untrained: float | None = None,
+               metric: str = "mAP50-95") -> str | None:
+    """finetune_curve.png: the student's validation `metric` (map50_95: mAP50-95, a classify model's top-1
+    accuracy) after every epoch, the unpruned teacher's level as a line (and the pruned model before finetuning at
+    epoch 0 when given). None when there is no curve."""
     if not curve:
         return None
     import matplotlib
@@ -46,7 +48,7 @@ def plot_curve(curve: list[dict], path: Path, *, teacher: float, untrained: floa
         if p["step"] != prev["step"]:
             ax.axvline(prev["epoch"] + 0.5, color="tab:orange", alpha=0.4, linewidth=1)
     ax.set_xlabel("finetune epoch")
-    ax.set_ylabel("mAP50-95 (val)")
+    ax.set_ylabel(f"{metric} (val)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -67,15 +69,15 @@ def format_report(r: dict) -> str:
 
     # Each figure's image size: mAP at the finetune and validation size, GFLOPs and latency at the budget's.
     val_px, cost_px = f"{r['imgsz']} px", f"{r['cost_imgsz']} px"
-    from autoprune.proxy import TASK_METRICS
+    from autoprune.proxy import figure_names
 
     task = r.get("task") or "detect"
-    # the task's own metric by name ('mask mAP50', 'pose mAP50', 'OBB mAP50'); a detector's plain 'mAP50'
-    kind = "" if task == "detect" else TASK_METRICS[task][0].removesuffix("mAP50-95")
+    # the task's own metric by name ('mask mAP50', 'OBB mAP50-95', 'top-1 accuracy'); a detector's plain 'mAP50'
+    name50, name = figure_names(task)
     rows = [
-        (f"{kind}mAP50", val_px, f"{b['map50']:.4f}", f"{p['map50']:.4f}", f"{a['map50']:.4f}",
+        (name50, val_px, f"{b['map50']:.4f}", f"{p['map50']:.4f}", f"{a['map50']:.4f}",
          pct(a["map50"], b["map50"])),
-        (f"{kind}mAP50-95", val_px, f"{b['map50_95']:.4f}", f"{p['map50_95']:.4f}", f"{a['map50_95']:.4f}",
+        (name, val_px, f"{b['map50_95']:.4f}", f"{p['map50_95']:.4f}", f"{a['map50_95']:.4f}",
          pct(a["map50_95"], b["map50_95"])),
         *([("box mAP50-95", val_px, f"{b['box_map50_95']:.4f}", f"{p['box_map50_95']:.4f}",
             f"{a['box_map50_95']:.4f}", pct(a["box_map50_95"], b["box_map50_95"]))] if "box_map50_95" in a else []),
@@ -96,7 +98,7 @@ def format_report(r: dict) -> str:
            f"neck weight {d['neck_weight']:g})") if d else "without distillation"
     t = r["train"]
     tr = r["trial_record"]
-    proxy = (f"The search's proxy scored this trial {kind}mAP50-95 {tr['map50_95']:.4f} (proxy protocol: short "
+    proxy = (f"The search's proxy scored this trial {name} {tr['map50_95']:.4f} (proxy protocol: short "
              "finetune, val subset).") if tr.get("map50_95") is not None else ""
     lines += [
         "",
@@ -106,7 +108,7 @@ def format_report(r: dict) -> str:
         f"{t['device']} (AMP {'on' if t['amp'] else 'off'})",
         *(["- pruned, then the convs that lost inputs refit by least squares on the search's calibration images "
             "(`--reconstruct`), then finetuned"] if r.get("reconstructed") else []),
-        f"- mAP: Ultralytics validation of each checkpoint on the val split at {r['imgsz']} px (same protocol for all)",
+        f"- {'accuracy' if task == 'classify' else 'mAP'}: Ultralytics validation of each checkpoint on the val split at {r['imgsz']} px (same protocol for all)",
         f"- GFLOPs at {r['cost_imgsz']} px, batch 1; latency at {r['cost_imgsz']} px, batch "
         f"{a.get('latency_batch', 1)}, measured in {a.get('latency_backend', 'torch')} "
         f"{a.get('latency_precision', '')} on {a['latency_device']}"
@@ -131,7 +133,7 @@ def format_report(r: dict) -> str:
                      f"{features['levels']} (weights {features['weights']})")
     if r.get("curve"):
         last = r["curve"][-1]
-        lines += ["", f"{kind}mAP50-95 after every epoch (the trainer's validation; the dashed line is the unpruned "
+        lines += ["", f"{name} after every epoch (the trainer's validation; the dashed line is the unpruned "
                       f"model's {b['map50_95']:.4f}; last epoch {last['map50_95']:.4f}):", "",
                   "![finetune curve](finetune_curve.png)"]
     lines.append("")

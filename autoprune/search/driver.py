@@ -57,7 +57,7 @@ class Search:
         from autoprune.devices import resolve_device
         from autoprune.importance import check_calibration, get_criterion
         from autoprune.budget import largest_uniform
-        from autoprune.models import keypoint_shape, load_model, require_task
+        from autoprune.models import head_classes, keypoint_shape, load_model, require_task
         from autoprune.space import load_space
 
         s = self.settings = settings
@@ -99,7 +99,7 @@ class Search:
                             "--budget-gflops with the default --latency-model measured, or a space without swaps")
         self.data = load_data_config(s.data)
         check_task(self.data, self.loaded.task, keypoint_shape(self.loaded.model))  # e.g. a segment model: polygons
-        nc = self.loaded.model.model[-1].nc
+        nc = head_classes(self.loaded.model)
         if nc != self.data.nc:
             raise UserError(f"the model predicts {nc} classes but {self.data.yaml} has {self.data.nc}; "
                             "search a model trained on this dataset")
