@@ -641,6 +641,12 @@ def finetune(
                                    task=task, workdir=workdir)
         try:
             trainer.train()
+        except ValueError as e:  # Ultralytics' refusal of a last batch of one image at a tiny size (BatchNorm)
+            if "gives BatchNorm a single value" in str(e):
+                from autoprune.errors import UserError
+
+                raise UserError(f"finetuning failed: {str(e).splitlines()[0]}") from e
+            raise
         finally:
             model.criterion = None  # never leave the teacher hanging off the model
             if trainer.distill_loss is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +244,17 @@ def test_pickled_modules_sees_an_autoprune_object_in_a_checkpoint(tmp_path):
     torch.save({"model": torch.nn.Conv2d(1, 1, 1), "oops": DistillSettings()}, tmp_path / "bad.pt")
     modules = pickled_modules(tmp_path / "bad.pt")
     assert "autoprune.distill" in modules and "torch.nn.modules.conv" in modules
+
+
+def test_a_last_batch_of_one_tiny_image_is_one_error_line(tmp_path, tiny_data):
+    """Ultralytics refuses to train when the last batch holds one image at a size whose feature maps reach 1 x 1
+    (BatchNorm gets one value per channel): a dataset and --batch a user picked, so a UserError, not a traceback."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    data = load_data_config(tiny_data)
+    n = len(list((Path(tiny_data).parent / "images" / "train").glob("*")))
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    with pytest.raises(UserError, match="finetuning failed: final batch=1 training at imgsz=32"):
+        finetune(model, data, save_dir=tmp_path / "train", epochs=1, imgsz=32, batch=n - 1, device="cpu",
+                 verbose=False)
