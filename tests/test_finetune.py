@@ -256,5 +256,5 @@ def test_a_last_batch_of_one_tiny_image_is_one_error_line(tmp_path, tiny_data):
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
     with pytest.raises(UserError, match="finetuning failed: final batch=1 training at imgsz=32"):
-        finetune(model, data, save_dir=tmp_path / "train", epochs=1, imgsz=32, batch=n - 1, device="cpu",
+        finetune(model, data, save_dir=tmp_path / "train", epochs=1, imgsz=32, batch=n - 1, device="cpu", workers=0,
                  verbose=False)
