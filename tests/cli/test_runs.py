@@ -83,8 +83,11 @@ def test_sparsify_and_demo_train_land_in_project_name(in_tmp, monkeypatch, capsy
     import autoprune.models
     import autoprune.sparsify
 
-    monkeypatch.setattr(autoprune.models, "load_model", lambda spec: SimpleNamespace(source="m.pt", task="detect"))
+    monkeypatch.setattr(autoprune.models, "load_model", lambda spec: SimpleNamespace(source="m.pt", task="detect",
+                                                                                      model=None))
     monkeypatch.setattr(autoprune.data, "load_data_config", lambda spec: SimpleNamespace(yaml="d.yaml"))
+    monkeypatch.setattr(autoprune.models, "keypoint_shape", lambda model: None)  # the fakes have no tasks to check
+    monkeypatch.setattr(autoprune.data, "check_task", lambda data, task, kpt_shape=None: None)
     seen = {}
     monkeypatch.setattr(autoprune.sparsify, "sparsify", lambda loaded, data, run_dir, s: seen.setdefault("s", run_dir)
                         and {"run": str(run_dir)})
