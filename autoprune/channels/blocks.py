@@ -34,7 +34,7 @@ def _conv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
         return tr.produce(conv_path, bn, act, conv.out_channels)
     if conv.groups == conv.in_channels == conv.out_channels:
         return tr.depthwise(conv_path, bn, act, x)
-    return tr.boundary(path, m, x)  # grouped, not depthwise: keep it whole
+    return tr.boundary(path, m, x, "a grouped conv (not depthwise) ties channels across its groups")
 
 
 def _plain_conv(tr: Tracer, path: str, m: nn.Conv2d, x: Sym) -> Sym:
@@ -132,12 +132,14 @@ def _split_attention(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     a, b = halves
     tr.fix(a + b, f"{path} (attention)")
     tr.fixed_blocks[f"{path}.attention"] = type(m).__name__
+    tr.fixed_why[f"{path}.attention"] = ("attention splits these channels into heads whose count and size are fixed "
+                                         "at construction; the block's input and output channels prune")
     return tr.child(path, m, "cv2", a + b)
 
 
 def _a2c2f(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     if getattr(m, "gamma", None) is not None:  # a learned per-channel scale on the residual: keep the block whole
-        return tr.boundary(path, m, x)
+        return tr.boundary(path, m, x, "a learned per-channel scale (gamma) on its residual")
     y = [tr.child(path, m, "cv1", x)]
     for i, block in enumerate(m.m):
         y.append(tr(f"{path}.m.{i}", block, y[-1]))

@@ -104,7 +104,7 @@ def _repconv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     BatchNorm branch (`bn=True`, RT-DETR's RepC3) would tie input and output channels: kept whole.
     """
     if getattr(m, "bn", None) is not None or m.g != 1:
-        return tr.boundary(path, m, x)
+        return tr.boundary(path, m, x, "an identity BatchNorm branch (or groups) ties its input and output channels")
     if not (_is_plain_conv(m.conv1) and _is_plain_conv(m.conv2)) or _width(x) != m.conv1.conv.in_channels:
         return tr.boundary(path, m, x)
     p1, bn1, _, c1 = _conv_parts(tr, f"{path}.conv1", m.conv1)

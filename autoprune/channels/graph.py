@@ -123,6 +123,7 @@ class ChannelGraph:
         groups: the prunable groups, in model order.
         convs: cost information for every conv in the model, by path.
         fixed_blocks: paths of blocks the analysis treated as fixed boundaries, with their class names.
+        fixed_why: for each of those paths, why its channels are kept.
         imgsz: the image size `convs[...].out_pixels` was recorded at.
     """
 
@@ -132,6 +133,7 @@ class ChannelGraph:
     convs: dict[str, ConvInfo]
     fixed_blocks: dict[str, str]
     imgsz: int
+    fixed_why: dict[str, str] = field(default_factory=dict)
 
     def group(self, gid: str) -> ChannelGroup:
         """The group with id `gid` (KeyError with the known ids' count if absent)."""

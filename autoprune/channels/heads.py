@@ -82,6 +82,10 @@ def _segment26(tr: Tracer, path: str, m: nn.Module, x) -> Opaque:
 def _proto(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     y = tr.child(path, m, "cv1", x)
     y = tr.child(path, m, "upsample", y)  # ConvTranspose2d: no rule, a fixed boundary (module docstring)
+    if f"{path}.upsample" in tr.fixed_why:
+        tr.fixed_why[f"{path}.upsample"] = (
+            "a transposed conv: a removed input channel's constant would reach its output as a pattern repeating every "
+            "stride, which no bias absorbs; Proto's cv2 and the mask branches prune")
     return tr.child(path, m, "cv3", tr.child(path, m, "cv2", y))
 
 

@@ -47,6 +47,7 @@ class Tracer:
         self.parent: list[int] = []  # union-find over parts
         self.ties: list[tuple[int, int]] = []  # parts whose kept counts must be equal
         self.fixed_blocks: dict[str, str] = {}
+        self.fixed_why: dict[str, str] = {}  # path -> why that block is kept whole (what `autoprune groups` says)
         self.splits: dict[int, list[tuple[int, int, int, dict[int, int]]]] = {}  # see split_part
 
     # -- parts ----------------------------------------------------------------------------------------------------
@@ -190,9 +191,11 @@ class Tracer:
                 out.append(item)
         return out
 
-    def boundary(self, path: str, module: nn.Module, x) -> Sym | Opaque:
-        """An unknown block: keep its input channels, and make its output a new fixed part."""
+    def boundary(self, path: str, module: nn.Module, x, why: str = "its channels are not what its rule expects "
+                 "(another form of the block)") -> Sym | Opaque:
+        """An unknown block: keep its input channels, and make its output a new fixed part; `why` says why."""
         self.fixed_blocks[path] = type(module).__name__
+        self.fixed_why[path] = why
         self.fix(x, path)
         shape = self.shapes.get(path)
         if shape is None or len(shape) != 4:
@@ -204,10 +207,11 @@ class Tracer:
     def __call__(self, path: str, module: nn.Module, x):
         x = self.refresh(x)
         if isinstance(x, Opaque) or (isinstance(x, list) and any(isinstance(i, Opaque) for i in x)):
-            return self.boundary(path, module, x)
+            return self.boundary(path, module, x, "its input comes from a block whose outputs are not traced")
         handler = handler_for(module)
         if handler is None:
-            return self.boundary(path, module, x)
+            return self.boundary(path, module, x, f"autoprune has no channel rule for {type(module).__name__} "
+                                                  "(`autoprune.channels.register_handler` adds one)")
         return handler(self, path, module, x)
 
     def child(self, path: str, module: nn.Module, name: str, x):

@@ -203,5 +203,6 @@ def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int) -> ChannelG
     if len(set(ids)) != len(ids):
         raise AssertionError(f"duplicate group ids: {sorted(i for i in ids if ids.count(i) > 1)}")
     return ChannelGraph(
-        producers=tr.producers, parts=parts, groups=groups, convs=convs, fixed_blocks=tr.fixed_blocks, imgsz=imgsz
+        producers=tr.producers, parts=parts, groups=groups, convs=convs, fixed_blocks=tr.fixed_blocks, imgsz=imgsz,
+        fixed_why=tr.fixed_why,
     )

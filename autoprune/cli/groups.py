@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> dict:
         "conv_gflops": round(graph.conv_gflops(), 4),
         "prunable_conv_flops_share": round(graph.prunable_flops_share(), 4),
         "fixed_blocks": graph.fixed_blocks,
+        "fixed_why": graph.fixed_why,
         "groups": [
             {
                 "id": g.id,
@@ -137,6 +138,8 @@ def _print(r: dict) -> None:
         f"\n{len(r['groups'])} groups | {r['gflops']:.2f} GFLOPs at {r['imgsz']} | "
         f"prunable share of conv FLOPs {percent(r['prunable_conv_flops_share'])} | fixed boundaries: {fixed}"
     )
+    for path, why in r.get("fixed_why", {}).items():  # why each is kept whole
+        print(f"  kept whole: {path.removeprefix('model.')} ({r['fixed_blocks'].get(path, '?')}): {why}")
     space = r.get("space")
     if space:
         print(f"\nsearch space {space['name']!r}: {len(space['genes'])} genes, round_to {space['round_to']}, "

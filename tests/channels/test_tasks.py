@@ -159,6 +159,9 @@ def test_keep_half_shrinks_the_model_and_keeps_every_task_output_shape(name, bui
     head, small = model.model[-1], pruned.model[-1]
     for attr in ("nc", "nm", "kpt_shape", "ne"):
         assert getattr(small, attr, None) == getattr(head, attr, None)
+    for path, cls in graph.fixed_blocks.items():  # `autoprune groups` says why each block stays whole
+        if cls == "ConvTranspose2d" and path.endswith("proto.upsample"):
+            assert graph.fixed_why[path].startswith("a transposed conv: a removed input channel's constant"), name
 
 
 def test_pruned_task_checkpoints_load_and_predict_without_autoprune(built, tmp_path):

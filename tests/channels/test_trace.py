@@ -87,6 +87,7 @@ def test_depthwise_head_conv_follows_its_input_group(c3k2_model):
 def test_attention_block_is_a_boundary_but_its_input_and_output_stay_prunable(c3k2_model):
     graph = analyze(c3k2_model)
     assert graph.fixed_blocks == {"model.4.attention": "C2PSA"}
+    assert "heads whose count and size are fixed" in graph.fixed_why["model.4.attention"]  # what groups says
     ids = set(graph.ids)
     assert "4.cv2" in ids  # output of the attention block
     assert "3.cv2" in ids  # its input, read by C2PSA.cv1
@@ -103,6 +104,8 @@ def test_unknown_block_is_a_fixed_boundary():
     model = DetectionModel("yolov6n.yaml", verbose=False)  # its ConvTranspose2d upsampling has no rule
     graph = analyze(model)
     assert "ConvTranspose2d" in graph.fixed_blocks.values()
+    assert set(graph.fixed_why) == set(graph.fixed_blocks)
+    assert any(w.startswith("autoprune has no channel rule for ConvTranspose2d") for w in graph.fixed_why.values())
     pruned = prune(model, 0.5, graph=graph)
     x = torch.zeros(1, 3, 64, 64)
     assert pruned.eval()(x)[0].shape == model.eval()(x)[0].shape
