@@ -120,6 +120,22 @@ SYNTH_C3K2 = {
 }
 
 
+def demo_model_yaml(root: Path, base: str, name: str, **extra) -> Path:
+    """A tiny model YAML for the demo's classes: the installed Ultralytics' `cfg/models/<base>` ("v8/yolov8-pose.yaml")
+    at scale n with width 0.125, written to root/name (the name says its scale, or Ultralytics warns); `extra` sets
+    other keys (kpt_shape, ...)."""
+    import ultralytics
+    import yaml
+
+    from autoprune.demo.dataset import CLASS_NAMES
+
+    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / f"cfg/models/{base}").read_text())
+    cfg.update(nc=len(CLASS_NAMES), scales={"n": [0.33, 0.125, 1024]}, scale="n", **extra)
+    path = root / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def build_synthetic(cfg: dict, seed: int = 0):
     """A DetectionModel from one of the synthetic configs, with reproducible random weights."""
     import copy

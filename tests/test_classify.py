@@ -12,24 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, demo_model_yaml, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IMGSZ = 32
 BATCH = 5  # the demo folder's 25 train crops split into whole batches (Ultralytics refuses a last batch of 1)
-
-
-def _model_yaml(root: Path, base: str, name: str, **extra) -> Path:
-    import ultralytics
-    import yaml
-
-    from autoprune.demo.dataset import CLASS_NAMES
-
-    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / f"cfg/models/{base}").read_text())
-    cfg.update(nc=len(CLASS_NAMES), scales={"n": [0.33, 0.125, 1024]}, scale="n", **extra)
-    path = root / name  # the name says its scale, or Ultralytics warns
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +29,8 @@ def env(tmp_path_factory):
     return {"root": root,
             "classify": generate(root / "cls", n_train=6, n_val=3, imgsz=64, task="classify"),
             "detect": generate(root / "det", n_train=6, n_val=3, imgsz=64),
-            "model": _model_yaml(root, "11/yolo11-cls.yaml", "yolo11n-cls-tiny.yaml"),
-            "detector": _model_yaml(root, "v8/yolov8.yaml", "yolov8n-tiny.yaml")}
+            "model": demo_model_yaml(root, "11/yolo11-cls.yaml", "yolo11n-cls-tiny.yaml"),
+            "detector": demo_model_yaml(root, "v8/yolov8.yaml", "yolov8n-tiny.yaml")}
 
 
 def test_demo_classification_folder_is_the_scenes_objects_and_ultralytics_reads_it(env):

@@ -11,23 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, demo_model_yaml, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PX = 1 / 64  # one pixel of the 64 px demo images, normalised
-
-
-def _model_yaml(root: Path, base: str, name: str, **extra) -> Path:
-    import ultralytics
-    import yaml
-
-    from autoprune.demo.dataset import CLASS_NAMES
-
-    cfg = yaml.safe_load((Path(ultralytics.__file__).parent / f"cfg/models/v8/{base}").read_text())
-    cfg.update(nc=len(CLASS_NAMES), scales={"n": [0.33, 0.125, 1024]}, scale="n", **extra)
-    path = root / name  # the name says its scale, or Ultralytics warns
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +27,9 @@ def env(tmp_path_factory):
     out = {"root": root}
     for task in ("pose", "obb", "detect"):
         out[task] = generate(root / task, n_train=6, n_val=3, imgsz=64, task=task)
-    out["pose_model"] = _model_yaml(root, "yolov8-pose.yaml", "yolov8n-pose-k4.yaml", kpt_shape=[4, 3])
-    out["pose17_model"] = _model_yaml(root, "yolov8-pose.yaml", "yolov8n-pose-k17.yaml")
-    out["obb_model"] = _model_yaml(root, "yolov8-obb.yaml", "yolov8n-obb-tiny.yaml")
+    out["pose_model"] = demo_model_yaml(root, "v8/yolov8-pose.yaml", "yolov8n-pose-k4.yaml", kpt_shape=[4, 3])
+    out["pose17_model"] = demo_model_yaml(root, "v8/yolov8-pose.yaml", "yolov8n-pose-k17.yaml")
+    out["obb_model"] = demo_model_yaml(root, "v8/yolov8-obb.yaml", "yolov8n-obb-tiny.yaml")
     return out
 
 
@@ -311,7 +298,7 @@ def test_keypoints_and_angles_are_distilled_zero_when_equal_and_pulled_toward_th
 
     torch.manual_seed(0)
     cls = PoseModel if key == "kpts" else OBBModel
-    teacher = cls(str(_model_yaml(tmp_path, base, f"yolov8n-{key}.yaml")), verbose=False).eval()
+    teacher = cls(str(demo_model_yaml(tmp_path, f"v8/{base}", f"yolov8n-{key}.yaml")), verbose=False).eval()
     student = copy.deepcopy(teacher)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
