@@ -192,9 +192,10 @@ MIN_BOXES = 200
 MAX_SE = 0.01
 
 
-def too_small(images: int, boxes: int, se: float | None) -> str | None:
-    """Why a validation subset of `images` images with `boxes` labelled boxes, whose scores move by `se` (the
-    bootstrap standard error of mAP50-95), cannot rank candidates, with what to do; None when it can.
+def too_small(images: int, boxes: int, se: float | None, figure: str = "mAP50-95") -> str | None:
+    """Why a validation subset of `images` images with `boxes` labelled objects (one per image for a classifier),
+    whose scores (`figure`: mAP50-95, or the task's own) move by `se` (the bootstrap standard error), cannot rank
+    candidates, with what to do; None when it can.
 
     Example:
         >>> too_small(500, 3000, 0.004) is None
@@ -204,7 +205,8 @@ def too_small(images: int, boxes: int, se: float | None) -> str | None:
     """
     if images >= MIN_IMAGES and boxes >= MIN_BOXES and (se is None or se <= MAX_SE):
         return None
-    moves = f", and their mAP50-95 moves by about {se:.3f} (one standard error) with another subset" if se else ""
-    return (f"the proxy scores candidates on {images} validation images ({boxes} boxes){moves}: too few to tell "
+    moves = f", and their {figure} moves by about {se:.3f} (one standard error) with another subset" if se else ""
+    labels = "" if boxes == images else f" ({boxes} labelled objects)"
+    return (f"the proxy scores candidates on {images} validation images{labels}{moves}: too few to tell "
             "close candidates apart; use more validation images (--val-images, a larger val split), --confirm N, "
             "or a larger --proxy-steps")

@@ -213,6 +213,10 @@ def test_tiny_search_and_apply(env, capsys):
     result = json.loads(out)
     assert result["evaluated"] == 2 and result["feasible"] >= 1, result
     trial = result["recommended"]["number"]
+    assert "trial #0 top-1 accuracy " in err  # the progress lines name the task's score
+    code, table, _ = run_cli(capsys, "trials", "--storage", f"sqlite:///{root / 'runs' / 'cls' / 'study.db'}",
+                             "--study", "cls")
+    assert code == 0 and "(a classify model: mAP50-95 is its top-1 accuracy, mAP50 its top-5 accuracy)" in table
     code, out, err = run_cli(capsys, "apply", "--storage", f"sqlite:///{root / 'runs' / 'cls' / 'study.db'}",
                              "--study", "cls", "--trial", str(trial), "--epochs", "1", "--batch", BATCH, "--device",
                              "cpu", "--project", root / "apply", "--name", "cls", "--json")

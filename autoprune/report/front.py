@@ -28,6 +28,7 @@ from autoprune.search.records import (
     STUDY_DEVICE,
     STUDY_IMGSZ,
     STUDY_MODEL,
+    STUDY_TASK,
     TrialRecord,
     best_trial,
     front_candidates,
@@ -98,6 +99,20 @@ class ParetoInfo:
     confirmed: tuple[tuple[int, dict, float], ...] = ()
     recommended: TrialRecord | None = None  # the trial to apply, by the search's one rule (`records.recommendation`)
     recommendation_reason: str | None = None
+    task: str = "detect"  # the model's task: which figures the mAP50-95 and mAP50 columns hold
+
+    def figures(self) -> tuple[str, str]:
+        """What the map50 and map50_95 figures are for this study's task ('mask mAP50', 'top-1 accuracy', ...)."""
+        from autoprune.proxy import figure_names
+
+        return figure_names(self.task)
+
+    def figures_note(self) -> str | None:
+        """One line saying what the mAP50-95 and mAP50 columns hold for a task other than detection, else None."""
+        if self.task == "detect":
+            return None
+        m50, m5095 = self.figures()
+        return f"(a {self.task} model: mAP50-95 is its {m5095}, mAP50 its {m50})"
 
     @property
     def front_numbers(self) -> frozenset[int]:
@@ -198,6 +213,7 @@ def pareto_info(records: list[TrialRecord], study_attrs: dict, *, study_name: st
         study_name=study_name,
         model=_str(study_attrs.get(STUDY_MODEL)),
         data=_str(study_attrs.get(STUDY_DATA)),
+        task=_str(study_attrs.get(STUDY_TASK)) or "detect",
         budget_gflops=panels[0].budget,
         budget_latency_ms=panels[1].budget,
         device=_str(device),

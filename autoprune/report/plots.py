@@ -231,7 +231,7 @@ def plot_pareto_png(info: ParetoInfo, path) -> Path:
     for i, (ax, panel, view) in enumerate(zip(axes, info.panels, views)):
         _draw_panel(ax, info, panel, view, by_number)
         if i == 0:
-            ax.set_ylabel("mAP50-95 (search proxy)")
+            ax.set_ylabel(f"{info.figures()[1]} (search proxy)")
     fig.canvas.draw()  # fix the layout, then place labels on the final axes
     fig.set_layout_engine("none")
     for i, (ax, view) in enumerate(zip(axes, views)):
@@ -383,7 +383,7 @@ def plot_pareto_html(info: ParetoInfo, path) -> Path:
         base = f" (unpruned: {cost_text(panel.base)})" if panel.base is not None else ""
         note = f"<br>{LOAD_MARK} latency measured under load: noisy" if any(p.loaded for p in view.points) else ""
         fig.update_xaxes(title_text=_esc(panel.label + base) + note, row=1, col=col)
-    fig.update_yaxes(title_text="mAP50-95 (search proxy)", row=1, col=1)
+    fig.update_yaxes(title_text=f"{info.figures()[1]} (search proxy)", row=1, col=1)
     if not any(p.map50_95 is not None and getattr(p, a.attr) is not None for a in info.panels for p in info.records):
         fig.add_annotation(text="no completed trial yet", xref="paper", yref="paper", x=0.5, y=0.5,
                            showarrow=False)

@@ -67,6 +67,8 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
                           params_text(r.params), _latency(r), delta))
     if pct_base:
         lines.append(f"(GFLOPs % of the unpruned model's {cost_text(pct_base)})")
+    if info.figures_note():
+        lines.append(info.figures_note())
     lines.extend(_latency_notes(rows + ([info.baseline] if show_ref else [])))
     lines.append(comparison_line(info))
     lines.extend(confirmed_lines(info))
@@ -135,6 +137,8 @@ def format_trials_table(info: ParetoInfo) -> str:
                            fixed_text(r.gflops, 2), params_text(r.params), _latency(r),
                            shorten(r.reason, 60) or ""))
     lines.extend(_latency_notes(info.records))
+    if info.figures_note():
+        lines.append(info.figures_note())
     return "\n".join(lines)
 
 

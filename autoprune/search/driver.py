@@ -205,6 +205,13 @@ class Search:
         return self._evaluator
 
     @property
+    def _figure(self) -> str:
+        """What the proxy's score is called for this model's task ('mAP50-95', 'mask mAP50-95', 'top-1 accuracy')."""
+        from autoprune.proxy import figure_names
+
+        return figure_names(self.loaded.task)[1]
+
+    @property
     def ranking(self):
         """The channel order every trial slices, as stored in the study (the same for every worker and resume)."""
         if self._ranking is None:
@@ -460,7 +467,7 @@ class Search:
         if t.user_attrs.get(records.KIND) != records.TrialKind.UNIFORM.value or t.state != TrialState.COMPLETE:
             return
         ev = self.evaluator
-        text = too_small(ev.val_images, ev.val_boxes, t.user_attrs.get(records.MAP50_95_SE))
+        text = too_small(ev.val_images, ev.val_boxes, t.user_attrs.get(records.MAP50_95_SE), self._figure)
         if text:
             self._warned = True
             print(f"warning: {text}", file=sys.stderr, flush=True)
@@ -515,7 +522,7 @@ class Search:
     def _report_progress(self, number, outcome, n, target, started, evaluated_here) -> None:
         elapsed = time.perf_counter() - started
         eta = elapsed / max(evaluated_here, 1) * max(target - n, 0)
-        self.log(progress_line(self.study.trials[number], outcome, n, target, self._best(), eta))
+        self.log(progress_line(self.study.trials[number], outcome, n, target, self._best(), eta, self._figure))
 
     def _best(self) -> records.TrialRecord | None:
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -116,6 +116,7 @@ def study_attrs(search) -> dict:
         records.STUDY_MODEL: search.loaded.source,
         records.STUDY_MODEL_FINGERPRINT: search.loaded.fingerprint,
         records.STUDY_DATA: str(search.data.yaml),
+        records.STUDY_TASK: search.loaded.task,
         records.STUDY_BUDGET_GFLOPS: s.budget_gflops,
         records.STUDY_BUDGET_LATENCY_MS: s.budget_latency_ms,
         records.STUDY_BUDGET_FLOOR: s.budget_floor,

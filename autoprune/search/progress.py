@@ -16,11 +16,12 @@ def duration_text(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def progress_line(trial, outcome: str, n: int, target: int, best, eta: float) -> str:
+def progress_line(trial, outcome: str, n: int, target: int, best, eta: float, figure: str = "mAP50-95") -> str:
     """`[n/target] trial #N mAP50-95 0.503 | 4.99 GFLOPs, 289.7 ms (167s) | best 0.503 (#1) | ETA 40m14s`: one
-    evaluated `trial` (a FrozenTrial) and how it `outcome`d, with the study's `best` record so far."""
+    evaluated `trial` (a FrozenTrial) and how it `outcome`d, with the study's `best` record so far; `figure` names
+    the score (`proxy.figure_names`: 'mask mAP50-95', 'top-1 accuracy', ...)."""
     a = trial.user_attrs
-    what = (f"mAP50-95 {a.get(records.MAP50_95, float('nan')):.3f}" if outcome == "COMPLETE"
+    what = (f"{figure} {a.get(records.MAP50_95, float('nan')):.3f}" if outcome == "COMPLETE"
             else f"{outcome.lower()}: {a.get(records.REASON, '')}")
     gf = a.get(records.GFLOPS)
     lat = a.get(records.LATENCY_MS)

@@ -73,6 +73,7 @@ REPAIRED_INTO = "repaired_into"  # for a rejected genome: the genome evaluated i
 STUDY_MODEL = "model"  # what the user named
 STUDY_MODEL_FINGERPRINT = "model_fingerprint"
 STUDY_DATA = "data"
+STUDY_TASK = "task"  # the model's Ultralytics task: what the proxy's figures are (`proxy.figure_names`)
 STUDY_BUDGET_GFLOPS = "budget_gflops"
 STUDY_BUDGET_LATENCY_MS = "budget_latency_ms"
 STUDY_BUDGET_FLOOR = "budget_floor"
