@@ -112,7 +112,8 @@ class ParetoInfo:
         if self.task == "detect":
             return None
         m50, m5095 = self.figures()
-        return f"(a {self.task} model: mAP50-95 is its {m5095}, mAP50 its {m50})"
+        what = {"obb": "an OBB"}.get(self.task, f"a {self.task}")
+        return f"({what} model: mAP50-95 is its {m5095}, mAP50 its {m50})"
 
     @property
     def front_numbers(self) -> frozenset[int]:
