@@ -431,6 +431,19 @@ def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny
     by_genome = json.loads(capsys.readouterr().out)
     assert 0 < by_genome["gflops"] < full and by_genome["genome"] == str(genome)
 
+    # depth and swap genes: the elements and fits a search would make (measured order, swaps fitted on the images)
+    from autoprune.depth import rank_elements
+
+    ops = load_space("yolov8-ops", analyze(tiny_model), tiny_model)
+    genome.write_text(yaml.safe_dump({**ops.highs(), **{g.name: g.low for g in ops.depth_genes}}))
+    built = []
+    monkeypatch.setattr(candidate, "build", lambda *a, **k: built.append(k) or real_build(*a, **k))
+    assert cli(*common, "--genome", genome, "--space", "yolov8-ops") == 0
+    kw, = built
+    assert kw["swap_batches"] is not None and len(kw["swap_batches"]) == 1
+    orders = {k: v for k, v in kw["ranking"].items() if k.startswith("depth:")}
+    assert orders and orders == {k: v for k, v in rank_elements(tiny_model, kw["swap_batches"]).items() if k in orders}
+
     genome.write_text("no_such_gene: 0.5\n")
     assert cli(*common, "--genome", genome) == 2
     err = capsys.readouterr().err.strip().splitlines()

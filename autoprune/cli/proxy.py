@@ -72,13 +72,23 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
 
     genome = _read_genome(args.genome) if args.genome is not None else None
     graph = analyze(model)
-    counts = keep_counts(graph, args.keep) if genome is None else load_space(args.space, graph, model).counts(genome)
+    space = load_space(args.space, graph, model) if genome is not None else None
+    counts = keep_counts(graph, args.keep) if space is None else space.counts(genome)
     batches = evaluator.calibration_batches() if args.criterion in DATA_CRITERIA else None
     ranking = rank(model, graph, args.criterion, batches=batches)
+    if space is not None and space.depth_genes:  # the elements a search removes: measured on the same images
+        from autoprune.depth import rank_elements
+
+        driven = {u for g in space.depth_genes for u in g.units}
+        ranking.update(rank_elements(model, evaluator.calibration_batches(),
+                                     [u for u in space.units if u.id in driven]))
     if args.reconstruct:  # refit where the proxy runs: the model is ours alone, and only the candidate is used next
         return build(model.to(evaluator.device), counts, graph=graph, ranking=ranking,
                      batches=evaluator.calibration_batches(), seed=evaluator.settings.seed).model
-    return build(model, counts, graph=graph, ranking=ranking).model
+    swaps = space is not None and space.swap_genes and evaluator.settings.calib_batches > 0  # as a search fits them
+    swap_batches = evaluator.calibration_batches() if swaps else None
+    return build(model, counts, graph=graph, ranking=ranking, swap_batches=swap_batches,
+                 seed=evaluator.settings.seed).model
 
 
 def _read_genome(path: str) -> dict:
