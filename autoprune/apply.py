@@ -160,6 +160,10 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     loaded = load_model(model or sattrs.get(STUDY_MODEL))
     require_task(loaded, "apply")
     check_task(data, loaded.task, keypoint_shape(loaded.model))  # e.g. a segment model needs polygon labels
+    if distill is not None and distill.neck_weight > 0:  # a head without Detect inputs: one line, no run folder
+        from autoprune.distill import detect_input_channels
+
+        detect_input_channels(loaded.model)
     expected_fp = record.attrs.get(MODEL_FINGERPRINT) or sattrs.get(STUDY_MODEL_FINGERPRINT)
     if expected_fp and loaded.fingerprint != expected_fp:
         raise UserError(f"{loaded.source} is not the model study {name!r} was made with (fingerprint "

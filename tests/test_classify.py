@@ -217,6 +217,10 @@ def test_tiny_search_and_apply(env, capsys):
     code, table, _ = run_cli(capsys, "trials", "--storage", f"sqlite:///{root / 'runs' / 'cls' / 'study.db'}",
                              "--study", "cls")
     assert code == 0 and "(a classify model: mAP50-95 is its top-1 accuracy, mAP50 its top-5 accuracy)" in table
+    code, _, err = run_cli(capsys, "apply", "--storage", f"sqlite:///{root / 'runs' / 'cls' / 'study.db'}", "--study",
+                           "cls", "--trial", str(trial), "--kd-neck", "1", "--project", root / "apply", "--name", "neck")
+    assert_user_error(code, err, "--kd-neck distils the Detect head's inputs, and this model's head is Classify")
+    assert not (root / "apply" / "neck").exists()  # refused before the run folder
     code, out, err = run_cli(capsys, "apply", "--storage", f"sqlite:///{root / 'runs' / 'cls' / 'study.db'}",
                              "--study", "cls", "--trial", str(trial), "--epochs", "1", "--batch", BATCH, "--device",
                              "cpu", "--project", root / "apply", "--name", "cls", "--json")
