@@ -45,6 +45,8 @@ class DataConfig:
         channels: image channels (3 unless the YAML says otherwise).
         kpt_shape: (keypoints, values per keypoint: 2 or 3) of a pose dataset (its `kpt_shape`), else None.
         flip_idx: the keypoint order after a horizontal flip (its `flip_idx`), or None.
+        kpt_oks_sigmas: a pose dataset's own OKS sigmas, one per keypoint (its `kpt_oks_sigmas`), or None:
+            Ultralytics' pose validator and keypoint loss then use COCO's for 17 keypoints, 1/keypoints otherwise.
         class_folders: a classification dataset (images filed in one folder per class, named as the class; names
             sorted as Ultralytics' `check_cls_dataset` sorts them), not a data YAML.
     """
@@ -58,6 +60,7 @@ class DataConfig:
     channels: int = 3
     kpt_shape: tuple[int, int] | None = None
     flip_idx: tuple[int, ...] | None = None
+    kpt_oks_sigmas: tuple[float, ...] | None = None
     class_folders: bool = False
 
     @property
@@ -87,6 +90,7 @@ class DataConfig:
             "channels": self.channels,
             **({"kpt_shape": list(self.kpt_shape)} if self.kpt_shape else {}),
             **({"flip_idx": list(self.flip_idx)} if self.flip_idx is not None else {}),
+            **({"kpt_oks_sigmas": list(self.kpt_oks_sigmas)} if self.kpt_oks_sigmas is not None else {}),
         }
 
 
@@ -142,6 +146,7 @@ def load_data_config(path: str | Path | None) -> DataConfig:
     if channels not in (1, 3):
         raise UserError(f"data YAML {spec}: 'channels' must be 1 or 3, got {channels!r}")
     kpt_shape, flip_idx = _keypoints(data, spec)
+    sigmas = _oks_sigmas(data, spec, kpt_shape)
 
     file = file.resolve()
     root = _root(data.get("path"), file, packaged=packaged is not None)
@@ -156,7 +161,7 @@ def load_data_config(path: str | Path | None) -> DataConfig:
                         f"once where a network is reachable (e.g. `yolo val data={spec}`) or pass a local data YAML"
                         ) from None
     return DataConfig(yaml=file, root=root, train=train, val=val, names=names, nc=nc, channels=channels,
-                      kpt_shape=kpt_shape, flip_idx=flip_idx)
+                      kpt_shape=kpt_shape, flip_idx=flip_idx, kpt_oks_sigmas=sigmas)
 
 
 def classification_folder(path: str | Path) -> DataConfig:
@@ -200,6 +205,21 @@ def _keypoints(data: dict, spec: str) -> tuple[tuple[int, int] | None, tuple[int
             or any(isinstance(v, bool) for v in flip)):
         raise UserError(f"data YAML {spec}: 'flip_idx' must order the {raw[0]} keypoints 0..{raw[0] - 1}, got {flip!r}")
     return (raw[0], raw[1]), tuple(flip)
+
+
+def _oks_sigmas(data: dict, spec: str, kpt_shape: tuple[int, int] | None) -> tuple[float, ...] | None:
+    """The YAML's `kpt_oks_sigmas` (one positive number per keypoint, as Ultralytics' pose validator and loss
+    check them), or None without them."""
+    raw = data.get("kpt_oks_sigmas")
+    if raw is None:
+        return None
+    if kpt_shape is None:
+        raise UserError(f"data YAML {spec}: 'kpt_oks_sigmas' needs a 'kpt_shape' (they are the keypoints' OKS sigmas)")
+    if (not isinstance(raw, (list, tuple)) or len(raw) != kpt_shape[0]
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in raw)):
+        raise UserError(f"data YAML {spec}: 'kpt_oks_sigmas' must be {kpt_shape[0]} positive numbers (one per "
+                        f"keypoint of kpt_shape {list(kpt_shape)}), got {raw!r}")
+    return tuple(float(v) for v in raw)
 
 
 # How many label files `label_task` reads at most: enough to see polygons in any segment dataset, cheap on a large one.

@@ -475,6 +475,8 @@ class ProxyEvaluator:
         hyp = {**DEFAULT_CFG_DICT, **{k: old[k] for k in ("box", "cls", "dfl") if old.get(k) is not None}}
         model.args = IterableSimpleNamespace(**hyp)
         model.criterion = None  # a copied model may carry a criterion bound to another model's strides and device
+        if self.data.kpt_oks_sigmas is not None:  # the keypoint loss's sigmas, as Ultralytics' PoseTrainer sets them
+            model.kpt_oks_sigmas = list(self.data.kpt_oks_sigmas)
         if hasattr(model, "end2end"):
             model.end2end = False  # what Ultralytics' validator does by default (nms=None): one-to-many head + NMS
         if not getattr(model, "names", None) or len(model.names) != self.data.nc:

@@ -135,17 +135,38 @@ def test_a_bad_kpt_shape_is_one_error_line(env, tmp_path):
                    f"path: {env['pose'].parent}\n")
     with pytest.raises(UserError, match="'flip_idx' must order the 4 keypoints 0..3"):
         load_data_config(bad)
+    for sigmas in ("[0.1, 0.2]", "[0.1, 0.2, 0.3, 0]", "oks"):
+        bad.write_text(env["pose"].read_text() + f"path: {env['pose'].parent}\nkpt_oks_sigmas: {sigmas}\n")
+        with pytest.raises(UserError, match=r"'kpt_oks_sigmas' must be 4 positive numbers \(one per keypoint of "
+                                             r"kpt_shape \[4, 3\]\)"):
+            load_data_config(bad)
+    bad.write_text(env["detect"].read_text() + f"path: {env['detect'].parent}\nkpt_oks_sigmas: [0.1]\n")
+    with pytest.raises(UserError, match="'kpt_oks_sigmas' needs a 'kpt_shape'"):
+        load_data_config(bad)
 
 
 @pytest.mark.parametrize("task", ["pose", "obb"])
-def test_proxy_scores_the_tasks_own_metric(env, monkeypatch, task):
+def test_proxy_scores_the_tasks_own_metric(env, monkeypatch, tmp_path, task):
     from ultralytics.models.yolo.obb import OBBValidator
     from ultralytics.models.yolo.pose import PoseValidator
+    from ultralytics.utils import loss as ultralytics_loss
 
     from autoprune.models import load_model
     from autoprune.proxy import ProxyEvaluator, ProxySettings
 
-    ev = ProxyEvaluator(env[task], ProxySettings(imgsz=64, steps=1, calib_batches=1, batch=4, val_images=3,
+    data, sigmas = env[task], (0.1, 0.2, 0.3, 0.4)
+    if task == "pose":  # the dataset's own OKS sigmas reach Ultralytics' pose validator and keypoint loss
+        data = tmp_path / "pose.yaml"
+        data.write_text(env["pose"].read_text() + f"path: {env['pose'].parent}\nkpt_oks_sigmas: {list(sigmas)}\n")
+    loss_sigmas = []
+    real_init = ultralytics_loss.KeypointLoss.__init__
+
+    def keypoint_loss(self, sigmas):
+        loss_sigmas.append(sigmas.tolist())
+        real_init(self, sigmas)
+
+    monkeypatch.setattr(ultralytics_loss.KeypointLoss, "__init__", keypoint_loss)
+    ev = ProxyEvaluator(data, ProxySettings(imgsz=64, steps=1, calib_batches=1, batch=4, val_images=3,
                                                  threads=1), task=task)
     batch = ev.calibration_batches()[0]
     if task == "pose":
@@ -170,6 +191,8 @@ def test_proxy_scores_the_tasks_own_metric(env, monkeypatch, task):
     assert len(r.map50_95_boot) > 0
     if task == "pose":
         assert "metrics/mAP50-95(P)" in seen  # a real keypoint validation ran
+        assert np.allclose(ev._validator.sigma, sigmas)
+        assert loss_sigmas and all(np.allclose(s, sigmas) for s in loss_sigmas)
         assert r.metric == "pose mAP50-95"
         assert (r.map50_95, r.map50, r.box_map50_95, r.box_map50) == (0.125, 0.375, 0.25, 0.5)
     else:
