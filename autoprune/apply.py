@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.errors import UserError
+from autoprune.schedule import ULTRALYTICS_SCHEDULE
 from autoprune.search.records import (CONSTRAINTS, CRITERION, GFLOPS, IMGSZ, KEPT_CHANNELS, MODEL_FINGERPRINT,
                                       STUDY_DATA, STUDY_IMGSZ, STUDY_MODEL, STUDY_MODEL_FINGERPRINT, STUDY_PROXY,
                                       STUDY_RANKING, TrialRecord)
@@ -237,7 +238,7 @@ class FinetuneStep:
 
     def as_dict(self) -> dict:
         return {"epochs": self.epochs, "kept_channels": dict(self.counts),
-                "schedule": self.schedule.as_dict() if self.schedule is not None else {"name": "ultralytics"},
+                "schedule": self.schedule.as_dict() if self.schedule is not None else dict(ULTRALYTICS_SCHEDULE),
                 "features": self.features.as_dict() if self.features is not None else None}
 
 

@@ -38,12 +38,11 @@ import contextlib
 import copy
 import functools
 import json
-import math
 import pickle
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +58,17 @@ from autoprune.distill import (  # noqa: F401  (re-exported: finetune's public n
     head_distillation,
     head_term,
     neck_distillation,
+)
+from autoprune.ddp import (  # noqa: F401  (re-exported)
+    SUMMARY_ARGS,
+    WorkerState,
+    _average_gradients,
+    _broadcast_parameters,
+    check_multi_gpu,
+)
+from autoprune.schedule import (  # noqa: F401  (re-exported: apply and the benchmarks take the schedule from here)
+    FinetuneSchedule,
+    short_schedule,
 )
 
 __all__ = [
@@ -81,86 +91,6 @@ __all__ = [
     "short_schedule",
     "validate_checkpoint",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------- the schedule
-ULTRALYTICS_SCHEDULE = {"name": "ultralytics", "optimizer": "auto", "warmup_epochs": 3.0, "lrf": 0.01,
-                        "cos_lr": False}  # Ultralytics' defaults, what apply used before short_schedule
-
-
-def ultralytics_adamw_lr(nc: int) -> float:
-    """The AdamW learning rate Ultralytics' `optimizer=auto` fits to the class count for short trainings."""
-    return round(0.002 * 5 / (4 + nc), 6)
-
-
-def warmup_for(epochs: int) -> float:
-    """Warm-up epochs for a finetune of `epochs`: a tenth of it, at least 0.1 epoch, at most Ultralytics' 3."""
-    return round(min(3.0, max(0.1, 0.1 * epochs)), 3)
-
-
-@dataclass(frozen=True)
-class FinetuneSchedule:
-    """The optimizer and learning-rate schedule of a short finetune of a pruned, already trained model.
-
-    Ultralytics' defaults are made for training from scratch: 3 warm-up epochs (capped at epochs - 1), which swallow
-    a 3-epoch finetune whole (the learning rate peaks at the start of its last epoch), then a linear decay. A pruned
-    model starts from trained weights and needs its few epochs at a useful rate, so this schedule warms up for a
-    tenth of the finetune (`warmup_for`, at least 0.1 epoch, at most 3) and decays along a cosine to `lrf` x `lr0`.
-    The optimizer is AdamW at the rate Ultralytics' `optimizer=auto` fits to the class count for short trainings
-    (`ultralytics_adamw_lr`), given explicitly so that `lr0` is the rate used. The weights saved are Ultralytics'
-    EMA (`ModelEMA`, decay 0.9999 x (1 - exp(-updates / 2000))), as Ultralytics uses it.
-
-    Attributes:
-        epochs: the finetune's length the schedule was made for.
-        lr0: starting learning rate (after the warm-up).
-        lrf: final learning rate as a share of lr0.
-        warmup_epochs: warm-up length in epochs (may be fractional; never capped at epochs - 1).
-        cos_lr: cosine decay (True) or linear (False).
-        optimizer: Ultralytics' optimizer name.
-    """
-
-    epochs: int
-    lr0: float
-    lrf: float = 0.01
-    warmup_epochs: float = 0.3
-    cos_lr: bool = True
-    optimizer: str = "AdamW"
-
-    def __post_init__(self):
-        from autoprune.errors import UserError
-
-        for name, flag, low in (("lr0", "--lr0", 0.0), ("lrf", "--lrf", 0.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= low:
-                raise UserError(f"{flag} must be a number > 0, got {v!r}")
-        if self.lrf > 1:
-            raise UserError(f"--lrf is the final learning rate as a share of --lr0, at most 1; got {self.lrf!r}")
-        w = self.warmup_epochs
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= self.epochs:
-            raise UserError(f"--warmup-epochs must be a number from 0 to --epochs ({self.epochs}), got {w!r}")
-
-    def overrides(self) -> dict:
-        """The Ultralytics trainer arguments this schedule sets."""
-        return {"optimizer": self.optimizer, "lr0": self.lr0, "lrf": self.lrf, "warmup_epochs": self.warmup_epochs,
-                "cos_lr": self.cos_lr, "warmup_bias_lr": 0.0}
-
-    def as_dict(self) -> dict:
-        return {"name": "short", **asdict(self), "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
-
-
-def short_schedule(epochs: int, *, nc: int = 80, lr0: float | None = None, lrf: float | None = None,
-                   warmup_epochs: float | None = None) -> FinetuneSchedule:
-    """The schedule of a finetune of `epochs` on `nc` classes (see `FinetuneSchedule`); any value given overrides
-    the one picked from `epochs`.
-
-    Example:
-        >>> s = short_schedule(3, nc=8)
-        >>> s.warmup_epochs, s.lr0, s.cos_lr
-        (0.3, 0.000833, True)
-    """
-    return FinetuneSchedule(epochs=epochs, lr0=ultralytics_adamw_lr(nc) if lr0 is None else lr0,
-                            lrf=0.01 if lrf is None else lrf,
-                            warmup_epochs=warmup_for(epochs) if warmup_epochs is None else warmup_epochs)
 
 
 # ---------------------------------------------------------------------------------------------------- offline
@@ -256,97 +186,6 @@ TRAINERS = {"detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
             "pose": ("ultralytics.models.yolo.pose", "PoseTrainer"),
             "obb": ("ultralytics.models.yolo.obb", "OBBTrainer"),
             "classify": ("ultralytics.models.yolo.classify", "ClassificationTrainer")}
-
-
-SUMMARY_ARGS = ("optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs")  # the schedule as the trainer resolved it
-
-
-@dataclass(frozen=True)
-class WorkerState:
-    """What the trainer of a DDP worker needs beyond the `(cfg, overrides, _callbacks)` Ultralytics rebuilds it from.
-
-    Ultralytics trains on several GPUs by starting one process per GPU (`torch.distributed.run`); each unpickles the
-    trainer's class, arguments and callbacks (`ultralytics.utils.dist.generate_ddp_file`) and builds a new trainer
-    from them, so no object `finetune` was handed reaches it. The models travel as files: `student` and `teacher` are
-    `torch.save`s of the modules themselves (the pruned architecture, never a YAML). The rest rides on a per-run
-    subclass of the trainer as its `worker_state` (cloudpickle pickles a class made inside a function by value,
-    attributes included). Rank 0 writes the training's summary (`PrunedModelTrainer.summary`) to `summary` as JSON
-    for the parent, which gets nothing else back.
-
-    Attributes:
-        student: the file of the model to train.
-        teacher: the file of the teacher, or None (no distillation).
-        summary: where rank 0 writes the summary.
-        data: the `autoprune.data.DataConfig` to train on.
-        distill, schedule, features: as `finetune` takes them.
-    """
-
-    student: str
-    teacher: str | None
-    summary: str
-    data: object
-    distill: DistillSettings | None = None
-    schedule: FinetuneSchedule | None = None
-    features: FeatureMatch | None = None
-
-    @classmethod
-    def write(cls, folder: Path, student: nn.Module, teacher: nn.Module | None, **settings) -> "WorkerState":
-        """Save `student` (and `teacher`) into `folder`; the state that names them with `settings`."""
-        folder = Path(folder).resolve()
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(student, folder / "student.pt")
-        if teacher is not None:
-            torch.save(teacher, folder / "teacher.pt")
-        return cls(student=str(folder / "student.pt"), teacher=str(folder / "teacher.pt") if teacher is not None
-                   else None, summary=str(folder / "summary.json"), **settings)
-
-    def load_models(self) -> tuple[nn.Module, nn.Module | None]:
-        """(student, teacher or None), loaded on the CPU."""
-        load = functools.partial(torch.load, map_location="cpu", weights_only=False)
-        return load(self.student), (load(self.teacher) if self.teacher else None)
-
-
-def check_multi_gpu(batch: int, gpus: int) -> None:
-    """One error line where a finetune on `gpus` GPUs (Ultralytics' DDP) cannot start: a batch that does not split
-    evenly among them (each worker trains batch / gpus images per step), or no cloudpickle (Ultralytics sends the
-    trainer to its workers with it, and would try to pip-install it at the first launch)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from autoprune.errors import UserError
-
-    if batch % gpus:
-        raise UserError(f"--batch {batch} must be a multiple of the {gpus} GPUs of --device (each trains "
-                        f"batch / {gpus} images per step), e.g. --batch {gpus * max(1, round(batch / gpus))}")
-    try:
-        have = version("cloudpickle")
-    except PackageNotFoundError:
-        have = None
-    from ultralytics.utils.checks import check_version
-
-    if have is None or not check_version(have, ">=3.1.1"):
-        raise UserError(f"multi-GPU finetuning needs cloudpickle>=3.1.1 ({'found ' + have if have else 'not installed'}"
-                        "; Ultralytics sends the trainer to its DDP workers with it): pip install 'autoprune[ddp]'")
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _broadcast_parameters(module: nn.Module) -> None:
-    """Every DDP rank gets rank 0's values of `module`'s parameters (their random seeds differ)."""
-    if _distributed():
-        for p in module.parameters():
-            torch.distributed.broadcast(p.data, src=0)
-
-
-def _average_gradients(module: nn.Module, world_size: int) -> None:
-    """Average `module`'s gradients over the DDP ranks, as DDP does for the modules it wraps."""
-    if _distributed():
-        for p in module.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)  # every rank joins every all_reduce
-            torch.distributed.all_reduce(p.grad)
-            p.grad.div_(world_size)
 
 
 @functools.lru_cache(maxsize=None)
