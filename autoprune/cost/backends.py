@@ -132,8 +132,10 @@ def check_onnxruntime(dev: torch.device) -> None:
 
 
 def fixed_input(batch, ch, imgsz) -> torch.Tensor:
-    """A fixed random image batch in [0, 1): the same numbers on every call, unlike zeros never a special case."""
-    return torch.rand(batch, ch, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    """A fixed random image batch in [0, 1): the same numbers on every call, unlike zeros never a special case.
+    `imgsz` is a side, or (height, width) for a rectangular input (a 1 x k conv after a stride-2 k x 1 one)."""
+    h, w = imgsz if isinstance(imgsz, (tuple, list)) else (imgsz, imgsz)
+    return torch.rand(batch, ch, h, w, generator=torch.Generator().manual_seed(0))
 
 
 def deploy_copy(model: nn.Module, imgsz: int | None = None) -> nn.Module:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -43,6 +44,10 @@ class LatencyCache:
         self._entries: dict[str, dict] = {}
         self.hits = 0
         self.misses = 0
+        self._deferred = 0  # depth of `deferred` blocks
+        self._flush_s = 0.0
+        self._written = 0.0  # time.monotonic() of the last write
+        self._dirty = False  # entries put but not written yet
         if self.path is not None:
             if self.path.is_dir():
                 raise UserError(f"latency cache {self.path} is a folder; give a .json file path")
@@ -68,10 +73,35 @@ class LatencyCache:
         return hit
 
     def put(self, key: str, value: dict) -> None:
-        """Store `value` under `key` (and in the file, merged with what other processes wrote there)."""
+        """Store `value` under `key` (and in the file, merged with what other processes wrote there; inside
+        `deferred`, at most every `flush_s` seconds)."""
         self._entries[key] = dict(value)
         if self.path is None:
             return
+        if self._deferred and time.monotonic() - self._written < self._flush_s:
+            self._dirty = True
+            return
+        self._write()
+
+    @contextlib.contextmanager
+    def deferred(self, flush_s: float = 5.0):
+        """A block of many puts (a latency table's entries, each measured in well under a second): the file is
+        written when `flush_s` seconds have passed since its last write and once at the end, not on every put,
+        since each write rewrites the whole file. Entries put in the block are readable from this cache at once."""
+        self._deferred += 1
+        self._flush_s = flush_s
+        self._written = time.monotonic()
+        try:
+            yield self
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._dirty:
+                self._write()
+
+    def _write(self) -> None:
+        """Merge this cache's entries with the file's and write them over it (atomically, under the lock)."""
+        self._dirty = False
+        self._written = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock():
             merged = self._read_file()

@@ -278,6 +278,31 @@ def test_json_cache_merges_writers(tmp_path):
     assert b.get("k1") == {"median_ms": 1.0}  # a miss re-reads the file
 
 
+def test_json_cache_defers_its_writes_inside_a_deferred_block(tmp_path, monkeypatch):
+    """Inside `deferred` the file is written once the flush interval has passed and at the end, not on every put;
+    the entries are readable from the cache at once, and a block left by an error still writes them."""
+    path = tmp_path / "latency.json"
+    cache = LatencyCache(path)
+    writes = []
+    real_write = cache._write
+    monkeypatch.setattr(cache, "_write", lambda: (writes.append(len(cache._entries)), real_write()))
+    with cache.deferred(flush_s=3600):
+        for i in range(5):
+            cache.put(f"k{i}", {"median_ms": float(i)})
+        assert cache.get("k4") == {"median_ms": 4.0} and not writes and not path.exists()
+    assert writes == [5] and LatencyCache(path).get("k4") == {"median_ms": 4.0}
+    with cache.deferred(flush_s=0.0):  # every put is past the interval: written each time
+        cache.put("k5", {"median_ms": 5.0})
+        cache.put("k6", {"median_ms": 6.0})
+    assert writes == [5, 6, 7]
+    with pytest.raises(RuntimeError), cache.deferred(flush_s=3600):
+        cache.put("k7", {"median_ms": 7.0})
+        raise RuntimeError("interrupted")
+    assert LatencyCache(path).get("k7") == {"median_ms": 7.0}
+    cache.put("k8", {"median_ms": 8.0})  # outside a block: written at once, as always
+    assert writes[-1] == 9
+
+
 def test_json_cache_refuses_a_foreign_file(tmp_path):
     path = tmp_path / "notes.json"
     path.write_text('{"mine": 1}')
