@@ -22,6 +22,15 @@ timed alone pays and a layer inside the model does not. An entry measured on a C
 above the core count, `timing.under_load`) is filed as such, counted in `entries_under_load`, and measured again by
 the next build that runs on a quiet machine, so a table built while the machine was busy does not stay wrong.
 
+Operator swaps (`autoprune.swap`) are priced by the layers that replace the conv (`swap_layers`: the depthwise k x k
+and the 1x1 of `dws`, the grouped k x k of `group2/4/8`, the k x 1 and the 1 x k of `factor`, each with its own
+stride, padding, groups and activation as `swap.swap_convs` builds it). Each replacement layer of each swap kind of
+each site has its own anchor curve, measured like the convs' at the site's anchor channels (rounded up to a multiple
+of G for a grouped kind) and filed under the key of its own `LayerConfig`; a swapped site is priced by the sum of its
+replacement layers interpolated at the candidate's channels instead of the original conv. The sites and kinds given
+to the table (`swaps`) are measured by `build`, any other the first time a prediction holds it. A table without
+swaps measures exactly the entries it measures without this.
+
 Example:
     >>> table = LatencyTable(model, graph, imgsz=320, backend="onnxruntime", path="runs/latency_lut.json")
     >>> table.build()               # measures what the file does not hold yet
@@ -33,7 +42,8 @@ from __future__ import annotations
 import bisect as _bisect
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -77,10 +87,14 @@ class LayerConfig:
         """A stable text key (also the signature its latency is cached under)."""
         return json.dumps(asdict(self), sort_keys=True)
 
+    def out_hw(self) -> tuple[int, int]:
+        """The output's height and width."""
+        return tuple((self.in_hw[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel[i] - 1) - 1)
+                     // self.stride[i] + 1 for i in (0, 1))
+
     def macs(self) -> int:
         """Multiply-accumulates per image."""
-        oh = (self.in_hw[0] + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
-        ow = (self.in_hw[1] + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+        oh, ow = self.out_hw()
         return self.cout * (self.cin // self.groups) * self.kernel[0] * self.kernel[1] * oh * ow
 
     def module(self) -> nn.Module:
@@ -122,14 +136,9 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _sites(model: nn.Module, graph, imgsz: int, round_to: int, min_channels: int, units=()) -> list[_Site]:
-    """Every conv of `model` that `graph` knows and pruning changes, with its input size at `imgsz` (one forward
-    pass records it). With depth `units` (`depth.find_units`), also every conv inside their elements (a depth plan
-    removes it), and a concat reader's floor is its input with every element gone."""
-    from autoprune.depth import conv_channels, depth_key
-    from autoprune.strategies import floor_counts
-
-    model = detection_model(model)
+def _layer_configs(model: nn.Module, imgsz: int) -> dict[str, LayerConfig]:
+    """{conv name: its `LayerConfig` in the unpruned model}, input sizes at `imgsz` (one forward pass records them):
+    every nn.Conv2d the forward pass runs, with the activation of the Ultralytics `Conv` it belongs to."""
     modules = dict(model.named_modules())
     in_hw: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: in_hw.__setitem__(n, tuple(inp[0].shape[-2:])))
@@ -144,6 +153,25 @@ def _sites(model: nn.Module, graph, imgsz: int, round_to: int, min_channels: int
         for h in hooks:
             h.remove()
         model.train(training)
+    configs = {}
+    for name, hw in in_hw.items():
+        conv = modules[name]
+        parent = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
+        act = getattr(parent, "act", None) if parent is not None and getattr(parent, "conv", None) is conv else None
+        act_name = type(act).__name__ if isinstance(act, nn.Module) and hasattr(nn, type(act).__name__) else "Identity"
+        configs[name] = LayerConfig("conv", hw, conv.in_channels, conv.out_channels, _pair(conv.kernel_size),
+                                    _pair(conv.stride), _pair(conv.padding), _pair(conv.dilation), conv.groups,
+                                    act_name)
+    return configs
+
+
+def _sites(configs: dict[str, LayerConfig], graph, round_to: int, min_channels: int, units=()) -> list[_Site]:
+    """Every conv of `configs` (`_layer_configs`) that `graph` knows and pruning changes. With depth `units`
+    (`depth.find_units`), also every conv inside their elements (a depth plan removes it), and a concat reader's
+    floor is its input with every element gone."""
+    from autoprune.depth import conv_channels, depth_key
+    from autoprune.strategies import floor_counts
+
     floor = floor_counts(graph, round_to=round_to, min_channels=min_channels)
     floors = graph.conv_channels(floor)
     in_elements = tuple(e + "." for u in units for e in u.elements)
@@ -154,16 +182,64 @@ def _sites(model: nn.Module, graph, imgsz: int, round_to: int, min_channels: int
                 floors[u.reader] = (emptied[u.reader][0], floors[u.reader][1])
     sites = []
     for name, info in graph.convs.items():
-        conv = modules[name]
-        if floors[name] == (conv.in_channels, conv.out_channels) and not name.startswith(in_elements):
+        full = configs[name]
+        if floors[name] == (full.cin, full.cout) and not name.startswith(in_elements):
             continue  # pruning never changes it: its time is part of `rest_ms`
-        parent = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
-        act = getattr(parent, "act", None) if parent is not None and getattr(parent, "conv", None) is conv else None
-        act_name = type(act).__name__ if isinstance(act, nn.Module) and hasattr(nn, type(act).__name__) else "Identity"
-        full = LayerConfig("conv", in_hw[name], conv.in_channels, conv.out_channels, _pair(conv.kernel_size),
-                           _pair(conv.stride), _pair(conv.padding), _pair(conv.dilation), conv.groups, act_name)
         sites.append(_Site(name, full, floors[name], info.depthwise))
     return sites
+
+
+def swap_layers(cfg: LayerConfig, kind: str) -> list[LayerConfig]:
+    """The layers that replace the conv `cfg` (a swap site at a candidate's channels, `autoprune.swap`) swapped to
+    `kind`, as `swap.swap_convs` builds them and the runtime runs them (BatchNorm folded):
+
+    - `dws`: the depthwise k x k (`groups = cin`, the site's stride and padding, no activation), then the 1x1 to
+      `cout` with the site's activation;
+    - `group2/4/8`: the k x k with G groups and the site's activation;
+    - `factor`: the k x 1 to `cm = min(cin, cout)` (stride (s, 1), padding (k // 2, 0), no activation), then the
+      1 x k on its (out height, in width) output (stride (1, s), padding (0, k // 2)) with the site's activation.
+
+    `[cfg]` for `keep`, and for a group kind the channels do not divide (the conv stays, as `swap_convs` leaves it).
+
+    Example:
+        >>> cfg = LayerConfig("conv", (32, 32), 16, 32, (3, 3), (2, 2), (1, 1), (1, 1), 1, "SiLU")
+        >>> [(c.kernel, c.groups, c.in_hw) for c in swap_layers(cfg, "factor")]
+        [((3, 1), 1, (32, 32)), ((1, 3), 1, (16, 32))]
+    """
+    from autoprune.swap import GROUPS, KINDS
+
+    (k, _), (s, _) = cfg.kernel, cfg.stride
+    one = (1, 1)
+    if kind == "dws":
+        dw = replace(cfg, cout=cfg.cin, groups=cfg.cin, act="Identity")
+        return [dw, LayerConfig(cfg.op, dw.out_hw(), cfg.cin, cfg.cout, one, one, (0, 0), one, 1, cfg.act)]
+    if kind in GROUPS:
+        g = GROUPS[kind]
+        return [cfg] if cfg.cin % g or cfg.cout % g else [replace(cfg, groups=g)]
+    if kind == "factor":
+        cm = min(cfg.cin, cfg.cout)
+        first = LayerConfig(cfg.op, cfg.in_hw, cfg.cin, cm, (k, 1), (s, 1), (k // 2, 0), one, 1, "Identity")
+        return [first, LayerConfig(cfg.op, first.out_hw(), cm, cfg.cout, (1, k), (1, s), (0, k // 2), one, 1,
+                                   cfg.act)]
+    if kind == "keep":
+        return [cfg]
+    raise ValueError(f"unknown swap kind {kind!r} (kinds: {', '.join(KINDS)})")
+
+
+def _interpolate(curve: tuple[list[int], list[float]], macs: int) -> float:
+    """A curve's latency at `macs`: linear between its anchors, its first below them, its last above."""
+    xs, ys = curve
+    if macs <= xs[0]:
+        return ys[0]
+    if macs >= xs[-1]:
+        return ys[-1]
+    i = _bisect.bisect_right(xs, macs)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (macs - x0) / (x1 - x0) if x1 > x0 else y1
+
+
+def _round_up(n: int, g: int) -> int:
+    return max(g, -(-n // g) * g)
 
 
 class LatencyTable:
@@ -172,19 +248,25 @@ class LatencyTable:
     `model` is the unpruned model and `graph` its channel analysis (`autoprune.channels.analyze`); `imgsz`, `batch`,
     `device`, `backend`, `precision` and `threads` are what `measure_latency` takes. `path`: the JSON file the
     entries are kept in (a `LatencyCache`; None keeps them in memory only). `measure` replaces how one module is
-    timed (tests): `measure(module, in_channels, in_hw) -> ms`, and `load_average` what the machine's load is
-    read from (default `os.getloadavg`'s first figure; with `measure`, no load).
+    timed (tests): `measure(module, in_channels, in_hw) -> ms`, `in_hw` the side of a square input or (height,
+    width) of a rectangular one (a `factor` swap's 1 x k layer after a stride), `in_channels` None for the whole
+    model; and `load_average` what the machine's load is read from (default `os.getloadavg`'s first figure; with
+    `measure`, no load).
 
     Kept counts may hold a depth plan (`{"depth:<unit id>": kept}`, `autoprune.depth`): the convs of the removed
     elements cost nothing and a concat reader reads fewer channels (which elements go: `element_orders`, as
     `SearchSpace.element_orders`). The adds and concat slots they leave out are not priced (a few microseconds).
-    Operator swaps are not priced: `predict` raises ValueError for counts that hold one.
+    They may hold operator swaps (`{"swap:<site id>": code}`, `autoprune.swap`): a swapped conv is priced by its
+    replacement's layers (`swap_layers`) at the channels the widths leave it; a site gone with its depth element, and
+    a group kind the channels do not divide, are priced as `swap_convs` leaves them. `swaps` ({site id: kinds}, as
+    `swap.find_sites` names sites) are the swaps `build` measures; others are measured when a prediction first
+    holds them. The BatchNorms a swap adds (folded in the runtime) cost nothing more.
     """
 
     def __init__(self, model: nn.Module, graph, *, imgsz: int = 640, batch: int = 1, device="cpu",
                  backend: str = "onnxruntime", precision: str | None = None, threads: int | None = None,
                  path: str | Path | None = None, round_to: int = 8, min_channels: int = 8, measure=None,
-                 load_average=None):
+                 load_average=None, swaps: Mapping[str, Iterable[str]] | None = None):
         self.model = detection_model(model)
         self.graph = graph
         self.imgsz, self.batch, self.backend = imgsz, batch, backends.check_backend(backend)
@@ -200,10 +282,26 @@ class LatencyTable:
             load_average = _load_average if measure is None else (lambda: None)
         self._load_average = load_average
         from autoprune.depth import find_units
+        from autoprune.swap import KINDS, find_sites
 
         self.units = tuple(find_units(self.model))
         self.element_orders: dict[str, list[int]] = {}  # {depth key: element order} (`depth.rank_elements`)
-        self.sites = _sites(self.model, graph, imgsz, round_to, min_channels, self.units)
+        self._configs = _layer_configs(self.model, imgsz)
+        self.sites = _sites(self._configs, graph, round_to, min_channels, self.units)
+        self._site_of = {s.name: s for s in self.sites}
+        self.swap_sites = {s.id: s for s in find_sites(self.model)}  # {site id: `swap.SwapSite`}
+        self.swaps = {sid: tuple(k for k in ((kinds,) if isinstance(kinds, str) else kinds) if k != "keep")
+                      for sid, kinds in (swaps or {}).items()}
+        for sid, kinds in self.swaps.items():
+            if sid not in self.swap_sites:
+                raise ValueError(f"{sid!r} is no swap site of this model (`swap.find_sites`)")
+            for k in kinds:
+                if k not in KINDS:
+                    raise ValueError(f"unknown swap kind {k!r} for {sid!r} (kinds: {', '.join(KINDS)})")
+        # {(site id, kind): one curve per replacement layer}, and the entries (less the overhead) of the swapped
+        # convs that pruning never changes: their time is in `rest_ms`, which a swap of them takes back
+        self._swap_curves: dict[tuple[str, str], list[tuple[list[int], list[float]]]] = {}
+        self._fixed_ms: dict[str, float] = {}
         self.measured = 0  # entries measured by this object (0 when the file held them all)
         self._loaded_keys: set[str] = set()  # entries in use that were measured under load (`timing.under_load`)
         self._curves: dict[str, tuple[list[int], list[float]]] | None = None
@@ -219,7 +317,7 @@ class LatencyTable:
         return cache_key(signature, imgsz, self.batch, self.device, device_label(self.device), self.backend,
                          self.precision, self.threads, protocol)
 
-    def _time(self, module: nn.Module, ch: int, hw: int, protocol) -> float:
+    def _time(self, module: nn.Module, ch: int, hw, protocol) -> float:
         if self._measure is not None:
             return float(self._measure(module, ch, hw))
         with torch_threads(self.threads):
@@ -258,14 +356,42 @@ class LatencyTable:
 
     def entry(self, cfg: LayerConfig) -> float:
         """The measured latency (ms) of `cfg` alone: from the table, or measured now and filed."""
-        if cfg.in_hw[0] != cfg.in_hw[1]:
-            raise ValueError(f"only square inputs are measured, got {cfg.in_hw}")
         key = self._key("layer:" + cfg.key(), cfg.in_hw[0], LAYER_TIMING)
         ms = self._stored(key)
         if ms is None:
-            ms = self._time(cfg.module(), cfg.cin, cfg.in_hw[0], LAYER_TIMING)
+            hw = cfg.in_hw[0] if cfg.in_hw[0] == cfg.in_hw[1] else cfg.in_hw
+            ms = self._time(cfg.module(), cfg.cin, hw, LAYER_TIMING)
             self._file(key, ms, layer=asdict(cfg))
         return ms
+
+    def _curve(self, cfgs: Iterable[LayerConfig]) -> tuple[list[int], list[float]]:
+        """(MACs, ms) of the entries of `cfgs` less the call overhead, in MACs order, made non-decreasing."""
+        macs, ms = [], []
+        for cfg in sorted(cfgs, key=LayerConfig.macs):
+            value = max(self.entry(cfg) - self.overhead_ms, 0.0)
+            macs.append(cfg.macs())
+            ms.append(max(value, ms[-1]) if ms else value)
+        return macs, ms
+
+    def _swap_curve(self, sid: str, kind: str) -> list[tuple[list[int], list[float]]]:
+        """One curve per replacement layer of site `sid` swapped to `kind` (measured on first use): the layers at
+        the site's anchor channels (a grouped kind's rounded up to a multiple of G), or at its channels when
+        pruning never changes it (then its own entry is kept too, for `predict` to take out of `rest_ms`)."""
+        if (sid, kind) in self._swap_curves:
+            return self._swap_curves[(sid, kind)]
+        from autoprune.swap import GROUPS
+
+        site = self.swap_sites[sid]
+        full, base = self._configs[site.conv], self._site_of.get(site.conv)
+        g = GROUPS.get(kind, 1)
+        pairs = [(c.cin, c.cout) for c in base.anchors()] if base is not None else [(full.cin, full.cout)]
+        stacks = [swap_layers(replace(full, cin=_round_up(a, g), cout=_round_up(b, g)), kind) for a, b in pairs]
+        with self.cache.deferred():
+            curves = [self._curve(dict.fromkeys(layers[i] for layers in stacks)) for i in range(len(stacks[0]))]
+            if base is None:
+                self._fixed_ms[site.conv] = max(self.entry(full) - self.overhead_ms, 0.0)
+        self._swap_curves[(sid, kind)] = curves
+        return curves
 
     def _model_ms(self) -> float:
         """The unpruned model measured end to end (min over `MODEL_TIMING`), from the table when it holds it."""
@@ -286,60 +412,82 @@ class LatencyTable:
 
     def build(self) -> LatencyTable:
         """Measure every anchor and the unpruned model that the table does not hold yet (or holds as measured
-        under load, when the machine is quiet now); returns self."""
-        curves = {}
-        self._loaded_keys.clear()
-        self.overhead_ms = self.entry(LayerConfig(*OVERHEAD))
-        for site in self.sites:
-            cfgs = sorted(site.anchors(), key=LayerConfig.macs)
-            macs, ms = [], []
-            for cfg in cfgs:
-                value = max(self.entry(cfg) - self.overhead_ms, 0.0)
-                macs.append(cfg.macs())
-                ms.append(max(value, ms[-1]) if ms else value)  # non-decreasing in MACs
-            curves[site.name] = (macs, ms)
-        self._curves = curves
-        full_sum = sum(self._layer_ms(s.name, s.full.macs()) for s in self.sites)
-        model_ms = self._model_ms()
-        # Layers alone can sum to more than the model (OpenVINO fuses and schedules inside a compiled model): then
-        # the entries are scaled down to the model instead of adding a negative rest.
-        self.scale = min(1.0, model_ms / full_sum) if full_sum > 0 else 1.0
-        self.rest_ms = model_ms - self.scale * full_sum
+        under load, when the machine is quiet now), and the replacements of `swaps`; returns self."""
+        with self.cache.deferred():  # hundreds of small entries: the file is written every few seconds, not each
+            self._loaded_keys.clear()
+            self.overhead_ms = self.entry(LayerConfig(*OVERHEAD))
+            self._curves = {site.name: self._curve(site.anchors()) for site in self.sites}
+            full_sum = sum(self._layer_ms(s.name, s.full.macs()) for s in self.sites)
+            model_ms = self._model_ms()
+            # Layers alone can sum to more than the model (OpenVINO fuses and schedules inside a compiled model):
+            # then the entries are scaled down to the model instead of adding a negative rest.
+            self.scale = min(1.0, model_ms / full_sum) if full_sum > 0 else 1.0
+            self.rest_ms = model_ms - self.scale * full_sum
+            self._swap_curves, self._fixed_ms = {}, {}
+            for sid, kinds in self.swaps.items():
+                for kind in kinds:
+                    self._swap_curve(sid, kind)
         return self
 
     # -- predictions ---------------------------------------------------------------------------------------------
 
     def _layer_ms(self, name: str, macs: int) -> float:
-        xs, ys = self._curves[name]
-        if macs <= xs[0]:
-            return ys[0]
-        if macs >= xs[-1]:
-            return ys[-1]
-        i = _bisect.bisect_right(xs, macs)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return y0 + (y1 - y0) * (macs - x0) / (x1 - x0) if x1 > x0 else y1
+        return _interpolate(self._curves[name], macs)
 
-    def layer_latencies(self, counts: dict | None = None) -> dict[str, float]:
-        """Each conv's predicted latency (ms) with `counts` kept channels per group (None: unpruned)."""
+    def swap_ms(self, sid: str, kind: str, cin: int, cout: int) -> float | None:
+        """The predicted latency (ms, unscaled) of site `sid` swapped to `kind` at `cin` -> `cout` channels: the sum
+        of its replacement layers' curves (`swap_layers`); None where the conv stays (`keep`, or a group kind the
+        channels do not divide)."""
         if self._curves is None:
             self.build()
+        cfg = replace(self._configs[self.swap_sites[sid].conv], cin=cin, cout=cout)
+        layers = swap_layers(cfg, kind)
+        if layers == [cfg]:
+            return None
+        return sum(_interpolate(curve, c.macs()) for curve, c in zip(self._swap_curve(sid, kind), layers))
+
+    def _priced(self, counts: dict | None) -> tuple[dict[str, float], float]:
+        """({conv: predicted ms} of the table's convs and of every swapped conv (its replacement), the entries of
+        the swapped convs that pruning never changes, which `rest_ms` holds)."""
+        if self._curves is None:
+            self.build()
+        swaps = {}
         if counts and any(isinstance(k, str) and k.startswith(("depth:", "swap:")) for k in counts):
             from autoprune.depth import conv_channels
             from autoprune.swap import split_counts
 
             counts, swaps = split_counts(counts)
-            if swaps:
-                raise ValueError(f"the latency model does not price operator swaps ({len(swaps)} in these counts)")
             channels = conv_channels(self.graph, list(self.units), counts, self.element_orders)
         else:
             channels = self.graph.conv_channels(counts)
-        return {s.name: self._layer_ms(s.name, s.config(*channels[s.name]).macs()) if s.name in channels else 0.0
-                for s in self.sites}
+        layers = {s.name: self._layer_ms(s.name, s.config(*channels[s.name]).macs()) if s.name in channels else 0.0
+                  for s in self.sites}
+        taken = 0.0
+        for sid, kind in sorted(swaps.items()):
+            site = self.swap_sites.get(sid)
+            if site is None:
+                raise ValueError(f"the counts swap {sid!r}, which is no swap site of this model (`swap.find_sites`)")
+            if site.conv not in channels:
+                continue  # gone with its depth element
+            ms = self.swap_ms(sid, kind, *channels[site.conv])
+            if ms is None:
+                continue
+            if site.conv not in self._site_of:
+                taken += self._fixed_ms[site.conv]
+            layers[site.conv] = ms
+        return layers, taken
+
+    def layer_latencies(self, counts: dict | None = None) -> dict[str, float]:
+        """Each conv's predicted latency (ms) with `counts` kept channels per group (None: unpruned): the table's
+        convs, and a swapped conv priced as its replacement's layers."""
+        return self._priced(counts)[0]
 
     def predict(self, counts: dict | None = None) -> float:
-        """The predicted latency (ms) of the model keeping `counts` channels per group: the sum of its convs'
-        entries plus `rest_ms`. Microseconds; deterministic; never falls when a count rises."""
-        return self.scale * sum(self.layer_latencies(counts).values()) + self.rest_ms
+        """The predicted latency (ms) of the model keeping `counts` channels per group (with its depth plan and
+        swaps): the sum of its convs' entries plus `rest_ms`. Microseconds; deterministic; never falls when a
+        count rises (a group swap that stops dividing the channels excepted: the conv stays, as built)."""
+        layers, taken = self._priced(counts)
+        return self.scale * (sum(layers.values()) - taken) + self.rest_ms
 
     @property
     def entries_under_load(self) -> int:
@@ -366,7 +514,11 @@ class LatencyTable:
         """A short hash of the table's entries (which anchors, which values): two tables that predict alike."""
         if self._curves is None:
             self.build()
-        text = json.dumps({"curves": self._curves, "rest": self.rest_ms, "scale": self.scale}, sort_keys=True)
+        state = {"curves": self._curves, "rest": self.rest_ms, "scale": self.scale}
+        if self._swap_curves:  # a table without swaps hashes as it always has
+            state["swaps"] = {f"{sid}:{kind}": c for (sid, kind), c in self._swap_curves.items()}
+            state["fixed"] = self._fixed_ms
+        text = json.dumps(state, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -458,4 +610,4 @@ def measure_model_ms(model: nn.Module, *, imgsz: int, batch: int = 1, device="cp
                            threads=threads, protocol=protocol, cache=False).min_ms
 
 
-__all__ = ["ANCHORS", "LAYER_TIMING", "MODEL_TIMING", "LatencyTable", "LayerConfig", "measure_model_ms"]
+__all__ = ["ANCHORS", "LAYER_TIMING", "MODEL_TIMING", "LatencyTable", "LayerConfig", "measure_model_ms", "swap_layers"]

@@ -53,7 +53,7 @@ def test_prediction_is_the_sum_of_the_entries(demo):
 def test_depth_plans_remove_their_convs_from_the_prediction(demo):
     """A depth plan's removed elements cost nothing and their concat reader reads fewer channels: the prediction
     of widths + depth is the sum over the convs that remain, each at the channels it keeps; the order decides which
-    element goes. Swaps are not priced: an error, not a silent figure."""
+    element goes."""
     from autoprune.depth import conv_channels, depth_key
 
     model, graph = demo
@@ -77,8 +77,6 @@ def test_depth_plans_remove_their_convs_from_the_prediction(demo):
     wide = table.predict(plan)
     table.element_orders = {}
     assert wide > table.predict(plan)
-    with pytest.raises(ValueError, match="does not price operator swaps"):
-        table.predict({**small, "swap:3": 1})
 
 
 def test_layers_summing_to_more_than_the_model_are_scaled_down(demo):
@@ -148,3 +146,143 @@ def test_entries_measured_under_load_are_measured_again_on_a_quiet_machine(demo,
     calls.clear()
     LatencyTable(model, graph, imgsz=IMGSZ, threads=1, path=path, measure=measure, load_average=busy).build()
     assert not calls  # quiet figures are kept whatever the load later
+
+
+# -- operator swaps --------------------------------------------------------------------------------------------------
+
+SWAPS = {"3": "dws", "5": "factor", "4.m.0.cv1": "group4", "1": "group8"}  # stride-2 and stride-1 sites
+
+
+def macs_measure(module, ch, hw):
+    """1 us plus 1 ns per multiply-accumulate of the layer (run to find its output size; `hw` a side or (h, w)),
+    50 ms for the whole model: linear in MACs, so the table's interpolation between anchors is exact."""
+    import torch
+
+    if ch is None:
+        return 50.0
+    conv = module[0]
+    h, w = (hw, hw) if isinstance(hw, int) else hw
+    with torch.no_grad():
+        out = conv(torch.zeros(1, ch, h, w))
+    return 1e-3 + out.numel() * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1] * 1e-9
+
+
+def _swapped(counts, swaps=SWAPS):
+    from autoprune.swap import KINDS, swap_key
+
+    return {**counts, **{swap_key(sid): KINDS.index(kind) for sid, kind in swaps.items()}}
+
+
+def test_swap_layers_are_the_convs_swap_convs_builds(demo):
+    """`swap_layers` describes the replacement as `swap.swap_convs` builds it: the same convs (kernels, strides,
+    paddings, groups, input sizes, activations) in the same order, at full and at pruned channels."""
+    from autoprune.latency_model import _layer_configs, swap_layers
+    from autoprune.pruner import prune_to_counts
+    from autoprune.swap import swap_convs
+
+    model, graph = demo
+    small = floor_counts(graph)
+    for counts in (None, small):
+        pruned = prune_to_counts(model, counts, graph=graph) if counts else model
+        before = _layer_configs(pruned, IMGSZ)
+        for sid, kind in SWAPS.items():
+            swapped, _ = swap_convs(pruned, {sid: kind})
+            after = _layer_configs(swapped, IMGSZ)
+            built = [cfg for name, cfg in after.items() if name.startswith(f"model.{sid}.")]
+            expected = swap_layers(before[f"model.{sid}.conv"], kind)
+            assert built == expected and len(expected) == (2 if kind in ("dws", "factor") else 1), (sid, kind)
+    cfg = before["model.5.conv"]
+    assert swap_layers(cfg, "factor")[1].in_hw == (cfg.out_hw()[0], cfg.in_hw[1])  # rectangular: measured so
+    odd = LayerConfig("conv", (8, 8), 12, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1, "SiLU")
+    assert swap_layers(odd, "group8") == [odd]  # 12 -> 20 do not divide by 8: the conv stays, as swap_convs leaves it
+
+
+def test_a_swapped_conv_is_priced_by_its_replacement_layers(demo):
+    """With a swap in the counts, the site is priced by the sum of its replacement layers' entries at the
+    candidate's channels (exact here: the fake time is linear in MACs) instead of the original conv; the rest of
+    the prediction is unchanged, and it never falls when a group's count rises."""
+    from autoprune.latency_model import swap_layers
+
+    model, graph = demo
+    table = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, measure=macs_measure,
+                         swaps={sid: [kind] for sid, kind in SWAPS.items()}).build()
+    configs = {s.name: s for s in table.sites}
+    for counts in (None, floor_counts(graph), {**floor_counts(graph), "3": 48, "4.m.0.cv1": 24}):
+        plain, swapped = table.layer_latencies(counts), table.layer_latencies(_swapped(counts or {}))
+        channels = graph.conv_channels(counts)
+        for sid, kind in SWAPS.items():
+            conv = f"model.{sid}.conv"
+            layers = swap_layers(configs[conv].config(*channels[conv]), kind)
+            by_hand = sum(macs_measure(c.module(), c.cin, c.in_hw if c.in_hw[0] != c.in_hw[1] else c.in_hw[0])
+                          - table.overhead_ms for c in layers)
+            assert swapped[conv] == pytest.approx(by_hand, rel=1e-9, abs=1e-12), (sid, kind)
+            assert swapped[conv] != pytest.approx(plain[conv])
+        assert {k: v for k, v in swapped.items() if k[6:-5] not in SWAPS} == {
+            k: v for k, v in plain.items() if k[6:-5] not in SWAPS}
+        assert table.predict(_swapped(counts or {})) == pytest.approx(sum(swapped.values()) + table.rest_ms)
+        assert table.predict(_swapped(counts or {})) != pytest.approx(table.predict(counts))
+    assert table.predict() == pytest.approx(50.0)  # no swap: what the model measured end to end
+    # non-decreasing in every group's count, one group at a time from the floor up (steps of round_to)
+    counts = floor_counts(graph)
+    last = table.predict(_swapped(counts))
+    for g in graph.groups:
+        while counts[g.id] < g.size:
+            counts[g.id] = min(counts[g.id] + 8, g.size)
+            now = table.predict(_swapped(counts))
+            assert now >= last - 1e-12, (g.id, counts[g.id])
+            last = now
+    assert table.predict(_swapped(counts)) == table.predict(_swapped({}))  # every group full: the unpruned widths
+
+
+def test_a_swap_of_a_conv_pruning_never_changes_takes_its_time_out_of_the_rest(demo):
+    """A conv with no anchor curve (pruning never changes it; its time is part of `rest_ms`) swapped: its own entry
+    comes out of the prediction and its replacement's go in. A swap not given to the table is measured when first
+    priced; a site gone with its depth element costs nothing."""
+    from autoprune.depth import depth_key
+    from autoprune.latency_model import swap_layers
+
+    model, graph = demo
+    table = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, measure=macs_measure, min_channels=4096).build()
+    assert "model.3.conv" not in {s.name for s in table.sites}  # floors at full: only depth elements' convs
+    before = table.measured
+    full = table._configs["model.3.conv"]
+    ms = table.predict(_swapped({}, {"3": "dws"}))
+    assert table.measured > before  # measured on first use
+    by_hand = sum(macs_measure(c.module(), c.cin, c.in_hw[0]) - table.overhead_ms for c in swap_layers(full, "dws"))
+    original = macs_measure(full.module(), full.cin, full.in_hw[0]) - table.overhead_ms
+    assert ms == pytest.approx(50.0 - original + by_hand)
+    assert table.predict(_swapped({}, {"3": "group4"})) < table.predict()  # fewer MACs, less time here
+    gone = {depth_key("4.m"): 0, **_swapped({}, {"4.m.0.cv1": "dws"})}
+    assert table.predict(gone) == pytest.approx(table.predict({depth_key("4.m"): 0}))
+    with pytest.raises(ValueError, match="no swap site"):
+        table.predict({"swap:4": 1})  # layer 4 is a C2f
+
+
+def test_a_table_without_swaps_measures_what_it_did(demo):
+    """The entries of a table without swaps are the overhead, its convs' anchors and the model, nothing else (the
+    keys of a cache written before swaps were priced); one with swaps adds its replacement layers' entries only, and
+    predicts the same for counts without swaps."""
+    from autoprune.cost.signature import architecture_signature
+    from autoprune.latency_model import LAYER_TIMING, MODEL_TIMING, OVERHEAD, swap_layers
+
+    model, graph = demo
+    plain = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, measure=macs_measure).build()
+    keys = set(plain.cache._entries)
+    cfgs = {LayerConfig(*OVERHEAD)} | {c for s in plain.sites for c in s.anchors()}
+    expected = {plain._key("layer:" + c.key(), c.in_hw[0], LAYER_TIMING) for c in cfgs}
+    expected.add(plain._key("model:" + architecture_signature(plain.model), IMGSZ, MODEL_TIMING))
+    assert keys == expected and plain.measured == len(expected)
+    swapped = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, measure=macs_measure,
+                           swaps={sid: [kind] for sid, kind in SWAPS.items()}).build()
+    added = set(swapped.cache._entries) - keys
+    assert keys <= set(swapped.cache._entries) and swapped.measured == len(keys) + len(added)
+    sites = {s.name: s for s in plain.sites}
+    for key in added:  # each a layer of a replacement at one of its site's anchors, filed with what was timed
+        cfg = LayerConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in swapped.cache._entries[key]["layer"].items()})
+        g = {"group4": 4, "group8": 8}
+        assert any(cfg in swap_layers(LayerConfig(**{**vars(a), "cin": a.cin + (-a.cin) % g.get(kind, 1),
+                                                     "cout": a.cout + (-a.cout) % g.get(kind, 1)}), kind)
+                   for sid, kind in SWAPS.items() for a in sites[f"model.{sid}.conv"].anchors()), cfg
+    small = floor_counts(graph)
+    assert swapped.predict(small) == plain.predict(small) and swapped.fingerprint() != plain.fingerprint()
