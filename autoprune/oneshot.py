@@ -11,7 +11,7 @@ the depth units (`autoprune.depth`) also lose elements, after the widths: the re
 changes their block's output least on the calibration batches (`depth.rank_elements`; the last ones without data),
 and a GFLOPs target is met by the widths and the depth together. With `swap`, the chosen k x k Convs then become
 cheaper operators (`autoprune.swap`), fitted to the pruned convs' output on the calibration batches, and the summary
-reports each swap's relative output error before finetuning; a GFLOPs target counts them too. It returns a
+reports each swap's relative output error before finetuning; a GFLOPs or latency target counts them too. It returns a
 `OneShot`: the summary `autoprune prune --json` prints, the pruned model, and where it was saved.
 
 Example:
@@ -158,7 +158,7 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         orders = rank_elements(loaded.model, batches)
     latency = None
     if s.target_latency_ms is not None:
-        plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, s, depth, orders)
+        plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, s, depth, orders, swaps)
         if latency.get("load_note"):
             warnings.append(latency["load_note"])
             if warn is not None:
@@ -292,9 +292,6 @@ def _swap_plan(model, s: OneShotSettings) -> dict[str, str]:
     """{conv id: swap kind} of `s.swap` (`swap.parse_spec`), {} without it."""
     if not s.swap:
         return {}
-    if s.target_latency_ms is not None:
-        raise UserError("--swap does not combine with --target-latency-ms yet (the latency model prices widths "
-                        "and depth, not swapped operators); use --keep or --target-gflops")
     from autoprune.swap import parse_spec
 
     return parse_spec(s.swap, model)
@@ -346,22 +343,26 @@ def _plan_within(model, graph, target: float, full: float, scores, s: OneShotSet
 
 
 def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, depth: dict | None = None,
-                         orders: dict | None = None):
+                         orders: dict | None = None, swaps: dict | None = None):
     """(plan, latency summary): the largest plan of the strategy whose predicted latency, with the `depth` plan
-    ({unit id: kept}, elements chosen by `orders`) applied too, is at most the target (`strategies.plan_within`
-    bisecting on the latency model, `latency_model.LatencyTable`)."""
+    ({unit id: kept}, elements chosen by `orders`) and the `swaps` ({conv id: kind}) applied too, is at most the
+    target (`strategies.plan_within` bisecting the widths on the latency model, `latency_model.LatencyTable`, the
+    depth and the swaps fixed)."""
     from autoprune.depth import depth_key
     from autoprune.latency_model import LatencyTable
     from autoprune.runs import RUNS_ROOT
     from autoprune.strategies import floor_counts, plan_within
+    from autoprune.swap import KINDS, swap_key
 
     target = s.target_latency_ms
+    swaps = swaps or {}
     table = LatencyTable(model, graph, imgsz=imgsz, batch=s.latency_batch, device=s.device,
                          backend=s.latency_backend, precision=s.latency_precision,
                          path=RUNS_ROOT / "latency_lut.json", round_to=s.round_to,
-                         min_channels=s.min_channels).build()
+                         min_channels=s.min_channels, swaps={sid: [kind] for sid, kind in swaps.items()}).build()
     table.element_orders = dict(orders or {})
     kept = {depth_key(u): k for u, k in (depth or {}).items()}
+    kept.update({swap_key(sid): KINDS.index(kind) for sid, kind in swaps.items()})
 
     def predict(counts=None):
         return table.predict({**(counts or {}), **kept})

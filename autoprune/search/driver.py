@@ -92,11 +92,6 @@ class Search:
         require_task(self.loaded, "search")
         self.graph = analyze(self.loaded.model, imgsz=s.imgsz)
         self.space = load_space(s.space, self.graph, self.loaded.model)
-        if self.space.swap_genes and (s.budget_latency_ms is not None or s.latency_model == "predicted"):
-            what = "--budget-latency-ms" if s.budget_latency_ms is not None else "--latency-model predicted"
-            raise UserError(f"search space {self.space.name!r} has swap genes, and {what} prices candidates with "
-                            "the latency model, which prices widths and depth but not swapped operators: use "
-                            "--budget-gflops with the default --latency-model measured, or a space without swaps")
         self.data = load_data_config(s.data)
         check_task(self.data, self.loaded.task, keypoint_shape(self.loaded.model))  # e.g. a segment model: polygons
         nc = head_classes(self.loaded.model)

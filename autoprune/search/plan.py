@@ -44,10 +44,12 @@ def latency_table(search):
 
     s = search.settings
     search.log(f"latency model: {s.latency_backend} at {s.imgsz}, batch {s.latency_batch} (measured once, cached)...")
+    # every kind the space's swap genes can choose, at every conv they drive: measured with the rest
+    swaps = {sid: [k for k in g.choices if k != "keep"] for g in search.space.swap_genes for sid in g.units}
     table = LatencyTable(search.loaded.model, search.graph, imgsz=s.imgsz, batch=s.latency_batch,
                          device=search.device, backend=s.latency_backend, precision=search.latency_precision,
                          path=RUNS_ROOT / "latency_lut.json", round_to=search.space.round_to,
-                         min_channels=search.space.min_channels).build()
+                         min_channels=search.space.min_channels, swaps=swaps).build()
     table.element_orders = search.space.element_orders  # the same dict: depth genes remove the same elements
     note = table.load_note()
     if note:

@@ -30,8 +30,9 @@ def fake_layer(module, ch, hw) -> float:
     if ch is None:
         return MS_PER_GFLOP * count_gflops(module, hw)
     conv = module[0]
+    h, w = (hw, hw) if isinstance(hw, int) else hw  # (h, w): a swap's 1 x k layer after a stride
     with torch.no_grad():
-        out = conv(torch.zeros(1, ch, hw, hw))
+        out = conv(torch.zeros(1, ch, h, w))
     return MS_PER_GFLOP * 2 * conv.weight.numel() * out.shape[-1] * out.shape[-2] / 1e9
 
 
@@ -98,6 +99,41 @@ def test_predicted_search_times_only_the_final_front(capsys, monkeypatch, tmp_pa
     assert summary["recommended"]["latency_ms"] != summary["recommended"]["latency_predicted_ms"]
     table = format_front_table(study_info(study))
     assert "latency predicted -> measured end to end after the search: trial" in table
+
+
+def test_a_predicted_candidate_with_swaps_is_priced_by_the_table(monkeypatch, tmp_path):
+    """With swap genes, the search's latency model measures every kind its swap genes can choose when it is built,
+    and a candidate's predicted latency prices its swaps (another swap choice measures nothing more)."""
+    from types import SimpleNamespace
+
+    import autoprune.latency_model as lut
+    from autoprune.channels import analyze
+    from autoprune.demo import demo_model_path
+    from autoprune.models import load_model
+    from autoprune.search.latency import candidate_latency
+    from autoprune.space import load_space
+
+    monkeypatch.chdir(tmp_path)  # runs/latency_lut.json
+    original = lut.LatencyTable.__init__
+    monkeypatch.setattr(lut.LatencyTable, "__init__",
+                        lambda self, *a, **kw: original(self, *a, **{**kw, "measure": fake_layer}))
+    model = load_model(str(demo_model_path())).model
+    graph = analyze(model, imgsz=64)
+    space = load_space("yolov8-ops", graph, model)
+    settings = SimpleNamespace(latency_model="predicted", latency_backend="onnxruntime", latency_batch=1, imgsz=64)
+    search = SimpleNamespace(settings=settings, loaded=SimpleNamespace(model=model), graph=graph, space=space,
+                             device="cpu", latency_precision="fp32", log=lambda *a: None)
+    genome = space.uniform(0.5)
+    widths = space.counts(genome)
+    lows = {g.name: g.low for g in space.swap_genes}  # every swap at its first choice (dws on the stride-2 convs)
+    swapped = space.counts({**genome, **lows})
+    lat = candidate_latency(search, None, swapped)
+    table = search.latency_table
+    assert table.swaps == {sid: tuple(k for k in g.choices if k != "keep") for g in space.swap_genes for sid in g.units}
+    assert lat.median_ms == table.predict(swapped) != table.predict(widths)
+    measured = table.measured
+    other = space.counts({**genome, **{g.name: g.high - 1 for g in space.swap_genes}})
+    assert table.predict(other) not in (table.predict(widths), lat.median_ms) and table.measured == measured
 
 
 class _Search:

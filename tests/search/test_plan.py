@@ -22,8 +22,9 @@ def _gflops(model, ch, hw) -> float:
     if ch is None:
         return count_gflops(model, hw)
     conv = model[0]
+    h, w = (hw, hw) if isinstance(hw, int) else hw  # (h, w): a swap's 1 x k layer after a stride
     with torch.no_grad():
-        out = conv(torch.zeros(1, ch, hw, hw))
+        out = conv(torch.zeros(1, ch, h, w))
     return 2 * conv.weight.numel() * out.shape[-1] * out.shape[-2] / 1e9
 
 
@@ -136,14 +137,46 @@ def test_prune_target_latency_with_depth_prices_the_removed_elements(capsys, fak
     assert json.loads(out)["latency"]["after_ms"] == pytest.approx(ms, rel=0.05)
 
 
-def test_swap_genes_with_a_latency_budget_are_one_error_line(capsys, fake_timing):
-    """The latency model does not price swapped operators: a space with swap genes and a latency budget (or the
-    predicted latency objective) is refused before anything is written."""
-    for flags in (("--budget-latency-ms", "5"), ("--budget-gflops", "0.1", "--latency-model", "predicted")):
-        code, _, err = run_cli(capsys, "search", *map(str, FAST_SEARCH), *flags, "--space", "yolov8-ops",
-                               "--trials", "1")
-        assert_user_error(code, err, "search space 'yolov8-ops' has swap genes")
-    assert not list(fake_timing.rglob("*.db"))
+def test_prune_target_latency_with_swaps_prices_the_replacements(capsys, fake_timing):
+    """--swap with --target-latency-ms: the latency model prices the swapped convs by their replacement layers, so
+    the pruned, swapped model lands within the target (and the widths fill what the swaps saved)."""
+    target = 0.5 * _unpruned_ms()
+    out_pt = fake_timing / "s.pt"
+    code, out, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}",
+                             "--swap", "dws:3,5", "--latency-backend", "onnxruntime", "--out", str(out_pt), "--json",
+                             "--calib-batches", "1", *FAST_PRUNE)
+    assert code == 0, err
+    from autoprune.models import load_model
+
+    r = json.loads(out)
+    model = load_model(str(out_pt)).model
+    assert type(model.model[3]).__name__ == type(model.model[5]).__name__ == "Sequential"  # swapped to DWConv + 1x1
+    assert sorted(r["swaps"]["convs"]) == ["3", "5"]
+    assert r["latency"]["after_ms"] <= target
+    ms = fake_latency(model, imgsz=IMGSZ).median_ms
+    assert 0.8 * target < ms <= target * 1.02
+    assert r["latency"]["after_ms"] == pytest.approx(ms, rel=0.05)
+
+
+@pytest.mark.slow
+def test_search_with_swap_genes_and_predicted_latency_runs(capsys, fake_timing):
+    """A space with swap genes takes --latency-model predicted and a latency budget: the latency model measures
+    every kind the swap genes can choose, and each candidate's predicted latency is the model's swapped one."""
+    from autoprune.search import records as R
+
+    budget = 0.8 * _unpruned_ms()
+    code, out, err = run_cli(capsys, "search", *map(str, FAST_SEARCH), "--budget-latency-ms", f"{budget:.4f}",
+                             "--latency-model", "predicted", "--space", "yolov8-ops", "--trials", "5",
+                             "--population", "4", "--json")
+    assert code == 0, err
+    import optuna
+
+    r = json.loads(out)
+    study = optuna.load_study(study_name=r["name"], storage=r["storage"])
+    done = [t for t in study.trials if R.LATENCY_PREDICTED_MS in t.user_attrs]
+    assert done and all(t.user_attrs[R.LATENCY_PREDICTED_MS] <= budget * (1 + 1e-6) for t in done)
+    swapped = [t for t in done if any(k.startswith("swap:") and v for k, v in t.user_attrs[R.KEPT_CHANNELS].items())]
+    assert swapped, "no evaluated trial swapped a conv"
 
 
 def test_a_latency_model_measured_under_load_is_one_warning_line(capsys, fake_timing, monkeypatch):
