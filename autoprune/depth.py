@@ -306,7 +306,7 @@ def conv_gflops(graph, channels: Mapping[str, tuple[int, int]], imgsz: int | Non
     for name, (cin, cout) in channels.items():
         info = graph.convs[name]
         per_output = 1 if info.depthwise else cin // info.groups
-        total += conv_flops(cout, per_output, info.kernel, info.out_pixels)
+        total += conv_flops(cout, per_output, info.kernel, info.positions)
     return total * scale / 1e9
 
 

@@ -4,7 +4,8 @@ An importance is one call, `criterion(ctx, group) -> [scores per part]`: a tenso
 of the group, higher meaning more important. Which channels survive is then the top-k of each part.
 
 Scores combine every member of a group: the output rows of its producers, their BatchNorm gammas and the input
-columns of its consumers. Removing channel k of a part removes all of them at once.
+columns of its consumers (a transposed conv's weight, stored (in, out, kh, kw), is read as (out, in, kh, kw):
+`conv_layout`). Removing channel k of a part removes all of them at once.
 
 The criteria, and what their scores mean across groups (what the `global` strategy thresholds; see
 `autoprune.strategies`):
@@ -79,43 +80,46 @@ class ScoringContext:
         """Yield `(kind, module path, weights)` for every member of a part, channel dimension first.
 
         kind is "out" (a producer's output rows, depthwise included), "in" (a consumer's input columns) or "bn"
-        (a producer's BatchNorm gamma). "in" weights are a transposed view: reduce them with `channel_norms`,
-        which does not copy.
+        (a producer's BatchNorm gamma). "in" weights, and a transposed conv's "out" weights, are transposed views:
+        reduce them with `channel_norms`, which does not copy.
         """
-        part = self.graph.parts[part_index]
-        n = part.size
-        for pi in part.producers:
-            p = self.graph.producers[pi]
-            conv = self.modules[p.conv]
-            yield "out", p.conv, conv.weight.detach()[p.offset : p.offset + n]
-            if p.bn is not None:
-                yield "bn", p.bn, self.modules[p.bn].weight.detach()[p.offset : p.offset + n]
-        for c in part.consumers:
-            conv = self.modules[c.conv]
-            yield "in", c.conv, conv.weight.detach()[:, c.offset : c.offset + n].transpose(0, 1)
+        for kind, path, w, _ in self.members_with(part_index, {}):
+            yield kind, path, w
 
-    def members_with(self, part_index: int, store: dict[str, torch.Tensor]):
+    def members_with(self, part_index: int, store: dict[str, torch.Tensor], *, as_weights: bool = True):
         """Like `members`, with each member's slice of a per-parameter tensor: `(kind, path, weights, data)`.
 
         `store` maps parameter paths (`model.2.cv1.conv.weight`) to tensors shaped like the parameter, e.g.
         `self.grads` or `self.extra["fisher"]`; `data` is sliced and viewed exactly like `weights` (None when the
-        parameter is absent from `store`).
+        parameter is absent from `store`). With `as_weights=False` the tensors are laid out output channels first,
+        input channels second whatever the layer (`taylor_terms`), and are not turned like a transposed conv's.
         """
         part = self.graph.parts[part_index]
         n = part.size
+
+        def weight(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """The layer's weight and its store entry, both output channels first."""
+            layer, t = self.modules[path], store.get(f"{path}.weight")
+            return conv_layout(layer, layer.weight.detach()), t if t is None or not as_weights else conv_layout(layer, t)
+
         for pi in part.producers:
             p = self.graph.producers[pi]
-            t = store.get(f"{p.conv}.weight")
-            yield "out", p.conv, self.modules[p.conv].weight.detach()[p.offset : p.offset + n], \
-                None if t is None else t[p.offset : p.offset + n]
+            w, t = weight(p.conv)
+            yield "out", p.conv, w[p.offset : p.offset + n], None if t is None else t[p.offset : p.offset + n]
             if p.bn is not None:
                 t = store.get(f"{p.bn}.weight")
                 yield "bn", p.bn, self.modules[p.bn].weight.detach()[p.offset : p.offset + n], \
                     None if t is None else t[p.offset : p.offset + n]
         for c in part.consumers:
-            t = store.get(f"{c.conv}.weight")
-            w = self.modules[c.conv].weight.detach()[:, c.offset : c.offset + n].transpose(0, 1)
-            yield "in", c.conv, w, None if t is None else t[:, c.offset : c.offset + n].transpose(0, 1)
+            w, t = weight(c.conv)
+            yield "in", c.conv, w[:, c.offset : c.offset + n].transpose(0, 1), \
+                None if t is None else t[:, c.offset : c.offset + n].transpose(0, 1)
+
+
+def conv_layout(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """`t`, a layer's weight or a tensor shaped like it, with output channels first and input channels second: a
+    transposed conv's (in, out, kh, kw) is viewed as (out, in, kh, kw); any other weight is returned as it is."""
+    return t.transpose(0, 1) if isinstance(layer, nn.ConvTranspose2d) else t
 
 
 def channel_norms(w: torch.Tensor, p: int) -> torch.Tensor:
@@ -261,7 +265,8 @@ def taylor(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
     out = []
     for pi in group.parts:
         total = None
-        for (kind, path, _, r), (_, _, _, c) in zip(ctx.members_with(pi, rows), ctx.members_with(pi, cols)):
+        for (kind, path, _, r), (_, _, _, c) in zip(ctx.members_with(pi, rows, as_weights=False),
+                                                    ctx.members_with(pi, cols, as_weights=False)):
             t = c if kind == "in" else r
             if t is None:
                 raise KeyError(f"no gradient for {path}.weight; accumulate_gradients on this very model")
@@ -273,10 +278,11 @@ def taylor(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
 def taylor_terms(modules: dict[str, nn.Module], batch_grads: Iterable[dict[str, torch.Tensor]]) -> dict[str, dict]:
     """Per-batch sums of w * g over each weight's output rows and input columns, for `taylor`.
 
-    `{"rows": {path.weight: [out_channels, batches]}, "cols": {path.weight: [batches, in_channels]}}`, laid out so
-    that `ScoringContext.members_with` slices them like the weights ("out"/"bn" members read rows, "in" members
-    read cols). `batch_grads` yields one gradient dict per batch (parameter path -> gradient shaped like it), and is
-    read once: `accumulate_gradients` hands it each batch's gradients as they come.
+    `{"rows": {path.weight: [out_channels, batches]}, "cols": {path.weight: [batches, in_channels]}}` (a transposed
+    conv's too: `conv_layout`), laid out so that `ScoringContext.members_with(..., as_weights=False)` slices them
+    like the weights ("out"/"bn" members read rows, "in" members read cols). `batch_grads` yields one gradient dict
+    per batch (parameter path -> gradient shaped like it), and is read once: `accumulate_gradients` hands it each
+    batch's gradients as they come.
     """
     rows: dict[str, list] = {}
     cols: dict[str, list] = {}
@@ -285,7 +291,7 @@ def taylor_terms(modules: dict[str, nn.Module], batch_grads: Iterable[dict[str, 
             mod, _, leaf = name.rpartition(".")
             if leaf != "weight" or mod not in modules:
                 continue
-            wg = modules[mod].weight.detach().float().cpu() * g.float().cpu()
+            wg = conv_layout(modules[mod], modules[mod].weight.detach().float().cpu() * g.float().cpu())
             rows.setdefault(name, []).append(wg.reshape(wg.shape[0], -1).sum(1))
             if wg.dim() >= 2:
                 cols.setdefault(name, []).append(wg.transpose(0, 1).reshape(wg.shape[1], -1).sum(1))

@@ -1,12 +1,16 @@
 """Structural pruning: a keep ratio per channel group in, a physically smaller model of stock classes out.
 
 The pruned model is made of the same Ultralytics modules as the original (`Conv`, `C2f`, `Detect`, ...) with smaller
-`nn.Conv2d` and `nn.BatchNorm2d` inside, so it saves as a normal Ultralytics checkpoint and loads without autoprune.
+`nn.Conv2d`, `nn.ConvTranspose2d` and `nn.BatchNorm2d` inside, so it saves as a normal Ultralytics checkpoint and
+loads without autoprune. A transposed conv's weight is (in, out, kh, kw): its input channels are sliced on the first
+dimension, its output channels on the second.
 
 A removed channel is not zero: after BN and activation it emits the constant `act(beta)` (exactly so when its BN
 gamma is 0). That constant is folded into every consumer, into the BN running mean that follows it (or its bias), so
 pruning channels whose gamma is 0 leaves the output unchanged: exactly for 1x1 consumers, and up to the zero-padded
-border for larger kernels.
+border for larger kernels. A transposed conv turns a constant input into a pattern that repeats every stride (the
+kernel, tiled), which no bias can hold: its mean is folded, and the output is unchanged only where the removed
+channels' kernels are flat.
 """
 
 from __future__ import annotations
@@ -263,8 +267,7 @@ def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, l
         for c in part.consumers:
             const = sum(_constant(graph, modules, constants, s)[rm] for s in c.sources)
             if isinstance(const, torch.Tensor) and const.abs().max() > 0:
-                w = modules[c.conv].weight.detach().float()[:, c.offset + rm]
-                w = w.sum((2, 3)) if w.dim() == 4 else w  # (out, removed); Classify's nn.Linear is 2-D already
+                w = _constant_response(modules[c.conv], c.offset + rm)
                 delta[c.conv] = delta[c.conv] + w @ const if c.conv in delta else w @ const
 
     masks = conv_masks(graph, indices)
@@ -310,6 +313,21 @@ def _constant(graph, modules, cache, prod_index: int) -> torch.Tensor:
     return cache[prod_index]
 
 
+def _constant_response(layer: nn.Module, cols: torch.Tensor) -> torch.Tensor:
+    """(out, len(cols)): what a constant 1 on input channels `cols` adds to each output channel of `layer`.
+
+    A conv's kernel sum (exact away from the zero-padded border); a linear layer's (Classify's) weight columns; for a
+    transposed conv, the mean of the pattern the constant makes (its kernel tiled every stride): the kernel's sum over
+    the stride's area, the pattern's exact mean when kernel == stride without padding, as Ultralytics' upsampling is.
+    """
+    w = layer.weight.detach().float()
+    if isinstance(layer, nn.ConvTranspose2d):  # weight (in, out, kh, kw)
+        sh, sw = layer.stride
+        return w[cols].sum((2, 3)).T / (sh * sw)
+    w = w[:, cols]
+    return w.sum((2, 3)) if w.dim() == 4 else w
+
+
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, delta: torch.Tensor) -> None:
     """The removed inputs contributed `delta` to each output: move it into the BN mean, or into the bias."""
     with torch.no_grad():
@@ -327,10 +345,14 @@ def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(t.contiguous(), requires_grad=like.requires_grad)
 
 
-def _slice_conv(conv: nn.Conv2d | nn.Linear, out_mask: torch.Tensor, in_mask: torch.Tensor) -> None:
+def _slice_conv(conv: nn.Conv2d | nn.ConvTranspose2d | nn.Linear, out_mask: torch.Tensor,
+                in_mask: torch.Tensor) -> None:
     if getattr(conv, "groups", 1) != 1:
         raise AssertionError(f"grouped conv {conv} reached the dense slicer")
-    w = conv.weight.data[out_mask][:, in_mask]
+    if isinstance(conv, nn.ConvTranspose2d):  # weight (in, out, kh, kw)
+        w = conv.weight.data[in_mask][:, out_mask]
+    else:
+        w = conv.weight.data[out_mask][:, in_mask]
     conv.weight = _param(w, conv.weight)
     if conv.bias is not None:
         conv.bias = _param(conv.bias.data[out_mask], conv.bias)

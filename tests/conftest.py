@@ -161,6 +161,38 @@ def randomize_bn(model, seed: int = 0) -> None:
             m.running_var = torch.rand(n, generator=g) + 0.5
 
 
+def make_removed_channels_constant(model, graph, indices) -> None:
+    """Make every channel `indices` removes (`autoprune.pruner.apply_indices`' argument) emit a constant, whose removal
+    the pruner's folding must then make invisible: BN gamma 0 for a producer with a BatchNorm, zero weights for one
+    without (it emits its bias). A transposed conv reading removed channels gets flat kernels on them (each tap their
+    mean): through a kernel that varies, a constant input becomes a pattern repeating every stride, of which the
+    pruner can fold only the mean."""
+    import torch
+
+    from autoprune.importance import conv_layout
+
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for gid, per_part in indices.items():
+        group = graph.group(gid)
+        for pi, kept in zip(group.parts, per_part):
+            part = graph.parts[pi]
+            removed = torch.ones(part.size, dtype=torch.bool)
+            removed[kept] = False
+            rm = removed.nonzero().flatten()
+            for prod in part.producers:
+                p = graph.producers[prod]
+                if p.bn is not None:
+                    modules[p.bn].weight.data[p.offset + rm] = 0.0
+                elif not p.depthwise:
+                    conv = modules[p.conv]
+                    conv_layout(conv, conv.weight.data)[p.offset + rm] = 0.0
+            for c in part.consumers:
+                conv = modules[c.conv]
+                if isinstance(conv, torch.nn.ConvTranspose2d):
+                    w = conv.weight.data  # (in, out, kh, kw)
+                    w[c.offset + rm] = w[c.offset + rm].mean((2, 3), keepdim=True)
+
+
 def run_cli(capsys, *argv):
     """Run `autoprune ARGV...` in process; (exit code, stdout, stderr)."""
     from autoprune.cli import main

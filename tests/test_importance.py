@@ -212,6 +212,45 @@ def test_every_criterion_is_deterministic_and_scores_every_part(criterion, batch
         assert all(torch.equal(x, y) for x, y in zip(a[g.id], b[g.id]))
 
 
+def test_every_criterion_scores_a_transposed_convs_channels_on_its_own_dimensions():
+    """Proto's upsampling is an nn.ConvTranspose2d, weight (in, out, kh, kw): channels whose rows, columns, gammas
+    and bias are all zero, in the group it produces (dim 1) and in the group it reads (dim 0), score 0 by every
+    magnitude and data criterion, and a prune keeps exactly the others, sliced on the right dimensions."""
+    from ultralytics.nn.tasks import SegmentationModel
+
+    torch.manual_seed(0)
+    model = SegmentationModel("yolov8n-seg.yaml", verbose=False).eval()
+    randomize_bn(model)
+    graph = analyze(model, imgsz=64)
+    proto = model.model[-1].proto
+    up = f"model.{len(model.model) - 1}.proto.upsample"
+    out_group = next(g for g in graph.groups if up in g.producers)
+    in_group = next(g for g in graph.groups if up in g.consumers)
+    n = out_group.size
+    weak = {out_group.id: torch.arange(0, n, 2), in_group.id: torch.arange(n // 2)}  # other channels on each side
+    strong = {gid: torch.tensor([i for i in range(n) if i not in w.tolist()]) for gid, w in weak.items()}
+    with torch.no_grad():
+        proto.upsample.weight[:, weak[out_group.id]] = 0
+        proto.upsample.bias[weak[out_group.id]] = 0
+        proto.cv2.conv.weight[:, weak[out_group.id]] = 0
+        proto.cv1.conv.weight[weak[in_group.id]] = 0
+        proto.cv1.bn.weight[weak[in_group.id]] = 0
+        proto.upsample.weight[weak[in_group.id]] = 0
+    ctx = _ctx_with(model, graph, lambda name, p: torch.ones_like(p))
+    for criterion in sorted(CRITERIA):
+        for group in (out_group, in_group):
+            (scores,) = CRITERIA[criterion](ctx, group)
+            assert scores.shape == (group.size,) and torch.isfinite(scores).all() and (scores >= 0).all()
+            if criterion not in ("fpgm", "random"):
+                assert torch.all(scores[weak[group.id]] == 0), (criterion, group.id)
+                assert torch.all(scores[strong[group.id]] > 0), (criterion, group.id)
+    pruned = prune_to_counts(model, {gid: len(s) for gid, s in strong.items()}, graph=graph,
+                             ranking=rank_channels(model, graph, "l1"))
+    small = pruned.model[-1].proto.upsample
+    assert torch.equal(small.weight, proto.upsample.weight[strong[in_group.id]][:, strong[out_group.id]])
+    assert torch.equal(small.bias, proto.upsample.bias[strong[out_group.id]])
+
+
 @pytest.mark.parametrize("criterion", ["taylor", "hessian"])
 def test_a_data_criterion_without_data_is_a_user_error(criterion):
     model = build_synthetic(SYNTH_C2F)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import SYNTH_C2F, build_synthetic, randomize_bn
+from conftest import SYNTH_C2F, build_synthetic, make_removed_channels_constant, randomize_bn
 
 from autoprune.channels import analyze
 from autoprune.errors import UserError
@@ -30,6 +30,7 @@ SUPPORTED = [
     "yolo26n.yaml",
     "yolov8n-ghost.yaml",
     "yolov9t.yaml",
+    "yolov6n.yaml",
 ]
 
 X = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -65,6 +66,18 @@ def test_keep_half_shrinks_flops_and_keeps_output_shapes(name, built):
     after = analyze(pruned).conv_gflops()
     assert after <= 0.6 * graph.conv_gflops(), f"GFLOPs fell only to {after / graph.conv_gflops():.0%}"
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_yolov6_transposed_upsampling_prunes_both_ways(built):
+    """YOLOv6's nn.ConvTranspose2d upsampling layers lose input and output channels (weight (in, out, kh, kw))."""
+    model, graph, pruned = built("yolov6n.yaml")
+    assert not graph.fixed_blocks
+    ups = [i for i, m in enumerate(model.model) if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(ups) == 2
+    for i in ups:
+        a, b = model.model[i], pruned.model[i]
+        assert b.in_channels < a.in_channels and b.out_channels < a.out_channels
+        assert b.weight.shape == (b.in_channels, b.out_channels, *a.kernel_size) and b.bias.shape == (b.out_channels,)
 
 
 def _detection_yamls() -> list[tuple[str, dict]]:
@@ -236,7 +249,7 @@ def test_removing_gamma_zero_channels_leaves_every_family_unchanged(name, cfg):
     graph = analyze(model, imgsz=64)
     assert graph.groups, f"{name}: nothing to prune"
     indices = _random_half(graph, graph.groups)
-    _zero_removed_gammas(model, graph, indices)
+    make_removed_channels_constant(model, graph, indices)
     pruned = apply_indices(model, graph, indices)
     assert analyze(pruned, imgsz=64).conv_gflops() < 0.95 * graph.conv_gflops()
     for m in (model, pruned):
@@ -292,21 +305,6 @@ def test_save_and_reload_without_autoprune_gives_the_same_outputs(built, tmp_pat
         assert (outs[i] - full).abs().max() <= 2e-2 * scale, name  # FP16 storage error only
 
 
-def _zero_removed_gammas(model, graph, indices):
-    modules = dict(model.named_modules(remove_duplicate=False))
-    for gid, per_part in indices.items():
-        group = graph.group(gid)
-        for pi, kept in zip(group.parts, per_part):
-            part = graph.parts[pi]
-            removed = torch.ones(part.size, dtype=torch.bool)
-            removed[kept] = False
-            rm = removed.nonzero().flatten()
-            for prod in part.producers:
-                p = graph.producers[prod]
-                if p.bn is not None:
-                    modules[p.bn].weight.data[p.offset + rm] = 0.0
-
-
 def _random_half(graph, groups, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {gr.id: [torch.randperm(gr.size, generator=g)[: gr.size // 2].sort().values for _ in gr.parts] for gr in groups}
@@ -322,7 +320,7 @@ def test_gamma_zero_channels_prune_exactly_when_consumers_are_1x1(name, built):
     ]
     assert len(one_by_one) >= 10
     indices = _random_half(graph, one_by_one)
-    _zero_removed_gammas(model, graph, indices)
+    make_removed_channels_constant(model, graph, indices)
     pruned = apply_indices(model, graph, indices)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     ref, got = _out(model, x), _out(pruned, x)
@@ -335,7 +333,7 @@ def test_gamma_zero_channels_prune_exactly_up_to_the_border_for_3x3_consumers():
     graph = analyze(model)
     group = graph.group("1.m.0.cv1")  # consumed by the bottleneck's 3x3 cv2
     indices = _random_half(graph, [group])
-    _zero_removed_gammas(model, graph, indices)
+    make_removed_channels_constant(model, graph, indices)
     pruned = apply_indices(model, graph, indices)
 
     def consumer_output(m):
@@ -359,7 +357,7 @@ def test_folding_beats_plain_removal_on_a_whole_model(built):
     model = copy.deepcopy(model)
     randomize_bn(model)
     indices = _random_half(graph, graph.groups)
-    _zero_removed_gammas(model, graph, indices)
+    make_removed_channels_constant(model, graph, indices)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     ref = _out(model, x)
     folded = (_out(apply_indices(model, graph, indices), x) - ref).abs().mean()

@@ -1,6 +1,7 @@
 """The channel rules of Ultralytics' own blocks: how channels couple through each of them.
 
-Here: Conv (plain, depthwise; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f, C3, SPP, SPPF, A2C2f
+Here: Conv (plain, depthwise; grouped ones are kept whole), transposed convs (`nn.ConvTranspose2d` and Ultralytics'
+`ConvTranspose`, groups 1; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f, C3, SPP, SPPF, A2C2f
 and Detect, with C2PSA/PSA's attention kept whole, and the channel-wise torch layers (upsampling, max pooling, zero
 padding). The rules of YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown, AConv, SPPELAN), YOLOv10 (SCDown, CIB,
 RepVGGDW), Ghost (GhostConv, GhostBottleneck) and YOLO12's area attention (AAttn, ABlock) are in
@@ -42,6 +43,29 @@ def _plain_conv(tr: Tracer, path: str, m: nn.Conv2d, x: Sym) -> Sym:
         return tr.boundary(path, m, x)
     tr.consume(path, x)
     return tr.produce(path, None, None, m.out_channels)
+
+
+def _transposed(tr: Tracer, path: str, m: nn.Module, conv_path: str, bn: str | None, act: str | None, x: Sym) -> Sym:
+    """The transposed conv at `conv_path` (block `m` at `path`) consumes `x` and produces a new part, as a conv does;
+    its weight is (in, out, kh, kw), which the pruner and the criteria read the other way round."""
+    conv = tr.modules.get(conv_path)
+    if not isinstance(conv, nn.ConvTranspose2d) or _width(x) != conv.in_channels:
+        return tr.boundary(path, m, x)
+    if conv.groups != 1:
+        return tr.boundary(path, m, x, "a grouped transposed conv ties channels across its groups")
+    tr.consume(conv_path, x)
+    return tr.produce(conv_path, bn, act, conv.out_channels)
+
+
+def _plain_transposed(tr: Tracer, path: str, m: nn.ConvTranspose2d, x: Sym) -> Sym:
+    return _transposed(tr, path, m, path, None, None, x)
+
+
+def _conv_transpose(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
+    """Ultralytics' ConvTranspose: transposed conv, BatchNorm (an Identity when bn=False, gone once fused), act."""
+    bn = f"{path}.bn" if isinstance(getattr(m, "bn", None), nn.BatchNorm2d) else None
+    act = f"{path}.act" if isinstance(getattr(m, "act", None), nn.Module) else None
+    return _transposed(tr, path, m, f"{path}.conv_transpose", bn, act, x)
 
 
 def _passthrough(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
@@ -167,12 +191,14 @@ def handlers() -> list[tuple[type, Handler]]:
     return [
         (nn.Sequential, _sequential),
         (nn.Conv2d, _plain_conv),
+        (nn.ConvTranspose2d, _plain_transposed),
         (nn.Upsample, _passthrough),
         (nn.MaxPool2d, _passthrough),
         (nn.ZeroPad2d, _passthrough),  # a constant channel is folded exactly away from the border, as for convs
         (nn.Identity, _passthrough),
         (nn.Dropout, _passthrough),
         (conv.Conv, _conv),
+        (conv.ConvTranspose, _conv_transpose),
         (conv.Concat, _concat),
         (block.Bottleneck, _bottleneck),
         (block.C1, _c1),

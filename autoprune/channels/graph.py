@@ -43,7 +43,16 @@ class Producer:
     @property
     def block(self) -> str:
         """The path of the block that owns the conv (`model.2.cv1` for `model.2.cv1.conv`)."""
-        return self.conv.rsplit(".", 1)[0] if self.conv.endswith(".conv") else self.conv
+        return block_of(self.conv)
+
+
+def block_of(conv: str) -> str:
+    """The path of the Ultralytics block around a conv: `model.2.cv1` for `model.2.cv1.conv`, `model.11` for a
+    `ConvTranspose`'s `model.11.conv_transpose`; a bare torch conv is its own block."""
+    for leaf in (".conv", ".conv_transpose"):
+        if conv.endswith(leaf):
+            return conv[: -len(leaf)]
+    return conv
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,11 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class ConvInfo:
-    """What a conv costs: its shape and output resolution at the analysis image size."""
+    """What a conv costs: its shape and resolution at the analysis image size.
+
+    A transposed conv (`transposed`, an `nn.ConvTranspose2d`) scatters every input position through its whole
+    kernel, so its weights run once per input position (`in_pixels`), where a conv's run once per output position.
+    """
 
     in_channels: int
     out_channels: int
@@ -107,10 +120,18 @@ class ConvInfo:
     kernel: int  # kh * kw
     out_pixels: int  # Hout * Wout at `ChannelGraph.imgsz`
     bias: bool
+    transposed: bool = False
+    in_pixels: int = 0  # Hin * Win at `ChannelGraph.imgsz`, recorded for a transposed conv
 
     @property
     def depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def positions(self) -> int:
+        """How many times each weight is applied: the output positions of a conv, the input positions of a
+        transposed conv (`autoprune.cost.flops.conv_macs`' positions)."""
+        return self.in_pixels if self.transposed else self.out_pixels
 
 
 @dataclass
@@ -184,7 +205,7 @@ class ChannelGraph:
         for name, (cin, cout) in self.conv_channels(counts).items():
             info = self.convs[name]
             per_output = 1 if info.depthwise else cin // info.groups  # a depthwise conv shrinks with its channels
-            total += conv_flops(cout, per_output, info.kernel, info.out_pixels)
+            total += conv_flops(cout, per_output, info.kernel, info.positions)
         return total * scale / 1e9
 
     def flops_shares(self) -> dict[str, float]:
@@ -216,7 +237,7 @@ class ChannelGraph:
                 for c in part.consumers:
                     free_in[c.conv] += part.size
         for name, info in self.convs.items():
-            macs = conv_macs(info.out_channels, info.in_channels // info.groups, info.kernel, info.out_pixels)
+            macs = conv_macs(info.out_channels, info.in_channels // info.groups, info.kernel, info.positions)
             total += macs
             if info.depthwise:
                 fixed += macs * (1 - free_out[name] / info.out_channels)

@@ -7,11 +7,12 @@ end-to-end heads. The branches' inner channels prune like Detect's; what they ou
 (`cv4_kpts`, `cv4_sigma`) that both read its last channels.
 
 Segment's `Proto` turns the first level into the prototypes: `cv1 -> upsample (ConvTranspose2d) -> cv2 -> cv3`.
-`cv2`'s channels prune; the transposed conv is kept whole (a constant input channel reaches its output as a
-pattern that repeats every stride, which no bias can absorb, so a removed channel could not be folded away), and
-`cv3`'s output (the `nm` prototypes) is fixed. Proto26 first sums the other levels, refined to the first level's
-width, into it (a residual coupling), then fuses them (`feat_fuse`) before the same chain; its training-only
-semantic branch (`semseg`) reads the summed features.
+The transposed conv prunes like a conv: its inputs with `cv1`'s channels, its outputs as a group that `cv2` reads;
+`cv2`'s channels prune too, and `cv3`'s output (the `nm` prototypes) is fixed. (A removed input channel's constant
+reaches the transposed conv's output as a pattern that repeats every stride; the pruner folds its mean into the
+bias, see `autoprune.pruner`.) Proto26 first sums the other levels, refined to the first level's width, into it (a
+residual coupling), then fuses them (`feat_fuse`) before the same chain; its training-only semantic branch
+(`semseg`) reads the summed features.
 
 Classify is `Conv -> global average pool -> Linear`: the conv's output channels prune and the linear layer's inputs
 shrink with them (a removed channel's constant passes the pool unchanged and folds into the linear bias); the class
@@ -80,12 +81,7 @@ def _segment26(tr: Tracer, path: str, m: nn.Module, x) -> Opaque:
 
 
 def _proto(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
-    y = tr.child(path, m, "cv1", x)
-    y = tr.child(path, m, "upsample", y)  # ConvTranspose2d: no rule, a fixed boundary (module docstring)
-    if f"{path}.upsample" in tr.fixed_why:
-        tr.fixed_why[f"{path}.upsample"] = (
-            "a transposed conv: a removed input channel's constant would reach its output as a pattern repeating every "
-            "stride, which no bias absorbs; Proto's cv2 and the mask branches prune")
+    y = tr.child(path, m, "upsample", tr.child(path, m, "cv1", x))  # an nn.ConvTranspose2d
     return tr.child(path, m, "cv3", tr.child(path, m, "cv2", y))
 
 

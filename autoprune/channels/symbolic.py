@@ -252,9 +252,9 @@ def handler_for(module: nn.Module) -> Handler | None:
 
 
 def _is_fused_conv(module, cls, fwd) -> bool:
-    from ultralytics.nn.modules import Conv
+    from ultralytics.nn.modules import Conv, ConvTranspose
 
-    return cls is Conv and fwd is Conv.forward_fuse and isinstance(module, Conv)
+    return cls in (Conv, ConvTranspose) and fwd is cls.forward_fuse and isinstance(module, cls)
 
 
 def install_builtin_handlers(pairs: list[tuple[type, Handler]]) -> None:

@@ -13,15 +13,20 @@ by their own rules. Custom blocks join through `register_handler`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from autoprune.channels import blocks, blocks_extra, heads
-from autoprune.channels.graph import ChannelGraph, ChannelGroup, ConvInfo
+from autoprune.channels.graph import ChannelGraph, ChannelGroup, ConvInfo, block_of
 from autoprune.channels.symbolic import Segment, Tracer, install_builtin_handlers, register_handler
 from autoprune.wrappers import detection_model
 
 __all__ = ["analyze", "register_handler"]
+
+
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)  # the layers `ChannelGraph.convs` prices, besides the consumed linear ones
 
 
 def builtin_handlers() -> list:
@@ -32,7 +37,7 @@ def builtin_handlers() -> list:
 
 
 def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], dict[str, ConvInfo]]:
-    """One real forward pass: output shape of every module, and every conv's cost at `imgsz`.
+    """One real forward pass: output shape of every module, and every conv's (and transposed conv's) cost at `imgsz`.
 
     It runs on the model itself (a copy would cost more than the pass) in eval mode without gradients, and puts back
     what the pass touches: the training flag and the anchors a Detect head caches for the last input shape. Convs
@@ -45,13 +50,14 @@ def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], d
     second_pass = False
 
     def hook(name, module):
-        def fn(_, __, out):
+        def fn(_, inp, out):
             if second_pass and name in shapes:
                 return
             if isinstance(out, torch.Tensor):
                 shapes[name] = tuple(out.shape)
-                if isinstance(module, nn.Conv2d):
+                if isinstance(module, _CONVS):
                     k = module.kernel_size[0] * module.kernel_size[1]
+                    transposed = isinstance(module, nn.ConvTranspose2d)
                     convs[name] = ConvInfo(
                         in_channels=module.in_channels,
                         out_channels=module.out_channels,
@@ -59,6 +65,8 @@ def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], d
                         kernel=k,
                         out_pixels=int(out.shape[-1] * out.shape[-2]),
                         bias=module.bias is not None,
+                        transposed=transposed,
+                        in_pixels=int(inp[0].shape[-1] * inp[0].shape[-2]) if transposed else 0,
                     )
                 elif isinstance(module, nn.Linear):  # Classify's: a 1x1 conv on one position
                     convs[name] = ConvInfo(
@@ -82,7 +90,7 @@ def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], d
             p = next(model.parameters())
             ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
             model(torch.zeros(1, ch, imgsz, imgsz, dtype=p.dtype, device=p.device))
-            if any(isinstance(m, nn.Conv2d) and n not in convs for n, m in model.named_modules()):
+            if any(isinstance(m, _CONVS) and n not in convs for n, m in model.named_modules()):
                 second_pass = True
                 model.train()
                 for m in model.modules():
@@ -127,8 +135,8 @@ def analyze(model: nn.Module, imgsz: int = 640) -> ChannelGraph:
     scale = (imgsz / probe) ** 2
     modules = dict(model.named_modules())
     convs = {  # a linear layer reads pooled features: its positions do not grow with the image
-        name: ConvInfo(c.in_channels, c.out_channels, c.groups, c.kernel,
-                       round(c.out_pixels * scale) if isinstance(modules[name], nn.Conv2d) else c.out_pixels, c.bias)
+        name: replace(c, out_pixels=round(c.out_pixels * scale), in_pixels=round(c.in_pixels * scale))
+        if isinstance(modules[name], _CONVS) else c
         for name, c in convs_small.items()
     }
     tr = Tracer(shapes, modules)
@@ -144,7 +152,7 @@ def analyze(model: nn.Module, imgsz: int = 640) -> ChannelGraph:
         outputs.append(x)
 
     consumed = {c.conv for part in tr.parts for c in part.consumers}
-    convs = {name: c for name, c in convs.items() if isinstance(modules[name], nn.Conv2d) or name in consumed}
+    convs = {name: c for name, c in convs.items() if isinstance(modules[name], _CONVS) or name in consumed}
     return _build_graph(tr, convs, imgsz)
 
 
@@ -185,7 +193,7 @@ def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int) -> ChannelG
         producer_paths = []
         for p in ps:
             producer_paths += [tr.producers[i].block for i in p.producers]
-        consumer_paths = sorted({c.conv.rsplit(".", 1)[0] if c.conv.endswith(".conv") else c.conv for p in ps for c in p.consumers})
+        consumer_paths = sorted({block_of(c.conv) for p in ps for c in p.consumers})
         name = tr.producers[first].block
         gid = name[len("model."):] if name.startswith("model.") else name
         groups.append(

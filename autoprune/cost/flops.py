@@ -3,7 +3,7 @@
 The FLOP model (Ultralytics' convention: 2 x multiply-accumulates, the thop rules behind `model.info()`):
 
 - a convolution: `conv_macs` = output channels x input channels per group x kernel elements x output positions
-  (bias not counted);
+  (input positions for a transposed convolution, which scatters each input through its kernel; bias not counted);
 - a norm (batch, group, layer, instance): `norm_macs` = 4 per element for an affine norm, 2 without affine;
 - the rest (nearest upsampling, pooling, matrix products, attention) in `_flop_handles`.
 

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import assert_user_error, randomize_bn, run_cli
+from conftest import assert_user_error, make_removed_channels_constant, randomize_bn, run_cli
 
 from autoprune.channels import analyze
 from autoprune.models import save_checkpoint
@@ -88,21 +88,6 @@ def _replicate_padding(model) -> None:
             m.padding_mode = "replicate"
 
 
-def _zero_removed_gammas(model, graph, indices) -> None:
-    modules = dict(model.named_modules(remove_duplicate=False))
-    for gid, per_part in indices.items():
-        group = graph.group(gid)
-        for pi, kept in zip(group.parts, per_part):
-            part = graph.parts[pi]
-            removed = torch.ones(part.size, dtype=torch.bool)
-            removed[kept] = False
-            rm = removed.nonzero().flatten()
-            for prod in part.producers:
-                p = graph.producers[prod]
-                if p.bn is not None:
-                    modules[p.bn].weight.data[p.offset + rm] = 0.0
-
-
 @pytest.fixture(scope="module")
 def built():
     cache = {}
@@ -132,7 +117,7 @@ def test_removing_gamma_zero_channels_leaves_the_task_outputs_unchanged(name):
     gen = torch.Generator().manual_seed(0)
     indices = {g.id: [torch.randperm(g.size, generator=gen)[: g.size // 2].sort().values for _ in g.parts]
                for g in graph.groups}
-    _zero_removed_gammas(model, graph, indices)
+    make_removed_channels_constant(model, graph, indices)
     pruned = apply_indices(model, graph, indices)
     assert analyze(pruned, imgsz=IMGSZ).conv_gflops() < 0.95 * graph.conv_gflops()
     for m in (model, pruned):
@@ -159,9 +144,50 @@ def test_keep_half_shrinks_the_model_and_keeps_every_task_output_shape(name, bui
     head, small = model.model[-1], pruned.model[-1]
     for attr in ("nc", "nm", "kpt_shape", "ne"):
         assert getattr(small, attr, None) == getattr(head, attr, None)
-    for path, cls in graph.fixed_blocks.items():  # `autoprune groups` says why each block stays whole
-        if cls == "ConvTranspose2d" and path.endswith("proto.upsample"):
-            assert graph.fixed_why[path].startswith("a transposed conv: a removed input channel's constant"), name
+    if TASK_YAMLS[name] == "segment":  # Proto's transposed conv loses inputs and outputs; the prototypes stay
+        up, small_up = head.proto.upsample, small.proto.upsample
+        assert small_up.in_channels < up.in_channels and small_up.out_channels < up.out_channels, name
+        assert small_up.weight.shape == (small_up.in_channels, small_up.out_channels, *up.kernel_size)
+        assert small.proto.cv3.conv.out_channels == head.proto.cv3.conv.out_channels
+
+
+def test_keep_one_leaves_a_segment_model_unchanged_and_its_transposed_conv_prunes(built):
+    """Proto's upsampling (an nn.ConvTranspose2d) is a pruned layer: it consumes cv1's group and produces the group
+    cv2 reads; keeping everything changes nothing."""
+    model, graph, _ = built("yolov8n-seg")
+    up = f"model.{len(model.model) - 1}.proto.upsample"
+    assert graph.convs[up].transposed and up not in graph.fixed_blocks
+    assert [g.consumers for g in graph.groups if up in g.producers] == [(up.replace("upsample", "cv2"),)]
+    assert [g.producers for g in graph.groups if up in g.consumers] == [(up.replace("upsample", "cv1"),)]
+    same = prune(model, 1.0, graph=graph)
+    ref, got = task_outputs(model, X), task_outputs(same, X)
+    assert ref.keys() == got.keys()
+    assert all((got[k] - ref[k]).abs().max() <= 1e-5 for k in ref)
+
+
+def test_a_transposed_conv_gets_the_mean_of_a_removed_inputs_pattern():
+    """A constant input channel reaches a transposed conv's output as its kernel tiled every stride; the pruner folds
+    that pattern's mean into the bias: what removing half of Proto's cv1 channels (gamma 0) changes at the
+    upsampling's output averages to zero over every 2x2 stride cell, and is not zero."""
+    model = _build("yolov8n-seg")
+    randomize_bn(model)
+    graph = analyze(model, imgsz=IMGSZ)
+    proto = f"model.{len(model.model) - 1}.proto"
+    group = next(g for g in graph.groups if f"{proto}.upsample" in g.consumers)
+    indices = {group.id: [torch.arange(0, group.size, 2)]}
+    make_removed_channels_constant(model, graph, indices)
+    with torch.no_grad():  # kernels that vary again (the helper flattened the removed inputs' ones)
+        model.model[-1].proto.upsample.weight.normal_(generator=torch.Generator().manual_seed(2))
+    pruned = apply_indices(model, graph, indices)
+    seen = []
+    for m in (model, pruned):
+        h = m.model[-1].proto.upsample.register_forward_hook(lambda mod, i, o: seen.append(o))
+        with torch.no_grad():
+            m.eval()(X)
+        h.remove()
+    diff = seen[1] - seen[0]
+    assert diff.abs().max() > 1e-2
+    assert torch.nn.functional.avg_pool2d(diff, 2).abs().max() <= 1e-5
 
 
 def test_pruned_task_checkpoints_load_and_predict_without_autoprune(built, tmp_path):

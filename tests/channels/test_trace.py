@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SYNTH_C2F, SYNTH_C3K2, build_synthetic, randomize_bn
+from conftest import SYNTH_C2F, SYNTH_C3K2, build_synthetic, make_removed_channels_constant, randomize_bn
 
 from autoprune.channels import analyze
 from autoprune.pruner import prune
@@ -98,21 +98,81 @@ def test_attention_block_is_a_boundary_but_its_input_and_output_stay_prunable(c3
     assert pruned(torch.zeros(1, 3, 64, 64))[0].shape == c3k2_model(torch.zeros(1, 3, 64, 64))[0].shape
 
 
-def test_unknown_block_is_a_fixed_boundary():
-    from ultralytics.nn.tasks import DetectionModel
+class _Mystery(torch.nn.Module):
+    """A block no rule knows, wrapping a conv."""
 
-    model = DetectionModel("yolov6n.yaml", verbose=False)  # its ConvTranspose2d upsampling has no rule
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_unknown_block_is_a_fixed_boundary():
+    model = build_synthetic(SYNTH_C2F)
+    old = model.model[2]
+    model.model[2] = _Mystery(old)
+    model.model[2].f, model.model[2].i, model.model[2].type = old.f, old.i, "_Mystery"
     graph = analyze(model)
-    assert "ConvTranspose2d" in graph.fixed_blocks.values()
-    assert set(graph.fixed_why) == set(graph.fixed_blocks)
-    assert any(w.startswith("autoprune has no channel rule for ConvTranspose2d") for w in graph.fixed_why.values())
+    assert graph.fixed_blocks == {"model.2": "_Mystery"}
+    assert graph.fixed_why["model.2"].startswith("autoprune has no channel rule for _Mystery")
     pruned = prune(model, 0.5, graph=graph)
     x = torch.zeros(1, 3, 64, 64)
     assert pruned.eval()(x)[0].shape == model.eval()(x)[0].shape
-    # a fixed block's convs are untouched
-    fixed = next(p for p, cls in graph.fixed_blocks.items() if cls == "ConvTranspose2d")
-    a, b = dict(model.named_modules())[fixed], dict(pruned.named_modules())[fixed]
+    # a fixed block's convs are untouched, and what it reads is kept
+    a, b = model.model[2], pruned.model[2]
     assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    assert pruned.model[1].cv2.conv.out_channels == model.model[1].cv2.conv.out_channels
+
+
+SYNTH_DECONV = {
+    "nc": 2,
+    "backbone": [
+        [-1, 1, "Conv", [16, 3, 2]],  # 0
+        [-1, 1, "Conv", [32, 3, 2]],  # 1
+    ],
+    "head": [
+        [-1, 1, "ConvTranspose", [32, 2, 2]],  # 2: Ultralytics' transposed conv + BN + act
+        [-1, 1, "nn.ConvTranspose2d", [16, 2, 2, 0]],  # 3: a plain one, with a bias, as YOLOv6 and Proto have
+        [-1, 1, "Conv", [16, 3, 1]],  # 4
+        [[4, 1], 1, "Detect", ["nc"]],  # 5
+    ],
+}
+
+
+def test_transposed_convs_prune_like_convs_and_fold_exactly_through_flat_kernels():
+    """Both forms of transposed conv consume their input group and produce their own; removing half of every group
+    (constant channels: gamma 0, zero rows for the BN-less conv, flat kernels where a transposed conv reads them)
+    leaves the outputs unchanged, fused or not."""
+    from autoprune.pruner import apply_indices
+
+    model = build_synthetic(SYNTH_DECONV)
+    randomize_bn(model)
+    graph = analyze(model, imgsz=64)
+    assert not graph.fixed_blocks
+    assert graph.group("2").producers == ("model.2",) and graph.group("2").consumers == ("model.3",)
+    assert graph.group("3").consumers == ("model.4",)
+    assert "model.2" in graph.group("1").consumers
+    assert graph.producers[graph.parts[graph.group("2").parts[0]].producers[0]].bn == "model.2.bn"
+    indices = {g.id: [torch.arange(1, g.size, 2) for _ in g.parts] for g in graph.groups}
+    make_removed_channels_constant(model, graph, indices)
+    pruned = apply_indices(model, graph, indices)
+    assert (pruned.model[2].conv_transpose.in_channels, pruned.model[2].conv_transpose.out_channels) == (16, 16)
+    assert pruned.model[2].bn.num_features == 16
+    assert (pruned.model[3].in_channels, pruned.model[3].out_channels) == (16, 8)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for m in (model, pruned):
+        m.double()
+        for conv in m.modules():  # a constant channel stays constant in the padding too
+            if isinstance(conv, torch.nn.Conv2d) and any(conv.padding):
+                conv.padding_mode = "replicate"
+    with torch.no_grad():
+        ref, got = model.eval()(x)[0], pruned.eval()(x)[0]
+    assert (got - ref).abs().max() <= 1e-6 * ref.abs().max()
+    fused = analyze(model.float().fuse(verbose=False), imgsz=64)  # ConvTranspose without its BatchNorm
+    assert fused.ids == graph.ids and not fused.fixed_blocks
+    assert fused.producers[fused.parts[fused.group("2").parts[0]].producers[0]].bn is None
 
 
 def test_a_rule_registered_before_the_first_analysis_keeps_the_builtin_rules(c2f_model, monkeypatch):

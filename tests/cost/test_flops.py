@@ -19,6 +19,12 @@ from autoprune.space import load_space
 IMGSZ = 320
 
 
+def test_a_transposed_conv_costs_its_weights_once_per_input_position():
+    layer = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ConvTranspose2d(8, 16, 2, 2))
+    expected = conv_flops(8, 3, 1, 64 * 64) + conv_flops(16, 8, 4, 64 * 64)  # its input is 64 x 64, its output 128
+    assert count_gflops(layer, 64) == pytest.approx(expected / 1e9, abs=1e-15)
+
+
 @pytest.mark.parametrize("stride,groups", [(1, 1), (2, 1), (1, 8), (2, 16)])
 def test_count_gflops_applies_the_flop_model(stride, groups):
     """A conv (plain, strided, grouped, depthwise) and its BatchNorm cost exactly what the formulas say."""
@@ -33,11 +39,12 @@ def test_count_gflops_applies_the_flop_model(stride, groups):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml"])
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml", "yolov8n-seg.yaml"])
 def test_space_prediction_equals_the_pruned_models_count(name):
     """Uniform 0.3/0.5/0.8 and random genomes: prediction and fvcore count agree to 1e-9 GFLOPs (float rounding).
 
-    yolo11n has attention (matrix products the graph cannot see, a fixed remainder) besides convs and norms.
+    yolo11n has attention (matrix products the graph cannot see, a fixed remainder) besides convs and norms;
+    yolov8n-seg a pruned transposed conv (Proto's upsampling: each weight once per input position).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # fvcore's trace on a shared 2-core machine: threads only wait on each other
