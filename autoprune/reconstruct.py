@@ -23,6 +23,10 @@ or BN recalibration, which normalise with the true statistics, would otherwise s
 the refit. A conv without a BN (the head's last convs) takes `b` as its bias. Nothing is folded into the conv
 weights, so the model keeps its stock structure and BN recalibration or finetuning afterwards work as usual.
 
+Transposed convs that lost inputs (Proto's upsampling, YOLOv6's) are not refit: their stride cell's positions read
+the same input pixel through different kernel taps with one shared bias, a fit of another form. They keep the
+pruner's weights (with the removed channels' mean folded in) and are listed in `Reconstruction.unfitted`.
+
 Memory: each conv's fit uses at most `max_samples` output positions in all, drawn uniformly (seeded) from all
 positions of all calibration batches (`max_samples // batches` per batch); only those patches are gathered, never a
 whole unfolded map. A fit holds its samples (`max_samples x (dim + out_channels)` float32, `dim = in_channels * k * k`,
@@ -57,6 +61,10 @@ from autoprune.pruner import conv_masks
 from autoprune.wrappers import detection_model
 
 __all__ = ["LayerFit", "Reconstruction", "feature_errors", "reconstruct"]
+
+
+TRANSPOSED_UNFITTED = ("a transposed conv: each output position of a stride cell needs its own weights with one bias "
+                      "shared by the cell, which this fit does not model; left as the pruner made it")
 
 
 class _Stop(Exception):
@@ -99,20 +107,23 @@ class LayerFit:
 
 @dataclass
 class Reconstruction:
-    """What `reconstruct` returns: the refit model (a new copy) and one `LayerFit` per refit conv, in order."""
+    """What `reconstruct` returns: the refit model (a new copy), one `LayerFit` per refit conv, in order, and the
+    layers that lost inputs but are left as pruned (`unfitted`: path -> why)."""
 
     model: nn.Module
     layers: list[LayerFit] = field(default_factory=list)
+    unfitted: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        """Mean relative layer errors before and after, and the number of convs refit."""
-        if not self.layers:
-            return {"convs": 0}
-        return {
-            "convs": len(self.layers),
-            "mean_error_before": sum(f.error_before for f in self.layers) / len(self.layers),
-            "mean_error_after": sum(f.error_after for f in self.layers) / len(self.layers),
-        }
+        """Mean relative layer errors before and after, the number of convs refit, and of those left unfitted (when
+        any are)."""
+        out = {"convs": len(self.layers)}
+        if self.layers:
+            out["mean_error_before"] = sum(f.error_before for f in self.layers) / len(self.layers)
+            out["mean_error_after"] = sum(f.error_after for f in self.layers) / len(self.layers)
+        if self.unfitted:
+            out["unfitted"] = len(self.unfitted)
+        return out
 
 
 class _Runner:
@@ -263,11 +274,14 @@ def reconstruct(
     bn_of = {p.conv: p.bn for p in graph.producers}
     om = dict(orig.named_modules(remove_duplicate=False))
     pm = dict(model.named_modules(remove_duplicate=False))
+    result = Reconstruction(model=model)
     for path in list(targets):
         m = pm[path]
-        if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros" or isinstance(m.padding, str) or m.groups != 1:
+        if isinstance(m, nn.ConvTranspose2d):
+            targets.discard(path)
+            result.unfitted[path] = TRANSPOSED_UNFITTED
+        elif not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros" or isinstance(m.padding, str) or m.groups != 1:
             targets.discard(path)  # not a plain dense conv with zero padding (Classify's linear layer): leave it
-    result = Reconstruction(model=model)
     if not targets:
         return result
 

@@ -132,6 +132,23 @@ def test_removed_constant_channels_are_recovered_exactly_by_1x1_consumers():
     assert one_by_one and all(f.error_after < 1e-6 for f in one_by_one)
 
 
+def test_transposed_convs_that_lost_inputs_are_left_as_pruned_and_listed():
+    """YOLOv6's upsampling layers are nn.ConvTranspose2d that lose input channels: the fit leaves them as the pruner
+    made them and says so; every other conv that lost inputs is refit."""
+    model = _model("yolov6n.yaml")
+    graph, indices, pruned = _pruned(model)
+    result = reconstruct(model, pruned, graph, indices, CALIB[:1], max_samples=256)
+    transposed = {c for c, info in graph.convs.items() if info.transposed}
+    assert len(transposed) == 2 and set(result.unfitted) == transposed
+    assert all(why.startswith("a transposed conv") for why in result.unfitted.values())
+    masks = conv_masks(graph, indices)
+    assert {f.conv for f in result.layers} == {c for c, (_, im) in masks.items() if not im.all()} - transposed
+    assert result.summary()["unfitted"] == 2 and result.summary()["convs"] == len(result.layers)
+    refit, before = dict(result.model.named_modules()), dict(pruned.named_modules())
+    for c in transposed:
+        assert torch.equal(refit[c].weight, before[c].weight) and torch.equal(refit[c].bias, before[c].bias)
+
+
 @pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
 def test_patches_match_unfold(stride, padding, dilation):
     conv = nn.Conv2d(5, 7, 3, stride=stride, padding=padding, dilation=dilation, bias=False)

@@ -257,7 +257,8 @@ def _print(done, args: argparse.Namespace) -> None:
     )
     recon = r.get("reconstruction")
     if recon is not None:
-        print(f"reconstructed {recon['convs']} convs; Detect-input relative MSE on the calibration data "
+        unfitted = f" ({recon['unfitted']} transposed left as pruned)" if recon.get("unfitted") else ""
+        print(f"reconstructed {recon['convs']} convs{unfitted}; Detect-input relative MSE on the calibration data "
               f"{recon['detect_input_mse_before']:.4f} -> {recon['detect_input_mse_after']:.4f}")
     swaps = r.get("swaps")
     if swaps:
