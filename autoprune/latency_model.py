@@ -29,7 +29,11 @@ each site has its own anchor curve, measured like the convs' at the site's ancho
 of G for a grouped kind) and filed under the key of its own `LayerConfig`; a swapped site is priced by the sum of its
 replacement layers interpolated at the candidate's channels instead of the original conv. The sites and kinds given
 to the table (`swaps`) are measured by `build`, any other the first time a prediction holds it. A table without
-swaps measures exactly the entries it measures without this.
+swaps measures exactly the entries it measures without this. What a lone layer cannot show is not priced: onnxruntime
+on a CPU runs some grouped convs outside the blocked NCHWc layout the convs around it use, so inside a model they pay a
+layout reorder before and after (a 32 -> 64 3x3 stride-2 conv at 80 x 80, 1 thread, grouped by 4: 0.2 ms more than the
+dense conv between two convs, 0.02 ms more alone; `benchmarks/bench_swap_layout.py`); depthwise, k x 1 and 1 x k
+convs, and that conv grouped by 2, stay in the layout.
 
 Example:
     >>> table = LatencyTable(model, graph, imgsz=320, backend="onnxruntime", path="runs/latency_lut.json")
