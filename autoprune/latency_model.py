@@ -76,7 +76,7 @@ MODEL_TIMING = timing.TimingProtocol(warmup_runs=3, warmup_s=0.3, min_repeats=15
 class LayerConfig:
     """One distinct layer configuration: what an entry of the table is measured for."""
 
-    op: str  # "conv"
+    op: str  # "conv" (nn.Conv2d) or "conv_transpose" (nn.ConvTranspose2d, output_padding 0)
     in_hw: tuple[int, int]
     cin: int
     cout: int
@@ -93,17 +93,22 @@ class LayerConfig:
 
     def out_hw(self) -> tuple[int, int]:
         """The output's height and width."""
+        if self.op == "conv_transpose":
+            return tuple((self.in_hw[i] - 1) * self.stride[i] - 2 * self.padding[i]
+                         + self.dilation[i] * (self.kernel[i] - 1) + 1 for i in (0, 1))
         return tuple((self.in_hw[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel[i] - 1) - 1)
                      // self.stride[i] + 1 for i in (0, 1))
 
     def macs(self) -> int:
-        """Multiply-accumulates per image."""
-        oh, ow = self.out_hw()
+        """Multiply-accumulates per image (a transposed conv's per input position, as fvcore counts them)."""
+        oh, ow = self.in_hw if self.op == "conv_transpose" else self.out_hw()
         return self.cout * (self.cin // self.groups) * self.kernel[0] * self.kernel[1] * oh * ow
 
     def module(self) -> nn.Module:
         """The layer alone, as the deployed model runs it: conv with bias (BN folded) then the activation."""
-        conv = nn.Conv2d(self.cin, self.cout, self.kernel, self.stride, self.padding, self.dilation, self.groups)
+        op = nn.ConvTranspose2d if self.op == "conv_transpose" else nn.Conv2d
+        conv = op(self.cin, self.cout, self.kernel, self.stride, self.padding, dilation=self.dilation,
+                  groups=self.groups)
         act = getattr(nn, self.act)() if self.act != "Identity" else nn.Identity()
         return nn.Sequential(conv, act).eval()
 
@@ -142,11 +147,13 @@ def _pair(v) -> tuple[int, int]:
 
 def _layer_configs(model: nn.Module, imgsz: int) -> dict[str, LayerConfig]:
     """{conv name: its `LayerConfig` in the unpruned model}, input sizes at `imgsz` (one forward pass records them):
-    every nn.Conv2d the forward pass runs, with the activation of the Ultralytics `Conv` it belongs to."""
+    every nn.Conv2d and nn.ConvTranspose2d (without output padding) the forward pass runs, with the activation of
+    the Ultralytics `Conv` or `ConvTranspose` it belongs to."""
     modules = dict(model.named_modules())
     in_hw: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: in_hw.__setitem__(n, tuple(inp[0].shape[-2:])))
-             for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+             for n, m in modules.items() if isinstance(m, nn.Conv2d)
+             or isinstance(m, nn.ConvTranspose2d) and not any(m.output_padding)]
     training = model.training
     try:
         model.eval()
@@ -161,9 +168,11 @@ def _layer_configs(model: nn.Module, imgsz: int) -> dict[str, LayerConfig]:
     for name, hw in in_hw.items():
         conv = modules[name]
         parent = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
-        act = getattr(parent, "act", None) if parent is not None and getattr(parent, "conv", None) is conv else None
+        owned = parent is not None and conv in (getattr(parent, "conv", None), getattr(parent, "conv_transpose", None))
+        act = getattr(parent, "act", None) if owned else None
         act_name = type(act).__name__ if isinstance(act, nn.Module) and hasattr(nn, type(act).__name__) else "Identity"
-        configs[name] = LayerConfig("conv", hw, conv.in_channels, conv.out_channels, _pair(conv.kernel_size),
+        op = "conv_transpose" if isinstance(conv, nn.ConvTranspose2d) else "conv"
+        configs[name] = LayerConfig(op, hw, conv.in_channels, conv.out_channels, _pair(conv.kernel_size),
                                     _pair(conv.stride), _pair(conv.padding), _pair(conv.dilation), conv.groups,
                                     act_name)
     return configs
@@ -186,7 +195,9 @@ def _sites(configs: dict[str, LayerConfig], graph, round_to: int, min_channels: 
                 floors[u.reader] = (emptied[u.reader][0], floors[u.reader][1])
     sites = []
     for name, info in graph.convs.items():
-        full = configs[name]
+        full = configs.get(name)
+        if full is None:  # not a layer the table measures (a classifier's nn.Linear): its time stays in `rest_ms`
+            continue
         if floors[name] == (full.cin, full.cout) and not name.startswith(in_elements):
             continue  # pruning never changes it: its time is part of `rest_ms`
         sites.append(_Site(name, full, floors[name], info.depthwise))

@@ -286,3 +286,25 @@ def test_a_table_without_swaps_measures_what_it_did(demo):
                    for sid, kind in SWAPS.items() for a in sites[f"model.{sid}.conv"].anchors()), cfg
     small = floor_counts(graph)
     assert swapped.predict(small) == plain.predict(small) and swapped.fingerprint() != plain.fingerprint()
+
+
+def test_a_segment_models_transposed_conv_is_priced_and_a_classifiers_linear_is_left_in_the_rest():
+    """Proto's upsample (nn.ConvTranspose2d, pruned like a conv) is a site measured as a transposed conv, priced by its
+    input positions; a classifier's nn.Linear (a group's consumer, not a layer the table measures) stays in rest_ms."""
+    import torch
+    from ultralytics.nn.tasks import ClassificationModel, SegmentationModel
+
+    seg = SegmentationModel("yolov8n-seg.yaml", nc=2, verbose=False).eval()
+    graph = analyze(seg, imgsz=IMGSZ)
+    table = LatencyTable(seg, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, measure=fake_measure).build()
+    up = next(s for s in table.sites if s.name.endswith("proto.upsample"))
+    assert up.full.op == "conv_transpose" and up.full.out_hw() == (2 * up.full.in_hw[0],) * 2
+    assert isinstance(up.full.module()[0], torch.nn.ConvTranspose2d)
+    assert up.full.macs() == up.full.cin * up.full.cout * 4 * up.full.in_hw[0] ** 2  # 2x2 kernel per input pixel
+    small = floor_counts(graph)
+    assert table.layer_latencies(small)[up.name] < table.layer_latencies()[up.name]
+    cls = ClassificationModel("yolo11n-cls.yaml", nc=3, verbose=False).eval()
+    graph = analyze(cls, imgsz=IMGSZ)
+    table = LatencyTable(cls, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, measure=fake_measure).build()
+    assert all(isinstance(s.full.module()[0], torch.nn.Conv2d) for s in table.sites)
+    assert table.predict(floor_counts(graph)) < table.predict()
