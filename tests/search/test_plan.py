@@ -198,3 +198,32 @@ def test_a_latency_model_measured_under_load_is_one_warning_line(capsys, fake_ti
     assert len(lines) == 1 and "measured while the CPU was under load" in lines[0]
     r = json.loads(out)
     assert r["latency"]["entries_under_load"] > 0 and r["warnings"] == [lines[0].removeprefix("warning: ")]
+
+
+def test_the_reachable_latency_takes_each_swap_at_its_fastest_kind_not_its_cheapest():
+    """A swap kind's GFLOPs order is not its latency order: the smallest latency a space reaches puts every swap gene
+    at the kind the table predicts fastest (here `keep` on one site, a middle kind on the other), not at its first
+    (fewest-GFLOPs) kind, so a reachable latency budget is not refused."""
+    from autoprune.channels import analyze
+    from autoprune.demo import demo_model_path
+    from autoprune.models import load_model
+    from autoprune.search.plan import fastest_lows
+    from autoprune.space import load_space
+    from autoprune.swap import split_counts
+
+    model = load_model(str(demo_model_path())).model
+    space = load_space("fine-ops", analyze(model, imgsz=IMGSZ), model)
+    a, b = space.swap_genes[:2]
+    price = {a.units[0]: lambda kind: 0.0 if kind == "keep" else 5.0,  # every swap slower than the dense conv
+             b.units[0]: lambda kind: {b.choices[0]: 5.0, b.choices[1]: 1.0}.get(kind, 3.0)}
+
+    class Table:
+        def predict(self, counts):
+            _, swaps = split_counts(counts)
+            return 10.0 + sum(f(swaps.get(site, "keep")) for site, f in price.items())
+
+    genome = fastest_lows(space, Table())
+    assert a.choices[int(genome[a.name])] == "keep" and b.choices[int(genome[b.name])] == b.choices[1]
+    lows = space.lows()
+    assert lows[a.name] == lows[b.name] == 0.0  # the lows alone: each gene's cheapest kind, the slow ones here
+    assert all(genome[g.name] == lows[g.name] for g in space.genes if g not in (a, b))
