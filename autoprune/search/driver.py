@@ -115,12 +115,14 @@ class Search:
             )
         self._evaluator = None
         self._ranking = None
+        self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
+        if exists:  # resumed with other settings: say so before the calibration and the latency table take minutes
+            self._check_resumable_early()
         # which elements a depth gene removes: those whose removal changes their block's output least on the
         # calibration batches (stored with the channel ranking; a resumed study keeps the orders it stored)
         self.space.element_orders = plan.element_orders(self) if self.space.depth_genes else {}
         self.budget = plan.make_budget(self)
         self.uniform = largest_uniform(self.space, self.budget)
-        self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
 
         self._refit_source = None  # the unpruned model on the proxy's device, for --reconstruct (made once)
         # What a new study stores, computed before anything is written: an error here (data the criterion cannot
@@ -155,6 +157,17 @@ class Search:
             records.STUDY_GLOBAL_PER_FLOP: plan.global_genome(self, per_flop_scores(self.graph, scores)),
             records.STUDY_VERSION: attrs[records.STUDY_VERSION],  # last: it marks a study completely described
         }
+
+    def _check_resumable_early(self) -> None:
+        """`check_resumable` against the existing study's stored settings, read without opening it for writing;
+        nothing when it is still being described by another worker (`_open_study` checks again)."""
+        storage = make_storage(self.url, heartbeat=None, read_only=True)
+        try:
+            stored = optuna.load_study(study_name=self.name, storage=storage).user_attrs
+        except KeyError:  # a local run folder without its study yet
+            return
+        if records.STUDY_VERSION in stored:
+            check_resumable(self.name, stored, plan.study_attrs(self))
 
     def _open_study(self, described: dict | None):
         """Create or load the study; a new one gets `described` (computed now when None: another worker's study

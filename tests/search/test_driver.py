@@ -118,8 +118,12 @@ def test_a_distilling_proxy_is_part_of_the_study(env, capsys, tmp_path, monkeypa
     assert code == 0, err
     study = _study(tmp_path / "runs/search/kd/study.db", "kd")
     assert study.user_attrs[R.STUDY_PROXY]["distill"] == 1.0 and len(_evaluated(study)) == 2
-    # resuming with another proxy would mix scores of two proxies in one front: refused, nothing touched
+    # resuming with another proxy would mix scores of two proxies in one front: refused, nothing touched, and said
+    # before the budget is planned (a latency table or the depth calibration can take minutes)
     before = (tmp_path / "runs/search/kd/study.db").read_bytes()
+    from autoprune.search import plan
+
+    monkeypatch.setattr(plan, "make_budget", lambda search: pytest.fail("the budget was planned before the check"))
     code, _, err = _cli(capsys, "search", *env["flags"], "--trials", "3", "--name", "kd", "--resume")
     assert code == 2 and err.startswith("error: study 'kd' was made with other settings: proxy.distill 1.0 (this "
                                         "run: None); resume it with the same settings (--proxy-distill 1)"), err
