@@ -17,7 +17,10 @@ Where the convs alone sum to more than the whole model (OpenVINO), every conv is
 that sum (`scale`) and `rest_ms` is 0. The prediction is then a deterministic, non-decreasing function of the kept channels, which `autoprune.budget`
 can bisect on. What the convs do not account for (concats, splits, upsampling, pooling, the Detect head's decoding,
 runtime overhead) is one constant, `rest_ms`: the unpruned model measured end to end minus the sum of its convs.
-Each entry is the layer's time less the runtime's call overhead (`OVERHEAD`, measured the same way), which a layer
+The entries are minima (a loaded machine only ever raises a minimum); a model's latency as `cost`, a search and its
+budget give it is the median of a timing run, so `predict` scales the sum by the unpruned model's median over its
+minimum (`median_ratio`, measured with it) and `predict_min` is the sum itself. Each entry is the layer's time less
+the runtime's call overhead (`OVERHEAD`, measured the same way), which a layer
 timed alone pays and a layer inside the model does not. An entry measured on a CPU under load (the load average
 above the core count, `timing.under_load`) is filed as such, counted in `entries_under_load`, and measured again by
 the next build that runs on a quiet machine, so a table built while the machine was busy does not stay wrong.
@@ -38,7 +41,7 @@ convs, and that conv grouped by 2, stay in the layout.
 Example:
     >>> table = LatencyTable(model, graph, imgsz=320, backend="onnxruntime", path="runs/latency_lut.json")
     >>> table.build()               # measures what the file does not hold yet
-    >>> table.predict(counts)       # milliseconds, in microseconds
+    >>> table.predict(counts)       # milliseconds (the median a timing run would give), in microseconds
 """
 
 from __future__ import annotations
@@ -323,6 +326,7 @@ class LatencyTable:
         self.rest_ms: float | None = None
         self.overhead_ms: float | None = None
         self.scale = 1.0  # < 1 where the convs alone sum to more than the model measured end to end
+        self.median_ratio = 1.0  # the unpruned model's median over minimum latency (`build`; `predict` scales by it)
 
     # -- the entries ---------------------------------------------------------------------------------------------
 
@@ -408,22 +412,26 @@ class LatencyTable:
         self._swap_curves[(sid, kind)] = curves
         return curves
 
-    def _model_ms(self) -> float:
-        """The unpruned model measured end to end (min over `MODEL_TIMING`), from the table when it holds it."""
+    def _model_ms(self) -> tuple[float, float]:
+        """The unpruned model measured end to end over `MODEL_TIMING`: (minimum, median), from the table when it
+        holds both (an entry filed before the median was kept is measured again)."""
         from autoprune.cost.signature import architecture_signature
 
         key = self._key("model:" + architecture_signature(self.model), self.imgsz, MODEL_TIMING)
         ms = self._stored(key)
-        if ms is not None:
-            return ms
-        if self._measure is not None:
-            ms = float(self._measure(self.model, None, self.imgsz))
+        if ms is not None and (self._measure is not None or isinstance(self.cache.get(key).get("median_ms"), float)):
+            return ms, float(self.cache.get(key).get("median_ms", ms))
+        if self._measure is not None:  # a fake timer gives one figure: minimum and median alike
+            ms = median = float(self._measure(self.model, None, self.imgsz))
         else:
-            ms = measure_model_ms(self.model, imgsz=self.imgsz, batch=self.batch, device=self.device,
-                                  backend=self.backend, precision=self.precision, threads=self.threads,
-                                  protocol=MODEL_TIMING)
-        self._file(key, ms)
-        return ms
+            from autoprune.cost.latency import measure_latency
+
+            r = measure_latency(self.model, imgsz=self.imgsz, batch=self.batch, device=self.device,
+                                backend=self.backend, precision=self.precision, threads=self.threads,
+                                protocol=MODEL_TIMING, cache=False)
+            ms, median = r.min_ms, r.median_ms
+        self._file(key, ms, median_ms=float(median))
+        return ms, median
 
     def build(self) -> LatencyTable:
         """Measure every anchor and the unpruned model that the table does not hold yet (or holds as measured
@@ -433,7 +441,10 @@ class LatencyTable:
             self.overhead_ms = self.entry(LayerConfig(*OVERHEAD))
             self._curves = {site.name: self._curve(site.anchors()) for site in self.sites}
             full_sum = sum(self._layer_ms(s.name, s.full.macs()) for s in self.sites)
-            model_ms = self._model_ms()
+            model_ms, median_ms = self._model_ms()
+            # the search, `cost` and the reports give a model's median latency; the entries are minima (a loaded
+            # machine only ever raises them): a prediction is scaled by the unpruned model's median over minimum
+            self.median_ratio = max(1.0, median_ms / model_ms) if model_ms > 0 else 1.0
             # Layers alone can sum to more than the model (OpenVINO fuses and schedules inside a compiled model):
             # then the entries are scaled down to the model instead of adding a negative rest.
             self.scale = min(1.0, model_ms / full_sum) if full_sum > 0 else 1.0
@@ -498,9 +509,15 @@ class LatencyTable:
         return self._priced(counts)[0]
 
     def predict(self, counts: dict | None = None) -> float:
-        """The predicted latency (ms) of the model keeping `counts` channels per group (with its depth plan and
-        swaps): the sum of its convs' entries plus `rest_ms`. Microseconds; deterministic; never falls when a
-        count rises (a group swap that stops dividing the channels excepted: the conv stays, as built)."""
+        """The predicted median latency (ms) of the model keeping `counts` channels per group (with its depth plan
+        and swaps), the statistic `cost.measure_latency` reports and a search's latency budget is checked on:
+        `predict_min` times `median_ratio`. Microseconds; deterministic; never falls when a count rises (a group
+        swap that stops dividing the channels excepted: the conv stays, as built)."""
+        return self.median_ratio * self.predict_min(counts)
+
+    def predict_min(self, counts: dict | None = None) -> float:
+        """The predicted minimum latency (ms): the sum of the convs' entries (each a minimum) plus `rest_ms`, what
+        the table is validated against (docs/BENCHMARKS.md, "Latency model")."""
         layers, taken = self._priced(counts)
         return self.scale * (sum(layers.values()) - taken) + self.rest_ms
 
@@ -530,6 +547,8 @@ class LatencyTable:
         if self._curves is None:
             self.build()
         state = {"curves": self._curves, "rest": self.rest_ms, "scale": self.scale}
+        if self.median_ratio != 1.0:  # a table measured before the ratio was kept hashes as it did
+            state["median_ratio"] = self.median_ratio
         if self._swap_curves:  # a table without swaps hashes as it always has
             state["swaps"] = {f"{sid}:{kind}": c for (sid, kind), c in self._swap_curves.items()}
             state["fixed"] = self._fixed_ms

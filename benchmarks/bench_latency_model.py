@@ -148,7 +148,7 @@ def main() -> None:
                 for i, pruned in enumerate(models):
                     ms = measure_model_ms(pruned, imgsz=args.imgsz, backend=backend, threads=args.threads)
                     meas[i] = min(meas[i], ms)
-            pred = [table.predict(counts) for _, counts in cands]
+            pred = [table.predict_min(counts) for _, counts in cands]  # minima, as measured here
             refs = {}  # the candidate without swaps at the same widths: what a swap's effect is measured against
             for i, (_, counts) in enumerate(cands):
                 refs.setdefault(json.dumps(split_counts(counts)[0], sort_keys=True), i)

@@ -308,3 +308,33 @@ def test_a_segment_models_transposed_conv_is_priced_and_a_classifiers_linear_is_
     table = LatencyTable(cls, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, measure=fake_measure).build()
     assert all(isinstance(s.full.module()[0], torch.nn.Conv2d) for s in table.sites)
     assert table.predict(floor_counts(graph)) < table.predict()
+
+
+def test_predictions_are_medians_the_entries_minima(demo, monkeypatch, tmp_path):
+    """The entries are minima; `predict` gives the median a timing run of the model would (what `cost` and a search's
+    latency budget use): the minima's sum scaled by the unpruned model's median over minimum, kept in the table."""
+    import autoprune.cost.latency as latency
+    from autoprune.cost import LatencyResult
+
+    model, graph = demo
+    runs = []
+
+    def measure(model, *, imgsz, batch, device, backend, precision, threads, protocol, cache):
+        runs.append(imgsz)
+        return LatencyResult(median_ms=60.0, p10_ms=50.0, p90_ms=70.0, min_ms=50.0, repeats=15, device="cpu",
+                             device_name="fake", backend=backend, precision="fp32", threads=1, imgsz=imgsz, batch=1,
+                             signature="fake", stable=True)
+
+    monkeypatch.setattr(latency, "measure_latency", measure)
+    monkeypatch.setattr(LatencyTable, "_time", lambda self, module, ch, hw, protocol: fake_measure(module, ch, hw))
+    path = tmp_path / "lut.json"
+    quiet = lambda: 0.0  # noqa: E731  (entries filed as measured on a quiet machine, whatever the load now)
+    table = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, path=path,
+                         load_average=quiet).build()
+    assert table.median_ratio == pytest.approx(1.2) and len(runs) == 1
+    assert table.predict_min() == pytest.approx(50.0) and table.predict() == pytest.approx(60.0)
+    small = floor_counts(graph)
+    assert table.predict(small) == pytest.approx(1.2 * table.predict_min(small))
+    again = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, path=path,
+                         load_average=quiet).build()
+    assert again.median_ratio == pytest.approx(1.2) and again.measured == 0 and len(runs) == 1  # kept on disk
