@@ -231,7 +231,8 @@ def label_task(sources: tuple[str, ...] | list[str], kpt_shape: tuple[int, int] 
     `DataConfig`) hold labels of, as Ultralytics reads them. With a `kpt_shape` (the YAML's), 'pose' if a line has
     a box and that many keypoint values (5 + keypoints x values). Otherwise 'segment' if a line holds a polygon
     (more than 6 values, Ultralytics' own test) of other than four corners, 'obb' if every polygon line has four
-    corners (9 values: Ultralytics' OBB labels), 'detect' if they hold box lines only; None if none was found or all
+    corners (9 values: Ultralytics' OBB labels; a segment dataset whose masks are all quadrilaterals reads the same,
+    and a segment model accepts it), 'detect' if they hold box lines only; None if none was found or all
     are empty. Labels sit where Ultralytics looks: `/images/` -> `/labels/`, suffix `.txt`."""
     pose = 5 + kpt_shape[0] * kpt_shape[1] if kpt_shape else None
     seen_boxes = seen_corners = False
@@ -287,7 +288,7 @@ def _images(sources):
 # What each task's model needs of the labels: the label kinds it trains and is scored on (`label_task`'s answers),
 # what they are called in the error, and the label line it wants.
 _LABELS = {"detect": "boxes only", "segment": "polygons", "pose": "boxes and keypoints",
-           "obb": "rotated boxes: four corners"}
+           "obb": "four-corner polygons: rotated boxes, or segment masks that are all quadrilaterals"}
 _NEEDS = {"segment": (("segment", "obb"), "segment labels (`cls x1 y1 x2 y2 ...`)"),
           "pose": (("pose",), "pose labels (`cls cx cy w h x1 y1 v1 ...`) and `kpt_shape` in the YAML"),
           "obb": (("obb",), "OBB labels (`cls x1 y1 x2 y2 x3 y3 x4 y4`)")}
