@@ -1,0 +1,137 @@
+"""At a latency budget, does the search beat one-shot global hessian planned to the same latency? (issue 18, point 2)
+
+    .venv/bin/python benchmarks/bench_latency_budget.py --share 0.5 --backend openvino --seeds 0,1,2 --epochs 3
+
+The budget is `--share` of the unpruned demo model's median latency in `--backend` at 640, batch 1, measured here
+first. Two models are made for it:
+
+- searched: the trial `autoprune search --budget-latency-ms B --latency-backend BACKEND` recommends (the main
+  command's other settings; candidates measured end to end, the latency table planning repair and the one-shot
+  trials), rebuilt from the study as `apply --trial` does;
+- prune-hessian: `autoprune prune --target-latency-ms B --latency-backend BACKEND --strategy global --criterion
+  hessian`: one global hessian threshold bisected on the latency model's prediction.
+
+Each is timed end to end in the backend (median at 640, batch 1) and finetuned alike by `finetune_and_validate`
+(head distillation from the unpruned model, `--epochs` at 320, batch 16, the whole demo train split) under every
+finetune seed, then validated on the whole val split. Prints mean, spread and the paired difference. Results are
+cached in runs/bench_latency_budget/NAME/results.json, so an interrupted run continues. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import finetune_and_validate, header, load, results_cache
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--share", type=float, default=0.5)
+    parser.add_argument("--backend", default="openvino")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--imgsz", type=int, default=320, help="finetune and validation size")
+    parser.add_argument("--trials", type=int, default=None, help="the search's --trials (default: its own)")
+    parser.add_argument("--name", default="lat50")
+    args = parser.parse_args()
+    header()
+    out = Path("runs/bench_latency_budget") / args.name
+    results, save = results_cache(out)
+
+    from autoprune.cost import count_gflops, measure_latency
+    from autoprune.data import load_data_config
+    from autoprune.models import load_model
+
+    loaded = load_model(None)
+    base = loaded.model
+    data = load_data_config(None)
+
+    def latency(model) -> float:
+        return measure_latency(model, imgsz=640, backend=args.backend, cache=False).median_ms
+
+    if "budget_ms" not in results:
+        results["unpruned_ms"] = latency(base)
+        results["budget_ms"] = round(args.share * results["unpruned_ms"], 2)
+        save()
+    budget = results["budget_ms"]
+    print(f"unpruned: {results['unpruned_ms']:.2f} ms ({args.backend}, 640, batch 1); budget {budget} ms "
+          f"({args.share:.0%}); {load()}", flush=True)
+
+    study_name = f"bench-latency-{args.name}"
+    if "searched_trial" not in results:
+        cmd = ["autoprune", "search", "--budget-latency-ms", str(budget), "--latency-backend", args.backend,
+               "--name", study_name, "--exist-ok", "--resume", "--json",
+               *(["--trials", str(args.trials)] if args.trials else [])]
+        print("$ " + " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+        summary = json.loads(done.stdout)
+        results["searched_trial"] = summary["recommended"]["number"]
+        results["search_reason"] = summary.get("recommendation_reason")
+        save()
+    pruned_pt = out / "prune-hessian.pt"
+    if not pruned_pt.exists():
+        cmd = ["autoprune", "prune", "--target-latency-ms", str(budget), "--latency-backend", args.backend,
+               "--strategy", "global", "--criterion", "hessian", "--no-val", "--out", str(pruned_pt), "--json"]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+
+    models = {"searched": searched_model(loaded, study_name, results["searched_trial"]),
+              "prune-hessian": load_model(str(pruned_pt)).model}
+    for label, model in models.items():
+        if f"{label}:ms" not in results:
+            results[f"{label}:ms"] = latency(model)
+            results[f"{label}:gflops"] = count_gflops(model, 640)
+            save()
+        print(f"{label}: {results[f'{label}:gflops']:.3f} GFLOPs, {results[f'{label}:ms']:.2f} ms measured "
+              f"({'within' if results[f'{label}:ms'] <= budget else 'over'} the {budget} ms budget)", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
+        for label, model in models.items():
+            key = f"{label}#s{seed}"
+            if key in results:
+                continue
+            m = finetune_and_validate(model, base, data, out / key.replace("#", "-"), epochs=args.epochs,
+                                      imgsz=args.imgsz, batch=16, device="cpu", seed=seed, label=label)
+            results[key] = m["map50_95"]
+            save()
+            print(f"{key}: mAP50-95 {m['map50_95']:.4f}", flush=True)
+    table(results, seeds, budget)
+    return 0
+
+
+def searched_model(loaded, study_name: str, number: int):
+    from autoprune.apply import rebuild
+    from autoprune.search import records
+    from autoprune.search.storage import open_study
+
+    study = open_study(None, study_name)
+    trial = next(t for t in study.trials if t.number == number)
+    return rebuild(loaded, records.TrialRecord.from_trial(trial), imgsz=640,
+                   ranking=study.user_attrs.get(records.STUDY_RANKING))[0]
+
+
+def table(results: dict, seeds: list[int], budget: float) -> None:
+    print(f"\n| model | GFLOPs at 640 | measured ms (budget {budget}) | mAP50-95 mean (per seed) | spread |")
+    print("|---|---|---|---|---|")
+    for label in ("searched", "prune-hessian"):
+        vals = [results[f"{label}#s{s}"] for s in seeds if f"{label}#s{s}" in results]
+        if not vals:
+            continue
+        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        print(f"| {label}{' (trial ' + str(results['searched_trial']) + ')' if label == 'searched' else ''} | "
+              f"{results[f'{label}:gflops']:.3f} | {results[f'{label}:ms']:.2f} | {statistics.mean(vals):.4f} "
+              f"({', '.join(f'{v:.4f}' for v in vals)}) | {spread:.4f} |")
+    diffs = [results[f"searched#s{s}"] - results[f"prune-hessian#s{s}"] for s in seeds
+             if f"searched#s{s}" in results and f"prune-hessian#s{s}" in results]
+    if diffs:
+        print(f"\npaired difference searched - prune-hessian: {statistics.mean(diffs):+.4f} "
+              f"({', '.join(f'{d:+.4f}' for d in diffs)}); higher on {sum(d > 0 for d in diffs)} of {len(diffs)} seeds")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
