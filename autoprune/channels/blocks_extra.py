@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from autoprune.channels.blocks import _conv, _conv_parts, _split_conv, _width
+from autoprune.channels.graph import AttentionInfo
 from autoprune.channels.symbolic import Handler, Sym, Tracer, handler_for
 
 
@@ -201,6 +202,10 @@ def _aattn(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     ok = _is_plain_conv(m.qkv) and _is_plain_conv(m.proj) and _is_plain_conv(m.pe, depthwise=True)
     if not ok or m.qkv.conv.out_channels != 3 * hd * nh or _width(x) != m.qkv.conv.in_channels:
         return tr.boundary(path, m, x)
+    shape = tr.shapes.get(path)
+    if shape is not None and len(shape) == 4:
+        n = shape[2] * shape[3]
+        tr.attention[path] = AttentionInfo(f"{path}.qkv.conv", f"{path}.pe.conv", queries=n, keys=n / max(m.area, 1))
     conv_path, bn, act, _ = _conv_parts(tr, f"{path}.qkv", m.qkv)
     tr.consume(conv_path, x)
     v: Sym = []

@@ -6,8 +6,9 @@ Vocabulary:
   producer in it and input channel `offset + k` of every consumer of it. Removing channel `k` of a part removes that
   channel from all of them at once. Residual adds merge parts; a depthwise conv joins the part of its input.
 - A **group** is what a keep ratio applies to: one part, or several parts whose kept counts must be equal (the two
-  halves of a `C2f` split by `chunk(2, 1)`). Indices are chosen per part; the count is shared.
-- A part is **fixed** when something the analysis does not understand reads or writes it (an attention block, the
+  halves of a `C2f` split by `chunk(2, 1)`; an attention's heads, and the residual stream around it cut into as many
+  pieces). Indices are chosen per part; the count is shared.
+- A part is **fixed** when something the analysis does not understand reads or writes it (a block without a rule, the
   image input, the head's outputs). Fixed channels are never removed; groups are only made of free parts.
 
 Everything here refers to modules by their dotted path (`model.2.cv1.conv`), never by object, so one analysis serves
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autoprune.cost.flops import conv_flops, conv_macs
+from autoprune.cost.flops import FLOPS_PER_MAC, conv_flops, conv_macs
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,22 @@ class ConvInfo:
         return self.in_pixels if self.transposed else self.out_pixels
 
 
+@dataclass(frozen=True)
+class AttentionInfo:
+    """The matrix products of one attention block, whose cost follows the channels of two of its convs.
+
+    Per head, each of `queries` positions meets `keys` positions over the head's query/key channels (`q^T k`), and
+    the softmax weights mix the head's value channels (`v attn^T`): `queries x keys x heads x (key_dim + head_dim)`
+    multiply-accumulates. `qkv` writes `heads x (2 key_dim + head_dim)` channels and `values` (the depthwise
+    positional conv) `heads x head_dim`, so that count is `queries x keys x (qkv out + values out) / 2`.
+    """
+
+    qkv: str  # conv path
+    values: str  # conv path of the conv whose output channels are the value channels
+    queries: int  # positions at `ChannelGraph.imgsz`
+    keys: float  # keys each query meets at `ChannelGraph.imgsz` (the positions of its area in area attention)
+
+
 @dataclass
 class ChannelGraph:
     """The result of `autoprune.channels.analyze(model)`.
@@ -146,6 +163,7 @@ class ChannelGraph:
         fixed_blocks: paths of blocks the analysis treated as fixed boundaries, with their class names.
         fixed_why: for each of those paths, why its channels are kept.
         imgsz: the image size `convs[...].out_pixels` was recorded at.
+        attention: the attention blocks whose matrix products shrink with their convs' channels, by path.
     """
 
     producers: list[Producer]
@@ -155,6 +173,7 @@ class ChannelGraph:
     fixed_blocks: dict[str, str]
     imgsz: int
     fixed_why: dict[str, str] = field(default_factory=dict)
+    attention: dict[str, AttentionInfo] = field(default_factory=dict)
 
     def group(self, gid: str) -> ChannelGroup:
         """The group with id `gid` (KeyError with the known ids' count if absent)."""
@@ -207,6 +226,22 @@ class ChannelGraph:
             per_output = 1 if info.depthwise else cin // info.groups  # a depthwise conv shrinks with its channels
             total += conv_flops(cout, per_output, info.kernel, info.positions)
         return total * scale / 1e9
+
+    def attention_gflops(
+        self, counts: dict[str, int] | None = None, imgsz: int | None = None, *,
+        channels: dict[str, tuple[int, int]] | None = None,
+    ) -> float:
+        """GFLOPs of the attention blocks' matrix products (`AttentionInfo`) at `imgsz` with `counts` kept channels
+        per group, or with the conv `channels` given (`conv_channels`' form; an attention whose convs are absent
+        from them is gone). Not part of `conv_gflops`: fvcore counts them, and a full count that shrinks with the
+        channels must add them."""
+        channels = self.conv_channels(counts) if channels is None else channels
+        scale = ((imgsz or self.imgsz) / self.imgsz) ** 2
+        total = 0.0
+        for a in self.attention.values():
+            if a.qkv in channels and a.values in channels:
+                total += FLOPS_PER_MAC * a.queries * a.keys * (channels[a.qkv][1] + channels[a.values][1]) / 2
+        return total * scale**2 / 1e9
 
     def flops_shares(self) -> dict[str, float]:
         """For each group, the share of the model's conv FLOPs that its channels drive.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from autoprune.channels.graph import Consumer, Part, Producer
+from autoprune.channels.graph import AttentionInfo, Consumer, Part, Producer
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Symbolic tensors
@@ -49,6 +49,7 @@ class Tracer:
         self.fixed_blocks: dict[str, str] = {}
         self.fixed_why: dict[str, str] = {}  # path -> why that block is kept whole (what `autoprune groups` says)
         self.splits: dict[int, list[tuple[int, int, int, dict[int, int]]]] = {}  # see split_part
+        self.attention: dict[str, AttentionInfo] = {}  # path -> matrix products that shrink with its convs
 
     # -- parts ----------------------------------------------------------------------------------------------------
 

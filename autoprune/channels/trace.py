@@ -153,10 +153,14 @@ def analyze(model: nn.Module, imgsz: int = 640) -> ChannelGraph:
 
     consumed = {c.conv for part in tr.parts for c in part.consumers}
     convs = {name: c for name, c in convs.items() if isinstance(modules[name], _CONVS) or name in consumed}
-    return _build_graph(tr, convs, imgsz)
+    attention = {  # queries x keys: the product grows with the square of the area
+        path: replace(a, queries=round(a.queries * scale), keys=round(a.keys * scale))
+        for path, a in tr.attention.items()
+    }
+    return _build_graph(tr, convs, imgsz, attention)
 
 
-def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int) -> ChannelGraph:
+def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int, attention: dict) -> ChannelGraph:
     # Ties: parts whose counts must match form one group; a fixed member fixes them all.
     roots = sorted({tr.find(i) for i in range(len(tr.parts))})
     tie_parent = {r: r for r in roots}
@@ -212,5 +216,5 @@ def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int) -> ChannelG
         raise AssertionError(f"duplicate group ids: {sorted(i for i in ids if ids.count(i) > 1)}")
     return ChannelGraph(
         producers=tr.producers, parts=parts, groups=groups, convs=convs, fixed_blocks=tr.fixed_blocks, imgsz=imgsz,
-        fixed_why=tr.fixed_why,
+        fixed_why=tr.fixed_why, attention=attention,
     )

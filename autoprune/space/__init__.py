@@ -13,11 +13,13 @@ picks it, and `generic` serves any other detector.
 
 GFLOPs: `SearchSpace.gflops(genome, imgsz)` is the conv count of the channel analysis (2 x multiply-adds of every
 conv, exact). The budget a search enforces is the full fvcore count (`autoprune.cost.count_gflops`), which adds
-batch norms and a few fixed layers. Pass `base_gflops=count_gflops(unpruned_model, imgsz)` to any cost or budget
-method and the space predicts that full count instead: conv GFLOPs + norm GFLOPs (linear in the kept channels,
-computed from the graph) + a constant remainder (what pruning cannot touch). The prediction matches fvcore to
-rounding error on pruned yolov8n/yolo11n; a scale factor full/conv would not be safe, because pruning shrinks convs
-(channels squared) faster than norms (channels), so the full/conv ratio grows as a model is pruned.
+batch norms, attention's matrix products and a few fixed layers. Pass
+`base_gflops=count_gflops(unpruned_model, imgsz)` to any cost or budget method and the space predicts that full count
+instead: conv GFLOPs + norm GFLOPs (linear in the kept channels, computed from the graph) + attention GFLOPs (linear
+in the kept head dims, `ChannelGraph.attention_gflops`) + a constant remainder (what pruning cannot touch). The
+prediction matches fvcore to rounding error on pruned yolov8n/yolo11n/yolo12n; a scale factor full/conv would not
+be safe, because pruning shrinks convs (channels squared) faster than norms (channels), so the full/conv ratio grows
+as a model is pruned.
 
 Example:
     >>> from autoprune.models import load_model

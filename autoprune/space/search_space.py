@@ -229,16 +229,20 @@ class SearchSpace:
                 conv, norm = conv + extra_conv, NORM_FLOPS_PER_ELEMENT * extra_norm
         if base_gflops is None:
             return conv
-        return conv + norm + self._norm_gflops(counts, imgsz, channels) + self._remainder(imgsz, base_gflops)
+        norm += self._norm_gflops(counts, imgsz, channels)
+        attention = self.graph.attention_gflops(imgsz=imgsz, channels=channels)
+        return conv + norm + attention + self._remainder(imgsz, base_gflops)
 
     def _remainder(self, imgsz: int, base_gflops: float) -> float:
-        """Full GFLOPs of the unpruned model that neither convs nor the norms after them account for."""
+        """Full GFLOPs of the unpruned model that neither convs, the norms after them nor the attention products
+        that shrink with them (`ChannelGraph.attention_gflops`) account for."""
         if isinstance(base_gflops, bool) or not isinstance(base_gflops, (int, float)) or not base_gflops > 0:
             raise ValueError(f"base_gflops must be the unpruned model's GFLOPs (> 0), got {base_gflops!r}")
         key = (imgsz, float(base_gflops))
         cache = self.__dict__.setdefault("_remainders", {})
         if key not in cache:
-            cache[key] = base_gflops - self.graph.conv_gflops(None, imgsz) - self._norm_gflops(None, imgsz)
+            cache[key] = (base_gflops - self.graph.conv_gflops(None, imgsz) - self._norm_gflops(None, imgsz)
+                          - self.graph.attention_gflops(None, imgsz))
         return cache[key]
 
     def gflops(self, genome, imgsz: int, *, base_gflops: float | None = None) -> float:

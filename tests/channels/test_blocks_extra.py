@@ -64,3 +64,22 @@ def test_area_attention_prunes_head_dims_exactly(yolo12n):
         ref, got = model.double()(x)[0], pruned.double()(x)[0]
     model.float()
     assert (got - ref).abs().max() <= 1e-6 * ref.abs().max()
+
+
+def test_the_space_prices_attention_products_that_shrink_with_the_head_dim(yolo12n):
+    """The matrix products of attention (q^T k and the mix of values) shrink with a pruned head dim: a space's
+    full-GFLOPs prediction (`base_gflops`) adds them by the graph (`ChannelGraph.attention_gflops`; in area attention
+    each query meets the keys of its area) and matches fvcore's count of the pruned model; left in the fixed
+    remainder they would put it over by half their cost."""
+    from autoprune.cost import count_gflops
+    from autoprune.pruner import prune_to_counts
+    from autoprune.space import load_space
+
+    graph = analyze(yolo12n)
+    space = load_space("generic", graph, yolo12n)
+    base = count_gflops(yolo12n, 128)
+    genome = space.uniform(0.5)
+    counted = count_gflops(prune_to_counts(yolo12n, space.counts(genome), graph=graph), 128)
+    assert space.gflops(genome, 128, base_gflops=base) == pytest.approx(counted, abs=1e-9)
+    full, half = graph.attention_gflops(None, 128), graph.attention_gflops(space.counts(genome), 128)
+    assert half == pytest.approx(full / 2) and full > 1e-3 * base
