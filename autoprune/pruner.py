@@ -400,6 +400,8 @@ def _fix_block_attributes(model: nn.Module) -> None:
             m.dim = m.conv.conv.out_channels
         elif isinstance(m, block.AAttn):
             _fix_area_attention(m)
+        elif isinstance(m, block.Attention):
+            _fix_attention(m)
     layers = getattr(model, "model", None)
     if isinstance(layers, nn.Sequential):
         for m in layers:
@@ -421,6 +423,26 @@ def _fix_area_attention(m: nn.Module) -> None:
         m.qkv.bn.weight[rows] *= factor
         m.qkv.bn.bias[rows] *= factor
     m.head_dim, m.all_head_dim = head_dim, all_head_dim
+
+
+def _fix_attention(m: nn.Module) -> None:
+    """An Attention (PSABlock's, PSA's) whose head dims were pruned: set `head_dim` and `key_dim` from its convs, and
+    `scale` to `key_dim ** -0.5` as a fresh block has it, with the queries scaled so that the logits stay those of
+    the unpruned block (`q * scale` in forward; CoreML export's scaled_dot_product_attention applies `key_dim ** -0.5`
+    itself). qkv has no activation, so scaling its BatchNorm's weight and bias scales the queries."""
+    nh = m.num_heads
+    head_dim = m.pe.conv.out_channels // nh
+    key_dim = (m.qkv.conv.out_channels // nh - head_dim) // 2
+    if key_dim != m.key_dim:
+        scale = key_dim**-0.5
+        factor = m.scale / scale
+        per_head = 2 * key_dim + head_dim
+        rows = torch.cat([torch.arange(h * per_head, h * per_head + key_dim) for h in range(nh)])
+        with torch.no_grad():
+            m.qkv.bn.weight[rows] *= factor
+            m.qkv.bn.bias[rows] *= factor
+        m.scale = scale
+    m.head_dim, m.key_dim = head_dim, key_dim
 
 
 def group_summary(graph: ChannelGraph, counts: Mapping[str, int]) -> list[dict]:

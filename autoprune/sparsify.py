@@ -16,7 +16,7 @@ so no hook reaches a checkpoint) and removed when training ends; `on_train_epoch
 
 The hook adds to the gradient of Ultralytics' training loss, which sums the per-image loss over the batch (x batch
 size), so relative to the per-image mean loss the penalty is `lam / batch`. Only gammas of prunable channels (those
-in `autoprune.channels` groups) are penalised: fixed channels (head outputs, attention, boundaries) cannot be pruned.
+in `autoprune.channels` groups) are penalised: fixed channels (head outputs, boundaries) cannot be pruned.
 AMP is off (`amp=False`), and the trainer trains the loaded model itself (a `DetectionTrainer` whose `get_model`
 returns it: `Model.train()` would rebuild it from its YAML, which cannot describe a pruned model).
 

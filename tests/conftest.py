@@ -109,7 +109,7 @@ SYNTH_C3K2 = {
         [-1, 1, "C3k2", [32, True]],  # 1: C3k inside a C2f-style split
         [-1, 1, "Conv", [64, 3, 2]],  # 2
         [-1, 1, "SPPF", [64, 5]],  # 3
-        [-1, 1, "C2PSA", [64]],  # 4: attention, kept whole inside
+        [-1, 1, "C2PSA", [64]],  # 4: attention with one head
     ],
     "head": [
         [-1, 1, "nn.Upsample", [None, 2, "nearest"]],  # 5

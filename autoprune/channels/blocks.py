@@ -1,12 +1,13 @@
 """The channel rules of Ultralytics' own blocks: how channels couple through each of them.
 
 Here: Conv (plain, depthwise; grouped ones are kept whole), transposed convs (`nn.ConvTranspose2d` and Ultralytics'
-`ConvTranspose`, groups 1; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f, C3, SPP, SPPF, A2C2f
-and Detect, with C2PSA/PSA's attention kept whole, and the channel-wise torch layers (upsampling, max pooling, zero
-padding). The rules of YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown, AConv, SPPELAN), YOLOv10 (SCDown, CIB,
-RepVGGDW), Ghost (GhostConv, GhostBottleneck) and YOLO12's area attention (AAttn, ABlock) are in
-`autoprune.channels.blocks_extra`. Each rule is called as `rule(tracer, path, module, x)` on the symbolic input `x`
-and returns the symbolic output; `handlers` lists them for `autoprune.channels.trace.builtin_handlers`.
+`ConvTranspose`, groups 1; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f (C3k2, C2fPSA), C3, SPP,
+SPPF, A2C2f and Detect, and the channel-wise torch layers (upsampling, max pooling, zero padding). The attention of
+C2PSA, PSA and PSABlock is in `autoprune.channels.psa`; the rules of YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown,
+AConv, SPPELAN), YOLOv10 (SCDown, CIB, RepVGGDW), Ghost (GhostConv, GhostBottleneck) and YOLO12's area attention
+(AAttn, ABlock) in `autoprune.channels.blocks_extra`. Each rule is called as `rule(tracer, path, module, x)` on the
+symbolic input `x` and returns the symbolic output; `handlers` lists them for
+`autoprune.channels.trace.builtin_handlers`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from autoprune.channels.symbolic import Handler, Opaque, Sym, Tracer, handler_for
+
 
 def _conv_parts(tr: Tracer, path: str, m: nn.Module) -> tuple[str, str | None, str | None, nn.Conv2d]:
     """(conv path, bn path or None, act path or None, the nn.Conv2d) of an Ultralytics Conv block."""
@@ -24,6 +26,53 @@ def _conv_parts(tr: Tracer, path: str, m: nn.Module) -> tuple[str, str | None, s
 
 def _width(x: Sym) -> int:
     return sum(s.size for s in x)
+
+
+def cut(tr: Tracer, x: Sym, at: int) -> tuple[Sym, Sym] | None:
+    """`x` cut after its first `at` channels; a segment across the cut has its part split (`Tracer.split_part`).
+
+    None when that part cannot be split (it is tied to another part).
+    """
+    offset = 0
+    for s in x:
+        if offset < at < offset + s.size:
+            if not tr.split_part(s.part, at - offset):
+                return None
+            x = tr.refresh(x)
+            break
+        offset += s.size
+    head, width = [], 0
+    for s in x:
+        if width >= at:
+            break
+        head.append(s)
+        width += s.size
+    return head, x[len(head):]
+
+
+def add_aligned(tr: Tracer, a: Sym, b: Sym, why: str) -> Sym:
+    """`a + b` where the two sides may be made of segments of different sizes: each is cut at the other's
+    segment boundaries first (splitting parts), so that aligned segments can be joined; else both are fixed."""
+    if _width(a) != _width(b):
+        return tr.add(a, b, why)
+    for _ in range(len(a) + len(b)):
+        if [s.size for s in a] == [s.size for s in b]:
+            break
+        bounds_a, bounds_b, o = set(), set(), 0
+        for s in a:
+            o += s.size
+            bounds_a.add(o)
+        o = 0
+        for s in b:
+            o += s.size
+            bounds_b.add(o)
+        at = min((bounds_a ^ bounds_b) - {_width(a)})
+        side = a if at not in bounds_a else b
+        pieces = cut(tr, side, at)
+        if pieces is None:
+            break
+        a, b = tr.refresh(a), tr.refresh(b)
+    return tr.add(a, b, why)
 
 
 def _conv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
@@ -86,32 +135,50 @@ def _concat(tr: Tracer, path: str, m: nn.Module, x):
 
 def _bottleneck(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     y = tr.child(path, m, "cv2", tr.child(path, m, "cv1", x))
-    return tr.add(x, y, f"{path} (residual)") if m.add else y
+    return add_aligned(tr, tr.refresh(x), y, f"{path} (residual)") if m.add else y  # x may come in head-sized pieces
 
 
-def _split_conv(tr: Tracer, path: str, m: nn.Module, x: Sym, name: str, half: int) -> tuple[Sym, Sym] | None:
-    """Trace `m.<name>` (a Conv) whose output is split into two equal halves; the halves' counts are tied."""
+def _split_conv(
+    tr: Tracer, path: str, m: nn.Module, x: Sym, name: str, half: int, pieces: int = 1
+) -> tuple[Sym, Sym] | None:
+    """Trace `m.<name>` (a Conv) whose output is split into two equal halves; the halves' counts are tied.
+
+    With `pieces > 1` each half is made of that many parts of `half // pieces` channels, all tied: what an attention
+    inside the block needs, whose input must hold `num_heads` equal shares (see `autoprune.channels.psa`).
+    """
     cv = getattr(m, name)
     if handler_for(cv) is not _conv or cv.conv.groups != 1 or cv.conv.out_channels != 2 * half:
         return None
     if _width(x) != cv.conv.in_channels:
         return None
+    pieces = pieces if pieces >= 1 and half % pieces == 0 else 1
     conv_path, bn, act, conv = _conv_parts(tr, f"{path}.{name}", cv)
     tr.consume(conv_path, x)
-    a = tr.produce(conv_path, bn, act, half, offset=0)
-    b = tr.produce(conv_path, bn, act, half, offset=half)
-    tr.ties.append((a[0].part, b[0].part))
-    return a, b
+    size = half // pieces
+    segs = [tr.produce(conv_path, bn, act, size, offset=i * size)[0] for i in range(2 * pieces)]
+    tr.ties += [(segs[0].part, s.part) for s in segs[1:]]
+    return segs[:pieces], segs[pieces:]
+
+
+def attention_heads(m: nn.Module) -> int:
+    """The head count of the `Attention` modules inside `m` when they all have one (1 if none, or if they differ):
+    how many tied pieces a block's split should make so that its attention's input can be cut into heads."""
+    from ultralytics.nn.modules.block import Attention
+
+    counts = {a.num_heads for a in m.modules() if isinstance(a, Attention)}
+    return counts.pop() if len(counts) == 1 else 1
 
 
 def _c2f(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
-    halves = _split_conv(tr, path, m, x, "cv1", m.c)
+    """C2f, C3k2 (with C3k, Bottleneck or Bottleneck + PSABlock inside), C2fPSA: cv1's halves, the blocks on the
+    second, cv2 reads them all."""
+    halves = _split_conv(tr, path, m, x, "cv1", m.c, attention_heads(m.m))
     if halves is None:
         return tr.boundary(path, m, x)
     y = list(halves)
     for i, block in enumerate(m.m):
         y.append(tr(f"{path}.m.{i}", block, y[-1]))
-    return tr.child(path, m, "cv2", [s for t in y for s in t])
+    return tr.child(path, m, "cv2", [s for t in tr.refresh(y) for s in t])
 
 
 def _c2(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
@@ -142,23 +209,6 @@ def _sppf(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     y = tr.child(path, m, "cv1", x)
     out = tr.child(path, m, "cv2", y * (getattr(m, "n", 3) + 1))
     return tr.add(out, x, f"{path} (residual)") if getattr(m, "add", False) else out
-
-
-def _split_attention(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
-    """C2PSA / PSA: cv1 is split in two; one half runs through attention (kept whole), cv2 reads both halves.
-
-    Attention reshapes channels by heads with sizes fixed at construction, so the hidden halves are kept; the
-    block's input (read by cv1) and output (written by cv2) stay prunable.
-    """
-    halves = _split_conv(tr, path, m, x, "cv1", m.c)
-    if halves is None:
-        return tr.boundary(path, m, x)
-    a, b = halves
-    tr.fix(a + b, f"{path} (attention)")
-    tr.fixed_blocks[f"{path}.attention"] = type(m).__name__
-    tr.fixed_why[f"{path}.attention"] = ("attention splits these channels into heads whose count and size are fixed "
-                                         "at construction; the block's input and output channels prune")
-    return tr.child(path, m, "cv2", a + b)
 
 
 def _a2c2f(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
@@ -207,8 +257,6 @@ def handlers() -> list[tuple[type, Handler]]:
         (block.C3, _c3),
         (block.SPP, _spp),
         (block.SPPF, _sppf),
-        (block.C2PSA, _split_attention),
-        (block.PSA, _split_attention),
         (block.A2C2f, _a2c2f),
         (head.Detect, _detect),
     ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from autoprune.channels.blocks import _conv, _conv_parts, _split_conv, _width
+from autoprune.channels.blocks import _conv, _conv_parts, _split_conv, _width, add_aligned, cut
 from autoprune.channels.graph import AttentionInfo
 from autoprune.channels.symbolic import Handler, Sym, Tracer, handler_for
 
@@ -26,28 +26,6 @@ def _is_plain_conv(m: nn.Module, depthwise: bool = False) -> bool:
         return False
     c = m.conv
     return c.groups == c.in_channels == c.out_channels if depthwise else c.groups == 1
-
-
-def cut(tr: Tracer, x: Sym, at: int) -> tuple[Sym, Sym] | None:
-    """`x` cut after its first `at` channels; a segment across the cut has its part split (`Tracer.split_part`).
-
-    None when that part cannot be split (it is tied to another part).
-    """
-    offset = 0
-    for s in x:
-        if offset < at < offset + s.size:
-            if not tr.split_part(s.part, at - offset):
-                return None
-            x = tr.refresh(x)
-            break
-        offset += s.size
-    head, width = [], 0
-    for s in x:
-        if width >= at:
-            break
-        head.append(s)
-        width += s.size
-    return head, x[len(head):]
 
 
 def chunk2(tr: Tracer, x: Sym) -> tuple[Sym, Sym] | None:
@@ -70,31 +48,6 @@ def chunk2(tr: Tracer, x: Sym) -> tuple[Sym, Sym] | None:
         if tr.find(sa.part) != tr.find(sb.part):
             tr.ties.append((sa.part, sb.part))
     return a, b
-
-
-def add_aligned(tr: Tracer, a: Sym, b: Sym, why: str) -> Sym:
-    """`a + b` where the two sides may be made of segments of different sizes: each is cut at the other's
-    segment boundaries first (splitting parts), so that aligned segments can be joined; else both are fixed."""
-    if _width(a) != _width(b):
-        return tr.add(a, b, why)
-    for _ in range(len(a) + len(b)):
-        if [s.size for s in a] == [s.size for s in b]:
-            break
-        bounds_a, bounds_b, o = set(), set(), 0
-        for s in a:
-            o += s.size
-            bounds_a.add(o)
-        o = 0
-        for s in b:
-            o += s.size
-            bounds_b.add(o)
-        at = min((bounds_a ^ bounds_b) - {_width(a)})
-        side = a if at not in bounds_a else b
-        pieces = cut(tr, side, at)
-        if pieces is None:
-            break
-        a, b = tr.refresh(a), tr.refresh(b)
-    return tr.add(a, b, why)
 
 
 def _repconv(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from autoprune.channels import blocks, blocks_extra, heads
+from autoprune.channels import blocks, blocks_extra, heads, psa
 from autoprune.channels.graph import ChannelGraph, ChannelGroup, ConvInfo, block_of
 from autoprune.channels.symbolic import Segment, Tracer, install_builtin_handlers, register_handler
 from autoprune.wrappers import detection_model
@@ -33,7 +33,7 @@ def builtin_handlers() -> list:
     """(class, rule) for every Ultralytics and torch block the analysis knows. A rule serves the instances of its
     class that keep the class's forward, first match first: the task heads come before Detect (Pose and OBB keep
     its forward), the extra blocks after the common ones (RepCSP and RepBottleneck keep C3's and Bottleneck's)."""
-    return [*heads.handlers(), *blocks.handlers(), *blocks_extra.handlers()]
+    return [*heads.handlers(), *blocks.handlers(), *psa.handlers(), *blocks_extra.handlers()]
 
 
 def _record(model: nn.Module, imgsz: int) -> tuple[dict[str, tuple[int, ...]], dict[str, ConvInfo]]:

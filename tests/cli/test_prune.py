@@ -31,9 +31,8 @@ def test_groups_json_lists_groups_and_summary(capsys):
 def test_groups_human_output_ends_with_summary(capsys):
     code, out, _ = run_cli(capsys, "groups", "--model", "yolo11n.yaml")
     assert code == 0
-    summary, why = out.splitlines()[-2:]
-    assert "fixed boundaries: C2PSA" in summary
-    assert why.startswith("  kept whole: 10.attention (C2PSA): attention splits these channels into heads")
+    summary = out.splitlines()[-1]
+    assert "fixed boundaries: none" in summary and "kept whole" not in out  # C2PSA's attention prunes too
     assert "prunable share of conv FLOPs" in out
 
 

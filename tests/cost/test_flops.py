@@ -43,7 +43,7 @@ def test_count_gflops_applies_the_flop_model(stride, groups):
 def test_space_prediction_equals_the_pruned_models_count(name):
     """Uniform 0.3/0.5/0.8 and random genomes: prediction and fvcore count agree to 1e-9 GFLOPs (float rounding).
 
-    yolo11n has attention (matrix products the graph cannot see, a fixed remainder) besides convs and norms;
+    yolo11n has attention (matrix products that shrink with its pruned head dims) besides convs and norms;
     yolov8n-seg a pruned transposed conv (Proto's upsampling: each weight once per input position).
     """
     before = torch.get_num_threads()

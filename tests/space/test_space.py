@@ -301,7 +301,7 @@ def test_repair_stays_close():
 def test_full_gflops_prediction_matches_fvcore_on_pruned_models():
     from autoprune.cost import count_gflops
 
-    for name in ("yolo11n.yaml",):  # yolo11 has the most besides convs: norms, and attention the graph cannot see
+    for name in ("yolo11n.yaml",):  # yolo11 has the most besides convs: norms, and attention's matrix products
         model, graph = built(name)
         space = default_space(name)
         base = count_gflops(model, 320)
