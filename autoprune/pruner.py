@@ -16,6 +16,7 @@ channels' kernels are flat.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from copy import deepcopy
@@ -287,8 +288,21 @@ def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, l
         if bn is not None and not bool(om.all()):
             _slice_bn(bn, om)
 
+    _fix_split_sizes(modules, masks)
     _fix_block_attributes(new)
     return new
+
+
+def _fix_split_sizes(modules: dict[str, nn.Module], masks: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """A CBLinear splits its conv's output by the sizes it stores (`c2s`): each piece keeps what the conv's output
+    mask keeps of it."""
+    from ultralytics.nn.modules.block import CBLinear
+
+    for path, m in modules.items():
+        if isinstance(m, CBLinear) and f"{path}.conv" in masks:
+            out = masks[f"{path}.conv"][0]
+            ends = list(itertools.accumulate(m.c2s))
+            m.c2s = [int(out[end - c : end].sum()) for c, end in zip(m.c2s, ends)]
 
 
 def _constant(graph, modules, cache, prod_index: int) -> torch.Tensor:

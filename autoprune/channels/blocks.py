@@ -4,9 +4,9 @@ Here: Conv (plain, depthwise; grouped ones are kept whole), transposed convs (`n
 `ConvTranspose`, groups 1; grouped ones are kept whole), Concat, Bottleneck, C1, C2, C2f (C3k2, C2fPSA), C3, SPP,
 SPPF, A2C2f and Detect, and the channel-wise torch layers (upsampling, max pooling, zero padding). The attention of
 C2PSA, PSA and PSABlock is in `autoprune.channels.psa`; the rules of YOLOv9 (RepConv, RepNCSPELAN4, ELAN1, ADown,
-AConv, SPPELAN), YOLOv10 (SCDown, CIB, RepVGGDW), Ghost (GhostConv, GhostBottleneck) and YOLO12's area attention
-(AAttn, ABlock) in `autoprune.channels.blocks_extra`. Each rule is called as `rule(tracer, path, module, x)` on the
-symbolic input `x` and returns the symbolic output; `handlers` lists them for
+AConv, SPPELAN, CBLinear, CBFuse), YOLOv10 (SCDown, CIB, RepVGGDW), Ghost (GhostConv, GhostBottleneck) and YOLO12's
+area attention (AAttn, ABlock) in `autoprune.channels.blocks_extra`. Each rule is called as
+`rule(tracer, path, module, x)` on the symbolic input `x` and returns the symbolic output; `handlers` lists them for
 `autoprune.channels.trace.builtin_handlers`.
 """
 

@@ -1,12 +1,13 @@
 """Channel rules of the YOLOv9, YOLOv10, YOLO12 attention and Ghost blocks (the common blocks' are in `blocks`).
 
 YOLOv9: RepConv (3x3 and 1x1 branches summed before the activation), RepNCSPELAN4 and ELAN1 (a C2f-like split
-with two stages), ADown (the input cut into two halves), AConv, SPPELAN; RepCSP and RepBottleneck keep C3's and
-Bottleneck's forward, so their rules apply. YOLOv10: SCDown, CIB (a residual through depthwise and 1x1 convs),
-RepVGGDW (two depthwise branches summed before the activation); C2fCIB is a C2f. Ghost: GhostConv (its depthwise
-half repeats the channels of its first half, so both halves share one index) and GhostBottleneck (a residual whose
-two sides may be cut differently: the side that is one part is cut to match). YOLO12: AAttn's head dim (the
-number of heads stays) and ABlock's residuals.
+with two stages), ADown (the input cut into two halves), AConv, SPPELAN, and YOLOv9-E's auxiliary branch: CBLinear
+(one conv split into pieces) and CBFuse (pieces of several CBLinears summed into a stream, a residual coupling);
+RepCSP and RepBottleneck keep C3's and Bottleneck's forward, so their rules apply. YOLOv10: SCDown, CIB (a
+residual through depthwise and 1x1 convs), RepVGGDW (two depthwise branches summed before the activation); C2fCIB
+is a C2f. Ghost: GhostConv (its depthwise half repeats the channels of its first half, so both halves share one
+index) and GhostBottleneck (a residual whose two sides may be cut differently: the side that is one part is cut to
+match). YOLO12: AAttn's head dim (the number of heads stays) and ABlock's residuals.
 
 Each rule is `rule(tracer, path, module, x)`, as in `blocks`; `handlers` lists them for `trace.builtin_handlers`.
 """
@@ -17,7 +18,7 @@ from torch import nn
 
 from autoprune.channels.blocks import _conv, _conv_parts, _split_conv, _width, add_aligned, cut
 from autoprune.channels.graph import AttentionInfo
-from autoprune.channels.symbolic import Handler, Sym, Tracer, handler_for
+from autoprune.channels.symbolic import Handler, Segment, Sym, Tracer, handler_for
 
 
 def _is_plain_conv(m: nn.Module, depthwise: bool = False) -> bool:
@@ -116,6 +117,52 @@ def _sppelan(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     return tr.child(path, m, "cv5", y * 4)  # three max-poolings of cv1's output, concatenated with it
 
 
+def _cblinear(tr: Tracer, path: str, m: nn.Module, x: Sym) -> list[Sym] | Sym:
+    """CBLinear: one conv (bias, no BatchNorm, no activation) whose output is split into pieces of `c2s` channels and
+    returned as a tuple, here a list of symbolic tensors: each piece is a part of its own, produced by the conv at
+    its offset. A removed channel emits the conv's bias, which the pruner folds into what reads it; the pruner sets
+    `c2s` to what each piece keeps. A piece that nothing reads is a group of its own: removing its channels is exact."""
+    conv = m.conv
+    if isinstance(conv, nn.Conv2d) and conv.groups != 1:
+        return tr.boundary(path, m, x, "a grouped conv ties channels across its groups")
+    if not isinstance(conv, nn.Conv2d) or not _is_sym(x) or _width(x) != conv.in_channels:
+        return tr.boundary(path, m, x)
+    if sum(m.c2s) != conv.out_channels:
+        return tr.boundary(path, m, x)
+    tr.consume(f"{path}.conv", x)
+    pieces, offset = [], 0
+    for c in m.c2s:
+        pieces.append(tr.produce(f"{path}.conv", None, None, c, offset=offset))
+        offset += c
+    return pieces
+
+
+def _cbfuse(tr: Tracer, path: str, m: nn.Module, x) -> Sym:
+    """CBFuse: piece `idx[i]` of the i-th input (a CBLinear's pieces), resized to the last input's size by nearest
+    interpolation (a constant channel stays constant), summed with the last input: each piece joins the last input's
+    channels as a residual does, cut to match where that input is made of several parts (an ADown's two halves).
+    The pieces' producers are side inputs: the group is named after the last input's producer."""
+    ok = isinstance(x, list) and len(x) >= 1 and _is_sym(x[-1]) and len(x) - 1 <= len(m.idx)
+    ok = ok and all(isinstance(t, list) and all(_is_sym(p) for p in t) and 0 <= i < len(t)
+                    for t, i in zip(x[:-1], m.idx))
+    if not ok:
+        return tr.boundary(path, m, x, "its inputs are not the pieces of CBLinears and one tensor")
+    out = x[-1]
+    for k, (t, i) in enumerate(zip(x[:-1], m.idx)):
+        out = add_aligned(tr, tr.refresh(out), tr.refresh(t[i]), f"{path} (sum)")
+        piece = tr.refresh(t[i])
+        tr.side.update(j for s in piece for j in s.sources)
+        if [s.size for s in tr.refresh(out)] != [s.size for s in piece]:
+            tr.fixed_blocks[path] = type(m).__name__
+            tr.fixed_why[path] = (f"piece {i} of input {k} and the last input cannot be cut to line up (their parts "
+                                  "are tied to others), so both keep their channels")
+    return tr.refresh(out)
+
+
+def _is_sym(x) -> bool:
+    return isinstance(x, list) and all(isinstance(s, Segment) for s in x)
+
+
 def _scdown(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
     return tr.child(path, m, "cv2", tr.child(path, m, "cv1", x))  # a 1x1 conv, then a depthwise strided conv
 
@@ -192,6 +239,8 @@ def handlers() -> list[tuple[type, Handler]]:
         (block.ADown, _adown),
         (block.AConv, _aconv),
         (block.SPPELAN, _sppelan),
+        (block.CBLinear, _cblinear),
+        (block.CBFuse, _cbfuse),
         (block.SCDown, _scdown),
         (block.CIB, _cib),
         (conv.GhostConv, _ghostconv),

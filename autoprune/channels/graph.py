@@ -86,10 +86,12 @@ class ChannelGroup:
     """A prunable channel group: one keep ratio applies to it.
 
     Attributes:
-        id: stable name, the path of its first producer without the `model.` prefix (`"2.cv1"`, `"22.cv3.0.1"`).
+        id: stable name, the path of its first producer without the `model.` prefix (`"2.cv1"`, `"22.cv3.0.1"`);
+            a stream that CBLinear pieces are summed into is named after its own first producer, and a group named
+            after a conv that already names another takes its offset there (`"5@128"`, a second unread piece).
         size: channels per part; the group has `len(parts)` parts of this size.
         parts: indices into `ChannelGraph.parts`.
-        layer: index of the top-level layer (`model.model[layer]`) of its first producer.
+        layer: index of the top-level layer (`model.model[layer]`) of the producer it is named after.
         producers: module paths of the convs that produce its channels.
         consumers: module paths of the convs that read them.
     """

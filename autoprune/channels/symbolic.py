@@ -50,6 +50,7 @@ class Tracer:
         self.fixed_why: dict[str, str] = {}  # path -> why that block is kept whole (what `autoprune groups` says)
         self.splits: dict[int, list[tuple[int, int, int, dict[int, int]]]] = {}  # see split_part
         self.attention: dict[str, AttentionInfo] = {}  # path -> matrix products that shrink with its convs
+        self.side: set[int] = set()  # producers added into a stream another producer names (CBLinear's pieces)
 
     # -- parts ----------------------------------------------------------------------------------------------------
 
@@ -162,6 +163,8 @@ class Tracer:
                 Producer(q.conv, q.bn, q.act, q.offset + at, depthwise=q.depthwise, summed=q.summed)
             )
             moved[idx] = len(self.producers) - 1
+            if idx in self.side:
+                self.side.add(moved[idx])
         self.parts[new].producers = sorted(moved.values())
         self.parts[new].consumers = [
             Consumer(c.conv, c.offset + at, tuple(moved.get(i, i) for i in c.sources)) for c in part.consumers

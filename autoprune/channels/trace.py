@@ -184,7 +184,7 @@ def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int, attention: 
     for part in parts:
         part.producers = sorted(set(part.producers))
 
-    groups = []
+    named: list[tuple[int, ChannelGroup]] = []  # (the producer that names it, the group)
     for members in clusters.values():
         ps = [tr.parts[r] for r in members]
         if any(p.fixed for p in ps) or any(p.size != ps[0].size for p in ps) or not all(p.producers for p in ps):
@@ -192,7 +192,8 @@ def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int, attention: 
                 if not p.fixed:
                     p.fixed, p.fixed_by = True, p.fixed_by or "tied to a fixed part"
             continue
-        first = min(min(p.producers) for p in ps)
+        every = [i for p in ps for i in p.producers]
+        first = min((i for i in every if i not in tr.side), default=min(every))  # the stream's own producer
         members = sorted(members, key=lambda r: min(tr.parts[r].producers))
         producer_paths = []
         for p in ps:
@@ -200,17 +201,19 @@ def _build_graph(tr: Tracer, convs: dict[str, ConvInfo], imgsz: int, attention: 
         consumer_paths = sorted({block_of(c.conv) for p in ps for c in p.consumers})
         name = tr.producers[first].block
         gid = name[len("model."):] if name.startswith("model.") else name
-        groups.append(
-            ChannelGroup(
-                id=gid,
-                size=ps[0].size,
-                parts=tuple(index[r] for r in members),
-                layer=int(gid.split(".")[0]) if gid.split(".")[0].isdigit() else -1,
-                producers=tuple(dict.fromkeys(producer_paths)),
-                consumers=tuple(consumer_paths),
-            )
-        )
-    groups.sort(key=lambda g: min(min(parts[i].producers) for i in g.parts))
+        named.append((first, ChannelGroup(
+            id=gid,
+            size=ps[0].size,
+            parts=tuple(index[r] for r in members),
+            layer=int(gid.split(".")[0]) if gid.split(".")[0].isdigit() else -1,
+            producers=tuple(dict.fromkeys(producer_paths)),
+            consumers=tuple(consumer_paths),
+        )))
+    named.sort(key=lambda t: t[0])
+    for i, (first, g) in enumerate(named):  # a later group named after the same conv: by its offset there
+        if any(h.id == g.id for _, h in named[:i]):
+            named[i] = (first, replace(g, id=f"{g.id}@{tr.producers[first].offset}"))
+    groups = [g for _, g in named]
     ids = [g.id for g in groups]
     if len(set(ids)) != len(ids):
         raise AssertionError(f"duplicate group ids: {sorted(i for i in ids if ids.count(i) > 1)}")
