@@ -132,8 +132,25 @@ def _scaled(path: str, width: float = 0.25, depth: float = 0.33) -> dict:
     return cfg
 
 
-# Larger members of a ladder whose blocks the smallest lacks: yolov9c's ADown and RepCSP inside RepNCSPELAN4.
-LADDER_EXTRAS = [("yolov9c", _scaled("v9/yolov9c.yaml"))]
+def _small_yolov9e() -> dict:
+    """yolov9e.yaml at a quarter of its widths: the width multiple scales what Ultralytics scales, and the channel
+    arguments it takes as written (CBLinear's pieces, RepNCSPELAN4's and SPPELAN's hidden widths) are scaled here."""
+    cfg = _scaled("v9/yolov9e.yaml")
+    for _, _, module, args in cfg["backbone"] + cfg["head"]:
+        if module == "CBLinear":
+            args[0] = [c // 4 for c in args[0]]
+        elif module == "RepNCSPELAN4":
+            args[1:3] = [args[1] // 4, args[2] // 4]
+        elif module == "SPPELAN":
+            args[1] //= 4
+    return cfg
+
+
+# Larger members of a ladder whose blocks the smallest lacks: yolov9c's ADown and RepCSP inside RepNCSPELAN4,
+# yolov9e's auxiliary branch (CBLinear, CBFuse; and ADown). The every-family test prunes and reloads yolov9e too.
+SMALL_YOLOV9E = ("yolov9e", _small_yolov9e())
+LADDER_EXTRAS = [("yolov9c", _scaled("v9/yolov9c.yaml")), SMALL_YOLOV9E]
+FAMILIES = DETECTION_YAMLS + [SMALL_YOLOV9E]
 
 
 def test_every_claimed_family_is_among_the_generated_yamls():
@@ -152,13 +169,13 @@ FAMILY_CEILING = {
 
 @pytest.mark.slow
 def test_every_family_keeps_at_most_a_third_of_its_flops_and_loads_without_autoprune(tmp_path):
-    """Every detection YAML the installed Ultralytics ships, pruned at keep 0.5: its conv GFLOPs fall to at most 35%
-    (or its measured ceiling), and every checkpoint loads and runs in one fresh process that never imports autoprune,
-    with the outputs of the in-memory pruned model (up to FP16 storage)."""
+    """Every detection YAML the installed Ultralytics ships (and yolov9e's auxiliary branch), pruned at keep 0.5: its
+    conv GFLOPs fall to at most 35% (or its measured ceiling), and every checkpoint loads and runs in one fresh process
+    that never imports autoprune, with the outputs of the in-memory pruned model (up to FP16 storage)."""
     from ultralytics.nn.tasks import DetectionModel
 
     expected, shares = {}, {}
-    for i, (name, cfg) in enumerate(DETECTION_YAMLS):
+    for i, (name, cfg) in enumerate(FAMILIES):
         torch.manual_seed(0)
         model = DetectionModel(copy.deepcopy(cfg), verbose=False).eval()
         graph = analyze(model, imgsz=64)
@@ -175,7 +192,7 @@ def test_every_family_keeps_at_most_a_third_of_its_flops_and_loads_without_autop
         from ultralytics import YOLO
         x = torch.load({str(tmp_path / "x.pt")!r})
         outs = {{}}
-        for i in range({len(DETECTION_YAMLS)}):
+        for i in range({len(FAMILIES)}):
             y = YOLO({str(tmp_path)!r} + f"/m{{i}}.pt").model.float().eval()(x)
             outs[i] = y[0] if isinstance(y, (tuple, list)) else y
         torch.save(outs, {str(tmp_path / "outs.pt")!r})
@@ -187,7 +204,7 @@ def test_every_family_keeps_at_most_a_third_of_its_flops_and_loads_without_autop
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
     outs = torch.load(tmp_path / "outs.pt")
-    for i, (name, _) in enumerate(DETECTION_YAMLS):
+    for i, (name, _) in enumerate(FAMILIES):
         assert outs[i].shape == expected[i].shape, name
         assert torch.allclose(outs[i], expected[i], rtol=1e-4, atol=1e-3), name  # the same FP16 weights
 
