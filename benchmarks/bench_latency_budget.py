@@ -11,7 +11,8 @@ first. Two models are made for it:
 - prune-hessian: `autoprune prune --target-latency-ms B --latency-backend BACKEND --strategy global --criterion
   hessian`: one global hessian threshold bisected on the latency model's prediction.
 
-Each is timed end to end in the backend (median at 640, batch 1) and finetuned alike by `finetune_and_validate`
+Every latency is timed with `--threads` CPU threads (1 by default: on a shared 2-core machine one thread times alike
+from run to run, two do not). Each model is timed end to end in the backend (median at 640, batch 1) and finetuned alike by `finetune_and_validate`
 (head distillation from the unpruned model, `--epochs` at 320, batch 16, the whole demo train split) under every
 finetune seed, then validated on the whole val split. Prints mean, spread and the paired difference. Results are
 cached in runs/bench_latency_budget/NAME/results.json, so an interrupted run continues. Nothing is asserted.
@@ -37,6 +38,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--imgsz", type=int, default=320, help="finetune and validation size")
     parser.add_argument("--trials", type=int, default=None, help="the search's --trials (default: its own)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for every latency (the search's and prune's through OMP_NUM_THREADS, "
+                             "which their proxy and calibration then use too): 1 thread times alike on a shared CPU")
     parser.add_argument("--name", default="lat50")
     args = parser.parse_args()
     header()
@@ -52,14 +56,19 @@ def main() -> int:
     data = load_data_config(None)
 
     def latency(model) -> float:
-        return measure_latency(model, imgsz=640, backend=args.backend, cache=False).median_ms
+        return measure_latency(model, imgsz=640, backend=args.backend, threads=args.threads, cache=False).median_ms
+
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
 
     if "budget_ms" not in results:
         results["unpruned_ms"] = latency(base)
         results["budget_ms"] = round(args.share * results["unpruned_ms"], 2)
         save()
     budget = results["budget_ms"]
-    print(f"unpruned: {results['unpruned_ms']:.2f} ms ({args.backend}, 640, batch 1); budget {budget} ms "
+    print(f"unpruned: {results['unpruned_ms']:.2f} ms ({args.backend}, 640, batch 1, {args.threads} thread(s)); "
+          f"budget {budget} ms "
           f"({args.share:.0%}); {load()}", flush=True)
 
     study_name = f"bench-latency-{args.name}"
@@ -68,7 +77,7 @@ def main() -> int:
                "--name", study_name, "--exist-ok", "--resume", "--json",
                *(["--trials", str(args.trials)] if args.trials else [])]
         print("$ " + " ".join(cmd), flush=True)
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env)
         summary = json.loads(done.stdout)
         results["searched_trial"] = summary["recommended"]["number"]
         results["search_reason"] = summary.get("recommendation_reason")
@@ -78,7 +87,7 @@ def main() -> int:
         cmd = ["autoprune", "prune", "--target-latency-ms", str(budget), "--latency-backend", args.backend,
                "--strategy", "global", "--criterion", "hessian", "--no-val", "--out", str(pruned_pt), "--json"]
         print("$ " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=env)
 
     models = {"searched": searched_model(loaded, study_name, results["searched_trial"]),
               "prune-hessian": load_model(str(pruned_pt)).model}
