@@ -392,8 +392,8 @@ def _min_loop(forward, runs: int = 50, warmup: int = 3, max_s: float = 1.0) -> l
 
 
 def _openvino_layer(module: nn.Sequential, x: torch.Tensor):
-    """The layer as the OpenVINO graph its converter makes of a conv + bias + activation (Convolution or
-    GroupConvolution, Add, the activation op), built with its opset directly: converting a traced module takes
+    """The layer as the OpenVINO graph its converter makes of a conv + bias + activation (Convolution,
+    GroupConvolution or, for a transposed conv, ConvolutionBackpropData; Add, the activation op), built with its opset directly: converting a traced module takes
     seconds, this milliseconds."""
     import numpy as np
     import openvino as ov
@@ -403,7 +403,13 @@ def _openvino_layer(module: nn.Sequential, x: torch.Tensor):
     w = conv.weight.detach().numpy()
     param = ops.parameter(list(x.shape), np.float32)
     args = (list(conv.stride), list(conv.padding), list(conv.padding), list(conv.dilation))
-    if conv.groups == 1:
+    if isinstance(conv, nn.ConvTranspose2d):  # weight (in, out, kh, kw), as OpenVINO's ConvolutionBackpropData takes it
+        if conv.groups != 1:
+            raise ValueError("only transposed convs with groups 1 are measured")
+        y = ops.convolution_backprop_data(param, ops.constant(w), list(conv.stride), pads_begin=list(conv.padding),
+                                          pads_end=list(conv.padding), dilations=list(conv.dilation),
+                                          output_padding=list(conv.output_padding))
+    elif conv.groups == 1:
         y = ops.convolution(param, ops.constant(w), *args)
     else:
         g = conv.groups

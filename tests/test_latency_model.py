@@ -338,3 +338,23 @@ def test_predictions_are_medians_the_entries_minima(demo, monkeypatch, tmp_path)
     again = LatencyTable(model, graph, imgsz=IMGSZ, backend="onnxruntime", threads=1, path=path,
                          load_average=quiet).build()
     assert again.median_ratio == pytest.approx(1.2) and again.measured == 0 and len(runs) == 1  # kept on disk
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_transposed_conv_entry_runs_the_transposed_conv_in_the_runtime(backend):
+    """What the table times for a transposed conv is that layer in the runtime (OpenVINO's graph is built by hand:
+    a Convolution there would time another layer), checked by its outputs against torch."""
+    import numpy as np
+    import torch
+
+    from autoprune.cost import backends
+    from autoprune.latency_model import _layer_session
+
+    cfg = LayerConfig("conv_transpose", (8, 8), 16, 16, (2, 2), (2, 2), (0, 0), (1, 1), 1, "Identity")
+    module = cfg.module()
+    session = _layer_session(backend, module, torch.device("cpu"), cfg.cin, 8, 1, "fp32", 1)
+    out = session.outputs()[0]
+    with torch.no_grad():
+        expected = module(backends.fixed_input(1, cfg.cin, 8)).numpy()
+    assert out.shape == expected.shape == (1, 16, 16, 16)
+    assert np.allclose(out, expected, atol=1e-4)
