@@ -289,8 +289,24 @@ def apply_indices(model: nn.Module, graph: ChannelGraph, indices: Mapping[str, l
             _slice_bn(bn, om)
 
     _fix_split_sizes(modules, masks)
+    _slice_scales(graph, modules, masks)
     _fix_block_attributes(new)
     return new
+
+
+def _scale_param(modules: dict[str, nn.Module], path: str) -> nn.Parameter:
+    """The parameter at dotted `path` (`model.8.gamma`): its owner module's attribute."""
+    owner, _, name = path.rpartition(".")
+    return getattr(modules[owner], name)
+
+
+def _slice_scales(graph: ChannelGraph, modules: dict[str, nn.Module], masks) -> None:
+    """A producer's per-channel output scale (A2C2f's gamma) keeps the channels its conv keeps."""
+    for p in graph.producers:
+        if p.scale is None or p.conv not in masks or bool(masks[p.conv][0].all()):
+            continue
+        gamma, (owner, _, name) = _scale_param(modules, p.scale), p.scale.rpartition(".")
+        setattr(modules[owner], name, _param(gamma.detach()[masks[p.conv][0].to(gamma.device)], gamma))
 
 
 def _fix_split_sizes(modules: dict[str, nn.Module], masks: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -322,6 +338,8 @@ def _constant(graph, modules, cache, prod_index: int) -> torch.Tensor:
         act = modules[p.act] if p.act is not None else nn.Identity()
         with torch.no_grad():
             value = act(beta.view(1, -1, 1, 1)).flatten()
+            if p.scale is not None:  # A2C2f's gamma multiplies the activation's output
+                value = value * _scale_param(modules, p.scale).detach().float()
         size = next(pt.size for pt in graph.parts if prod_index in pt.producers)
         cache[prod_index] = value[p.offset : p.offset + size]
     return cache[prod_index]

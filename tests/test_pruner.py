@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import SYNTH_C2F, build_synthetic, make_removed_channels_constant, randomize_bn
+from conftest import SYNTH_C2F, build_synthetic, make_removed_channels_constant, randomize_bn, replicate_padding
 
 from autoprune.channels import analyze
 from autoprune.errors import UserError
@@ -233,19 +233,6 @@ def _raw_head_outputs(model, x) -> torch.Tensor:
     return torch.cat(flat, 1)
 
 
-def _replicate_padding(model) -> None:
-    """Pad every conv (and every zero-padding layer) by repeating its border instead of with zeros, so a constant
-    channel stays constant."""
-    for parent in model.modules():
-        for name, m in parent.named_children():
-            if isinstance(m, torch.nn.Conv2d) and any(m.padding):
-                m.padding_mode = "replicate"
-            elif type(m) is torch.nn.ZeroPad2d:
-                pad = torch.nn.ReplicationPad2d(m.padding)
-                pad.f, pad.i = m.f, m.i  # the layer's place in the model's graph
-                setattr(parent, name, pad)
-
-
 @pytest.mark.parametrize(
     "name,cfg", DETECTION_YAMLS + LADDER_EXTRAS, ids=[n for n, _ in DETECTION_YAMLS + LADDER_EXTRAS]
 )
@@ -271,7 +258,7 @@ def test_removing_gamma_zero_channels_leaves_every_family_unchanged(name, cfg):
     assert analyze(pruned, imgsz=64).conv_gflops() < 0.95 * graph.conv_gflops()
     for m in (model, pruned):
         m.double()
-        _replicate_padding(m)
+        replicate_padding(m)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         ref, got = _raw_head_outputs(model, x), _raw_head_outputs(pruned, x)

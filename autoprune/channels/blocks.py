@@ -12,6 +12,8 @@ area attention (AAttn, ABlock) in `autoprune.channels.blocks_extra`. Each rule i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from autoprune.channels.symbolic import Handler, Opaque, Sym, Tracer, handler_for
@@ -212,12 +214,21 @@ def _sppf(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
 
 
 def _a2c2f(tr: Tracer, path: str, m: nn.Module, x: Sym) -> Sym:
-    if getattr(m, "gamma", None) is not None:  # a learned per-channel scale on the residual: keep the block whole
-        return tr.boundary(path, m, x, "a learned per-channel scale (gamma) on its residual")
+    """A2C2f: cv1, the blocks in a chain, cv2 reads them all; with `gamma` (YOLO12 l/x) the output is
+    `x + gamma * cv2(...)`, a residual whose cv2 channels carry gamma as their scale (sliced with them)."""
+    gamma = getattr(m, "gamma", None)
+    if gamma is not None and (gamma.dim() != 1 or gamma.numel() != m.cv2.conv.out_channels or _width(x) != gamma.numel()):
+        return tr.boundary(path, m, x, "a learned per-channel scale (gamma) of an unexpected shape on its residual")
     y = [tr.child(path, m, "cv1", x)]
     for i, block in enumerate(m.m):
         y.append(tr(f"{path}.m.{i}", block, y[-1]))
-    return tr.child(path, m, "cv2", [s for t in y for s in t])
+    out = tr.child(path, m, "cv2", [s for t in y for s in t])
+    if gamma is None:
+        return out
+    for seg in out:
+        for idx in seg.sources:
+            tr.producers[idx] = replace(tr.producers[idx], scale=f"{path}.gamma")
+    return tr.add(x, out, f"{path} (residual scaled by gamma)")
 
 
 def _detect(tr: Tracer, path: str, m: nn.Module, x) -> Opaque:

@@ -31,7 +31,9 @@ class Producer:
     folded into consumers. `depthwise` marks a depthwise conv that only passes its input part through: it consumes
     and produces the same channel indices. `summed` lists the BatchNorms of branches whose outputs are added to
     this one's before `act` (a `RepConv`'s 1x1 branch): the constant is then `act(beta + their betas)`, and those
-    branches' convs are producers of the part that no consumer counts as a source.
+    branches' convs are producers of the part that no consumer counts as a source. `scale` is the dotted path of a
+    per-channel parameter that multiplies the output after `act` (YOLO12's A2C2f `gamma` on its residual branch):
+    indexed like the conv's output channels, sliced with them, and a removed channel's constant is scaled by it.
     """
 
     conv: str
@@ -40,6 +42,7 @@ class Producer:
     offset: int
     depthwise: bool = False
     summed: tuple[str, ...] = ()  # norms (or biased convs) of parallel branches added before `act` (RepConv)
+    scale: str | None = None  # a per-channel parameter multiplying act's output (A2C2f's gamma)
 
     @property
     def block(self) -> str:

@@ -10,7 +10,7 @@ against concatenated halves). Calling a tracer on a block hands it to the rule r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -159,9 +159,7 @@ class Tracer:
         moved: dict[int, int] = {}
         for idx in part.producers:
             q = self.producers[idx]
-            self.producers.append(
-                Producer(q.conv, q.bn, q.act, q.offset + at, depthwise=q.depthwise, summed=q.summed)
-            )
+            self.producers.append(replace(q, offset=q.offset + at))
             moved[idx] = len(self.producers) - 1
             if idx in self.side:
                 self.side.add(moved[idx])

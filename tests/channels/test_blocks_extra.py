@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_synthetic, randomize_bn
+from conftest import build_synthetic, make_removed_channels_constant, randomize_bn, replicate_padding
 
 from autoprune.channels import analyze
 from autoprune.pruner import apply_indices
@@ -232,3 +232,47 @@ def test_yolov9e_prunes_through_its_auxiliary_branch_and_keep_one_changes_nothin
     for i in range(10, 15):
         m = pruned.model[i]
         assert sum(m.c2s) == m.conv.out_channels and m.c2s == [c // 2 for c in model.model[i].c2s]
+
+
+def test_a2c2f_residual_scale_prunes_with_its_channels():
+    """YOLO12 l/x's A2C2f adds `gamma * cv2(...)` to its input: the residual stream prunes, gamma is sliced with cv2's
+    channels, and a removed channel's constant is scaled by it (outputs unchanged with removed BN gammas at 0)."""
+    import os
+
+    import ultralytics
+    import yaml
+    from ultralytics.nn.modules.block import A2C2f
+    from ultralytics.nn.tasks import DetectionModel
+
+    with open(os.path.join(os.path.dirname(ultralytics.__file__), "cfg/models/12/yolo12.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["scale"], cfg["scales"] = "l", {"l": [0.25, 0.25, 1024]}  # the l scale's residual form, at n's size
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, verbose=False).eval()
+    randomize_bn(model)
+    scaled = [m for m in model.modules() if isinstance(m, A2C2f) and m.gamma is not None]
+    assert scaled
+    with torch.no_grad():
+        for m in scaled:  # far from Ultralytics' constant 0.01, so a constant left unscaled would show
+            m.gamma.uniform_(0.5, 1.5)
+    graph = analyze(model, imgsz=64)
+    assert not any(cls == "A2C2f" for cls in graph.fixed_blocks.values()), graph.fixed_blocks
+    scaled_groups = [g for g in graph.groups if any(graph.producers[i].scale for pi in g.parts
+                                                    for i in graph.parts[pi].producers)]
+    assert scaled_groups
+    g = torch.Generator().manual_seed(0)
+    indices = {gr.id: [torch.randperm(graph.parts[pi].size, generator=g)[: graph.parts[pi].size // 2].sort().values
+                       for pi in gr.parts] for gr in graph.groups}
+    make_removed_channels_constant(model, graph, indices)
+    pruned = apply_indices(model, graph, indices)
+    halved = [m for m in pruned.modules() if isinstance(m, A2C2f) and m.gamma is not None]
+    assert [m.gamma.numel() for m in halved] == [m.cv2.conv.out_channels for m in halved] == [
+        m.gamma.numel() // 2 for m in scaled
+    ]
+    for m in (model, pruned):
+        m.double()
+        replicate_padding(m)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        ref, got = model(x)[0], pruned(x)[0]
+    assert (got - ref).abs().max() <= 1e-6 * ref.abs().max()

@@ -15,7 +15,13 @@ import textwrap
 
 import pytest
 import torch
-from conftest import assert_user_error, make_removed_channels_constant, randomize_bn, run_cli
+from conftest import (
+    assert_user_error,
+    make_removed_channels_constant,
+    randomize_bn,
+    replicate_padding,
+    run_cli,
+)
 
 from autoprune.channels import analyze
 from autoprune.models import save_checkpoint
@@ -82,12 +88,6 @@ def _unpack(out) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _replicate_padding(model) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d) and any(m.padding):
-            m.padding_mode = "replicate"
-
-
 @pytest.fixture(scope="module")
 def built():
     cache = {}
@@ -122,7 +122,7 @@ def test_removing_gamma_zero_channels_leaves_the_task_outputs_unchanged(name):
     assert analyze(pruned, imgsz=IMGSZ).conv_gflops() < 0.95 * graph.conv_gflops()
     for m in (model, pruned):
         m.double()
-        _replicate_padding(m)
+        replicate_padding(m)
     x = X.double()
     with torch.no_grad():
         ref, got = task_outputs(model, x), task_outputs(pruned, x)
