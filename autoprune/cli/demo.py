@@ -1,12 +1,14 @@
 """Show the built-in demo (generated dataset and shipped baseline, with its measured val mAP), or retrain the baseline.
 
     autoprune demo [--val-images N] [--refresh] [--json]
-    autoprune demo --train [--epochs N] [--imgsz 320] [--device auto] [--batch 16] [--patience 30] [--project DIR] [--name NAME] [--exist-ok]
+    autoprune demo --train [--task detect] [--init PATH] [--epochs N] [--imgsz 320] [--device auto] [--batch 16] [--patience 30] [--project DIR] [--name NAME] [--exist-ok]
 
 Without `--train` it generates the demo dataset if needed, then prints where the data and the model are and the
 baseline's mAP50 / mAP50-95 on the val split, measured with Ultralytics' validator (cached by the model file's hash).
 With `--train` it reproduces the baseline into `PROJECT/NAME/` (default `runs/demo/expN/`) and prints where the new weights are; the shipped
-`baseline.pt` is never overwritten.
+`baseline.pt` is never overwritten. `--task segment` (or pose, obb) trains that task's yolov8n on the same scenes'
+labels of that task, starting from the shipped detection baseline's weights where shapes match (`--init` names
+another checkpoint, `--init none` starts from random weights): the task models the benchmarks prune.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import argparse
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
 
-_TRAIN_ONLY = ("epochs", "imgsz", "device", "batch", "patience", "project", "name", "exist_ok")
+_TRAIN_ONLY = ("task", "init", "epochs", "imgsz", "device", "batch", "patience", "project", "name", "exist_ok")
 _SHOW_ONLY = ("val_images", "refresh")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the flags of `autoprune demo`."""
     parser.add_argument("--train", action="store_true", help="retrain the baseline into PROJECT/NAME/ (runs/demo/expN)")
+    parser.add_argument("--task", choices=("detect", "segment", "pose", "obb"), default=None,
+                        help="the task's yolov8n to train on the demo scenes (default: detect, the shipped baseline)")
+    parser.add_argument("--init", default=None, metavar="PATH",
+                        help="checkpoint whose matching weights start training; 'none' for random (default: random for"
+                             " detect, the shipped detection baseline for the other tasks)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the shipped recipe's)")
     parser.add_argument("--imgsz", type=int, default=None, help="training image size (default: the demo's, 320)")
     from autoprune.cli._common import add_device_argument
@@ -124,16 +131,41 @@ def _train(args) -> dict:
         raise UserError(f"--batch must be >= 1, got {batch}")
     if patience < 1:
         raise UserError(f"--patience must be >= 1, got {patience}")
+    task = args.task or "detect"
+    init = _init_weights(args.init, task)
     device = ultralytics_device(args.device)  # checked against this machine; Ultralytics' spelling
     run_dir = new_run_dir("demo", args.name, project=args.project, exist_ok=args.exist_ok)
     save_args(
-        run_dir, args, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience,
-        model=recipe.MODEL_YAML, fixed=recipe.FIXED_ARGS, project=str(run_dir.parent), name=run_dir.name,
+        run_dir, args, task=task, init=None if init is None else str(init), epochs=epochs, imgsz=imgsz, device=device,
+        batch=batch, patience=patience, model=recipe.TASK_MODEL_YAMLS[task],
+        fixed=recipe.FIXED_ARGS if init is None else dict(recipe.FIXED_ARGS, pretrained=str(init)),
+        project=str(run_dir.parent), name=run_dir.name,
     )  # fmt: skip
-    result = recipe.train_baseline(run_dir, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience)
+    result = recipe.train_baseline(
+        run_dir, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience, task=task, init=init
+    )
     if not args.json:
         print(f"trained {result['epochs_run']} epochs in {run_dir} (best epoch {result['best_epoch']})")
         print(f"weights: {result['weights']}")
-        print(f"final val: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}")
+        own = next((k for k in result if k.endswith(" mAP50-95") and k != "mAP50-95"), None)
+        extra = f"  {own} {result[own]:.4f}" if own else ""
+        print(f"final val: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}{extra}")
         print(f"curve  : {result['results_csv']}")
     return result
+
+
+def _init_weights(init: str | None, task: str):
+    """The checkpoint that starts training: `--init` as given ('none': random), else the shipped detection baseline for
+    a task other than detect (its backbone, neck and box/class branches fit every task's yolov8n), else random."""
+    from pathlib import Path
+
+    from autoprune.demo import demo_model_path
+
+    if init is None:
+        return None if task == "detect" else demo_model_path()
+    if init.lower() == "none":
+        return None
+    path = Path(init).expanduser()
+    if not path.is_file() or path.suffix != ".pt":
+        raise UserError(f"--init must be an Ultralytics .pt checkpoint or 'none', got {init!r}")
+    return path

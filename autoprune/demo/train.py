@@ -1,7 +1,10 @@
 """Train the demo baseline: an Ultralytics yolov8n, from random weights, on the generated demo dataset.
 
 This is the recipe that produced the shipped `autoprune/demo/baseline.pt`; `autoprune demo --train` runs it with the
-defaults below. It uses Ultralytics' own trainer, so the result is an ordinary Ultralytics checkpoint
+defaults below. `task="segment"` / "pose" / "obb" trains that task's yolov8n on the same scenes' labels of that task,
+starting from the shipped detection baseline's weights wherever the shapes match (backbone, neck, the box and class
+branches): the task demo models the benchmarks search and finetune (no task checkpoint ships; only this one binary
+does). It uses Ultralytics' own trainer, so the result is an ordinary Ultralytics checkpoint
 (`weights/best.pt`, stripped to FP16 by the trainer), and Ultralytics' `results.csv` keeps the per-epoch validation
 metrics that show the plateau.
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from autoprune.demo import DEMO_IMGSZ, ensure_demo_data
 
 MODEL_YAML = "yolov8n.yaml"
+TASK_MODEL_YAMLS = {"detect": MODEL_YAML, "segment": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolov8n-obb.yaml"}
 DEFAULT_EPOCHS = 100
 DEFAULT_PATIENCE = 30
 DEFAULT_BATCH = 16
@@ -53,23 +57,30 @@ def train_baseline(
     batch: int = DEFAULT_BATCH,
     patience: int = DEFAULT_PATIENCE,
     data_yaml: str | Path | None = None,
+    task: str = "detect",
+    init: str | Path | None = None,
 ) -> dict:
-    """Train yolov8n from `MODEL_YAML` on the demo data into `run_dir/train/`; return where the weights are and the
-    final validation metrics.
+    """Train `task`'s yolov8n (`TASK_MODEL_YAMLS`) on the demo data into `run_dir/train/`; return where the weights are
+    and the final validation metrics.
 
-    The demo data is generated first if needed. `run_dir` must exist (see `autoprune.runs.new_run_dir`); nothing
-    outside it is written, and the shipped `baseline.pt` is never touched.
+    `init` is a checkpoint whose weights of matching shape start the training (Ultralytics' `pretrained`); None trains
+    from random weights, as the detection baseline was. The demo data is generated first if needed. `run_dir` must
+    exist (see `autoprune.runs.new_run_dir`); nothing outside it is written, and the shipped `baseline.pt` is never
+    touched.
     """
     from autoprune import _ultralytics
     from ultralytics import YOLO
 
+    if task not in TASK_MODEL_YAMLS:
+        raise ValueError(f"task must be one of {sorted(TASK_MODEL_YAMLS)}, got {task!r}")
     _ultralytics.set_verbose(True)
-    data_yaml = Path(data_yaml) if data_yaml is not None else ensure_demo_data()
+    data_yaml = Path(data_yaml) if data_yaml is not None else ensure_demo_data(task)
     run_dir = Path(run_dir).resolve()
-    model = YOLO(MODEL_YAML)
+    model = YOLO(TASK_MODEL_YAMLS[task])
+    fixed = dict(FIXED_ARGS, pretrained=str(init)) if init is not None else FIXED_ARGS
     model.train(
         data=str(data_yaml), imgsz=imgsz, epochs=epochs, device=device, batch=batch, patience=patience,
-        project=str(run_dir), name="train", exist_ok=False, **FIXED_ARGS,
+        project=str(run_dir), name="train", exist_ok=False, **fixed,
     )  # fmt: skip
     save_dir = Path(model.trainer.save_dir)
     best, last = save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt"
@@ -86,7 +97,13 @@ def train_baseline(
         "best_epoch": best_row["epoch"] if best_row else None,
         "mAP50": round(float(metrics.get("metrics/mAP50(B)", float("nan"))), 4),
         "mAP50-95": round(float(metrics.get("metrics/mAP50-95(B)", float("nan"))), 4),
+        **({f"{_TASK_SUFFIX[task][1]} mAP50-95": round(float(metrics.get(f"metrics/mAP50-95({_TASK_SUFFIX[task][0]})",
+                                                                           float("nan"))), 4)}
+           if task in _TASK_SUFFIX else {}),
     }
+
+
+_TASK_SUFFIX = {"segment": ("M", "mask"), "pose": ("P", "pose")}  # Ultralytics' metric keys for a task's own mAP
 
 
 def read_curve(results_csv: str | Path) -> list[dict]:

@@ -216,6 +216,8 @@ def test_cli_demo_json(home, monkeypatch, capsys):
         (["demo", "--train", "--imgsz", "100"], "--imgsz must be a multiple of 32"),
         (["demo", "--train", "--device", "gpu"], "device must be auto, cpu, cuda"),
         (["demo", "--train", "--name", "a/b"], "--name must be a plain folder name"),
+        (["demo", "--task", "segment"], "--task only applies with --train"),
+        (["demo", "--train", "--task", "segment", "--init", "missing.pt"], "--init must be an Ultralytics .pt"),
     ],
 )
 def test_cli_demo_user_errors(argv, message, home, monkeypatch, capsys, tmp_path):
@@ -244,6 +246,27 @@ def test_cli_demo_train_writes_a_run_and_keeps_the_shipped_file(home, monkeypatc
     assert demo.file_sha256(shipped) == before
     assert cli.main(argv) == 2  # the same --name again is refused, not overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_demo_train_a_task_starts_from_the_detection_baseline(home, monkeypatch, capsys, tmp_path):
+    """`--task segment` trains yolov8n-seg on the scenes' masks from the shipped detector's weights: its first conv is
+    still the baseline's after one short epoch (a random start would not be), and the mask mAP is reported."""
+    import torch
+
+    cli = _demo_only_cli(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--train", "--task", "segment", "--epochs", "1", "--imgsz", "64", "--batch", "2", "--name", "s",
+            "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "mask mAP50-95" in out
+    args = (tmp_path / "runs" / "demo" / "s" / "args.yaml").read_text()
+    assert "task: segment" in args and f"init: {demo.demo_model_path()}" in args
+    trained = torch.load(out["weights"], weights_only=False)["model"]
+    base = torch.load(demo.demo_model_path(), weights_only=False)["model"]
+    assert type(trained).__name__ == "SegmentationModel"
+    a, b = (m.model[0].conv.weight.float().flatten() for m in (trained, base))
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9
 
 
 # ------------------------------------------------------------------------------------------------ shipped checkpoint
