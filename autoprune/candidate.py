@@ -52,12 +52,13 @@ class Candidate:
 
 
 def rank(model: nn.Module, graph: ChannelGraph, criterion: str, *, batches: Iterable[dict] | None = None,
-         ctx=None) -> dict[str, list[torch.Tensor]]:
+         ctx=None, kpt_oks_sigmas=None) -> dict[str, list[torch.Tensor]]:
     """Every group's channels per part, most important first, by `criterion` (`pruner.rank_channels`); a data
-    criterion reads calibration `batches` (`batches.calibration_batches`) or a filled `ctx`."""
+    criterion reads calibration `batches` (`batches.calibration_batches`) or a filled `ctx`, a pose model's keypoint
+    loss weighted by the data's `kpt_oks_sigmas` when given."""
     from autoprune.pruner import rank_channels
 
-    return rank_channels(model, graph, criterion, ctx, batches=batches)
+    return rank_channels(model, graph, criterion, ctx, batches=batches, kpt_oks_sigmas=kpt_oks_sigmas)
 
 
 def order_of(scores: Mapping[str, list[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:

@@ -46,7 +46,7 @@ Example:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
 
@@ -318,11 +318,15 @@ def hessian(ctx: ScoringContext, group: ChannelGroup) -> list[torch.Tensor]:
 # Gradients on calibration data, for the data criteria
 
 
-def loss_ready_copy(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+def loss_ready_copy(
+    model: nn.Module, device: torch.device | str | None = None, kpt_oks_sigmas: Sequence[float] | None = None
+) -> nn.Module:
     """A float32 copy of a detection model that `model.loss(batch)` works on, the way the proxy prepares one.
 
     Ultralytics' criterion reads its gains from `model.args` (a checkpoint stores them as a dict, a YAML model has
     none); the copy gets Ultralytics' defaults with the model's own box/cls/dfl gains, and no cached criterion.
+    `kpt_oks_sigmas` (a pose data YAML's) become the keypoint loss's sigmas, as Ultralytics' PoseTrainer sets them;
+    without them the loss uses what the model carries.
     """
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.utils import IterableSimpleNamespace
@@ -335,6 +339,8 @@ def loss_ready_copy(model: nn.Module, device: torch.device | str | None = None) 
     hyp = {**DEFAULT_CFG_DICT, **{k: old[k] for k in ("box", "cls", "dfl") if old.get(k) is not None}}
     m.args = IterableSimpleNamespace(**hyp)
     m.criterion = None
+    if kpt_oks_sigmas is not None:
+        m.kpt_oks_sigmas = list(kpt_oks_sigmas)
     return m
 
 
@@ -361,6 +367,7 @@ def accumulate_gradients(
     ctx: ScoringContext,
     *,
     device: torch.device | str | None = None,
+    kpt_oks_sigmas: Sequence[float] | None = None,
 ) -> ScoringContext:
     """Fill `ctx.grads` and `ctx.extra["fisher"]` from the task's loss of `model` on calibration `batches`.
 
@@ -371,7 +378,8 @@ def accumulate_gradients(
     `extra["taylor_terms"]` each batch's sums of w * g over rows and columns (`taylor_terms`, for `taylor`).
     BatchNorms use their running statistics (the function the pruned model keeps), the head returns its training
     outputs. Works on a copy: `model` (its weights, `.grad`, buffers and attributes) is not changed. Batches are
-    the collated dicts `ProxyEvaluator.calibration_batches()` returns. Returns `ctx`.
+    the collated dicts `ProxyEvaluator.calibration_batches()` returns; a pose dataset's `kpt_oks_sigmas` weight
+    its keypoint loss (`loss_ready_copy`). Returns `ctx`.
 
     Example:
         >>> ctx = ScoringContext.for_model(model, graph)
@@ -384,7 +392,7 @@ def accumulate_gradients(
     from autoprune.batches import mean_loss
     from autoprune.models import head_classes
 
-    work = loss_ready_copy(model, device)
+    work = loss_ready_copy(model, device, kpt_oks_sigmas)
     nc = head_classes(work)
     work.train()
     for m in work.modules():

@@ -149,7 +149,8 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
     batches, evaluator = (None, None) if data is None else _calibration(data, s, do_val, loaded.task)
     data_batches = batches if s.criterion in DATA_CRITERIA else None
     ctx = score_context(loaded.model, graph, s.criterion, batches=data_batches, seed=s.seed,
-                        device=resolve_device(s.device) if data_batches else None)
+                        device=resolve_device(s.device) if data_batches else None,
+                        kpt_oks_sigmas=getattr(data, "kpt_oks_sigmas", None))
     scores = channel_scores(loaded.model, graph, s.criterion, ctx) if s.strategy == "global" else None
     orders = None  # which elements a depth plan removes: measured on the calibration batches when there are some
     if depth and batches is not None:

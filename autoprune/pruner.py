@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
 
 import torch
@@ -109,15 +109,17 @@ def rank_channels(
     ctx: ScoringContext | None = None,
     *,
     batches: Iterable[dict] | None = None,
+    kpt_oks_sigmas: Sequence[float] | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """For every group, its channels per part from most to least important by `criterion`.
 
     Scores depend only on the unpruned model, so a search ranks once and every candidate only slices.
     A data criterion (`taylor`, `hessian`) needs gradients: pass calibration `batches` (the collated dicts of
-    `ProxyEvaluator.calibration_batches()`), or a `ctx` already filled by `accumulate_gradients`.
+    `ProxyEvaluator.calibration_batches()`), or a `ctx` already filled by `accumulate_gradients`; a pose dataset's
+    `kpt_oks_sigmas` weight the keypoint loss.
     """
     fn = get_criterion(criterion)
-    ctx = score_context(model, graph, criterion, ctx, batches=batches)
+    ctx = score_context(model, graph, criterion, ctx, batches=batches, kpt_oks_sigmas=kpt_oks_sigmas)
     return {g.id: [s.argsort(descending=True, stable=True) for s in fn(ctx, g)] for g in graph.groups}
 
 
@@ -130,12 +132,13 @@ def score_context(
     batches: Iterable[dict] | None = None,
     seed: int | None = None,
     device: torch.device | str | None = None,
+    kpt_oks_sigmas: Sequence[float] | None = None,
 ) -> ScoringContext:
     """The `ScoringContext` a criterion scores `model` with: `ctx` if given, else a fresh one.
 
     For a data criterion without gradients in the context, they are accumulated from `batches` (a `UserError`
-    saying to pass data when there are none), on `device` (default: the model's). `seed` sets `extra["seed"]`
-    (the `random` criterion's seed).
+    saying to pass data when there are none), on `device` (default: the model's), a pose model's keypoint loss
+    weighted by the data's `kpt_oks_sigmas` when given. `seed` sets `extra["seed"]` (the `random` criterion's seed).
     """
     from autoprune.importance import DATA_CRITERIA, accumulate_gradients
 
@@ -149,7 +152,7 @@ def score_context(
                 f"criterion {criterion!r} needs calibration data for the gradients of the detection loss: pass "
                 "--data (a detection data YAML), or batches= in Python"
             )
-        accumulate_gradients(model, batches, ctx, device=device)
+        accumulate_gradients(model, batches, ctx, device=device, kpt_oks_sigmas=kpt_oks_sigmas)
     return ctx
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -234,6 +235,38 @@ def test_prune_ranks_and_scores_on_the_tasks_labels(env, capsys, tmp_path, task,
     r = json.loads(stdout)
     assert r["criterion"] == "hessian" and r["val"]["metric"] == metric and 0 <= r["val"]["map50_95"] <= 1
     assert r["gflops_ratio"] < 0.8 and out.is_file()
+
+
+def test_hessian_ranking_weights_keypoints_by_the_datas_sigmas(env, monkeypatch, tmp_path):
+    """The keypoint loss behind a pose model's hessian ranking uses the data YAML's kpt_oks_sigmas (the model's own
+    attribute otherwise), as Ultralytics' PoseTrainer and the proxy do."""
+    from ultralytics.utils import loss as ultralytics_loss
+
+    from autoprune.data import load_data_config
+    from autoprune.models import load_model
+    from autoprune.proxy import ProxyEvaluator, ProxySettings
+    from autoprune.search import plan
+
+    sigmas = (0.1, 0.2, 0.3, 0.4)
+    data = tmp_path / "pose.yaml"
+    data.write_text(env["pose"].read_text() + f"path: {env['pose'].parent}\nkpt_oks_sigmas: {list(sigmas)}\n")
+    seen = []
+    real_init = ultralytics_loss.KeypointLoss.__init__
+
+    def keypoint_loss(self, sigmas):
+        seen.append(sigmas.tolist())
+        real_init(self, sigmas)
+
+    monkeypatch.setattr(ultralytics_loss.KeypointLoss, "__init__", keypoint_loss)
+    ev = ProxyEvaluator(load_data_config(data), ProxySettings(imgsz=64, steps=0, calib_batches=1, batch=2,
+                                                              val_images=2, threads=1), task="pose")
+    loaded = load_model(env["pose_model"])
+    from autoprune.channels import analyze
+
+    search = SimpleNamespace(settings=SimpleNamespace(criterion="hessian"), evaluator=ev, loaded=loaded,
+                             graph=analyze(loaded.model))
+    scores = plan.channel_scores(search)  # the search's ranking
+    assert scores and seen and all(np.allclose(s, sigmas) for s in seen)
 
 
 @pytest.mark.parametrize("task, cls, loss", [("pose", "PoseModel", "pose_loss"), ("obb", "OBBModel", "angle_loss")])

@@ -75,7 +75,7 @@ def _prepare_candidate(args: argparse.Namespace, loaded_model, evaluator):
     space = load_space(args.space, graph, model) if genome is not None else None
     counts = keep_counts(graph, args.keep) if space is None else space.counts(genome)
     batches = evaluator.calibration_batches() if args.criterion in DATA_CRITERIA else None
-    ranking = rank(model, graph, args.criterion, batches=batches)
+    ranking = rank(model, graph, args.criterion, batches=batches, kpt_oks_sigmas=evaluator.data.kpt_oks_sigmas)
     if space is not None and space.depth_genes:  # the elements a search removes: measured on the same images
         from autoprune.depth import rank_elements
 

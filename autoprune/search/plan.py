@@ -78,7 +78,8 @@ def channel_scores(search) -> dict:
 
     c = search.settings.criterion
     batches = search.evaluator.calibration_batches() if c in DATA_CRITERIA else None
-    return score_channels(search.loaded.model, search.graph, c, batches=batches)
+    return score_channels(search.loaded.model, search.graph, c, batches=batches,
+                          kpt_oks_sigmas=search.evaluator.data.kpt_oks_sigmas)
 
 def compute_ranking(search, scores: dict | None = None) -> dict:
     """Every group's channel order by the criterion (`candidate.rank`'s order), as plain lists, and the element
