@@ -1,14 +1,15 @@
 """Show the built-in demo (generated dataset and shipped baseline, with its measured val mAP), or retrain the baseline.
 
     autoprune demo [--val-images N] [--refresh] [--json]
-    autoprune demo --train [--task detect] [--init PATH] [--epochs N] [--imgsz 320] [--device auto] [--batch 16] [--patience 30] [--project DIR] [--name NAME] [--exist-ok]
+    autoprune demo --train [--task detect] [--model YAML] [--init PATH] [--epochs N] [--imgsz 320] [--device auto] [--batch 16] [--patience 30] [--project DIR] [--name NAME] [--exist-ok]
 
 Without `--train` it generates the demo dataset if needed, then prints where the data and the model are and the
 baseline's mAP50 / mAP50-95 on the val split, measured with Ultralytics' validator (cached by the model file's hash).
 With `--train` it reproduces the baseline into `PROJECT/NAME/` (default `runs/demo/expN/`) and prints where the new weights are; the shipped
 `baseline.pt` is never overwritten. `--task segment` (or pose, obb) trains that task's yolov8n on the same scenes'
 labels of that task, starting from the shipped detection baseline's weights where shapes match (`--init` names
-another checkpoint, `--init none` starts from random weights): the task models the benchmarks prune.
+another checkpoint, `--init none` starts from random weights): the task models the benchmarks prune. `--model yolo11n.yaml` trains
+another architecture on the demo (from random weights unless `--init`), with the shipped recipe.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
 
-_TRAIN_ONLY = ("task", "init", "epochs", "imgsz", "device", "batch", "patience", "project", "name", "exist_ok")
+_TRAIN_ONLY = ("task", "model", "init", "epochs", "imgsz", "device", "batch", "patience", "project", "name", "exist_ok")
 _SHOW_ONLY = ("val_images", "refresh")
 
 
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", action="store_true", help="retrain the baseline into PROJECT/NAME/ (runs/demo/expN)")
     parser.add_argument("--task", choices=("detect", "segment", "pose", "obb"), default=None,
                         help="the task's yolov8n to train on the demo scenes (default: detect, the shipped baseline)")
+    parser.add_argument("--model", default=None, metavar="YAML",
+                        help="an Ultralytics model YAML to train instead (its task is the data's; default: yolov8n)")
     parser.add_argument("--init", default=None, metavar="PATH",
                         help="checkpoint whose matching weights start training; 'none' for random (default: random for"
                              " detect, the shipped detection baseline for the other tasks)")
@@ -131,18 +134,19 @@ def _train(args) -> dict:
         raise UserError(f"--batch must be >= 1, got {batch}")
     if patience < 1:
         raise UserError(f"--patience must be >= 1, got {patience}")
-    task = args.task or "detect"
-    init = _init_weights(args.init, task)
+    task, model_yaml = _model_and_task(args.model, args.task)
+    init = _init_weights(args.init, task, custom=model_yaml is not None)
     device = ultralytics_device(args.device)  # checked against this machine; Ultralytics' spelling
     run_dir = new_run_dir("demo", args.name, project=args.project, exist_ok=args.exist_ok)
     save_args(
         run_dir, args, task=task, init=None if init is None else str(init), epochs=epochs, imgsz=imgsz, device=device,
-        batch=batch, patience=patience, model=recipe.TASK_MODEL_YAMLS[task],
+        batch=batch, patience=patience, model=model_yaml or recipe.TASK_MODEL_YAMLS[task],
         fixed=recipe.FIXED_ARGS if init is None else dict(recipe.FIXED_ARGS, pretrained=str(init)),
         project=str(run_dir.parent), name=run_dir.name,
     )  # fmt: skip
     result = recipe.train_baseline(
-        run_dir, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience, task=task, init=init
+        run_dir, epochs=epochs, imgsz=imgsz, device=device, batch=batch, patience=patience, task=task, init=init,
+        model_yaml=model_yaml,
     )
     if not args.json:
         print(f"trained {result['epochs_run']} epochs in {run_dir} (best epoch {result['best_epoch']})")
@@ -154,15 +158,39 @@ def _train(args) -> dict:
     return result
 
 
-def _init_weights(init: str | None, task: str):
+def _model_and_task(model: str | None, task: str | None) -> tuple[str, str | None]:
+    """(task, model YAML or None for the task's yolov8n): `--model` must be a model YAML of a task the demo has data
+    for, the same as `--task` when both are given."""
+    from autoprune.demo.train import TASK_MODEL_YAMLS
+
+    if model is None:
+        return task or "detect", None
+    if not model.endswith((".yaml", ".yml")):
+        raise UserError(f"--model must be an Ultralytics model YAML (training starts from random or --init weights), "
+                        f"got {model!r}")
+    from autoprune.models import load_model
+
+    built = load_model(model).model  # one error line for a YAML that does not exist or does not parse
+    from ultralytics.nn.tasks import guess_model_task
+
+    own = guess_model_task(built)
+    if own not in TASK_MODEL_YAMLS:
+        raise UserError(f"--model {model} is a {own} model; the demo trains detect, segment, pose and obb models")
+    if task is not None and task != own:
+        raise UserError(f"--model {model} is a {own} model, not {task} (--task)")
+    return own, model
+
+
+def _init_weights(init: str | None, task: str, custom: bool = False):
     """The checkpoint that starts training: `--init` as given ('none': random), else the shipped detection baseline for
-    a task other than detect (its backbone, neck and box/class branches fit every task's yolov8n), else random."""
+    a task other than detect with its yolov8n (its backbone, neck and box/class branches fit every task's yolov8n),
+    else random."""
     from pathlib import Path
 
     from autoprune.demo import demo_model_path
 
     if init is None:
-        return None if task == "detect" else demo_model_path()
+        return None if task == "detect" or custom else demo_model_path()
     if init.lower() == "none":
         return None
     path = Path(init).expanduser()

@@ -59,9 +59,10 @@ def train_baseline(
     data_yaml: str | Path | None = None,
     task: str = "detect",
     init: str | Path | None = None,
+    model_yaml: str | None = None,
 ) -> dict:
-    """Train `task`'s yolov8n (`TASK_MODEL_YAMLS`) on the demo data into `run_dir/train/`; return where the weights are
-    and the final validation metrics.
+    """Train `model_yaml` (default: `task`'s yolov8n, `TASK_MODEL_YAMLS`) on the demo data of `task` into
+    `run_dir/train/`; return where the weights are and the final validation metrics.
 
     `init` is a checkpoint whose weights of matching shape start the training (Ultralytics' `pretrained`); None trains
     from random weights, as the detection baseline was. The demo data is generated first if needed. `run_dir` must
@@ -76,7 +77,7 @@ def train_baseline(
     _ultralytics.set_verbose(True)
     data_yaml = Path(data_yaml) if data_yaml is not None else ensure_demo_data(task)
     run_dir = Path(run_dir).resolve()
-    model = YOLO(TASK_MODEL_YAMLS[task])
+    model = YOLO(model_yaml or TASK_MODEL_YAMLS[task])
     fixed = dict(FIXED_ARGS, pretrained=str(init)) if init is not None else FIXED_ARGS
     model.train(
         data=str(data_yaml), imgsz=imgsz, epochs=epochs, device=device, batch=batch, patience=patience,

@@ -218,6 +218,9 @@ def test_cli_demo_json(home, monkeypatch, capsys):
         (["demo", "--train", "--name", "a/b"], "--name must be a plain folder name"),
         (["demo", "--task", "segment"], "--task only applies with --train"),
         (["demo", "--train", "--task", "segment", "--init", "missing.pt"], "--init must be an Ultralytics .pt"),
+        (["demo", "--train", "--model", "yolo11n.yaml", "--task", "pose"], "is a detect model, not pose (--task)"),
+        (["demo", "--train", "--model", "yolo11n-cls.yaml"], "the demo trains detect, segment, pose and obb models"),
+        (["demo", "--train", "--model", "m.pt"], "--model must be an Ultralytics model YAML"),
     ],
 )
 def test_cli_demo_user_errors(argv, message, home, monkeypatch, capsys, tmp_path):
@@ -246,6 +249,21 @@ def test_cli_demo_train_writes_a_run_and_keeps_the_shipped_file(home, monkeypatc
     assert demo.file_sha256(shipped) == before
     assert cli.main(argv) == 2  # the same --name again is refused, not overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_demo_train_another_model_yaml(home, monkeypatch, capsys, tmp_path):
+    """`--model yolo11n.yaml` trains that YAML on its task's demo data, from random weights (the shipped yolov8n's
+    would not fit it) unless --init says otherwise."""
+    import autoprune.demo.train
+
+    cli = _demo_only_cli(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(autoprune.demo.train, "train_baseline", lambda run_dir, **kw: seen.update(kw) or {"run": 1})
+    assert cli.main(["demo", "--train", "--model", "yolo11n-seg.yaml", "--epochs", "1", "--json"]) == 0
+    assert (seen["task"], seen["model_yaml"], seen["init"]) == ("segment", "yolo11n-seg.yaml", None)
+    args = next((tmp_path / "runs" / "demo").glob("*/args.yaml")).read_text()
+    assert "model: yolo11n-seg.yaml" in args and "task: segment" in args
 
 
 def test_cli_demo_train_a_task_starts_from_the_detection_baseline(home, monkeypatch, capsys, tmp_path):
