@@ -1,6 +1,8 @@
 """What the latency table measures: one layer configuration (`LayerConfig`), the convs of a model a pruning changes
-(`_sites`, each with the anchor shapes it is measured at), and the layers an operator swap replaces a conv with
-(`swap_layers`). `autoprune.latency_model.LatencyTable` times them and sums them into predictions."""
+(`_sites`, each with the anchor shapes it is measured at), the layers an operator swap replaces a conv with
+(`swap_layers`), and the matrix products of an attention block (`AttentionConfig`, `AttentionCore`, and the blocks whose
+head dims a pruning changes, `_attention_sites`). `autoprune.latency_model.LatencyTable` times them and sums them into
+predictions."""
 
 from __future__ import annotations
 
@@ -83,6 +85,135 @@ class _Site:
             if cfg not in out:
                 out.append(cfg)
         return out
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """One attention core: what an attention block's forward does between its qkv conv and the convs that read the
+    result (`AttentionCore`), measured and filed as an entry like a `LayerConfig`.
+
+    `op` is "attention" (Ultralytics' `Attention`, the PSA family's) or "area_attention" (YOLO12's `AAttn`, whose
+    positions are cut into `area` areas, each attending within itself).
+    """
+
+    op: str
+    in_hw: tuple[int, int]
+    heads: int
+    key_dim: int
+    head_dim: int
+    area: int = 1
+
+    @property
+    def cin(self) -> int:
+        """The channels the core reads: the qkv conv's outputs, `key_dim` queries and keys and `head_dim` values
+        per head."""
+        return self.heads * (2 * self.key_dim + self.head_dim)
+
+    def key(self) -> str:
+        """A stable text key (also the signature its latency is cached under)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image of `q^T k` and of mixing the values (`channels.graph.AttentionInfo`)."""
+        n = self.in_hw[0] * self.in_hw[1]
+        return n * (n // self.area) * self.heads * (self.key_dim + self.head_dim)
+
+    def module(self) -> nn.Module:
+        """The core alone (`AttentionCore`)."""
+        return AttentionCore(self.op, self.heads, self.key_dim, self.head_dim, self.area).eval()
+
+
+class AttentionCore(nn.Module):
+    """The forward of `Attention` ("attention") or `AAttn` ("area_attention") from the qkv conv's output
+    (B, heads x (2 key_dim + head_dim), H, W) to what its convs read: the mixed values (B, heads x head_dim, H, W),
+    for `proj`, and the values in that layout, for `pe`. Split per head into queries, keys and values, `q^T k` times
+    the scale, softmax over the keys, `v attn^T`, as the block's forward does it (the same reshapes and permutes)."""
+
+    def __init__(self, op: str, heads: int, key_dim: int, head_dim: int, area: int = 1):
+        super().__init__()
+        if op not in ("attention", "area_attention"):
+            raise ValueError(f"unknown attention op {op!r} (ops: attention, area_attention)")
+        self.op, self.heads, self.key_dim, self.head_dim, self.area = op, heads, key_dim, head_dim, area
+        self.scale = max(key_dim, 1) ** -0.5
+
+    def forward(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, _, H, W = qkv.shape
+        N, nh, kd, hd = H * W, self.heads, self.key_dim, self.head_dim
+        if self.op == "attention":  # Attention.forward
+            q, k, v = qkv.view(B, nh, 2 * kd + hd, N).split([kd, kd, hd], dim=2)
+            attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+            return (v @ attn.transpose(-2, -1)).view(B, nh * hd, H, W), v.reshape(B, nh * hd, H, W)
+        qkv = qkv.flatten(2).transpose(1, 2)  # AAttn.forward
+        if self.area > 1:
+            qkv = qkv.reshape(B * self.area, N // self.area, nh * hd * 3)
+            B, N, _ = qkv.shape
+        q, k, v = qkv.view(B, N, nh, hd * 3).permute(0, 2, 3, 1).split([hd, hd, hd], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        x = (v @ attn.transpose(-2, -1)).permute(0, 3, 1, 2)
+        v = v.permute(0, 3, 1, 2)
+        if self.area > 1:
+            x = x.reshape(B // self.area, N * self.area, nh * hd)
+            v = v.reshape(B // self.area, N * self.area, nh * hd)
+            B, N, _ = x.shape
+        x = x.reshape(B, H, W, nh * hd).permute(0, 3, 1, 2).contiguous()
+        v = v.reshape(B, H, W, nh * hd).permute(0, 3, 1, 2).contiguous()
+        return x, v
+
+
+@dataclass(frozen=True)
+class _AttentionSite:
+    """One attention block whose head dims a pruning changes: its convs, full core and floor (key_dim, head_dim)."""
+
+    name: str  # the block's path
+    qkv: str  # conv paths (`channels.graph.AttentionInfo`)
+    values: str
+    full: AttentionConfig
+    floor: tuple[int, int]
+
+    def config(self, qkv_out: int, values_out: int) -> AttentionConfig:
+        """The core at the channels its convs keep (the qkv conv's outputs, the value conv's outputs)."""
+        key_dim, head_dim = _head_dims(self.full.heads, qkv_out, values_out)
+        return replace(self.full, key_dim=key_dim, head_dim=head_dim)
+
+    def anchors(self) -> list[AttentionConfig]:
+        (k0, d0), k1, d1 = self.floor, self.full.key_dim, self.full.head_dim
+        out = []
+        for t in ANCHORS:
+            cfg = replace(self.full, key_dim=k0 + int(round(t * (k1 - k0))), head_dim=d0 + int(round(t * (d1 - d0))))
+            if cfg not in out:
+                out.append(cfg)
+        return out
+
+
+def _attention_sites(model: nn.Module, configs: dict[str, LayerConfig], graph, round_to: int, min_channels: int,
+                     units=()) -> list[_AttentionSite]:
+    """Every attention block of `graph.attention` whose head dims pruning changes, or that a depth plan can remove
+    (inside an element of `units`), with its input size from its qkv conv's entry in `configs`."""
+    from autoprune.strategies import floor_counts
+
+    modules = dict(model.named_modules())
+    full, floors = graph.conv_channels(), graph.conv_channels(floor_counts(graph, round_to=round_to,
+                                                                             min_channels=min_channels))
+    in_elements = tuple(e + "." for u in units for e in u.elements)
+    sites = []
+    for path, info in graph.attention.items():
+        block, qkv = modules.get(path), configs.get(info.qkv)
+        if block is None or qkv is None:
+            continue
+        op = "area_attention" if type(block).__name__ == "AAttn" else "attention"
+        area = max(1, int(round(info.queries / info.keys))) if info.keys else 1
+        dims = _head_dims(block.num_heads, full[info.qkv][1], full[info.values][1])
+        floor = _head_dims(block.num_heads, floors[info.qkv][1], floors[info.values][1])
+        if floor == dims and not path.startswith(in_elements):
+            continue  # pruning never changes it: its time is part of `rest_ms`
+        sites.append(_AttentionSite(path, info.qkv, info.values,
+                                    AttentionConfig(op, qkv.in_hw, block.num_heads, *dims, area), floor))
+    return sites
+
+
+def _head_dims(heads: int, qkv_out: int, values_out: int) -> tuple[int, int]:
+    """(key_dim, head_dim) of an attention whose qkv conv writes `qkv_out` channels and value conv `values_out`."""
+    return (qkv_out - values_out) // (2 * heads), values_out // heads
 
 
 def _pair(v) -> tuple[int, int]:
@@ -201,4 +332,4 @@ def _round_up(n: int, g: int) -> int:
     return max(g, -(-n // g) * g)
 
 
-__all__ = ["ANCHORS", "LayerConfig", "swap_layers"]
+__all__ = ["ANCHORS", "AttentionConfig", "AttentionCore", "LayerConfig", "swap_layers"]

@@ -13,10 +13,17 @@ padding, groups, activation). A candidate's convs can take thousands of channel 
 so every conv of the model is measured at `ANCHORS` points between its smallest prunable shape (every group at its
 floor) and its full shape, and a candidate's conv is priced by linear interpolation in its multiply-accumulates
 between its own anchors (never below the smallest anchor, never above the largest; anchors made non-decreasing).
-Where the convs alone sum to more than the whole model (OpenVINO), every conv is scaled by the model's time over
-that sum (`scale`) and `rest_ms` is 0. The prediction is then a deterministic, non-decreasing function of the kept channels, which `autoprune.budget`
-can bisect on. What the convs do not account for (concats, splits, upsampling, pooling, the Detect head's decoding,
-runtime overhead) is one constant, `rest_ms`: the unpruned model measured end to end minus the sum of its convs.
+Attention blocks (`Attention` in PSA, C2PSA and PSABlock; YOLO12's area attention `AAttn`) are priced the same way
+by their matrix products, whose cost follows their head dims (`channels.graph.AttentionInfo`): each block's "attention
+core" (`AttentionConfig`, `AttentionCore`: from the qkv conv's output, the split per head, `q^T k`, the softmax and the
+mixing of the values, as the block's forward does it, area by area for `AAttn`) is measured alone at `ANCHORS` head
+dims from the smallest the pruner allows to the full ones, and priced by interpolation in its multiply-accumulates at
+the head dims the candidate's channels leave it (nothing when a depth plan removes its block).
+Where the convs and cores alone sum to more than the whole model (OpenVINO), every entry is scaled by the model's time
+over that sum (`scale`) and `rest_ms` is 0. The prediction is then a deterministic, non-decreasing function of the kept
+channels, which `autoprune.budget` can bisect on. What the convs and attention cores do not account for (concats,
+splits, upsampling, pooling, the adds, the Detect head's decoding, runtime overhead) is one constant, `rest_ms`: the
+unpruned model measured end to end minus the sum of its convs and attention cores.
 The entries are minima (a loaded machine only ever raises a minimum); a model's latency as `cost`, a search and its
 budget give it is the median of a timing run, so `predict` scales the sum by the unpruned model's median over its
 minimum (`median_ratio`, measured with it) and `predict_min` is the sum itself. Each entry is the layer's time less
@@ -32,11 +39,11 @@ each site has its own anchor curve, measured like the convs' at the site's ancho
 of G for a grouped kind) and filed under the key of its own `LayerConfig`; a swapped site is priced by the sum of its
 replacement layers interpolated at the candidate's channels instead of the original conv. The sites and kinds given
 to the table (`swaps`) are measured by `build`, any other the first time a prediction holds it. A table without
-swaps measures exactly the entries it measures without this. What a lone layer cannot show is not priced: onnxruntime
-on a CPU runs some grouped convs outside the blocked NCHWc layout the convs around it use, so inside a model they pay a
-layout reorder before and after (a 32 -> 64 3x3 stride-2 conv at 80 x 80, 1 thread, grouped by 4: 0.2 ms more than the
-dense conv between two convs, 0.02 ms more alone; `benchmarks/bench_swap_layout.py`); depthwise, k x 1 and 1 x k
-convs, and that conv grouped by 2, stay in the layout.
+swaps measures the entries it would without swaps priced, and a model without attention its convs' alone. What a
+lone layer cannot show is not priced: onnxruntime on a CPU runs some grouped convs outside the blocked NCHWc layout
+the convs around it use, so inside a model they pay a layout reorder before and after (a 32 -> 64 3x3 stride-2 conv
+at 80 x 80, 1 thread, grouped by 4: 0.2 ms more than the dense conv between two convs, 0.02 ms more alone;
+`benchmarks/bench_swap_layout.py`); depthwise, k x 1 and 1 x k convs, and that conv grouped by 2, stay in the layout.
 
 Example:
     >>> table = LatencyTable(model, graph, imgsz=320, backend="onnxruntime", path="runs/latency_lut.json")
@@ -60,7 +67,9 @@ from autoprune.cost.cache import LatencyCache, cache_key
 from autoprune.devices import default_threads, resolve_device, torch_threads
 from autoprune.latency_layers import (  # noqa: F401  (re-exported: the table's layers were defined here)
     ANCHORS,
+    AttentionConfig,
     LayerConfig,
+    _attention_sites,
     _interpolate,
     _layer_configs,
     _round_up,
@@ -82,7 +91,8 @@ MODEL_TIMING = timing.TimingProtocol(warmup_runs=3, warmup_s=0.3, min_repeats=15
 
 
 class LatencyTable:
-    """Per-layer measured latencies of `model`'s convs in one runtime setting; `predict(counts)` sums them.
+    """Per-layer measured latencies of `model`'s convs and attention cores in one runtime setting; `predict(counts)`
+    sums them.
 
     `model` is the unpruned model and `graph` its channel analysis (`autoprune.channels.analyze`); `imgsz`, `batch`,
     `device`, `backend`, `precision` and `threads` are what `measure_latency` takes. `path`: the JSON file the
@@ -127,6 +137,7 @@ class LatencyTable:
         self.element_orders: dict[str, list[int]] = {}  # {depth key: element order} (`depth.rank_elements`)
         self._configs = _layer_configs(self.model, imgsz)
         self.sites = _sites(self._configs, graph, round_to, min_channels, self.units)
+        self.attention_sites = _attention_sites(self.model, self._configs, graph, round_to, min_channels, self.units)
         self._site_of = {s.name: s for s in self.sites}
         self.swap_sites = {s.id: s for s in find_sites(self.model)}  # {site id: `swap.SwapSite`}
         self.swaps = {sid: tuple(k for k in ((kinds,) if isinstance(kinds, str) else kinds) if k != "keep")
@@ -144,9 +155,10 @@ class LatencyTable:
         self.measured = 0  # entries measured by this object (0 when the file held them all)
         self._loaded_keys: set[str] = set()  # entries in use that were measured under load (`timing.under_load`)
         self._curves: dict[str, tuple[list[int], list[float]]] | None = None
+        self._attention_curves: dict[str, tuple[list[int], list[float]]] = {}  # {attention block: its core's curve}
         self.rest_ms: float | None = None
         self.overhead_ms: float | None = None
-        self.scale = 1.0  # < 1 where the convs alone sum to more than the model measured end to end
+        self.scale = 1.0  # < 1 where the convs and attention cores alone sum to more than the model end to end
         self.median_ratio = 1.0  # the unpruned model's median over minimum latency (`build`; `predict` scales by it)
 
     # -- the entries ---------------------------------------------------------------------------------------------
@@ -194,7 +206,7 @@ class LatencyTable:
         self.measured += 1
         self.cache.put(key, {"ms": ms, **extra, **({"load": load, "under_load": True} if loaded else {})})
 
-    def entry(self, cfg: LayerConfig) -> float:
+    def entry(self, cfg: LayerConfig | AttentionConfig) -> float:
         """The measured latency (ms) of `cfg` alone: from the table, or measured now and filed."""
         key = self._key("layer:" + cfg.key(), cfg.in_hw[0], LAYER_TIMING)
         ms = self._stored(key)
@@ -204,10 +216,10 @@ class LatencyTable:
             self._file(key, ms, layer=asdict(cfg))
         return ms
 
-    def _curve(self, cfgs: Iterable[LayerConfig]) -> tuple[list[int], list[float]]:
+    def _curve(self, cfgs: Iterable[LayerConfig | AttentionConfig]) -> tuple[list[int], list[float]]:
         """(MACs, ms) of the entries of `cfgs` less the call overhead, in MACs order, made non-decreasing."""
         macs, ms = [], []
-        for cfg in sorted(cfgs, key=LayerConfig.macs):
+        for cfg in sorted(cfgs, key=lambda c: c.macs()):
             value = max(self.entry(cfg) - self.overhead_ms, 0.0)
             macs.append(cfg.macs())
             ms.append(max(value, ms[-1]) if ms else value)
@@ -255,19 +267,23 @@ class LatencyTable:
         return ms, median
 
     def build(self) -> LatencyTable:
-        """Measure every anchor and the unpruned model that the table does not hold yet (or holds as measured
-        under load, when the machine is quiet now), and the replacements of `swaps`; returns self."""
+        """Measure every anchor (of the convs and the attention cores) and the unpruned model that the table does
+        not hold yet (or holds as measured under load, when the machine is quiet now), and the replacements of
+        `swaps`; returns self."""
         with self.cache.deferred():  # hundreds of small entries: the file is written every few seconds, not each
             self._loaded_keys.clear()
             self.overhead_ms = self.entry(LayerConfig(*OVERHEAD))
             self._curves = {site.name: self._curve(site.anchors()) for site in self.sites}
+            self._attention_curves = {s.name: self._curve(s.anchors()) for s in self.attention_sites}
             full_sum = sum(self._layer_ms(s.name, s.full.macs()) for s in self.sites)
+            full_sum += sum(_interpolate(self._attention_curves[s.name], s.full.macs()) for s in self.attention_sites)
             model_ms, median_ms = self._model_ms()
             # the search, `cost` and the reports give a model's median latency; the entries are minima (a loaded
             # machine only ever raises them): a prediction is scaled by the unpruned model's median over minimum
             self.median_ratio = max(1.0, median_ms / model_ms) if model_ms > 0 else 1.0
             # Layers alone can sum to more than the model (OpenVINO fuses and schedules inside a compiled model):
-            # then the entries are scaled down to the model instead of adding a negative rest.
+            # then the entries (the attention cores' too) are scaled down to the model instead of adding a negative
+            # rest.
             self.scale = min(1.0, model_ms / full_sum) if full_sum > 0 else 1.0
             self.rest_ms = model_ms - self.scale * full_sum
             self._swap_curves, self._fixed_ms = {}, {}
@@ -294,8 +310,9 @@ class LatencyTable:
         return sum(_interpolate(curve, c.macs()) for curve, c in zip(self._swap_curve(sid, kind), layers))
 
     def _priced(self, counts: dict | None) -> tuple[dict[str, float], float]:
-        """({conv: predicted ms} of the table's convs and of every swapped conv (its replacement), the entries of
-        the swapped convs that pruning never changes, which `rest_ms` holds)."""
+        """({conv or attention block: predicted ms} of the table's convs, of every swapped conv (its replacement)
+        and of the table's attention cores (0 where a depth plan removed the block), the entries of the swapped
+        convs that pruning never changes, which `rest_ms` holds)."""
         if self._curves is None:
             self.build()
         swaps = {}
@@ -309,6 +326,10 @@ class LatencyTable:
             channels = self.graph.conv_channels(counts)
         layers = {s.name: self._layer_ms(s.name, s.config(*channels[s.name]).macs()) if s.name in channels else 0.0
                   for s in self.sites}
+        for s in self.attention_sites:
+            gone = s.qkv not in channels or s.values not in channels
+            layers[s.name] = 0.0 if gone else _interpolate(
+                self._attention_curves[s.name], s.config(channels[s.qkv][1], channels[s.values][1]).macs())
         taken = 0.0
         for sid, kind in sorted(swaps.items()):
             site = self.swap_sites.get(sid)
@@ -326,7 +347,7 @@ class LatencyTable:
 
     def layer_latencies(self, counts: dict | None = None) -> dict[str, float]:
         """Each conv's predicted latency (ms) with `counts` kept channels per group (None: unpruned): the table's
-        convs, and a swapped conv priced as its replacement's layers."""
+        convs, a swapped conv priced as its replacement's layers, and each attention core under its block's path."""
         return self._priced(counts)[0]
 
     def predict(self, counts: dict | None = None) -> float:
@@ -337,8 +358,8 @@ class LatencyTable:
         return self.median_ratio * self.predict_min(counts)
 
     def predict_min(self, counts: dict | None = None) -> float:
-        """The predicted minimum latency (ms): the sum of the convs' entries (each a minimum) plus `rest_ms`, what
-        the table is validated against (docs/BENCHMARKS.md, "Latency model")."""
+        """The predicted minimum latency (ms): the sum of the convs' and attention cores' entries (each a minimum)
+        plus `rest_ms`, what the table is validated against (docs/BENCHMARKS.md, "Latency model")."""
         layers, taken = self._priced(counts)
         return self.scale * (sum(layers.values()) - taken) + self.rest_ms
 
@@ -370,6 +391,8 @@ class LatencyTable:
         state = {"curves": self._curves, "rest": self.rest_ms, "scale": self.scale}
         if self.median_ratio != 1.0:  # a table measured before the ratio was kept hashes as it did
             state["median_ratio"] = self.median_ratio
+        if self._attention_curves:  # a table without attention hashes as it always has
+            state["attention"] = self._attention_curves
         if self._swap_curves:  # a table without swaps hashes as it always has
             state["swaps"] = {f"{sid}:{kind}": c for (sid, kind), c in self._swap_curves.items()}
             state["fixed"] = self._fixed_ms
@@ -393,8 +416,8 @@ def _min_loop(forward, runs: int = 50, warmup: int = 3, max_s: float = 1.0) -> l
 
 def _openvino_layer(module: nn.Sequential, x: torch.Tensor):
     """The layer as the OpenVINO graph its converter makes of a conv + bias + activation (Convolution,
-    GroupConvolution or, for a transposed conv, ConvolutionBackpropData; Add, the activation op), built with its opset directly: converting a traced module takes
-    seconds, this milliseconds."""
+    GroupConvolution or, for a transposed conv, ConvolutionBackpropData; Add, the activation op), built with its
+    opset directly: converting a traced module takes seconds, this milliseconds."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
@@ -421,6 +444,20 @@ def _openvino_layer(module: nn.Sequential, x: torch.Tensor):
     elif not isinstance(act, nn.Identity):
         raise ValueError(f"no OpenVINO op for activation {type(act).__name__}")
     return ov.Model([y], [param])
+
+
+def _openvino_traced(module: nn.Module, x: torch.Tensor):
+    """A layer that is no conv (an attention core) converted as a whole model is (Ultralytics' torch2openvino: a
+    trace, static input shape), so that OpenVINO fuses its matrix products as it does inside the model."""
+    import contextlib
+    import warnings
+
+    import openvino as ov
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, x, strict=False, check_trace=False)
+        return ov.convert_model(traced, input=x.shape, example_input=x)
 
 
 def _layer_session(backend, module, dev, ch, hw, batch, precision, threads) -> backends.Session:
@@ -454,7 +491,8 @@ def _layer_session(backend, module, dev, ch, hw, batch, precision, threads) -> b
         if precision == "fp32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
         core = ov.Core()
-        compiled = core.compile_model(_openvino_layer(module, x), "CPU", config)
+        layer = _openvino_layer(module, x) if isinstance(module, nn.Sequential) else _openvino_traced(module, x)
+        compiled = core.compile_model(layer, "CPU", config)
         request = compiled.create_infer_request()
         x_np = x.numpy()
         return backends.Session(forward=lambda: request.infer({0: x_np}), outputs=lambda: request.infer({0: x_np}),

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from autoprune.channels import analyze
+from autoprune.latency_layers import AttentionConfig, AttentionCore
 from autoprune.latency_model import LatencyTable, LayerConfig
 from autoprune.demo import demo_model_path
 from autoprune.models import load_model
@@ -16,10 +17,20 @@ from autoprune.strategies import floor_counts
 IMGSZ = 64
 
 
+def attention_measure(core, hw):
+    """An attention core (`AttentionCore`): 1 us plus 0.1 us per multiply-accumulate of its matrix products, linear in
+    them like `macs_measure`, so that the table's interpolation between anchors is exact."""
+    h, w = (hw, hw) if isinstance(hw, int) else hw
+    n = h * w
+    return 1e-3 + n * (n // core.area) * core.heads * (core.key_dim + core.head_dim) * 1e-7
+
+
 def fake_measure(module, ch, hw):
     """Milliseconds as a function of what is measured: a layer by its MACs, the whole model a constant."""
     if ch is None:
         return 50.0
+    if isinstance(module, AttentionCore):
+        return attention_measure(module, hw)
     conv = module[0]
     return 1e-3 + conv.in_channels * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] * hw * hw * 1e-9
 
@@ -160,6 +171,8 @@ def macs_measure(module, ch, hw):
 
     if ch is None:
         return 50.0
+    if isinstance(module, AttentionCore):
+        return attention_measure(module, hw)
     conv = module[0]
     h, w = (hw, hw) if isinstance(hw, int) else hw
     with torch.no_grad():
@@ -358,3 +371,151 @@ def test_a_transposed_conv_entry_runs_the_transposed_conv_in_the_runtime(backend
         expected = module(backends.fixed_input(1, cfg.cin, 8)).numpy()
     assert out.shape == expected.shape == (1, 16, 16, 16)
     assert np.allclose(out, expected, atol=1e-4)
+
+
+# -- attention -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attention_models():
+    """yolo11n (one PSA `Attention`) and yolo12n (eight area attentions, `AAttn`) with their channel analyses."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    out = {}
+    for name in ("yolo11n.yaml", "yolo12n.yaml"):
+        model = DetectionModel(name, verbose=False).eval()
+        out[name] = model, analyze(model, imgsz=IMGSZ)
+    return out
+
+
+@pytest.mark.parametrize("block", ["Attention", "AAttn area 4", "AAttn area 1"])
+def test_an_attention_core_does_what_its_block_does_between_its_convs(block):
+    """The core from the qkv conv's output gives what the block's `proj` and `pe` read: proj(x + pe(v)) is the
+    block's output, for PSA's `Attention` and YOLO12's area attention (positions cut into areas, or not)."""
+    import torch
+    from ultralytics.nn.modules.block import AAttn, Attention
+
+    torch.manual_seed(0)
+    m = {"Attention": Attention(64, 2), "AAttn area 4": AAttn(64, 2, area=4), "AAttn area 1": AAttn(64, 4)}[block]
+    m.eval()
+    op = "attention" if isinstance(m, Attention) else "area_attention"
+    cfg = AttentionConfig(op, (8, 8), m.num_heads, getattr(m, "key_dim", m.head_dim), m.head_dim, getattr(m, "area", 1))
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        qkv = m.qkv(x)
+        assert qkv.shape[1] == cfg.cin
+        mixed, v = cfg.module()(qkv)
+        assert torch.allclose(m.proj(mixed + m.pe(v)), m(x), atol=1e-5)
+    assert cfg.macs() == 64 * (64 // cfg.area) * m.num_heads * (cfg.key_dim + cfg.head_dim)
+
+
+@pytest.mark.parametrize("name", ["yolo11n.yaml", "yolo12n.yaml"])
+def test_attention_head_dims_are_priced(attention_models, name):
+    """Each attention block's matrix products are an entry of the table (`AttentionConfig`, its MACs the channel
+    analysis's), taken out of `rest_ms` unpruned and priced at the candidate's head dims: pruning only the query/key
+    channels predicts less, by what the core's entries say, and the prediction never falls when they rise."""
+    model, graph = attention_models[name]
+    table = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, measure=macs_measure).build()
+    sites = {s.name: s for s in table.attention_sites}
+    assert set(sites) == set(graph.attention)
+    for counts in (None, floor_counts(graph)):  # the cores' MACs are the analysis's attention GFLOPs
+        channels = graph.conv_channels(counts)
+        macs = sum(s.config(channels[s.qkv][1], channels[s.values][1]).macs() for s in sites.values())
+        assert 2 * macs / 1e9 == pytest.approx(graph.attention_gflops(counts))
+    full = table.layer_latencies()
+    convs = sum(full[s.name] for s in table.sites)
+    cores = {n: table.entry(s.full) - table.overhead_ms for n, s in sites.items()}
+    assert all(full[n] == pytest.approx(ms) and ms > 0 for n, ms in cores.items())
+    assert table.rest_ms == pytest.approx(50.0 - convs - sum(cores.values()))
+    assert table.predict_min() == pytest.approx(table.rest_ms + convs + sum(cores.values())) == pytest.approx(50.0)
+
+    qk = [g for g in graph.groups if g.id.endswith("attn.qkv")]
+    assert qk and all(g.producers[0].removesuffix(".qkv") in sites for g in qk)
+    pruned = {g.id: 8 for g in qk}  # the head dims alone: every other group whole
+    layers = table.layer_latencies(pruned)
+    channels = graph.conv_channels(pruned)
+    for n, s in sites.items():  # exact: the fake time is linear in the MACs the table interpolates in
+        cfg = s.config(channels[s.qkv][1], channels[s.values][1])
+        assert cfg.key_dim < s.full.key_dim or cfg.head_dim < s.full.head_dim
+        assert layers[n] == pytest.approx(attention_measure(cfg, cfg.in_hw) - table.overhead_ms)
+        assert layers[n] < full[n]
+    assert table.predict_min(pruned) == pytest.approx(table.rest_ms + sum(layers.values()))
+    without_cores = table.rest_ms + sum(layers[s.name] for s in table.sites) + sum(cores.values())
+    assert table.predict_min(pruned) < without_cores - 1e-9  # what the table predicted with the cores in rest_ms
+    last = table.predict(floor_counts(graph) | {g.id: 8 for g in qk})
+    for size in range(16, qk[0].size + 1, 8):
+        now = table.predict(floor_counts(graph) | {g.id: size for g in qk})
+        assert now > last
+        last = now
+
+
+def test_an_attention_a_depth_plan_removes_costs_nothing(attention_models, monkeypatch):
+    """An attention block inside a removed depth element (its qkv conv gone from the channels) costs nothing. No
+    stock model has such an element yet (C2PSA's PSABlocks are no depth unit): yolo11n's is made one here."""
+    import autoprune.depth as depth
+    from autoprune.depth import DepthUnit, depth_key
+
+    model, graph = attention_models["yolo11n.yaml"]
+    psa = DepthUnit(id="10.m", layer=10, block="C2PSA", kind="chain", n=1, residual=True,
+                    elements=("model.10.m.0",), out_convs=("model.10.m.0.ffn.1.conv",), reader=None)
+    real = depth.find_units
+    monkeypatch.setattr(depth, "find_units", lambda m: [*real(m), psa])
+    table = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, measure=macs_measure).build()
+    attn = "model.10.m.0.attn"
+    assert [s.name for s in table.attention_sites] == [attn]
+    kept, gone = table.layer_latencies({depth_key("10.m"): 1}), table.layer_latencies({depth_key("10.m"): 0})
+    assert kept[attn] > 0 and gone[attn] == 0.0
+    assert table.predict_min({depth_key("10.m"): 0}) == pytest.approx(table.rest_ms + sum(gone.values()))
+
+
+def test_a_model_without_attention_predicts_from_its_convs_alone(demo):
+    """No attention, no attention entry: the prediction is `rest_ms` (the model less its convs' entries) plus the
+    convs' entries at the candidate's channels, computed here from the fake timer, and the table hashes as a table
+    of convs alone (the state it always hashed)."""
+    import hashlib
+
+    model, graph = demo
+    assert not graph.attention
+    table = LatencyTable(model, graph, imgsz=IMGSZ, threads=1, measure=macs_measure).build()
+    assert table.attention_sites == [] and not table._attention_curves
+
+    def conv_ms(cfg):
+        return macs_measure(cfg.module(), cfg.cin, cfg.in_hw[0]) - table.overhead_ms
+
+    rest = 50.0 - sum(conv_ms(s.full) for s in table.sites)
+    assert table.rest_ms == pytest.approx(rest)
+    small = floor_counts(graph) | {"4.m.0.cv1": 24}
+    channels = graph.conv_channels(small)
+    expected = rest + sum(conv_ms(s.config(*channels[s.name])) for s in table.sites)
+    assert table.predict_min(small) == pytest.approx(expected)
+    state = {"curves": table._curves, "rest": table.rest_ms, "scale": table.scale}
+    assert table.fingerprint() == hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_an_attention_core_runs_in_the_runtime(demo, backend, one_thread):
+    """The core exported as the table's layer sessions run it gives torch's outputs (both forms), and its entry is
+    measured in the runtime and filed."""
+    import numpy as np
+    import torch
+
+    from autoprune.cost import backends
+    from autoprune.latency_model import _layer_session
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    for cfg in (AttentionConfig("attention", (4, 4), 2, 8, 16), AttentionConfig("area_attention", (4, 4), 2, 8, 8, 2)):
+        module = cfg.module()
+        session = _layer_session(backend, module, torch.device("cpu"), cfg.cin, 4, 1, "fp32", 1)
+        out = session.outputs()
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(backends.fixed_input(1, cfg.cin, 4))]
+        for i, e in enumerate(expected):
+            assert out[i].shape == e.shape == (1, cfg.heads * cfg.head_dim, 4, 4)
+            assert np.allclose(out[i], e, atol=1e-5), (cfg.op, i)
+    if backend == "onnxruntime":
+        model, graph = demo
+        table = LatencyTable(model, graph, imgsz=IMGSZ, backend=backend, threads=1)
+        ms = table.entry(cfg)
+        assert 0 < ms < 1000 and table.measured == 1
+        assert table.entry(cfg) == ms and table.measured == 1  # filed: not measured again
