@@ -96,3 +96,17 @@ def finetune_and_validate(model, teacher, data, save_dir: Path, *, epochs: int, 
                   distill=DistillSettings() if teacher is not None else None, epochs=epochs, imgsz=imgsz,
                   batch=batch, device=device, verbose=False, label=label, seed=seed)
     return validate_checkpoint(ft.best, data, imgsz=imgsz, device=device)
+
+
+def run_autoprune(cmd: list[str], log: Path) -> dict:
+    """The `--json` output of one autoprune command run in its own process; its stderr goes to `log`. A failed
+    command ends the benchmark naming the command and the log."""
+    import json
+    import subprocess
+
+    with log.open("w") as err:
+        out = subprocess.run([sys.executable, "-m", "autoprune", *cmd, "--json"], stdout=subprocess.PIPE,
+                             stderr=err, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} exited {out.returncode}; see {log}")
+    return json.loads(out.stdout)

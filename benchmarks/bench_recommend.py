@@ -26,22 +26,11 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from _common import header, load
-
-
-def run(cmd: list[str], log: Path) -> dict:
-    """The `--json` output of one autoprune command run in its own process; its stderr goes to `log`."""
-    with log.open("w") as err:
-        out = subprocess.run([sys.executable, "-m", "autoprune", *cmd, "--json"], stdout=subprocess.PIPE,
-                             stderr=err, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd)} exited {out.returncode}; see {log}")
-    return json.loads(out.stdout)
+from _common import run_autoprune as run
 
 
 def genome_id(study_db: Path, study: str, number: int) -> str:

@@ -16,24 +16,12 @@ result.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from _common import header, load
-
-
-def run(cmd: list[str], log: Path) -> dict:
-    """The `--json` output of one autoprune command in its own process; its stderr goes to `log`."""
-    with log.open("w") as err:
-        out = subprocess.run([sys.executable, "-m", "autoprune", *cmd, "--json"], stdout=subprocess.PIPE,
-                             stderr=err, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd)} exited {out.returncode}; see {log}")
-    return json.loads(out.stdout)
+from _common import run_autoprune as run
 
 
 def stage_row(label: str, stage: dict) -> str:

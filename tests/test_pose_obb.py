@@ -146,27 +146,40 @@ def test_a_bad_kpt_shape_is_one_error_line(env, tmp_path):
         load_data_config(bad)
 
 
+def _pose_data_with_sigmas(env, tmp_path, sigmas):
+    """The demo pose data YAML with its own kpt_oks_sigmas."""
+    data = tmp_path / "pose.yaml"
+    data.write_text(env["pose"].read_text() + f"path: {env['pose'].parent}\nkpt_oks_sigmas: {list(sigmas)}\n")
+    return data
+
+
+def _record_keypoint_sigmas(monkeypatch) -> list:
+    """The sigmas every Ultralytics KeypointLoss is built with from now on (a list this appends to)."""
+    from ultralytics.utils import loss as ultralytics_loss
+
+    seen = []
+    real_init = ultralytics_loss.KeypointLoss.__init__
+
+    def keypoint_loss(self, sigmas):
+        seen.append(sigmas.tolist())
+        real_init(self, sigmas)
+
+    monkeypatch.setattr(ultralytics_loss.KeypointLoss, "__init__", keypoint_loss)
+    return seen
+
+
 @pytest.mark.parametrize("task", ["pose", "obb"])
 def test_proxy_scores_the_tasks_own_metric(env, monkeypatch, tmp_path, task):
     from ultralytics.models.yolo.obb import OBBValidator
     from ultralytics.models.yolo.pose import PoseValidator
-    from ultralytics.utils import loss as ultralytics_loss
 
     from autoprune.models import load_model
     from autoprune.proxy import ProxyEvaluator, ProxySettings
 
-    data, sigmas = env[task], (0.1, 0.2, 0.3, 0.4)
-    if task == "pose":  # the dataset's own OKS sigmas reach Ultralytics' pose validator and keypoint loss
-        data = tmp_path / "pose.yaml"
-        data.write_text(env["pose"].read_text() + f"path: {env['pose'].parent}\nkpt_oks_sigmas: {list(sigmas)}\n")
-    loss_sigmas = []
-    real_init = ultralytics_loss.KeypointLoss.__init__
-
-    def keypoint_loss(self, sigmas):
-        loss_sigmas.append(sigmas.tolist())
-        real_init(self, sigmas)
-
-    monkeypatch.setattr(ultralytics_loss.KeypointLoss, "__init__", keypoint_loss)
+    sigmas = (0.1, 0.2, 0.3, 0.4)
+    # the dataset's own OKS sigmas reach Ultralytics' pose validator and keypoint loss
+    data = _pose_data_with_sigmas(env, tmp_path, sigmas) if task == "pose" else env[task]
+    loss_sigmas = _record_keypoint_sigmas(monkeypatch)
     ev = ProxyEvaluator(data, ProxySettings(imgsz=64, steps=1, calib_batches=1, batch=4, val_images=3,
                                                  threads=1), task=task)
     batch = ev.calibration_batches()[0]
@@ -240,24 +253,14 @@ def test_prune_ranks_and_scores_on_the_tasks_labels(env, capsys, tmp_path, task,
 def test_hessian_ranking_weights_keypoints_by_the_datas_sigmas(env, monkeypatch, tmp_path):
     """The keypoint loss behind a pose model's hessian ranking uses the data YAML's kpt_oks_sigmas (the model's own
     attribute otherwise), as Ultralytics' PoseTrainer and the proxy do."""
-    from ultralytics.utils import loss as ultralytics_loss
-
     from autoprune.data import load_data_config
     from autoprune.models import load_model
     from autoprune.proxy import ProxyEvaluator, ProxySettings
     from autoprune.search import plan
 
     sigmas = (0.1, 0.2, 0.3, 0.4)
-    data = tmp_path / "pose.yaml"
-    data.write_text(env["pose"].read_text() + f"path: {env['pose'].parent}\nkpt_oks_sigmas: {list(sigmas)}\n")
-    seen = []
-    real_init = ultralytics_loss.KeypointLoss.__init__
-
-    def keypoint_loss(self, sigmas):
-        seen.append(sigmas.tolist())
-        real_init(self, sigmas)
-
-    monkeypatch.setattr(ultralytics_loss.KeypointLoss, "__init__", keypoint_loss)
+    data = _pose_data_with_sigmas(env, tmp_path, sigmas)
+    seen = _record_keypoint_sigmas(monkeypatch)
     ev = ProxyEvaluator(load_data_config(data), ProxySettings(imgsz=64, steps=0, calib_batches=1, batch=2,
                                                               val_images=2, threads=1), task="pose")
     loaded = load_model(env["pose_model"])
