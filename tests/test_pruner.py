@@ -146,11 +146,21 @@ def _small_yolov9e() -> dict:
     return cfg
 
 
+def _small_yolo12l() -> dict:
+    """yolo12.yaml at its l scale's form (A2C2f with a learned residual scale, gamma, and mlp ratio 1.2, which
+    Ultralytics builds for scales l and x) and n's multiples."""
+    cfg = _scaled("12/yolo12.yaml", width=0.25, depth=0.5)
+    cfg["scale"], cfg["scales"] = "l", {"l": [0.5, 0.25, 1024]}
+    return cfg
+
+
 # Larger members of a ladder whose blocks the smallest lacks: yolov9c's ADown and RepCSP inside RepNCSPELAN4,
-# yolov9e's auxiliary branch (CBLinear, CBFuse; and ADown). The every-family test prunes and reloads yolov9e too.
+# yolov9e's auxiliary branch (CBLinear, CBFuse; and ADown), yolo12l's gamma-scaled A2C2f. The every-family test prunes
+# and reloads yolov9e and yolo12l too.
 SMALL_YOLOV9E = ("yolov9e", _small_yolov9e())
-LADDER_EXTRAS = [("yolov9c", _scaled("v9/yolov9c.yaml")), SMALL_YOLOV9E]
-FAMILIES = DETECTION_YAMLS + [SMALL_YOLOV9E]
+SMALL_YOLO12L = ("yolo12l", _small_yolo12l())
+LADDER_EXTRAS = [("yolov9c", _scaled("v9/yolov9c.yaml")), SMALL_YOLOV9E, SMALL_YOLO12L]
+FAMILIES = DETECTION_YAMLS + [SMALL_YOLOV9E, SMALL_YOLO12L]
 
 
 def test_every_claimed_family_is_among_the_generated_yamls():
