@@ -399,9 +399,9 @@ def test_cli_prunes_by_keep_and_by_genome(cli, capsys, tmp_path, tiny_data, tiny
     ranked = []  # (criterion, whether calibration batches came with it) of every ranking the command asks for
     real = autoprune.pruner.rank_channels
 
-    def spy(model, graph, criterion="l1", ctx=None, *, batches=None):
+    def spy(model, graph, criterion="l1", ctx=None, *, batches=None, **kw):
         ranked.append((criterion, bool(batches)))
-        return real(model, graph, criterion, ctx, batches=batches)
+        return real(model, graph, criterion, ctx, batches=batches, **kw)
 
     monkeypatch.setattr(autoprune.pruner, "rank_channels", spy)
 
