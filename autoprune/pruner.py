@@ -308,7 +308,8 @@ def _slice_scales(graph: ChannelGraph, modules: dict[str, nn.Module], masks) -> 
     for p in graph.producers:
         if p.scale is None or p.conv not in masks or bool(masks[p.conv][0].all()):
             continue
-        gamma, (owner, _, name) = _scale_param(modules, p.scale), p.scale.rpartition(".")
+        owner, _, name = p.scale.rpartition(".")
+        gamma = getattr(modules[owner], name)
         setattr(modules[owner], name, _param(gamma.detach()[masks[p.conv][0].to(gamma.device)], gamma))
 
 

@@ -141,7 +141,7 @@ def _train(args) -> dict:
     save_args(
         run_dir, args, task=task, init=None if init is None else str(init), epochs=epochs, imgsz=imgsz, device=device,
         batch=batch, patience=patience, model=model_yaml or recipe.TASK_MODEL_YAMLS[task],
-        fixed=recipe.FIXED_ARGS if init is None else dict(recipe.FIXED_ARGS, pretrained=str(init)),
+        fixed=recipe.recipe_args(init),
         project=str(run_dir.parent), name=run_dir.name,
     )  # fmt: skip
     result = recipe.train_baseline(
@@ -151,8 +151,7 @@ def _train(args) -> dict:
     if not args.json:
         print(f"trained {result['epochs_run']} epochs in {run_dir} (best epoch {result['best_epoch']})")
         print(f"weights: {result['weights']}")
-        own = next((k for k in result if k.endswith(" mAP50-95") and k != "mAP50-95"), None)
-        extra = f"  {own} {result[own]:.4f}" if own else ""
+        extra = f"  {result['metric']} {result['metric_map50_95']:.4f}" if task != "detect" else ""
         print(f"final val: mAP50 {result['mAP50']:.4f}  mAP50-95 {result['mAP50-95']:.4f}{extra}")
         print(f"curve  : {result['results_csv']}")
     return result
@@ -161,19 +160,17 @@ def _train(args) -> dict:
 def _model_and_task(model: str | None, task: str | None) -> tuple[str, str | None]:
     """(task, model YAML or None for the task's yolov8n): `--model` must be a model YAML of a task the demo has data
     for, the same as `--task` when both are given."""
+    from ultralytics.nn.tasks import guess_model_task
+
     from autoprune.demo.train import TASK_MODEL_YAMLS
+    from autoprune.models import load_model
 
     if model is None:
         return task or "detect", None
     if not model.endswith((".yaml", ".yml")):
         raise UserError(f"--model must be an Ultralytics model YAML (training starts from random or --init weights), "
                         f"got {model!r}")
-    from autoprune.models import load_model
-
-    built = load_model(model).model  # one error line for a YAML that does not exist or does not parse
-    from ultralytics.nn.tasks import guess_model_task
-
-    own = guess_model_task(built)
+    own = guess_model_task(load_model(model).model)  # one error line for a YAML that does not exist or parse
     if own not in TASK_MODEL_YAMLS:
         raise UserError(f"--model {model} is a {own} model; the demo trains detect, segment, pose and obb models")
     if task is not None and task != own:

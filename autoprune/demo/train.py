@@ -70,6 +70,7 @@ def train_baseline(
     touched.
     """
     from autoprune import _ultralytics
+    from autoprune.proxy import TASK_METRICS, metric_keys
     from ultralytics import YOLO
 
     if task not in TASK_MODEL_YAMLS:
@@ -78,10 +79,9 @@ def train_baseline(
     data_yaml = Path(data_yaml) if data_yaml is not None else ensure_demo_data(task)
     run_dir = Path(run_dir).resolve()
     model = YOLO(model_yaml or TASK_MODEL_YAMLS[task])
-    fixed = dict(FIXED_ARGS, pretrained=str(init)) if init is not None else FIXED_ARGS
     model.train(
         data=str(data_yaml), imgsz=imgsz, epochs=epochs, device=device, batch=batch, patience=patience,
-        project=str(run_dir), name="train", exist_ok=False, **fixed,
+        project=str(run_dir), name="train", exist_ok=False, **recipe_args(init),
     )  # fmt: skip
     save_dir = Path(model.trainer.save_dir)
     best, last = save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt"
@@ -98,13 +98,14 @@ def train_baseline(
         "best_epoch": best_row["epoch"] if best_row else None,
         "mAP50": round(float(metrics.get("metrics/mAP50(B)", float("nan"))), 4),
         "mAP50-95": round(float(metrics.get("metrics/mAP50-95(B)", float("nan"))), 4),
-        **({f"{_TASK_SUFFIX[task][1]} mAP50-95": round(float(metrics.get(f"metrics/mAP50-95({_TASK_SUFFIX[task][0]})",
-                                                                           float("nan"))), 4)}
-           if task in _TASK_SUFFIX else {}),
+        "metric": TASK_METRICS[task][0],  # the task's own figure (mask mAP50-95 for segment; box for detect)
+        "metric_map50_95": round(float(metrics.get(metric_keys(task)[1], float("nan"))), 4),
     }
 
 
-_TASK_SUFFIX = {"segment": ("M", "mask"), "pose": ("P", "pose")}  # Ultralytics' metric keys for a task's own mAP
+def recipe_args(init: str | Path | None = None) -> dict:
+    """The trainer arguments every demo training fixes (`FIXED_ARGS`), with `init` as Ultralytics' `pretrained`."""
+    return FIXED_ARGS if init is None else dict(FIXED_ARGS, pretrained=str(init))
 
 
 def read_curve(results_csv: str | Path) -> list[dict]:
