@@ -29,6 +29,16 @@ if SESSION_DIR not in Path(SETTINGS.file).parents:  # Ultralytics was imported b
     raise RuntimeError(f"Ultralytics' settings are {SETTINGS.file}, outside the test session's folder {SESSION_DIR}")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (the README's test command) starts two workers per usable core, at most --maxprocesses: a third of a
+    worker's time is spent waiting (search worker subprocesses starting, heartbeats going stale, Ultralytics' data
+    loaders), so one worker per core left the CPU idle. On a 2-core AMD EPYC the suite took 447 s with four workers,
+    against 654 s with two. PYTEST_XDIST_AUTO_NUM_WORKERS still decides when it is set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    return 2 * len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2 * (os.cpu_count() or 1)
+
+
 def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Write a tiny two-class YOLO detection dataset (filled rectangles and discs on noise); return its YAML.
 
@@ -118,6 +128,27 @@ SYNTH_C3K2 = {
         [[7, 4], 1, "Detect", ["nc"]],  # 8: YOLO11 branches with depthwise convs
     ],
 }
+
+
+# Flags that make a search candidate cost only its pruning, GFLOPs, latency and a validation: no gradient ranking, no
+# BN recalibration, no finetune. For tests of how the search treats candidates, not of what the proxy scores.
+CHEAP_SEARCH = ["--criterion", "l1", "--calib-batches", "0", "--proxy-steps", "0"]
+
+
+def open_study(db: Path, name: str):
+    """The search study `name` in the SQLite file `db`, read-only."""
+    import optuna
+
+    from autoprune.search.storage import make_storage
+
+    return optuna.load_study(study_name=name, storage=make_storage(f"sqlite:///{db}", heartbeat=None, read_only=True))
+
+
+def evaluated_trials(study) -> list:
+    """The trials a search evaluated (finished, with the seconds their evaluation took)."""
+    from autoprune.search import records as R
+
+    return [t for t in study.trials if t.state.is_finished() and R.SECONDS in t.user_attrs]
 
 
 def demo_model_yaml(root: Path, base: str, name: str, **extra) -> Path:
