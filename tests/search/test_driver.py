@@ -399,14 +399,6 @@ def test_each_optuna_sampler_proposes_trials_of_a_search(env, capsys, tmp_path, 
     assert (args["generations"], args["trials"]) == ((1, None) if sampler == "nsga2" else (None, 4))
 
 
-# A search worker for the tests that kill or coordinate workers: `autoprune search` with two hooks, set by
-# environment variables, that make the timing of a multi-process test a matter of files, not of sleeps:
-# - every proxy evaluation first touches CTL/WORKER.KIND.N (KIND "search" under the study's proxy seed 0, "confirm"
-#   under another seed; N counts from 1), so a test knows where each worker is;
-# - WORKER_HANG=KIND:N hangs in that evaluation (the test then SIGKILLs the worker mid-trial or mid-confirmation);
-# - WORKER_WAIT=F1,F2,... holds the worker's first search evaluation until those files exist in CTL.
-# Every trial a worker tells is marked with the user attribute `test_worker` = WORKER, so the study itself says which
-# worker evaluated what.
 @pytest.mark.parametrize(
     "extra, message",
     [

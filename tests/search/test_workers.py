@@ -74,6 +74,14 @@ def test_two_sqlite_workers_never_take_the_same_trial_from_one_state(tmp_path):
         assert len(first | second) == n, kind
 
 
+# A search worker for the tests that kill or coordinate workers: `autoprune search` with two hooks, set by
+# environment variables, that make the timing of a multi-process test a matter of files, not of sleeps:
+# - every proxy evaluation first touches CTL/WORKER.KIND.N (KIND "search" under the study's proxy seed 0, "confirm"
+#   under another seed; N counts from 1), so a test knows where each worker is;
+# - WORKER_HANG=KIND:N hangs in that evaluation (the test then SIGKILLs the worker mid-trial or mid-confirmation);
+# - WORKER_WAIT=F1,F2,... holds the worker's first search evaluation until those files exist in CTL.
+# Every trial a worker tells is marked with the user attribute `test_worker` = WORKER, so the study itself says which
+# worker evaluated what.
 _WORKER = r"""
 import json, os, sys, time
 from pathlib import Path
