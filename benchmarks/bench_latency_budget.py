@@ -1,20 +1,25 @@
 """At a latency budget, does the search beat one-shot global hessian planned to the same latency? (issue 18, point 2)
 
     .venv/bin/python benchmarks/bench_latency_budget.py --share 0.5 --backend openvino --seeds 0,1,2 --epochs 3
+    .venv/bin/python benchmarks/bench_latency_budget.py --spaces fine,fine-depth,fine-ops \
+        --baselines hessian,depth,dws          # issue 19's latency half: depth and operator genes at a latency budget
 
 The budget is `--share` of the unpruned demo model's median latency in `--backend` at 640, batch 1, measured here
-first. Two models are made for it:
+first. The models made for it:
 
-- searched: the trial `autoprune search --budget-latency-ms B --latency-backend BACKEND` recommends (the main
-  command's other settings; candidates measured end to end, the latency table planning repair and the one-shot
-  trials), rebuilt from the study as `apply --trial` does;
+- searched (space `fine`), searched-SPACE (each other space of `--spaces`): the trial `autoprune search
+  --budget-latency-ms B --latency-backend BACKEND --space SPACE` recommends (the main command's other settings;
+  candidates measured end to end, the latency table planning repair and the one-shot trials), rebuilt from the
+  study as `apply --trial` does;
 - prune-hessian: `autoprune prune --target-latency-ms B --latency-backend BACKEND --strategy global --criterion
-  hessian`: one global hessian threshold bisected on the latency model's prediction.
+  hessian`: one global hessian threshold bisected on the latency model's prediction; prune-depth and prune-dws
+  (`--baselines`): the same with `--depth 0.5` (every repeated block keeps half its elements) or `--swap dws`
+  (every k x k Conv of backbone and neck depthwise-separable, fitted by least squares), widths filling the rest.
 
 Every latency is timed with `--threads` CPU threads (1 by default: on a shared 2-core machine one thread times alike
-from run to run, two do not). Each model is timed end to end in the backend (median at 640, batch 1) and finetuned alike by `finetune_and_validate`
-(head distillation from the unpruned model, `--epochs` at 320, batch 16, the whole demo train split) under every
-finetune seed, then validated on the whole val split. Prints mean, spread and the paired difference. Results are
+from run to run, two do not). Each model is timed end to end in the backend (median at 640, batch 1) and finetuned
+alike by `finetune_and_validate` (head distillation from the unpruned model, `--epochs` at 320, batch 16, the whole
+demo train split) under every finetune seed, then validated on the whole val split. Prints mean, spread and the paired difference. Results are
 cached in runs/bench_latency_budget/NAME/results.json, so an interrupted run continues. Nothing is asserted.
 """
 
@@ -41,6 +46,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for every latency (the search's and prune's through OMP_NUM_THREADS, "
                              "which their proxy and calibration then use too): 1 thread times alike on a shared CPU")
+    parser.add_argument("--spaces", default="fine", help="search spaces, one searched model each (comma-separated)")
+    parser.add_argument("--baselines", default="hessian",
+                        help="one-shot models: hessian (widths), depth (--depth 0.5), dws (--swap dws)")
     parser.add_argument("--name", default="lat50")
     args = parser.parse_args()
     header()
@@ -71,26 +79,32 @@ def main() -> int:
           f"budget {budget} ms "
           f"({args.share:.0%}); {load()}", flush=True)
 
-    study_name = f"bench-latency-{args.name}"
-    if "searched_trial" not in results:
-        cmd = ["autoprune", "search", "--budget-latency-ms", str(budget), "--latency-backend", args.backend,
-               "--name", study_name, "--exist-ok", "--resume", "--json",
-               *(["--trials", str(args.trials)] if args.trials else [])]
-        print("$ " + " ".join(cmd), flush=True)
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env)
-        summary = json.loads(done.stdout)
-        results["searched_trial"] = summary["recommended"]["number"]
-        results["search_reason"] = summary.get("recommendation_reason")
-        save()
-    pruned_pt = out / "prune-hessian.pt"
-    if not pruned_pt.exists():
-        cmd = ["autoprune", "prune", "--target-latency-ms", str(budget), "--latency-backend", args.backend,
-               "--strategy", "global", "--criterion", "hessian", "--no-val", "--out", str(pruned_pt), "--json"]
-        print("$ " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=env)
-
-    models = {"searched": searched_model(loaded, study_name, results["searched_trial"]),
-              "prune-hessian": load_model(str(pruned_pt)).model}
+    models = {}
+    for space in args.spaces.split(","):
+        label = "searched" if space == "fine" else f"searched-{space}"
+        study_name = f"bench-latency-{args.name}" + ("" if space == "fine" else f"-{space}")
+        if f"{label}:trial" not in results:
+            cmd = ["autoprune", "search", "--budget-latency-ms", str(budget), "--latency-backend", args.backend,
+                   "--space", space, "--name", study_name, "--exist-ok", "--resume", "--json",
+                   *(["--trials", str(args.trials)] if args.trials else [])]
+            print("$ " + " ".join(cmd), flush=True)
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env)
+            summary = json.loads(done.stdout)
+            results[f"{label}:trial"] = summary["recommended"]["number"]
+            results[f"{label}:reason"] = summary.get("recommendation_reason")
+            save()
+        print(f"{label}: trial {results[f'{label}:trial']} ({results[f'{label}:reason']})", flush=True)
+        models[label] = searched_model(loaded, study_name, results[f"{label}:trial"])
+    for baseline in args.baselines.split(","):
+        label = f"prune-{baseline}"
+        pruned_pt = out / f"{label}.pt"
+        if not pruned_pt.exists():
+            cmd = ["autoprune", "prune", "--target-latency-ms", str(budget), "--latency-backend", args.backend,
+                   "--strategy", "global", "--criterion", "hessian", *BASELINE_FLAGS[baseline], "--no-val",
+                   "--out", str(pruned_pt), "--json"]
+            print("$ " + " ".join(cmd), flush=True)
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=env)
+        models[label] = load_model(str(pruned_pt)).model
     for label, model in models.items():
         if f"{label}:ms" not in results:
             results[f"{label}:ms"] = latency(model)
@@ -109,8 +123,11 @@ def main() -> int:
             results[key] = m["map50_95"]
             save()
             print(f"{key}: mAP50-95 {m['map50_95']:.4f}", flush=True)
-    table(results, seeds, budget)
+    table(results, list(models), seeds, budget)
     return 0
+
+
+BASELINE_FLAGS = {"hessian": [], "depth": ["--depth", "0.5"], "dws": ["--swap", "dws"]}
 
 
 def searched_model(loaded, study_name: str, number: int):
@@ -124,22 +141,26 @@ def searched_model(loaded, study_name: str, number: int):
                    ranking=study.user_attrs.get(records.STUDY_RANKING))[0]
 
 
-def table(results: dict, seeds: list[int], budget: float) -> None:
+def table(results: dict, labels: list[str], seeds: list[int], budget: float) -> None:
     print(f"\n| model | GFLOPs at 640 | measured ms (budget {budget}) | mAP50-95 mean (per seed) | spread |")
     print("|---|---|---|---|---|")
-    for label in ("searched", "prune-hessian"):
+    for label in labels:
         vals = [results[f"{label}#s{s}"] for s in seeds if f"{label}#s{s}" in results]
         if not vals:
             continue
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        print(f"| {label}{' (trial ' + str(results['searched_trial']) + ')' if label == 'searched' else ''} | "
-              f"{results[f'{label}:gflops']:.3f} | {results[f'{label}:ms']:.2f} | {statistics.mean(vals):.4f} "
-              f"({', '.join(f'{v:.4f}' for v in vals)}) | {spread:.4f} |")
-    diffs = [results[f"searched#s{s}"] - results[f"prune-hessian#s{s}"] for s in seeds
-             if f"searched#s{s}" in results and f"prune-hessian#s{s}" in results]
-    if diffs:
-        print(f"\npaired difference searched - prune-hessian: {statistics.mean(diffs):+.4f} "
-              f"({', '.join(f'{d:+.4f}' for d in diffs)}); higher on {sum(d > 0 for d in diffs)} of {len(diffs)} seeds")
+        trial = f" (trial {results[label + ':trial']})" if f"{label}:trial" in results else ""
+        print(f"| {label}{trial} | {results[f'{label}:gflops']:.3f} | {results[f'{label}:ms']:.2f} | "
+              f"{statistics.mean(vals):.4f} ({', '.join(f'{v:.4f}' for v in vals)}) | {spread:.4f} |")
+    for label in labels:
+        if label == "prune-hessian":
+            continue
+        diffs = [results[f"{label}#s{s}"] - results[f"prune-hessian#s{s}"] for s in seeds
+                 if f"{label}#s{s}" in results and f"prune-hessian#s{s}" in results]
+        if diffs:
+            print(f"paired difference {label} - prune-hessian: {statistics.mean(diffs):+.4f} "
+                  f"({', '.join(f'{d:+.4f}' for d in diffs)}); higher on {sum(d > 0 for d in diffs)} of {len(diffs)} "
+                  "seeds")
 
 
 if __name__ == "__main__":
