@@ -28,7 +28,7 @@ from pathlib import Path
 from autoprune.report.atomic import atomic_output
 from autoprune.report.front import ParetoInfo, latency_spread, latency_under_load
 from autoprune.report.tables import over_budget_text
-from autoprune.report.text import LOAD_MARK, cost_text, fixed_text, params_text
+from autoprune.report.text import LOAD_MARK, cost_text, fixed_text, params_text, score_text
 from autoprune.search.records import TrialRecord
 
 _STYLE = {  # category -> colour; the HTML uses the same
@@ -213,7 +213,8 @@ def plot_pareto_png(info: ParetoInfo, path) -> Path:
     """Two panels, mAP50-95 against GFLOPs and against latency, each with its own front (red, joined by the
     trade-off line); members of the three-objective front beaten in a panel hollow; dominated trials grey; every
     point labelled with its trial number; the uniform baseline as a star; budgets as dashed lines; latencies far
-    above the rest (noise) drawn at the axis' edge with their value.
+    above the rest (noise) drawn at the axis' edge with their value; each score's standard error over validation
+    subsets (MAP50_95_SE) as a grey error bar.
 
     Drawn on a bare Agg canvas (no pyplot, no global backend switch), so it is safe inside any process.
     """
@@ -252,6 +253,11 @@ def plot_pareto_png(info: ParetoInfo, path) -> Path:
 
 def _draw_panel(ax, info, panel, view, by_number) -> None:
     a = panel.attr
+    bars = [(p, by_number[p.number].map50_95_se) for p in view.points]
+    bars = [(p, se) for p, se in bars if se is not None]
+    if bars:  # how far each score would move with other validation images (MAP50_95_SE)
+        ax.errorbar([p.x for p, _ in bars], [p.y for p, _ in bars], yerr=[se for _, se in bars], fmt="none",
+                    ecolor="0.6", elinewidth=0.8, alpha=0.7, zorder=1, label="± SE over validation subsets")
     for key, kw in (
         ("infeasible", dict(marker="x", s=22, linewidths=1.0)),
         ("dominated", dict(marker="o", s=20, edgecolors="none")),
@@ -321,8 +327,8 @@ def plot_pareto_html(info: ParetoInfo, path) -> Path:
     """The interactive version of `plot_pareto_png`: an HTML file that loads plotly.js from `plotly.min.js`
     beside it (written there once per folder by `write_plotly_js`; no CDN, so it opens offline).
 
-    Hovering a point shows its trial number, kind, mAP50-95, mAP50, GFLOPs, params, latency (± spread, under load)
-    and status.
+    Hovering a point shows its trial number, kind, mAP50-95 (± its standard error), mAP50, GFLOPs, params, latency
+    (± spread, under load) and status; error bars show the scores' standard errors as in `plot_pareto_png`.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -357,6 +363,7 @@ def plot_pareto_html(info: ParetoInfo, path) -> Path:
                                                     for p in pts]}),
                 name=_NAMES[key], legendgroup=key, showlegend=key not in shown,
                 customdata=[_hover_row(by_number[p.number], info) for p in pts], hovertemplate=hover,
+                error_y=_error_bars([by_number[p.number].map50_95_se for p in pts]),
             ), row=1, col=col)
             shown.add(key)
         at = {p.number: p for p in view.points}
@@ -396,6 +403,14 @@ def plot_pareto_html(info: ParetoInfo, path) -> Path:
     return path
 
 
+def _error_bars(ses: list) -> dict | None:
+    """Plotly's error bars for the scores' standard errors (MAP50_95_SE), None when no score has one."""
+    if all(se is None for se in ses):
+        return None
+    return dict(type="data", array=[se or 0.0 for se in ses], visible=True, thickness=1, width=0,
+                color="rgba(110, 110, 110, 0.6)")
+
+
 def _hover_row(r: TrialRecord, info: ParetoInfo) -> list:
     if r.number in info.front_numbers:
         status = "on the Pareto front" + (" (best mAP50-95)" if info.best and r.number == info.best.number else "")
@@ -409,7 +424,8 @@ def _hover_row(r: TrialRecord, info: ParetoInfo) -> list:
         latency += f" ± {spread:.2f}"
     if r.latency_ms is not None and latency_under_load(r):
         latency += " (measured under load: noisy)"
-    return [r.number, r.kind, fixed_text(r.map50_95, 4), fixed_text(r.map50, 4), fixed_text(r.gflops, 3),
+    return [r.number, r.kind, score_text(r.map50_95, r.map50_95_se).replace("±", "± "), fixed_text(r.map50, 4),
+            fixed_text(r.gflops, 3),
             params_text(r.params), latency, _esc(status)]
 
 

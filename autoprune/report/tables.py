@@ -12,8 +12,13 @@ from __future__ import annotations
 import math
 
 from autoprune.report.front import UNFINISHED_STATES, ParetoInfo, latency_spread, latency_under_load
-from autoprune.report.text import LOAD_NOTE, cost_text, fixed_text, latency_text, params_text, shorten
-from autoprune.search.records import LATENCY_PREDICTED_MS, LATENCY_SOURCE, TrialRecord
+from autoprune.report.text import (LOAD_NOTE, cost_text, fixed_text, latency_text, params_text,
+                                   score_text, shorten)
+from autoprune.search.records import LATENCY_PREDICTED_MS, LATENCY_SOURCE, PROXY_SEED_RATIO, TrialRecord
+
+SCORE_SE_NOTE = (f"(±SE: how far mAP50-95 would move with other validation images, a bootstrap; another proxy seed "
+                 f"moves a difference of two trials about {PROXY_SEED_RATIO:g} x as much again, which the "
+                 "recommendation counts)")
 
 
 def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
@@ -52,7 +57,8 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
     pct_base = (info.base or {}).get("gflops")
     rows = sorted(info.front, key=lambda r: (math.inf if r.gflops is None else r.gflops, -r.map50_95, r.number))
     show_ref = info.baseline is not None and info.baseline.number not in info.front_numbers
-    lines.append(_row("", "trial", "kind", "mAP50-95", "mAP50", "GFLOPs", "params", "latency ms",
+    with_se = any(r.map50_95_se is not None for r in rows)
+    lines.append(_row("", "trial", "kind", "mAP50-95 ±SE" if with_se else "mAP50-95", "mAP50", "GFLOPs", "params", "latency ms",
                       "vs uniform" if info.baseline else None))
     for r in rows + ([info.baseline] if show_ref else []):
         if r is info.baseline and show_ref:
@@ -63,12 +69,14 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
         if pct_base and r.gflops is not None:
             gflops += f" ({100 * r.gflops / pct_base:.0f}%)"
         delta = f"{r.map50_95 - info.baseline.map50_95:+.4f}" if info.baseline else None
-        lines.append(_row(mark, str(r.number), r.kind, fixed_text(r.map50_95, 4), fixed_text(r.map50, 4), gflops,
-                          params_text(r.params), _latency(r), delta))
+        lines.append(_row(mark, str(r.number), r.kind, score_text(r.map50_95, r.map50_95_se), fixed_text(r.map50, 4),
+                          gflops, params_text(r.params), _latency(r), delta))
     if pct_base:
         lines.append(f"(GFLOPs % of the unpruned model's {cost_text(pct_base)})")
     if info.figures_note():
         lines.append(info.figures_note())
+    if with_se:
+        lines.append(SCORE_SE_NOTE)
     lines.extend(_latency_notes(rows + ([info.baseline] if show_ref else [])))
     lines.append(comparison_line(info))
     lines.extend(confirmed_lines(info))
@@ -128,15 +136,18 @@ def comparison_line(info: ParetoInfo) -> str:
 
 def format_trials_table(info: ParetoInfo) -> str:
     """Every trial, one line each: state, kind, feasibility, front membership (`F`), values and reason."""
-    lines = [_trow("trial", "state", "kind", "feas", "front", "mAP50-95", "mAP50", "GFLOPs", "params",
-                   "latency ms ±spread", "reason")]
+    with_se = any(r.map50_95_se is not None for r in info.records)
+    lines = [_trow("trial", "state", "kind", "feas", "front", "mAP50-95 ±SE" if with_se else "mAP50-95", "mAP50",
+                   "GFLOPs", "params", "latency ms ±spread", "reason")]
     front = info.front_numbers
     for r in info.records:
         lines.append(_trow(str(r.number), r.state, r.kind, "yes" if r.feasible else "no",
-                           "F" if r.number in front else "", fixed_text(r.map50_95, 4), fixed_text(r.map50, 4),
-                           fixed_text(r.gflops, 2), params_text(r.params), _latency(r),
+                           "F" if r.number in front else "", score_text(r.map50_95, r.map50_95_se),
+                           fixed_text(r.map50, 4), fixed_text(r.gflops, 2), params_text(r.params), _latency(r),
                            shorten(r.reason, 60) or ""))
     lines.extend(_latency_notes(info.records))
+    if with_se:
+        lines.append(SCORE_SE_NOTE)
     if info.figures_note():
         lines.append(info.figures_note())
     return "\n".join(lines)
@@ -173,12 +184,12 @@ def _latency_notes(records) -> list[str]:
 
 
 def _row(mark, trial, kind, m, m50, g, p, lat, delta):
-    s = f"  {mark:1} {trial:>5}  {kind:<15} {m:>9} {m50:>7} {g:>11} {p:>8} {lat:>17}"
+    s = f"  {mark:1} {trial:>5}  {kind:<15} {m:>14} {m50:>7} {g:>11} {p:>8} {lat:>17}"
     return s + (f" {delta:>11}" if delta is not None else "")
 
 
 def _trow(trial, state, kind, feas, front, m, m50, g, p, lat, reason):
-    s = f"{trial:>5}  {state:<8} {kind:<15} {feas:>4} {front:>5} {m:>9} {m50:>7} {g:>7} {p:>8} {lat:>18}"
+    s = f"{trial:>5}  {state:<8} {kind:<15} {feas:>4} {front:>5} {m:>14} {m50:>7} {g:>7} {p:>8} {lat:>18}"
     return f"{s}  {reason}" if reason else s
 
 

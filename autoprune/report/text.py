@@ -5,6 +5,8 @@ Example:
     ('4.12', '0.0512', '286', '-', '1.50M')
     >>> latency_text(57.31, 4.08, False), latency_text(2561.2, 900.0, True), latency_text(None, None, False)
     ('57.3 ±4.1', '2561.2 ±900.0 !', '-')
+    >>> score_text(0.49141, 0.01163), score_text(0.49141, None), score_text(None, None)
+    ('0.4914 ±0.0116', '0.4914', '-')
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def shorten(text, n):
 LOAD_MARK = "!"  # after a latency measured under load
 LOAD_NOTE = (f"{LOAD_MARK} latency measured under load (load average above the core count): noisy, possibly several "
              "times the quiet figure; `autoprune cost` re-measures one")
+
+
+def score_text(score, se):
+    """A proxy score with its standard error (`search.records.MAP50_95_SE`) when it has one."""
+    if score is None:
+        return "-"
+    return f"{score:.4f}" + (f" ±{se:.4f}" if se is not None else "")
 
 
 def latency_text(ms, spread, under_load):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 
@@ -26,9 +27,11 @@ GENES = ("backbone", "neck", "head")
 
 
 def add(study, kind="search", state="COMPLETE", m=None, g=None, lat=None, feasible=None, reason=None, genome=None,
-        spread=None, loaded=None):
+        spread=None, loaded=None, se=None):
     """Add one finished trial with the user attributes the search stores (records.py)."""
     a = {R.KIND: kind, R.GENOME: genome or {x: 0.5 for x in GENES}}
+    if se is not None:
+        a[R.MAP50_95_SE] = se
     if spread is not None:
         a[R.LATENCY_SPREAD_MS] = spread
     if loaded is not None:
@@ -311,6 +314,27 @@ def test_latency_panel_has_its_own_front_and_a_robust_axis(tmp_path):
     assert_png_drawn(png)
     html = report.plot_pareto_html(info, tmp_path / "p.html").read_text()
     assert "0! (2561 ms)" in html and "triangle-right" in html and "measured under load" in html
+
+
+def test_scores_show_their_standard_error_in_tables_and_plots(tmp_path):
+    """A score stored with its bootstrap standard error shows it: `trials`, the front table, the hover text and
+    the error bars of both plots; a study without one claims none."""
+    study = new_study(optuna.storages.InMemoryStorage())
+    add(study, "uniform", m=0.30, g=4.0, lat=20.0, se=0.0123)
+    add(study, m=0.35, g=3.8, lat=19.0, se=0.0087)
+    info = report.study_info(study)
+    table, front = report.format_trials_table(info), report.format_front_table(info)
+    assert re.search(r"^    1  COMPLETE search .* 0\.3500 ±0\.0087 ", table, re.MULTILINE)
+    assert "mAP50-95 ±SE" in table and "0.3500 ±0.0087" in front and "(±SE: how far mAP50-95" in front
+    html = report.plot_pareto_html(info, tmp_path / "p.html").read_text()
+    assert r'"0.3500 \u00b1 0.0087"' in html  # the hover text (plotly writes non-ASCII escaped)
+    assert '"error_y":{"array":[0.0087]' in html and '"error_y":{"array":[0.0123]' in html
+    png = tmp_path / "p.png"
+    assert_png_drawn(report.plot_pareto_png(info, png))
+    bare = report.pareto_info([dataclasses.replace(r, map50_95_se=None) for r in info.records], {})
+    assert "±SE" not in report.format_trials_table(bare) + report.format_front_table(bare)
+    assert_png_drawn(report.plot_pareto_png(bare, tmp_path / "bare.png"))
+    assert png.read_bytes() != (tmp_path / "bare.png").read_bytes()  # the bars were drawn
 
 
 def test_plots_of_an_empty_study_say_so(tmp_path):
