@@ -19,8 +19,9 @@ first. The models made for it:
 Every latency is timed with `--threads` CPU threads (1 by default: on a shared 2-core machine one thread times alike
 from run to run, two do not). Each model is timed end to end in the backend (median at 640, batch 1) and finetuned
 alike by `finetune_and_validate` (head distillation from the unpruned model, `--epochs` at 320, batch 16, the whole
-demo train split) under every finetune seed, then validated on the whole val split. Prints mean, spread and the paired difference. Results are
-cached in runs/bench_latency_budget/NAME/results.json, so an interrupted run continues. Nothing is asserted.
+demo train split) under every finetune seed, then validated on the whole val split. Prints mean, spread and the
+paired difference. Results are cached in runs/bench_latency_budget/NAME/results.json, so an interrupted run
+continues. Nothing is asserted.
 """
 
 from __future__ import annotations

@@ -424,8 +424,7 @@ def _hover_row(r: TrialRecord, info: ParetoInfo) -> list:
         latency += f" ± {spread:.2f}"
     if r.latency_ms is not None and latency_under_load(r):
         latency += " (measured under load: noisy)"
-    return [r.number, r.kind, score_text(r.map50_95, r.map50_95_se).replace("±", "± "), fixed_text(r.map50, 4),
-            fixed_text(r.gflops, 3),
+    return [r.number, r.kind, score_text(r.map50_95, r.map50_95_se), fixed_text(r.map50, 4), fixed_text(r.gflops, 3),
             params_text(r.params), latency, _esc(status)]
 
 

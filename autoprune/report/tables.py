@@ -58,8 +58,8 @@ def format_front_table(info: ParetoInfo, apply_hint: str | None = None) -> str:
     rows = sorted(info.front, key=lambda r: (math.inf if r.gflops is None else r.gflops, -r.map50_95, r.number))
     show_ref = info.baseline is not None and info.baseline.number not in info.front_numbers
     with_se = any(r.map50_95_se is not None for r in rows)
-    lines.append(_row("", "trial", "kind", "mAP50-95 ±SE" if with_se else "mAP50-95", "mAP50", "GFLOPs", "params", "latency ms",
-                      "vs uniform" if info.baseline else None))
+    lines.append(_row("", "trial", "kind", "mAP50-95 ±SE" if with_se else "mAP50-95", "mAP50", "GFLOPs", "params",
+                      "latency ms", "vs uniform" if info.baseline else None))
     for r in rows + ([info.baseline] if show_ref else []):
         if r is info.baseline and show_ref:
             lines.append("  " + "-" * 8 + " uniform baseline, not on the front" + (

@@ -327,7 +327,7 @@ def test_scores_show_their_standard_error_in_tables_and_plots(tmp_path):
     assert re.search(r"^    1  COMPLETE search .* 0\.3500 ±0\.0087 ", table, re.MULTILINE)
     assert "mAP50-95 ±SE" in table and "0.3500 ±0.0087" in front and "(±SE: how far mAP50-95" in front
     html = report.plot_pareto_html(info, tmp_path / "p.html").read_text()
-    assert r'"0.3500 \u00b1 0.0087"' in html  # the hover text (plotly writes non-ASCII escaped)
+    assert r'"0.3500 \u00b10.0087"' in html  # the hover text (plotly writes non-ASCII escaped)
     assert '"error_y":{"array":[0.0087]' in html and '"error_y":{"array":[0.0123]' in html
     png = tmp_path / "p.png"
     assert_png_drawn(report.plot_pareto_png(info, png))
