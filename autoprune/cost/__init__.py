@@ -10,12 +10,14 @@ Three numbers drive the search's cost objective:
   `TimingProtocol` for how the number is made repeatable) in a runtime (torch, onnxruntime, openvino, tensorrt) at a
   batch and precision, the model exported as Ultralytics exports it for that runtime, cached by the model's
   `architecture_signature` so that a search never measures the same architecture twice.
+- `measure_latencies(models, rounds=5, ...)`: several models timed in turn over several rounds (median of the
+  rounds' medians), for comparing models on a machine whose speed drifts.
 
 None of these change the caller's model: they work on a copy.
 
 Modules: `flops` (the per-operation FLOP model, GFLOPs and parameter counts), `signature` (the architecture hash),
 `timing` (the timing protocol and loop), `backends` (the runtimes and their exports), `cache` (the
-file-backed latency cache), `latency` (`measure_latency`), `_model` (how a model argument is read and copied).
+file-backed latency cache), `latency` (`measure_latency`, `measure_latencies`), `_model` (how a model argument is read and copied).
 
 Example:
     >>> from autoprune.models import load_model
@@ -33,7 +35,7 @@ from autoprune.cost._model import input_channels
 from autoprune.cost.backends import BACKENDS, PRECISIONS, check_backend, check_onnxruntime, check_runtime
 from autoprune.cost.cache import CACHE_FORMAT, CACHE_VERSION, LatencyCache
 from autoprune.cost.flops import count_gflops, count_params
-from autoprune.cost.latency import LatencyResult, measure_latency
+from autoprune.cost.latency import LatencyResult, measure_latencies, measure_latency
 from autoprune.cost.signature import architecture_signature
 from autoprune.cost.timing import TimingProtocol
 from autoprune.imgsz import check_imgsz
@@ -54,5 +56,6 @@ __all__ = [
     "count_gflops",
     "count_params",
     "input_channels",
+    "measure_latencies",
     "measure_latency",
 ]

@@ -168,9 +168,18 @@ def measure_latency(
         samples, stable = backends.time_session(session, dev, protocol)
         executed = session.executed
         del session
+    result = _result(samples, statistics.median(samples), stable, dev, device_name, backend, precision, threads, imgsz,
+                     batch, signature, executed)
+    if cache is not False:
+        cache.put(key, {k: v for k, v in result.to_dict().items() if k not in ("cached", "spread_ms")})
+    return result
+
+
+def _result(samples, median_ms, stable, dev, device_name, backend, precision, threads, imgsz, batch, signature,
+            executed) -> LatencyResult:
     s = sorted(samples)
-    result = LatencyResult(
-        median_ms=statistics.median(s),
+    return LatencyResult(
+        median_ms=median_ms,
         p10_ms=timing.percentile(s, 10),
         p90_ms=timing.percentile(s, 90),
         min_ms=s[0],
@@ -187,6 +196,62 @@ def measure_latency(
         load=_load_average(),
         executed_precision=executed,
     )
-    if cache is not False:
-        cache.put(key, {k: v for k, v in result.to_dict().items() if k not in ("cached", "spread_ms")})
-    return result
+
+
+ROUND_PROTOCOL = timing.TimingProtocol(min_time_s=1.0, max_time_s=5.0)
+
+
+def measure_latencies(
+    models: dict[str, nn.Module],
+    *,
+    rounds: int = 5,
+    imgsz: int = 640,
+    batch: int = 1,
+    device: str | torch.device = "cpu",
+    backend: str = "torch",
+    precision: str | None = None,
+    threads: int | None = None,
+    protocol: timing.TimingProtocol | None = None,
+) -> dict[str, LatencyResult]:
+    """Time several models against each other: each is opened once in `backend`, then all are timed in turn,
+    `rounds` times over (round r starts at the r-th model), each turn by `protocol` (default `ROUND_PROTOCOL`: 1-5 s).
+
+    A model's `median_ms` is the median of its rounds' medians; the p10/p90/min and `repeats` cover all its
+    samples; `stable` says every round settled. A machine whose speed drifts over minutes (a shared CPU) moves every
+    model alike within a round, so the ratios between these results hold where separate `measure_latency` calls
+    minutes apart do not. Never cached: what it is for is a fresh comparison. Checks and arguments as in
+    `measure_latency`.
+
+    Example:
+        >>> r = measure_latencies({"base": base, "pruned": pruned}, rounds=5, backend="openvino", threads=1)
+        >>> r["pruned"].median_ms / r["base"].median_ms
+    """
+    imgsz, batch, backend = check_imgsz(imgsz), _check_batch(batch), backends.check_backend(backend)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise UserError(f"rounds must be a positive integer, got {rounds!r}")
+    dev = resolve_device(device)
+    threads = default_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {threads!r}")
+    protocol = protocol or ROUND_PROTOCOL
+    precision = backends.check_runtime(backend, dev, precision)
+    device_name = device_label(dev)
+    names = list(models)
+    nets = {name: detection_model(m) for name, m in models.items()}
+    samples = {name: [] for name in names}
+    medians = {name: [] for name in names}
+    stable = dict.fromkeys(names, True)
+    with torch_threads(threads):
+        sessions = {name: backends.open_session(backend, net, dev, input_channels(net), imgsz, batch, precision,
+                                                threads) for name, net in nets.items()}
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                s, ok = backends.time_session(sessions[name], dev, protocol)
+                samples[name] += s
+                medians[name].append(statistics.median(s))
+                stable[name] &= ok
+        executed = {name: session.executed for name, session in sessions.items()}
+        del sessions
+    return {name: _result(samples[name], statistics.median(medians[name]), stable[name], dev, device_name, backend,
+                          precision, threads, imgsz, batch, architecture_signature(nets[name]), executed[name])
+            for name in names}

@@ -20,6 +20,7 @@ from autoprune.cost import (
     architecture_signature,
     count_gflops,
     count_params,
+    measure_latencies,
     measure_latency,
 )
 from autoprune.devices import resolve_device
@@ -226,6 +227,45 @@ def test_a_model_at_an_eighth_of_the_width_or_a_sixth_of_the_pixels_times_much_f
     assert best["small"] < 0.6 * best["base"], best
     assert best["base_128"] < 0.6 * best["base"], best
     assert all((r.imgsz, r.threads, r.cached) == (cases[n][1], 1, False) for n, r in results)
+
+
+def test_measure_latencies_takes_turns_and_reports_the_median_of_the_rounds(thin, monkeypatch):
+    """Each round times every model once, starting one model further on; a model's median is the median of its
+    rounds' medians (a round slowed by the machine moves it less than it moves a pooled median)."""
+    from autoprune.cost import backends
+
+    small = _prune_bottlenecks(thin)
+    order, speeds = [], iter([10, 20, 11, 21, 30, 40, 12, 22])  # round 2 (30, 40) slow for both
+    real_open = backends.open_session
+
+    def fake_time(session, dev, protocol):
+        order.append(session.name)
+        v = float(next(speeds))
+        return [v - 1, v, v + 1], True
+
+    def open_named(backend, model, *a):
+        session = real_open(backend, model, *a)
+        session.name = "small" if architecture_signature(model) == architecture_signature(small) else "base"
+        return session
+
+    monkeypatch.setattr(backends, "open_session", open_named)
+    monkeypatch.setattr(backends, "time_session", fake_time)
+    r = measure_latencies({"base": thin, "small": small}, rounds=4, imgsz=128, threads=1)
+    assert order == ["base", "small", "small", "base", "base", "small", "small", "base"]
+    # base's rounds: 10, 21, 30, 22 -> median 21.5; small's: 20, 11, 40, 12 -> 16
+    assert r["base"].median_ms == 21.5 and r["small"].median_ms == 16.0
+    assert r["base"].repeats == 12 and r["base"].min_ms == 9.0 and r["base"].stable
+    assert r["small"].signature == architecture_signature(small) and r["small"].threads == 1
+    with pytest.raises(UserError, match="rounds"):
+        measure_latencies({"base": thin}, rounds=0, imgsz=128)
+
+
+def test_measure_latencies_times_real_models(thin):
+    small = _prune_bottlenecks(thin)
+    r = measure_latencies({"base": thin, "small": small}, rounds=2, imgsz=128, protocol=QUICK, threads=1)
+    assert set(r) == {"base", "small"}
+    assert all(x.median_ms > 0 and x.repeats >= 2 * QUICK.min_repeats and not x.cached for x in r.values())
+    assert r["base"].signature == architecture_signature(thin) != r["small"].signature
 
 
 def test_latency_onnxruntime_cleans_up(thin, tmp_path, monkeypatch):
