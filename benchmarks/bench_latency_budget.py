@@ -17,7 +17,9 @@ first. The models made for it:
   (every k x k Conv of backbone and neck depthwise-separable, fitted by least squares), widths filling the rest.
 
 Every latency is timed with `--threads` CPU threads (1 by default: on a shared 2-core machine one thread times alike
-from run to run, two do not). Each model is timed end to end in the backend (median at 640, batch 1) and finetuned
+from run to run, two do not). Each model is timed end to end in the backend (median at 640, batch 1), then all of
+them and the unpruned model again in turn over `--rounds` rounds (`measure_latencies`: median of the rounds'
+medians), which keeps their ratios to the unpruned model where this CPU's speed drifts between runs; each is finetuned
 alike by `finetune_and_validate` (head distillation from the unpruned model, `--epochs` at 320, batch 16, the whole
 demo train split) under every finetune seed, then validated on the whole val split. Prints mean, spread and the
 paired difference. Results are cached in runs/bench_latency_budget/NAME/results.json, so an interrupted run
@@ -50,13 +52,21 @@ def main() -> int:
     parser.add_argument("--spaces", default="fine", help="search spaces, one searched model each (comma-separated)")
     parser.add_argument("--baselines", default="hessian",
                         help="one-shot models: hessian (widths), depth (--depth 0.5), dws (--swap dws)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="time every model again in turn over this many rounds (median of rounds; 0: skip), "
+                             "so that their ratios to the unpruned model hold on a CPU whose speed drifts")
+    parser.add_argument("--retime", action="store_true", help="redo the interleaved timing even if cached")
+    parser.add_argument("--match", default="",
+                        help="also make prune-hessian@LABEL for each LABEL (comma-separated): global hessian planned "
+                             "to LABEL's interleaved measured latency (the budget scaled by LABEL's over prune-hessian's)")
+    parser.add_argument("--finetune", default="", help="finetune only these labels (default: every model)")
     parser.add_argument("--name", default="lat50")
     args = parser.parse_args()
     header()
     out = Path("runs/bench_latency_budget") / args.name
     results, save = results_cache(out)
 
-    from autoprune.cost import count_gflops, measure_latency
+    from autoprune.cost import count_gflops, measure_latencies, measure_latency
     from autoprune.data import load_data_config
     from autoprune.models import load_model
 
@@ -96,26 +106,64 @@ def main() -> int:
             save()
         print(f"{label}: trial {results[f'{label}:trial']} ({results[f'{label}:reason']})", flush=True)
         models[label] = searched_model(loaded, study_name, results[f"{label}:trial"])
-    for baseline in args.baselines.split(","):
-        label = f"prune-{baseline}"
+
+    def measured(models: dict) -> None:
+        for label, model in models.items():
+            if f"{label}:ms" not in results:
+                results[f"{label}:ms"] = latency(model)
+                results[f"{label}:gflops"] = count_gflops(model, 640)
+                save()
+            print(f"{label}: {results[f'{label}:gflops']:.3f} GFLOPs, {results[f'{label}:ms']:.2f} ms measured "
+                  f"({'within' if results[f'{label}:ms'] <= budget else 'over'} the {budget} ms budget)", flush=True)
+
+    def interleaved(models: dict) -> None:
+        """Time them all again in turn (and the unpruned model): cached until a model is added or --retime."""
+        if not args.rounds:
+            return
+        ms = results.get("interleaved", {}).get("ms", {})
+        if args.retime or not set(models) <= set(ms):
+            args.retime = False
+            print(f"timing the unpruned model and {len(models)} pruned ones in turn, {args.rounds} rounds; {load()}",
+                  flush=True)
+            timed = measure_latencies({"unpruned": base, **models}, rounds=args.rounds, imgsz=640,
+                                      backend=args.backend, threads=args.threads)
+            results["interleaved"] = {"rounds": args.rounds, "load_after": timed["unpruned"].load,
+                                      "ms": {label: r.median_ms for label, r in timed.items()},
+                                      "p10_p90": {label: [r.p10_ms, r.p90_ms] for label, r in timed.items()}}
+            save()
+            ms = results["interleaved"]["ms"]
+        print(f"interleaved ({results['interleaved']['rounds']} rounds, median of rounds; load after "
+              f"{results['interleaved']['load_after']}): unpruned {ms['unpruned']:.2f} ms; " + ", ".join(
+                  f"{label} {ms[label]:.2f} ms ({ms[label] / ms['unpruned']:.3f})" for label in models),
+              flush=True)
+
+    def one_shot(label: str, target: float, flags: list[str]):
         pruned_pt = out / f"{label}.pt"
         if not pruned_pt.exists():
-            cmd = ["autoprune", "prune", "--target-latency-ms", str(budget), "--latency-backend", args.backend,
-                   "--strategy", "global", "--criterion", "hessian", *BASELINE_FLAGS[baseline], "--no-val",
-                   "--out", str(pruned_pt), "--json"]
+            cmd = ["autoprune", "prune", "--target-latency-ms", f"{target:.2f}", "--latency-backend", args.backend,
+                   "--strategy", "global", "--criterion", "hessian", *flags, "--no-val", "--out", str(pruned_pt),
+                   "--json"]
             print("$ " + " ".join(cmd), flush=True)
             subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=env)
-        models[label] = load_model(str(pruned_pt)).model
-    for label, model in models.items():
-        if f"{label}:ms" not in results:
-            results[f"{label}:ms"] = latency(model)
-            results[f"{label}:gflops"] = count_gflops(model, 640)
-            save()
-        print(f"{label}: {results[f'{label}:gflops']:.3f} GFLOPs, {results[f'{label}:ms']:.2f} ms measured "
-              f"({'within' if results[f'{label}:ms'] <= budget else 'over'} the {budget} ms budget)", flush=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
+        return load_model(str(pruned_pt)).model
+
+    for baseline in args.baselines.split(","):
+        models[f"prune-{baseline}"] = one_shot(f"prune-{baseline}", budget, BASELINE_FLAGS[baseline])
+    measured(models)
+    interleaved(models)
+    for match in filter(None, args.match.split(",")):
+        # the latency table's prediction for prune-hessian was the budget; scale the target by how the measured
+        # latencies of the two models compare, so the one-shot plan lands at the searched model's measured latency
+        ms = results["interleaved"]["ms"]
+        models[f"prune-hessian@{match}"] = one_shot(f"prune-hessian@{match}",
+                                                    budget * ms[match] / ms["prune-hessian"], [])
+    measured(models)
+    interleaved(models)
+    seeds = [int(s) for s in args.seeds.split(",") if s]  # --seeds "": build and time only
+    chosen = args.finetune.split(",") if args.finetune else list(models)
     for seed in seeds:
-        for label, model in models.items():
+        for label in chosen:
+            model = models[label]
             key = f"{label}#s{seed}"
             if key in results:
                 continue
@@ -143,15 +191,18 @@ def searched_model(loaded, study_name: str, number: int):
 
 
 def table(results: dict, labels: list[str], seeds: list[int], budget: float) -> None:
-    print(f"\n| model | GFLOPs at 640 | measured ms (budget {budget}) | mAP50-95 mean (per seed) | spread |")
-    print("|---|---|---|---|---|")
+    ms = results.get("interleaved", {}).get("ms", {})
+    print(f"\n| model | GFLOPs at 640 | measured ms (budget {budget}) | interleaved ms (share of unpruned) | "
+          "mAP50-95 mean (per seed) | spread |")
+    print("|---|---|---|---|---|---|")
     for label in labels:
         vals = [results[f"{label}#s{s}"] for s in seeds if f"{label}#s{s}" in results]
         if not vals:
             continue
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
         trial = f" (trial {results[label + ':trial']})" if f"{label}:trial" in results else ""
-        print(f"| {label}{trial} | {results[f'{label}:gflops']:.3f} | {results[f'{label}:ms']:.2f} | "
+        inter = f"{ms[label]:.2f} ({ms[label] / ms['unpruned']:.3f})" if label in ms else "-"
+        print(f"| {label}{trial} | {results[f'{label}:gflops']:.3f} | {results[f'{label}:ms']:.2f} | {inter} | "
               f"{statistics.mean(vals):.4f} ({', '.join(f'{v:.4f}' for v in vals)}) | {spread:.4f} |")
     for label in labels:
         if label == "prune-hessian":
