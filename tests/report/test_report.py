@@ -15,7 +15,6 @@ from conftest import assert_user_error, run_cli
 from optuna.trial import TrialState, create_trial
 
 from autoprune import report
-from autoprune.cli import main
 from autoprune.report import plots
 from autoprune.search import records as R
 from autoprune.search.records import TrialRecord

@@ -10,13 +10,13 @@ import optuna
 import pytest
 import yaml
 
-from autoprune.cli import main
 from autoprune.search import records as R
 
 from conftest import CHEAP_SEARCH as CHEAP  # noqa: E402
 from conftest import TINY_SEARCH_BUDGET as BUDGET  # noqa: E402
 from conftest import evaluated_trials as _evaluated  # noqa: E402
 from conftest import open_study as _study  # noqa: E402
+from conftest import run_cli as _cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,6 @@ def env(tmp_path_factory):
     from conftest import tiny_search
 
     return tiny_search(tmp_path_factory.mktemp("search"))
-
-
-def _cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.slow
