@@ -32,6 +32,7 @@ from autoprune.search.records import (CONSTRAINTS, CRITERION, GFLOPS, IMGSZ, KEP
                                       STUDY_RANKING, TrialRecord)
 
 EXPORT_FORMATS = ("onnx",)
+LATENCY_ROUNDS = 3  # the unpruned and the pruned model timed in turn this many times (`cost.measure_latencies`)
 ONNX_OPSET = 17  # what the bundled onnx and onnxruntime read; simplify=False: onnxslim is optional, offline-safe
 
 
@@ -365,7 +366,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     (`finetune_plan`) says how the finetune runs: one finetune of `pruned` (the default), or several steps
     pruning the teacher down to `pruned`'s channels. The validation mAP after every epoch is drawn in
     finetune_curve.png beside report.md."""
-    from autoprune.cost import count_gflops, count_params, measure_latency
+    from autoprune.cost import count_gflops, count_params, measure_latencies
     from autoprune.finetune import finetune, pickled_modules, validate_checkpoint
     from autoprune.models import save_checkpoint
     from autoprune.progress import stage
@@ -376,11 +377,10 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     say = log if verbose else (lambda *a, **k: None)
     latency = dict(latency or {})
 
-    def measure(path: Path, model, lat=None) -> dict:
+    def measure(path: Path, model, lat) -> dict:
         say(f"validating {path.name} at {imgsz} on {data.yaml.name} (val split)...")
-        with stage(f"validating {path.name}" + ("" if lat else " and timing it"), live=not verbose):
+        with stage(f"validating {path.name}", live=not verbose):
             v = validate_checkpoint(path, data, imgsz=imgsz, batch=batch, device=device)
-            lat = lat or measure_latency(model, imgsz=cost_imgsz, device=device, **latency)
         box = {k: round(v[k], 5) for k in ("box_map50", "box_map50_95") if k in v}  # a segment model's boxes
         return {"map50": round(v["map50"], 5), "map50_95": round(v["map50_95"], 5), **box,
                 "params": count_params(model),
@@ -388,16 +388,19 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
                 "latency_spread_ms": round(lat.spread_ms, 3), "latency_device": lat.device_name,
                 "latency_backend": lat.backend, "latency_precision": lat.precision,
                 "latency_executed_precision": lat.executed_precision, "latency_batch": lat.batch,
-                "latency_threads": lat.threads,
+                "latency_threads": lat.threads, "latency_rounds": LATENCY_ROUNDS,
                 "file_bytes": path.stat().st_size, "val_seconds": v["seconds"]}
 
     with tempfile.TemporaryDirectory(prefix="autoprune-apply-") as tmp:
         # The unpruned model saved exactly the way pruned.pt is (FP16, no optimizer): sizes compare like for like.
         ref = save_checkpoint(loaded.model, Path(tmp) / "unpruned.pt", base_ckpt=loaded.ckpt)
-        before = measure(ref, loaded.model)
         untrained = save_checkpoint(pruned, Path(tmp) / "pruned-untrained.pt", base_ckpt=loaded.ckpt, meta=meta)
-        with stage("timing the pruned model", live=not verbose):
-            pruned_lat = measure_latency(pruned, imgsz=cost_imgsz, device=device, **latency)
+        # Timed in turn, so that a machine whose speed drifts over minutes moves both alike and their ratio holds.
+        with stage(f"timing the unpruned and the pruned model in turn ({LATENCY_ROUNDS} rounds)", live=not verbose):
+            timed = measure_latencies({"unpruned": loaded.model, "pruned": pruned}, rounds=LATENCY_ROUNDS,
+                                      imgsz=cost_imgsz, device=device, **latency)
+        before = measure(ref, loaded.model, timed["unpruned"])
+        pruned_lat = timed["pruned"]
         pruned_m = measure(untrained, pruned, pruned_lat)
 
     say(f"finetuning the pruned model ({pruned_m['gflops']:.3f} GFLOPs at {cost_imgsz}, {pruned_m['params']:,} "

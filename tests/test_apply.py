@@ -178,6 +178,9 @@ def test_apply_report_has_before_and_after(env, applied):
     assert report["train"]["amp"] is False  # CPU
     md = (run_dir / "report.md").read_text()
     assert "| mAP50-95 |" in md and "| file size |" in md and "unpruned" in md
+    # the two latencies come from one interleaved timing, and the report says so
+    assert report["before"]["latency_rounds"] == report["pruned"]["latency_rounds"] == 3
+    assert "timed in turn over 3 rounds" in md
     assert (run_dir / "args.yaml").is_file() and (run_dir / "pruned.onnx").is_file()
     from autoprune.finetune import pickled_modules
 

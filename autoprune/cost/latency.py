@@ -8,6 +8,7 @@ CPU thread count pinned, then files the result.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import statistics
@@ -198,7 +199,13 @@ def _result(samples, median_ms, stable, dev, device_name, backend, precision, th
     )
 
 
-ROUND_PROTOCOL = timing.TimingProtocol(min_time_s=1.0, max_time_s=5.0)
+ROUND_MAX_S = 5.0  # the longest one model's turn in a round may take by default
+
+
+def round_protocol() -> timing.TimingProtocol:
+    """`timing.DEFAULT_PROTOCOL` (read at call time) with each turn capped at `ROUND_MAX_S` seconds."""
+    p = timing.DEFAULT_PROTOCOL
+    return dataclasses.replace(p, max_time_s=max(p.min_time_s, min(p.max_time_s, ROUND_MAX_S)))
 
 
 def measure_latencies(
@@ -214,7 +221,7 @@ def measure_latencies(
     protocol: timing.TimingProtocol | None = None,
 ) -> dict[str, LatencyResult]:
     """Time several models against each other: each is opened once in `backend`, then all are timed in turn,
-    `rounds` times over (round r starts at the r-th model), each turn by `protocol` (default `ROUND_PROTOCOL`: 1-5 s).
+    `rounds` times over (round r starts at the r-th model), each turn by `protocol` (default `round_protocol()`: 1-5 s a turn).
 
     A model's `median_ms` is the median of its rounds' medians; the p10/p90/min and `repeats` cover all its
     samples; `stable` says every round settled. A machine whose speed drifts over minutes (a shared CPU) moves every
@@ -233,7 +240,7 @@ def measure_latencies(
     threads = default_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UserError(f"--threads must be a positive integer, got {threads!r}")
-    protocol = protocol or ROUND_PROTOCOL
+    protocol = protocol or round_protocol()
     precision = backends.check_runtime(backend, dev, precision)
     device_name = device_label(dev)
     names = list(models)

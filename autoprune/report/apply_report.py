@@ -114,7 +114,9 @@ def format_report(r: dict) -> str:
         f"{a.get('latency_precision', '')} on {a['latency_device']}"
         + (f", {a['latency_threads']} CPU thread{'s' if a['latency_threads'] != 1 else ''}"
            if a.get("latency_threads") and "cuda" not in str(t.get("device")) else "")
-        + " (`autoprune.cost.measure_latency`, median)",
+        + ("; the unpruned and the pruned model timed in turn over "
+           f"{a['latency_rounds']} rounds (`autoprune.cost.measure_latencies`, median of the rounds' medians)"
+           if a.get("latency_rounds") else " (`autoprune.cost.measure_latency`, median)"),
         "- file size: each model saved the same way (`autoprune.models.save_checkpoint`: FP16, no optimizer)",
     ]
     if proxy:
