@@ -4,6 +4,7 @@ batch and channel rounding, and why one plan of given GFLOPs runs slower than an
     python benchmarks/bench_latency.py                  # yolov8n (YAML) and the demo at 320, the full grid
     python benchmarks/bench_latency.py --quick          # the demo at 128, onnxruntime, batch 1, a short grid
     python benchmarks/bench_latency.py --models demo --backends openvino --batches 1 --round-to 8 32
+    python benchmarks/bench_latency.py --models demo --study runs/search/NAME/study.db   # + a search's front
 
 (a) For each model: uniform keep 0.3, 0.5 and 0.7, and one-shot global pruning (L1 scores, one threshold) planned to
 the same conv GFLOPs as each uniform plan, each with channel counts rounded to multiples of 1, 8, 16 and 32
@@ -12,7 +13,8 @@ the same conv GFLOPs as each uniform plan, each with channel counts rounded to m
 Each figure is the minimum over a timing run (`latency_model.measure_model_ms`: load only ever adds time). One row
 per plan: GFLOPs ratio and latency ratio against the unpruned model, and the latency efficiency
 (1 - latency ratio) / (1 - GFLOPs ratio): 1 when latency falls as fast as the GFLOPs, 0 when it does not fall.
-Comparing a plan's rows across `round_to` answers whether a runtime rewards channel counts that are multiples of
+With `--study`, the Pareto front of that search (of the demo model) is timed the same way, one 'front' row per
+trial, rebuilt from the study as `apply --trial` does. Comparing a plan's rows across `round_to` answers whether a runtime rewards channel counts that are multiples of
 8/16/32 on this CPU; comparing uniform with global rows at the same GFLOPs, whether the uniform genome is slower.
 
 (b) Per layer (`--explain`, on by default; the first model, backend and batch): the uniform plan at keep 0.5 and the
@@ -73,6 +75,26 @@ def plans(graph, scores, keeps, round_tos, min_channels: int) -> list[tuple[str,
     return out
 
 
+def front_models(db: str, imgsz: int) -> tuple[str, list[tuple[int, object]]]:
+    """(the study's model, [(trial number, pruned model)]) for the Pareto front of the search study in `db` (its
+    study.db file; the one study in it), each trial rebuilt from its stored kept counts as `apply --trial` does."""
+    import optuna
+
+    from autoprune.apply import rebuild
+    from autoprune.models import load_model
+    from autoprune.search import records
+
+    url = f"sqlite:///{Path(db).resolve()}"
+    (summary,) = optuna.get_all_study_summaries(url)
+    study = optuna.load_study(study_name=summary.study_name, storage=url)
+    attrs = study.user_attrs
+    loaded = load_model(attrs.get(records.STUDY_MODEL))
+    front = records.pareto_front(records.load_records(study))
+    return attrs.get(records.STUDY_MODEL) or "demo", [
+        (r.number, rebuild(loaded, r, imgsz=attrs[records.STUDY_IMGSZ], ranking=attrs.get(records.STUDY_RANKING))[0])
+        for r in front]
+
+
 def explain(model, graph, uniform: dict, glob: dict, *, imgsz, backend, batch, threads, table_path, top) -> None:
     """Part (b): each conv of the two plans timed alone, the convs where they differ most first."""
     from autoprune.latency_model import LatencyTable
@@ -109,6 +131,9 @@ def main() -> None:
     p.add_argument("--round-to", nargs="+", type=int, default=[1, 8, 16, 32])
     p.add_argument("--min-channels", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--study", default=None, metavar="STUDY_DB",
+                   help="also time the Pareto front of this search (its study.db) with the model it searched, as "
+                        "'front' rows (the trial number in the keep column)")
     p.add_argument("--no-explain", dest="explain", action="store_false", help="skip part (b), the per-layer table")
     p.add_argument("--explain-layers", type=int, default=0, help="convs shown in part (b) (default 0: all)")
     p.add_argument("--table", default="runs/bench_latency/lut.json", help="where part (b)'s layer timings are kept")
@@ -142,6 +167,11 @@ def main() -> None:
         for kind, keep, r, counts in plans(graph, scores, args.keeps, args.round_to, args.min_channels):
             pruned = prune_to_counts(model, counts, graph=graph, ranking=ranking)
             candidates.append((kind, keep, r, counts, pruned, count_gflops(pruned, args.imgsz) / base_gflops))
+        if args.study and name == "demo":  # the front's rows: (kind, trial number, round_to of its space)
+            searched, front = front_models(args.study, args.imgsz)
+            print(f"front of {args.study} ({searched}): trials {', '.join(str(n) for n, _ in front)}", flush=True)
+            for number, pruned in front:
+                candidates.append(("front", number, 8, None, pruned, count_gflops(pruned, args.imgsz) / base_gflops))
         for backend in args.backends:
             for batch in args.batches:
                 t0 = time.perf_counter()
@@ -153,19 +183,20 @@ def main() -> None:
                 base_ms = ms(model)
                 print(f"## (a) {name} at {args.imgsz}, {backend}, batch {batch}, {args.threads} thread(s): unpruned "
                       f"{base_gflops:.2f} GFLOPs, {base_ms:.2f} ms; {load()}")
-                print("| plan | target: uniform keep | round_to | GFLOPs ratio | ms | latency ratio | efficiency |")
+                print("| plan | target: uniform keep (front: trial) | round_to | GFLOPs ratio | ms | latency ratio | efficiency |")
                 print("|---|---:|---:|---:|---:|---:|---:|")
                 for kind, keep, r, counts, pruned, g in candidates:
                     m = ms(pruned)
                     e = efficiency(g, m / base_ms)
-                    print(f"| {kind} | {keep:.2f} | {r} | {g:.3f} | {m:.2f} | {m / base_ms:.3f} | "
+                    print(f"| {kind} | {keep if kind == 'front' else f'{keep:.2f}'} | {r} | {g:.3f} | {m:.2f} | {m / base_ms:.3f} | "
                           f"{'-' if e is None else f'{e:.2f}'} |", flush=True)
                     rows.append((name, backend, batch, kind, keep, r, g, m / base_ms, e))
                 print(f"({time.perf_counter() - t0:.0f} s)\n")
         if args.explain and name == args.models[0]:
             keep = 0.5 if 0.5 in args.keeps else args.keeps[0]
             r = 8 if 8 in args.round_to else args.round_to[0]
-            pick = {kind: counts for kind, k, rr, counts, _, _ in candidates if k == keep and rr == r}
+            pick = {kind: counts for kind, k, rr, counts, _, _ in candidates
+                    if kind != "front" and k == keep and rr == r}
             explain(model, graph, pick["uniform"], pick["global"], imgsz=args.imgsz, backend=args.backends[0],
                     batch=args.batches[0], threads=args.threads, table_path=args.table, top=args.explain_layers)
     print("\n## summary: latency efficiency by runtime, batch, plan and round_to (mean over the keeps)")
@@ -174,7 +205,7 @@ def main() -> None:
     for name in args.models:
         for backend in args.backends:
             for batch in args.batches:
-                for kind in ("uniform", "global"):
+                for kind in ("uniform", "global", "front"):
                     cells = []
                     for r in args.round_to:
                         es = [row[8] for row in rows if row[:4] == (name, backend, batch, kind) and row[5] == r
