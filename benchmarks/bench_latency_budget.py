@@ -204,15 +204,16 @@ def table(results: dict, labels: list[str], seeds: list[int], budget: float) -> 
         inter = f"{ms[label]:.2f} ({ms[label] / ms['unpruned']:.3f})" if label in ms else "-"
         print(f"| {label}{trial} | {results[f'{label}:gflops']:.3f} | {results[f'{label}:ms']:.2f} | {inter} | "
               f"{statistics.mean(vals):.4f} ({', '.join(f'{v:.4f}' for v in vals)}) | {spread:.4f} |")
-    for label in labels:
-        if label == "prune-hessian":
-            continue
-        diffs = [results[f"{label}#s{s}"] - results[f"prune-hessian#s{s}"] for s in seeds
-                 if f"{label}#s{s}" in results and f"prune-hessian#s{s}" in results]
-        if diffs:
-            print(f"paired difference {label} - prune-hessian: {statistics.mean(diffs):+.4f} "
-                  f"({', '.join(f'{d:+.4f}' for d in diffs)}); higher on {sum(d > 0 for d in diffs)} of {len(diffs)} "
-                  "seeds")
+    for ref in [label for label in labels if label.startswith("prune-hessian")]:
+        for label in labels:
+            if label.startswith("prune-hessian"):
+                continue
+            diffs = [results[f"{label}#s{s}"] - results[f"{ref}#s{s}"] for s in seeds
+                     if f"{label}#s{s}" in results and f"{ref}#s{s}" in results]
+            if diffs:
+                print(f"paired difference {label} - {ref}: {statistics.mean(diffs):+.4f} "
+                      f"({', '.join(f'{d:+.4f}' for d in diffs)}); higher on {sum(d > 0 for d in diffs)} of "
+                      f"{len(diffs)} seeds")
 
 
 if __name__ == "__main__":
