@@ -59,6 +59,9 @@ def main() -> int:
     parser.add_argument("--match", default="",
                         help="also make prune-hessian@LABEL for each LABEL (comma-separated): global hessian planned "
                              "to LABEL's interleaved measured latency (the budget scaled by LABEL's over prune-hessian's)")
+    parser.add_argument("--match-steps", type=int, default=1,
+                        help="plans per --match label: the first scaled from prune-hessian, each next one by the "
+                             "secant through the last two, labelled prune-hessian@LABEL.K")
     parser.add_argument("--finetune", default="", help="finetune only these labels (default: every model)")
     parser.add_argument("--name", default="lat50")
     args = parser.parse_args()
@@ -151,14 +154,27 @@ def main() -> int:
         models[f"prune-{baseline}"] = one_shot(f"prune-{baseline}", budget, BASELINE_FLAGS[baseline])
     measured(models)
     interleaved(models)
+    results.setdefault("prune-hessian:target", budget)
     for match in filter(None, args.match.split(",")):
-        # the latency table's prediction for prune-hessian was the budget; scale the target by how the measured
-        # latencies of the two models compare, so the one-shot plan lands at the searched model's measured latency
-        ms = results["interleaved"]["ms"]
-        models[f"prune-hessian@{match}"] = one_shot(f"prune-hessian@{match}",
-                                                    budget * ms[match] / ms["prune-hessian"], [])
-    measured(models)
-    interleaved(models)
+        # Step 1: the latency table's prediction for prune-hessian was the budget; scale the target by how the
+        # measured latencies of the two models compare. Step k > 1: the secant through the last two plans' (target,
+        # measured) points. Each step is timed in turn with all the others before the next one is planned.
+        tried = ["prune-hessian"]
+        for step in range(1, args.match_steps + 1):
+            label = f"prune-hessian@{match}" + ("" if step == 1 else f".{step}")
+            if f"{label}:target" not in results:
+                ms = results["interleaved"]["ms"]
+                if step == 1:
+                    target = budget * ms[match] / ms["prune-hessian"]
+                else:
+                    (t0, m0), (t1, m1) = [(results[f"{x}:target"], ms[x]) for x in tried[-2:]]
+                    target = t1 + (ms[match] - m1) * (t1 - t0) / (m1 - m0)
+                results[f"{label}:target"] = round(target, 2)
+                save()
+            models[label] = one_shot(label, results[f"{label}:target"], [])
+            tried.append(label)
+            measured(models)
+            interleaved(models)
     seeds = [int(s) for s in args.seeds.split(",") if s]  # --seeds "": build and time only
     chosen = args.finetune.split(",") if args.finetune else list(models)
     for seed in seeds:
