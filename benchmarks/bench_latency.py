@@ -183,12 +183,14 @@ def main() -> None:
                 base_ms = ms(model)
                 print(f"## (a) {name} at {args.imgsz}, {backend}, batch {batch}, {args.threads} thread(s): unpruned "
                       f"{base_gflops:.2f} GFLOPs, {base_ms:.2f} ms; {load()}")
-                print("| plan | target: uniform keep (front: trial) | round_to | GFLOPs ratio | ms | latency ratio | efficiency |")
+                print("| plan | target: uniform keep (front: trial) | round_to | GFLOPs ratio | ms | latency ratio | "
+                      "efficiency |")
                 print("|---|---:|---:|---:|---:|---:|---:|")
                 for kind, keep, r, counts, pruned, g in candidates:
                     m = ms(pruned)
                     e = efficiency(g, m / base_ms)
-                    print(f"| {kind} | {keep if kind == 'front' else f'{keep:.2f}'} | {r} | {g:.3f} | {m:.2f} | {m / base_ms:.3f} | "
+                    target = keep if kind == "front" else f"{keep:.2f}"
+                    print(f"| {kind} | {target} | {r} | {g:.3f} | {m:.2f} | {m / base_ms:.3f} | "
                           f"{'-' if e is None else f'{e:.2f}'} |", flush=True)
                     rows.append((name, backend, batch, kind, keep, r, g, m / base_ms, e))
                 print(f"({time.perf_counter() - t0:.0f} s)\n")

@@ -58,7 +58,8 @@ def main() -> int:
     parser.add_argument("--retime", action="store_true", help="redo the interleaved timing even if cached")
     parser.add_argument("--match", default="",
                         help="also make prune-hessian@LABEL for each LABEL (comma-separated): global hessian planned "
-                             "to LABEL's interleaved measured latency (the budget scaled by LABEL's over prune-hessian's)")
+                             "to LABEL's interleaved measured latency (the budget scaled by LABEL's over "
+                             "prune-hessian's)")
     parser.add_argument("--match-steps", type=int, default=1,
                         help="plans per --match label: the first scaled from prune-hessian, each next one by the "
                              "secant through the last two, labelled prune-hessian@LABEL.K")

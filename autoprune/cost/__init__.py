@@ -17,7 +17,8 @@ None of these change the caller's model: they work on a copy.
 
 Modules: `flops` (the per-operation FLOP model, GFLOPs and parameter counts), `signature` (the architecture hash),
 `timing` (the timing protocol and loop), `backends` (the runtimes and their exports), `cache` (the
-file-backed latency cache), `latency` (`measure_latency`, `measure_latencies`), `_model` (how a model argument is read and copied).
+file-backed latency cache), `latency` (`measure_latency`, `measure_latencies`), `_model` (how a model argument is
+read and copied).
 
 Example:
     >>> from autoprune.models import load_model

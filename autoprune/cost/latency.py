@@ -142,13 +142,8 @@ def measure_latency(
         >>> r = measure_latency(model, imgsz=320, device="cpu", cache=LatencyCache("runs/latency.json"))
         >>> print(f"{r.median_ms:.1f} ms (p10-p90 {r.p10_ms:.1f}-{r.p90_ms:.1f}, n={r.repeats})")
     """
-    imgsz, batch, backend = check_imgsz(imgsz), _check_batch(batch), backends.check_backend(backend)
-    dev = resolve_device(device)
-    threads = default_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserError(f"--threads must be a positive integer, got {threads!r}")
+    imgsz, batch, backend, dev, threads, precision = _check_request(imgsz, batch, backend, device, threads, precision)
     protocol = protocol or timing.DEFAULT_PROTOCOL
-    precision = backends.check_runtime(backend, dev, precision)
     model = detection_model(model)
     if cache is None or cache is True:
         cache = _DEFAULT_CACHE
@@ -174,6 +169,16 @@ def measure_latency(
     if cache is not False:
         cache.put(key, {k: v for k, v in result.to_dict().items() if k not in ("cached", "spread_ms")})
     return result
+
+
+def _check_request(imgsz, batch, backend, device, threads, precision):
+    """The checked (imgsz, batch, backend, device, threads, precision) of a timing request; `UserError` otherwise."""
+    imgsz, batch, backend = check_imgsz(imgsz), _check_batch(batch), backends.check_backend(backend)
+    dev = resolve_device(device)
+    threads = default_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {threads!r}")
+    return imgsz, batch, backend, dev, threads, backends.check_runtime(backend, dev, precision)
 
 
 def _result(samples, median_ms, stable, dev, device_name, backend, precision, threads, imgsz, batch, signature,
@@ -221,7 +226,8 @@ def measure_latencies(
     protocol: timing.TimingProtocol | None = None,
 ) -> dict[str, LatencyResult]:
     """Time several models against each other: each is opened once in `backend`, then all are timed in turn,
-    `rounds` times over (round r starts at the r-th model), each turn by `protocol` (default `round_protocol()`: 1-5 s a turn).
+    `rounds` times over (round r starts at the r-th model), each turn by `protocol` (default `round_protocol()`:
+    1-5 s a turn).
 
     A model's `median_ms` is the median of its rounds' medians; the p10/p90/min and `repeats` cover all its
     samples; `stable` says every round settled. A machine whose speed drifts over minutes (a shared CPU) moves every
@@ -233,15 +239,10 @@ def measure_latencies(
         >>> r = measure_latencies({"base": base, "pruned": pruned}, rounds=5, backend="openvino", threads=1)
         >>> r["pruned"].median_ms / r["base"].median_ms
     """
-    imgsz, batch, backend = check_imgsz(imgsz), _check_batch(batch), backends.check_backend(backend)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise UserError(f"rounds must be a positive integer, got {rounds!r}")
-    dev = resolve_device(device)
-    threads = default_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserError(f"--threads must be a positive integer, got {threads!r}")
+    imgsz, batch, backend, dev, threads, precision = _check_request(imgsz, batch, backend, device, threads, precision)
     protocol = protocol or round_protocol()
-    precision = backends.check_runtime(backend, dev, precision)
     device_name = device_label(dev)
     names = list(models)
     nets = {name: detection_model(m) for name, m in models.items()}
