@@ -160,6 +160,8 @@ class LatencyTable:
         self.overhead_ms: float | None = None
         self.scale = 1.0  # < 1 where the convs and attention cores alone sum to more than the model end to end
         self.median_ratio = 1.0  # the unpruned model's median over minimum latency (`build`; `predict` scales by it)
+        # measured over predicted end to end near a latency target (`latency_calibration.calibrate`; 1: not calibrated)
+        self.calibration = 1.0
 
     # -- the entries ---------------------------------------------------------------------------------------------
 
@@ -350,12 +352,13 @@ class LatencyTable:
         convs, a swapped conv priced as its replacement's layers, and each attention core under its block's path."""
         return self._priced(counts)[0]
 
-    def predict(self, counts: dict | None = None) -> float:
+    def predict(self, counts: dict | None = None, *, calibrated: bool = True) -> float:
         """The predicted median latency (ms) of the model keeping `counts` channels per group (with its depth plan
         and swaps), the statistic `cost.measure_latency` reports and a search's latency budget is checked on:
-        `predict_min` times `median_ratio`. Microseconds; deterministic; never falls when a count rises (a group
-        swap that stops dividing the channels excepted: the conv stays, as built)."""
-        return self.median_ratio * self.predict_min(counts)
+        `predict_min` times `median_ratio`, and times `calibration` unless `calibrated` is False. Microseconds;
+        deterministic; never falls when a count rises (a group swap that stops dividing the channels excepted: the
+        conv stays, as built)."""
+        return (self.calibration if calibrated else 1.0) * self.median_ratio * self.predict_min(counts)
 
     def predict_min(self, counts: dict | None = None) -> float:
         """The predicted minimum latency (ms): the sum of the convs' and attention cores' entries (each a minimum)
@@ -391,6 +394,8 @@ class LatencyTable:
         state = {"curves": self._curves, "rest": self.rest_ms, "scale": self.scale}
         if self.median_ratio != 1.0:  # a table measured before the ratio was kept hashes as it did
             state["median_ratio"] = self.median_ratio
+        if self.calibration != 1.0:  # an uncalibrated table hashes as it always has
+            state["calibration"] = self.calibration
         if self._attention_curves:  # a table without attention hashes as it always has
             state["attention"] = self._attention_curves
         if self._swap_curves:  # a table without swaps hashes as it always has

@@ -157,9 +157,21 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
         from autoprune.depth import rank_elements
 
         orders = rank_elements(loaded.model, batches)
+    ranking = rank(loaded.model, graph, s.criterion, ctx=ctx)
     latency = None
     if s.target_latency_ms is not None:
-        plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, s, depth, orders, swaps)
+        def architecture(counts):  # what a plan builds, for timing: the swaps fitted to the weights alone
+            return build(loaded.model, counts, graph=graph, ranking={**ranking, **(orders or {})}).model
+
+        plan, latency = _plan_within_latency(loaded.model, graph, imgsz, scores, s, depth, orders, swaps,
+                                             architecture)
+        if latency["after_ms"] > s.target_latency_ms:
+            warnings.append(f"the pruned model measured {latency['after_ms']:.2f} ms end to end, over the target "
+                            f"{s.target_latency_ms:g} ms (the latency model calibrated at it predicted "
+                            f"{latency['predicted_ms']:.2f}): timing noise, or a machine busier than when it was "
+                            "calibrated; time it with `autoprune cost`, and prune to a lower target if it holds")
+            if warn is not None:
+                warn(warnings[-1])
         if latency.get("load_note"):
             warnings.append(latency["load_note"])
             if warn is not None:
@@ -170,7 +182,6 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
     else:
         plan = _plan_within(loaded.model, graph, target_gflops, full_gflops, scores, s)
     out, run_dir = _out_path(out, run_dir)
-    ranking = rank(loaded.model, graph, s.criterion, ctx=ctx)
     recon = None
     if s.reconstruct:
         recon = _reconstruct(loaded.model, plan.counts, graph, ranking, batches, s)
@@ -344,12 +355,17 @@ def _plan_within(model, graph, target: float, full: float, scores, s: OneShotSet
 
 
 def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, depth: dict | None = None,
-                         orders: dict | None = None, swaps: dict | None = None):
+                         orders: dict | None = None, swaps: dict | None = None, architecture=None):
     """(plan, latency summary): the largest plan of the strategy whose predicted latency, with the `depth` plan
     ({unit id: kept}, elements chosen by `orders`) and the `swaps` ({conv id: kind}) applied too, is at most the
     target (`strategies.plan_within` bisecting the widths on the latency model, `latency_model.LatencyTable`, the
-    depth and the swaps fixed)."""
+    depth and the swaps fixed). The latency model is first calibrated by timing the plan at the target end to end
+    (`latency_calibration.calibrate`; `architecture`: kept counts -> the pruned model), and the final plan is timed
+    too: the summary's `after_ms` is measured, `predicted_ms` the calibrated table's figure, `before_ms` the unpruned
+    model's as the table measured it."""
+    import autoprune.cost
     from autoprune.depth import depth_key
+    from autoprune.latency_calibration import calibrate
     from autoprune.latency_model import LatencyTable
     from autoprune.runs import RUNS_ROOT
     from autoprune.strategies import floor_counts, plan_within
@@ -368,20 +384,43 @@ def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, d
     def predict(counts=None):
         return table.predict({**(counts or {}), **kept})
 
-    full = predict()
-    lowest = predict(floor_counts(graph, round_to=s.round_to, min_channels=s.min_channels))
-    if target < lowest:
-        raise UserError(
-            f"--target-latency-ms {target:g} is below the smallest latency reachable: {lowest:.3f} ms "
-            f"({s.latency_backend}, at --imgsz {imgsz}, predicted by the latency model; the unpruned model "
-            f"{table.predict():.3f} ms) with --min-channels {s.min_channels} and --round-to {s.round_to}")
-    plan, fits = plan_within(graph, s.strategy, target, predict, full_cost=full, scores=scores,
-                             round_to=s.round_to, min_channels=s.min_channels)
-    if not fits:
-        raise RuntimeError(f"no {s.strategy} plan within {target} ms although the floor fits")
-    return plan, {"target_ms": target, "before_ms": round(table.predict(), 4),
-                  "after_ms": round(predict(plan.counts), 4), "predicted": True, "setup": table.setup(),
-                  "entries_under_load": table.entries_under_load, "load_note": table.load_note()}
+    def lowest():
+        return predict(floor_counts(graph, round_to=s.round_to, min_channels=s.min_channels))
+
+    def check(how: str):
+        if target < lowest():
+            raise UserError(
+                f"--target-latency-ms {target:g} is below the smallest latency reachable: {lowest():.3f} ms "
+                f"({s.latency_backend}, at --imgsz {imgsz}, {how}; the unpruned model "
+                f"{table.predict(calibrated=False):.3f} ms) with --min-channels {s.min_channels} and --round-to "
+                f"{s.round_to}")
+
+    def plan_now():
+        plan, fits = plan_within(graph, s.strategy, target, predict, full_cost=predict(), scores=scores,
+                                 round_to=s.round_to, min_channels=s.min_channels)
+        if not fits:
+            raise RuntimeError(f"no {s.strategy} plan within {target} ms although the floor fits")
+        return plan
+
+    timed = {}  # {plan: ms} of the plans timed end to end
+
+    def measure(counts):
+        key = tuple(sorted(counts.items()))
+        if key not in timed:
+            timed[key] = autoprune.cost.measure_latency(
+                architecture(counts), imgsz=imgsz, device=s.device, cache=False, backend=s.latency_backend,
+                batch=s.latency_batch, precision=s.latency_precision).median_ms
+        return timed[key]
+
+    check("predicted by the latency model")
+    cal = calibrate(table, target, lambda: {**plan_now().counts, **kept}, measure)
+    check("predicted by the latency model calibrated by end-to-end timings")
+    plan = plan_now()  # timed already when the last factor did not move it
+    return plan, {"target_ms": target, "before_ms": round(table.predict(calibrated=False), 4),
+                  "after_ms": round(measure({**plan.counts, **kept}), 4), "measured": True,
+                  "predicted_ms": round(predict(plan.counts), 4), "calibration": cal.to_dict(),
+                  "setup": table.setup(), "entries_under_load": table.entries_under_load,
+                  "load_note": table.load_note()}
 
 
 def _reached_note(graph, plan, keep, target_gflops, gflops, full_gflops, s: OneShotSettings) -> str | None:

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="keep the largest model whose latency in --latency-backend at --imgsz is at most this many ms, as the "
         "latency model predicts it (autoprune.latency_model: per-layer latencies measured once, cached in "
-        "runs/latency_lut.json)",
+        "runs/latency_lut.json), calibrated by timing the plan at the target end to end",
     )
     parser.add_argument("--latency-backend", default="onnxruntime", metavar="BACKEND",
                         help="with --target-latency-ms: torch, onnxruntime (default), openvino (CPU) or tensorrt (CUDA)")
@@ -283,10 +283,12 @@ def _print(done, args: argparse.Namespace) -> None:
         print(f"note: {r['note']}")
     latency = r.get("latency")
     if latency is not None:
-        print(f"latency: {latency['before_ms']:.2f} -> {latency['after_ms']:.2f} ms for a target of "
-              f"{args.target_latency_ms:g} ms, as the latency model predicts it ({latency['setup']['backend']}, "
-              f"{latency['setup']['precision']}, batch {latency['setup']['batch']}, "
-              f"{latency['setup']['threads']} thread(s); `autoprune cost --latency-backend` measures it)")
+        cal = latency["calibration"]
+        print(f"latency: {latency['after_ms']:.2f} ms measured end to end for a target of {args.target_latency_ms:g} "
+              f"ms (the unpruned model {latency['before_ms']:.2f} ms as the latency model measured it; "
+              f"{latency['setup']['backend']}, {latency['setup']['precision']}, batch {latency['setup']['batch']}, "
+              f"{latency['setup']['threads']} thread(s)); planned by the latency model x {cal['factor']:.3f}, "
+              f"calibrated by {len(cal['steps'])} end-to-end timing(s) of the plan at the target")
     for line in _data_lines(r["calibration"], r["val"], r.get("val_note"), args):
         print(line)
     print(f"saved {r['out']}")

@@ -116,12 +116,16 @@ class Search:
         self._evaluator = None
         self._ranking = None
         self.base = {"gflops": base_gflops, "params": count_params(self.loaded.model)}
-        if exists:  # resumed with other settings: say so before the calibration and the latency table take minutes
-            self._check_resumable_early()
+        self._channel_scores = None
+        # resumed with other settings: say so before the calibration and the latency table take minutes
+        stored = self._check_resumable_early() if exists else {}
         # which elements a depth gene removes: those whose removal changes their block's output least on the
         # calibration batches (stored with the channel ranking; a resumed study keeps the orders it stored)
         self.space.element_orders = plan.element_orders(self) if self.space.depth_genes else {}
         self.budget = plan.make_budget(self)
+        # the latency model's level at the latency budget, from end-to-end timings (stored with the study)
+        self.latency_calibration = (plan.calibrate_latency(self, stored) if s.budget_latency_ms is not None
+                                    else None)
         self.uniform = largest_uniform(self.space, self.budget)
 
         self._refit_source = None  # the unpruned model on the proxy's device, for --reconstruct (made once)
@@ -146,10 +150,13 @@ class Search:
         """The user attributes a new study gets: the settings, the channel ranking and the one-shot global genomes."""
         from autoprune.strategies import per_flop_scores
 
-        scores = plan.channel_scores(self)  # scored once: the ranking and the global plans all come from them
+        scores = self.channel_scores  # scored once: the ranking and the global plans all come from them
         attrs = plan.study_attrs(self)
+        calibration = ({records.STUDY_LATENCY_CALIBRATION: self.latency_calibration.to_dict()}
+                       if self.latency_calibration is not None else {})
         return {
             **{k: v for k, v in attrs.items() if k != records.STUDY_VERSION},
+            **calibration,
             records.STUDY_RANKING: plan.compute_ranking(self, scores),
             # one-shot global pruning by the criterion, as close as the space can express it, and the same by
             # importance per FLOP: trial 0 queues both
@@ -158,16 +165,19 @@ class Search:
             records.STUDY_VERSION: attrs[records.STUDY_VERSION],  # last: it marks a study completely described
         }
 
-    def _check_resumable_early(self) -> None:
-        """`check_resumable` against the existing study's stored settings, read without opening it for writing;
-        nothing when it is still being described by another worker (`_open_study` checks again)."""
+    def _check_resumable_early(self) -> dict:
+        """`check_resumable` against the existing study's stored settings, read without opening it for writing, and
+        those settings; nothing checked and {} returned when it is still being described by another worker
+        (`_open_study` checks again)."""
         storage = make_storage(self.url, heartbeat=None, read_only=True)
         try:
             stored = optuna.load_study(study_name=self.name, storage=storage).user_attrs
         except KeyError:  # a local run folder without its study yet
-            return
-        if records.STUDY_VERSION in stored:
-            check_resumable(self.name, stored, plan.study_attrs(self))
+            return {}
+        if records.STUDY_VERSION not in stored:
+            return {}
+        check_resumable(self.name, stored, plan.study_attrs(self))
+        return stored
 
     def _open_study(self, described: dict | None):
         """Create or load the study; a new one gets `described` (computed now when None: another worker's study
@@ -191,6 +201,13 @@ class Search:
                 study.set_user_attr(k, v)
             stored = study.user_attrs
         check_resumable(self.name, stored, attrs)
+        theirs = stored.get(records.STUDY_LATENCY_CALIBRATION)
+        if theirs and self.latency_calibration is not None and theirs != self.latency_calibration.to_dict():
+            # another worker described the study first: plan with its calibration, as every worker must
+            from autoprune.budget import largest_uniform
+
+            self.latency_calibration = plan.calibrate_latency(self, stored)
+            self.uniform = largest_uniform(self.space, self.budget)
         orders = self.space.element_orders  # updated in place: a latency model holds the same dict
         orders.clear()
         orders.update({k: v for k, v in (stored.get(records.STUDY_RANKING) or {}).items()
@@ -218,6 +235,13 @@ class Search:
         from autoprune.proxy import figure_names
 
         return figure_names(self.loaded.task)[1]
+
+    @property
+    def channel_scores(self) -> dict:
+        """Every group's channel scores by the criterion (`plan.channel_scores`), computed once."""
+        if self._channel_scores is None:
+            self._channel_scores = plan.channel_scores(self)
+        return self._channel_scores
 
     @property
     def ranking(self):

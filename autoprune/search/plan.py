@@ -31,6 +31,46 @@ def make_budget(search):
         costs.append(lambda g: table.predict(search.space.counts(g)) / s.budget_latency_ms)
     return Budget(1.0, lambda g: max(c(g) for c in costs), unit="x the budget")
 
+def calibrate_latency(search, stored: dict):
+    """The latency model's calibration (`latency_calibration`): the one a resumed study stored, else measured now by
+    timing the one-shot global plan at the latency budget end to end (`STEPS` times, each re-planned with the last
+    factor), so that repair, fill, the uniform trial and the one-shot plans land at the budget as the runtime measures
+    it, not where the table alone would put them. A budget the calibrated table says the space cannot reach is one
+    `UserError`. Returns the `Calibration`; `search.latency_table.calibration` holds its factor."""
+    import autoprune.cost
+    from autoprune.candidate import build, ranking_from_lists
+    from autoprune.latency_calibration import Calibration, calibrate
+    from autoprune.search.settings import SEARCH_TIMING
+
+    s = search.settings
+    table = search.latency_table
+    if stored:  # a study made before calibrations were stored planned without one, and keeps doing so
+        cal = Calibration.from_dict(stored.get(records.STUDY_LATENCY_CALIBRATION) or {"factor": 1.0})
+        table.calibration = cal.factor
+        return cal
+    scores = search.channel_scores
+    ranking = ranking_from_lists(compute_ranking(search, scores), search.graph)
+
+    def measure(counts):
+        pruned = build(search.loaded.model, counts, graph=search.graph, ranking=ranking).model
+        return autoprune.cost.measure_latency(pruned, imgsz=s.imgsz, device=search.device, cache=False,
+                                              protocol=SEARCH_TIMING, backend=s.latency_backend,
+                                              batch=s.latency_batch, precision=search.latency_precision).median_ms
+
+    search.log(f"calibrating the latency model: the one-shot global plan at {s.budget_latency_ms:g} ms, timed end to "
+               "end...")
+    cal = calibrate(table, s.budget_latency_ms, lambda: search.space.counts(global_genome(search, scores)), measure)
+    search.log(cal.text(s.budget_latency_ms))
+    lows = table.predict(search.space.counts(fastest_lows(search.space, table)))
+    if lows > s.budget_latency_ms:
+        raise UserError(
+            f"--budget-latency-ms {s.budget_latency_ms:g} is below what the search space can reach: the smallest "
+            f"model it allows runs in about {lows:.2f} ms (the latency model calibrated by end-to-end timings; "
+            f"{s.latency_backend}, {search.latency_precision}, batch {s.latency_batch}, {table.threads} thread(s), "
+            f"at {s.imgsz})")
+    return cal
+
+
 def fastest_lows(space, table) -> dict[str, float]:
     """The space's smallest genome (every width and depth gene at its low) with each swap gene at the kind the
     latency `table` predicts fastest there: the lowest latency the space reaches. A swap kind's GFLOPs order is not

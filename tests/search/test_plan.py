@@ -227,3 +227,112 @@ def test_the_reachable_latency_takes_each_swap_at_its_fastest_kind_not_its_cheap
     lows = space.lows()
     assert lows[a.name] == lows[b.name] == 0.0  # the lows alone: each gene's cheapest kind, the slow ones here
     assert all(genome[g.name] == lows[g.name] for g in space.genes if g not in (a, b))
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+RUNTIME_SHARE = 0.6  # the runtime runs a pruned model at 0.6 of what the per-layer table sums to
+
+
+@pytest.fixture
+def faster_runtime(fake_timing, monkeypatch):
+    """The fake timing, but end to end a model runs at RUNTIME_SHARE of its layers' sum, as OpenVINO ran the demo's
+    pruned models at 640 (the table over-predicted them)."""
+    import autoprune.cost
+
+    def faster(model, **kw):
+        r = fake_latency(model, **kw)
+        ms = RUNTIME_SHARE * r.median_ms
+        import dataclasses
+
+        return dataclasses.replace(r, median_ms=ms, p10_ms=ms, p90_ms=ms, min_ms=ms)
+
+    monkeypatch.setattr(autoprune.cost, "measure_latency", faster)
+    return fake_timing
+
+
+class _LinearTable:
+    """A latency model that predicts `w` ms for a plan keeping `w`."""
+
+    calibration = 1.0
+
+    def predict(self, counts, *, calibrated=True):
+        return (self.calibration if calibrated else 1.0) * counts["w"]
+
+
+def test_calibrate_scales_the_table_until_the_plan_at_the_target_measures_at_it():
+    from autoprune.latency_calibration import Calibration, calibrate
+
+    table, timed = _LinearTable(), []
+
+    def plan_at():  # the largest plan the table lets under 30 ms
+        return {"w": 30.0 / table.calibration}
+
+    def measure(counts):
+        timed.append(counts["w"])
+        return RUNTIME_SHARE * counts["w"]
+
+    cal = calibrate(table, 30.0, plan_at, measure, steps=3)
+    assert table.calibration == cal.factor == pytest.approx(RUNTIME_SHARE)
+    assert timed == pytest.approx([30.0, 50.0])  # the second plan measured 30 ms: no third timing
+    assert [s["measured_ms"] for s in cal.steps] == pytest.approx([18.0, 30.0])
+    assert [s["factor"] for s in cal.steps] == pytest.approx([1.0, RUNTIME_SHARE])
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    assert "x 0.600" in cal.text(30.0)
+    table = _LinearTable()
+    calibrate(table, 30.0, plan_at, lambda c: 1e-6 * c["w"], steps=1)  # a timing that went wrong is not believed
+    assert table.calibration == 0.2
+    with pytest.raises(RuntimeError, match="cannot calibrate"):
+        calibrate(_LinearTable(), 30.0, plan_at, lambda c: float("nan"))
+
+
+def test_prune_target_latency_is_calibrated_to_what_the_runtime_measures(capsys, faster_runtime):
+    """The table over-predicts the runtime (as OpenVINO's at 640 did): the plan it alone makes would measure 0.6 of
+    the target. Calibrated by timing the plan end to end, the pruned model measures at the target, and the summary
+    gives the measured latency, the calibration and no warning."""
+    import autoprune.cost
+
+    target = 0.3 * _unpruned_ms()
+    out_pt = faster_runtime / "p.pt"
+    code, out, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}",
+                             "--latency-backend", "onnxruntime", "--out", str(out_pt), "--json", *FAST_PRUNE)
+    assert code == 0, err
+    from autoprune.models import load_model
+
+    ms = autoprune.cost.measure_latency(load_model(str(out_pt)).model, imgsz=IMGSZ).median_ms
+    assert 0.85 * target < ms <= target
+    r = json.loads(out)["latency"]
+    assert r["measured"] and r["after_ms"] == pytest.approx(ms, rel=1e-3)
+    assert r["calibration"]["factor"] == pytest.approx(RUNTIME_SHARE, rel=0.1)
+    assert r["calibration"]["steps"][0]["measured_ms"] < 0.7 * target  # the table alone undershot
+    assert "warning" not in err
+    code, out, _ = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}",
+                           "--latency-backend", "onnxruntime", "--out", str(faster_runtime / "q.pt"), *FAST_PRUNE)
+    assert code == 0 and "ms measured end to end for a target of" in out and "by the latency model x 0.5" in out
+
+
+@pytest.mark.slow
+def test_a_latency_budget_search_plans_with_the_calibrated_table_and_keeps_it_on_resume(capsys, faster_runtime,
+                                                                                         monkeypatch):
+    from autoprune.search import records as R
+
+    budget = 0.4 * _unpruned_ms()
+    flags = (*map(str, FAST_SEARCH), "--budget-latency-ms", f"{budget:.4f}", "--population", "4", "--json")
+    code, out, err = run_cli(capsys, "search", *flags, "--trials", "3")
+    assert code == 0, err
+    import optuna
+
+    r = json.loads(out)
+    study = optuna.load_study(study_name=r["name"], storage=r["storage"])
+    cal = study.user_attrs[R.STUDY_LATENCY_CALIBRATION]
+    assert cal["factor"] == pytest.approx(RUNTIME_SHARE, rel=0.1)
+    planned = [t for t in study.trials if t.user_attrs.get(R.KIND) in ("uniform", "global", "global-per-flop")]
+    assert len(planned) == 3
+    for t in planned:  # at the budget as measured, not at 0.6 of it
+        assert 0.8 * budget < t.user_attrs[R.LATENCY_MS] <= budget * 1.02, (t.number, t.user_attrs[R.LATENCY_MS])
+
+    import autoprune.latency_calibration as lc
+
+    monkeypatch.setattr(lc, "calibrate", lambda *a, **k: pytest.fail("a resumed study calibrated again"))
+    code, out, err = run_cli(capsys, "search", *flags, "--trials", "4", "--resume", "--name", r["name"])
+    assert code == 0, err
+    assert optuna.load_study(study_name=r["name"], storage=r["storage"]).user_attrs[R.STUDY_LATENCY_CALIBRATION] == cal
