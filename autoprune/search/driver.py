@@ -131,7 +131,7 @@ class Search:
         self._refit_source = None  # the unpruned model on the proxy's device, for --reconstruct (made once)
         # What a new study stores, computed before anything is written: an error here (data the criterion cannot
         # use, say) leaves no half-made study behind that the same --name would then need --resume for.
-        described = None if exists else self._describe_new_study()
+        described = None if exists else plan.describe_study(self)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (self.run_dir / "args.yaml").exists():
@@ -145,25 +145,6 @@ class Search:
 
     # ------------------------------------------------------------------------------------------------------------
     # The study
-
-    def _describe_new_study(self) -> dict:
-        """The user attributes a new study gets: the settings, the channel ranking and the one-shot global genomes."""
-        from autoprune.strategies import per_flop_scores
-
-        scores = self.channel_scores  # scored once: the ranking and the global plans all come from them
-        attrs = plan.study_attrs(self)
-        calibration = ({records.STUDY_LATENCY_CALIBRATION: self.latency_calibration.to_dict()}
-                       if self.latency_calibration is not None else {})
-        return {
-            **{k: v for k, v in attrs.items() if k != records.STUDY_VERSION},
-            **calibration,
-            records.STUDY_RANKING: plan.compute_ranking(self, scores),
-            # one-shot global pruning by the criterion, as close as the space can express it, and the same by
-            # importance per FLOP: trial 0 queues both
-            records.STUDY_GLOBAL: plan.global_genome(self, scores),
-            records.STUDY_GLOBAL_PER_FLOP: plan.global_genome(self, per_flop_scores(self.graph, scores)),
-            records.STUDY_VERSION: attrs[records.STUDY_VERSION],  # last: it marks a study completely described
-        }
 
     def _check_resumable_early(self) -> dict:
         """`check_resumable` against the existing study's stored settings, read without opening it for writing, and
@@ -197,7 +178,7 @@ class Search:
         stored = settled_attrs(study)
         if records.STUDY_VERSION not in stored:  # a new study: describe it
             study.set_metric_names(list(records.OBJECTIVES))
-            for k, v in (described or self._describe_new_study()).items():
+            for k, v in (described or plan.describe_study(self)).items():
                 study.set_user_attr(k, v)
             stored = study.user_attrs
         check_resumable(self.name, stored, attrs)

@@ -165,6 +165,27 @@ def fit_to_share(search, genome: dict, share: float) -> dict:
     return fit(search.space, genome, Budget(share, search.budget.cost, unit=search.budget.unit))
 
 
+def describe_study(search) -> dict:
+    """The user attributes a new study gets: the settings, the latency model's calibration, the channel ranking and
+    the one-shot global genomes."""
+    from autoprune.strategies import per_flop_scores
+
+    scores = search.channel_scores  # scored once: the ranking and the global plans all come from them
+    attrs = study_attrs(search)
+    calibration = ({records.STUDY_LATENCY_CALIBRATION: search.latency_calibration.to_dict()}
+                   if search.latency_calibration is not None else {})
+    return {
+        **{k: v for k, v in attrs.items() if k != records.STUDY_VERSION},
+        **calibration,
+        records.STUDY_RANKING: compute_ranking(search, scores),
+        # one-shot global pruning by the criterion, as close as the space can express it, and the same by importance
+        # per FLOP: trial 0 queues both
+        records.STUDY_GLOBAL: global_genome(search, scores),
+        records.STUDY_GLOBAL_PER_FLOP: global_genome(search, per_flop_scores(search.graph, scores)),
+        records.STUDY_VERSION: attrs[records.STUDY_VERSION],  # last: it marks a study completely described
+    }
+
+
 def study_attrs(search) -> dict:
     """What a study records of the settings it was made with (and `check_resumable` compares on --resume)."""
     s = search.settings
