@@ -1,14 +1,15 @@
 """The latency model calibrated by end-to-end timings, so that a plan made to a latency budget lands at it.
 
 The latency model (`latency_model.LatencyTable`) sums per-layer latencies measured alone; its level is set by the
-unpruned model (`median_ratio`, `scale`), but what a pruned model keeps of that time is not what the layer sums say.
-On the demo at 640 in OpenVINO with 1 thread, global hessian planned by the table to half the unpruned model's latency
-timed at 0.29 of the unpruned model when the two ran in turn (docs/BENCHMARKS.md, "At half the measured latency"): a
-plan made by the table alone used 60% of the latency it was given, and lost the accuracy the rest would have kept.
+unpruned model when the table was built (`median_ratio`, `scale`), and what a pruned model keeps of that time is not
+exactly what the layer sums say. On the demo at 640 in OpenVINO with 1 thread, global hessian planned by the table to
+a 59.52 ms budget measured 50.78 ms end to end (0.85 of it), and on another day to 71.27 ms, 64.54 ms (0.91): a plan
+made by the table alone leaves part of the budget unused, and with it accuracy (docs/BENCHMARKS.md, "Calibrated at
+the target").
 
 `calibrate` times the plan made to the target end to end and scales every prediction by the measured over the
-predicted latency (`LatencyTable.calibration`), `steps` times, each plan made with the factor the last timing gave,
-so that near the target the table predicts what the runtime measures. The factor moves the level of every
+predicted latency (`LatencyTable.calibration`; the geometric mean over the plans timed), `steps` times, each plan
+made with the factor the timings so far gave, so that near the target the table predicts what the runtime measures. The factor moves the level of every
 prediction alike, not their order; it is a correction near the target (the unpruned model's own prediction is what
 the table measured, and `LatencyTable.predict(calibrated=False)` gives it).
 
@@ -57,13 +58,15 @@ def calibrate(table, target_ms: float, plan_at: Callable[[], dict], measure: Cal
 
     `plan_at()` returns the kept counts (as `table.predict` takes them) of the plan made to `target_ms` with the table
     as it stands; `measure(counts)` times that plan end to end and returns its median in ms. Up to `steps` rounds:
-    plan, time, set the factor to the measured over the table's uncalibrated prediction; a plan measured within
-    `TOLERANCE` under the target ends it early. The factor is kept within `FACTOR_RANGE`. Returns the `Calibration`;
-    `table.calibration` holds its factor.
+    plan, time, and set the factor to the geometric mean of the measured over the table's uncalibrated prediction of
+    every plan timed so far (each is an estimate of the table's error near the target, and one timing on a shared
+    CPU is off by up to 10%: the mean keeps one from swinging the plan); a plan measured within `TOLERANCE` under the
+    target ends it early. The factor is kept within `FACTOR_RANGE`. Returns the `Calibration`; `table.calibration`
+    holds its factor.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    done = []
+    done, logs = [], []
     for _ in range(steps):
         counts = plan_at()
         raw = table.predict(counts, calibrated=False)
@@ -72,7 +75,8 @@ def calibrate(table, target_ms: float, plan_at: Callable[[], dict], measure: Cal
             raise RuntimeError(f"cannot calibrate the latency model: predicted {raw} ms, measured {measured} ms")
         done.append({"factor": round(table.calibration, 4), "predicted_ms": round(table.predict(counts), 4),
                      "measured_ms": round(measured, 4)})
-        table.calibration = min(max(measured / raw, FACTOR_RANGE[0]), FACTOR_RANGE[1])
+        logs.append(math.log(min(max(measured / raw, FACTOR_RANGE[0]), FACTOR_RANGE[1])))
+        table.calibration = math.exp(sum(logs) / len(logs))
         if (1 - TOLERANCE) * target_ms <= measured <= target_ms:
             break
     return Calibration(table.calibration, tuple(done))

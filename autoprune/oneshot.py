@@ -46,6 +46,7 @@ class OneShotSettings:
     latency_backend: str = "onnxruntime"
     latency_batch: int = 1
     latency_precision: str | None = None
+    latency_calibration: int = 0  # end-to-end timings of the plan at the target that calibrate the latency model
     round_to: int = 8
     min_channels: int = 8
     reconstruct: bool = False
@@ -167,9 +168,9 @@ def prune_once(loaded, s: OneShotSettings, *, imgsz: int, data=None, out: str | 
                                              architecture)
         if latency["after_ms"] > s.target_latency_ms:
             warnings.append(f"the pruned model measured {latency['after_ms']:.2f} ms end to end, over the target "
-                            f"{s.target_latency_ms:g} ms (the latency model calibrated at it predicted "
-                            f"{latency['predicted_ms']:.2f}): timing noise, or a machine busier than when it was "
-                            "calibrated; time it with `autoprune cost`, and prune to a lower target if it holds")
+                            f"{s.target_latency_ms:g} ms (the latency model predicted {latency['predicted_ms']:.2f}): "
+                            "timing noise, or a latency model off here (--latency-calibration N times the plan to "
+                            "correct it); time it with `autoprune cost`, and prune to a lower target if it holds")
             if warn is not None:
                 warn(warnings[-1])
         if latency.get("load_note"):
@@ -359,10 +360,10 @@ def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, d
     """(plan, latency summary): the largest plan of the strategy whose predicted latency, with the `depth` plan
     ({unit id: kept}, elements chosen by `orders`) and the `swaps` ({conv id: kind}) applied too, is at most the
     target (`strategies.plan_within` bisecting the widths on the latency model, `latency_model.LatencyTable`, the
-    depth and the swaps fixed). The latency model is first calibrated by timing the plan at the target end to end
-    (`latency_calibration.calibrate`; `architecture`: kept counts -> the pruned model), and the final plan is timed
-    too: the summary's `after_ms` is measured, `predicted_ms` the calibrated table's figure, `before_ms` the unpruned
-    model's as the table measured it."""
+    depth and the swaps fixed). With `s.latency_calibration` N > 0 the latency model is first calibrated by timing
+    the plan at the target end to end N times (`latency_calibration.calibrate`; `architecture`: kept counts -> the
+    pruned model). The final plan is timed end to end: the summary's `after_ms` is measured, `predicted_ms` the
+    (calibrated) table's figure, `before_ms` the unpruned model's as the table measured it."""
     import autoprune.cost
     from autoprune.depth import depth_key
     from autoprune.latency_calibration import calibrate
@@ -413,12 +414,14 @@ def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, d
         return timed[key]
 
     check("predicted by the latency model")
-    cal = calibrate(table, target, lambda: {**plan_now().counts, **kept}, measure)
-    check("predicted by the latency model calibrated by end-to-end timings")
+    cal = None
+    if s.latency_calibration:
+        cal = calibrate(table, target, lambda: {**plan_now().counts, **kept}, measure, steps=s.latency_calibration)
+        check("predicted by the latency model calibrated by end-to-end timings")
     plan = plan_now()  # timed already when the last factor did not move it
     return plan, {"target_ms": target, "before_ms": round(table.predict(calibrated=False), 4),
                   "after_ms": round(measure({**plan.counts, **kept}), 4), "measured": True,
-                  "predicted_ms": round(predict(plan.counts), 4), "calibration": cal.to_dict(),
+                  "predicted_ms": round(predict(plan.counts), 4), "calibration": cal and cal.to_dict(),
                   "setup": table.setup(), "entries_under_load": table.entries_under_load,
                   "load_note": table.load_note()}
 

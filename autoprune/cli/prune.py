@@ -60,8 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="keep the largest model whose latency in --latency-backend at --imgsz is at most this many ms, as the "
         "latency model predicts it (autoprune.latency_model: per-layer latencies measured once, cached in "
-        "runs/latency_lut.json), calibrated by timing the plan at the target end to end",
+        "runs/latency_lut.json); the pruned model is then timed end to end",
     )
+    parser.add_argument("--latency-calibration", type=int, default=0, metavar="N",
+                        help="with --target-latency-ms: " + "end-to-end timings of the one-shot plan at the latency target that calibrate the latency model's level "
+                             "there (default 0: the table alone; on a shared CPU one timing is off by up to 30%%, and "
+                             "no gain was measured, docs/BENCHMARKS.md 'Calibrated at the target')"),
     parser.add_argument("--latency-backend", default="onnxruntime", metavar="BACKEND",
                         help="with --target-latency-ms: torch, onnxruntime (default), openvino (CPU) or tensorrt (CUDA)")
     parser.add_argument("--latency-batch", type=int, default=1, help="with --target-latency-ms: images per forward pass")
@@ -152,6 +156,8 @@ def _check_latency_target(args: argparse.Namespace) -> None:
         raise UserError(f"--target-latency-ms must be a positive number, got {args.target_latency_ms:g}")
     if isinstance(args.latency_batch, bool) or args.latency_batch < 1:
         raise UserError(f"--latency-batch must be a positive integer, got {args.latency_batch}")
+    if args.latency_calibration < 0:
+        raise UserError(f"--latency-calibration must be 0 or a positive integer, got {args.latency_calibration}")
     check_runtime(args.latency_backend, resolve_device(args.device), args.latency_precision)
 
 
@@ -221,7 +227,8 @@ def run(args: argparse.Namespace) -> dict:
     settings = OneShotSettings(
         strategy=args.strategy, criterion=args.criterion, keep=keep, target_gflops=args.target_gflops,
         target_latency_ms=args.target_latency_ms, latency_backend=args.latency_backend,
-        latency_batch=args.latency_batch, latency_precision=args.latency_precision, round_to=args.round_to,
+        latency_batch=args.latency_batch, latency_precision=args.latency_precision,
+        latency_calibration=args.latency_calibration, round_to=args.round_to,
         min_channels=args.min_channels, reconstruct=args.reconstruct, val=args.val, val_images=args.val_images,
         calib_batches=args.calib_batches, batch=args.batch, calib_imgsz=args.calib_imgsz, ridge=args.ridge,
         max_samples=args.max_samples, seed=args.seed, device=args.device, depth=args.depth,
@@ -284,11 +291,12 @@ def _print(done, args: argparse.Namespace) -> None:
     latency = r.get("latency")
     if latency is not None:
         cal = latency["calibration"]
+        how = (f"the latency model x {cal['factor']:.3f}, calibrated by {len(cal['steps'])} end-to-end timing(s) of "
+               "the plan at the target" if cal else "the latency model")
         print(f"latency: {latency['after_ms']:.2f} ms measured end to end for a target of {args.target_latency_ms:g} "
               f"ms (the unpruned model {latency['before_ms']:.2f} ms as the latency model measured it; "
               f"{latency['setup']['backend']}, {latency['setup']['precision']}, batch {latency['setup']['batch']}, "
-              f"{latency['setup']['threads']} thread(s)); planned by the latency model x {cal['factor']:.3f}, "
-              f"calibrated by {len(cal['steps'])} end-to-end timing(s) of the plan at the target")
+              f"{latency['setup']['threads']} thread(s)); planned by {how}")
     for line in _data_lines(r["calibration"], r["val"], r.get("val_note"), args):
         print(line)
     print(f"saved {r['out']}")

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "front and the recommended trial end to end. The model's ranking is not yet reliable "
                              "enough to be the default: Kendall tau 0.86-0.93 against measured latency, below 0.9 on "
                              "three of six model/runtime rows (docs/BENCHMARKS.md)")
+    parser.add_argument("--latency-calibration", type=int, default=0, metavar="N",
+                        help="end-to-end timings of the one-shot plan at the latency target that calibrate the latency model's level "
+                             "there (default 0: the table alone; on a shared CPU one timing is off by up to 30%%, and "
+                             "no gain was measured, docs/BENCHMARKS.md 'Calibrated at the target')")
     parser.add_argument("--budget-floor", type=float, default=0.8,
                         help="share of the GFLOPs budget under which a candidate is filled up toward the budget "
                              "before it is scored (default 0.8; 0 scores every candidate as proposed)")
@@ -137,6 +141,7 @@ def run(args: argparse.Namespace) -> dict:
         latency_batch=args.latency_batch,
         latency_precision=args.latency_precision,
         latency_model=args.latency_model,
+        latency_calibration=args.latency_calibration,
         budget_floor=args.budget_floor,
         model=args.model,
         data=args.data,

@@ -183,7 +183,8 @@ class Search:
             stored = study.user_attrs
         check_resumable(self.name, stored, attrs)
         theirs = stored.get(records.STUDY_LATENCY_CALIBRATION)
-        if theirs and self.latency_calibration is not None and theirs != self.latency_calibration.to_dict():
+        ours = self.latency_calibration.to_dict() if self.latency_calibration is not None else None
+        if theirs != ours:
             # another worker described the study first: plan with its calibration, as every worker must
             from autoprune.budget import largest_uniform
 

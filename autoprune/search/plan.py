@@ -32,11 +32,12 @@ def make_budget(search):
     return Budget(1.0, lambda g: max(c(g) for c in costs), unit="x the budget")
 
 def calibrate_latency(search, stored: dict):
-    """The latency model's calibration (`latency_calibration`): the one a resumed study stored, else measured now by
-    timing the one-shot global plan at the latency budget end to end (`STEPS` times, each re-planned with the last
-    factor), so that repair, fill, the uniform trial and the one-shot plans land at the budget as the runtime measures
-    it, not where the table alone would put them. A budget the calibrated table says the space cannot reach is one
-    `UserError`. Returns the `Calibration`; `search.latency_table.calibration` holds its factor."""
+    """The latency model's calibration (`latency_calibration`): the one a resumed study stored (none for a study made
+    without one), else with `--latency-calibration N` measured now by timing the one-shot global plan at the latency
+    budget end to end N times (each re-planned with the factor so far), so that repair, fill, the uniform trial and
+    the one-shot plans aim at the budget as the runtime measures it, not where the table alone puts them; else None.
+    A budget the calibrated table says the space cannot reach is one `UserError`. `search.latency_table.calibration`
+    holds the factor."""
     import autoprune.cost
     from autoprune.candidate import build, ranking_from_lists
     from autoprune.latency_calibration import Calibration, calibrate
@@ -44,8 +45,11 @@ def calibrate_latency(search, stored: dict):
 
     s = search.settings
     table = search.latency_table
-    if stored:  # a study made before calibrations were stored planned without one, and keeps doing so
-        cal = Calibration.from_dict(stored.get(records.STUDY_LATENCY_CALIBRATION) or {"factor": 1.0})
+    if stored or not s.latency_calibration:  # a resumed study plans as it did; a study without one, uncalibrated
+        if not stored.get(records.STUDY_LATENCY_CALIBRATION):
+            table.calibration = 1.0
+            return None
+        cal = Calibration.from_dict(stored[records.STUDY_LATENCY_CALIBRATION])
         table.calibration = cal.factor
         return cal
     scores = search.channel_scores
@@ -59,7 +63,8 @@ def calibrate_latency(search, stored: dict):
 
     search.log(f"calibrating the latency model: the one-shot global plan at {s.budget_latency_ms:g} ms, timed end to "
                "end...")
-    cal = calibrate(table, s.budget_latency_ms, lambda: search.space.counts(global_genome(search, scores)), measure)
+    cal = calibrate(table, s.budget_latency_ms, lambda: search.space.counts(global_genome(search, scores)), measure,
+                    steps=s.latency_calibration)
     search.log(cal.text(s.budget_latency_ms))
     lows = table.predict(search.space.counts(fastest_lows(search.space, table)))
     if lows > s.budget_latency_ms:

@@ -54,6 +54,8 @@ class SearchSettings:
     # how each candidate's latency is priced: measured end to end, or predicted by the latency model with the final
     # front re-measured end to end (`autoprune.search.latency`)
     latency_model: str = "measured"
+    # end-to-end timings of the one-shot plan at the latency budget that calibrate the latency model (0: none)
+    latency_calibration: int = 0
     criterion: str = "hessian"  # gradient criteria keep a pruned model working; docs/BENCHMARKS.md "Methods"
     space: str | None = "fine"  # one gene per group; None or "family": the model family's space (`load_space`)
     storage: str | None = None
@@ -154,6 +156,10 @@ def check_settings(s: SearchSettings) -> None:
     check_backend(s.latency_backend)
     if s.latency_model not in LATENCY_MODELS:
         raise UserError(f"--latency-model must be one of {', '.join(LATENCY_MODELS)}, got {s.latency_model!r}")
+    if isinstance(s.latency_calibration, bool) or not isinstance(s.latency_calibration, int) or s.latency_calibration < 0:
+        raise UserError(f"--latency-calibration must be 0 or a positive integer, got {s.latency_calibration}")
+    if s.latency_calibration and s.budget_latency_ms is None:
+        raise UserError("--latency-calibration calibrates the latency model at --budget-latency-ms: give one")
     if s.latency_precision is not None and s.latency_precision not in PRECISIONS:
         raise UserError(f"--latency-precision must be one of {', '.join(PRECISIONS)}, got {s.latency_precision!r}")
     if s.proxy_steps < 0:

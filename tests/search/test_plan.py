@@ -278,25 +278,36 @@ def test_calibrate_scales_the_table_until_the_plan_at_the_target_measures_at_it(
     assert [s["factor"] for s in cal.steps] == pytest.approx([1.0, RUNTIME_SHARE])
     assert Calibration.from_dict(cal.to_dict()) == cal
     assert "x 0.600" in cal.text(30.0)
+    table, ratios = _LinearTable(), iter([0.9, 1.1])  # two noisy timings: the factor is their geometric mean
+    cal = calibrate(table, 30.0, plan_at, lambda c: next(ratios) * c["w"], steps=2)
+    assert cal.factor == pytest.approx((0.9 * 1.1) ** 0.5) and len(cal.steps) == 2
     table = _LinearTable()
     calibrate(table, 30.0, plan_at, lambda c: 1e-6 * c["w"], steps=1)  # a timing that went wrong is not believed
-    assert table.calibration == 0.2
+    assert table.calibration == pytest.approx(0.2)
     with pytest.raises(RuntimeError, match="cannot calibrate"):
         calibrate(_LinearTable(), 30.0, plan_at, lambda c: float("nan"))
 
 
 def test_prune_target_latency_is_calibrated_to_what_the_runtime_measures(capsys, faster_runtime):
-    """The table over-predicts the runtime (as OpenVINO's at 640 did): the plan it alone makes would measure 0.6 of
-    the target. Calibrated by timing the plan end to end, the pruned model measures at the target, and the summary
-    gives the measured latency, the calibration and no warning."""
+    """The table over-predicts the runtime: the plan it alone makes measures 0.6 of the target, which prune reports
+    as measured. With --latency-calibration 2, timing the plan end to end, the pruned model measures at the target,
+    and the summary gives the measured latency, the calibration and no warning."""
     import autoprune.cost
+    from autoprune.models import load_model
 
     target = 0.3 * _unpruned_ms()
-    out_pt = faster_runtime / "p.pt"
-    code, out, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}",
-                             "--latency-backend", "onnxruntime", "--out", str(out_pt), "--json", *FAST_PRUNE)
+    flags = ("--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}", "--latency-backend", "onnxruntime")
+    code, out, err = run_cli(capsys, "prune", *flags, "--out", str(faster_runtime / "t.pt"), "--json", *FAST_PRUNE)
     assert code == 0, err
-    from autoprune.models import load_model
+    r = json.loads(out)["latency"]
+    ms = autoprune.cost.measure_latency(load_model(str(faster_runtime / "t.pt")).model, imgsz=IMGSZ).median_ms
+    assert r["calibration"] is None and r["measured"] and r["after_ms"] == pytest.approx(ms, rel=1e-3)
+    assert ms < 0.7 * target  # the table alone: a plan well under the target
+
+    out_pt = faster_runtime / "p.pt"
+    code, out, err = run_cli(capsys, "prune", *flags, "--latency-calibration", "2", "--out", str(out_pt), "--json",
+                             *FAST_PRUNE)
+    assert code == 0, err
 
     ms = autoprune.cost.measure_latency(load_model(str(out_pt)).model, imgsz=IMGSZ).median_ms
     assert 0.85 * target < ms <= target
@@ -305,8 +316,8 @@ def test_prune_target_latency_is_calibrated_to_what_the_runtime_measures(capsys,
     assert r["calibration"]["factor"] == pytest.approx(RUNTIME_SHARE, rel=0.1)
     assert r["calibration"]["steps"][0]["measured_ms"] < 0.7 * target  # the table alone undershot
     assert "warning" not in err
-    code, out, _ = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", f"{target:.4f}",
-                           "--latency-backend", "onnxruntime", "--out", str(faster_runtime / "q.pt"), *FAST_PRUNE)
+    code, out, _ = run_cli(capsys, "prune", *flags, "--latency-calibration", "2", "--out",
+                           str(faster_runtime / "q.pt"), *FAST_PRUNE)
     assert code == 0 and "ms measured end to end for a target of" in out and "by the latency model x 0.5" in out
 
 
@@ -316,7 +327,8 @@ def test_a_latency_budget_search_plans_with_the_calibrated_table_and_keeps_it_on
     from autoprune.search import records as R
 
     budget = 0.4 * _unpruned_ms()
-    flags = (*map(str, FAST_SEARCH), "--budget-latency-ms", f"{budget:.4f}", "--population", "4", "--json")
+    flags = (*map(str, FAST_SEARCH), "--budget-latency-ms", f"{budget:.4f}", "--latency-calibration", "2",
+             "--population", "4", "--json")
     code, out, err = run_cli(capsys, "search", *flags, "--trials", "3")
     assert code == 0, err
     import optuna
@@ -336,3 +348,13 @@ def test_a_latency_budget_search_plans_with_the_calibrated_table_and_keeps_it_on
     code, out, err = run_cli(capsys, "search", *flags, "--trials", "4", "--resume", "--name", r["name"])
     assert code == 0, err
     assert optuna.load_study(study_name=r["name"], storage=r["storage"]).user_attrs[R.STUDY_LATENCY_CALIBRATION] == cal
+
+
+def test_a_latency_calibration_without_a_latency_target_or_below_zero_is_one_error_line(capsys, fake_timing):
+    code, _, err = run_cli(capsys, "search", *map(str, FAST_SEARCH), "--budget-gflops", "0.05",
+                           "--latency-calibration", "2", "--trials", "1")
+    assert_user_error(code, err, "--latency-calibration calibrates the latency model at --budget-latency-ms")
+    code, _, err = run_cli(capsys, "prune", "--imgsz", str(IMGSZ), "--target-latency-ms", "1",
+                           "--latency-calibration", "-1", "--out", str(fake_timing / "p.pt"), *FAST_PRUNE)
+    assert_user_error(code, err, "--latency-calibration must be 0 or a positive integer")
+    assert not list(fake_timing.rglob("*.db")) and not (fake_timing / "p.pt").exists()
