@@ -61,7 +61,9 @@ def multiples(n: int) -> str:
 
 def plans(graph, scores, keeps, round_tos, min_channels: int) -> list[tuple[str, float, int, dict]]:
     """(kind, keep, round_to, counts): uniform keep k at each round_to, and global pruning at the conv GFLOPs of
-    uniform keep k with round_to 1 (one target per keep, the same for every rounding)."""
+    uniform keep k with round_to 1 (one target per keep, the same for every rounding). A target below what a
+    round_to's floor allows is skipped, with a line saying so."""
+    from autoprune.errors import UserError
     from autoprune.pruner import keep_counts
     from autoprune.strategies import global_for_gflops, uniform_for_gflops
 
@@ -69,9 +71,13 @@ def plans(graph, scores, keeps, round_tos, min_channels: int) -> list[tuple[str,
     for keep in keeps:
         target = graph.conv_gflops(keep_counts(graph, keep, round_to=1, min_channels=min_channels))
         for r in round_tos:
-            out.append(("uniform", keep, r, uniform_for_gflops(graph, target, round_to=r, min_channels=min_channels)[1]))
-            out.append(("global", keep, r, global_for_gflops(graph, scores, target, round_to=r,
-                                                            min_channels=min_channels)[1]))
+            try:
+                out.append(("uniform", keep, r, uniform_for_gflops(graph, target, round_to=r,
+                                                                   min_channels=min_channels)[1]))
+                out.append(("global", keep, r, global_for_gflops(graph, scores, target, round_to=r,
+                                                                min_channels=min_channels)[1]))
+            except UserError as e:
+                print(f"skipped keep {keep}, round_to {r}: {e}", flush=True)
     return out
 
 
