@@ -21,13 +21,7 @@ def make_budget(search):
         costs.append(lambda g: search.space.gflops(g, s.imgsz, base_gflops=search.base_gflops) / s.budget_gflops)
     if s.budget_latency_ms is not None:
         table = search.latency_table = latency_table(search)
-        lows = table.predict(search.space.counts(fastest_lows(search.space, table)))
-        if lows > s.budget_latency_ms:
-            raise UserError(
-                f"--budget-latency-ms {s.budget_latency_ms:g} is below what the search space can reach: the "
-                f"smallest model it allows runs in {lows:.2f} ms (predicted by the latency model; {s.latency_backend}, "
-                f"{search.latency_precision}, batch {s.latency_batch}, {table.threads} thread(s), at {s.imgsz}; "
-                f"the unpruned one {table.predict():.2f} ms)")
+        check_reachable(search, table, "predicted by the latency model")
         costs.append(lambda g: table.predict(search.space.counts(g)) / s.budget_latency_ms)
     return Budget(1.0, lambda g: max(c(g) for c in costs), unit="x the budget")
 
@@ -66,14 +60,20 @@ def calibrate_latency(search, stored: dict):
     cal = calibrate(table, s.budget_latency_ms, lambda: search.space.counts(global_genome(search, scores)), measure,
                     steps=s.latency_calibration)
     search.log(cal.text(s.budget_latency_ms))
+    check_reachable(search, table, "predicted by the latency model calibrated by end-to-end timings")
+    return cal
+
+
+def check_reachable(search, table, how: str) -> None:
+    """A `UserError` when the latency budget is below the fastest model the space allows, as `table` predicts it."""
+    s = search.settings
     lows = table.predict(search.space.counts(fastest_lows(search.space, table)))
     if lows > s.budget_latency_ms:
         raise UserError(
             f"--budget-latency-ms {s.budget_latency_ms:g} is below what the search space can reach: the smallest "
-            f"model it allows runs in about {lows:.2f} ms (the latency model calibrated by end-to-end timings; "
-            f"{s.latency_backend}, {search.latency_precision}, batch {s.latency_batch}, {table.threads} thread(s), "
-            f"at {s.imgsz})")
-    return cal
+            f"model it allows runs in {lows:.2f} ms ({how}; {s.latency_backend}, {search.latency_precision}, batch "
+            f"{s.latency_batch}, {table.threads} thread(s), at {s.imgsz}; the unpruned one "
+            f"{table.predict(calibrated=False):.2f} ms)")
 
 
 def fastest_lows(space, table) -> dict[str, float]:
