@@ -7,15 +7,15 @@ a 59.52 ms budget measured 50.78 ms end to end (0.85 of it), and on another day 
 made by the table alone leaves part of the budget unused, and with it accuracy (docs/BENCHMARKS.md, "Calibrated at
 the target").
 
-`calibrate` times the plan made to the target end to end and scales every prediction by the measured over the
-predicted latency (`LatencyTable.calibration`; the geometric mean over the plans timed), `steps` times, each plan
-made with the factor the timings so far gave, so that near the target the table predicts what the runtime measures. The factor moves the level of every
-prediction alike, not their order; it is a correction near the target (the unpruned model's own prediction is what
-the table measured, and `LatencyTable.predict(calibrated=False)` gives it).
+`calibrate` times the plan made to the target end to end and calibrates every prediction (`LatencyTable.calibration`:
+a scale and an offset, `fit` to the plans timed: a line through them where they are far enough apart and it is not
+too steep, else the ratio), `steps` times, each plan made with the calibration so far, so that near the target the
+table predicts what the runtime measures. It is a correction near the target (the unpruned model's own prediction is
+what the table measured, and `LatencyTable.predict(calibrated=False)` gives it).
 
 Example:
     >>> cal = calibrate(table, 30.0, plan_at=lambda: plan(table).counts, measure=lambda c: time_end_to_end(c))
-    >>> table.calibration == cal.factor
+    >>> table.calibration == (cal.scale, cal.offset_ms)
     True
 """
 
@@ -25,61 +25,89 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-STEPS = 2  # end-to-end timings of the plan at the target: the table's error there is mostly one factor
+STEPS = 2  # end-to-end timings of the plan at the target
 TOLERANCE = 0.03  # a plan measured at most this far under the target (and not over it) ends the calibration
-FACTOR_RANGE = (0.2, 5.0)  # a factor outside this says the timing went wrong, not the table
+FACTOR_RANGE = (0.2, 5.0)  # a ratio outside this says the timing went wrong, not the table
+SLOPE_RANGE = (0.5, 2.0)  # a line through the timed plans steeper or flatter than this is noise, not the table
+MIN_SPREAD = 0.1  # the line needs plans whose predictions differ by at least this share
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What `calibrate` found: the `factor` the table's predictions are scaled by, and each timed plan's
-    {"factor" it was planned with, "predicted_ms" by the table with that factor, "measured_ms" end to end}."""
+    """What `calibrate` found: the calibrated prediction is `scale` x the table's + `offset_ms` (never below
+    `FLOOR_SHARE` of it), and each timed plan's {"scale" and "offset_ms" it was planned with, "predicted_ms" by the
+    table so calibrated, "measured_ms" end to end}."""
 
-    factor: float
+    scale: float
+    offset_ms: float = 0.0
     steps: tuple[dict, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"factor": self.factor, "steps": [dict(s) for s in self.steps]}
+        return {"scale": self.scale, "offset_ms": self.offset_ms, "steps": [dict(s) for s in self.steps]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
-        return cls(float(d["factor"]), tuple(dict(s) for s in d.get("steps") or ()))
+        return cls(float(d["scale"]), float(d.get("offset_ms") or 0.0), tuple(dict(s) for s in d.get("steps") or ()))
 
     def text(self, target_ms: float) -> str:
-        """One line for a log: each timed plan and the factor."""
+        """One line for a log: each timed plan and the calibration."""
         timed = "; ".join(f"predicted {s['predicted_ms']:.2f}, measured {s['measured_ms']:.2f} ms" for s in self.steps)
         return (f"latency model calibrated at {target_ms:g} ms by {len(self.steps)} end-to-end timing(s) of the "
-                f"plan at it ({timed}): predictions x {self.factor:.3f}")
+                f"plan at it ({timed}): predictions x {self.scale:.3f} {self.offset_ms:+.2f} ms")
+
+
+FLOOR_SHARE = 0.05  # a calibrated prediction never falls below this share of the table's (it stays positive)
+
+
+def apply(calibration: tuple[float, float], raw_ms: float) -> float:
+    """The calibrated prediction of a table prediction `raw_ms`: non-decreasing in it, and positive."""
+    scale, offset = calibration
+    return max(scale * raw_ms + offset, FLOOR_SHARE * raw_ms)
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(scale, offset_ms) from the timed plans' (table prediction, measured) points: the least-squares line through
+    them where at least two predictions differ by `MIN_SPREAD` and its slope is within `SLOPE_RANGE` (the table's
+    error near the target is then a slope and an offset: on the demo in OpenVINO at 640 the table over-predicted by
+    about 30 ms whatever the plan, docs/BENCHMARKS.md); else the geometric mean of measured over predicted, through 0
+    (one timing on a shared CPU is off by up to 30%, which a line through two close points would amplify)."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if len(points) >= 2 and max(xs) >= (1 + MIN_SPREAD) * min(xs):
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
+        if SLOPE_RANGE[0] <= slope <= SLOPE_RANGE[1]:
+            return slope, my - slope * mx
+    logs = [math.log(min(max(y / x, FACTOR_RANGE[0]), FACTOR_RANGE[1])) for x, y in points]
+    return math.exp(sum(logs) / len(logs)), 0.0
 
 
 def calibrate(table, target_ms: float, plan_at: Callable[[], dict], measure: Callable[[dict], float],
               steps: int = STEPS) -> Calibration:
-    """Scale `table`'s predictions (`table.calibration`) until the plan it makes at `target_ms` measures at it.
+    """Calibrate `table`'s predictions (`table.calibration`, a (scale, offset_ms) pair) until the plan it makes at
+    `target_ms` measures at it.
 
     `plan_at()` returns the kept counts (as `table.predict` takes them) of the plan made to `target_ms` with the table
     as it stands; `measure(counts)` times that plan end to end and returns its median in ms. Up to `steps` rounds:
-    plan, time, and set the factor to the geometric mean of the measured over the table's uncalibrated prediction of
-    every plan timed so far (each is an estimate of the table's error near the target, and one timing on a shared
-    CPU is off by up to 10%: the mean keeps one from swinging the plan); a plan measured within `TOLERANCE` under the
-    target ends it early. The factor is kept within `FACTOR_RANGE`. Returns the `Calibration`; `table.calibration`
-    holds its factor.
+    plan, time, and `fit` the calibration to every plan timed so far; a plan measured within `TOLERANCE` under the
+    target ends it early. Returns the `Calibration`; `table.calibration` holds it.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    done, logs = [], []
+    done, points = [], []
     for _ in range(steps):
         counts = plan_at()
         raw = table.predict(counts, calibrated=False)
         measured = float(measure(counts))
         if not (raw > 0 and math.isfinite(measured) and measured > 0):
             raise RuntimeError(f"cannot calibrate the latency model: predicted {raw} ms, measured {measured} ms")
-        done.append({"factor": round(table.calibration, 4), "predicted_ms": round(table.predict(counts), 4),
-                     "measured_ms": round(measured, 4)})
-        logs.append(math.log(min(max(measured / raw, FACTOR_RANGE[0]), FACTOR_RANGE[1])))
-        table.calibration = math.exp(sum(logs) / len(logs))
+        scale, offset = table.calibration
+        done.append({"scale": round(scale, 4), "offset_ms": round(offset, 4),
+                     "predicted_ms": round(table.predict(counts), 4), "measured_ms": round(measured, 4)})
+        points.append((raw, measured))
+        table.calibration = fit(points)
         if (1 - TOLERANCE) * target_ms <= measured <= target_ms:
             break
-    return Calibration(table.calibration, tuple(done))
+    return Calibration(*table.calibration, tuple(done))
 
 
-__all__ = ["FACTOR_RANGE", "STEPS", "TOLERANCE", "Calibration", "calibrate"]
+__all__ = ["FACTOR_RANGE", "SLOPE_RANGE", "STEPS", "TOLERANCE", "Calibration", "apply", "calibrate", "fit"]

@@ -161,7 +161,7 @@ class LatencyTable:
         self.scale = 1.0  # < 1 where the convs and attention cores alone sum to more than the model end to end
         self.median_ratio = 1.0  # the unpruned model's median over minimum latency (`build`; `predict` scales by it)
         # measured over predicted end to end near a latency target (`latency_calibration.calibrate`; 1: not calibrated)
-        self.calibration = 1.0
+        self.calibration = (1.0, 0.0)  # (scale, offset_ms)
 
     # -- the entries ---------------------------------------------------------------------------------------------
 
@@ -355,10 +355,15 @@ class LatencyTable:
     def predict(self, counts: dict | None = None, *, calibrated: bool = True) -> float:
         """The predicted median latency (ms) of the model keeping `counts` channels per group (with its depth plan
         and swaps), the statistic `cost.measure_latency` reports and a search's latency budget is checked on:
-        `predict_min` times `median_ratio`, and times `calibration` unless `calibrated` is False. Microseconds;
+        `predict_min` times `median_ratio`, calibrated unless `calibrated` is False (`latency_calibration.apply`). Microseconds;
         deterministic; never falls when a count rises (a group swap that stops dividing the channels excepted: the
         conv stays, as built)."""
-        return (self.calibration if calibrated else 1.0) * self.median_ratio * self.predict_min(counts)
+        raw = self.median_ratio * self.predict_min(counts)
+        if not calibrated or self.calibration == (1.0, 0.0):
+            return raw
+        from autoprune.latency_calibration import apply
+
+        return apply(self.calibration, raw)
 
     def predict_min(self, counts: dict | None = None) -> float:
         """The predicted minimum latency (ms): the sum of the convs' and attention cores' entries (each a minimum)
@@ -394,7 +399,7 @@ class LatencyTable:
         state = {"curves": self._curves, "rest": self.rest_ms, "scale": self.scale}
         if self.median_ratio != 1.0:  # a table measured before the ratio was kept hashes as it did
             state["median_ratio"] = self.median_ratio
-        if self.calibration != 1.0:  # an uncalibrated table hashes as it always has
+        if self.calibration != (1.0, 0.0):  # an uncalibrated table hashes as it always has
             state["calibration"] = self.calibration
         if self._attention_curves:  # a table without attention hashes as it always has
             state["attention"] = self._attention_curves

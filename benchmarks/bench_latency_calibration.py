@@ -72,11 +72,13 @@ def main() -> int:
         results["prune"] = {"latency": r["latency"], "gflops": r["after"]["gflops"], "seconds": r["seconds"]}
         save()
     lat = results["prune"]["latency"]
-    cal = lat.get("calibration") or {"factor": 1.0, "steps": []}
+    cal = lat.get("calibration") or {"scale": 1.0, "offset_ms": 0.0, "steps": []}
     for i, s in enumerate(cal["steps"], 1):
-        print(f"calibration step {i}: planned with factor {s['factor']:.3f}: predicted {s['predicted_ms']:.2f} ms, "
-              f"measured {s['measured_ms']:.2f} ms ({s['measured_ms'] / target:.2f} of the target)")
-    print(f"factor {cal['factor']:.3f}; the pruned model {results['prune']['gflops']:.3f} GFLOPs, "
+        print(f"calibration step {i}: planned with x {s.get('scale', s.get('factor')):.3f} "
+              f"{s.get('offset_ms', 0.0):+.2f} ms: predicted {s['predicted_ms']:.2f} ms, measured "
+              f"{s['measured_ms']:.2f} ms ({s['measured_ms'] / target:.2f} of the target)")
+    print(f"calibration x {cal.get('scale', cal.get('factor')):.3f} {cal.get('offset_ms', 0.0):+.2f} ms; the pruned "
+          f"model {results['prune']['gflops']:.3f} GFLOPs, "
           f"{lat['after_ms']:.2f} ms measured by prune ({lat['after_ms'] / target:.2f} of the target)")
 
     models = {"calibrated": load_model(str(pruned_pt)).model}

@@ -291,8 +291,8 @@ def _print(done, args: argparse.Namespace) -> None:
     latency = r.get("latency")
     if latency is not None:
         cal = latency["calibration"]
-        how = (f"the latency model x {cal['factor']:.3f}, calibrated by {len(cal['steps'])} end-to-end timing(s) of "
-               "the plan at the target" if cal else "the latency model")
+        how = (f"the latency model x {cal['scale']:.3f} {cal['offset_ms']:+.2f} ms, calibrated by {len(cal['steps'])} "
+               "end-to-end timing(s) of the plan at the target" if cal else "the latency model")
         print(f"latency: {latency['after_ms']:.2f} ms measured end to end for a target of {args.target_latency_ms:g} "
               f"ms (the unpruned model {latency['before_ms']:.2f} ms as the latency model measured it; "
               f"{latency['setup']['backend']}, {latency['setup']['precision']}, batch {latency['setup']['batch']}, "

@@ -41,10 +41,10 @@ def calibrate_latency(search, stored: dict):
     table = search.latency_table
     if stored or not s.latency_calibration:  # a resumed study plans as it did; a study without one, uncalibrated
         if not stored.get(records.STUDY_LATENCY_CALIBRATION):
-            table.calibration = 1.0
+            table.calibration = (1.0, 0.0)
             return None
         cal = Calibration.from_dict(stored[records.STUDY_LATENCY_CALIBRATION])
-        table.calibration = cal.factor
+        table.calibration = (cal.scale, cal.offset_ms)
         return cal
     scores = search.channel_scores
     ranking = ranking_from_lists(compute_ranking(search, scores), search.graph)
