@@ -30,6 +30,7 @@ TOLERANCE = 0.03  # a plan measured at most this far under the target (and not o
 FACTOR_RANGE = (0.2, 5.0)  # a ratio outside this says the timing went wrong, not the table
 SLOPE_RANGE = (0.5, 2.0)  # a line through the timed plans steeper or flatter than this is noise, not the table
 MIN_SPREAD = 0.1  # the line needs plans whose predictions differ by at least this share
+FLOOR_SHARE = 0.05  # a calibrated prediction never falls below this share of the table's (it stays positive)
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,11 @@ class Calibration:
     def from_dict(cls, d: dict) -> Calibration:
         return cls(float(d["scale"]), float(d.get("offset_ms") or 0.0), tuple(dict(s) for s in d.get("steps") or ()))
 
-    def text(self, target_ms: float) -> str:
-        """One line for a log: each timed plan and the calibration."""
+    def text(self, target_ms: float, setup: str) -> str:
+        """One line for a log: each timed plan and the calibration; `setup` says what timed them."""
         timed = "; ".join(f"predicted {s['predicted_ms']:.2f}, measured {s['measured_ms']:.2f} ms" for s in self.steps)
         return (f"latency model calibrated at {target_ms:g} ms by {len(self.steps)} end-to-end timing(s) of the "
-                f"plan at it ({timed}): predictions x {self.scale:.3f} {self.offset_ms:+.2f} ms")
-
-
-FLOOR_SHARE = 0.05  # a calibrated prediction never falls below this share of the table's (it stays positive)
+                f"plan at it in {setup} ({timed}): predictions x {self.scale:.3f} {self.offset_ms:+.2f} ms")
 
 
 def apply(calibration: tuple[float, float], raw_ms: float) -> float:
@@ -68,8 +66,8 @@ def apply(calibration: tuple[float, float], raw_ms: float) -> float:
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     """(scale, offset_ms) from the timed plans' (table prediction, measured) points: the least-squares line through
     them where at least two predictions differ by `MIN_SPREAD` and its slope is within `SLOPE_RANGE` (the table's
-    error near the target is then a slope and an offset: on the demo in OpenVINO at 640 the table over-predicted by
-    about 30 ms whatever the plan, docs/BENCHMARKS.md); else the geometric mean of measured over predicted, through 0
+    error near the target is then a slope and an offset: on the demo in OpenVINO at 640, lines of slope 1.1-1.6
+    through -32 to -54 ms, docs/BENCHMARKS.md); else the geometric mean of measured over predicted, through 0
     (one timing on a shared CPU is off by up to 30%, which a line through two close points would amplify)."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     if len(points) >= 2 and max(xs) >= (1 + MIN_SPREAD) * min(xs):

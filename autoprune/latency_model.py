@@ -160,8 +160,9 @@ class LatencyTable:
         self.overhead_ms: float | None = None
         self.scale = 1.0  # < 1 where the convs and attention cores alone sum to more than the model end to end
         self.median_ratio = 1.0  # the unpruned model's median over minimum latency (`build`; `predict` scales by it)
-        # measured over predicted end to end near a latency target (`latency_calibration.calibrate`; 1: not calibrated)
-        self.calibration = (1.0, 0.0)  # (scale, offset_ms)
+        # (scale, offset_ms) mapping predictions onto end-to-end timings near a latency target
+        # (`latency_calibration.calibrate`; (1, 0): not calibrated)
+        self.calibration = (1.0, 0.0)
 
     # -- the entries ---------------------------------------------------------------------------------------------
 
@@ -355,9 +356,9 @@ class LatencyTable:
     def predict(self, counts: dict | None = None, *, calibrated: bool = True) -> float:
         """The predicted median latency (ms) of the model keeping `counts` channels per group (with its depth plan
         and swaps), the statistic `cost.measure_latency` reports and a search's latency budget is checked on:
-        `predict_min` times `median_ratio`, calibrated unless `calibrated` is False (`latency_calibration.apply`). Microseconds;
-        deterministic; never falls when a count rises (a group swap that stops dividing the channels excepted: the
-        conv stays, as built)."""
+        `predict_min` times `median_ratio`, calibrated unless `calibrated` is False (`latency_calibration.apply`).
+        Microseconds; deterministic; never falls when a count rises (a group swap that stops dividing the channels
+        excepted: the conv stays, as built)."""
         raw = self.median_ratio * self.predict_min(counts)
         if not calibrated or self.calibration == (1.0, 0.0):
             return raw

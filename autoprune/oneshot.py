@@ -355,8 +355,8 @@ def _plan_within(model, graph, target: float, full: float, scores, s: OneShotSet
     return plan
 
 
-def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, depth: dict | None = None,
-                         orders: dict | None = None, swaps: dict | None = None, architecture=None):
+def _plan_within_latency(model, graph, imgsz: int, scores, s: OneShotSettings, depth: dict | None,
+                         orders: dict | None, swaps: dict | None, architecture):
     """(plan, latency summary): the largest plan of the strategy whose predicted latency, with the `depth` plan
     ({unit id: kept}, elements chosen by `orders`) and the `swaps` ({conv id: kind}) applied too, is at most the
     target (`strategies.plan_within` bisecting the widths on the latency model, `latency_model.LatencyTable`, the

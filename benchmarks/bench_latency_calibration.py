@@ -54,11 +54,14 @@ def main() -> int:
 
     if "target_ms" not in results:
         unpruned = measure_latency(base, imgsz=640, backend=args.backend, threads=args.threads, cache=False)
-        results.update(unpruned_ms=unpruned.median_ms, target_ms=round(args.share * unpruned.median_ms, 2))
+        results.update(unpruned_ms=unpruned.median_ms, target_ms=round(args.share * unpruned.median_ms, 2),
+                       setup=f"{unpruned.backend}, {unpruned.precision}, 640, batch {unpruned.batch}, "
+                             f"{unpruned.threads} thread(s), {unpruned.device_name}")
         save()
     target = results["target_ms"]
-    print(f"unpruned: {results['unpruned_ms']:.2f} ms ({args.backend}, 640, batch 1, {args.threads} thread(s)); "
-          f"target {target} ms ({args.share:.0%}); {load()}", flush=True)
+    setup = results.get("setup", f"{args.backend}, 640, batch 1, {args.threads} thread(s)")
+    print(f"unpruned: {results['unpruned_ms']:.2f} ms ({setup}); target {target} ms ({args.share:.0%}); {load()}",
+          flush=True)
 
     pruned_pt = out / "calibrated.pt"
     if "prune" not in results:

@@ -20,6 +20,15 @@ def add_device_argument(parser: argparse.ArgumentParser, what: str = "") -> None
     parser.add_argument("--device", default="auto", help=f"{what}{': ' if what else ''}{DEVICE_HELP}")
 
 
+def add_latency_calibration_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """`--latency-calibration N` (`autoprune.latency_calibration`), the same in search and prune."""
+    parser.add_argument("--latency-calibration", type=int, default=0, metavar="N",
+                        help=f"{what}end-to-end timings of the one-shot plan at the latency target that calibrate the "
+                             "latency model there (default 0: the table alone; measured on a shared CPU, closer to the "
+                             "target on average but over it in 2 of 4 runs: docs/BENCHMARKS.md, 'Calibrated at the "
+                             "target')")
+
+
 def add_imgsz_argument(parser: argparse.ArgumentParser, default: int = 640, what: str = "costs") -> None:
     parser.add_argument("--imgsz", type=int, default=default, help=f"image size for {what} (default {default})")
 

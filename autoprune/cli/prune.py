@@ -36,7 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from autoprune.cli._common import add_device_argument, add_imgsz_argument, add_model_argument
+from autoprune.cli._common import (add_device_argument, add_imgsz_argument, add_latency_calibration_argument,
+                                   add_model_argument)
 from autoprune.errors import UserError
 from autoprune.imgsz import check_imgsz
 from autoprune.oneshot import parse_gflops
@@ -62,10 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "latency model predicts it (autoprune.latency_model: per-layer latencies measured once, cached in "
         "runs/latency_lut.json); the pruned model is then timed end to end",
     )
-    parser.add_argument("--latency-calibration", type=int, default=0, metavar="N",
-                        help="with --target-latency-ms: " + "end-to-end timings of the one-shot plan at the latency target that calibrate the latency model's level "
-                             "there (default 0: the table alone; on a shared CPU one timing is off by up to 30%%, and "
-                             "no gain was measured, docs/BENCHMARKS.md 'Calibrated at the target')"),
+    add_latency_calibration_argument(parser, "with --target-latency-ms: ")
     parser.add_argument("--latency-backend", default="onnxruntime", metavar="BACKEND",
                         help="with --target-latency-ms: torch, onnxruntime (default), openvino (CPU) or tensorrt (CUDA)")
     parser.add_argument("--latency-batch", type=int, default=1, help="with --target-latency-ms: images per forward pass")
@@ -296,7 +294,7 @@ def _print(done, args: argparse.Namespace) -> None:
         print(f"latency: {latency['after_ms']:.2f} ms measured end to end for a target of {args.target_latency_ms:g} "
               f"ms (the unpruned model {latency['before_ms']:.2f} ms as the latency model measured it; "
               f"{latency['setup']['backend']}, {latency['setup']['precision']}, batch {latency['setup']['batch']}, "
-              f"{latency['setup']['threads']} thread(s)); planned by {how}")
+              f"{latency['setup']['threads']} thread(s), {latency['setup']['device_name']}); planned by {how}")
     for line in _data_lines(r["calibration"], r["val"], r.get("val_note"), args):
         print(line)
     print(f"saved {r['out']}")

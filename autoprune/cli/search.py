@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from autoprune.cli._common import add_device_argument, add_model_argument, add_run_arguments
+from autoprune.cli._common import (add_device_argument, add_latency_calibration_argument, add_model_argument,
+                                   add_run_arguments)
 from autoprune.errors import UserError
 
 
@@ -35,10 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "front and the recommended trial end to end. The model's ranking is not yet reliable "
                              "enough to be the default: Kendall tau 0.86-0.93 against measured latency, below 0.9 on "
                              "three of six model/runtime rows (docs/BENCHMARKS.md)")
-    parser.add_argument("--latency-calibration", type=int, default=0, metavar="N",
-                        help="end-to-end timings of the one-shot plan at the latency target that calibrate the latency model's level "
-                             "there (default 0: the table alone; on a shared CPU one timing is off by up to 30%%, and "
-                             "no gain was measured, docs/BENCHMARKS.md 'Calibrated at the target')")
+    add_latency_calibration_argument(parser)
     parser.add_argument("--budget-floor", type=float, default=0.8,
                         help="share of the GFLOPs budget under which a candidate is filled up toward the budget "
                              "before it is scored (default 0.8; 0 scores every candidate as proposed)")

@@ -28,10 +28,10 @@ def make_budget(search):
 def calibrate_latency(search, stored: dict):
     """The latency model's calibration (`latency_calibration`): the one a resumed study stored (none for a study made
     without one), else with `--latency-calibration N` measured now by timing the one-shot global plan at the latency
-    budget end to end N times (each re-planned with the factor so far), so that repair, fill, the uniform trial and
-    the one-shot plans aim at the budget as the runtime measures it, not where the table alone puts them; else None.
-    A budget the calibrated table says the space cannot reach is one `UserError`. `search.latency_table.calibration`
-    holds the factor."""
+    budget end to end N times (each re-planned with the calibration so far), so that repair, fill, the uniform trial
+    and the one-shot plans aim at the budget as the runtime measures it, not where the table alone puts them; else
+    None. A budget the calibrated table says the space cannot reach is one `UserError`.
+    `search.latency_table.calibration` holds the (scale, offset_ms) pair."""
     import autoprune.cost
     from autoprune.candidate import build, ranking_from_lists
     from autoprune.latency_calibration import Calibration, calibrate
@@ -59,7 +59,9 @@ def calibrate_latency(search, stored: dict):
                "end...")
     cal = calibrate(table, s.budget_latency_ms, lambda: search.space.counts(global_genome(search, scores)), measure,
                     steps=s.latency_calibration)
-    search.log(cal.text(s.budget_latency_ms))
+    search.log(cal.text(s.budget_latency_ms, f"{s.latency_backend}, {search.latency_precision}, batch "
+                                             f"{s.latency_batch}, {table.threads} thread(s), "
+                                             f"{table.setup()['device_name']}"))
     check_reachable(search, table, "predicted by the latency model calibrated by end-to-end timings")
     return cal
 

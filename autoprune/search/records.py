@@ -95,7 +95,7 @@ STUDY_BASE = "base"  # the unpruned model: {gflops, params, latency_ms}
 STUDY_RANKING = "ranking"  # {group id: [channel order per part]}: what every trial of the study slices
 STUDY_VERSION = "autoprune_version"
 STUDY_CONFIRM_PREFIX = "confirm:"  # "confirm:<trial>:<proxy seed>" -> mAP50-95 of the trial under that proxy seed
-# {factor, steps}: the latency model's calibration by end-to-end timings (`search.plan.calibrate_latency`)
+# {scale, offset_ms, steps}: the latency model's calibration by end-to-end timings (`search.plan.calibrate_latency`)
 STUDY_LATENCY_CALIBRATION = "latency_calibration"
 STUDY_LATENCY_MODEL = "latency_model"  # how candidates' latency was priced: measured or predicted (absent: measured)
 # "measured_latency:<trial>" -> {ms, spread_ms, load, under_load, setup}: a predicted trial timed end to end after

@@ -156,7 +156,8 @@ def check_settings(s: SearchSettings) -> None:
     check_backend(s.latency_backend)
     if s.latency_model not in LATENCY_MODELS:
         raise UserError(f"--latency-model must be one of {', '.join(LATENCY_MODELS)}, got {s.latency_model!r}")
-    if isinstance(s.latency_calibration, bool) or not isinstance(s.latency_calibration, int) or s.latency_calibration < 0:
+    calibration = s.latency_calibration
+    if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < 0:
         raise UserError(f"--latency-calibration must be 0 or a positive integer, got {s.latency_calibration}")
     if s.latency_calibration and s.budget_latency_ms is None:
         raise UserError("--latency-calibration calibrates the latency model at --budget-latency-ms: give one")

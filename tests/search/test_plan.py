@@ -283,7 +283,7 @@ def test_calibrate_scales_the_table_until_the_plan_at_the_target_measures_at_it(
     assert [s["measured_ms"] for s in cal.steps] == pytest.approx([18.0, 30.0])
     assert [s["scale"] for s in cal.steps] == pytest.approx([1.0, RUNTIME_SHARE])
     assert Calibration.from_dict(cal.to_dict()) == cal
-    assert "x 0.600 +0.00 ms" in cal.text(30.0)
+    assert "x 0.600 +0.00 ms" in cal.text(30.0, "onnxruntime, fp32, batch 1, 1 thread(s), cpu")
 
 
 def test_a_table_off_by_an_offset_is_calibrated_by_the_line_through_its_timed_plans():
