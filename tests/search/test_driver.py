@@ -334,10 +334,15 @@ def test_a_latency_budget_marks_exactly_the_trials_over_it(env, capsys, tmp_path
     """First a budget every model meets: no candidate is marked and every one reaches the proxy. Then the median of
     the latencies measured there, for a search of the same genomes: whichever side of it each new measurement lands
     on, however loaded the machine, a trial is marked exactly when it is over. (A budget below the smallest model the
-    space allows is one error line: tests/search/test_plan.py.)"""
+    space allows is one error line: tests/search/test_plan.py.)
+    That check is turned off here: it asks the latency model, whose predictions on a loaded machine (the suite runs
+    in parallel) can sit above every end-to-end timing of the first search (CI once refused a median of 24.9 ms
+    with the smallest model predicted at 29.2 ms), and this test is about the marks on measured latencies."""
+    import autoprune.search.plan
     from autoprune.proxy import ProxyEvaluator
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(autoprune.search.plan, "check_reachable", lambda *a, **k: None)
     scored = []
     real = ProxyEvaluator.evaluate
     monkeypatch.setattr(ProxyEvaluator, "evaluate", lambda self, m, **kw: scored.append(1) or real(self, m, **kw))
