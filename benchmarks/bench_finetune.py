@@ -12,7 +12,14 @@ and validated by Ultralytics on the whole val split. Configurations:
   fitted lr, 3 warm-up epochs capped at epochs - 1, linear decay to lrf 0.01);
 - schedule: `finetune.short_schedule(epochs)` (warm-up scaled to the finetune's length, cosine decay);
 - features: today's schedule plus channel-matched feature distillation on the Detect inputs (weight 1);
-- schedule+features: both.
+- schedule+features: both;
+- mosaic: today's schedule with mosaic on for the first half of the finetune (`close_mosaic` epochs // 2; with
+  Ultralytics' default of 10, any finetune of 10 epochs or fewer runs without mosaic from its first epoch, while
+  the baseline trained with it for 90 of its 100 epochs);
+- lr2: today's schedule at twice the learning rate `optimizer=auto` fits (AdamW, lr0 2 x 0.002 * 5 / (4 + nc),
+  momentum 0.9 as auto sets it);
+- steps2: `apply --steps 2`: pruned to halfway (every group loses half of what it loses in all), finetuned for
+  epochs // 2, pruned on to the plan by the same ranking, finetuned for the rest (today's schedule in each).
 
 Results (best.pt's mAP, the per-epoch validation curve, wall time) are cached per configuration and seed in
 runs/bench_finetune/NAME/results.json, so an interrupted run continues. Prints a table with the paired difference
@@ -30,7 +37,7 @@ from pathlib import Path
 
 from _common import header, load, plan_within, results_cache
 
-CONFIGS = ("today", "schedule", "schedule+features", "features")
+CONFIGS = ("today", "schedule", "schedule+features", "features", "mosaic", "lr2", "steps2")
 
 
 def main() -> int:
@@ -43,8 +50,13 @@ def main() -> int:
     parser.add_argument("--share", type=float, default=0.5)
     parser.add_argument("--feature-weight", type=float, default=1.0)
     parser.add_argument("--name", default="e3")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     header()
     out = Path("runs/bench_finetune") / args.name
     results, save = results_cache(out)
@@ -92,11 +104,15 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
             key = f"{config}#s{seed}"
             if key in results:
                 continue
-            extra, feature = {}, {}
+            extra, feature, schedule = {}, {}, None
             if config.startswith("schedule"):
                 from autoprune.finetune import short_schedule
 
-                extra = short_schedule(args.epochs).overrides()
+                schedule = short_schedule(args.epochs)
+            elif config == "mosaic":
+                extra = {"close_mosaic": args.epochs // 2}
+            elif config == "lr2":
+                extra = {"optimizer": "AdamW", "lr0": 2 * round(0.002 * 5 / (4 + data.nc), 6), "momentum": 0.9}
             if "features" in config:
                 feature = {"feature_weight": args.feature_weight}
             t0 = time.perf_counter()
@@ -106,20 +122,52 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
                 from autoprune.distill import FeatureMatch
 
                 match = FeatureMatch.build(base, graph, indices, distill.feature_levels)
-            ft = finetune(copy.deepcopy(pruned), data, save_dir=out / key.replace("#", "-"), teacher=base,
-                          distill=distill, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-                          device="cpu", seed=seed, verbose=False, label=config,
-                          **({"schedule": short_schedule(args.epochs)} if extra else {}),
-                          **({"features": match} if match is not None else {}))
+            save_dir = out / key.replace("#", "-")
+            if config == "steps2":
+                curve, ft = steps2(base, graph, plan.counts, ranking, data, save_dir, distill, args, seed)
+            else:
+                ft = finetune(copy.deepcopy(pruned), data, save_dir=save_dir, teacher=base, distill=distill,
+                              epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu", seed=seed,
+                              verbose=False, label=config, extra=extra or None,
+                              **({"schedule": schedule} if schedule is not None else {}),
+                              **({"features": match} if match is not None else {}))
+                curve = epoch_maps(ft.save_dir)
             v = validate_checkpoint(ft.best, data, imgsz=args.imgsz, device="cpu")
-            with open(ft.save_dir / "results.csv") as f:
-                curve = [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f, skipinitialspace=True)]
             results[key] = {"config": config, "seed": seed, "map50_95": v["map50_95"], "map50": v["map50"],
                             "curve": curve, "minutes": round((time.perf_counter() - t0) / 60, 2),
-                            "schedule": extra, "distill": distill.as_dict(), "threads": torch.get_num_threads()}
+                            "schedule": schedule.overrides() if schedule is not None else {},
+                            "extra": extra, "distill": distill.as_dict(), "threads": torch.get_num_threads()}
             save()
             print(f"  {key}: mAP50-95 {v['map50_95']:.4f} (curve {curve}); {results[key]['minutes']} min; {load()}",
                   flush=True)
+
+
+def epoch_maps(save_dir: Path) -> list[float]:
+    """The trainer's validation mAP50-95 after every epoch (results.csv)."""
+    with open(save_dir / "results.csv") as f:
+        return [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f, skipinitialspace=True)]
+
+
+def steps2(base, graph, counts, ranking, data, save_dir: Path, distill, args, seed: int):
+    """`apply --steps 2` on the plan: (the mAP curve over both finetunes, the last finetune's result)."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from autoprune.apply import prune_further, step_counts
+    from autoprune.finetune import finetune
+    from autoprune.pruner import select_indices
+
+    sizes = {g: graph.group(g).size for g in counts}
+    per = [args.epochs // 2, args.epochs - args.epochs // 2]
+    curve, ft, kept_now = [], None, {}
+    for k, (c, e) in enumerate(zip(step_counts(sizes, counts, 2), per)):
+        before = base if k == 0 else load_checkpoint(ft.best)[0].float()
+        student = prune_further(before, kept_now, c, ranking, imgsz=640)
+        kept_now = select_indices(graph, c, ranking)
+        ft = finetune(student, data, save_dir=save_dir / f"step{k + 1}", teacher=base, distill=distill, epochs=e,
+                      imgsz=args.imgsz, batch=args.batch, device="cpu", seed=seed, verbose=False,
+                      label=f"steps2 step {k + 1}")
+        curve += epoch_maps(ft.save_dir)
+    return curve, ft
 
 
 def table(results: dict) -> None:
