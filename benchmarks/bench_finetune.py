@@ -16,8 +16,8 @@ and validated by Ultralytics on the whole val split. Configurations:
 - mosaic: today's schedule with mosaic on for the first half of the finetune (`close_mosaic` epochs // 2; with
   Ultralytics' default of 10, any finetune of 10 epochs or fewer runs without mosaic from its first epoch, while
   the baseline trained with it for 90 of its 100 epochs);
-- lr2: today's schedule at twice the learning rate `optimizer=auto` fits (AdamW, lr0 2 x 0.002 * 5 / (4 + nc),
-  momentum 0.9 as auto sets it);
+- lr2, lr4, ... (lrK): today's schedule at K times the learning rate `optimizer=auto` fits (AdamW, lr0 K x 0.002 *
+  5 / (4 + nc), momentum 0.9 as auto sets it);
 - steps2: `apply --steps 2`: pruned to halfway (every group loses half of what it loses in all), finetuned for
   epochs // 2, pruned on to the plan by the same ranking, finetuned for the rest (today's schedule in each).
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from pathlib import Path
 from _common import header, load, plan_within, results_cache
 
 CONFIGS = ("today", "schedule", "schedule+features", "features", "mosaic", "lr2", "steps2")
+LR_CONFIG = re.compile(r"lr(\d+(?:\.\d+)?)")  # lrK: K times auto's learning rate
 
 
 def main() -> int:
@@ -62,7 +64,7 @@ def main() -> int:
     results, save = results_cache(out)
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
-        if c not in CONFIGS:
+        if c not in CONFIGS and not LR_CONFIG.fullmatch(c):
             raise SystemExit(f"error: unknown config {c!r}; one of {CONFIGS}")
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.table_only:
@@ -111,8 +113,9 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
                 schedule = short_schedule(args.epochs)
             elif config == "mosaic":
                 extra = {"close_mosaic": args.epochs // 2}
-            elif config == "lr2":
-                extra = {"optimizer": "AdamW", "lr0": 2 * round(0.002 * 5 / (4 + data.nc), 6), "momentum": 0.9}
+            elif LR_CONFIG.fullmatch(config):
+                k = float(LR_CONFIG.fullmatch(config).group(1))
+                extra = {"optimizer": "AdamW", "lr0": k * round(0.002 * 5 / (4 + data.nc), 6), "momentum": 0.9}
             if "features" in config:
                 feature = {"feature_weight": args.feature_weight}
             t0 = time.perf_counter()
@@ -176,7 +179,7 @@ def table(results: dict) -> None:
         by.setdefault(r["config"], {})[r["seed"]] = r
     print("\n| configuration | mAP50-95, mean ± sd (per seed) | paired difference to today | minutes per run |")
     print("|---|---|---|---|")
-    for config in CONFIGS:
+    for config in [*CONFIGS, *sorted(c for c in by if c not in CONFIGS)]:
         rows = by.get(config)
         if not rows:
             continue
