@@ -122,9 +122,10 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
                       log: Callable = print, schedule: Mapping | None = None, steps: int = 1) -> dict:
     """Apply trial `number` of `study` (see the module doc); returns what report.json holds.
 
-    `schedule` ({name: "short" or "ultralytics", lr0, lrf, warmup_epochs}, values None for the defaults) is the
-    finetune's optimizer schedule (`finetune.short_schedule`, picked from the epochs of each finetune; "ultralytics":
-    Ultralytics' defaults). `steps` K > 1 prunes in K steps from the unpruned model to the trial's channel counts,
+    `schedule` ({name: "short" or "ultralytics", lr0, lrf, warmup_epochs, lr_scale}, values None for the defaults)
+    is the finetune's optimizer schedule (`finetune.short_schedule`, picked from the epochs of each finetune;
+    "ultralytics": Ultralytics' defaults); `lr_scale` multiplies the starting learning rate Ultralytics fits (the
+    short schedule's default lr0 alike). `steps` K > 1 prunes in K steps from the unpruned model to the trial's channel counts,
     finetuning after each (`--epochs` shared among them, the rest to the last); `distill.feature_weight` > 0 adds
     the channel-matched feature distillation (`distill.FeatureMatch`) at every step.
 
@@ -223,6 +224,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
 
 
 DEFAULT_SCHEDULE = "ultralytics"  # the finetune schedule apply uses unless told (see docs/BENCHMARKS.md)
+DEFAULT_LR_SCALE = 1.0  # x the starting learning rate Ultralytics fits (docs/BENCHMARKS.md, issue 21)
 
 
 @dataclass
@@ -236,10 +238,12 @@ class FinetuneStep:
     schedule: object | None = None  # finetune.FinetuneSchedule, None: Ultralytics' defaults
     features: object | None = None  # distill.FeatureMatch
     ranking: dict | None = None  # the teacher's channel order the steps prune by
+    lr_scale: float = 1.0  # x the rate Ultralytics' schedule starts at (the short schedule's lr0 holds its own)
 
     def as_dict(self) -> dict:
         return {"epochs": self.epochs, "kept_channels": dict(self.counts),
-                "schedule": self.schedule.as_dict() if self.schedule is not None else dict(ULTRALYTICS_SCHEDULE),
+                "schedule": self.schedule.as_dict() if self.schedule is not None
+                else {**ULTRALYTICS_SCHEDULE, "lr_scale": self.lr_scale},
                 "features": self.features.as_dict() if self.features is not None else None}
 
 
@@ -267,12 +271,17 @@ def finetune_plan(teacher, record: TrialRecord, counts: Mapping[str, int], *, im
 
     schedule = dict(schedule or {})
     name = schedule.pop("name", None) or DEFAULT_SCHEDULE
+    lr_scale = check_lr_scale(schedule.pop("lr_scale", None), schedule.get("lr0"))
     given = {k: v for k, v in schedule.items() if v is not None}
     if name not in ("short", "ultralytics"):
         raise UserError(f"--schedule must be short or ultralytics, got {name!r}")
     if name == "ultralytics" and given:
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} set the short schedule; they do "
                         "not combine with --schedule ultralytics")
+    if name == "short" and lr_scale != 1.0:
+        from autoprune.schedule import ultralytics_adamw_lr
+
+        given["lr0"] = ultralytics_adamw_lr(nc) * lr_scale
     from autoprune.depth import split_counts
     from autoprune.swap import split_counts as split_swaps
 
@@ -310,8 +319,22 @@ def finetune_plan(teacher, record: TrialRecord, counts: Mapping[str, int], *, im
             match = FeatureMatch.build(teacher, graph, kept, distill.feature_levels)
         plan.append(FinetuneStep(counts=c, kept=kept, epochs=e,
                                  schedule=short_schedule(e, nc=nc, **given) if name == "short" else None,
-                                 features=match, ranking=ranking))
+                                 features=match, ranking=ranking,
+                                 lr_scale=1.0 if name == "short" else lr_scale))
     return plan
+
+
+def check_lr_scale(lr_scale, lr0) -> float:
+    """`--lr-scale` as a float (`DEFAULT_LR_SCALE` when None); one `UserError` for a value that is not a number > 0,
+    or one given with `--lr0` (the scale multiplies the rate Ultralytics fits; --lr0 sets the rate itself)."""
+    if lr_scale is None:
+        return DEFAULT_LR_SCALE
+    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not math.isfinite(lr_scale) or (
+            lr_scale <= 0):
+        raise UserError(f"--lr-scale must be a number > 0, got {lr_scale!r}")
+    if lr0 is not None:
+        raise UserError("--lr-scale multiplies the learning rate Ultralytics fits and --lr0 sets one: give one of them")
+    return float(lr_scale)
 
 
 def prune_further(model, kept_now: Mapping, counts: Mapping[str, int], ranking: Mapping, *, imgsz: int):
@@ -430,6 +453,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
                           imgsz=imgsz, batch=batch, device=device if train_device is None else train_device,
                           amp=amp, workers=workers, seed=seed,
                           verbose=verbose, label=str(run_dir / "pruned.pt"), schedule=step.schedule,
+                          lr_scale=step.lr_scale,
                           features=step.features if distill else None)
         curve += epoch_curve(ft.save_dir, step=k + 1, first_epoch=len(curve) + 1, task=loaded.task)
         steps_done.append({**step.as_dict(), "seconds": round(ft.seconds, 1), "schedule_used": ft.schedule,
@@ -508,7 +532,7 @@ def export_onnx(checkpoint: Path, *, imgsz: int, verbose: bool) -> str:
     return str(path)
 
 
-__all__ = ["DEFAULT_SCHEDULE", "EXPORT_FORMATS", "FinetuneStep", "apply_study_trial", "apply_trial",
+__all__ = ["DEFAULT_LR_SCALE", "DEFAULT_SCHEDULE", "EXPORT_FORMATS", "FinetuneStep", "apply_study_trial", "apply_trial",
            "export_onnx", "finetune_plan", "format_numbers", "prune_further",
            "step_counts",
            "rebuild", "resolve_trial", "search_calibration_batches", "study_latency"]

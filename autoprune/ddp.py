@@ -40,7 +40,7 @@ class WorkerState:
         teacher: the file of the teacher, or None (no distillation).
         summary: where rank 0 writes the summary.
         data: the `autoprune.data.DataConfig` to train on.
-        distill, schedule, features: as `finetune` takes them.
+        distill, schedule, features, lr_scale: as `finetune` takes them.
     """
 
     student: str
@@ -50,6 +50,7 @@ class WorkerState:
     distill: DistillSettings | None = None
     schedule: FinetuneSchedule | None = None
     features: FeatureMatch | None = None
+    lr_scale: float = 1.0
 
     @classmethod
     def write(cls, folder: Path, student: nn.Module, teacher: nn.Module | None, **settings) -> "WorkerState":

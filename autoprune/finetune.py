@@ -214,7 +214,8 @@ def _trainer_class(task: str = "detect"):
 
         def __init__(self, student: nn.Module | None = None, *, data=None, teacher: nn.Module | None = None,
                      distill: DistillSettings | None = None, overrides: dict | None = None, _callbacks=None,
-                     schedule: FinetuneSchedule | None = None, features: FeatureMatch | None = None, cfg=None):
+                     schedule: FinetuneSchedule | None = None, features: FeatureMatch | None = None, cfg=None,
+                     lr_scale: float = 1.0):
             from ultralytics.utils import DEFAULT_CFG
 
             if student is None:  # a DDP worker
@@ -223,10 +224,12 @@ def _trainer_class(task: str = "detect"):
                     raise TypeError("PrunedModelTrainer trains the model it is handed (or a worker_state's file)")
                 student, teacher = state.load_models()
                 data, distill, schedule, features = state.data, state.distill, state.schedule, state.features
+                lr_scale = state.lr_scale
             self._student = student
             self._teacher = teacher
             self._distill = distill if teacher is not None else None
             self._schedule = schedule
+            self._lr_scale = float(lr_scale)
             self._features = features if self._distill is not None else None
             self._data_config = data
             self.projector: FeatureProjector | None = None
@@ -259,6 +262,10 @@ def _trainer_class(task: str = "detect"):
             from ultralytics.utils.torch_utils import unwrap_model
 
             optimizer = super().build_optimizer(model, *args, **kwargs)
+            if self._lr_scale != 1.0:  # x the rate Ultralytics chose (optimizer=auto's fit) or was given
+                for g in optimizer.param_groups:
+                    g["lr"] *= self._lr_scale  # before the scheduler reads it as each group's initial_lr
+                self.args.lr0 = self.args.lr0 * self._lr_scale  # the summary reports the rate used
             if self._distill is not None and self._distill.neck_weight > 0:
                 student = unwrap_model(model)  # the module inside DDP's wrapper
                 device = next(student.parameters()).device
@@ -386,6 +393,7 @@ def finetune_trainer(
     features: FeatureMatch | None = None,
     task: str = "detect",
     workdir: Path | None = None,
+    lr_scale: float = 1.0,
 ):
     """The Ultralytics trainer `finetune` trains `model` with, built and not yet trained (the arguments are
     `finetune`'s).
@@ -421,11 +429,11 @@ def finetune_trainer(
         distilled = teacher is not None and distill is not None
         state = WorkerState.write(Path(workdir), model, teacher if distilled else None, data=data,
                                   distill=distill if distilled else None, schedule=schedule,
-                                  features=features if distilled else None)
+                                  features=features if distilled else None, lr_scale=lr_scale)
         Trainer = type(Trainer.__name__, (Trainer,), {"worker_state": state, "__module__": Trainer.__module__,
                                                        "__qualname__": Trainer.__qualname__})
     return Trainer(model, data=data, teacher=teacher, distill=distill, overrides=overrides, schedule=schedule,
-                   features=features)
+                   features=features, lr_scale=lr_scale)
 
 
 def finetune(
@@ -448,6 +456,7 @@ def finetune(
     schedule: FinetuneSchedule | None = None,
     features: FeatureMatch | None = None,
     task: str = "detect",
+    lr_scale: float = 1.0,
 ) -> FinetuneResult:
     """Finetune `model` (the object itself) on `data` with Ultralytics' trainer; distil from `teacher` if given.
 
@@ -457,7 +466,8 @@ def finetune(
     one optimizer step per batch, which a short finetune on a small dataset needs. Ultralytics' own progress display
     shows when `verbose`. Nothing is downloaded. `label` is what the trainer records as its `model` argument (it
     never loads it); `extra` overrides any other trainer argument. `schedule` (`short_schedule`) sets the optimizer,
-    learning rate and warm-up; without it, Ultralytics' defaults apply. `features` (`distill.FeatureMatch`) adds
+    learning rate and warm-up; without it, Ultralytics' defaults apply. `lr_scale` multiplies the starting learning
+    rate the trainer ends up with (`optimizer=auto`'s fit, or the schedule's lr0) before anything trains. `features` (`distill.FeatureMatch`) adds
     channel-matched feature distillation at its levels (with a `teacher` and `distill` settings only). `task` picks
     Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates by mask mAP too, a pose
     model on its keypoints, an OBB model on its rotated boxes).
@@ -477,7 +487,7 @@ def finetune(
         trainer = finetune_trainer(model, data, save_dir=save_dir, teacher=teacher, distill=distill, epochs=epochs,
                                    imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
                                    verbose=verbose, label=label, extra=extra, schedule=schedule, features=features,
-                                   task=task, workdir=workdir)
+                                   task=task, workdir=workdir, lr_scale=lr_scale)
         try:
             trainer.train()
         except ValueError as e:  # Ultralytics' refusal of a last batch of one image at a tiny size (BatchNorm)
@@ -503,7 +513,7 @@ def finetune(
             "lr0": float(a["lr0"]), "lrf": float(a["lrf"]), "cos_lr": bool(a["cos_lr"]),
             "warmup_epochs": float(a["warmup_epochs"]) if schedule is not None
             else float(min(a["warmup_epochs"], max(epochs - 1, 0))),
-            "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
+            "lr_scale": float(lr_scale), "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
     best = trainer.best if trainer.best.exists() else trainer.last
     return FinetuneResult(
         best=Path(best), last=Path(trainer.last), save_dir=Path(trainer.save_dir),

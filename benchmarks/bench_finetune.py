@@ -18,6 +18,8 @@ and validated by Ultralytics on the whole val split. Configurations:
   the baseline trained with it for 90 of its 100 epochs);
 - lr2, lr4, ... (lrK): today's schedule at K times the learning rate `optimizer=auto` fits (AdamW, lr0 K x 0.002 *
   5 / (4 + nc), momentum 0.9 as auto sets it);
+- scaleK (scale2, ...): `apply --lr-scale K` as built (`finetune(lr_scale=K)`): the rate optimizer=auto picks,
+  x K, inside the trainer (so auto's bias warm-up from 0 stays, where lrK warms the biases up from 0.1);
 - steps2: `apply --steps 2`: pruned to halfway (every group loses half of what it loses in all), finetuned for
   epochs // 2, pruned on to the plan by the same ranking, finetuned for the rest (today's schedule in each).
 
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import statistics
 import time
@@ -40,6 +41,7 @@ from _common import header, load, plan_within, results_cache
 
 CONFIGS = ("today", "schedule", "schedule+features", "features", "mosaic", "lr2", "steps2")
 LR_CONFIG = re.compile(r"lr(\d+(?:\.\d+)?)")  # lrK: K times auto's learning rate
+SCALE_CONFIG = re.compile(r"scale(\d+(?:\.\d+)?)")  # scaleK: apply --lr-scale K
 
 
 def main() -> int:
@@ -64,7 +66,7 @@ def main() -> int:
     results, save = results_cache(out)
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
-        if c not in CONFIGS and not LR_CONFIG.fullmatch(c):
+        if c not in CONFIGS and not LR_CONFIG.fullmatch(c) and not SCALE_CONFIG.fullmatch(c):
             raise SystemExit(f"error: unknown config {c!r}; one of {CONFIGS}")
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.table_only:
@@ -107,6 +109,7 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
             if key in results:
                 continue
             extra, feature, schedule = {}, {}, None
+            scale = float(SCALE_CONFIG.fullmatch(config).group(1)) if SCALE_CONFIG.fullmatch(config) else 1.0
             if config.startswith("schedule"):
                 from autoprune.finetune import short_schedule
 
@@ -131,7 +134,7 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
             else:
                 ft = finetune(copy.deepcopy(pruned), data, save_dir=save_dir, teacher=base, distill=distill,
                               epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu", seed=seed,
-                              verbose=False, label=config, extra=extra or None,
+                              verbose=False, label=config, extra=extra or None, lr_scale=scale,
                               **({"schedule": schedule} if schedule is not None else {}),
                               **({"features": match} if match is not None else {}))
                 curve = epoch_maps(ft.save_dir)

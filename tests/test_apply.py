@@ -438,6 +438,9 @@ def test_plot_curve_has_one_point_per_epoch(tmp_path):
     (("--kd-features", "1", "--kd-levels", "11"), "layer 11 (Concat) is not the output of one conv"),
     (("--kd-levels", "15"), "--kd-features W"),
     (("--lr0", "0"), "--lr0 must be a number > 0"),
+    (("--lr-scale", "0"), "--lr-scale must be a number > 0"),
+    (("--lr-scale", "nan"), "--lr-scale must be a number > 0"),
+    (("--lr-scale", "2", "--lr0", "0.001"), "--lr-scale multiplies the learning rate Ultralytics fits and --lr0"),
     (("--warmup-epochs", "3"), "--warmup-epochs must be a number from 0 to --epochs (1)"),
     (("--schedule", "ultralytics", "--lrf", "0.1"), "--lrf set the short schedule"),
 ])
@@ -482,3 +485,30 @@ def test_apply_steps_prunes_step_by_step_to_the_trials_model(env, monkeypatch, c
     assert count_gflops(ckpt["model"].float(), IMGSZ) == env["gflops"]  # the trial's architecture
     assert yaml.safe_load((run_dir / "args.yaml").read_text())["steps"] == 2
     assert _sha(env["model"]) == env["model_sha"]
+
+
+@pytest.mark.parametrize("schedule", ["ultralytics", "short"])
+def test_lr_scale_multiplies_the_fitted_rate_in_either_schedule(schedule):
+    """--lr-scale K: Ultralytics' schedule finetunes at K x the rate its optimizer=auto picks (the trainer scales it,
+    tests/test_finetune.py) and records K; the short schedule starts at K x the same fit; 1 by default."""
+    from autoprune.apply import DEFAULT_LR_SCALE, finetune_plan
+    from autoprune.schedule import ultralytics_adamw_lr
+
+    teacher = _tiny_model(0)
+    record = R.TrialRecord(number=3, state="COMPLETE", map50_95=None, map50=None, gflops=None, latency_ms=None,
+                           params=None, feasible=True, kind="search", reason=None)
+
+    def plan(**given):
+        return finetune_plan(teacher, record, {}, imgsz=64, stored_ranking=None, epochs=4, steps=1, nc=2,
+                             schedule={"name": schedule, **given}, distill=None)
+
+    [scaled], [plain] = plan(lr_scale=2.5), plan()
+    assert DEFAULT_LR_SCALE == 1.0
+    if schedule == "short":
+        assert scaled.schedule.lr0 == pytest.approx(2.5 * ultralytics_adamw_lr(2)) and scaled.lr_scale == 1.0
+        assert plain.schedule.lr0 == ultralytics_adamw_lr(2) and scaled.as_dict()["schedule"]["lr0"] == scaled.schedule.lr0
+    else:
+        assert scaled.schedule is None and scaled.lr_scale == 2.5 and scaled.as_dict()["schedule"]["lr_scale"] == 2.5
+        assert plain.lr_scale == 1.0 and plain.as_dict()["schedule"]["optimizer"] == "auto"
+    with pytest.raises(UserError, match="--lr-scale must be a number > 0"):
+        plan(lr_scale=-1.0)

@@ -188,7 +188,8 @@ def test_short_schedule_values_are_checked(kw, flag):
 
 def test_finetune_with_the_short_schedule_and_feature_distillation(tmp_path, tiny_data):
     """The schedule reaches the trainer (a warm-up of the whole single epoch: Ultralytics would cap it at
-    epochs - 1 = 0 and end the epoch at lr0), the feature term is trained and its hooks leave the student."""
+    epochs - 1 = 0 and end the epoch at lr0) with its rate x `lr_scale`, the feature term is trained and its hooks
+    leave the student."""
     import csv
 
     from autoprune.candidate import rank
@@ -206,13 +207,14 @@ def test_finetune_with_the_short_schedule_and_feature_distillation(tmp_path, tin
     schedule = short_schedule(1, nc=2, warmup_epochs=1.0)
     r = finetune(student, load_data_config(tiny_data), save_dir=tmp_path / "train", teacher=teacher,
                  distill=settings, features=match, schedule=schedule, epochs=1, imgsz=64, batch=4, device="cpu",
-                 verbose=False)
+                 verbose=False, lr_scale=3.0)
     assert r.loss_names[-2:] == ("kd_loss", "kd_feat")
-    assert r.schedule == {"name": "short", "optimizer": "AdamW", "lr0": schedule.lr0, "lrf": 0.01, "cos_lr": True,
-                          "warmup_epochs": 1.0, "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
+    assert r.schedule == {"name": "short", "optimizer": "AdamW", "lr0": pytest.approx(3 * schedule.lr0), "lrf": 0.01,
+                          "cos_lr": True, "warmup_epochs": 1.0, "lr_scale": 3.0,
+                          "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
     with open(r.save_dir / "results.csv") as f:
         row = next(csv.DictReader(f, skipinitialspace=True))
-    assert float(row["lr/pg1"]) == pytest.approx(schedule.lr0 / 2, rel=1e-3)  # 1 of 2 warm-up batches done
+    assert float(row["lr/pg1"]) == pytest.approx(3 * schedule.lr0 / 2, rel=1e-3)  # 1 of 2 warm-up batches done
     assert all(not m._forward_hooks for m in student.modules())
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoprune.apply import EXPORT_FORMATS
+from autoprune.apply import EXPORT_FORMATS, check_lr_scale
 from autoprune.cli._common import add_deprecated_out, add_run_arguments, add_study_argument
 from autoprune.cli.trials import default_study
 from autoprune.errors import UserError
@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                 "(default: Ultralytics' AdamW fit to the classes)")
     parser.add_argument("--lrf", type=float, default=None,
                         help="final learning rate of the short schedule, as a share of --lr0 (default 0.01)")
+    parser.add_argument("--lr-scale", type=float, default=None, metavar="K",
+                        help="multiply the starting learning rate Ultralytics fits to the classes by K, in either "
+                             "schedule (default 1; measured in docs/BENCHMARKS.md, issue 21)")
     parser.add_argument("--warmup-epochs", type=float, default=None,
                         help="warm-up of the short schedule in epochs (default: a tenth of --epochs, 0.1 to 3)")
     parser.add_argument("--steps", type=int, default=1, metavar="K",
@@ -122,10 +125,11 @@ def run(args: argparse.Namespace) -> dict:
                               levels) if args.distill else None
     tuned = {"lr0": args.lr0, "lrf": args.lrf, "warmup_epochs": args.warmup_epochs}
     schedule = {"name": args.schedule or ("short" if any(v is not None for v in tuned.values()) else None),
-                **tuned}
+                **tuned, "lr_scale": args.lr_scale}
     given = [f"--{k.replace('_', '-')}" for k, v in tuned.items() if v is not None]
     if args.schedule == "ultralytics" and given:
         raise UserError(f"{', '.join(given)} set the short schedule; they do not combine with --schedule ultralytics")
+    check_lr_scale(args.lr_scale, args.lr0)
     if given:  # the values alone, checked before the model loads (each step's schedule is checked again)
         from autoprune.finetune import short_schedule
 
