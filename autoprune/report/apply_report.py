@@ -123,7 +123,9 @@ def format_report(r: dict) -> str:
         lines.append(f"- {proxy}")
     sched = t.get("schedule") or {}
     if sched:
-        lines.append(f"- schedule: {sched.get('name')} ({sched.get('optimizer')}, lr0 {sched.get('lr0'):g}, "
+        scale = sched.get("lr_scale") or 1.0
+        lines.append(f"- schedule: {sched.get('name')} ({sched.get('optimizer')}, lr0 {sched.get('lr0'):g}"
+                     + (f" ({scale:g} x the fitted rate, --lr-scale)" if scale != 1.0 else "") + ", "
                      f"{'cosine' if sched.get('cos_lr') else 'linear'} decay to lrf {sched.get('lrf'):g}, warm-up "
                      f"{sched.get('warmup_epochs'):g} epochs, {sched.get('ema')})"
                      + (f"; pruned in {len(t['steps'])} steps, finetuned after each "
