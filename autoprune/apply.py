@@ -125,9 +125,9 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     `schedule` ({name: "short" or "ultralytics", lr0, lrf, warmup_epochs, lr_scale}, values None for the defaults)
     is the finetune's optimizer schedule (`finetune.short_schedule`, picked from the epochs of each finetune;
     "ultralytics": Ultralytics' defaults); `lr_scale` multiplies the starting learning rate Ultralytics fits (the
-    short schedule's default lr0 alike). `steps` K > 1 prunes in K steps from the unpruned model to the trial's channel counts,
-    finetuning after each (`--epochs` shared among them, the rest to the last); `distill.feature_weight` > 0 adds
-    the channel-matched feature distillation (`distill.FeatureMatch`) at every step.
+    short schedule's default lr0 alike). `steps` K > 1 prunes in K steps from the unpruned model to the trial's
+    channel counts, finetuning after each (`--epochs` shared among them, the rest to the last);
+    `distill.feature_weight` > 0 adds the channel-matched feature distillation (`distill.FeatureMatch`) at every step.
 
     Everything a user can get wrong (the trial, the run name, the model's fingerprint, the data's classes) is
     checked before anything is created or trained. `model` and `data` default to the study's; `imgsz` (finetune

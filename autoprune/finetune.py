@@ -467,10 +467,10 @@ def finetune(
     shows when `verbose`. Nothing is downloaded. `label` is what the trainer records as its `model` argument (it
     never loads it); `extra` overrides any other trainer argument. `schedule` (`short_schedule`) sets the optimizer,
     learning rate and warm-up; without it, Ultralytics' defaults apply. `lr_scale` multiplies the starting learning
-    rate the trainer ends up with (`optimizer=auto`'s fit, or the schedule's lr0) before anything trains. `features` (`distill.FeatureMatch`) adds
-    channel-matched feature distillation at its levels (with a `teacher` and `distill` settings only). `task` picks
-    Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates by mask mAP too, a pose
-    model on its keypoints, an OBB model on its rotated boxes).
+    rate the trainer ends up with (`optimizer=auto`'s fit, or the schedule's lr0) before anything trains. `features`
+    (`distill.FeatureMatch`) adds channel-matched feature distillation at its levels (with a `teacher` and `distill`
+    settings only). `task` picks Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates
+    by mask mAP too, a pose model on its keypoints, an OBB model on its rotated boxes).
 
     A `device` naming several GPUs ("0,1") trains with Ultralytics' DDP (`finetune_trainer`): `batch` must be a
     multiple of the GPU count and cloudpickle installed (`check_multi_gpu`); the workers train copies of `model`

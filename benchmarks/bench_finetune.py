@@ -31,7 +31,6 @@ to `today` over the seeds both have. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import statistics
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from _common import header, load, plan_within, results_cache
 
-CONFIGS = ("today", "schedule", "schedule+features", "features", "mosaic", "lr2", "steps2")
+CONFIGS = ("today", "schedule", "schedule+features", "features", "mosaic", "steps2")  # and lrK, scaleK
 LR_CONFIG = re.compile(r"lr(\d+(?:\.\d+)?)")  # lrK: K times auto's learning rate
 SCALE_CONFIG = re.compile(r"scale(\d+(?:\.\d+)?)")  # scaleK: apply --lr-scale K
 
@@ -88,6 +87,7 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
     from autoprune.models import load_model
     from autoprune.pruner import channel_scores, select_indices
     from autoprune.proxy import ProxySettings
+    from autoprune.schedule import ultralytics_adamw_lr
 
     loaded = load_model(None)
     data = load_data_config(None)
@@ -118,7 +118,7 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
                 extra = {"close_mosaic": args.epochs // 2}
             elif LR_CONFIG.fullmatch(config):
                 k = float(LR_CONFIG.fullmatch(config).group(1))
-                extra = {"optimizer": "AdamW", "lr0": k * round(0.002 * 5 / (4 + data.nc), 6), "momentum": 0.9}
+                extra = {"optimizer": "AdamW", "lr0": k * ultralytics_adamw_lr(data.nc), "momentum": 0.9}
             if "features" in config:
                 feature = {"feature_weight": args.feature_weight}
             t0 = time.perf_counter()
@@ -149,9 +149,10 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
 
 
 def epoch_maps(save_dir: Path) -> list[float]:
-    """The trainer's validation mAP50-95 after every epoch (results.csv)."""
-    with open(save_dir / "results.csv") as f:
-        return [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f, skipinitialspace=True)]
+    """The trainer's validation mAP50-95 after every epoch (apply's own reading of results.csv)."""
+    from autoprune.report.apply_report import epoch_curve
+
+    return [p["map50_95"] for p in epoch_curve(save_dir)]
 
 
 def steps2(base, graph, counts, ranking, data, save_dir: Path, distill, args, seed: int):

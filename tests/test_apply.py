@@ -506,7 +506,8 @@ def test_lr_scale_multiplies_the_fitted_rate_in_either_schedule(schedule):
     assert DEFAULT_LR_SCALE == 1.0
     if schedule == "short":
         assert scaled.schedule.lr0 == pytest.approx(2.5 * ultralytics_adamw_lr(2)) and scaled.lr_scale == 1.0
-        assert plain.schedule.lr0 == ultralytics_adamw_lr(2) and scaled.as_dict()["schedule"]["lr0"] == scaled.schedule.lr0
+        assert plain.schedule.lr0 == ultralytics_adamw_lr(2)
+        assert scaled.as_dict()["schedule"]["lr0"] == scaled.schedule.lr0
     else:
         assert scaled.schedule is None and scaled.lr_scale == 2.5 and scaled.as_dict()["schedule"]["lr_scale"] == 2.5
         assert plain.lr_scale == 1.0 and plain.as_dict()["schedule"]["optimizer"] == "auto"

@@ -230,7 +230,8 @@ def test_apply_report_says_the_image_size_of_each_figure():
     assert "- schedule:" not in md  # none recorded, none shown
     r["train"]["schedule"] = {"name": "ultralytics", "optimizer": "AdamW", "lr0": 0.002, "lrf": 0.01, "cos_lr": False,
                               "warmup_epochs": 1.0, "ema": "EMA", "lr_scale": 2.0}
-    assert "- schedule: ultralytics (AdamW, lr0 0.002 (2 x the fitted rate, --lr-scale), linear decay" in format_report(r)
+    line = "- schedule: ultralytics (AdamW, lr0 0.002 (2 x the fitted rate, --lr-scale), linear decay"
+    assert line in format_report(r)
 
 
 def test_data_names_an_ultralytics_dataset_as_model_names_a_model(monkeypatch, tmp_path):
