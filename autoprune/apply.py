@@ -122,10 +122,12 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
                       log: Callable = print, schedule: Mapping | None = None, steps: int = 1) -> dict:
     """Apply trial `number` of `study` (see the module doc); returns what report.json holds.
 
-    `schedule` ({name: "short" or "ultralytics", lr0, lrf, warmup_epochs, lr_scale}, values None for the defaults)
+    `schedule` ({name: "short" or "ultralytics", lr0, lrf, warmup_epochs, lr_scale, warmup_bias_lr}, values None for
+    the defaults)
     is the finetune's optimizer schedule (`finetune.short_schedule`, picked from the epochs of each finetune;
     "ultralytics": Ultralytics' defaults); `lr_scale` multiplies the starting learning rate Ultralytics fits (the
-    short schedule's default lr0 alike). `steps` K > 1 prunes in K steps from the unpruned model to the trial's
+    short schedule's default lr0 alike); `warmup_bias_lr` is the rate the biases start the warm-up at (default:
+    `DEFAULT_WARMUP_BIAS_LR` in Ultralytics' schedule, 0 in the short one). `steps` K > 1 prunes in K steps from the unpruned model to the trial's
     channel counts, finetuning after each (`--epochs` shared among them, the rest to the last);
     `distill.feature_weight` > 0 adds the channel-matched feature distillation (`distill.FeatureMatch`) at every step.
 
@@ -225,6 +227,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
 
 DEFAULT_SCHEDULE = "ultralytics"  # the finetune schedule apply uses unless told (see docs/BENCHMARKS.md)
 DEFAULT_LR_SCALE = 1.0  # x the starting learning rate Ultralytics fits (docs/BENCHMARKS.md, issue 21)
+DEFAULT_WARMUP_BIAS_LR = 0.0  # where the biases' warm-up starts in Ultralytics' schedule (optimizer=auto's 0)
 
 
 @dataclass
@@ -239,11 +242,13 @@ class FinetuneStep:
     features: object | None = None  # distill.FeatureMatch
     ranking: dict | None = None  # the teacher's channel order the steps prune by
     lr_scale: float = 1.0  # x the rate Ultralytics' schedule starts at (the short schedule's lr0 holds its own)
+    warmup_bias_lr: float | None = None  # the biases' warm-up start; None: the schedule's (0)
 
     def as_dict(self) -> dict:
+        bias = {} if self.warmup_bias_lr is None else {"warmup_bias_lr": self.warmup_bias_lr}
         return {"epochs": self.epochs, "kept_channels": dict(self.counts),
-                "schedule": self.schedule.as_dict() if self.schedule is not None
-                else {**ULTRALYTICS_SCHEDULE, "lr_scale": self.lr_scale},
+                "schedule": {**self.schedule.as_dict(), **bias} if self.schedule is not None
+                else {**ULTRALYTICS_SCHEDULE, "lr_scale": self.lr_scale, "warmup_bias_lr": 0.0, **bias},
                 "features": self.features.as_dict() if self.features is not None else None}
 
 
@@ -272,6 +277,9 @@ def finetune_plan(teacher, record: TrialRecord, counts: Mapping[str, int], *, im
     schedule = dict(schedule or {})
     name = schedule.pop("name", None) or DEFAULT_SCHEDULE
     lr_scale = check_lr_scale(schedule.pop("lr_scale", None), schedule.get("lr0"))
+    bias_lr = check_warmup_bias_lr(schedule.pop("warmup_bias_lr", None))
+    if bias_lr is None and name == "ultralytics":
+        bias_lr = DEFAULT_WARMUP_BIAS_LR
     given = {k: v for k, v in schedule.items() if v is not None}
     if name not in ("short", "ultralytics"):
         raise UserError(f"--schedule must be short or ultralytics, got {name!r}")
@@ -320,8 +328,18 @@ def finetune_plan(teacher, record: TrialRecord, counts: Mapping[str, int], *, im
         plan.append(FinetuneStep(counts=c, kept=kept, epochs=e,
                                  schedule=short_schedule(e, nc=nc, **given) if name == "short" else None,
                                  features=match, ranking=ranking,
-                                 lr_scale=1.0 if name == "short" else lr_scale))
+                                 lr_scale=1.0 if name == "short" else lr_scale, warmup_bias_lr=bias_lr))
     return plan
+
+
+def check_warmup_bias_lr(value) -> float | None:
+    """`--warmup-bias-lr` as a float (None stays None: the schedule's default); one `UserError` for a value that
+    is not a finite number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UserError(f"--warmup-bias-lr must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 def check_lr_scale(lr_scale, lr0) -> float:
@@ -453,7 +471,7 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
                           imgsz=imgsz, batch=batch, device=device if train_device is None else train_device,
                           amp=amp, workers=workers, seed=seed,
                           verbose=verbose, label=str(run_dir / "pruned.pt"), schedule=step.schedule,
-                          lr_scale=step.lr_scale,
+                          lr_scale=step.lr_scale, warmup_bias_lr=step.warmup_bias_lr,
                           features=step.features if distill else None)
         curve += epoch_curve(ft.save_dir, step=k + 1, first_epoch=len(curve) + 1, task=loaded.task)
         steps_done.append({**step.as_dict(), "seconds": round(ft.seconds, 1), "schedule_used": ft.schedule,

@@ -20,7 +20,8 @@ from autoprune.schedule import FinetuneSchedule
 
 __all__ = ["WorkerState", "check_multi_gpu"]
 
-SUMMARY_ARGS = ("optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs")  # the schedule as the trainer resolved it
+# the schedule as the trainer resolved it
+SUMMARY_ARGS = ("optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs", "warmup_bias_lr")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class WorkerState:
         teacher: the file of the teacher, or None (no distillation).
         summary: where rank 0 writes the summary.
         data: the `autoprune.data.DataConfig` to train on.
-        distill, schedule, features, lr_scale: as `finetune` takes them.
+        distill, schedule, features, lr_scale, warmup_bias_lr: as `finetune` takes them.
     """
 
     student: str
@@ -51,6 +52,7 @@ class WorkerState:
     schedule: FinetuneSchedule | None = None
     features: FeatureMatch | None = None
     lr_scale: float = 1.0
+    warmup_bias_lr: float | None = None
 
     @classmethod
     def write(cls, folder: Path, student: nn.Module, teacher: nn.Module | None, **settings) -> "WorkerState":

@@ -215,7 +215,7 @@ def _trainer_class(task: str = "detect"):
         def __init__(self, student: nn.Module | None = None, *, data=None, teacher: nn.Module | None = None,
                      distill: DistillSettings | None = None, overrides: dict | None = None, _callbacks=None,
                      schedule: FinetuneSchedule | None = None, features: FeatureMatch | None = None, cfg=None,
-                     lr_scale: float = 1.0):
+                     lr_scale: float = 1.0, warmup_bias_lr: float | None = None):
             from ultralytics.utils import DEFAULT_CFG
 
             if student is None:  # a DDP worker
@@ -224,12 +224,13 @@ def _trainer_class(task: str = "detect"):
                     raise TypeError("PrunedModelTrainer trains the model it is handed (or a worker_state's file)")
                 student, teacher = state.load_models()
                 data, distill, schedule, features = state.data, state.distill, state.schedule, state.features
-                lr_scale = state.lr_scale
+                lr_scale, warmup_bias_lr = state.lr_scale, state.warmup_bias_lr
             self._student = student
             self._teacher = teacher
             self._distill = distill if teacher is not None else None
             self._schedule = schedule
             self._lr_scale = float(lr_scale)
+            self._warmup_bias_lr = warmup_bias_lr
             self._features = features if self._distill is not None else None
             self._data_config = data
             self.projector: FeatureProjector | None = None
@@ -266,6 +267,8 @@ def _trainer_class(task: str = "detect"):
                 for g in optimizer.param_groups:
                     g["lr"] *= self._lr_scale  # before the scheduler reads it as each group's initial_lr
                 self.args.lr0 = self.args.lr0 * self._lr_scale  # the summary reports the rate used
+            if self._warmup_bias_lr is not None:  # optimizer=auto has just set it to 0; the warm-up reads it later
+                self.args.warmup_bias_lr = float(self._warmup_bias_lr)
             if self._distill is not None and self._distill.neck_weight > 0:
                 student = unwrap_model(model)  # the module inside DDP's wrapper
                 device = next(student.parameters()).device
@@ -394,6 +397,7 @@ def finetune_trainer(
     task: str = "detect",
     workdir: Path | None = None,
     lr_scale: float = 1.0,
+    warmup_bias_lr: float | None = None,
 ):
     """The Ultralytics trainer `finetune` trains `model` with, built and not yet trained (the arguments are
     `finetune`'s).
@@ -429,11 +433,12 @@ def finetune_trainer(
         distilled = teacher is not None and distill is not None
         state = WorkerState.write(Path(workdir), model, teacher if distilled else None, data=data,
                                   distill=distill if distilled else None, schedule=schedule,
-                                  features=features if distilled else None, lr_scale=lr_scale)
+                                  features=features if distilled else None, lr_scale=lr_scale,
+                                  warmup_bias_lr=warmup_bias_lr)
         Trainer = type(Trainer.__name__, (Trainer,), {"worker_state": state, "__module__": Trainer.__module__,
                                                        "__qualname__": Trainer.__qualname__})
     return Trainer(model, data=data, teacher=teacher, distill=distill, overrides=overrides, schedule=schedule,
-                   features=features, lr_scale=lr_scale)
+                   features=features, lr_scale=lr_scale, warmup_bias_lr=warmup_bias_lr)
 
 
 def finetune(
@@ -457,6 +462,7 @@ def finetune(
     features: FeatureMatch | None = None,
     task: str = "detect",
     lr_scale: float = 1.0,
+    warmup_bias_lr: float | None = None,
 ) -> FinetuneResult:
     """Finetune `model` (the object itself) on `data` with Ultralytics' trainer; distil from `teacher` if given.
 
@@ -467,7 +473,9 @@ def finetune(
     shows when `verbose`. Nothing is downloaded. `label` is what the trainer records as its `model` argument (it
     never loads it); `extra` overrides any other trainer argument. `schedule` (`short_schedule`) sets the optimizer,
     learning rate and warm-up; without it, Ultralytics' defaults apply. `lr_scale` multiplies the starting learning
-    rate the trainer ends up with (`optimizer=auto`'s fit, or the schedule's lr0) before anything trains. `features`
+    rate the trainer ends up with (`optimizer=auto`'s fit, or the schedule's lr0) before anything trains.
+    `warmup_bias_lr` is the rate the biases start the warm-up at (Ultralytics' argument; `optimizer=auto` and the
+    short schedule set it to 0, None keeps theirs; Ultralytics' default is 0.1), falling to the schedule's. `features`
     (`distill.FeatureMatch`) adds channel-matched feature distillation at its levels (with a `teacher` and `distill`
     settings only). `task` picks Ultralytics' trainer (`TRAINERS`: a segment model trains on its masks and validates
     by mask mAP too, a pose model on its keypoints, an OBB model on its rotated boxes).
@@ -487,7 +495,7 @@ def finetune(
         trainer = finetune_trainer(model, data, save_dir=save_dir, teacher=teacher, distill=distill, epochs=epochs,
                                    imgsz=imgsz, batch=batch, device=device, amp=amp, workers=workers, seed=seed,
                                    verbose=verbose, label=label, extra=extra, schedule=schedule, features=features,
-                                   task=task, workdir=workdir, lr_scale=lr_scale)
+                                   task=task, workdir=workdir, lr_scale=lr_scale, warmup_bias_lr=warmup_bias_lr)
         try:
             trainer.train()
         except ValueError as e:  # Ultralytics' refusal of a last batch of one image at a tiny size (BatchNorm)
@@ -513,7 +521,8 @@ def finetune(
             "lr0": float(a["lr0"]), "lrf": float(a["lrf"]), "cos_lr": bool(a["cos_lr"]),
             "warmup_epochs": float(a["warmup_epochs"]) if schedule is not None
             else float(min(a["warmup_epochs"], max(epochs - 1, 0))),
-            "lr_scale": float(lr_scale), "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
+            "lr_scale": float(lr_scale), "warmup_bias_lr": float(a["warmup_bias_lr"]),
+            "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
     best = trainer.best if trainer.best.exists() else trainer.last
     return FinetuneResult(
         best=Path(best), last=Path(trainer.last), save_dir=Path(trainer.save_dir),

@@ -73,7 +73,8 @@ class FinetuneSchedule:
                 "cos_lr": self.cos_lr, "warmup_bias_lr": 0.0}
 
     def as_dict(self) -> dict:
-        return {"name": "short", **asdict(self), "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
+        return {"name": "short", **asdict(self), "warmup_bias_lr": 0.0,
+                "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
 
 
 def short_schedule(epochs: int, *, nc: int = 80, lr0: float | None = None, lrf: float | None = None,

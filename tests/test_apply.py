@@ -442,6 +442,8 @@ def test_plot_curve_has_one_point_per_epoch(tmp_path):
     (("--lr-scale", "nan"), "--lr-scale must be a number > 0"),
     (("--lr-scale", "2", "--lr0", "0.001"), "--lr-scale multiplies the learning rate Ultralytics fits and --lr0"),
     (("--warmup-epochs", "3"), "--warmup-epochs must be a number from 0 to --epochs (1)"),
+    (("--warmup-bias-lr", "-0.1"), "--warmup-bias-lr must be a number >= 0"),
+    (("--warmup-bias-lr", "inf"), "--warmup-bias-lr must be a number >= 0"),
     (("--schedule", "ultralytics", "--lrf", "0.1"), "--lrf set the short schedule"),
 ])
 def test_bad_finetune_settings_are_one_line_and_write_nothing(env, argv, pattern):
@@ -513,3 +515,28 @@ def test_lr_scale_multiplies_the_fitted_rate_in_either_schedule(schedule):
         assert plain.lr_scale == 1.0 and plain.as_dict()["schedule"]["optimizer"] == "auto"
     with pytest.raises(UserError, match="--lr-scale must be a number > 0"):
         plan(lr_scale=-1.0)
+
+
+@pytest.mark.parametrize("schedule", ["ultralytics", "short"])
+def test_warmup_bias_lr_defaults_by_schedule_and_is_recorded(schedule):
+    """--warmup-bias-lr: the trainer gets the value given; by default Ultralytics' schedule warms the biases up
+    from DEFAULT_WARMUP_BIAS_LR, the short one from its own 0; args.yaml's finetune_steps record it either way."""
+    from autoprune.apply import DEFAULT_WARMUP_BIAS_LR, finetune_plan
+
+    teacher = _tiny_model(0)
+    record = R.TrialRecord(number=3, state="COMPLETE", map50_95=None, map50=None, gflops=None, latency_ms=None,
+                           params=None, feasible=True, kind="search", reason=None)
+
+    def plan(**given):
+        return finetune_plan(teacher, record, {}, imgsz=64, stored_ranking=None, epochs=4, steps=1, nc=2,
+                             schedule={"name": schedule, **given}, distill=None)
+
+    [given], [default] = plan(warmup_bias_lr=0.05), plan()
+    assert given.warmup_bias_lr == 0.05 and given.as_dict()["schedule"]["warmup_bias_lr"] == 0.05
+    if schedule == "short":
+        assert default.warmup_bias_lr is None and default.as_dict()["schedule"]["warmup_bias_lr"] == 0.0
+    else:
+        assert default.warmup_bias_lr == DEFAULT_WARMUP_BIAS_LR
+        assert default.as_dict()["schedule"]["warmup_bias_lr"] == DEFAULT_WARMUP_BIAS_LR
+    with pytest.raises(UserError, match="--warmup-bias-lr must be a number >= 0"):
+        plan(warmup_bias_lr=float("nan"))

@@ -124,7 +124,7 @@ def test_a_ddp_finetune_trains_the_pruned_student_in_its_worker(two_gpus, monkey
     monkeypatch.setattr(subprocess, "run", launch)  # what Ultralytics' trainer launches the workers with
     r = finetune(student, load_data_config(tiny_data), save_dir=tmp_path / "train", teacher=teacher, distill=settings,
                  features=match, schedule=schedule, epochs=1, imgsz=IMGSZ, batch=4, device="0,1", verbose=False,
-                 lr_scale=2.0)
+                 lr_scale=2.0, warmup_bias_lr=0.05)
 
     # What the worker rebuilt from Ultralytics' state file and the class's worker_state: the pruned student.
     assert seen["class"].endswith("PrunedModelTrainer")
@@ -144,6 +144,7 @@ def test_a_ddp_finetune_trains_the_pruned_student_in_its_worker(two_gpus, monkey
     assert r.loss_names[-2:] == ("kd_loss", "kd_feat") and r.amp is False  # the CPU worker's AMP check said no
     assert r.device == "cuda:0,cuda:1" and r.schedule["optimizer"] == "AdamW"
     assert r.schedule["lr0"] == pytest.approx(2 * schedule.lr0)  # the worker scaled the rate (WorkerState.lr_scale)
+    assert r.schedule["warmup_bias_lr"] == 0.05  # and warmed the biases up from WorkerState.warmup_bias_lr
     assert "metrics/mAP50-95(B)" in r.metrics and (r.save_dir / "results.csv").exists()
     best = torch.load(r.best, weights_only=False)["model"].float()
     assert r.best == (tmp_path / "train" / "weights" / "best.pt").resolve()

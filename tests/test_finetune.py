@@ -188,8 +188,8 @@ def test_short_schedule_values_are_checked(kw, flag):
 
 def test_finetune_with_the_short_schedule_and_feature_distillation(tmp_path, tiny_data):
     """The schedule reaches the trainer (a warm-up of the whole single epoch: Ultralytics would cap it at
-    epochs - 1 = 0 and end the epoch at lr0) with its rate x `lr_scale`, the feature term is trained and its hooks
-    leave the student."""
+    epochs - 1 = 0 and end the epoch at lr0) with its rate x `lr_scale` and the biases' warm-up from
+    `warmup_bias_lr`, the feature term is trained and its hooks leave the student."""
     import csv
 
     from autoprune.candidate import rank
@@ -207,15 +207,32 @@ def test_finetune_with_the_short_schedule_and_feature_distillation(tmp_path, tin
     schedule = short_schedule(1, nc=2, warmup_epochs=1.0)
     r = finetune(student, load_data_config(tiny_data), save_dir=tmp_path / "train", teacher=teacher,
                  distill=settings, features=match, schedule=schedule, epochs=1, imgsz=64, batch=4, device="cpu",
-                 verbose=False, lr_scale=3.0)
+                 verbose=False, lr_scale=3.0, warmup_bias_lr=0.05)
     assert r.loss_names[-2:] == ("kd_loss", "kd_feat")
     assert r.schedule == {"name": "short", "optimizer": "AdamW", "lr0": pytest.approx(3 * schedule.lr0), "lrf": 0.01,
-                          "cos_lr": True, "warmup_epochs": 1.0, "lr_scale": 3.0,
+                          "cos_lr": True, "warmup_epochs": 1.0, "lr_scale": 3.0, "warmup_bias_lr": 0.05,
                           "ema": "Ultralytics ModelEMA (decay 0.9999, tau 2000 updates)"}
     with open(r.save_dir / "results.csv") as f:
         row = next(csv.DictReader(f, skipinitialspace=True))
     assert float(row["lr/pg1"]) == pytest.approx(3 * schedule.lr0 / 2, rel=1e-3)  # 1 of 2 warm-up batches done
+    assert float(row["lr/pg2"]) == pytest.approx((0.05 + 3 * schedule.lr0) / 2, rel=1e-3)  # the biases, from 0.05
     assert all(not m._forward_hooks for m in student.modules())
+
+
+@pytest.mark.parametrize("bias_lr", [None, 0.1])
+def test_warmup_bias_lr_outlives_optimizer_autos_reset(tmp_path, tiny_data, bias_lr):
+    """Ultralytics' optimizer=auto sets warmup_bias_lr to 0 while it builds the optimizer; the trainer puts the
+    rate it was given back afterwards (None leaves auto's 0), before the warm-up reads it."""
+    from autoprune.finetune import finetune_trainer
+
+    teacher, _ = _models()
+    trainer = finetune_trainer(teacher, load_data_config(tiny_data), save_dir=tmp_path / "train", epochs=2,
+                               imgsz=64, batch=4, verbose=False, warmup_bias_lr=bias_lr)
+    assert trainer.args.optimizer == "auto" and trainer.args.warmup_bias_lr == 0.1  # Ultralytics' default
+    trainer.data = trainer.get_dataset()
+    optimizer = trainer.build_optimizer(teacher, name="auto", lr=0.01, momentum=0.9, decay=5e-4, iterations=10)
+    assert type(optimizer).__name__ == "AdamW"
+    assert trainer.args.warmup_bias_lr == (0.0 if bias_lr is None else bias_lr)
 
 
 def test_offline_ultralytics_replaces_the_downloading_checks_and_restores_them():

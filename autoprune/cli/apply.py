@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoprune.apply import EXPORT_FORMATS, check_lr_scale
+from autoprune.apply import EXPORT_FORMATS, check_lr_scale, check_warmup_bias_lr
 from autoprune.cli._common import add_deprecated_out, add_run_arguments, add_study_argument
 from autoprune.cli.trials import default_study
 from autoprune.errors import UserError
@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-scale", type=float, default=None, metavar="K",
                         help="multiply the starting learning rate Ultralytics fits to the classes by K, in either "
                              "schedule (default 1; measured in docs/BENCHMARKS.md, issue 21)")
+    parser.add_argument("--warmup-bias-lr", type=float, default=None, metavar="LR",
+                        help="learning rate the biases start the warm-up at, falling to the schedule's (Ultralytics' "
+                             "argument; default 0 as optimizer=auto and the short schedule set it; measured in "
+                             "docs/BENCHMARKS.md, issue 21)")
     parser.add_argument("--warmup-epochs", type=float, default=None,
                         help="warm-up of the short schedule in epochs (default: a tenth of --epochs, 0.1 to 3)")
     parser.add_argument("--steps", type=int, default=1, metavar="K",
@@ -125,11 +129,12 @@ def run(args: argparse.Namespace) -> dict:
                               levels) if args.distill else None
     tuned = {"lr0": args.lr0, "lrf": args.lrf, "warmup_epochs": args.warmup_epochs}
     schedule = {"name": args.schedule or ("short" if any(v is not None for v in tuned.values()) else None),
-                **tuned, "lr_scale": args.lr_scale}
+                **tuned, "lr_scale": args.lr_scale, "warmup_bias_lr": args.warmup_bias_lr}
     given = [f"--{k.replace('_', '-')}" for k, v in tuned.items() if v is not None]
     if args.schedule == "ultralytics" and given:
         raise UserError(f"{', '.join(given)} set the short schedule; they do not combine with --schedule ultralytics")
     check_lr_scale(args.lr_scale, args.lr0)
+    check_warmup_bias_lr(args.warmup_bias_lr)
     if given:  # the values alone, checked before the model loads (each step's schedule is checked again)
         from autoprune.finetune import short_schedule
 

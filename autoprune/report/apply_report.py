@@ -127,7 +127,9 @@ def format_report(r: dict) -> str:
         lines.append(f"- schedule: {sched.get('name')} ({sched.get('optimizer')}, lr0 {sched.get('lr0'):g}"
                      + (f" ({scale:g} x the fitted rate, --lr-scale)" if scale != 1.0 else "") + ", "
                      f"{'cosine' if sched.get('cos_lr') else 'linear'} decay to lrf {sched.get('lrf'):g}, warm-up "
-                     f"{sched.get('warmup_epochs'):g} epochs, {sched.get('ema')})"
+                     f"{sched.get('warmup_epochs'):g} epochs"
+                     + (f" (biases from {sched['warmup_bias_lr']:g})" if sched.get("warmup_bias_lr") else "")
+                     + f", {sched.get('ema')})"
                      + (f"; pruned in {len(t['steps'])} steps, finetuned after each "
                         f"({', '.join(str(x['epochs']) for x in t['steps'])} epochs)" if len(t.get("steps", [])) > 1
                         else ""))
