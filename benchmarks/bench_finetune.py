@@ -20,6 +20,8 @@ and validated by Ultralytics on the whole val split. Configurations:
   5 / (4 + nc), momentum 0.9 as auto sets it);
 - scaleK (scale2, ...): `apply --lr-scale K` as built (`finetune(lr_scale=K)`): the rate optimizer=auto picks,
   x K, inside the trainer (so auto's bias warm-up from 0 stays, where lrK warms the biases up from 0.1);
+- wbias: `apply --warmup-bias-lr 0.1` as built (`finetune(warmup_bias_lr=0.1)`): today's schedule with the
+  biases' warm-up from Ultralytics' default 0.1, which `optimizer=auto` sets to 0 (what lr1 changes, and nothing else);
 - steps2: `apply --steps 2`: pruned to halfway (every group loses half of what it loses in all), finetuned for
   epochs // 2, pruned on to the plan by the same ranking, finetuned for the rest (today's schedule in each).
 
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from _common import header, load, plan_within, results_cache
 
-CONFIGS = ("today", "schedule", "schedule+features", "features", "mosaic", "steps2")  # and lrK, scaleK
+CONFIGS = ("today", "schedule", "schedule+features", "features", "mosaic", "steps2", "wbias")  # and lrK, scaleK
 LR_CONFIG = re.compile(r"lr(\d+(?:\.\d+)?)")  # lrK: K times auto's learning rate
 SCALE_CONFIG = re.compile(r"scale(\d+(?:\.\d+)?)")  # scaleK: apply --lr-scale K
 
@@ -135,6 +137,7 @@ def run(args, configs, seeds, out: Path, results: dict, save) -> None:
                 ft = finetune(copy.deepcopy(pruned), data, save_dir=save_dir, teacher=base, distill=distill,
                               epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu", seed=seed,
                               verbose=False, label=config, extra=extra or None, lr_scale=scale,
+                              warmup_bias_lr=0.1 if config == "wbias" else None,
                               **({"schedule": schedule} if schedule is not None else {}),
                               **({"features": match} if match is not None else {}))
                 curve = epoch_maps(ft.save_dir)
