@@ -123,12 +123,12 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
     """Apply trial `number` of `study` (see the module doc); returns what report.json holds.
 
     `schedule` ({name: "short" or "ultralytics", lr0, lrf, warmup_epochs, lr_scale, warmup_bias_lr}, values None for
-    the defaults)
-    is the finetune's optimizer schedule (`finetune.short_schedule`, picked from the epochs of each finetune;
-    "ultralytics": Ultralytics' defaults); `lr_scale` multiplies the starting learning rate Ultralytics fits (the
-    short schedule's default lr0 alike); `warmup_bias_lr` is the rate the biases start the warm-up at (default:
-    `DEFAULT_WARMUP_BIAS_LR` in Ultralytics' schedule, 0 in the short one). `steps` K > 1 prunes in K steps from the unpruned model to the trial's
-    channel counts, finetuning after each (`--epochs` shared among them, the rest to the last);
+    the defaults) is the finetune's optimizer schedule (`finetune.short_schedule`, picked from the epochs of each
+    finetune; "ultralytics": Ultralytics' defaults); `lr_scale` multiplies the starting learning rate Ultralytics fits
+    (the short schedule's default lr0 alike); `warmup_bias_lr` is the rate the biases start the warm-up at (default:
+    `DEFAULT_WARMUP_BIAS_LR` in Ultralytics' schedule, 0 in the short one). `steps` K > 1 prunes in K steps from the
+    unpruned model to the trial's channel counts, finetuning after each (`--epochs` shared among them, the rest to
+    the last);
     `distill.feature_weight` > 0 adds the channel-matched feature distillation (`distill.FeatureMatch`) at every step.
 
     Everything a user can get wrong (the trial, the run name, the model's fingerprint, the data's classes) is
