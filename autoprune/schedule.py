@@ -1,8 +1,9 @@
 """The learning-rate schedule of a short finetune of a pruned, already trained model (`apply --schedule`).
 
 `FinetuneSchedule` and `short_schedule` build the Ultralytics trainer arguments of the short schedule;
-`ULTRALYTICS_SCHEDULE` names what Ultralytics' own defaults are, which `apply` keeps by default (docs/BENCHMARKS.md,
-issue 21: the short schedule measured worse at 3 epochs).
+`ULTRALYTICS_SCHEDULE` names what Ultralytics' own defaults are, which `apply` keeps by default, with the biases'
+warm-up from 0.1 (`apply.DEFAULT_WARMUP_BIAS_LR`; docs/BENCHMARKS.md, issue 21: the short schedule measured worse at
+3 epochs, the bias warm-up better at 3 and 10).
 """
 
 from __future__ import annotations

@@ -403,6 +403,11 @@ def test_apply_draws_the_map_after_every_epoch_beside_the_report(env, applied):
     assert "![finetune curve](finetune_curve.png)" in (run_dir / "report.md").read_text()
     steps = yaml.safe_load((run_dir / "args.yaml").read_text())["finetune_steps"]
     assert len(steps) == 1 and steps[0]["schedule"]["name"] == report["train"]["schedule"]["name"]
+    from autoprune.apply import DEFAULT_WARMUP_BIAS_LR
+
+    # the default bias warm-up, as recorded and as the trainer held it after optimizer=auto
+    assert steps[0]["schedule"]["warmup_bias_lr"] == report["train"]["schedule"]["warmup_bias_lr"] == 0.1
+    assert DEFAULT_WARMUP_BIAS_LR == 0.1
 
 
 def test_plot_curve_has_one_point_per_epoch(tmp_path):

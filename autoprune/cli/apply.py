@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the Detect head's inputs, weight 1 each)")
     parser.add_argument("--schedule", choices=["short", "ultralytics"], default=None,
                         help="finetune schedule: short (warm-up a tenth of --epochs, AdamW, cosine decay; picked "
-                             "from --epochs) or ultralytics (its defaults: 3 warm-up epochs, linear decay) "
-                             "(default ultralytics)")
+                             "from --epochs) or ultralytics (its defaults: 3 warm-up epochs, linear decay; the biases warm "
+                             "up from --warmup-bias-lr) (default ultralytics)")
     parser.add_argument("--lr0", type=float, default=None, help="starting learning rate of the short schedule "
                                                                 "(default: Ultralytics' AdamW fit to the classes)")
     parser.add_argument("--lrf", type=float, default=None,
@@ -62,8 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "schedule (default 1; measured in docs/BENCHMARKS.md, issue 21)")
     parser.add_argument("--warmup-bias-lr", type=float, default=None, metavar="LR",
                         help="learning rate the biases start the warm-up at, falling to the schedule's (Ultralytics' "
-                             "argument; default 0 as optimizer=auto and the short schedule set it; measured in "
-                             "docs/BENCHMARKS.md, issue 21)")
+                             "argument; default 0.1, Ultralytics' own, which its optimizer=auto sets to 0; 0 in the "
+                             "short schedule; measured in docs/BENCHMARKS.md, issue 21)")
     parser.add_argument("--warmup-epochs", type=float, default=None,
                         help="warm-up of the short schedule in epochs (default: a tenth of --epochs, 0.1 to 3)")
     parser.add_argument("--steps", type=int, default=1, metavar="K",
