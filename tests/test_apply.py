@@ -494,12 +494,10 @@ def test_apply_steps_prunes_step_by_step_to_the_trials_model(env, monkeypatch, c
     assert _sha(env["model"]) == env["model_sha"]
 
 
-@pytest.mark.parametrize("schedule", ["ultralytics", "short"])
-def test_lr_scale_multiplies_the_fitted_rate_in_either_schedule(schedule):
-    """--lr-scale K: Ultralytics' schedule finetunes at K x the rate its optimizer=auto picks (the trainer scales it,
-    tests/test_finetune.py) and records K; the short schedule starts at K x the same fit; 1 by default."""
-    from autoprune.apply import DEFAULT_LR_SCALE, finetune_plan
-    from autoprune.schedule import ultralytics_adamw_lr
+def _one_step_plan(schedule: str):
+    """`finetune_plan` of a tiny model and an empty trial in one step of 4 epochs on 2 classes, as a function of the
+    schedule's settings (`--lr-scale`, `--warmup-bias-lr`, ...) for `schedule`."""
+    from autoprune.apply import finetune_plan
 
     teacher = _tiny_model(0)
     record = R.TrialRecord(number=3, state="COMPLETE", map50_95=None, map50=None, gflops=None, latency_ms=None,
@@ -509,6 +507,17 @@ def test_lr_scale_multiplies_the_fitted_rate_in_either_schedule(schedule):
         return finetune_plan(teacher, record, {}, imgsz=64, stored_ranking=None, epochs=4, steps=1, nc=2,
                              schedule={"name": schedule, **given}, distill=None)
 
+    return plan
+
+
+@pytest.mark.parametrize("schedule", ["ultralytics", "short"])
+def test_lr_scale_multiplies_the_fitted_rate_in_either_schedule(schedule):
+    """--lr-scale K: Ultralytics' schedule finetunes at K x the rate its optimizer=auto picks (the trainer scales it,
+    tests/test_finetune.py) and records K; the short schedule starts at K x the same fit; 1 by default."""
+    from autoprune.apply import DEFAULT_LR_SCALE
+    from autoprune.schedule import ultralytics_adamw_lr
+
+    plan = _one_step_plan(schedule)
     [scaled], [plain] = plan(lr_scale=2.5), plan()
     assert DEFAULT_LR_SCALE == 1.0
     if schedule == "short":
@@ -526,16 +535,9 @@ def test_lr_scale_multiplies_the_fitted_rate_in_either_schedule(schedule):
 def test_warmup_bias_lr_defaults_by_schedule_and_is_recorded(schedule):
     """--warmup-bias-lr: the trainer gets the value given; by default Ultralytics' schedule warms the biases up
     from DEFAULT_WARMUP_BIAS_LR, the short one from its own 0; args.yaml's finetune_steps record it either way."""
-    from autoprune.apply import DEFAULT_WARMUP_BIAS_LR, finetune_plan
+    from autoprune.apply import DEFAULT_WARMUP_BIAS_LR
 
-    teacher = _tiny_model(0)
-    record = R.TrialRecord(number=3, state="COMPLETE", map50_95=None, map50=None, gflops=None, latency_ms=None,
-                           params=None, feasible=True, kind="search", reason=None)
-
-    def plan(**given):
-        return finetune_plan(teacher, record, {}, imgsz=64, stored_ranking=None, epochs=4, steps=1, nc=2,
-                             schedule={"name": schedule, **given}, distill=None)
-
+    plan = _one_step_plan(schedule)
     [given], [default] = plan(warmup_bias_lr=0.05), plan()
     assert given.warmup_bias_lr == 0.05 and given.as_dict()["schedule"]["warmup_bias_lr"] == 0.05
     if schedule == "short":
