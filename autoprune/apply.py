@@ -227,7 +227,7 @@ def apply_study_trial(study, number: int, *, run_name: str | None = None, projec
 
 DEFAULT_SCHEDULE = "ultralytics"  # the finetune schedule apply uses unless told (see docs/BENCHMARKS.md)
 DEFAULT_LR_SCALE = 1.0  # x the starting learning rate Ultralytics fits (docs/BENCHMARKS.md, issue 21)
-# Where the biases' warm-up starts in Ultralytics' schedule: its default 0.1, which optimizer=auto sets to 0 (+0.58
+# Where the biases' warm-up starts in Ultralytics' schedule: its default 0.1, which optimizer=auto sets to 0 (+0.62
 # mAP50-95 points after 10 epochs, +0.45 after 3, over 3 seeds each; docs/BENCHMARKS.md, issue 21).
 DEFAULT_WARMUP_BIAS_LR = 0.1
 
