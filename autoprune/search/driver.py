@@ -18,6 +18,7 @@ atomically, heartbeats reveal a dead worker's trial, which is then failed and qu
 from __future__ import annotations
 
 import contextlib
+import datetime
 from functools import partial
 import math
 import time
@@ -36,7 +37,7 @@ from autoprune.search.progress import progress_line
 from autoprune.search.settings import (MAX_REJECTED_IN_A_ROW, SearchResult, SearchSettings,
                                        check_resumable, check_settings)
 from autoprune.runs import run_dir_path
-from autoprune.search.storage import STUDY_FILE, make_storage, mask_url, storage_url
+from autoprune.search.storage import STALE_RETRIES, STUDY_FILE, make_storage, mask_url, storage_url
 from autoprune.search.study import heartbeat, next_name, settled_attrs, study_exists
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -385,8 +386,9 @@ class Search:
         done = running = 0
         trials = self.study.get_trials(deepcopy=False)
         superseded = _retried(trials)
+        now = datetime.datetime.now()
         for t in trials:
-            if t.state == TrialState.RUNNING:
+            if t.state == TrialState.RUNNING or _awaiting_retry(t, superseded, now):
                 running += 1
             elif t.state.is_finished() and records.SECONDS in t.user_attrs and t.number not in superseded:
                 done += 1
@@ -570,6 +572,21 @@ def _retried(trials) -> set[int]:
     a worker failed while it was still writing its results (alive, but its heartbeat late) may have left some of them,
     and neither the trial counts as evaluated nor is its retry a duplicate of it."""
     return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
+RETRY_WINDOW_S = 60.0  # the longest a worker waits for the retry of a trial another worker has just failed
+
+
+def _awaiting_retry(t, superseded: set[int], now) -> bool:
+    """Whether `t` has just been failed for a stale heartbeat and its retry is still to be queued. Optuna fails such a
+    trial first and queues its retry after (`fail_stale_trials`, then `RetryHeartbeatStaleTrialCallback`); a worker
+    that asked in between would take a new trial in the retry's place and fill the study's budget without it, leaving
+    the retry waiting for a resume. Such a trial counts as running until its retry is queued, for at most
+    `RETRY_WINDOW_S` (a worker killed in between never queues it). Only a dead worker's trial fails without a reason:
+    every failure the driver records has one."""
+    return (t.state == TrialState.FAIL and t.number not in superseded and records.SECONDS not in t.user_attrs
+            and records.REASON not in t.user_attrs and len(t.system_attrs.get("retry_history", ())) < STALE_RETRIES
+            and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() < RETRY_WINDOW_S)
 
 
 def _set_attrs(trial, attrs: dict) -> None:

@@ -13,6 +13,8 @@ from autoprune.errors import UserError
 from autoprune.urls import mask_url  # noqa: F401  (storages and their callers mask every URL they show)
 from autoprune.runs import RUNS_ROOT
 
+STALE_RETRIES = 2  # how often a trial failed for a stale heartbeat (its worker died) is queued again
+
 STUDY_FILE = "study.db"
 _URL = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+[a-z0-9_]+)?://", re.IGNORECASE)
 
@@ -69,7 +71,7 @@ def make_storage(url: str, *, heartbeat: tuple[int, int] | None = (10, 40), read
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         kwargs.update(heartbeat_interval=heartbeat[0], grace_period=heartbeat[1],
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=STALE_RETRIES))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(8):
         try:

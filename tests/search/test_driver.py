@@ -475,3 +475,33 @@ def test_broken_and_invalid_spaces_are_one_error_line(env, capsys, tmp_path, mon
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_trial_failed_for_its_heartbeat_counts_as_running_until_its_retry_is_queued():
+    """Optuna fails a dead worker's trial, then queues its retry; in between, the trial counts as running, so no
+    worker takes a new trial in the retry's place (the race tests/search/test_workers.py's three workers once lost).
+    Not once the retry is queued, nor when no retry will come (a failure with a reason, the retries spent, a minute
+    gone)."""
+    import datetime
+
+    from optuna.trial import TrialState
+
+    from autoprune.search.driver import RETRY_WINDOW_S, _awaiting_retry, _retried
+    from autoprune.search.storage import STALE_RETRIES
+
+    now = datetime.datetime.now()
+
+    def failed(number, *, ago=1.0, **kw):
+        t = optuna.trial.create_trial(state=TrialState.FAIL, **kw)
+        t.number, t.datetime_complete = number, now - datetime.timedelta(seconds=ago)
+        return t
+
+    dead = failed(1, user_attrs={R.KIND: "global"})
+    assert _awaiting_retry(dead, set(), now)
+    retry = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 1, "retry_history": [1]})
+    assert not _awaiting_retry(dead, _retried([dead, retry]), now)  # queued: the retry stands for it
+    assert not _awaiting_retry(failed(1, ago=RETRY_WINDOW_S + 1), set(), now)  # its failing worker died in between
+    assert not _awaiting_retry(failed(2, user_attrs={R.REASON: "ValueError: x"}), set(), now)  # the driver's own
+    spent = failed(5, system_attrs={"retry_history": list(range(STALE_RETRIES))})
+    assert not _awaiting_retry(spent, set(), now)  # Optuna queues no more retries of it
+    assert not _awaiting_retry(failed(3, user_attrs={R.SECONDS: 1.0}), set(), now)  # it was evaluated
