@@ -453,7 +453,8 @@ def apply_trial(loaded, pruned, data, *, run_dir: Path, record, meta: dict, dist
     teacher = loaded.model if distill else None
     from ultralytics.nn.tasks import load_checkpoint
 
-    plan = plan or [FinetuneStep(counts=dict(meta.get("kept_channels") or {}), kept={}, epochs=epochs)]
+    plan = plan or [FinetuneStep(counts=dict(meta.get("kept_channels") or {}), kept={}, epochs=epochs,
+                                 warmup_bias_lr=DEFAULT_WARMUP_BIAS_LR)]  # apply's default finetune
     curve, steps_done, ft = [], [], None
     for k, step in enumerate(plan):
         if len(plan) == 1:

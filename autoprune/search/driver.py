@@ -582,11 +582,12 @@ def _awaiting_retry(t, superseded: set[int], now) -> bool:
     trial first and queues its retry after (`fail_stale_trials`, then `RetryHeartbeatStaleTrialCallback`); a worker
     that asked in between would take a new trial in the retry's place and fill the study's budget without it, leaving
     the retry waiting for a resume. Such a trial counts as running until its retry is queued, for at most
-    `RETRY_WINDOW_S` (a worker killed in between never queues it). Only a dead worker's trial fails without a reason:
-    every failure the driver records has one."""
+    `RETRY_WINDOW_S` (a worker killed in between never queues it; Optuna stamps the failure with the failing
+    worker's local clock, so a clock hours apart waits for nothing). Only a dead worker's trial fails without a
+    reason: every failure the driver records has one."""
     return (t.state == TrialState.FAIL and t.number not in superseded and records.SECONDS not in t.user_attrs
             and records.REASON not in t.user_attrs and len(t.system_attrs.get("retry_history", ())) < STALE_RETRIES
-            and t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() < RETRY_WINDOW_S)
+            and t.datetime_complete is not None and abs((now - t.datetime_complete).total_seconds()) < RETRY_WINDOW_S)
 
 
 def _set_attrs(trial, attrs: dict) -> None:

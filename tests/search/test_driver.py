@@ -501,6 +501,7 @@ def test_a_trial_failed_for_its_heartbeat_counts_as_running_until_its_retry_is_q
     retry = optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 1, "retry_history": [1]})
     assert not _awaiting_retry(dead, _retried([dead, retry]), now)  # queued: the retry stands for it
     assert not _awaiting_retry(failed(1, ago=RETRY_WINDOW_S + 1), set(), now)  # its failing worker died in between
+    assert not _awaiting_retry(failed(1, ago=-3600.0), set(), now)  # stamped by a clock an hour ahead
     assert not _awaiting_retry(failed(2, user_attrs={R.REASON: "ValueError: x"}), set(), now)  # the driver's own
     spent = failed(5, system_attrs={"retry_history": list(range(STALE_RETRIES))})
     assert not _awaiting_retry(spent, set(), now)  # Optuna queues no more retries of it
